@@ -1,0 +1,14 @@
+"""Layers with parameters and a forward cache, named and laid out as torch.nn."""
+from cganraw.nn import init
+from cganraw.nn.activation import LeakyReLU, ReLU, Sigmoid, Tanh
+from cganraw.nn.batchnorm import BatchNorm1d, BatchNorm2d
+from cganraw.nn.conv import Conv2d, ConvTranspose2d
+from cganraw.nn.dropout import Dropout
+from cganraw.nn.embedding import Embedding
+from cganraw.nn.linear import Linear
+from cganraw.nn.module import Module, Parameter, Sequential
+from cganraw.nn.shape import Concat, Flatten, Reshape
+
+__all__ = ["init", "Module", "Parameter", "Sequential", "Linear", "Conv2d", "ConvTranspose2d",
+           "Embedding", "BatchNorm1d", "BatchNorm2d", "LeakyReLU", "ReLU", "Tanh", "Sigmoid",
+           "Dropout", "Flatten", "Reshape", "Concat"]

@@ -1,0 +1,245 @@
+"""Parameter, Module and Sequential: the layer protocol.
+
+A layer's forward keeps one cache; `backward(dy)` adds into each parameter's
+`.grad` and returns the gradient of the input, then drops the cache, so a second
+backward without a new forward is an error rather than a silent double count.
+Parameters and buffers are kept in insertion order, so names, checkpoints and
+optimiser state are deterministic. Names follow torch.nn, so a state dict maps
+onto the equivalent PyTorch module one-to-one.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import numpy as np
+
+from cganraw import backend
+
+
+class Parameter:
+    """A trainable array with its gradient accumulator."""
+
+    __slots__ = ("data", "grad", "name", "requires_grad")
+
+    def __init__(self, data, name: str = "", requires_grad: bool = True):
+        self.data = data
+        self.grad = backend.array_module(data).zeros_like(data)
+        self.name = name
+        self.requires_grad = requires_grad
+
+    @property
+    def shape(self):
+        return self.data.shape
+
+    @property
+    def dtype(self):
+        return self.data.dtype
+
+    def zero_grad(self):
+        self.grad.fill(0)
+
+    def accumulate(self, g):
+        """grad += g, skipped when the parameter is frozen or g is None."""
+        if g is not None and self.requires_grad:
+            self.grad += g
+
+    def __repr__(self):
+        return f"Parameter({self.name or '?'}, shape={tuple(self.shape)}, dtype={self.dtype})"
+
+
+class Module:
+    """Base class: registers parameters, buffers and submodules in insertion order."""
+
+    def __init__(self):
+        object.__setattr__(self, "_parameters", OrderedDict())
+        object.__setattr__(self, "_buffers", OrderedDict())
+        object.__setattr__(self, "_modules", OrderedDict())
+        object.__setattr__(self, "training", True)
+        object.__setattr__(self, "_cache", None)
+
+    # --- registration -------------------------------------------------------------
+    def __setattr__(self, name, value):
+        if "_parameters" not in self.__dict__:
+            raise RuntimeError(f"{type(self).__name__}: call Module.__init__() before assigning attributes")
+        if isinstance(value, Parameter):
+            if not value.name:
+                value.name = name
+            self._parameters[name] = value
+        elif isinstance(value, Module):
+            self._modules[name] = value
+        elif name in self._buffers:
+            self._buffers[name] = value
+        object.__setattr__(self, name, value)
+
+    def register_buffer(self, name, array):
+        """A persistent non-trainable array (e.g. BatchNorm's running statistics)."""
+        self._buffers[name] = array
+        object.__setattr__(self, name, array)
+
+    # --- traversal ----------------------------------------------------------------
+    def named_modules(self, prefix=""):
+        yield prefix, self
+        for name, mod in self._modules.items():
+            yield from mod.named_modules(f"{prefix}.{name}" if prefix else name)
+
+    def children(self):
+        return list(self._modules.values())
+
+    def named_parameters(self, prefix=""):
+        """(dotted name, Parameter), own parameters first, then each child in order."""
+        for mod_name, mod in self.named_modules(prefix):
+            for name, p in mod._parameters.items():
+                yield (f"{mod_name}.{name}" if mod_name else name), p
+
+    def parameters(self):
+        return [p for _, p in self.named_parameters()]
+
+    def named_buffers(self, prefix=""):
+        for mod_name, mod in self.named_modules(prefix):
+            for name, b in mod._buffers.items():
+                yield (f"{mod_name}.{name}" if mod_name else name), b
+
+    def apply(self, fn):
+        """Call fn(module) on every submodule and self (e.g. a custom initialiser)."""
+        for _, mod in self.named_modules():
+            fn(mod)
+        return self
+
+    # --- modes and gradients --------------------------------------------------------
+    def train(self, mode: bool = True):
+        for _, mod in self.named_modules():
+            object.__setattr__(mod, "training", mode)
+        return self
+
+    def eval(self):
+        return self.train(False)
+
+    def zero_grad(self):
+        for p in self.parameters():
+            p.zero_grad()
+
+    def requires_grad_(self, flag: bool = True):
+        """Freeze (False) or unfreeze all parameters: a frozen layer skips its weight
+        gradient GEMMs in backward but still returns the input gradient."""
+        for p in self.parameters():
+            p.requires_grad = flag
+        return self
+
+    def to(self, dtype):
+        """Cast floating parameters and buffers (float64 for gradient checks)."""
+        for p in self.parameters():
+            p.data = p.data.astype(dtype)
+            p.grad = p.grad.astype(dtype)
+        for _, mod in self.named_modules():
+            for name, b in list(mod._buffers.items()):
+                if b.dtype.kind == "f":
+                    mod.register_buffer(name, b.astype(dtype))
+        return self
+
+    # --- state --------------------------------------------------------------------
+    def state_dict(self):
+        """OrderedDict name -> NumPy copy, in PyTorch's order and naming: each module's
+        parameters, then its buffers, then its children."""
+        out = OrderedDict()
+        for mod_name, mod in self.named_modules():
+            for name, a in list(mod._parameters.items()) + list(mod._buffers.items()):
+                arr = a.data if isinstance(a, Parameter) else a
+                out[f"{mod_name}.{name}" if mod_name else name] = np.array(backend.asnumpy(arr), copy=True)
+        return out
+
+    def load_state_dict(self, state, strict: bool = True):
+        """Copy arrays into this module's parameters and buffers. Checks every shape
+        before writing anything, so a bad state dict leaves the module untouched."""
+        own = OrderedDict()
+        for mod_name, mod in self.named_modules():
+            for name in list(mod._parameters) + list(mod._buffers):
+                own[f"{mod_name}.{name}" if mod_name else name] = (mod, name)
+        missing = [k for k in own if k not in state]
+        unexpected = [k for k in state if k not in own]
+        if strict and (missing or unexpected):
+            raise KeyError(f"{type(self).__name__}.load_state_dict: missing keys {missing}, "
+                           f"unexpected keys {unexpected}")
+        for key, (mod, name) in own.items():
+            if key not in state:
+                continue
+            target = mod._parameters.get(name) or mod._buffers[name]
+            cur = target.data if isinstance(target, Parameter) else target
+            given = np.asarray(backend.asnumpy(state[key]))
+            if tuple(given.shape) != tuple(cur.shape):
+                raise ValueError(f"{type(self).__name__}.load_state_dict: {key} has shape "
+                                 f"{tuple(given.shape)}, expected {tuple(cur.shape)}")
+        for key, (mod, name) in own.items():
+            if key not in state:
+                continue
+            xp = backend.array_module(
+                mod._parameters[name].data if name in mod._parameters else mod._buffers[name])
+            if name in mod._parameters:
+                p = mod._parameters[name]
+                p.data[...] = xp.asarray(np.asarray(backend.asnumpy(state[key])), dtype=p.data.dtype)
+            else:
+                buf = mod._buffers[name]
+                buf[...] = xp.asarray(np.asarray(backend.asnumpy(state[key])), dtype=buf.dtype)
+        return self
+
+    # --- calling --------------------------------------------------------------------
+    def __call__(self, *args, **kwargs):
+        return self.forward(*args, **kwargs)
+
+    def forward(self, *args, **kwargs):
+        raise NotImplementedError(f"{type(self).__name__}.forward")
+
+    def backward(self, dy):
+        raise NotImplementedError(f"{type(self).__name__}.backward")
+
+    def _save(self, cache):
+        object.__setattr__(self, "_cache", cache)
+
+    def _pop_cache(self):
+        """The forward cache, consumed: backward without a forward raises."""
+        cache = self._cache
+        if cache is None:
+            raise RuntimeError(f"{type(self).__name__}.backward called without a forward "
+                               "(or twice for one forward)")
+        object.__setattr__(self, "_cache", None)
+        return cache
+
+    def extra_repr(self):
+        return ""
+
+    def __repr__(self):
+        lines = [f"{type(self).__name__}({self.extra_repr()}"]
+        for name, mod in self._modules.items():
+            sub = repr(mod).replace("\n", "\n  ")
+            lines.append(f"  ({name}): {sub}")
+        return "\n".join(lines) + (")" if len(lines) == 1 else "\n)")
+
+
+class Sequential(Module):
+    """Layers applied in order; backward runs them in reverse. Children are named
+    0, 1, 2, ... as in torch.nn.Sequential."""
+
+    def __init__(self, *layers):
+        super().__init__()
+        for i, layer in enumerate(layers):
+            if not isinstance(layer, Module):
+                raise TypeError(f"Sequential: item {i} is {type(layer).__name__}, not a Module")
+            setattr(self, str(i), layer)
+
+    def __len__(self):
+        return len(self._modules)
+
+    def __getitem__(self, i):
+        return list(self._modules.values())[i]
+
+    def __iter__(self):
+        return iter(self._modules.values())
+
+    def forward(self, x):
+        for layer in self._modules.values():
+            x = layer(x)
+        return x
+
+    def backward(self, dy):
+        for layer in reversed(self._modules.values()):
+            dy = layer.backward(dy)
+        return dy

@@ -1,0 +1,156 @@
+"""Conv2d and ConvTranspose2d through im2col/col2im and one GEMM.
+
+Layout of the column matrix, shared by both directions:
+    cols (C*k*k, N*Ho*Wo): row (c, i, j) holds input pixel (n, c, oy*s + i - p, ox*s + j - p)
+                           for every output position (n, oy, ox).
+Conv2d forward is im2col + GEMM; its data gradient is GEMM + col2im.
+ConvTranspose2d is the same pair run the other way round (Chainer's deconvolution):
+its forward is GEMM + col2im and its data gradient im2col + GEMM.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from cganraw import backend
+from cganraw.ops.bias import bias_add, bias_grad
+from cganraw.ops.gemm import gemm
+
+
+def conv_output_size(size, kernel_size, stride=1, padding=0):
+    """PyTorch's Conv2d output size: floor((size + 2p - k) / s) + 1."""
+    return (size + 2 * padding - kernel_size) // stride + 1
+
+
+def conv_transpose_output_size(size, kernel_size, stride=1, padding=0, output_padding=0):
+    """PyTorch's ConvTranspose2d output size: (size - 1) s - 2p + k + output_padding."""
+    return (size - 1) * stride - 2 * padding + kernel_size + output_padding
+
+
+def _pad(x, padding):
+    # zero border of width `padding` around the last two axes, one allocation
+    if padding == 0:
+        return x
+    xp = backend.array_module(x)
+    n, c, h, w = x.shape
+    out = xp.zeros((n, c, h + 2 * padding, w + 2 * padding), dtype=x.dtype)
+    out[:, :, padding:padding + h, padding:padding + w] = x
+    return out
+
+
+def im2col_numpy(x, kernel_size, stride, padding, out_hw=None):
+    """x (N, C, H, W) -> cols (C*k*k, N*Ho*Wo) as one strided view and one copy."""
+    n, c, h, w = x.shape
+    k = kernel_size
+    ho, wo = out_hw or (conv_output_size(h, k, stride, padding), conv_output_size(w, k, stride, padding))
+    xpad = np.ascontiguousarray(_pad(x, padding))
+    sn, sc, sh, sw = xpad.strides
+    windows = np.lib.stride_tricks.as_strided(
+        xpad, shape=(c, k, k, n, ho, wo), strides=(sc, sh, sw, sn, sh * stride, sw * stride),
+        writeable=False)
+    return windows.reshape(c * k * k, n * ho * wo)
+
+
+def col2im_numpy(cols, x_shape, kernel_size, stride, padding, out_hw=None):
+    """cols (C*k*k, N*Ho*Wo) -> x (N, C, H, W), summing overlaps as k*k strided adds."""
+    n, c, h, w = x_shape
+    k = kernel_size
+    ho, wo = out_hw or (conv_output_size(h, k, stride, padding), conv_output_size(w, k, stride, padding))
+    if cols.shape != (c * k * k, n * ho * wo):
+        raise ValueError(f"col2im: cols has shape {cols.shape}, expected (C*k*k, N*Ho*Wo) = "
+                         f"({c * k * k}, {n * ho * wo})")
+    # the windows may overhang the padded input by up to s-1 on the far side; the
+    # overhang is cropped with the padding
+    hp = max(h + 2 * padding, (ho - 1) * stride + k)
+    wp = max(w + 2 * padding, (wo - 1) * stride + k)
+    # accumulate in (C, N, Hp, Wp) so each add reads one contiguous (C, N, Ho, Wo) slab
+    acc = np.zeros((c, n, hp, wp), dtype=cols.dtype)
+    c6 = cols.reshape(c, k, k, n, ho, wo)
+    for i in range(k):
+        for j in range(k):
+            acc[:, :, i:i + stride * ho:stride, j:j + stride * wo:stride] += c6[:, i, j]
+    acc = acc[:, :, padding:padding + h, padding:padding + w]
+    return np.ascontiguousarray(acc.transpose(1, 0, 2, 3))
+
+
+def im2col(x, kernel_size, stride=1, padding=0, out_hw=None):
+    """x (N, C, H, W) -> cols (C*k*k, N*Ho*Wo). out_hw fixes the number of windows
+    (a transposed conv's input size, which output_padding makes smaller than what fits)."""
+    return im2col_numpy(x, kernel_size, stride, padding, out_hw)
+
+
+def col2im(cols, x_shape, kernel_size, stride=1, padding=0, out_hw=None):
+    """cols (C*k*k, N*Ho*Wo) -> x (N, C, H, W), the adjoint of im2col."""
+    return col2im_numpy(cols, x_shape, kernel_size, stride, padding, out_hw)
+
+
+def _to_channel_major(a):
+    # (N, C, H, W) -> (C, N*H*W): the GEMM operand layout of `cols`
+    n, c, h, w = a.shape
+    return a.transpose(1, 0, 2, 3).reshape(c, n * h * w)
+
+
+def _from_channel_major(a2, n, h, w):
+    # (C, N*H*W) -> contiguous (N, C, H, W)
+    c = a2.shape[0]
+    xp = backend.array_module(a2)
+    return xp.ascontiguousarray(a2.reshape(c, n, h, w).transpose(1, 0, 2, 3))
+
+
+def conv2d_forward(x, W, b=None, stride=1, padding=0):
+    """x (N, C, H, W), W (O, C, k, k), b (O,) -> y (N, O, Ho, Wo)."""
+    n, _, h, w = x.shape
+    o, c, k, _ = W.shape
+    ho, wo = conv_output_size(h, k, stride, padding), conv_output_size(w, k, stride, padding)
+    cols = im2col(x, k, stride, padding)                      # (C*k*k, N*Ho*Wo)
+    y2 = gemm(W.reshape(o, c * k * k), cols)                  # (O, N*Ho*Wo)
+    y = _from_channel_major(y2, n, ho, wo)
+    if b is not None:
+        bias_add(y, b)
+    return y, (cols, x.shape, W, stride, padding, b is not None)
+
+
+def conv2d_backward(dy, cache, need_dx=True, need_dW=True):
+    """dy (N, O, Ho, Wo) -> dx (N, C, H, W), dW (O, C, k, k), db (O,)."""
+    cols, x_shape, W, stride, padding, has_bias = cache
+    o, c, k, _ = W.shape
+    dy2 = _to_channel_major(dy)                                # (O, N*Ho*Wo)
+    dW = db = dx = None
+    if need_dW:
+        dW = gemm(dy2, cols, trans_b=True).reshape(W.shape)   # (O, C*k*k)
+        db = bias_grad(dy) if has_bias else None
+    if need_dx:
+        dcols = gemm(W.reshape(o, c * k * k), dy2, trans_a=True)   # (C*k*k, N*Ho*Wo)
+        dx = col2im(dcols, x_shape, k, stride, padding)
+    return dx, dW, db
+
+
+def conv_transpose2d_forward(x, W, b=None, stride=1, padding=0, output_padding=0):
+    """x (N, Cin, H, W), W (Cin, Cout, k, k), b (Cout,) -> y (N, Cout, Ho, Wo),
+    Ho = (H - 1) s - 2p + k + output_padding (PyTorch's size)."""
+    n, cin, h, w = x.shape
+    _, cout, k, _ = W.shape
+    ho = conv_transpose_output_size(h, k, stride, padding, output_padding)
+    wo = conv_transpose_output_size(w, k, stride, padding, output_padding)
+    x2 = _to_channel_major(x)                                  # (Cin, N*H*W)
+    cols = gemm(W.reshape(cin, cout * k * k), x2, trans_a=True)     # (Cout*k*k, N*H*W)
+    y = col2im(cols, (n, cout, ho, wo), k, stride, padding, out_hw=(h, w))
+    if b is not None:
+        bias_add(y, b)
+    return y, (x2, x.shape, W, stride, padding, b is not None)
+
+
+def conv_transpose2d_backward(dy, cache, need_dx=True, need_dW=True):
+    """dy (N, Cout, Ho, Wo) -> dx (N, Cin, H, W), dW (Cin, Cout, k, k), db (Cout,)."""
+    x2, x_shape, W, stride, padding, has_bias = cache
+    n, cin, h, w = x_shape
+    _, cout, k, _ = W.shape
+    dcols = im2col(dy, k, stride, padding, out_hw=(h, w))  # (Cout*k*k, N*H*W)
+    dW = db = dx = None
+    if need_dW:
+        dW = gemm(x2, dcols, trans_b=True).reshape(W.shape)   # (Cin, Cout*k*k)
+        db = bias_grad(dy) if has_bias else None
+    if need_dx:
+        dx2 = gemm(W.reshape(cin, cout * k * k), dcols)       # (Cin, N*H*W)
+        dx = _from_channel_major(dx2, n, h, w)
+    return dx, dW, db
+
