@@ -96,21 +96,45 @@ def _from_channel_major(a2, n, h, w):
     return xp.ascontiguousarray(a2.reshape(c, n, h, w).transpose(1, 0, 2, 3))
 
 
+def _as_transposed_kernel(W):
+    # a stride-1 conv is a transposed conv with the kernel flipped and in/out swapped:
+    # (O, C, k, k) -> (C, O, k, k) reversed in both spatial axes (a view)
+    return W.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1]
+
+
+def _expand_outputs(W, stride, padding):
+    """True when expanding the k*k taps on the output side is cheaper: for a stride-1
+    conv with fewer output than input channels (G's last Conv2d(w -> 1, k=7)) the
+    column matrix shrinks from C*k*k to O*k*k rows."""
+    o, c, k, _ = W.shape
+    return stride == 1 and o < c and padding <= k - 1
+
+
 def conv2d_forward(x, W, b=None, stride=1, padding=0):
     """x (N, C, H, W), W (O, C, k, k), b (O,) -> y (N, O, Ho, Wo)."""
     n, _, h, w = x.shape
     o, c, k, _ = W.shape
+    if _expand_outputs(W, stride, padding):
+        Wt = _as_transposed_kernel(W)
+        xp = backend.array_module(W)
+        y, cache = conv_transpose2d_forward(x, xp.ascontiguousarray(Wt), b, 1, k - 1 - padding)
+        return y, ("expand_outputs", cache)
     ho, wo = conv_output_size(h, k, stride, padding), conv_output_size(w, k, stride, padding)
     cols = im2col(x, k, stride, padding)                      # (C*k*k, N*Ho*Wo)
     y2 = gemm(W.reshape(o, c * k * k), cols)                  # (O, N*Ho*Wo)
     y = _from_channel_major(y2, n, ho, wo)
     if b is not None:
         bias_add(y, b)
-    return y, (cols, x.shape, W, stride, padding, b is not None)
+    return y, ("im2col", (cols, x.shape, W, stride, padding, b is not None))
 
 
 def conv2d_backward(dy, cache, need_dx=True, need_dW=True):
     """dy (N, O, Ho, Wo) -> dx (N, C, H, W), dW (O, C, k, k), db (O,)."""
+    mode, cache = cache
+    if mode == "expand_outputs":
+        dx, dWt, db = conv_transpose2d_backward(dy, cache, need_dx, need_dW)
+        dW = None if dWt is None else backend.array_module(dWt).ascontiguousarray(_as_transposed_kernel(dWt))
+        return dx, dW, db
     cols, x_shape, W, stride, padding, has_bias = cache
     o, c, k, _ = W.shape
     dy2 = _to_channel_major(dy)                                # (O, N*Ho*Wo)

@@ -1,0 +1,145 @@
+"""Checkpoints: one .npz holding a run's whole state, written atomically.
+
+Layout of the arrays inside (NumPy only, no pickles):
+    G.<param or buffer name>        generator state dict (PyTorch names)
+    D.<name>                        discriminator state dict
+    opt_g.<key>, opt_d.<key>        Adam state (t, m.i, v.i)
+    rng.<name>                      bit-generator states, as JSON strings
+    meta                            JSON string: step, epoch, config, class names, version
+
+Writing goes to a temporary file in the same directory, is fsynced, then renamed
+over the target, so a run killed at any moment leaves either the old checkpoint or
+the new one, never a torn file.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+
+class CheckpointError(ValueError):
+    pass
+
+
+def _prefixed(prefix, state):
+    return {f"{prefix}.{k}": np.asarray(v) for k, v in state.items()}
+
+
+def _unprefixed(arrays, prefix):
+    n = len(prefix) + 1
+    return {k[n:]: arrays[k] for k in arrays if k.startswith(prefix + ".")}
+
+
+def rng_state_json(gen: np.random.Generator) -> str:
+    return json.dumps(gen.bit_generator.state)
+
+
+def restore_rng(gen: np.random.Generator, state_json: str):
+    gen.bit_generator.state = json.loads(str(state_json))
+
+
+def atomic_write_bytes(path, write_fn):
+    """Call write_fn(fileobj) on a temp file beside `path`, fsync, rename over `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write_fn(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        dfd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)  # make the rename itself durable
+        finally:
+            os.close(dfd)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save(path, G, D, opt_g=None, opt_d=None, rngs=None, meta=None):
+    """Write a checkpoint atomically. rngs: name -> numpy Generator."""
+    arrays = {}
+    arrays.update(_prefixed("G", G.state_dict()))
+    arrays.update(_prefixed("D", D.state_dict()))
+    if opt_g is not None:
+        arrays.update(_prefixed("opt_g", opt_g.state_dict()))
+    if opt_d is not None:
+        arrays.update(_prefixed("opt_d", opt_d.state_dict()))
+    for name, gen in (rngs or {}).items():
+        arrays[f"rng.{name}"] = np.asarray(rng_state_json(gen))
+    arrays["meta"] = np.asarray(json.dumps(meta or {}))
+    atomic_write_bytes(path, lambda f: np.savez(f, **arrays))
+
+
+def load(path):
+    """Read a checkpoint into a dict with keys G, D, opt_g, opt_d, rng, meta.
+    A missing, truncated or foreign file raises CheckpointError naming it."""
+    path = Path(path)
+    if path.is_dir():
+        for cand in (path / "checkpoints" / "last.npz", path / "last.npz"):
+            if cand.exists():
+                path = cand
+                break
+        else:
+            raise CheckpointError(f"{path}: no checkpoints/last.npz in this run directory")
+    if not path.exists():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
+        raise CheckpointError(f"{path}: not a readable checkpoint ({e})") from None
+    if "meta" not in arrays:
+        raise CheckpointError(f"{path}: not a cganraw checkpoint (no 'meta' entry)")
+    try:
+        meta = json.loads(str(arrays["meta"]))
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path}: corrupt metadata ({e})") from None
+    return {
+        "path": str(path),
+        "G": _unprefixed(arrays, "G"),
+        "D": _unprefixed(arrays, "D"),
+        "opt_g": _unprefixed(arrays, "opt_g"),
+        "opt_d": _unprefixed(arrays, "opt_d"),
+        "rng": {k: str(v) for k, v in _unprefixed(arrays, "rng").items()},
+        "meta": meta,
+    }
+
+
+def build_models(ckpt):
+    """(G, D) rebuilt from a loaded checkpoint's config, with its weights."""
+    from cganraw import models  # noqa: PLC0415  (models sit above this module's data)
+
+    cfg = ckpt["meta"].get("config", {})
+    try:
+        G, D = models.build(cfg["model"], ckpt["meta"].get("num_classes"), latent_dim=cfg["latent_dim"],
+                            width=cfg["width"], seed=0, batchnorm=cfg.get("g_batchnorm", False))
+    except KeyError as e:
+        raise CheckpointError(f"{ckpt['path']}: config lacks {e}") from None
+    try:
+        G.load_state_dict(ckpt["G"])
+        D.load_state_dict(ckpt["D"])
+    except (KeyError, ValueError) as e:
+        raise CheckpointError(f"{ckpt['path']}: weights do not fit the configured model: {e}") from None
+    return G, D
+
+
+def load_generator(path):
+    """(G in eval mode, meta) from a checkpoint file or run directory. meta has keys
+    dataset, model, num_classes, class_names, latent_dim, step, epoch, config."""
+    ckpt = load(path)
+    G, _ = build_models(ckpt)
+    G.eval()
+    meta = dict(ckpt["meta"])
+    meta.setdefault("latent_dim", G.latent_dim)
+    meta["path"] = ckpt["path"]
+    return G, meta

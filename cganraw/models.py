@@ -1,0 +1,293 @@
+"""The GAN models of the literature, as generator/discriminator Module pairs.
+
+    cgan-conv  conditional conv GAN; the label enters through Embedding -> Linear ->
+               an extra image channel (7x7 in G, 28x28 in D). The default.
+    cgan-mlp   conditional MLP GAN; the label enters as a one-hot vector.
+    dcgan      unconditional DCGAN (Radford et al.).
+    gan-mlp    unconditional MLP GAN (Goodfellow et al.).
+
+Protocol: `G(z, labels) -> images (N, 1, 28, 28)` in [-1, 1], `G.backward(dimages) -> dz`;
+`D(x, labels) -> logits (N, 1)`, `D.backward(dlogits) -> dx`. Unconditional models take
+labels=None. Attribute names follow a plain PyTorch port, so state dicts map one-to-one.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from cganraw import backend
+from cganraw import nn
+
+IMAGE_SHAPE = (1, 28, 28)
+IMAGE_SIZE = 28 * 28
+MODELS = ("cgan-conv", "cgan-mlp", "dcgan", "gan-mlp")
+LABEL_EMBED_DIM = 50
+
+
+def _check_z(model, z):
+    if not backend.is_array(z) or z.dtype.kind != "f":
+        raise TypeError(f"{type(model).__name__}: z must be a floating-point array (N, {model.latent_dim}), "
+                        f"got {getattr(z, 'dtype', type(z).__name__)}")
+    if z.ndim != 2 or z.shape[1] != model.latent_dim:
+        raise ValueError(f"{type(model).__name__}: expected z of shape (N, {model.latent_dim}), "
+                         f"got shape {tuple(z.shape)}")
+
+
+def _check_images(model, x):
+    if not backend.is_array(x) or x.dtype.kind != "f":
+        raise TypeError(f"{type(model).__name__}: images must be a floating-point array (N, 1, 28, 28), "
+                        f"got {getattr(x, 'dtype', type(x).__name__)}")
+    if tuple(x.shape[1:]) != IMAGE_SHAPE or x.ndim != 4:
+        raise ValueError(f"{type(model).__name__}: expected images of shape (N, 1, 28, 28), "
+                         f"got shape {tuple(x.shape)}")
+
+
+def _check_labels(model, labels, n):
+    if model.num_classes is None:
+        if labels is not None:
+            raise ValueError(f"{type(model).__name__} is unconditional: pass labels=None")
+        return
+    if labels is None:
+        raise ValueError(f"{type(model).__name__} is conditional: labels (N,) are required")
+    if not backend.is_array(labels) or labels.dtype.kind not in "iu":
+        raise TypeError(f"{type(model).__name__}: labels must be an integer array (N,), "
+                        f"got {getattr(labels, 'dtype', type(labels).__name__)}")
+    if labels.shape != (n,):
+        raise ValueError(f"{type(model).__name__}: expected labels of shape ({n},), got shape {tuple(labels.shape)}")
+
+
+def one_hot(labels, num_classes, dtype=np.float32):
+    """labels (N,) int -> (N, K) float one-hot, on the labels' backend."""
+    xp = backend.array_module(labels)
+    out = xp.zeros((labels.shape[0], num_classes), dtype=dtype)
+    out[xp.arange(labels.shape[0]), labels] = 1
+    return out
+
+
+class _GAN(nn.Module):
+    """Common attributes of both halves."""
+
+    def __init__(self, latent_dim, num_classes):
+        super().__init__()
+        self.latent_dim = int(latent_dim)
+        self.num_classes = None if num_classes is None else int(num_classes)
+
+    @property
+    def conditional(self):
+        return self.num_classes is not None
+
+
+# ---------------------------------------------------------------- cgan-conv ------
+
+class ConvCGANGenerator(_GAN):
+    """z (N, latent) -> Linear -> w*7*7 -> LeakyReLU -> (w, 7, 7); label -> Embedding(K, 50)
+    -> Linear(50, 49) -> (1, 7, 7); concat -> ConvT(w+1, w, 4, 2, 1) -> LeakyReLU [-> BN]
+    -> ConvT(w, w, 4, 2, 1) -> LeakyReLU [-> BN] -> Conv2d(w, 1, 7, p=3) -> tanh."""
+
+    def __init__(self, num_classes, latent_dim=100, width=128, batchnorm=False, rng=None):
+        super().__init__(latent_dim, num_classes)
+        w = int(width)
+        self.width = w
+        self.fc = nn.Linear(latent_dim, w * 7 * 7, rng=rng)
+        self.fc_act = nn.LeakyReLU(0.2)
+        self.to_map = nn.Reshape(w, 7, 7)
+        self.label_emb = nn.Embedding(num_classes, LABEL_EMBED_DIM, rng=rng)
+        self.label_fc = nn.Linear(LABEL_EMBED_DIM, 7 * 7, rng=rng)
+        self.label_map = nn.Reshape(1, 7, 7)
+        self.concat = nn.Concat(axis=1)
+        up1 = [nn.ConvTranspose2d(w + 1, w, 4, 2, 1, rng=rng), nn.LeakyReLU(0.2)]
+        up2 = [nn.ConvTranspose2d(w, w, 4, 2, 1, rng=rng), nn.LeakyReLU(0.2)]
+        if batchnorm:
+            up1.insert(1, nn.BatchNorm2d(w, rng=rng))
+            up2.insert(1, nn.BatchNorm2d(w, rng=rng))
+        self.net = nn.Sequential(*up1, *up2, nn.Conv2d(w, 1, 7, padding=3, rng=rng), nn.Tanh())
+
+    def forward(self, z, labels):
+        _check_z(self, z)
+        _check_labels(self, labels, z.shape[0])
+        h = self.to_map(self.fc_act(self.fc(z)))                       # (N, w, 7, 7)
+        lab = self.label_map(self.label_fc(self.label_emb(labels)))    # (N, 1, 7, 7)
+        return self.net(self.concat(h, lab))                           # (N, 1, 28, 28)
+
+    def backward(self, dy):
+        dh, dlab = self.concat.backward(self.net.backward(dy))
+        self.label_emb.backward(self.label_fc.backward(self.label_map.backward(dlab)))
+        return self.fc.backward(self.fc_act.backward(self.to_map.backward(dh)))
+
+
+class ConvCGANDiscriminator(_GAN):
+    """label -> Embedding(K, 50) -> Linear(50, 784) -> (1, 28, 28), concat with the image
+    -> Conv2d(2, w, 3, 2, 1) -> LeakyReLU -> Conv2d(w, w, 3, 2, 1) -> LeakyReLU -> Flatten
+    -> Dropout(0.4) -> Linear(w*7*7, 1)."""
+
+    def __init__(self, num_classes, width=128, dropout=0.4, rng=None, dropout_seed=None):
+        super().__init__(0, num_classes)
+        w = int(width)
+        self.width = w
+        self.label_emb = nn.Embedding(num_classes, LABEL_EMBED_DIM, rng=rng)
+        self.label_fc = nn.Linear(LABEL_EMBED_DIM, IMAGE_SIZE, rng=rng)
+        self.label_map = nn.Reshape(*IMAGE_SHAPE)
+        self.concat = nn.Concat(axis=1)
+        self.net = nn.Sequential(
+            nn.Conv2d(2, w, 3, 2, 1, rng=rng), nn.LeakyReLU(0.2),
+            nn.Conv2d(w, w, 3, 2, 1, rng=rng), nn.LeakyReLU(0.2),
+            nn.Flatten(), nn.Dropout(dropout, rng=dropout_seed), nn.Linear(w * 7 * 7, 1, rng=rng))
+
+    def forward(self, x, labels):
+        _check_images(self, x)
+        _check_labels(self, labels, x.shape[0])
+        lab = self.label_map(self.label_fc(self.label_emb(labels)))    # (N, 1, 28, 28)
+        return self.net(self.concat(x, lab))                           # (N, 1)
+
+    def backward(self, dy):
+        dx, dlab = self.concat.backward(self.net.backward(dy))
+        self.label_emb.backward(self.label_fc.backward(self.label_map.backward(dlab)))
+        return dx
+
+
+# ---------------------------------------------------------------- MLP models -----
+
+def _mlp_block_g(n_in, n_out, rng, batchnorm):
+    layers = [nn.Linear(n_in, n_out, rng=rng)]
+    if batchnorm:
+        layers.append(nn.BatchNorm1d(n_out, rng=rng))
+    layers.append(nn.ReLU() if batchnorm else nn.LeakyReLU(0.2))
+    return layers
+
+
+def _mlp_block_d(n_in, n_out, rng, dropout, dropout_seed):
+    return [nn.Linear(n_in, n_out, rng=rng), nn.LeakyReLU(0.2), nn.Dropout(dropout, rng=dropout_seed)]
+
+
+class MLPGenerator(_GAN):
+    """[z, one-hot(K)] -> 256 -> 512 -> 1024 -> 784 -> tanh -> (1, 28, 28).
+    Conditional: Linear -> BatchNorm1d -> ReLU blocks; unconditional (gan-mlp): Linear ->
+    LeakyReLU(0.2) blocks, as in the original papers."""
+
+    def __init__(self, num_classes=None, latent_dim=100, rng=None):
+        super().__init__(latent_dim, num_classes)
+        k = num_classes or 0
+        bn = num_classes is not None
+        self.concat = nn.Concat(axis=1)
+        self.net = nn.Sequential(
+            *_mlp_block_g(latent_dim + k, 256, rng, bn), *_mlp_block_g(256, 512, rng, bn),
+            *_mlp_block_g(512, 1024, rng, bn), nn.Linear(1024, IMAGE_SIZE, rng=rng), nn.Tanh(),
+            nn.Reshape(*IMAGE_SHAPE))
+
+    def forward(self, z, labels=None):
+        _check_z(self, z)
+        _check_labels(self, labels, z.shape[0])
+        if self.conditional:
+            z = self.concat(z, one_hot(labels, self.num_classes, z.dtype))
+        return self.net(z)
+
+    def backward(self, dy):
+        dz = self.net.backward(dy)
+        if self.conditional:
+            dz, _ = self.concat.backward(dz)
+        return dz
+
+
+class MLPDiscriminator(_GAN):
+    """[x (784), one-hot(K)] -> 1024 -> 512 -> 256 -> 1, LeakyReLU(0.2) and Dropout(0.3)."""
+
+    def __init__(self, num_classes=None, dropout=0.3, rng=None, dropout_seed=None):
+        super().__init__(0, num_classes)
+        k = num_classes or 0
+        seeds = (dropout_seed if isinstance(dropout_seed, np.random.SeedSequence)
+                 else np.random.SeedSequence(dropout_seed)).spawn(3)
+        self.flatten = nn.Flatten()
+        self.concat = nn.Concat(axis=1)
+        self.net = nn.Sequential(
+            *_mlp_block_d(IMAGE_SIZE + k, 1024, rng, dropout, np.random.default_rng(seeds[0])),
+            *_mlp_block_d(1024, 512, rng, dropout, np.random.default_rng(seeds[1])),
+            *_mlp_block_d(512, 256, rng, dropout, np.random.default_rng(seeds[2])),
+            nn.Linear(256, 1, rng=rng))
+
+    def forward(self, x, labels=None):
+        _check_images(self, x)
+        _check_labels(self, labels, x.shape[0])
+        h = self.flatten(x)
+        if self.conditional:
+            h = self.concat(h, one_hot(labels, self.num_classes, x.dtype))
+        return self.net(h)
+
+    def backward(self, dy):
+        dh = self.net.backward(dy)
+        if self.conditional:
+            dh, _ = self.concat.backward(dh)
+        return self.flatten.backward(dh)
+
+
+# ---------------------------------------------------------------- dcgan ----------
+
+class DCGANGenerator(_GAN):
+    """z -> Linear -> (w, 7, 7) -> BN -> ReLU -> ConvT(w, w/2, 4, 2, 1) -> BN -> ReLU
+    -> ConvT(w/2, 1, 4, 2, 1) -> tanh."""
+
+    def __init__(self, latent_dim=100, width=128, rng=None):
+        super().__init__(latent_dim, None)
+        w, h = int(width), max(int(width) // 2, 1)
+        self.width = w
+        self.net = nn.Sequential(
+            nn.Linear(latent_dim, w * 7 * 7, rng=rng), nn.Reshape(w, 7, 7), nn.BatchNorm2d(w, rng=rng), nn.ReLU(),
+            nn.ConvTranspose2d(w, h, 4, 2, 1, rng=rng), nn.BatchNorm2d(h, rng=rng), nn.ReLU(),
+            nn.ConvTranspose2d(h, 1, 4, 2, 1, rng=rng), nn.Tanh())
+
+    def forward(self, z, labels=None):
+        _check_z(self, z)
+        _check_labels(self, labels, z.shape[0])
+        return self.net(z)
+
+    def backward(self, dy):
+        return self.net.backward(dy)
+
+
+class DCGANDiscriminator(_GAN):
+    """Conv(1, w/2, 4, 2, 1) -> LeakyReLU -> Conv(w/2, w, 4, 2, 1) -> BN -> LeakyReLU -> Linear -> 1."""
+
+    def __init__(self, width=128, rng=None):
+        super().__init__(0, None)
+        w, h = int(width), max(int(width) // 2, 1)
+        self.width = w
+        self.net = nn.Sequential(
+            nn.Conv2d(1, h, 4, 2, 1, rng=rng), nn.LeakyReLU(0.2),
+            nn.Conv2d(h, w, 4, 2, 1, rng=rng), nn.BatchNorm2d(w, rng=rng), nn.LeakyReLU(0.2),
+            nn.Flatten(), nn.Linear(w * 7 * 7, 1, rng=rng))
+
+    def forward(self, x, labels=None):
+        _check_images(self, x)
+        _check_labels(self, labels, x.shape[0])
+        return self.net(x)
+
+    def backward(self, dy):
+        return self.net.backward(dy)
+
+
+# ---------------------------------------------------------------- factory --------
+
+def build(name, num_classes, latent_dim=100, width=128, seed=0, batchnorm=False):
+    """(G, D) for model `name`, initialised from `seed` (DCGAN's N(0, 0.02)).
+    num_classes is ignored by the unconditional models."""
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
+    if latent_dim <= 0 or width <= 0:
+        raise ValueError(f"latent_dim and width must be positive, got {latent_dim} and {width}")
+    conditional = not (name == "dcgan" or name == "gan-mlp")
+    if conditional and (num_classes is None or int(num_classes) < 2):
+        raise ValueError(f"{name} needs num_classes >= 2, got {num_classes}")
+    ss = np.random.SeedSequence(seed)
+    g_seed, d_seed, drop_seed = ss.spawn(3)
+    rg, rd = np.random.default_rng(g_seed), np.random.default_rng(d_seed)
+    if name == "cgan-conv":
+        return (ConvCGANGenerator(num_classes, latent_dim, width, batchnorm, rg),
+                ConvCGANDiscriminator(num_classes, width, rng=rd, dropout_seed=drop_seed))
+    if name == "cgan-mlp":
+        return MLPGenerator(num_classes, latent_dim, rg), MLPDiscriminator(num_classes, rng=rd, dropout_seed=drop_seed)
+    if name == "dcgan":
+        return DCGANGenerator(latent_dim, width, rg), DCGANDiscriminator(width, rd)
+    return MLPGenerator(None, latent_dim, rg), MLPDiscriminator(None, rng=rd, dropout_seed=drop_seed)
+
+
+def dropout_layers(module):
+    """The Dropout layers of a model, in order: their generators go into checkpoints."""
+    return [m for _, m in module.named_modules() if isinstance(m, nn.Dropout)]
