@@ -44,14 +44,15 @@ def check_backward(forward, backward, inputs, params=(), grad_output=None, *, ep
     xp = backend.get_xp()
     inputs = [xp.array(x, copy=True) if backend.is_array(x) else x for x in inputs]
     float_idx = [i for i, x in enumerate(inputs) if backend.is_array(x) and x.dtype.kind == "f"]
-    params = list(params)
+    # params: Parameters, or (name, Parameter) pairs for clearer failure messages
+    params = [p if isinstance(p, tuple) else (p.name, p) for p in params]
 
     y = _as_tuple(forward(*inputs))
     if grad_output is None:
         gy = tuple(xp.asarray(rng.standard_normal(a.shape), dtype=a.dtype) for a in y)
     else:
         gy = _as_tuple(grad_output)
-    for p in params:
+    for _, p in params:
         p.zero_grad()
     gx = _as_tuple(backward(gy if len(gy) > 1 else gy[0]))
     if not float_idx and gx == (None,):
@@ -65,9 +66,9 @@ def check_backward(forward, backward, inputs, params=(), grad_output=None, *, ep
     for k, i in enumerate(float_idx):
         if gx[k] is not None:
             arrays.append((f"input {i}", inputs[i], backend.asnumpy(gx[k]).astype(np.float64)))
-    for j, p in enumerate(params):
+    for j, (pname, p) in enumerate(params):
         if p.requires_grad:
-            arrays.append((f"param {p.name or j}", p.data, backend.asnumpy(p.grad).astype(np.float64)))
+            arrays.append((f"param {pname or j}", p.data, backend.asnumpy(p.grad).astype(np.float64)))
     for label, a, g in arrays:
         if g.shape != tuple(a.shape):
             raise GradientCheckError(f"{name}: gradient of {label} has shape {g.shape}, expected {tuple(a.shape)}")
@@ -140,4 +141,4 @@ def check_module(module, *inputs, grad_output=None, before_forward=None, **kwarg
         return module(*xs)
 
     kwargs.setdefault("name", type(module).__name__)
-    return check_backward(forward, module.backward, inputs, module.parameters(), grad_output, **kwargs)
+    return check_backward(forward, module.backward, inputs, list(module.named_parameters()), grad_output, **kwargs)
