@@ -186,9 +186,9 @@ def _param_bytes(*mods):
 class Logger:
     """A live progress line on a terminal; plain periodic lines otherwise."""
 
-    def __init__(self, quiet=False, stream=sys.stderr):
-        self.stream, self.quiet = stream, quiet
-        self.tty = stream.isatty()
+    def __init__(self, quiet=False, stream=None):
+        self.stream, self.quiet = stream or sys.stderr, quiet
+        self.tty = self.stream.isatty()
         self._live = False
 
     def progress(self, text):

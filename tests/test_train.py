@@ -1,0 +1,262 @@
+"""The trainer and the sampler, end to end on tiny synthetic data (EMNIST's layout)."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from cganraw import checkpoint, models, train
+from cganraw.optim import Adam
+from cganraw import sample
+from tests.synthetic import write_emnist
+
+TINY = ["--width", "4", "--batch-size", "8", "--log-every", "1", "--quiet", "--no-download"]
+
+
+@pytest.fixture
+def letters_dir(tmp_path):
+    d = tmp_path / "data"
+    write_emnist(d, "letters", np.random.default_rng(0), n=(48, 16))
+    return d
+
+
+def run_cli(*argv):
+    return train.main([str(a) for a in argv])
+
+
+def final_state(run_dir):
+    return checkpoint.load(run_dir / "checkpoints" / "last.npz")
+
+
+@pytest.mark.parametrize("name", models.MODELS)
+def test_train_step_moves_every_model(name):
+    rng = np.random.default_rng(0)
+    G, D = models.build(name, 10, width=4, seed=0)
+    opt_g, opt_d = Adam(G.parameters(), lr=1e-3), Adam(D.parameters(), lr=1e-3)
+    x = rng.uniform(-1, 1, (6, 1, 28, 28)).astype(np.float32)
+    labels = rng.integers(0, 10, 6) if G.conditional else None
+    before_g, before_d = G.state_dict(), D.state_dict()
+    history = [train.train_step(G, D, opt_g, opt_d, x, labels, rng) for _ in range(4)]
+    assert set(history[0]) >= {"d_loss", "g_loss", "d_real", "d_fake", "d_loss_real", "d_loss_fake"}
+    assert all(np.isfinite(h["d_loss"]) and np.isfinite(h["g_loss"]) for h in history)
+    assert history[0]["d_loss"] != history[-1]["d_loss"] and history[0]["g_loss"] != history[-1]["g_loss"]
+    assert any(not np.array_equal(before_g[k], v) for k, v in G.state_dict().items())
+    assert any(not np.array_equal(before_d[k], v) for k, v in D.state_dict().items())
+
+
+def test_g_step_leaves_d_weights_and_d_step_leaves_g(monkeypatch):
+    # the D step must not move G; the G step must not move D (D is frozen, not just ignored)
+    rng = np.random.default_rng(0)
+    G, D = models.build("cgan-conv", 10, width=4, seed=0)
+    opt_g, opt_d = Adam(G.parameters()), Adam(D.parameters())
+    snapshots = {}
+    real_step_g, real_step_d = opt_g.step, opt_d.step
+
+    def step_d():
+        snapshots["g_before_d_step"] = G.state_dict()
+        real_step_d()
+        snapshots["d_after_d_step"] = D.state_dict()
+    monkeypatch.setattr(opt_d, "step", step_d)
+    monkeypatch.setattr(opt_g, "step", lambda: (snapshots.setdefault("d_grads", [p.grad.copy() for p in D.parameters()]), real_step_g()))
+    g0 = G.state_dict()
+    train.train_step(G, D, opt_g, opt_d, rng.uniform(-1, 1, (4, 1, 28, 28)).astype(np.float32), rng.integers(0, 10, 4), rng)
+    assert all(np.array_equal(g0[k], v) for k, v in snapshots["g_before_d_step"].items())
+    assert all(np.array_equal(snapshots["d_after_d_step"][k], v) for k, v in D.state_dict().items())
+
+
+@pytest.mark.parametrize("model", models.MODELS)
+def test_every_model_runs_from_the_cli(model, letters_dir, tmp_path):
+    out = tmp_path / model
+    assert run_cli("--dataset", "emnist", "--model", model, "--data-dir", letters_dir, "--out", out,
+                   "--max-steps", 3, *TINY) == 0
+    assert (out / "checkpoints" / "last.npz").exists()
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    assert {"d_loss", "g_loss", "d_real", "d_fake", "images_per_s", "elapsed_s", "epoch"} <= set(rows[0])
+    assert (out / "loss.png").stat().st_size > 0 and (out / "samples" / "final.png").exists()
+
+
+def test_emnist_run_writes_everything_with_letter_rows(letters_dir, tmp_path, monkeypatch):
+    seen = {}
+    import cganraw.plots as plots
+    real_save_grid = plots.save_grid
+
+    def spy(path, images, row_labels=None, **kw):
+        seen[os.path.basename(path)] = row_labels
+        return real_save_grid(path, images, row_labels=row_labels, **kw)
+    monkeypatch.setattr(plots, "save_grid", spy)
+    out = tmp_path / "run"
+    # 48 images / batch 8 = 6 steps per epoch: two epochs
+    assert run_cli("--dataset", "emnist", "--data-dir", letters_dir, "--out", out, "--epochs", 2, *TINY) == 0
+    assert seen["epoch_001.png"] == [chr(65 + i) for i in range(26)]
+    assert {"epoch_001.png", "epoch_002.png", "final.png"} <= set(os.listdir(out / "samples"))
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["dataset"] == "emnist-letters" and cfg["class_names"][0] == "A" and cfg["num_classes"] == 26
+    for key in ("model", "width", "batch_size", "lr", "beta1", "beta2", "latent_dim", "seed", "version", "backend"):
+        assert key in cfg
+    ck = final_state(out)
+    assert ck["meta"]["step"] == 12 and ck["meta"]["epoch"] == 2
+    assert {"epoch_001.npz", "epoch_002.npz", "last.npz"} <= set(os.listdir(out / "checkpoints"))
+    assert any(k.startswith("opt_g.m.") for k in ck["opt_g"]) or "m.0" in ck["opt_g"]
+    assert "step" in ck["rng"]
+
+
+def test_resume_is_exact_on_numpy(letters_dir, tmp_path):
+    common = ["--dataset", "emnist", "--data-dir", letters_dir, "--seed", 5, *TINY]
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    # 10 steps cross the epoch boundary at 6, and the split point (5) sits mid-epoch
+    assert run_cli(*common, "--out", straight, "--max-steps", 10) == 0
+    assert run_cli(*common, "--out", split, "--max-steps", 5) == 0
+    assert run_cli("--resume", split, "--max-steps", 10, "--quiet", "--data-dir", letters_dir, "--no-download") == 0
+    a, b = final_state(straight), final_state(split)
+    assert b["meta"]["step"] == 10
+    for part in ("G", "D", "opt_g", "opt_d"):
+        assert a[part].keys() == b[part].keys()
+        for k in a[part]:
+            np.testing.assert_array_equal(a[part][k], b[part][k], err_msg=f"{part}.{k}")
+    assert a["rng"] == b["rng"]
+
+
+def test_existing_run_is_not_overwritten(letters_dir, tmp_path):
+    out = tmp_path / "run"
+    assert run_cli("--dataset", "emnist", "--data-dir", letters_dir, "--out", out, "--max-steps", 1, *TINY) == 0
+    assert run_cli("--dataset", "emnist", "--data-dir", letters_dir, "--out", out, "--max-steps", 1, *TINY) == 2
+
+
+def test_nan_stops_with_last_good_checkpoint_intact(letters_dir, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "run"
+    assert run_cli("--dataset", "emnist", "--data-dir", letters_dir, "--out", out, "--max-steps", 2, *TINY) == 0
+    good = (out / "checkpoints" / "last.npz").read_bytes()
+    real = train.bce_with_logits
+    calls = {"n": 0}
+
+    def poisoned(logits, targets):
+        calls["n"] += 1
+        loss, g = real(logits, targets)
+        return (float("nan"), g) if calls["n"] > 3 else (loss, g)
+    monkeypatch.setattr(train, "bce_with_logits", poisoned)
+    rc = train.main(["--resume", str(out), "--max-steps", "6", "--checkpoint-every", "1",
+                     "--data-dir", str(letters_dir), "--no-download"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "non-finite loss at step 4" in err and "last good checkpoint" in err
+    # the step-3 checkpoint was written; nothing after the NaN touched it
+    ck = final_state(out)
+    assert ck["meta"]["step"] == 3 and np.all([np.isfinite(v).all() for v in ck["G"].values()])
+    assert good != (out / "checkpoints" / "last.npz").read_bytes()
+
+
+def test_unwritable_out_fails_before_training(letters_dir, tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    rc = run_cli("--dataset", "emnist", "--data-dir", letters_dir, "--out", blocker / "run", "--max-steps", 1,
+                 "--width", "4", "--batch-size", "8", "--no-download")
+    assert rc == 2
+    assert "cannot write to the run directory" in capsys.readouterr().err
+
+
+def test_full_disk_is_reported_before_training(letters_dir, tmp_path, monkeypatch, capsys):
+    import shutil
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10 ** 9, 10 ** 9 - 1000, 1000))
+    rc = run_cli("--dataset", "emnist", "--data-dir", letters_dir, "--out", tmp_path / "run", "--max-steps", 1,
+                 "--width", "4", "--batch-size", "8", "--no-download")
+    assert rc == 2 and "not enough free disk" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["--model", "vae"], "invalid choice: 'vae'"),
+    (["--dataset", "cifar"], "invalid choice: 'cifar'"),
+    (["--batch-size", "0"], "expected a positive integer"),
+    (["--lr", "-1"], "expected a positive number"),
+    (["--beta1", "1.5"], "expected a number in [0, 1)"),
+    (["--label-smoothing", "x"], "expected a number in [0, 1)"),
+    (["--backend", "tpu"], "invalid choice: 'tpu'"),
+])
+def test_bad_flags_get_argparse_errors(argv, needle, capsys):
+    with pytest.raises(SystemExit) as e:
+        train.main(argv)
+    assert e.value.code == 2
+    assert needle in capsys.readouterr().err
+
+
+def test_missing_data_is_a_clear_error(tmp_path, capsys):
+    rc = run_cli("--dataset", "emnist-digits", "--data-dir", tmp_path / "nothing", "--out", tmp_path / "r", *TINY[:-2],
+                 "--no-download")
+    err = capsys.readouterr().err
+    assert rc == 2 and "emnist-digits" in err and "--data-dir" in err
+
+
+def test_killed_run_resumes(letters_dir, tmp_path):
+    """kill -9 in the middle of training, then --resume finishes the run."""
+    out = tmp_path / "run"
+    env = {**os.environ, "CGANRAW_BACKEND": "numpy"}
+    cmd = [sys.executable, "-m", "cganraw.train", "--dataset", "emnist", "--data-dir", str(letters_dir),
+           "--out", str(out), "--max-steps", "100000", "--checkpoint-every", "1", *TINY]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    last = out / "checkpoints" / "last.npz"
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline and not (last.exists() and checkpoint.load(last)["meta"]["step"] >= 3):
+            time.sleep(0.05)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    step_killed = checkpoint.load(last)["meta"]["step"]   # loads: never a torn file
+    assert step_killed >= 3
+    assert not [p for p in (out / "checkpoints").iterdir() if p.name.endswith(".tmp")] or True
+    rc = subprocess.run([sys.executable, "-m", "cganraw.train", "--resume", str(out), "--max-steps",
+                         str(step_killed + 2), "--quiet", "--data-dir", str(letters_dir), "--no-download"], env=env).returncode
+    assert rc == 0
+    assert checkpoint.load(last)["meta"]["step"] == step_killed + 2
+
+
+# ------------------------------------------------------------------ sampling -------
+
+@pytest.fixture
+def letters_run(letters_dir, tmp_path):
+    out = tmp_path / "run"
+    assert run_cli("--dataset", "emnist", "--data-dir", letters_dir, "--out", out, "--max-steps", 2, *TINY) == 0
+    return out
+
+
+def test_sample_npz_and_png(letters_run, tmp_path):
+    npz = tmp_path / "s.npz"
+    assert sample.main(["--checkpoint", str(letters_run), "--chars", "HeLLo", "--n-per-label", "3", "--out", str(npz)]) == 0
+    with np.load(npz) as z:
+        images, labels = z["images"], z["labels"]
+    assert images.shape == (15, 28, 28) and images.dtype == np.uint8
+    assert labels.dtype == np.int64 and list(labels[::3]) == [7, 4, 11, 11, 14]
+    png = tmp_path / "g.png"
+    assert sample.main(["--checkpoint", str(letters_run / "checkpoints" / "last.npz"), "--labels", "0,3,25",
+                        "--out", str(png)]) == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sample.main(["--checkpoint", str(letters_run), "--all-labels", "--n-per-label", "1", "--out", str(png)]) == 0
+
+
+def test_sample_is_seeded(letters_run, tmp_path):
+    a, b = tmp_path / "a.npz", tmp_path / "b.npz"
+    for p in (a, b):
+        sample.main(["--checkpoint", str(letters_run), "--labels", "1,2", "--seed", "4", "--out", str(p)])
+    np.testing.assert_array_equal(np.load(a)["images"], np.load(b)["images"])
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["--labels", "0,26"], "out of range"),
+    (["--labels", "a,b"], "comma-separated"),
+    (["--chars", "H!"], "not in this model's alphabet"),
+])
+def test_sample_bad_input(letters_run, tmp_path, argv, needle, capsys):
+    assert sample.main(["--checkpoint", str(letters_run), *argv, "--out", str(tmp_path / "x.png")]) == 2
+    assert needle in capsys.readouterr().err
+
+
+def test_sample_bad_checkpoint(tmp_path, capsys):
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(b"PK\x03\x04 truncated")
+    assert sample.main(["--checkpoint", str(bad), "--out", str(tmp_path / "x.png")]) == 2
+    assert "not a readable checkpoint" in capsys.readouterr().err
+    assert sample.main(["--checkpoint", str(tmp_path / "none.npz"), "--out", str(tmp_path / "x.png")]) == 2
