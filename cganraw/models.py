@@ -63,6 +63,19 @@ def one_hot(labels, num_classes, dtype=np.float32):
     return out
 
 
+def init_label_path(emb, fc, rng):
+    """Start the label path as loud as the image path.
+
+    With DCGAN's N(0, 0.02) in both Embedding and the Linear after it, the label map
+    starts near 0.02 * 0.02 * sqrt(50) = 0.003: some 50x quieter than the noise path in G
+    and than the image in D, and its gradients are damped by the same product. D then
+    learns to ignore the label and G never learns to draw it, the conditioning collapse
+    the source papers report. So the embedding starts at N(0, 1) (torch.nn.Embedding's
+    own default) and the Linear at N(0, 1/fan_in), giving a label map of unit scale."""
+    nn.init.normal_(emb.weight, std=1.0, rng=rng)
+    nn.init.normal_(fc.weight, std=1.0 / np.sqrt(fc.in_features), rng=rng)
+
+
 class _GAN(nn.Module):
     """Common attributes of both halves."""
 
@@ -92,6 +105,7 @@ class ConvCGANGenerator(_GAN):
         self.to_map = nn.Reshape(w, 7, 7)
         self.label_emb = nn.Embedding(num_classes, LABEL_EMBED_DIM, rng=rng)
         self.label_fc = nn.Linear(LABEL_EMBED_DIM, 7 * 7, rng=rng)
+        init_label_path(self.label_emb, self.label_fc, rng)
         self.label_map = nn.Reshape(1, 7, 7)
         self.concat = nn.Concat(axis=1)
         up1 = [nn.ConvTranspose2d(w + 1, w, 4, 2, 1, rng=rng), nn.LeakyReLU(0.2)]
@@ -125,6 +139,7 @@ class ConvCGANDiscriminator(_GAN):
         self.width = w
         self.label_emb = nn.Embedding(num_classes, LABEL_EMBED_DIM, rng=rng)
         self.label_fc = nn.Linear(LABEL_EMBED_DIM, IMAGE_SIZE, rng=rng)
+        init_label_path(self.label_emb, self.label_fc, rng)
         self.label_map = nn.Reshape(*IMAGE_SHAPE)
         self.concat = nn.Concat(axis=1)
         self.net = nn.Sequential(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from cganraw import backend
+from cganraw.ops import _cpu
 from cganraw.ops.bias import bias_add, bias_grad
 from cganraw.ops.gemm import gemm
 
@@ -72,14 +73,81 @@ def col2im_numpy(cols, x_shape, kernel_size, stride, padding, out_hw=None):
     return np.ascontiguousarray(acc.transpose(1, 0, 2, 3))
 
 
+@_cpu.kernel
+def _im2col_numba(nb):
+    @nb.njit(parallel=True, cache=True)
+    def im2col(x, k, s, p, ho, wo, cols):
+        # one row (c, i, j) of cols per task; padding handled by bounds, not a padded copy
+        n_img, c_in, h, w = x.shape
+        for r in nb.prange(c_in * k * k):
+            c, i, j = r // (k * k), (r // k) % k, r % k
+            for n in range(n_img):
+                for oy in range(ho):
+                    yy = oy * s + i - p
+                    dst = (n * ho + oy) * wo
+                    if yy < 0 or yy >= h:
+                        cols[r, dst:dst + wo] = 0
+                        continue
+                    for ox in range(wo):
+                        xx = ox * s + j - p
+                        cols[r, dst + ox] = x[n, c, yy, xx] if 0 <= xx < w else 0
+    return im2col
+
+
+@_cpu.kernel
+def _col2im_numba(nb):
+    @nb.njit(parallel=True, cache=True)
+    def col2im(cols, k, s, p, ho, wo, out):
+        # one (n, c) output plane per task: its k*k scatters never race with another task
+        n_img, c_out, h, w = out.shape
+        for nc in nb.prange(n_img * c_out):
+            n, c = nc // c_out, nc % c_out
+            plane = out[n, c]
+            plane[:, :] = 0
+            for i in range(k):
+                for j in range(k):
+                    r = (c * k + i) * k + j
+                    for oy in range(ho):
+                        yy = oy * s + i - p
+                        if yy < 0 or yy >= h:
+                            continue
+                        src = (n * ho + oy) * wo
+                        for ox in range(wo):
+                            xx = ox * s + j - p
+                            if 0 <= xx < w:
+                                plane[yy, xx] += cols[r, src + ox]
+    return col2im
+
+
+def _use_numba(a):
+    return _cpu.enabled() and isinstance(a, np.ndarray)
+
+
 def im2col(x, kernel_size, stride=1, padding=0, out_hw=None):
     """x (N, C, H, W) -> cols (C*k*k, N*Ho*Wo). out_hw fixes the number of windows
     (a transposed conv's input size, which output_padding makes smaller than what fits)."""
+    if _use_numba(x):
+        n, c, h, w = x.shape
+        k = kernel_size
+        ho, wo = out_hw or (conv_output_size(h, k, stride, padding), conv_output_size(w, k, stride, padding))
+        cols = np.empty((c * k * k, n * ho * wo), dtype=x.dtype)
+        _im2col_numba(np.ascontiguousarray(x), k, stride, padding, ho, wo, cols)
+        return cols
     return im2col_numpy(x, kernel_size, stride, padding, out_hw)
 
 
 def col2im(cols, x_shape, kernel_size, stride=1, padding=0, out_hw=None):
     """cols (C*k*k, N*Ho*Wo) -> x (N, C, H, W), the adjoint of im2col."""
+    if _use_numba(cols):
+        n, c, h, w = x_shape
+        k = kernel_size
+        ho, wo = out_hw or (conv_output_size(h, k, stride, padding), conv_output_size(w, k, stride, padding))
+        if cols.shape != (c * k * k, n * ho * wo):
+            raise ValueError(f"col2im: cols has shape {cols.shape}, expected (C*k*k, N*Ho*Wo) = "
+                             f"({c * k * k}, {n * ho * wo})")
+        out = np.empty(x_shape, dtype=cols.dtype)
+        _col2im_numba(np.ascontiguousarray(cols), k, stride, padding, ho, wo, out)
+        return out
     return col2im_numpy(cols, x_shape, kernel_size, stride, padding, out_hw)
 
 
