@@ -26,3 +26,28 @@ def bce_with_logits(logits, targets):
         raise ValueError("bce_with_logits: empty logits")
     loss, cache = bce_with_logits_forward(logits, t)
     return float(loss), bce_with_logits_backward(1.0, cache)
+
+
+def softmax_cross_entropy(logits, labels):
+    """Mean softmax cross-entropy of logits (N, K) against integer labels (N,) in [0, K),
+    as torch.nn.functional.cross_entropy. Returns (loss as a Python float, dlogits (N, K))."""
+    from cganraw.ops.cross_entropy import (softmax_cross_entropy_backward,  # noqa: PLC0415
+                                           softmax_cross_entropy_forward)
+    if not backend.is_array(logits) or logits.dtype.kind != "f":
+        raise TypeError(f"softmax_cross_entropy: logits must be a floating-point array (N, K), got "
+                        f"{getattr(logits, 'dtype', type(logits).__name__)}")
+    if logits.ndim != 2 or logits.shape[0] == 0 or logits.shape[1] == 0:
+        raise ValueError(f"softmax_cross_entropy: expected logits of shape (N, K) with N, K >= 1, "
+                         f"got shape {tuple(logits.shape)}")
+    n, k = logits.shape
+    if not backend.is_array(labels) or labels.dtype.kind not in "iu":
+        raise TypeError(f"softmax_cross_entropy: labels must be an integer array ({n},), got "
+                        f"{getattr(labels, 'dtype', type(labels).__name__)}")
+    if labels.shape != (n,):
+        raise ValueError(f"softmax_cross_entropy: expected labels of shape ({n},) for logits of shape "
+                         f"{tuple(logits.shape)}, got shape {tuple(labels.shape)}")
+    lo, hi = int(labels.min()), int(labels.max())
+    if lo < 0 or hi >= k:
+        raise ValueError(f"softmax_cross_entropy: labels must lie in [0, {k}), got values from {lo} to {hi}")
+    loss, cache = softmax_cross_entropy_forward(logits, labels)
+    return float(loss), softmax_cross_entropy_backward(1.0, cache)

@@ -27,7 +27,7 @@ from cganraw.optim import Adam
 # Defaults tuned so that cgan-conv on MNIST reaches the label-accuracy bar on a
 # 2-core CPU in 20 minutes (see README); the literature's are batch 64, lr 2e-4.
 DEFAULTS = dict(model="cgan-conv", width=64, epochs=30, batch_size=64, lr=2e-4, lr_d=None, beta1=0.5,
-                beta2=0.999, latent_dim=100, seed=0, label_smoothing=0.0, g_batchnorm=False)
+                beta2=0.999, latent_dim=100, seed=0, label_smoothing=0.0, mismatch=0.0, g_batchnorm=False)
 KEEP_EPOCH_CHECKPOINTS = 3
 
 
@@ -37,10 +37,15 @@ class TrainingError(RuntimeError):
 
 # ------------------------------------------------------------------ one step ------
 
-def train_step(G, D, opt_g, opt_d, real_images, real_labels, rng, label_smoothing=0.0):
+def train_step(G, D, opt_g, opt_d, real_images, real_labels, rng, label_smoothing=0.0, mismatch=0.0):
     """One D step then one G step, in the standard order:
     D on real, D on fake (detached: G gets no gradient), then G with the
     non-saturating loss -log D(G(z)) through the updated D. All BCE-with-logits.
+
+    mismatch > 0 adds, between the two D terms, real images paired with a wrong label
+    as fakes, weighted by `mismatch` (the matching-aware discriminator of Reed et al.
+    2016): D must then read the label from the first step, instead of only once G's
+    images look real, which is what makes a cGAN draw the character it is asked for.
 
     real_images (N, 1, 28, 28) float in [-1, 1]; real_labels (N,) int or None;
     rng: numpy Generator for z and the fake labels. Returns floats: d_loss,
@@ -57,6 +62,12 @@ def train_step(G, D, opt_g, opt_d, real_images, real_labels, rng, label_smoothin
     logits_real = D(real_images, real_labels)
     loss_real, dlogits = bce_with_logits(logits_real, real_target)
     D.backward(dlogits)
+    loss_mismatch = 0.0
+    if mismatch > 0 and G.conditional:
+        # every label moved by 1..K-1 places: a wrong label for every image
+        wrong = (real_labels + xp.asarray(rng.integers(1, G.num_classes, n))) % G.num_classes
+        loss_mismatch, dlogits = bce_with_logits(D(real_images, wrong), 0.0)
+        D.backward(dlogits * dlogits.dtype.type(mismatch))
     fake = G(z, fake_labels)            # G keeps its cache for its own step below
     logits_fake = D(fake, fake_labels)
     loss_fake, dlogits = bce_with_logits(logits_fake, 0.0)
@@ -75,7 +86,8 @@ def train_step(G, D, opt_g, opt_d, real_images, real_labels, rng, label_smoothin
     opt_g.step()
 
     sig = lambda a: float(backend.asnumpy(1.0 / (1.0 + np.exp(-np.clip(backend.asnumpy(a), -60, 60)))).mean())  # noqa: E731
-    return {"d_loss": loss_real + loss_fake, "d_loss_real": loss_real, "d_loss_fake": loss_fake,
+    return {"d_loss": loss_real + loss_fake + mismatch * loss_mismatch, "d_loss_real": loss_real,
+            "d_loss_fake": loss_fake, "d_loss_mismatch": loss_mismatch,
             "g_loss": loss_g, "d_real": sig(logits_real), "d_fake": sig(logits_fake)}
 
 
@@ -98,6 +110,16 @@ def _positive_float(s):
         raise argparse.ArgumentTypeError(f"expected a positive number, got {s!r}") from None
     if not (v > 0 and math.isfinite(v)):
         raise argparse.ArgumentTypeError(f"expected a positive number, got {s}")
+    return v
+
+
+def _nonneg_float(s):
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {s!r}") from None
+    if not (v >= 0 and math.isfinite(v)):
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {s}")
     return v
 
 
@@ -131,6 +153,8 @@ def build_parser():
     p.add_argument("--seed", type=int, default=DEFAULTS["seed"])
     p.add_argument("--label-smoothing", type=_unit_float(), default=DEFAULTS["label_smoothing"],
                    help="one-sided: real targets become 1 - s")
+    p.add_argument("--mismatch", type=_nonneg_float, default=DEFAULTS["mismatch"],
+                   help="weight of the D term that scores real images with wrong labels as fake")
     p.add_argument("--out", default=None, help="run directory (default runs/<dataset>-<model>-<time>)")
     p.add_argument("--resume", nargs="?", const="", default=None, metavar="RUN_OR_CHECKPOINT",
                    help="continue a run from its last checkpoint (default: the --out directory)")
@@ -152,7 +176,7 @@ def build_parser():
 
 
 CONFIG_KEYS = ("dataset", "model", "width", "g_batchnorm", "epochs", "batch_size", "lr", "lr_d", "beta1",
-               "beta2", "latent_dim", "seed", "label_smoothing", "sample_every", "checkpoint_every",
+               "beta2", "latent_dim", "seed", "label_smoothing", "mismatch", "sample_every", "checkpoint_every",
                "log_every", "eval_every", "max_steps", "max_minutes")
 # settings a resumed run may change: how long it goes on, how often it reports
 RESUMABLE_OVERRIDES = ("epochs", "max_steps", "max_minutes", "sample_every", "checkpoint_every",
@@ -367,7 +391,8 @@ def run_training(args, log: Logger):
             x, labels = run.batches.next_batch()
             x = xp.asarray(x)
             labels = xp.asarray(labels) if G.conditional else None
-            stats = train_step(G, D, run.opt_g, run.opt_d, x, labels, run.rng_step, cfg["label_smoothing"])
+            stats = train_step(G, D, run.opt_g, run.opt_d, x, labels, run.rng_step, cfg["label_smoothing"],
+                               cfg.get("mismatch", 0.0))
             if not all(math.isfinite(stats[k]) for k in ("d_loss", "g_loss")):
                 raise TrainingError(
                     f"non-finite loss at step {run.step + 1} (D {stats['d_loss']}, G {stats['g_loss']}); "

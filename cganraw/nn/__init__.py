@@ -6,9 +6,10 @@ from cganraw.nn.conv import Conv2d, ConvTranspose2d
 from cganraw.nn.dropout import Dropout
 from cganraw.nn.embedding import Embedding
 from cganraw.nn.linear import Linear
+from cganraw.nn.maxpool import MaxPool2d
 from cganraw.nn.module import Module, Parameter, Sequential
 from cganraw.nn.shape import Concat, Flatten, Reshape
 
 __all__ = ["init", "Module", "Parameter", "Sequential", "Linear", "Conv2d", "ConvTranspose2d",
            "Embedding", "BatchNorm1d", "BatchNorm2d", "LeakyReLU", "ReLU", "Tanh", "Sigmoid",
-           "Dropout", "Flatten", "Reshape", "Concat"]
+           "Dropout", "Flatten", "Reshape", "Concat", "MaxPool2d"]

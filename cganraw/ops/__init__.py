@@ -16,9 +16,12 @@ from cganraw.ops.bias import bias_add, bias_grad
 from cganraw.ops.conv import (col2im, conv2d_backward, conv2d_forward, conv_output_size,
                               conv_transpose2d_backward, conv_transpose2d_forward,
                               conv_transpose_output_size, im2col)
+from cganraw.ops.cross_entropy import (log_softmax, softmax, softmax_cross_entropy_backward,
+                                       softmax_cross_entropy_forward)
 from cganraw.ops.dropout import dropout_backward, dropout_forward
 from cganraw.ops.embedding import embedding_backward, embedding_forward
 from cganraw.ops.gemm import gemm
 from cganraw.ops.linear import linear_backward, linear_forward
+from cganraw.ops.maxpool import maxpool2d_backward, maxpool2d_forward
 
 __all__ = [name for name in dir() if not name.startswith("_")]

@@ -6,7 +6,12 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from cganraw import backend
+from cganraw.ops import _launch
+from cganraw.ops.activation import element_count, elementwise_launch
+from cganraw.ops.bias import write_back, writable
 
 
 def adam_update_numpy(param, grad, m, v, lr, beta1, beta2, eps, step, weight_decay=0.0):
@@ -25,6 +30,36 @@ def adam_update_numpy(param, grad, m, v, lr, beta1, beta2, eps, step, weight_dec
     param -= f(step_size) * (m / denom)
 
 
+# ---------------------------------------------------------------- CUDA kernel (kernels/adam.cu)
+
+def adam_update_kernel(param, grad, m, v, lr, beta1, beta2, eps, step, weight_decay=0.0, version=2):
+    """As adam_update_numpy, in one fused kernel. The scalars the reference computes on
+    the host in double (step size, bias corrections, 1 - beta) are computed here the same
+    way and passed as float32. A strided param/m/v is updated through a contiguous copy
+    that is written back."""
+    op = "adam_update"
+    pc = writable(param, op, "param")
+    mc = writable(m, op, "m")
+    vc = writable(v, op, "v")
+    gc = _launch.arg(grad, np.float32, f"{op}: grad")
+    for name, a in (("grad", gc), ("m", mc), ("v", vc)):
+        if tuple(a.shape) != tuple(pc.shape):
+            raise ValueError(f"{op}: {name} has shape {tuple(a.shape)}, param {tuple(pc.shape)}")
+    f32 = _launch.f32
+    elementwise_launch("adam", op, version, pc.size,
+                       (pc, mc, vc, gc, f32(beta1), f32(beta2), f32(1 - beta1), f32(1 - beta2),
+                        f32(lr / (1 - beta1 ** step)), f32(math.sqrt(1 - beta2 ** step)), f32(eps),
+                        f32(weight_decay if weight_decay else 0.0), element_count(pc.size, op)))
+    write_back(param, pc)
+    write_back(m, mc)
+    write_back(v, vc)
+
+
+# ---------------------------------------------------------------- public op: dispatch
+
 def adam_update(param, grad, m, v, lr, beta1, beta2, eps, step, weight_decay=0.0):
     """Update param, m and v in place for step number `step` (1-based)."""
+    if backend.uses_kernels():
+        adam_update_kernel(param, grad, m, v, lr, beta1, beta2, eps, step, weight_decay)
+        return
     adam_update_numpy(param, grad, m, v, lr, beta1, beta2, eps, step, weight_decay)

@@ -4,8 +4,12 @@ which never exponentiates a positive number, so logits of +-1e4 stay finite.
 Targets may be soft (label smoothing)."""
 from __future__ import annotations
 
+import numpy as np
+
 from cganraw import backend
-from cganraw.ops.activation import sigmoid_numpy
+from cganraw.ops import _launch
+from cganraw.ops.activation import (ELEMENTWISE_MAX_BLOCKS, KERNEL_VERSIONS, element_count, elementwise_launch,
+                                    sigmoid_numpy)
 
 
 def bce_with_logits_forward_numpy(logits, targets):
@@ -21,10 +25,65 @@ def bce_with_logits_backward_numpy(dloss, cache):
     return (sigmoid_numpy(x) - t) * x.dtype.type(dloss / x.size)
 
 
+# ---------------------------------------------------------------- CUDA kernels (kernels/bce.cu)
+# version 1: per-element atomicAdd of term / n into one float (order varies run to run);
+# version 2 (default): block partial sums, then one block adds them in a fixed order and
+# divides by n: the same loss on every run.
+
+REDUCE_BLOCK = 256   # threads of the single block that sums version 2's partials
+
+
+def bce_with_logits_forward_kernel(logits, targets, version=2):
+    """As bce_with_logits_forward_numpy: (loss as a 0-d float32 array, cache (x, t))."""
+    op = "bce_forward"
+    xc = _launch.arg(logits, np.float32, f"{op}: logits")
+    tc = _launch.arg(targets, np.float32, f"{op}: targets")
+    if tuple(tc.shape) != tuple(xc.shape):
+        raise ValueError(f"{op}: targets have shape {tuple(tc.shape)}, logits {tuple(xc.shape)}")
+    if xc.size == 0:
+        raise ValueError(f"{op}: the mean of no logits is undefined")
+    if version not in KERNEL_VERSIONS:
+        raise ValueError(f"{op}: kernel version must be one of {KERNEL_VERSIONS}, got {version!r}")
+    n = element_count(xc.size, op)
+    if version == 1:
+        loss = _launch.zeros((1,))
+        grid, block = _launch.grid_for(xc.size)
+        _launch.function("bce", "bce_forward_kernel1")(grid, block, (loss, xc, tc, _launch.f32(1.0 / xc.size), n))
+    else:
+        loss = _launch.empty((1,))
+        grid, block = _launch.grid_for(xc.size, max_blocks=ELEMENTWISE_MAX_BLOCKS)
+        block_sums = _launch.empty((grid[0],))
+        _launch.function("bce", "bce_forward_kernel2")(grid, block, (block_sums, xc, tc, n))
+        _launch.function("bce", "bce_forward_reduce_kernel2")(
+            (1,), (REDUCE_BLOCK,), (loss, block_sums, _launch.i32(grid[0]), n))
+    return loss.reshape(()), (xc, tc)
+
+
+def bce_with_logits_backward_kernel(dloss, cache, version=2):
+    """As bce_with_logits_backward_numpy: dx = (sigmoid(x) - t) * dloss / N."""
+    op = "bce_backward"
+    x, t = cache
+    xc = _launch.arg(x, np.float32, f"{op}: logits")
+    tc = _launch.arg(t, np.float32, f"{op}: targets")
+    if tuple(tc.shape) != tuple(xc.shape):
+        raise ValueError(f"{op}: targets have shape {tuple(tc.shape)}, logits {tuple(xc.shape)}")
+    dx = _launch.empty(xc.shape)
+    # float(): dloss may be a Python number, a NumPy scalar or a 0-d array of either backend
+    elementwise_launch("bce", op, version, xc.size,
+                       (dx, xc, tc, _launch.f32(float(dloss) / max(xc.size, 1)), element_count(xc.size, op)))
+    return dx
+
+
+# ---------------------------------------------------------------- public ops: dispatch
+
 def bce_with_logits_forward(logits, targets):
     """logits, targets (same shape) -> (loss 0-d array, cache)."""
+    if backend.uses_kernels():
+        return bce_with_logits_forward_kernel(logits, targets)
     return bce_with_logits_forward_numpy(logits, targets)
 
 
 def bce_with_logits_backward(dloss, cache):
+    if backend.uses_kernels():
+        return bce_with_logits_backward_kernel(dloss, cache)
     return bce_with_logits_backward_numpy(dloss, cache)

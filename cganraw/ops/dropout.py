@@ -2,6 +2,12 @@
 op stays a pure function and a fixed mask makes it deterministic."""
 from __future__ import annotations
 
+import numpy as np
+
+from cganraw import backend
+from cganraw.ops import _launch
+from cganraw.ops.activation import element_count, elementwise_launch
+
 
 def _scale(p, dtype):
     return dtype.type(1.0 / (1.0 - p))
@@ -21,9 +27,53 @@ def dropout_backward_numpy(dy, cache):
     return dx
 
 
+# ---------------------------------------------------------------- CUDA kernels (kernels/dropout.cu)
+# The mask stays the caller's (drawn on the CPU by the layer's NumPy generator and uploaded),
+# so every backend drops the same elements. It goes to the kernel as bytes: a bool mask is
+# reinterpreted as uint8 without a copy, a uint8 mask is taken as is.
+
+def _mask_bytes(keep, shape, op):
+    if not backend.is_array(keep):
+        raise TypeError(f"{op}: keep must be an array, got {type(keep).__name__}")
+    if keep.dtype == np.bool_:
+        keep = keep.view(np.uint8)
+    elif keep.dtype != np.uint8:
+        raise TypeError(f"{op}: the kernels take a bool or uint8 keep mask, got {keep.dtype}")
+    if tuple(keep.shape) != tuple(shape):
+        raise ValueError(f"{op}: keep has shape {tuple(keep.shape)}, expected {tuple(shape)}")
+    return _launch.arg(keep, np.uint8, f"{op}: keep")
+
+
+def _dropout_launch(kernel, a, keep, p, version):
+    ac = _launch.arg(a, np.float32, f"{kernel}: {'x' if kernel.endswith('forward') else 'dy'}")
+    kc = _mask_bytes(keep, ac.shape, kernel)
+    out = _launch.empty(ac.shape)
+    elementwise_launch("dropout", kernel, version, ac.size,
+                       (out, ac, kc, _launch.f32(_scale(p, np.dtype(np.float32))), element_count(ac.size, kernel)))
+    return out, kc
+
+
+def dropout_forward_kernel(x, keep, p, version=2):
+    """As dropout_forward_numpy; the cache holds the mask as contiguous uint8."""
+    y, kc = _dropout_launch("dropout_forward", x, keep, p, version)
+    return y, (kc, p)
+
+
+def dropout_backward_kernel(dy, cache, version=2):
+    keep, p = cache
+    dx, _ = _dropout_launch("dropout_backward", dy, keep, p, version)
+    return dx
+
+
+# ---------------------------------------------------------------- public ops: dispatch
+
 def dropout_forward(x, keep, p):
+    if backend.uses_kernels():
+        return dropout_forward_kernel(x, keep, p)
     return dropout_forward_numpy(x, keep, p)
 
 
 def dropout_backward(dy, cache):
+    if backend.uses_kernels():
+        return dropout_backward_kernel(dy, cache)
     return dropout_backward_numpy(dy, cache)

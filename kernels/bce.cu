@@ -1,0 +1,105 @@
+// Binary cross-entropy on logits with a mean reduction, for cganraw.ops.bce.
+//
+//   l(x, t) = max(x, 0) - x t + log1p(exp(-|x|))       loss = mean over all n elements
+//   dloss/dx = (sigmoid(x) - t) * dloss / n
+// The stable form never exponentiates a positive number: logits of +-1e4 give finite
+// losses and gradients. Targets may be soft (label smoothing).
+//
+// Kernels:
+//   bce_forward_kernel1         naive: one thread per element, each atomically adds its
+//                               term / n into the zeroed loss (n atomics on one address,
+//                               in no fixed order)
+//   bce_forward_kernel2         grid-stride with a bounded grid; each block reduces its
+//                               terms (warp shuffles, shared memory) to one partial sum,
+//   bce_forward_reduce_kernel2  then one block sums the partials in a fixed order and
+//                               divides by n. Two passes and no atomics: the loss is
+//                               bit-reproducible run to run.
+//   bce_backward_kernel1/2      dx = (sigmoid(x) - t) * scale, scale = dloss / n from the
+//                               host; 1 one element per thread, 2 grid-stride.
+// Block reductions need blockDim.x a multiple of 32 (full-mask shuffles), at most 1024.
+//
+// Shapes: x, t, dx (n,) contiguous (any shape flattened); loss (1,); partials (gridDim.x,).
+
+// ---------------------------------------------------------------- maths
+
+__device__ __forceinline__ float bce_term(float x, float t)
+{
+    // the reference's operations in its order: (max(x, 0) - x t) + log1p(exp(-|x|))
+    return ((x > 0.0f ? x : 0.0f) - x * t) + log1pf(expf(-fabsf(x)));
+}
+
+__device__ __forceinline__ float stable_sigmoid(float x)
+{
+    float e = expf(-fabsf(x));
+    return x >= 0.0f ? 1.0f / (1.0f + e) : e / (1.0f + e);
+}
+
+// Sum over the 32 lanes of a warp; the total lands in lane 0.
+__device__ __forceinline__ float warp_sum(float v)
+{
+    for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_down_sync(0xffffffff, v, offset);
+    return v;
+}
+
+// Sum of v over the block; the total lands in thread 0. partials: 32 floats of shared
+// memory. Every thread of the block must call it (barriers).
+__device__ float block_sum(float v, float* partials)
+{
+    int lane = threadIdx.x % 32;
+    int warp = threadIdx.x / 32;
+    int nwarps = blockDim.x / 32;
+    v = warp_sum(v);
+    if (lane == 0) partials[warp] = v;
+    __syncthreads();                       // every warp's partial is written
+    if (warp == 0) {
+        v = lane < nwarps ? partials[lane] : 0.0f;
+        v = warp_sum(v);
+    }
+    __syncthreads();                       // partials are read before anyone reuses them
+    return v;
+}
+
+// ---------------------------------------------------------------- forward
+
+// x, t: (n,) -> loss: (1,), zeroed by the caller; inv_n = 1/n
+extern "C" __global__ void bce_forward_kernel1(float* loss, const float* x, const float* t, float inv_n, int n)
+{
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) atomicAdd(loss, bce_term(x[i], t[i]) * inv_n);
+}
+
+// x, t: (n,) -> block_sums: (gridDim.x,), one partial sum per block
+extern "C" __global__ void bce_forward_kernel2(float* block_sums, const float* x, const float* t, int n)
+{
+    __shared__ float partials[32];
+    float sum = 0.0f;
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x)
+        sum += bce_term(x[i], t[i]);
+    sum = block_sum(sum, partials);        // no early return above: every thread gets here
+    if (threadIdx.x == 0) block_sums[blockIdx.x] = sum;
+}
+
+// block_sums: (num_blocks,) -> loss: (1,) = sum / n; launched as a single block
+extern "C" __global__ void bce_forward_reduce_kernel2(float* loss, const float* block_sums, int num_blocks, int n)
+{
+    __shared__ float partials[32];
+    float sum = 0.0f;
+    for (int i = threadIdx.x; i < num_blocks; i += blockDim.x) sum += block_sums[i];
+    sum = block_sum(sum, partials);
+    if (threadIdx.x == 0) loss[0] = sum / (float)n;
+}
+
+// ---------------------------------------------------------------- backward
+
+// x, t: (n,) -> dx: (n,); scale = dloss / n
+extern "C" __global__ void bce_backward_kernel1(float* dx, const float* x, const float* t, float scale, int n)
+{
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) dx[i] = (stable_sigmoid(x[i]) - t[i]) * scale;
+}
+
+extern "C" __global__ void bce_backward_kernel2(float* dx, const float* x, const float* t, float scale, int n)
+{
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x)
+        dx[i] = (stable_sigmoid(x[i]) - t[i]) * scale;
+}

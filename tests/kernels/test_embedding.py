@@ -1,0 +1,108 @@
+"""kernels/embedding.cu against cganraw.ops.embedding's NumPy reference, through the
+emulator: the gather forward and the atomicAdd scatter backward, on odd sizes, a batch of
+1, the cGAN's label embeddings (K classes, D = 50) at batch 3, and batches whose labels
+all repeat (every thread adds into one row)."""
+import numpy as np
+import pytest
+
+from cganraw import backend, cuda_emu, nn
+from cganraw.ops import embedding as E
+from tests.kernels.conftest import assert_close
+
+# (N, K, D): single values, odd sizes (17*33 and 45*129 outputs), a batch of 1, the cGAN's
+# Embedding(K, 50) at batch 3 for MNIST (10), EMNIST letters (26) and balanced (47)
+CASES = [(1, 1, 1), (7, 3, 5), (17, 10, 33), (45, 7, 129), (1, 47, 50), (3, 10, 50), (3, 26, 50), (3, 47, 50),
+         (64, 26, 50)]
+
+
+def _ids(cases):
+    return ["N%d-K%d-D%d" % c for c in cases]
+
+
+@pytest.mark.parametrize("n, k, d", CASES, ids=_ids(CASES))
+def test_embedding_kernels_match_reference(n, k, d, rng):
+    W = rng.standard_normal((k, d)).astype(np.float32)
+    labels = rng.integers(0, k, n)             # int64, as the layers hold them
+    dy = rng.standard_normal((n, d)).astype(np.float32)
+    y, cache = E.embedding_forward_kernel(labels, W)
+    y_r, cache_r = E.embedding_forward_numpy(labels, W)
+    assert_close(y, y_r, 0, 1e-7, f"embedding_forward_kernel1 {n, k, d}")
+    # float32 sums of repeated labels in atomic order vs NumPy's add.at order
+    assert_close(E.embedding_backward_kernel(dy, cache), E.embedding_backward_numpy(dy, cache_r), 1e-5, 1e-5,
+                 f"embedding_backward_kernel1 {n, k, d}")
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_backward_all_labels_repeated(workers, rng):
+    # most rows add into one row of dW. With 2 workers the emulator runs blocks on two OS
+    # threads at once, so the atomics really contend (a plain += could lose updates there,
+    # though only by chance of timing: ThreadSanitizer is the sure check)
+    n, k, d = 3000, 5, 50
+    labels = np.full(n, 3, dtype=np.int64)
+    labels[::7] = 1
+    dy = rng.standard_normal((n, d)).astype(np.float32)
+    _, cache = E.embedding_forward_kernel(labels, rng.standard_normal((k, d)).astype(np.float32))
+    with cuda_emu.settings(workers=workers):
+        dW = E.embedding_backward_kernel(dy, cache)
+        counts = E.embedding_backward_kernel(np.ones((n, d), np.float32), cache)
+    ref = E.embedding_backward_numpy(dy, (labels, (k, d)))
+    assert_close(dW, ref, 1e-3, 1e-5, f"scatter-add of repeated labels ({workers} workers)")
+    # sums of ones are exact in float32: any lost update shows
+    assert np.array_equal(counts[3], np.full(d, np.sum(labels == 3), np.float32))
+    assert np.array_equal(counts[1], np.full(d, np.sum(labels == 1), np.float32))
+    assert np.all(dW[[0, 2, 4]] == 0)
+
+
+@pytest.mark.parametrize("dtype", [np.int64, np.int32, np.uint8, np.int16])
+def test_label_dtypes(dtype, rng):
+    W = rng.standard_normal((10, 50)).astype(np.float32)
+    labels = rng.integers(0, 10, 9).astype(dtype)
+    y, cache = E.embedding_forward_kernel(labels, W)
+    assert_close(y, W[labels], 0, 1e-7, f"labels of {np.dtype(dtype)}")
+    assert cache[0].dtype == np.int32
+
+
+def test_public_ops_and_layer_dispatch_to_the_kernels(launches, rng):
+    assert backend.uses_kernels()
+    labels = rng.integers(0, 10, 3)
+    dy = rng.standard_normal((3, 50)).astype(np.float32)
+    results = {}
+    for name in ("emu", "numpy"):
+        backend.use(name)
+        layer = nn.Embedding(10, 50, rng=np.random.default_rng(3))
+        y = layer(labels)
+        layer.backward(dy)
+        results[name] = (y, layer.weight.grad.copy())
+    backend.use("emu")
+    assert launches == ["embedding_forward_kernel1", "embedding_backward_kernel1"]
+    assert_close(results["emu"][0], results["numpy"][0], 0, 1e-7, "layer forward emu vs numpy")
+    assert_close(results["emu"][1], results["numpy"][1], 1e-6, 1e-6, "layer weight gradient emu vs numpy")
+
+
+def test_bad_inputs(rng):
+    W = rng.standard_normal((10, 4)).astype(np.float32)
+    with pytest.raises(TypeError, match="embedding_forward: W: kernels take float32, got float64"):
+        E.embedding_forward(np.arange(3), W.astype(np.float64))
+    with pytest.raises(TypeError, match="embedding_forward: indices must be integers, got float32"):
+        E.embedding_forward_kernel(np.arange(3, dtype=np.float32), W)
+    with pytest.raises(ValueError, match=r"embedding_forward: indices must lie in \[0, 10\), got values from -1 to 2"):
+        E.embedding_forward_kernel(np.array([-1, 2]), W)
+    with pytest.raises(ValueError, match=r"embedding_forward: indices must lie in \[0, 10\), got values from 0 to 10"):
+        E.embedding_forward_kernel(np.array([0, 10]), W)
+    with pytest.raises(ValueError, match=r"indices must have shape \(N,\)"):
+        E.embedding_forward_kernel(np.zeros((2, 2), np.int64), W)
+    _, cache = E.embedding_forward_kernel(np.array([1, 2, 3]), W)
+    with pytest.raises(ValueError, match=r"embedding_backward: dy has shape \(3, 5\), expected \(3, 4\)"):
+        E.embedding_backward_kernel(np.zeros((3, 5), np.float32), cache)
+    # strided views: labels, weight and gradient
+    labels = np.array([4, 0, 9, 9, 2, 1], dtype=np.int64)[::2]
+    Wv = rng.standard_normal((10, 8)).astype(np.float32)[:, ::2]
+    y, cache = E.embedding_forward_kernel(labels, Wv)
+    assert_close(y, Wv[labels], 0, 1e-7, "gather from strided W with strided labels")
+    dyv = rng.standard_normal((3, 8)).astype(np.float32)[:, 1::2]
+    assert_close(E.embedding_backward_kernel(dyv, cache), E.embedding_backward_numpy(dyv, (labels, (10, 4))),
+                 1e-6, 1e-6, "scatter of a strided dy")
+    # empty batch
+    y, cache = E.embedding_forward_kernel(np.zeros(0, np.int64), W)
+    assert y.shape == (0, 4)
+    assert np.all(E.embedding_backward_kernel(np.zeros((0, 4), np.float32), cache) == 0)
