@@ -380,7 +380,7 @@ def run_training(args, log: Logger):
     t_start, elapsed0 = time.monotonic(), run.elapsed
     window_t, window_imgs = time.monotonic(), 0
     stop_reason = "finished"
-    evaluator = _make_evaluator(cfg, log) if cfg.get("eval_every") else None
+    evaluator = _make_evaluator(cfg, log, args.data_dir) if cfg.get("eval_every") else None
 
     with open(metrics_path, "a") as mlog:
         while run.step < total_steps:
@@ -441,17 +441,17 @@ def run_training(args, log: Logger):
     return run, out
 
 
-def _make_evaluator(cfg, log):
+def _make_evaluator(cfg, log, data_dir=None):
     """Label accuracy etc. every N epochs, through cganraw.evaluate when it is available."""
     try:
         from cganraw import evaluate, classifier  # noqa: PLC0415
     except ImportError as e:
         raise TrainingError(f"--eval-every needs cganraw.evaluate: {e}") from None
-    clf = classifier.load_or_train(cfg["dataset"])
+    clf = classifier.load_or_train(cfg["dataset"], data_dir=data_dir, log=log.line)
 
     def run_eval(run):
         res = evaluate.evaluate_generator(run.G, list(run.train_set.class_names), clf, n_per_class=100,
-                                          seed=0, cas=False, log=lambda *a: None)
+                                          seed=0, cas=False, log=lambda *a: None, data_dir=data_dir)
         return {k: v for k, v in res.items() if isinstance(v, (int, float))}
     return run_eval
 

@@ -260,3 +260,37 @@ def test_sample_bad_checkpoint(tmp_path, capsys):
     assert sample.main(["--checkpoint", str(bad), "--out", str(tmp_path / "x.png")]) == 2
     assert "not a readable checkpoint" in capsys.readouterr().err
     assert sample.main(["--checkpoint", str(tmp_path / "none.npz"), "--out", str(tmp_path / "x.png")]) == 2
+
+
+def test_mismatch_term_uses_wrong_labels_only(monkeypatch):
+    rng = np.random.default_rng(0)
+    G, D = models.build("cgan-conv", 5, width=4, seed=0)
+    seen = []
+    real_forward = D.forward
+
+    def spy(x, labels):
+        seen.append(np.array(labels))
+        return real_forward(x, labels)
+    monkeypatch.setattr(D, "forward", spy)
+    real_labels = rng.integers(0, 5, 40)
+    stats = train.train_step(G, D, Adam(G.parameters()), Adam(D.parameters()),
+                             rng.uniform(-1, 1, (40, 1, 28, 28)).astype(np.float32), real_labels, rng, mismatch=0.5)
+    # D sees: real, real with wrong labels, fake, fake again for the G step
+    assert len(seen) == 4
+    assert np.array_equal(seen[0], real_labels) and np.all(seen[1] != real_labels)
+    assert np.all((seen[1] >= 0) & (seen[1] < 5))
+    assert stats["d_loss"] == pytest.approx(stats["d_loss_real"] + stats["d_loss_fake"] + 0.5 * stats["d_loss_mismatch"])
+
+
+def test_eval_every_logs_label_accuracy(letters_dir, tmp_path, monkeypatch):
+    from cganraw import classifier, data
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    ds = data.load("emnist", data_dir=letters_dir)
+    clf, _ = classifier.fit_classifier(ds.images, ds.labels, ds.class_names, dataset="emnist-letters",
+                                       epochs=1, log=lambda *a: None)
+    clf.save(classifier.default_path("emnist-letters"))
+    out = tmp_path / "run"
+    assert run_cli("--dataset", "emnist", "--data-dir", letters_dir, "--out", out, "--epochs", 1,
+                   "--eval-every", 1, *TINY) == 0
+    evals = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if "label_accuracy" in line]
+    assert len(evals) == 1 and 0.0 <= evals[0]["label_accuracy"] <= 1.0 and evals[0]["epoch"] == 1
