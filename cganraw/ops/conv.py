@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from cganraw import backend
-from cganraw.ops import _cpu
+from cganraw.ops import _cpu, _launch
 from cganraw.ops.bias import bias_add, bias_grad
 from cganraw.ops.gemm import gemm
 
@@ -119,6 +119,85 @@ def _col2im_numba(nb):
     return col2im
 
 
+# ---------------------------------------------------------------- kernels/conv.cu launchers
+COL2IM_VERSIONS = (1, 2)
+COL2IM_DEFAULT = 2      # gather: no atomics, no zero fill (reasoning in kernels/conv.cu)
+_CONV_BLOCK = 256
+_CONV_MAX_BLOCKS = 8192  # the kernels grid-stride past this (2M threads fill any GPU)
+
+
+def _conv_geometry(op, shape, kernel_size, stride, padding, out_hw):
+    if len(shape) != 4:
+        raise ValueError(f"{op}: expected an (N, C, H, W) shape, got {tuple(shape)}")
+    n, c, h, w = (int(v) for v in shape)
+    k, s, p = int(kernel_size), int(stride), int(padding)
+    if k < 1 or s < 1 or p < 0:
+        raise ValueError(f"{op}: need kernel_size >= 1, stride >= 1, padding >= 0; "
+                         f"got k={k}, s={s}, p={p}")
+    ho, wo = out_hw or (conv_output_size(h, k, s, p), conv_output_size(w, k, s, p))
+    ho, wo = int(ho), int(wo)
+    if ho < 0 or wo < 0:
+        raise ValueError(f"{op}: a {k}x{k} window with padding {p} does not fit a {h}x{w} input")
+    return n, c, h, w, k, s, p, ho, wo
+
+
+def _conv_args(n, c, h, w, k, s, p, ho, wo):
+    i32 = _launch.i32
+    return (i32(n), i32(c), i32(h), i32(w), i32(k), i32(s), i32(p), i32(ho), i32(wo))
+
+
+def _float32(op, name, a):
+    if not backend.is_array(a):
+        raise TypeError(f"{op}: {name} must be an array, got {type(a).__name__}")
+    if a.dtype != np.float32:
+        raise TypeError(f"{op}: the conv kernels take float32, got {name} of dtype {a.dtype} "
+                        f"(cast it yourself, or use the numpy backend for float64)")
+    return _launch.arg(a, name=name)
+
+
+def im2col_kernel(x, kernel_size, stride=1, padding=0, out_hw=None):
+    """kernels/conv.cu im2col_kernel: x (N, C, H, W) float32 -> cols (C*k*k, N*Ho*Wo) on
+    the active kernel backend. A non-contiguous x is made contiguous; other dtypes are a
+    TypeError."""
+    op = "im2col_kernel"
+    if not backend.is_array(x) or x.ndim != 4:
+        raise ValueError(f"{op}: x must be an (N, C, H, W) array, got "
+                         f"{tuple(x.shape) if backend.is_array(x) else type(x).__name__}")
+    x = _float32(op, "x", x)
+    n, c, h, w, k, s, p, ho, wo = _conv_geometry(op, x.shape, kernel_size, stride, padding, out_hw)
+    cols = _launch.empty((c * k * k, n * ho * wo))
+    if cols.size:
+        grid, block = _launch.grid_for(cols.size, _CONV_BLOCK, _CONV_MAX_BLOCKS)
+        _launch.function("conv", "im2col_kernel")(grid, block, (x, cols, *_conv_args(n, c, h, w, k, s, p, ho, wo)))
+    return cols
+
+
+def col2im_kernel(cols, x_shape, kernel_size, stride=1, padding=0, out_hw=None, version=COL2IM_DEFAULT):
+    """kernels/conv.cu col2im_kernel<version> (1 scatter with atomics, 2 gather):
+    cols (C*k*k, N*Ho*Wo) float32 -> x (N, C, H, W), summing overlapping windows."""
+    op = f"col2im_kernel(version={version})"
+    if version not in COL2IM_VERSIONS:
+        raise ValueError(f"col2im_kernel: version must be one of {COL2IM_VERSIONS}, got {version!r}")
+    n, c, h, w, k, s, p, ho, wo = _conv_geometry(op, x_shape, kernel_size, stride, padding, out_hw)
+    if not backend.is_array(cols) or tuple(cols.shape) != (c * k * k, n * ho * wo):
+        raise ValueError(f"{op}: cols has shape "
+                         f"{tuple(cols.shape) if backend.is_array(cols) else type(cols).__name__}, "
+                         f"expected (C*k*k, N*Ho*Wo) = ({c * k * k}, {n * ho * wo}) for x {tuple(x_shape)}, "
+                         f"k={k}, s={s}, p={p}")
+    cols = _float32(op, "cols", cols)
+    if version == 1:
+        x = _launch.zeros((n, c, h, w))          # the scatter accumulates into x
+        total = cols.size
+    else:
+        x = _launch.empty((n, c, h, w))          # the gather writes every pixel
+        total = x.size
+    if total:
+        grid, block = _launch.grid_for(total, _CONV_BLOCK, _CONV_MAX_BLOCKS)
+        _launch.function("conv", f"col2im_kernel{version}")(
+            grid, block, (cols, x, *_conv_args(n, c, h, w, k, s, p, ho, wo)))
+    return x
+
+
 def _use_numba(a):
     return _cpu.enabled() and isinstance(a, np.ndarray)
 
@@ -126,6 +205,8 @@ def _use_numba(a):
 def im2col(x, kernel_size, stride=1, padding=0, out_hw=None):
     """x (N, C, H, W) -> cols (C*k*k, N*Ho*Wo). out_hw fixes the number of windows
     (a transposed conv's input size, which output_padding makes smaller than what fits)."""
+    if backend.uses_kernels():
+        return im2col_kernel(x, kernel_size, stride, padding, out_hw)
     if _use_numba(x):
         n, c, h, w = x.shape
         k = kernel_size
@@ -138,6 +219,8 @@ def im2col(x, kernel_size, stride=1, padding=0, out_hw=None):
 
 def col2im(cols, x_shape, kernel_size, stride=1, padding=0, out_hw=None):
     """cols (C*k*k, N*Ho*Wo) -> x (N, C, H, W), the adjoint of im2col."""
+    if backend.uses_kernels():
+        return col2im_kernel(cols, x_shape, kernel_size, stride, padding, out_hw)
     if _use_numba(cols):
         n, c, h, w = x_shape
         k = kernel_size

@@ -1,0 +1,115 @@
+// im2col / col2im for Conv2d and ConvTranspose2d (the GEMM is kernels/gemm.cu or cuBLAS).
+//
+// Kernels (launchers in cganraw/ops/conv.py):
+//   im2col_kernel    x (N, C, H, W) -> cols (C*k*k, N*Ho*Wo); one thread per cols element.
+//   col2im_kernel1   cols -> x, scatter: one thread per cols element, atomicAdd into x
+//                    (x must be zeroed first).
+//   col2im_kernel2   cols -> x, gather: one thread per x element, summing the cols entries
+//                    of the windows that cover it; no atomics, no zero fill. THE DEFAULT.
+//
+// Column layout (cganraw/ops/conv.py): row r = (c*k + i)*k + j, column q = (n*Ho + oy)*Wo + ox
+// holds x[n, c, oy*s + i - p, ox*s + j - p], zero where that falls in the padding.
+// Ho, Wo are passed in, not derived: a transposed conv fixes them to its input size
+// (`out_hw`), and windows may overhang the far edge (up to s-1 pixels past the padding).
+// Padding is handled by bounds checks, never by a padded copy. All loops grid-stride
+// over a 64-bit element index (cols reach 1e8 elements at batch 64), so no size has to
+// divide the block or the grid; one 64-bit division splits it into a row and a column
+// (each < 2^31), and the rest of the index arithmetic is 32-bit (cheaper on a GPU).
+//
+// col2im: scatter (v1) or gather (v2)? Gather is the default. Let A be the number of
+// cols elements that land inside x (the in-bounds taps) and |x| the pixels.
+//   v1 scatter: reads all of cols (coalesced), zero-fills x (|x| writes, a separate
+//               memset), then A atomicAdds: A read-modify-writes resolved in L2, with
+//               (k/s)^2 threads colliding on each pixel (4 for k4 s2, 49 for G's last
+//               conv, k7 s1, run as a transposed conv). Sum order is nondeterministic.
+//   v2 gather:  reads the same A cols elements (each exactly once overall; a warp reads
+//               runs of consecutive ox), writes x once; no atomics, no memset,
+//               deterministic. Its extra cost is integer index work, which the tap
+//               loop keeps to the ceil(k/s)^2 taps that can hit (start at (y+p) mod s,
+//               step s) instead of testing all k*k.
+// Traffic in float32 words for the conv cGAN (width 128, batch 3; bench/col2im_compare.py):
+//   G.convT2 fwd  (2048, 588) -> (3,128,28,28): v1 3.74M, v2 1.42M (2.6x)
+//   G.conv7 fwd   (49, 2352)  -> (3,1,28,28):   v1 0.32M, v2 0.10M (3.1x; 49-way atomics)
+//   D.conv2 dx    (1152, 147) -> (3,128,14,14): v1 0.55M, v2 0.23M (2.4x)
+// Emulator time (2 cores, 1 worker, best of 5), v1 / v2: G.convT2 159 / 39 ms,
+// G.conv7 9.0 / 0.46 ms, D.conv2 17.6 / 8.4 ms, G.convT1 29.8 / 9.5 ms; at batch 16
+// G.convT2 483 / 199 ms. Both on paper and in the emulator v2 wins, so it is the default;
+// v1 stays as the reference scatter formulation and for comparison on GPUs.
+
+// x (N, C, H, W) -> cols (C*k*k, N*Ho*Wo)
+// Thread e <-> cols element (r, q): consecutive threads write consecutive q, i.e.
+// consecutive ox, so stores coalesce and loads are s-strided runs of one image row.
+extern "C" __global__ void im2col_kernel(const float* x, float* cols,
+                                         int N, int C, int H, int W, int k, int s, int p,
+                                         int Ho, int Wo)
+{
+    const long long L = (long long)N * Ho * Wo;           // columns
+    const long long total = (long long)C * k * k * L;
+    for (long long e = blockIdx.x * (long long)blockDim.x + threadIdx.x; e < total;
+         e += (long long)gridDim.x * blockDim.x) {
+        const long long r64 = e / L;
+        const int r = (int)r64, q = (int)(e - r64 * L);       // cols row and column
+        const int ox = q % Wo, oy = (q / Wo) % Ho, n = q / (Wo * Ho);
+        const int j = r % k, i = (r / k) % k, c = r / (k * k);
+        int yy = oy * s + i - p, xx = ox * s + j - p;
+        float v = 0.0f;
+        if (yy >= 0 && yy < H && xx >= 0 && xx < W)
+            v = x[(((long long)n * C + c) * H + yy) * W + xx];
+        cols[e] = v;
+    }
+}
+
+// cols (C*k*k, N*Ho*Wo) -> x (N, C, H, W), scatter-add. x must hold zeros on entry.
+// Thread e <-> cols element (r, q): coalesced reads of cols; the (k/s)^2 windows
+// covering a pixel collide on it, hence atomicAdd.
+extern "C" __global__ void col2im_kernel1(const float* cols, float* x,
+                                          int N, int C, int H, int W, int k, int s, int p,
+                                          int Ho, int Wo)
+{
+    const long long L = (long long)N * Ho * Wo;
+    const long long total = (long long)C * k * k * L;
+    for (long long e = blockIdx.x * (long long)blockDim.x + threadIdx.x; e < total;
+         e += (long long)gridDim.x * blockDim.x) {
+        const long long r64 = e / L;
+        const int r = (int)r64, q = (int)(e - r64 * L);       // cols row and column
+        const int ox = q % Wo, oy = (q / Wo) % Ho, n = q / (Wo * Ho);
+        const int j = r % k, i = (r / k) % k, c = r / (k * k);
+        int yy = oy * s + i - p, xx = ox * s + j - p;
+        if (yy >= 0 && yy < H && xx >= 0 && xx < W)   // taps in the padding are dropped
+            atomicAdd(&x[(((long long)n * C + c) * H + yy) * W + xx], cols[e]);
+    }
+}
+
+// cols (C*k*k, N*Ho*Wo) -> x (N, C, H, W), gather: x is written, not accumulated.
+// Thread e <-> x element (n, c, y, xo). The padded coordinate y + p equals oy*s + i, so
+// the taps that hit are i = (y+p) mod s, +s, ... < k with 0 <= oy = (y+p-i)/s < Ho
+// (likewise j/ox); at most ceil(k/s)^2 of them, each cols element read by one thread.
+extern "C" __global__ void col2im_kernel2(const float* cols, float* x,
+                                          int N, int C, int H, int W, int k, int s, int p,
+                                          int Ho, int Wo)
+{
+    const long long L = (long long)N * Ho * Wo;
+    const long long total = (long long)N * C * H * W;
+    for (long long e = blockIdx.x * (long long)blockDim.x + threadIdx.x; e < total;
+         e += (long long)gridDim.x * blockDim.x) {
+        const long long plane = e / ((long long)H * W);      // n*C + c
+        const int pix = (int)(e - plane * H * W);
+        const int xo = pix % W, y = pix / W;
+        const int c = (int)(plane % C), n = (int)(plane / C);
+        const int py = y + p, px = xo + p;          // coordinates in the padded image
+        float acc = 0.0f;
+        for (int i = py % s; i < k; i += s) {
+            if (py - i < 0) break;                  // i only grows: no later tap hits
+            int oy = (py - i) / s;
+            if (oy >= Ho) continue;                 // window row past the last one
+            for (int j = px % s; j < k; j += s) {
+                if (px - j < 0) break;
+                int ox = (px - j) / s;
+                if (ox >= Wo) continue;
+                long long r = ((long long)c * k + i) * k + j;
+                acc += cols[r * L + ((long long)n * Ho + oy) * Wo + ox];
+            }
+        }
+        x[e] = acc;
+    }
+}
