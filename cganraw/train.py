@@ -27,7 +27,7 @@ from cganraw.optim import Adam
 # Defaults tuned so that cgan-conv on MNIST reaches the label-accuracy bar on a
 # 2-core CPU in 20 minutes (see README); the literature's are batch 64, lr 2e-4.
 DEFAULTS = dict(model="cgan-conv", width=64, epochs=30, batch_size=64, lr=2e-4, lr_d=None, beta1=0.5,
-                beta2=0.999, latent_dim=100, seed=0, label_smoothing=0.0, mismatch=0.0, g_batchnorm=False)
+                beta2=0.999, latent_dim=100, seed=0, label_smoothing=0.0, mismatch=1.0, g_batchnorm=False)
 KEEP_EPOCH_CHECKPOINTS = 3
 
 
