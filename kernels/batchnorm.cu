@@ -32,31 +32,7 @@
 
 // ---------------------------------------------------------------- reductions
 
-// Sum over the 32 lanes of a warp; the total lands in lane 0.
-__device__ __forceinline__ float warp_sum(float v)
-{
-    for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_down_sync(0xffffffff, v, offset);
-    return v;
-}
-
-// Sum of v over the block; the total lands in thread 0. partials: 32 floats of shared
-// memory. Every thread of the block must call it (barriers); it ends with a barrier so
-// the partials may be reused at once.
-__device__ float block_sum(float v, float* partials)
-{
-    int lane = threadIdx.x % 32;
-    int warp = threadIdx.x / 32;
-    int nwarps = blockDim.x / 32;
-    v = warp_sum(v);
-    if (lane == 0) partials[warp] = v;
-    __syncthreads();                       // every warp's partial is written
-    if (warp == 0) {
-        v = lane < nwarps ? partials[lane] : 0.0f;
-        v = warp_sum(v);
-    }
-    __syncthreads();                       // partials are read before anyone reuses them
-    return v;
-}
+#include "reduce.cuh"   // warp_sum, block_sum
 
 // element (n, p) of channel c in an (N, C, HW) array
 __device__ __forceinline__ long long at(int n, int c, int p, int C, int HW)

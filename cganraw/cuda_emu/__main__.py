@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from . import CompileError, RawModule, nvrtc_check, nvrtc_library, ptxas_report
@@ -22,7 +23,7 @@ def main(argv=None) -> int:
             print(f"   emulator: {len(mod.kernel_names)} kernel(s): {', '.join(mod.kernel_names)}")
             if nvrtc_library():
                 for arch in archs:
-                    nvrtc_check(f, arch=arch)
+                    nvrtc_check(f, arch=arch, options=(f"-I{os.path.dirname(os.path.abspath(f))}",))
                     print(f"   nvrtc {arch}: ok")
             else:
                 print("   nvrtc: no libnvrtc.so found, skipped")

@@ -17,8 +17,7 @@ from cganraw import backend
 
 DEFAULT_BLOCK = 256
 MAX_GRID_X = 2 ** 31 - 1
-# CuPy's RawModule defaults, stated so the emulator and the NVRTC check compile alike
-NVRTC_OPTIONS = ("-std=c++17",)
+NVRTC_STD = "-std=c++17"
 
 _modules: dict = {}
 
@@ -38,6 +37,12 @@ def kernel_path(family: str) -> Path:
     return path
 
 
+def compile_options() -> tuple:
+    """Options for every kernel file, alike on CuPy, the emulator and the NVRTC check:
+    the C++ standard, and the kernels folder for shared headers (reduce.cuh)."""
+    return (NVRTC_STD, f"-I{kernel_dir()}")
+
+
 def module(family: str):
     """The compiled module for kernels/<family>.cu on the active backend, built once."""
     bk = backend.current()
@@ -47,10 +52,10 @@ def module(family: str):
         path = kernel_path(family)
         if bk == "cuda":
             cp = backend.cupy()
-            mod = cp.RawModule(code=path.read_text(), options=NVRTC_OPTIONS)
+            mod = cp.RawModule(code=path.read_text(), options=compile_options())
         elif bk == "emu":
             from cganraw import cuda_emu  # noqa: PLC0415  (g++ and ctypes only when asked for)
-            mod = cuda_emu.RawModule(path=str(path), options=NVRTC_OPTIONS)
+            mod = cuda_emu.RawModule(path=str(path), options=compile_options())
         else:
             raise RuntimeError(f"kernels need the 'cuda' or 'emu' backend, not {bk!r}")
         _modules[key] = mod

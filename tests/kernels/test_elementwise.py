@@ -215,10 +215,10 @@ def test_family_compiles_cleanly_with_nvrtc(family, arch):
     if cuda_emu.nvrtc_library() is None:
         pytest.skip("no libnvrtc.so (pip install nvidia-cuda-nvrtc-cu12)")
     path = _launch.kernel_path(family)
-    r = cuda_emu.nvrtc_check(str(path), arch=arch, options=_launch.NVRTC_OPTIONS)
+    r = cuda_emu.nvrtc_check(str(path), arch=arch, options=_launch.compile_options())
     assert "warning" not in r.log, f"{path.name} ({arch}):\n{r.log}"
     declared = _DECL.findall(path.read_text())
     assert all(name.encode() + b"\x00" in r.binary for name in declared)
     if arch == "sm_80":
-        mod = cuda_emu.RawModule(path=str(path), options=_launch.NVRTC_OPTIONS)
+        mod = cuda_emu.RawModule(path=str(path), options=_launch.compile_options())
         assert sorted(mod.kernel_names) == sorted(declared)

@@ -44,9 +44,9 @@ def _kernels_declared(src: str) -> list[str]:
 @pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("path", KERNEL_FILES, ids=[p.name for p in KERNEL_FILES])
 def test_compiles_with_nvrtc_as_cupy_would(nvrtc, path, arch):
-    r = cuda_emu.nvrtc_check(str(path), arch=arch, options=_launch.NVRTC_OPTIONS)
+    r = cuda_emu.nvrtc_check(str(path), arch=arch, options=_launch.compile_options())
     assert r.binary.startswith(b"\x7fELF"), "expected a CUBIN for the GPU"
-    assert r.options[:len(_launch.NVRTC_OPTIONS)] == _launch.NVRTC_OPTIONS
+    assert r.options[:len(_launch.compile_options())] == _launch.compile_options()
     assert r.options[-1] == f"-arch={arch}"
     # every extern "C" kernel of the source is in the CUBIN under its plain name
     names = _kernels_declared(path.read_text())
@@ -65,5 +65,5 @@ def test_emulator_and_nvrtc_see_the_same_kernels():
     for path in KERNEL_FILES:
         if path.name not in OWN_FILES:
             continue
-        mod = cuda_emu.RawModule(path=str(path), options=_launch.NVRTC_OPTIONS)
+        mod = cuda_emu.RawModule(path=str(path), options=_launch.compile_options())
         assert sorted(mod.kernel_names) == sorted(_kernels_declared(path.read_text()))
