@@ -93,46 +93,24 @@ def train_step(G, D, opt_g, opt_d, real_images, real_labels, rng, label_smoothin
 
 # ------------------------------------------------------------------ CLI -----------
 
-def _positive_int(s):
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}") from None
-    if v <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s}")
-    return v
-
-
-def _positive_float(s):
-    try:
-        v = float(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {s!r}") from None
-    if not (v > 0 and math.isfinite(v)):
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {s}")
-    return v
-
-
-def _nonneg_float(s):
-    try:
-        v = float(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {s!r}") from None
-    if not (v >= 0 and math.isfinite(v)):
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {s}")
-    return v
-
-
-def _unit_float(lo_incl=True):
+def _number(convert, ok, what):
+    """An argparse type: convert(s), then ok(v), else an error that says what was expected."""
     def parse(s):
         try:
-            v = float(s)
+            v = convert(s)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {s!r}") from None
-        if not (0.0 <= v < 1.0):
-            raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {s}")
+            raise argparse.ArgumentTypeError(f"expected {what}, got {s!r}") from None
+        if not (math.isfinite(v) and ok(v)):
+            raise argparse.ArgumentTypeError(f"expected {what}, got {s}")
         return v
+    parse.__name__ = what
     return parse
+
+
+_positive_int = _number(int, lambda v: v > 0, "a positive integer")
+_positive_float = _number(float, lambda v: v > 0, "a positive number")
+_nonneg_float = _number(float, lambda v: v >= 0, "a number >= 0")
+_unit_float = _number(float, lambda v: 0 <= v < 1, "a number in [0, 1)")
 
 
 def build_parser():
@@ -147,11 +125,11 @@ def build_parser():
     p.add_argument("--batch-size", type=_positive_int, default=DEFAULTS["batch_size"])
     p.add_argument("--lr", type=_positive_float, default=DEFAULTS["lr"], help="Adam learning rate of G (and D)")
     p.add_argument("--lr-d", type=_positive_float, default=None, help="D's learning rate, if different")
-    p.add_argument("--beta1", type=_unit_float(), default=DEFAULTS["beta1"])
-    p.add_argument("--beta2", type=_unit_float(), default=DEFAULTS["beta2"])
+    p.add_argument("--beta1", type=_unit_float, default=DEFAULTS["beta1"])
+    p.add_argument("--beta2", type=_unit_float, default=DEFAULTS["beta2"])
     p.add_argument("--latent-dim", type=_positive_int, default=DEFAULTS["latent_dim"])
     p.add_argument("--seed", type=int, default=DEFAULTS["seed"])
-    p.add_argument("--label-smoothing", type=_unit_float(), default=DEFAULTS["label_smoothing"],
+    p.add_argument("--label-smoothing", type=_unit_float, default=DEFAULTS["label_smoothing"],
                    help="one-sided: real targets become 1 - s")
     p.add_argument("--mismatch", type=_nonneg_float, default=DEFAULTS["mismatch"],
                    help="weight of the D term that scores real images with wrong labels as fake")

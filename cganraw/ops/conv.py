@@ -40,9 +40,7 @@ def _pad(x, padding):
 
 def im2col_numpy(x, kernel_size, stride, padding, out_hw=None):
     """x (N, C, H, W) -> cols (C*k*k, N*Ho*Wo) as one strided view and one copy."""
-    n, c, h, w = x.shape
-    k = kernel_size
-    ho, wo = out_hw or (conv_output_size(h, k, stride, padding), conv_output_size(w, k, stride, padding))
+    n, c, h, w, k, _, _, ho, wo = _conv_geometry("im2col", x.shape, kernel_size, stride, padding, out_hw)
     xpad = np.ascontiguousarray(_pad(x, padding))
     sn, sc, sh, sw = xpad.strides
     windows = np.lib.stride_tricks.as_strided(
@@ -53,12 +51,8 @@ def im2col_numpy(x, kernel_size, stride, padding, out_hw=None):
 
 def col2im_numpy(cols, x_shape, kernel_size, stride, padding, out_hw=None):
     """cols (C*k*k, N*Ho*Wo) -> x (N, C, H, W), summing overlaps as k*k strided adds."""
-    n, c, h, w = x_shape
-    k = kernel_size
-    ho, wo = out_hw or (conv_output_size(h, k, stride, padding), conv_output_size(w, k, stride, padding))
-    if cols.shape != (c * k * k, n * ho * wo):
-        raise ValueError(f"col2im: cols has shape {cols.shape}, expected (C*k*k, N*Ho*Wo) = "
-                         f"({c * k * k}, {n * ho * wo})")
+    n, c, h, w, k, _, _, ho, wo = _conv_geometry("col2im", x_shape, kernel_size, stride, padding, out_hw)
+    _check_cols("col2im", cols, x_shape, k, stride, padding, ho, wo)
     # the windows may overhang the padded input by up to s-1 on the far side; the
     # overhang is cropped with the padding
     hp = max(h + 2 * padding, (ho - 1) * stride + k)
@@ -141,6 +135,15 @@ def _conv_geometry(op, shape, kernel_size, stride, padding, out_hw):
     return n, c, h, w, k, s, p, ho, wo
 
 
+def _check_cols(op, cols, x_shape, k, s, p, ho, wo):
+    n, c = x_shape[:2]
+    if not backend.is_array(cols) or tuple(cols.shape) != (c * k * k, n * ho * wo):
+        raise ValueError(f"{op}: cols has shape "
+                         f"{tuple(cols.shape) if backend.is_array(cols) else type(cols).__name__}, "
+                         f"expected (C*k*k, N*Ho*Wo) = ({c * k * k}, {n * ho * wo}) for x {tuple(x_shape)}, "
+                         f"k={k}, s={s}, p={p}")
+
+
 def _conv_args(n, c, h, w, k, s, p, ho, wo):
     i32 = _launch.i32
     return (i32(n), i32(c), i32(h), i32(w), i32(k), i32(s), i32(p), i32(ho), i32(wo))
@@ -179,11 +182,7 @@ def col2im_kernel(cols, x_shape, kernel_size, stride=1, padding=0, out_hw=None, 
     if version not in COL2IM_VERSIONS:
         raise ValueError(f"col2im_kernel: version must be one of {COL2IM_VERSIONS}, got {version!r}")
     n, c, h, w, k, s, p, ho, wo = _conv_geometry(op, x_shape, kernel_size, stride, padding, out_hw)
-    if not backend.is_array(cols) or tuple(cols.shape) != (c * k * k, n * ho * wo):
-        raise ValueError(f"{op}: cols has shape "
-                         f"{tuple(cols.shape) if backend.is_array(cols) else type(cols).__name__}, "
-                         f"expected (C*k*k, N*Ho*Wo) = ({c * k * k}, {n * ho * wo}) for x {tuple(x_shape)}, "
-                         f"k={k}, s={s}, p={p}")
+    _check_cols(op, cols, x_shape, k, s, p, ho, wo)
     cols = _float32(op, "cols", cols)
     if version == 1:
         x = _launch.zeros((n, c, h, w))          # the scatter accumulates into x
@@ -208,9 +207,7 @@ def im2col(x, kernel_size, stride=1, padding=0, out_hw=None):
     if backend.uses_kernels():
         return im2col_kernel(x, kernel_size, stride, padding, out_hw)
     if _use_numba(x):
-        n, c, h, w = x.shape
-        k = kernel_size
-        ho, wo = out_hw or (conv_output_size(h, k, stride, padding), conv_output_size(w, k, stride, padding))
+        n, c, h, w, k, _, _, ho, wo = _conv_geometry("im2col", x.shape, kernel_size, stride, padding, out_hw)
         cols = np.empty((c * k * k, n * ho * wo), dtype=x.dtype)
         _im2col_numba(np.ascontiguousarray(x), k, stride, padding, ho, wo, cols)
         return cols
@@ -222,12 +219,8 @@ def col2im(cols, x_shape, kernel_size, stride=1, padding=0, out_hw=None):
     if backend.uses_kernels():
         return col2im_kernel(cols, x_shape, kernel_size, stride, padding, out_hw)
     if _use_numba(cols):
-        n, c, h, w = x_shape
-        k = kernel_size
-        ho, wo = out_hw or (conv_output_size(h, k, stride, padding), conv_output_size(w, k, stride, padding))
-        if cols.shape != (c * k * k, n * ho * wo):
-            raise ValueError(f"col2im: cols has shape {cols.shape}, expected (C*k*k, N*Ho*Wo) = "
-                             f"({c * k * k}, {n * ho * wo})")
+        n, c, h, w, k, _, _, ho, wo = _conv_geometry("col2im", x_shape, kernel_size, stride, padding, out_hw)
+        _check_cols("col2im", cols, x_shape, k, stride, padding, ho, wo)
         out = np.empty(x_shape, dtype=cols.dtype)
         _col2im_numba(np.ascontiguousarray(cols), k, stride, padding, ho, wo, out)
         return out
