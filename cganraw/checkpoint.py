@@ -2,6 +2,7 @@
 
 Layout of the arrays inside (NumPy only, no pickles):
     G.<param or buffer name>        generator state dict (PyTorch names)
+    G_ema.<name>                    the generator's exponential moving average, when kept
     D.<name>                        discriminator state dict
     opt_g.<key>, opt_d.<key>        Adam state (t, m.i, v.i)
     rng.<name>                      bit-generator states, as JSON strings
@@ -65,10 +66,12 @@ def atomic_write_bytes(path, write_fn):
         raise
 
 
-def save(path, G, D, opt_g=None, opt_d=None, rngs=None, meta=None):
+def save(path, G, D, opt_g=None, opt_d=None, rngs=None, meta=None, G_ema=None):
     """Write a checkpoint atomically. rngs: name -> numpy Generator."""
     arrays = {}
     arrays.update(_prefixed("G", G.state_dict()))
+    if G_ema is not None:
+        arrays.update(_prefixed("G_ema", G_ema.state_dict()))
     arrays.update(_prefixed("D", D.state_dict()))
     if opt_g is not None:
         arrays.update(_prefixed("opt_g", opt_g.state_dict()))
@@ -110,6 +113,7 @@ def load(path):
         "D": _unprefixed(arrays, "D"),
         "opt_g": _unprefixed(arrays, "opt_g"),
         "opt_d": _unprefixed(arrays, "opt_d"),
+        "G_ema": _unprefixed(arrays, "G_ema"),
         "rng": {k: str(v) for k, v in _unprefixed(arrays, "rng").items()},
         "meta": meta,
     }
@@ -133,13 +137,22 @@ def build_models(ckpt):
     return G, D
 
 
-def load_generator(path):
+def load_generator(path, ema=True):
     """(G in eval mode, meta) from a checkpoint file or run directory. meta has keys
-    dataset, model, num_classes, class_names, latent_dim, step, epoch, config."""
+    dataset, model, num_classes, class_names, latent_dim, step, epoch, config, ema.
+    With ema (the default) the generator's moving average is used where it was kept:
+    it draws better than the last raw weights, which still swing with every step."""
     ckpt = load(path)
     G, _ = build_models(ckpt)
+    use_ema = bool(ema and ckpt["G_ema"])
+    if use_ema:
+        try:
+            G.load_state_dict(ckpt["G_ema"])
+        except (KeyError, ValueError) as e:
+            raise CheckpointError(f"{ckpt['path']}: G_ema does not fit the configured model: {e}") from None
     G.eval()
     meta = dict(ckpt["meta"])
     meta.setdefault("latent_dim", G.latent_dim)
     meta["path"] = ckpt["path"]
+    meta["ema"] = use_ema
     return G, meta

@@ -27,7 +27,7 @@ from cganraw.optim import Adam
 # Defaults tuned so that cgan-conv on MNIST reaches the label-accuracy bar on a
 # 2-core CPU in 20 minutes (see README); the literature's are batch 64, lr 2e-4.
 DEFAULTS = dict(model="cgan-conv", width=64, epochs=30, batch_size=64, lr=2e-4, lr_d=None, beta1=0.5,
-                beta2=0.999, latent_dim=100, seed=0, label_smoothing=0.0, mismatch=1.0, g_batchnorm=False)
+                beta2=0.999, latent_dim=100, seed=0, label_smoothing=0.0, mismatch=1.0, ema_decay=0.999, g_batchnorm=False)
 KEEP_EPOCH_CHECKPOINTS = 3
 
 
@@ -133,6 +133,8 @@ def build_parser():
                    help="one-sided: real targets become 1 - s")
     p.add_argument("--mismatch", type=_nonneg_float, default=DEFAULTS["mismatch"],
                    help="weight of the D term that scores real images with wrong labels as fake")
+    p.add_argument("--ema-decay", type=_unit_float, default=DEFAULTS["ema_decay"],
+                   help="keep an exponential moving average of G's weights for sampling (0: off)")
     p.add_argument("--out", default=None, help="run directory (default runs/<dataset>-<model>-<time>)")
     p.add_argument("--resume", nargs="?", const="", default=None, metavar="RUN_OR_CHECKPOINT",
                    help="continue a run from its last checkpoint (default: the --out directory)")
@@ -154,7 +156,7 @@ def build_parser():
 
 
 CONFIG_KEYS = ("dataset", "model", "width", "g_batchnorm", "epochs", "batch_size", "lr", "lr_d", "beta1",
-               "beta2", "latent_dim", "seed", "label_smoothing", "mismatch", "sample_every", "checkpoint_every",
+               "beta2", "latent_dim", "seed", "label_smoothing", "mismatch", "ema_decay", "sample_every", "checkpoint_every",
                "log_every", "eval_every", "max_steps", "max_minutes")
 # settings a resumed run may change: how long it goes on, how often it reports
 RESUMABLE_OVERRIDES = ("epochs", "max_steps", "max_minutes", "sample_every", "checkpoint_every",
@@ -228,6 +230,28 @@ class Run:
                                           np.random.default_rng(s_data))
         self.fixed_z = np.random.default_rng(s_fixed).standard_normal((10, cfg["latent_dim"]), dtype=np.float32)
         self.step, self.epoch, self.elapsed = 0, 0, 0.0
+        self.G_ema = None
+        if cfg.get("ema_decay", 0) > 0:
+            self.G_ema = models.build(cfg["model"], G.num_classes or 2, latent_dim=cfg["latent_dim"],
+                                      width=cfg["width"], seed=cfg["seed"],
+                                      batchnorm=cfg.get("g_batchnorm", False))[0]
+            self.G_ema.load_state_dict(G.state_dict())
+            self.G_ema.eval()
+
+    def update_ema(self):
+        """G_ema = d G_ema + (1 - d) G, with d ramped up from 0 over the first steps so the
+        average does not remember the random initialisation; buffers are copied."""
+        if self.G_ema is None:
+            return
+        d = min(self.cfg["ema_decay"], (1 + self.step) / (10 + self.step))
+        for p_ema, p in zip(self.G_ema.parameters(), self.G.parameters()):
+            p_ema.data -= p_ema.data.dtype.type(1 - d) * (p_ema.data - p.data)
+        for (_, b_ema), (_, b) in zip(self.G_ema.named_buffers(), self.G.named_buffers()):
+            b_ema[...] = b
+
+    @property
+    def G_sample(self):
+        return self.G_ema if self.G_ema is not None else self.G
 
     def rngs(self):
         gens = {"step": self.rng_step}
@@ -246,7 +270,7 @@ class Run:
                 "batches": self.batches.state_dict()}
 
     def save(self, path):
-        checkpoint.save(path, self.G, self.D, self.opt_g, self.opt_d, self.rngs(), self.meta())
+        checkpoint.save(path, self.G, self.D, self.opt_g, self.opt_d, self.rngs(), self.meta(), self.G_ema)
 
     def restore(self, ckpt):
         try:
@@ -254,6 +278,8 @@ class Run:
             self.D.load_state_dict(ckpt["D"])
             self.opt_g.load_state_dict(ckpt["opt_g"])
             self.opt_d.load_state_dict(ckpt["opt_d"])
+            if self.G_ema is not None:
+                self.G_ema.load_state_dict(ckpt["G_ema"] or ckpt["G"])
         except (KeyError, ValueError) as e:
             raise TrainingError(f"{ckpt['path']}: does not fit this model: {e}") from None
         gens = self.rngs()
@@ -265,8 +291,9 @@ class Run:
         self.batches.load_state_dict(meta["batches"])
 
     def sample_grid(self, path, title):
-        """Rows: every class (labelled with its character); columns: the fixed noise."""
-        G, cfg = self.G, self.cfg
+        """Rows: every class (labelled with its character); columns: the fixed noise.
+        Drawn by the moving-average generator where one is kept."""
+        G = self.G_sample
         xp = backend.get_xp()
         was_training = G.training
         G.eval()
@@ -377,6 +404,7 @@ def run_training(args, log: Logger):
                     f"stopped without overwriting {last_path}, the last good checkpoint. "
                     "Try a lower --lr or --label-smoothing 0.1.")
             run.step += 1
+            run.update_ema()
             window_imgs += x.shape[0]
             run.elapsed = elapsed0 + time.monotonic() - t_start
             epoch_done = run.batches.epoch > epoch_before
@@ -428,7 +456,7 @@ def _make_evaluator(cfg, log, data_dir=None):
     clf = classifier.load_or_train(cfg["dataset"], data_dir=data_dir, log=log.line)
 
     def run_eval(run):
-        res = evaluate.evaluate_generator(run.G, list(run.train_set.class_names), clf, n_per_class=100,
+        res = evaluate.evaluate_generator(run.G_sample, list(run.train_set.class_names), clf, n_per_class=100,
                                           seed=0, cas=False, log=lambda *a: None, data_dir=data_dir)
         return {k: v for k, v in res.items() if isinstance(v, (int, float))}
     return run_eval

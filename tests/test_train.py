@@ -103,6 +103,13 @@ def test_emnist_run_writes_everything_with_letter_rows(letters_dir, tmp_path, mo
     assert {"epoch_001.npz", "epoch_002.npz", "last.npz"} <= set(os.listdir(out / "checkpoints"))
     assert any(k.startswith("opt_g.m.") for k in ck["opt_g"]) or "m.0" in ck["opt_g"]
     assert "step" in ck["rng"]
+    # the moving average of G is kept, differs from G, and is what sampling loads
+    assert ck["G_ema"].keys() == ck["G"].keys()
+    assert any(not np.array_equal(ck["G_ema"][k], ck["G"][k]) for k in ck["G"])
+    G, meta = checkpoint.load_generator(out)
+    assert meta["ema"] and np.array_equal(G.state_dict()["fc.weight"], ck["G_ema"]["fc.weight"])
+    G_raw, meta = checkpoint.load_generator(out, ema=False)
+    assert not meta["ema"] and np.array_equal(G_raw.state_dict()["fc.weight"], ck["G"]["fc.weight"])
 
 
 def test_resume_is_exact_on_numpy(letters_dir, tmp_path):
@@ -114,7 +121,7 @@ def test_resume_is_exact_on_numpy(letters_dir, tmp_path):
     assert run_cli("--resume", split, "--max-steps", 10, "--quiet", "--data-dir", letters_dir, "--no-download") == 0
     a, b = final_state(straight), final_state(split)
     assert b["meta"]["step"] == 10
-    for part in ("G", "D", "opt_g", "opt_d"):
+    for part in ("G", "G_ema", "D", "opt_g", "opt_d"):
         assert a[part].keys() == b[part].keys()
         for k in a[part]:
             np.testing.assert_array_equal(a[part][k], b[part][k], err_msg=f"{part}.{k}")
@@ -131,14 +138,15 @@ def test_nan_stops_with_last_good_checkpoint_intact(letters_dir, tmp_path, monke
     out = tmp_path / "run"
     assert run_cli("--dataset", "emnist", "--data-dir", letters_dir, "--out", out, "--max-steps", 2, *TINY) == 0
     good = (out / "checkpoints" / "last.npz").read_bytes()
-    real = train.bce_with_logits
+    real = train.train_step
     calls = {"n": 0}
 
-    def poisoned(logits, targets):
+    def poisoned(*args, **kwargs):
+        # the second step after the resume (step 4) returns a NaN loss
         calls["n"] += 1
-        loss, g = real(logits, targets)
-        return (float("nan"), g) if calls["n"] > 3 else (loss, g)
-    monkeypatch.setattr(train, "bce_with_logits", poisoned)
+        stats = real(*args, **kwargs)
+        return {**stats, "g_loss": float("nan")} if calls["n"] >= 2 else stats
+    monkeypatch.setattr(train, "train_step", poisoned)
     rc = train.main(["--resume", str(out), "--max-steps", "6", "--checkpoint-every", "1",
                      "--data-dir", str(letters_dir), "--no-download"])
     assert rc == 2
