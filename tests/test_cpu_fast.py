@@ -45,3 +45,14 @@ def test_leaky_relu_matches_numpy(size, rng):
     dy = rng.normal(size=size).astype(np.float32)
     np.testing.assert_array_equal(activation.leaky_relu_backward(dy, cache),
                                   activation.leaky_relu_backward_numpy(dy, cache_ref))
+
+
+def test_serial_and_parallel_twins_agree(rng, monkeypatch):
+    x = rng.normal(size=(2, 3, 9, 9)).astype(np.float32)
+    par = conv.im2col(x, 3, 2, 1)
+    monkeypatch.setattr(_cpu, "PARALLEL_MIN_WORK", 1 << 40)   # everything serial
+    np.testing.assert_array_equal(conv.im2col(x, 3, 2, 1), par)
+    np.testing.assert_allclose(conv.col2im(par, x.shape, 3, 2, 1), conv.col2im_numpy(par, x.shape, 3, 2, 1),
+                               rtol=1e-6, atol=1e-6)
+    monkeypatch.setattr(_cpu, "PARALLEL_MIN_WORK", 0)         # everything parallel
+    np.testing.assert_array_equal(conv.im2col(x, 3, 2, 1), par)

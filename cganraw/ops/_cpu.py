@@ -27,14 +27,22 @@ def enabled() -> bool:
     return numba() is not None
 
 
-def kernel(builder):
-    """Decorator: `builder(nb)` returns the jitted function; built once, on first call."""
-    compiled = None
+# Below this many elements a kernel runs on one thread: waking the other core's thread
+# costs more than it saves, and on a busy machine a parallel region can stall for a
+# whole scheduler tick (milliseconds) waiting for it.
+PARALLEL_MIN_WORK = 1 << 20
 
-    def call(*args):
-        nonlocal compiled
-        if compiled is None:
-            compiled = builder(numba())
-        return compiled(*args)
+
+def kernel(builder):
+    """Decorator: `builder(nb, parallel)` returns the jitted function. Both the parallel
+    and the serial twin are built on first use; `work` (elements touched) picks one."""
+    compiled = {}
+
+    def call(*args, work=None):
+        parallel = work is None or work >= PARALLEL_MIN_WORK
+        fn = compiled.get(parallel)
+        if fn is None:
+            fn = compiled[parallel] = builder(numba(), parallel)
+        return fn(*args)
     call.__name__ = builder.__name__
     return call

@@ -61,8 +61,8 @@ def sigmoid_backward_numpy(dy, y):
 
 
 @_cpu.kernel
-def _leaky_relu_numba(nb):
-    @nb.njit(parallel=True, cache=True)
+def _leaky_relu_numba(nb, parallel):
+    @nb.njit(parallel=parallel, cache=True)
     def leaky(x, slope, y):  # flat arrays; forward when y is the output, backward via mask
         for i in nb.prange(x.size):
             v = x[i]
@@ -71,8 +71,8 @@ def _leaky_relu_numba(nb):
 
 
 @_cpu.kernel
-def _leaky_relu_backward_numba(nb):
-    @nb.njit(parallel=True, cache=True)
+def _leaky_relu_backward_numba(nb, parallel):
+    @nb.njit(parallel=parallel, cache=True)
     def leaky_backward(dy, x, slope, dx):
         for i in nb.prange(dy.size):
             dx[i] = dy[i] if x[i] > 0 else dy[i] * slope
@@ -180,7 +180,7 @@ def leaky_relu_forward(x, negative_slope=0.2):
         return leaky_relu_forward_kernel(x, negative_slope)
     if _flat_numpy(x):
         y = np.empty_like(x)
-        _leaky_relu_numba(x.reshape(-1), x.dtype.type(negative_slope), y.reshape(-1))
+        _leaky_relu_numba(x.reshape(-1), x.dtype.type(negative_slope), y.reshape(-1), work=x.size)
         return y, (x, negative_slope)
     return leaky_relu_forward_numpy(x, negative_slope)
 
@@ -191,7 +191,8 @@ def leaky_relu_backward(dy, cache):
     x, negative_slope = cache
     if _flat_numpy(dy, x):
         dx = np.empty_like(dy)
-        _leaky_relu_backward_numba(dy.reshape(-1), x.reshape(-1), dy.dtype.type(negative_slope), dx.reshape(-1))
+        _leaky_relu_backward_numba(dy.reshape(-1), x.reshape(-1), dy.dtype.type(negative_slope), dx.reshape(-1),
+                                   work=dy.size)
         return dx
     return leaky_relu_backward_numpy(dy, cache)
 

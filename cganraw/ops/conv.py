@@ -68,8 +68,8 @@ def col2im_numpy(cols, x_shape, kernel_size, stride, padding, out_hw=None):
 
 
 @_cpu.kernel
-def _im2col_numba(nb):
-    @nb.njit(parallel=True, cache=True)
+def _im2col_numba(nb, parallel):
+    @nb.njit(parallel=parallel, cache=True)
     def im2col(x, k, s, p, ho, wo, cols):
         # one row (c, i, j) of cols per task; padding handled by bounds, not a padded copy
         n_img, c_in, h, w = x.shape
@@ -89,8 +89,8 @@ def _im2col_numba(nb):
 
 
 @_cpu.kernel
-def _col2im_numba(nb):
-    @nb.njit(parallel=True, cache=True)
+def _col2im_numba(nb, parallel):
+    @nb.njit(parallel=parallel, cache=True)
     def col2im(cols, k, s, p, ho, wo, out):
         # one (n, c) output plane per task: its k*k scatters never race with another task
         n_img, c_out, h, w = out.shape
@@ -209,7 +209,7 @@ def im2col(x, kernel_size, stride=1, padding=0, out_hw=None):
     if _use_numba(x):
         n, c, h, w, k, _, _, ho, wo = _conv_geometry("im2col", x.shape, kernel_size, stride, padding, out_hw)
         cols = np.empty((c * k * k, n * ho * wo), dtype=x.dtype)
-        _im2col_numba(np.ascontiguousarray(x), k, stride, padding, ho, wo, cols)
+        _im2col_numba(np.ascontiguousarray(x), k, stride, padding, ho, wo, cols, work=cols.size)
         return cols
     return im2col_numpy(x, kernel_size, stride, padding, out_hw)
 
@@ -222,7 +222,7 @@ def col2im(cols, x_shape, kernel_size, stride=1, padding=0, out_hw=None):
         n, c, h, w, k, _, _, ho, wo = _conv_geometry("col2im", x_shape, kernel_size, stride, padding, out_hw)
         _check_cols("col2im", cols, x_shape, k, stride, padding, ho, wo)
         out = np.empty(x_shape, dtype=cols.dtype)
-        _col2im_numba(np.ascontiguousarray(cols), k, stride, padding, ho, wo, out)
+        _col2im_numba(np.ascontiguousarray(cols), k, stride, padding, ho, wo, out, work=cols.size)
         return out
     return col2im_numpy(cols, x_shape, kernel_size, stride, padding, out_hw)
 
