@@ -79,6 +79,8 @@ def build_parser():
     which.add_argument("--chars", help="characters to draw, e.g. HELLO")
     p.add_argument("--n-per-label", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-ema", action="store_true",
+                   help="draw with the last raw weights instead of their moving average")
     p.add_argument("--backend", choices=backend.BACKENDS, default=None)
     p.add_argument("--out", required=True, help="output .png (grid) or .npz (arrays)")
     return p
@@ -96,7 +98,7 @@ def main(argv=None):
     try:
         if args.backend:
             backend.use(args.backend)
-        G, meta = checkpoint.load_generator(args.checkpoint)
+        G, meta = checkpoint.load_generator(args.checkpoint, ema=not args.no_ema)
         names = meta.get("class_names") or []
         if G.conditional:
             if args.labels:

@@ -245,6 +245,13 @@ def test_sample_npz_and_png(letters_run, tmp_path):
     assert sample.main(["--checkpoint", str(letters_run), "--all-labels", "--n-per-label", "1", "--out", str(png)]) == 0
 
 
+def test_sample_no_ema_uses_raw_weights(letters_run, tmp_path):
+    a, b = tmp_path / "a.npz", tmp_path / "b.npz"
+    sample.main(["--checkpoint", str(letters_run), "--labels", "1", "--out", str(a)])
+    sample.main(["--checkpoint", str(letters_run), "--labels", "1", "--no-ema", "--out", str(b)])
+    assert not np.array_equal(np.load(a)["images"], np.load(b)["images"])
+
+
 def test_sample_is_seeded(letters_run, tmp_path):
     a, b = tmp_path / "a.npz", tmp_path / "b.npz"
     for p in (a, b):
