@@ -26,8 +26,8 @@ from cganraw.optim import Adam
 
 # Defaults tuned so that cgan-conv on MNIST reaches the label-accuracy bar on a
 # 2-core CPU in 20 minutes (see README); the literature's are batch 64, lr 2e-4.
-DEFAULTS = dict(model="cgan-conv", width=64, epochs=30, batch_size=64, lr=2e-4, lr_d=None, beta1=0.5,
-                beta2=0.999, latent_dim=100, seed=0, label_smoothing=0.0, mismatch=1.0, ema_decay=0.999, g_batchnorm=False)
+DEFAULTS = dict(model="cgan-conv", width=64, epochs=30, batch_size=64, lr=1e-4, lr_d=None, beta1=0.5,
+                beta2=0.999, latent_dim=100, seed=0, label_smoothing=0.0, mismatch=1.0, ema_decay=0.9995, g_batchnorm=False)
 KEEP_EPOCH_CHECKPOINTS = 3
 
 
