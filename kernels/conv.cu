@@ -36,6 +36,20 @@
 // G.convT2 483 / 199 ms. Both on paper and in the emulator v2 wins, so it is the default;
 // v1 stays as the reference scatter formulation and for comparison on GPUs.
 
+// The x element that cols element e = (r, q) holds, or -1 where it falls in the padding.
+// One 64-bit division splits e into a row r = (c, i, j) and a column q = (n, oy, ox).
+__device__ __forceinline__ long long cols_source(long long e, long long L, int C, int H, int W,
+                                                 int k, int s, int p, int Ho, int Wo)
+{
+    const long long r64 = e / L;
+    const int r = (int)r64, q = (int)(e - r64 * L);
+    const int ox = q % Wo, oy = (q / Wo) % Ho, n = q / (Wo * Ho);
+    const int j = r % k, i = (r / k) % k, c = r / (k * k);
+    const int yy = oy * s + i - p, xx = ox * s + j - p;
+    if (yy < 0 || yy >= H || xx < 0 || xx >= W) return -1;
+    return (((long long)n * C + c) * H + yy) * W + xx;
+}
+
 // x (N, C, H, W) -> cols (C*k*k, N*Ho*Wo)
 // Thread e <-> cols element (r, q): consecutive threads write consecutive q, i.e.
 // consecutive ox, so stores coalesce and loads are s-strided runs of one image row.
@@ -47,15 +61,8 @@ extern "C" __global__ void im2col_kernel(const float* x, float* cols,
     const long long total = (long long)C * k * k * L;
     for (long long e = blockIdx.x * (long long)blockDim.x + threadIdx.x; e < total;
          e += (long long)gridDim.x * blockDim.x) {
-        const long long r64 = e / L;
-        const int r = (int)r64, q = (int)(e - r64 * L);       // cols row and column
-        const int ox = q % Wo, oy = (q / Wo) % Ho, n = q / (Wo * Ho);
-        const int j = r % k, i = (r / k) % k, c = r / (k * k);
-        int yy = oy * s + i - p, xx = ox * s + j - p;
-        float v = 0.0f;
-        if (yy >= 0 && yy < H && xx >= 0 && xx < W)
-            v = x[(((long long)n * C + c) * H + yy) * W + xx];
-        cols[e] = v;
+        const long long xi = cols_source(e, L, C, H, W, k, s, p, Ho, Wo);
+        cols[e] = xi >= 0 ? x[xi] : 0.0f;
     }
 }
 
@@ -70,13 +77,8 @@ extern "C" __global__ void col2im_kernel1(const float* cols, float* x,
     const long long total = (long long)C * k * k * L;
     for (long long e = blockIdx.x * (long long)blockDim.x + threadIdx.x; e < total;
          e += (long long)gridDim.x * blockDim.x) {
-        const long long r64 = e / L;
-        const int r = (int)r64, q = (int)(e - r64 * L);       // cols row and column
-        const int ox = q % Wo, oy = (q / Wo) % Ho, n = q / (Wo * Ho);
-        const int j = r % k, i = (r / k) % k, c = r / (k * k);
-        int yy = oy * s + i - p, xx = ox * s + j - p;
-        if (yy >= 0 && yy < H && xx >= 0 && xx < W)   // taps in the padding are dropped
-            atomicAdd(&x[(((long long)n * C + c) * H + yy) * W + xx], cols[e]);
+        const long long xi = cols_source(e, L, C, H, W, k, s, p, Ho, Wo);
+        if (xi >= 0) atomicAdd(&x[xi], cols[e]);      // taps in the padding are dropped
     }
 }
 
