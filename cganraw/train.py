@@ -27,7 +27,7 @@ from cganraw.optim import Adam
 # Defaults tuned so that cgan-conv on MNIST reaches the label-accuracy bar on a
 # 2-core CPU in 20 minutes (see README); the literature's are batch 64, lr 2e-4.
 DEFAULTS = dict(model="cgan-conv", width=64, epochs=30, batch_size=64, lr=1e-4, lr_d=None, beta1=0.5,
-                beta2=0.999, latent_dim=100, seed=0, label_smoothing=0.0, mismatch=1.0, ema_decay=0.9995, g_batchnorm=False)
+                beta2=0.999, latent_dim=100, seed=0, label_smoothing=0.0, mismatch=1.0, ema_decay=0.9995, lr_decay_start=0.5, g_batchnorm=False)
 KEEP_EPOCH_CHECKPOINTS = 3
 
 
@@ -111,6 +111,7 @@ _positive_int = _number(int, lambda v: v > 0, "a positive integer")
 _positive_float = _number(float, lambda v: v > 0, "a positive number")
 _nonneg_float = _number(float, lambda v: v >= 0, "a number >= 0")
 _unit_float = _number(float, lambda v: 0 <= v < 1, "a number in [0, 1)")
+_unit_interval = _number(float, lambda v: 0 <= v <= 1, "a number in [0, 1]")
 
 
 def build_parser():
@@ -135,6 +136,9 @@ def build_parser():
                    help="weight of the D term that scores real images with wrong labels as fake")
     p.add_argument("--ema-decay", type=_unit_float, default=DEFAULTS["ema_decay"],
                    help="keep an exponential moving average of G's weights for sampling (0: off)")
+    p.add_argument("--lr-decay-start", type=_unit_interval, default=DEFAULTS["lr_decay_start"],
+                   help="fraction of the run (steps, or --max-minutes) after which both learning "
+                        "rates fall linearly to 0 at its end (1: constant)")
     p.add_argument("--out", default=None, help="run directory (default runs/<dataset>-<model>-<time>)")
     p.add_argument("--resume", nargs="?", const="", default=None, metavar="RUN_OR_CHECKPOINT",
                    help="continue a run from its last checkpoint (default: the --out directory)")
@@ -156,7 +160,7 @@ def build_parser():
 
 
 CONFIG_KEYS = ("dataset", "model", "width", "g_batchnorm", "epochs", "batch_size", "lr", "lr_d", "beta1",
-               "beta2", "latent_dim", "seed", "label_smoothing", "mismatch", "ema_decay", "sample_every", "checkpoint_every",
+               "beta2", "latent_dim", "seed", "label_smoothing", "mismatch", "ema_decay", "lr_decay_start", "sample_every", "checkpoint_every",
                "log_every", "eval_every", "max_steps", "max_minutes")
 # settings a resumed run may change: how long it goes on, how often it reports
 RESUMABLE_OVERRIDES = ("epochs", "max_steps", "max_minutes", "sample_every", "checkpoint_every",
@@ -249,6 +253,14 @@ class Run:
         for (_, b_ema), (_, b) in zip(self.G_ema.named_buffers(), self.G.named_buffers()):
             b_ema[...] = b
 
+    def set_lr(self, frac):
+        """Both rates constant until lr_decay_start of the run, then linearly down to 0:
+        late GAN training with a full rate keeps swinging and grows artefacts."""
+        start = self.cfg.get("lr_decay_start", 1.0)
+        scale = 1.0 if frac <= start or start >= 1.0 else max(0.0, (1.0 - frac) / (1.0 - start))
+        self.opt_g.lr = self.cfg["lr"] * scale
+        self.opt_d.lr = (self.cfg["lr_d"] or self.cfg["lr"]) * scale
+
     @property
     def G_sample(self):
         return self.G_ema if self.G_ema is not None else self.G
@@ -326,6 +338,16 @@ def _resolve_resume(args):
     return ckpt, run_dir
 
 
+def progress(run, planned_steps, cfg):
+    """Fraction of the run done: of its --epochs, or of --max-minutes when that ends it
+    sooner. --max-steps only cuts a run short, so a run stopped there and resumed follows
+    the same schedule, exactly; by time the schedule follows the clock."""
+    frac = run.step / planned_steps
+    if cfg.get("max_minutes"):
+        frac = max(frac, run.elapsed / (60 * cfg["max_minutes"]))
+    return min(frac, 1.0)
+
+
 def _prune_epoch_checkpoints(ckpt_dir: Path, keep: int):
     files = sorted(ckpt_dir.glob("epoch_*.npz"))
     for f in files[:-keep]:
@@ -392,6 +414,7 @@ def run_training(args, log: Logger):
             if deadline is not None and time.monotonic() >= deadline:
                 stop_reason = f"time budget of {cfg['max_minutes']} min reached"
                 break
+            run.set_lr(progress(run, cfg["epochs"] * steps_per_epoch, cfg))
             epoch_before = run.batches.epoch
             x, labels = run.batches.next_batch()
             x = xp.asarray(x)

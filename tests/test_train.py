@@ -309,3 +309,22 @@ def test_eval_every_logs_label_accuracy(letters_dir, tmp_path, monkeypatch):
                    "--eval-every", 1, *TINY) == 0
     evals = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if "label_accuracy" in line]
     assert len(evals) == 1 and 0.0 <= evals[0]["label_accuracy"] <= 1.0 and evals[0]["epoch"] == 1
+
+
+def test_lr_schedule_is_constant_then_linear_to_zero():
+    G, D = models.build("cgan-mlp", 10, seed=0)
+    cfg = {**train.DEFAULTS, "lr": 1e-3, "lr_d": 4e-3, "lr_decay_start": 0.5, "max_minutes": None,
+           "dataset": "mnist", "epochs": 1, "batch_size": 8}
+    data_stub = type("DS", (), {"images": np.zeros((80, 28, 28), np.uint8), "labels": np.zeros(80, np.int64),
+                                "class_names": list("0123456789"), "num_classes": 10})()
+    run = train.Run(cfg, data_stub, G, D)
+    for step, scale in [(0, 1.0), (40, 1.0), (60, 0.5), (70, 0.25), (80, 0.0)]:
+        run.step = step
+        run.set_lr(train.progress(run, 80, cfg))
+        assert run.opt_g.lr == pytest.approx(1e-3 * scale) and run.opt_d.lr == pytest.approx(4e-3 * scale)
+    # a time budget that ends the run sooner drives the schedule
+    run.step, run.elapsed = 10, 45.0
+    assert train.progress(run, 80, {**cfg, "max_minutes": 1.0}) == pytest.approx(0.75)
+    cfg["lr_decay_start"] = 1.0
+    run.set_lr(1.0)
+    assert run.opt_g.lr == 1e-3
