@@ -313,7 +313,7 @@ def test_eval_every_logs_label_accuracy(letters_dir, tmp_path, monkeypatch):
 
 def test_lr_schedule_is_constant_then_linear_to_zero():
     G, D = models.build("cgan-mlp", 10, seed=0)
-    cfg = {**train.DEFAULTS, "lr": 1e-3, "lr_d": 4e-3, "lr_decay_start": 0.5, "max_minutes": None,
+    cfg = {**train.DEFAULTS, "model": "cgan-mlp", "lr": 1e-3, "lr_d": 4e-3, "lr_decay_start": 0.5, "max_minutes": None,
            "dataset": "mnist", "epochs": 1, "batch_size": 8}
     data_stub = type("DS", (), {"images": np.zeros((80, 28, 28), np.uint8), "labels": np.zeros(80, np.int64),
                                 "class_names": list("0123456789"), "num_classes": 10})()
