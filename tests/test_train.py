@@ -203,7 +203,7 @@ def test_killed_run_resumes(letters_dir, tmp_path):
     out = tmp_path / "run"
     env = {**os.environ, "CGANRAW_BACKEND": "numpy"}
     cmd = [sys.executable, "-m", "cganraw.train", "--dataset", "emnist", "--data-dir", str(letters_dir),
-           "--out", str(out), "--max-steps", "100000", "--checkpoint-every", "1", *TINY]
+           "--out", str(out), "--max-steps", "100000", "--epochs", "100000", "--checkpoint-every", "1", *TINY]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     last = out / "checkpoints" / "last.npz"
     try:
