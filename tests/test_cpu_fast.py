@@ -13,6 +13,8 @@ SHAPES = [  # (N, C, H, W, k, s, p, out_hw override)
     (1, 5, 14, 14, 4, 2, 1, None),
     (2, 1, 9, 11, 3, 3, 2, None),
     (1, 2, 8, 8, 3, 2, 1, (3, 3)),   # a transposed conv's window count (output_padding)
+    (2, 2, 5, 6, 2, 1, 3, None),     # padding wider than the kernel: whole rows of zeros
+    (1, 3, 4, 9, 5, 3, 4, None),
 ]
 
 
@@ -28,6 +30,21 @@ def test_im2col_col2im_match_numpy(shape, dtype, rng):
     tol = 1e-6 if dtype == np.float32 else 1e-12
     np.testing.assert_allclose(conv.col2im(cols, x.shape, k, s, p, out_hw),
                                conv.col2im_numpy(cols, x.shape, k, s, p, out_hw), rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("shape", SHAPES[1:4] + SHAPES[6:])
+def test_parallel_twins_match_numpy(shape, rng):
+    # the parallel builds (picked above _cpu.PARALLEL_MIN_WORK elements), forced on small shapes
+    n, c, h, w, k, s, p, out_hw = shape
+    ho, wo = out_hw or (conv.conv_output_size(h, k, s, p), conv.conv_output_size(w, k, s, p))
+    x = rng.normal(size=(n, c, h, w)).astype(np.float32)
+    ref = conv.im2col_numpy(x, k, s, p, out_hw)
+    cols = np.empty_like(ref)
+    conv._im2col_numba(x, k, s, p, ho, wo, cols, work=None)
+    np.testing.assert_array_equal(cols, ref)
+    out = np.empty_like(x)
+    conv._col2im_numba(ref, k, s, p, ho, wo, out, work=None)
+    np.testing.assert_allclose(out, conv.col2im_numpy(ref, x.shape, k, s, p, out_hw), rtol=1e-6, atol=1e-6)
 
 
 def test_im2col_accepts_non_contiguous_input(rng):

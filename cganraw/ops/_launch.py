@@ -23,11 +23,15 @@ _modules: dict = {}
 
 
 def kernel_dir() -> Path:
-    """kernels/ at the repository root (the editable install), or $CGANRAW_KERNEL_DIR."""
+    """$CGANRAW_KERNEL_DIR, else kernels/ at the repository root (a checkout or an editable
+    install), else the copy a wheel carries as the package cganraw._kernels."""
     env = os.environ.get("CGANRAW_KERNEL_DIR")
     if env:
         return Path(env)
-    return Path(__file__).resolve().parents[2] / "kernels"
+    source_tree = Path(__file__).resolve().parents[2] / "kernels"
+    if source_tree.is_dir():
+        return source_tree
+    return Path(__file__).resolve().parents[1] / "_kernels"
 
 
 def kernel_path(family: str) -> Path:
