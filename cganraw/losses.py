@@ -51,3 +51,33 @@ def softmax_cross_entropy(logits, labels):
         raise ValueError(f"softmax_cross_entropy: labels must lie in [0, {k}), got values from {lo} to {hi}")
     loss, cache = softmax_cross_entropy_forward(logits, labels)
     return float(loss), softmax_cross_entropy_backward(1.0, cache)
+
+
+def mode_seeking(images, z, eps=1e-5):
+    """The mode-seeking term of MSGAN (Mao et al. 2019), which keeps a conditional G from
+    drawing one image per label whatever its noise: the first and second halves of the
+    batch share their labels, and G is rewarded for making their images differ as much
+    as their noise does.
+
+        ratio = mean |x_a - x_b| / mean |z_a - z_b|,   loss = 1 / (ratio + eps)
+
+    images (2M, ...) and z (2M, L): row i pairs with row M + i. Returns (loss as a Python
+    float, dimages with the shape of images); z is noise, so it gets no gradient.
+    """
+    for name, a in (("images", images), ("z", z)):
+        if not backend.is_array(a) or a.dtype.kind != "f":
+            raise TypeError(f"mode_seeking: {name} must be a floating-point array, got "
+                            f"{getattr(a, 'dtype', type(a).__name__)}")
+    n = images.shape[0]
+    if n < 2 or n % 2 or z.shape[0] != n:
+        raise ValueError(f"mode_seeking: need an even batch of at least 2 images with one noise row "
+                         f"each, got images {tuple(images.shape)} and z {tuple(z.shape)}")
+    xp = backend.array_module(images)
+    m = n // 2
+    diff = images[:m] - images[m:]                      # (M, ...)
+    z_dist = float(xp.abs(z[:m] - z[m:]).mean())
+    ratio = float(xp.abs(diff).mean()) / z_dist
+    loss = 1.0 / (ratio + eps)
+    # d loss / d x_a = -loss^2 / z_dist * sign(x_a - x_b) / diff.size, and its negative for x_b
+    d_a = xp.sign(diff) * images.dtype.type(-loss * loss / (z_dist * diff.size))
+    return loss, xp.concatenate([d_a, -d_a])

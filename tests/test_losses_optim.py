@@ -4,7 +4,7 @@ import pytest
 
 from cganraw import nn
 from cganraw.gradcheck import check_backward
-from cganraw.losses import bce_with_logits
+from cganraw.losses import bce_with_logits, mode_seeking
 from cganraw.optim import Adam
 
 
@@ -37,6 +37,31 @@ def test_bce_rejects_bad_input():
         bce_with_logits(np.array([1, 2]), 1.0)
     with pytest.raises(ValueError, match="do not match"):
         bce_with_logits(np.zeros((3, 1)), np.zeros(4))
+
+
+def test_mode_seeking_by_hand_and_by_finite_differences(rng):
+    # two pairs: images differ by mean 0.5, noise by mean 2 -> ratio 0.25, loss 1 / (0.25 + eps)
+    x = np.array([[0.0, 1.0], [1.0, 1.0], [0.5, 0.5], [1.0, 2.0]])
+    z = np.array([[0.0], [0.0], [2.0], [-2.0]])
+    loss, dx = mode_seeking(x, z, eps=1e-3)
+    assert loss == pytest.approx(1 / (0.25 + 1e-3))
+    # d/dx_a = -loss^2 sign(x_a - x_b) / (z_dist * 4 elements); x_b gets the negative
+    unit = loss ** 2 / (2.0 * 4)
+    np.testing.assert_allclose(dx, [[unit, -unit], [0, unit], [-unit, unit], [0, -unit]], rtol=1e-12)
+    # random pairs, away from the kink of |.| at equal pixels
+    x = rng.normal(size=(6, 1, 3, 2))
+    z = rng.normal(size=(6, 4))
+    check_backward(lambda a: np.asarray(mode_seeking(a, z)[0]), lambda gy: gy * mode_seeking(x, z)[1], [x],
+                   name="mode_seeking")
+
+
+def test_mode_seeking_rejects_bad_input():
+    with pytest.raises(ValueError, match="even batch"):
+        mode_seeking(np.zeros((3, 4)), np.ones((3, 2)))
+    with pytest.raises(ValueError, match="noise row"):
+        mode_seeking(np.zeros((4, 4)), np.ones((2, 2)))
+    with pytest.raises(TypeError, match="floating-point"):
+        mode_seeking(np.zeros((4, 4), np.uint8), np.ones((4, 2)))
 
 
 def test_adam_first_three_updates_by_hand():

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from cganraw import checkpoint, models, train
+from cganraw.losses import mode_seeking
 from cganraw.optim import Adam
 from cganraw import sample
 from tests.synthetic import write_emnist
@@ -295,6 +296,41 @@ def test_mismatch_term_uses_wrong_labels_only(monkeypatch):
     assert np.array_equal(seen[0], real_labels) and np.all(seen[1] != real_labels)
     assert np.all((seen[1] >= 0) & (seen[1] < 5))
     assert stats["d_loss"] == pytest.approx(stats["d_loss_real"] + stats["d_loss_fake"] + 0.5 * stats["d_loss_mismatch"])
+
+
+@pytest.mark.parametrize("n", [9, 10])
+def test_mode_seeking_pairs_share_labels_and_push_images_apart(n, monkeypatch):
+    rng = np.random.default_rng(1)
+    G, D = models.build("cgan-conv", 5, width=4, seed=0)
+    seen = []
+    real_forward = G.forward
+
+    def spy(z, labels):
+        seen.append((np.array(z), np.array(labels)))
+        return real_forward(z, labels)
+    monkeypatch.setattr(G, "forward", spy)
+    x = rng.uniform(-1, 1, (n, 1, 28, 28)).astype(np.float32)
+    y = rng.integers(0, 5, n)
+    stats = train.train_step(G, D, Adam(G.parameters()), Adam(D.parameters()), x, y, rng, mode_seeking=2.0)
+    (z, labels), = seen
+    m = n // 2
+    assert np.array_equal(labels[:m], labels[m:2 * m]) and labels.shape == (n,)
+    assert not np.allclose(z[:m], z[m:2 * m])
+    assert stats["g_loss_mode_seeking"] > 0
+
+    # the term alone moves G towards images that differ more within each pair
+    G2, _ = models.build("cgan-conv", 5, width=4, seed=0)
+    G2.train()
+    zz = rng.standard_normal((8, G2.latent_dim)).astype(np.float32)
+    lab = np.tile(np.arange(4), 2)                 # rows i and 4 + i share a label
+    opt = Adam(G2.parameters(), lr=1e-3)
+    before = mode_seeking(G2(zz, lab), zz)[0]
+    for _ in range(5):
+        opt.zero_grad()
+        loss, dimg = mode_seeking(G2(zz, lab), zz)
+        G2.backward(dimg)
+        opt.step()
+    assert mode_seeking(G2(zz, lab), zz)[0] < before
 
 
 def test_eval_every_logs_label_accuracy(letters_dir, tmp_path, monkeypatch):
