@@ -2,6 +2,7 @@
 
     python -m cganraw.evaluate --checkpoint RUN/checkpoints/last.npz [--classifier PATH]
                                [--n-per-class N] [--seed S] [--out DIR] [--data-dir DIR]
+    python -m cganraw.evaluate --real --dataset mnist      # the same metrics of real images
 
 Generates N images per class from seeded z ~ N(0, 1), scores them with the classifier and
 reports (cganraw.metrics):
@@ -31,7 +32,8 @@ import numpy as np
 from cganraw import backend, metrics
 from cganraw.checkpoint import CheckpointError, atomic_write_bytes
 
-__all__ = ["generate", "score_images", "evaluate_generator", "format_table", "write_outputs", "main"]
+__all__ = ["generate", "score_images", "evaluate_generator", "real_reference", "format_table",
+           "write_outputs", "main"]
 
 DEFAULT_N_PER_CLASS = 1000
 DEFAULT_CAS_EPOCHS = 5
@@ -155,7 +157,7 @@ def class_accuracy_score(images, labels, class_names, real_test, dataset=None,
     from cganraw import classifier as C  # noqa: PLC0415
     from cganraw import data  # noqa: PLC0415
     train_u8 = images if images.dtype == np.uint8 else data.to_uint8(images)
-    _log(log, f"CAS: training a classifier on {len(train_u8)} generated images ({epochs} epochs)")
+    _log(log, f"CAS: training a fresh classifier on these {len(train_u8)} images ({epochs} epochs)")
     _, acc = C.fit_classifier(train_u8, labels, class_names, dataset=dataset, test=(real_test[0], real_test[1]),
                               epochs=epochs, batch_size=CAS_BATCH, lr=CAS_LR, seed=seed, log=None)
     return float(acc)
@@ -223,7 +225,8 @@ def write_outputs(res, out_dir):
     text = ("{\n" + ",\n".join(f"  {json.dumps(k)}: {json.dumps(v)}" for k, v in res.items()) + "\n}\n").encode()
     atomic_write_bytes(written[0], lambda f: f.write(text))
     if "confusion_matrix" in res:
-        title = f" ({res['dataset']}, step {res.get('step')})" if res.get("dataset") else ""
+        where = [res.get("dataset"), f"step {res['step']}" if res.get("step") is not None else res.get("source")]
+        title = f" ({', '.join(w for w in where if w)})" if any(where) else ""
         written.append(Path(metrics.plot_confusion_matrix(np.asarray(res["confusion_matrix"]), res["class_names"],
                                                           out_dir / "confusion.png", title="Confusion matrix" + title)))
         acc = np.array([np.nan if a is None else a for a in res["per_class_accuracy"]])
@@ -240,11 +243,15 @@ def _run_dir(checkpoint_path):
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m cganraw.evaluate",
                                 description="Score a generator checkpoint with the evaluation classifier.")
-    p.add_argument("--checkpoint", required=True, help="RUN/checkpoints/last.npz or a run directory")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--checkpoint", help="RUN/checkpoints/last.npz or a run directory")
+    what.add_argument("--real", action="store_true",
+                      help="score N real training images per class of --dataset instead: the reference "
+                           "row that generated images are judged against")
     p.add_argument("--classifier", help="classifier checkpoint (default: the cached one, trained if absent)")
     p.add_argument("--n-per-class", type=int, default=DEFAULT_N_PER_CLASS)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", help="output folder (default: the run directory)")
+    p.add_argument("--out", help="output folder (default: the run directory; runs/<dataset>-real with --real)")
     p.add_argument("--data-dir")
     p.add_argument("--dataset", help="override the checkpoint's dataset")
     p.add_argument("--no-cas", action="store_true", help="skip the Classification Accuracy Score")
@@ -254,7 +261,11 @@ def main(argv=None):
         p.error(f"--n-per-class must be >= 1, got {args.n_per_class}")
     if args.cas_epochs < 1:
         p.error(f"--cas-epochs must be >= 1, got {args.cas_epochs}")
+    if args.real and not args.dataset:
+        p.error("--real needs --dataset (the real images of which dataset?)")
     from cganraw import checkpoint, classifier as C, data  # noqa: PLC0415
+    if args.real:
+        return _main_real(args, C, data)
     try:
         G, meta = checkpoint.load_generator(args.checkpoint)
         dataset = args.dataset or meta.get("dataset")
@@ -280,6 +291,44 @@ def main(argv=None):
     for line in format_table(res):
         print("  " + line)
     for path in write_outputs(res, out):
+        print(f"wrote {path}")
+    return 0
+
+
+def real_reference(train, n_per_class, seed=0):
+    """n_per_class real images of each class, drawn without replacement from `train` (a
+    cganraw.data.Dataset): (images uint8 (K*n, 28, 28), labels (K*n,)), class-major."""
+    rng = np.random.default_rng(seed)
+    idx = []
+    for k in range(train.num_classes):
+        members = np.flatnonzero(train.labels == k)
+        if len(members) < n_per_class:
+            raise ValueError(f"{train.name} {train.split}: class {train.class_names[k]!r} has {len(members)} "
+                             f"images, fewer than --n-per-class {n_per_class}")
+        idx.append(rng.choice(members, n_per_class, replace=False))
+    idx = np.concatenate(idx)
+    return train.images[idx], train.labels[idx].astype(np.int64)
+
+
+def _main_real(args, C, data):
+    try:
+        dataset = data.resolve_name(args.dataset)
+        clf = C.load(args.classifier) if args.classifier else C.load_or_train(dataset, data_dir=args.data_dir)
+        train = data.load(dataset, "train", data_dir=args.data_dir)
+        test = data.load(dataset, "test", data_dir=args.data_dir)
+        images, labels = real_reference(train, args.n_per_class, args.seed)
+        res = score_images(images, labels, clf, train.class_names, real_test=test, cas=not args.no_cas,
+                           cas_epochs=args.cas_epochs, seed=args.seed, data_dir=args.data_dir)
+    except (CheckpointError, ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    res.update({"source": f"real {dataset} training images", "dataset": dataset, "model": "real data",
+                "n_per_class": int(args.n_per_class), "seed": int(args.seed),
+                "classifier": dict(res["classifier"], path=str(args.classifier or C.default_path(dataset)))})
+    print(f"real {dataset} training images, {res['num_samples']} samples:")
+    for line in format_table(res):
+        print("  " + line)
+    for path in write_outputs(res, Path(args.out or f"runs/{dataset}-real")):
         print(f"wrote {path}")
     return 0
 

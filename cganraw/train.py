@@ -28,10 +28,11 @@ from cganraw.optim import Adam
 # Defaults tuned so that cgan-conv on MNIST reaches the label-accuracy bar on a
 # 2-core CPU in 20 minutes (see README); the literature's are batch 64, lr 2e-4.
 DEFAULTS = dict(model="cgan-conv", width=64, epochs=None, batch_size=64, lr=1e-4, lr_d=None, beta1=0.5,
-                beta2=0.999, latent_dim=100, seed=0, label_smoothing=0.0, mismatch=1.0, mode_seeking=0.0, ema_decay=0.9995, lr_decay_start=1.0, g_batchnorm=False)
-# Epochs when --epochs is not given. The conv cGAN's samples are best after about two
-# epochs of MNIST (label accuracy 98.5%) and then grow speckle artefacts that cost the
-# classifier's agreement (92% after four); the MLP keeps improving for twenty.
+                beta2=0.999, latent_dim=100, seed=0, label_smoothing=0.0, mismatch=1.0, mode_seeking=0.0, ema_decay=0.9995, lr_decay_start=1.0, g_batchnorm=True)
+# Epochs when --epochs is not given. The conv cGAN (BatchNorm in G) draws the asked-for
+# digit 99.9% of the time after two epochs of MNIST, about 10 CPU minutes; without
+# BatchNorm it peaks there too (96-98%) and then grows speckle artefacts (92% after four).
+# The MLP keeps improving for twenty.
 DEFAULT_EPOCHS = {"cgan-conv": 2, "dcgan": 2, "cgan-mlp": 20, "gan-mlp": 20}
 KEEP_EPOCH_CHECKPOINTS = 3
 
@@ -143,7 +144,8 @@ def build_parser():
     p.add_argument("--dataset", default="mnist", choices=names, help="emnist means emnist-letters")
     p.add_argument("--model", default=DEFAULTS["model"], choices=models.MODELS)
     p.add_argument("--width", type=_positive_int, default=DEFAULTS["width"], help="channels of the conv models")
-    p.add_argument("--g-batchnorm", action="store_true", help="BatchNorm2d after G's transposed convs (cgan-conv)")
+    p.add_argument("--g-batchnorm", action=argparse.BooleanOptionalAction, default=DEFAULTS["g_batchnorm"],
+                   help="BatchNorm2d after G's transposed convs (cgan-conv)")
     p.add_argument("--epochs", type=_positive_int, default=None,
                    help="default per model: " + ", ".join(f"{k} {v}" for k, v in DEFAULT_EPOCHS.items()))
     p.add_argument("--batch-size", type=_positive_int, default=DEFAULTS["batch_size"])

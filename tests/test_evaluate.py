@@ -141,6 +141,38 @@ def test_evaluate_main_errors(tiny_run, tmp_path, capsys):
     assert e.value.code == 2
 
 
+def test_evaluate_real_scores_real_training_images(tiny_run, tmp_path, capsys, rng):
+    _, clf_path, _ = tiny_run
+    fake = tmp_path / "fake200"
+    write_emnist(fake, "digits", rng, n=(200, 60))
+    out = tmp_path / "real"
+    argv = ["--real", "--dataset", "emnist-digits", "--classifier", str(clf_path), "--data-dir", str(fake),
+            "--n-per-class", "3", "--cas-epochs", "1", "--out", str(out)]
+    assert evaluate.main(argv) == 0
+    assert "real emnist-digits training images" in capsys.readouterr().out
+    res = json.loads((out / "metrics.json").read_text())
+    assert res["num_samples"] == 30 and res["model"] == "real data" and 0 <= res["cas"] <= 1
+    assert np.array_equal(np.array(res["confusion_matrix"]).sum(axis=1), np.full(10, 3))
+    # what it needs, and what it cannot do
+    with pytest.raises(SystemExit):
+        evaluate.main(["--real", "--classifier", str(clf_path)])
+    assert "--real needs --dataset" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        evaluate.main(argv + ["--checkpoint", "x.npz"])
+    assert evaluate.main(argv[:-4] + ["--n-per-class", "1000", "--no-cas", "--out", str(out)]) == 1
+    assert "fewer than --n-per-class 1000" in capsys.readouterr().err
+
+
+def test_real_reference_draws_each_class_once(rng):
+    labels = np.repeat(np.arange(3), [4, 5, 6])
+    train = data.Dataset("toy", np.arange(15, dtype=np.uint8)[:, None, None] * np.ones((1, 28, 28), np.uint8),
+                         labels, ["a", "b", "c"])
+    images, got = evaluate.real_reference(train, 4, seed=1)
+    assert np.array_equal(got, np.repeat(np.arange(3), 4))
+    picked = images[:, 0, 0]
+    assert len(set(picked.tolist())) == 12 and np.array_equal(labels[picked], got)
+
+
 def test_generate_is_seeded_and_restores_the_mode(rng):
     G, _ = models.build("cgan-conv", 10, width=4)
     G.train()
