@@ -71,31 +71,20 @@ def col2im_numpy(cols, x_shape, kernel_size, stride, padding, out_hw=None):
 def _im2col_numba(nb, parallel):
     @nb.njit(parallel=parallel, cache=True)
     def im2col(x, k, s, p, ho, wo, cols):
-        # one (c, n) input plane per task: the plane stays in L1 while its k*k rows of
-        # cols are written; padding is handled by bounds, not by a padded copy
+        # one row (c, i, j) of cols per task; padding handled by bounds, not a padded copy
         n_img, c_in, h, w = x.shape
-        for t in nb.prange(c_in * n_img):
-            c, n = t // n_img, t % n_img
-            plane = x[n, c]
-            for i in range(k):
-                for j in range(k):
-                    row = cols[(c * k + i) * k + j]
-                    # the windows ox in [lo, hi) whose tap j lands in the row: 0 <= ox*s+j-p < w
-                    hi = min(wo, max(0, (w - 1 + p - j) // s + 1))
-                    lo = min(hi, max(0, -((j - p) // s)))
-                    for oy in range(ho):
-                        yy = oy * s + i - p
-                        dst = (n * ho + oy) * wo
-                        if yy < 0 or yy >= h:
-                            for ox in range(wo):
-                                row[dst + ox] = 0
-                            continue
-                        for ox in range(lo):
-                            row[dst + ox] = 0
-                        for ox in range(lo, hi):       # branch-free interior
-                            row[dst + ox] = plane[yy, ox * s + j - p]
-                        for ox in range(hi, wo):
-                            row[dst + ox] = 0
+        for r in nb.prange(c_in * k * k):
+            c, i, j = r // (k * k), (r // k) % k, r % k
+            for n in range(n_img):
+                for oy in range(ho):
+                    yy = oy * s + i - p
+                    dst = (n * ho + oy) * wo
+                    if yy < 0 or yy >= h:
+                        cols[r, dst:dst + wo] = 0
+                        continue
+                    for ox in range(wo):
+                        xx = ox * s + j - p
+                        cols[r, dst + ox] = x[n, c, yy, xx] if 0 <= xx < w else 0
     return im2col
 
 
@@ -111,17 +100,16 @@ def _col2im_numba(nb, parallel):
             plane[:, :] = 0
             for i in range(k):
                 for j in range(k):
-                    row = cols[(c * k + i) * k + j]
-                    # the windows ox in [lo, hi) whose tap j lands in the row: 0 <= ox*s+j-p < w
-                    hi = min(wo, max(0, (w - 1 + p - j) // s + 1))
-                    lo = min(hi, max(0, -((j - p) // s)))
+                    r = (c * k + i) * k + j
                     for oy in range(ho):
                         yy = oy * s + i - p
                         if yy < 0 or yy >= h:
                             continue
                         src = (n * ho + oy) * wo
-                        for ox in range(lo, hi):
-                            plane[yy, ox * s + j - p] += row[src + ox]
+                        for ox in range(wo):
+                            xx = ox * s + j - p
+                            if 0 <= xx < w:
+                                plane[yy, xx] += cols[r, src + ox]
     return col2im
 
 
