@@ -263,36 +263,47 @@ def main(argv=None):
         p.error(f"--cas-epochs must be >= 1, got {args.cas_epochs}")
     if args.real and not args.dataset:
         p.error("--real needs --dataset (the real images of which dataset?)")
-    from cganraw import checkpoint, classifier as C, data  # noqa: PLC0415
-    if args.real:
-        return _main_real(args, C, data)
     try:
-        G, meta = checkpoint.load_generator(args.checkpoint)
-        dataset = args.dataset or meta.get("dataset")
-        if not dataset:
-            raise ValueError(f"{meta['path']}: the checkpoint names no dataset; pass --dataset")
-        dataset = data.resolve_name(dataset)
-        clf = C.load(args.classifier) if args.classifier else C.load_or_train(dataset, data_dir=args.data_dir)
-        if clf.dataset and clf.dataset != dataset:
-            print(f"warning: the classifier was trained on {clf.dataset}, the generator on {dataset}",
-                  file=sys.stderr)
-        test = data.load(dataset, "test", data_dir=args.data_dir)
-        class_names = meta.get("class_names") or (test.class_names if meta.get("num_classes") else None)
-        res = evaluate_generator(G, class_names, clf, args.n_per_class, args.seed, real_test=test,
-                                 cas=not args.no_cas, cas_epochs=args.cas_epochs, data_dir=args.data_dir)
+        res, out, headline = (_score_real if args.real else _score_checkpoint)(args)
     except (CheckpointError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    res.update({"checkpoint": meta["path"], "dataset": dataset, "model": meta.get("model") or
-                meta.get("config", {}).get("model"), "step": meta.get("step"), "epoch": meta.get("epoch"),
-                "classifier": dict(res["classifier"], path=str(args.classifier or C.default_path(dataset)))})
-    out = Path(args.out) if args.out else _run_dir(meta["path"])
-    print(f"{res['model']} on {dataset}, step {res['step']}, {res['num_samples']} samples:")
+    print(headline)
     for line in format_table(res):
         print("  " + line)
-    for path in write_outputs(res, out):
+    for path in write_outputs(res, Path(args.out) if args.out else out):
         print(f"wrote {path}")
     return 0
+
+
+def _classifier(args, dataset):
+    """--classifier, else the cached classifier of `dataset` (trained if absent); and its path."""
+    from cganraw import classifier as C  # noqa: PLC0415
+    if args.classifier:
+        return C.load(args.classifier), str(args.classifier)
+    return C.load_or_train(dataset, data_dir=args.data_dir), str(C.default_path(dataset))
+
+
+def _score_checkpoint(args):
+    """main's metrics of a generator checkpoint: (results, default output folder, headline)."""
+    from cganraw import checkpoint, data  # noqa: PLC0415
+    G, meta = checkpoint.load_generator(args.checkpoint)
+    dataset = args.dataset or meta.get("dataset")
+    if not dataset:
+        raise ValueError(f"{meta['path']}: the checkpoint names no dataset; pass --dataset")
+    dataset = data.resolve_name(dataset)
+    clf, clf_path = _classifier(args, dataset)
+    if clf.dataset and clf.dataset != dataset:
+        print(f"warning: the classifier was trained on {clf.dataset}, the generator on {dataset}",
+              file=sys.stderr)
+    test = data.load(dataset, "test", data_dir=args.data_dir)
+    class_names = meta.get("class_names") or (test.class_names if meta.get("num_classes") else None)
+    res = evaluate_generator(G, class_names, clf, args.n_per_class, args.seed, real_test=test,
+                             cas=not args.no_cas, cas_epochs=args.cas_epochs, data_dir=args.data_dir)
+    res.update({"checkpoint": meta["path"], "dataset": dataset, "model": meta.get("model") or
+                meta.get("config", {}).get("model"), "step": meta.get("step"), "epoch": meta.get("epoch"),
+                "classifier": dict(res["classifier"], path=clf_path)})
+    return res, _run_dir(meta["path"]), f"{res['model']} on {dataset}, step {res['step']}, {res['num_samples']} samples:"
 
 
 def real_reference(train, n_per_class, seed=0):
@@ -310,27 +321,20 @@ def real_reference(train, n_per_class, seed=0):
     return train.images[idx], train.labels[idx].astype(np.int64)
 
 
-def _main_real(args, C, data):
-    try:
-        dataset = data.resolve_name(args.dataset)
-        clf = C.load(args.classifier) if args.classifier else C.load_or_train(dataset, data_dir=args.data_dir)
-        train = data.load(dataset, "train", data_dir=args.data_dir)
-        test = data.load(dataset, "test", data_dir=args.data_dir)
-        images, labels = real_reference(train, args.n_per_class, args.seed)
-        res = score_images(images, labels, clf, train.class_names, real_test=test, cas=not args.no_cas,
-                           cas_epochs=args.cas_epochs, seed=args.seed, data_dir=args.data_dir)
-    except (CheckpointError, ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+def _score_real(args):
+    """main's metrics of real training images (--real), the reference row."""
+    from cganraw import data  # noqa: PLC0415
+    dataset = data.resolve_name(args.dataset)
+    clf, clf_path = _classifier(args, dataset)
+    train = data.load(dataset, "train", data_dir=args.data_dir)
+    test = data.load(dataset, "test", data_dir=args.data_dir)
+    images, labels = real_reference(train, args.n_per_class, args.seed)
+    res = score_images(images, labels, clf, train.class_names, real_test=test, cas=not args.no_cas,
+                       cas_epochs=args.cas_epochs, seed=args.seed, data_dir=args.data_dir)
     res.update({"source": f"real {dataset} training images", "dataset": dataset, "model": "real data",
                 "n_per_class": int(args.n_per_class), "seed": int(args.seed),
-                "classifier": dict(res["classifier"], path=str(args.classifier or C.default_path(dataset)))})
-    print(f"real {dataset} training images, {res['num_samples']} samples:")
-    for line in format_table(res):
-        print("  " + line)
-    for path in write_outputs(res, Path(args.out or f"runs/{dataset}-real")):
-        print(f"wrote {path}")
-    return 0
+                "classifier": dict(res["classifier"], path=clf_path)})
+    return res, Path(f"runs/{dataset}-real"), f"real {dataset} training images, {res['num_samples']} samples:"
 
 
 if __name__ == "__main__":
