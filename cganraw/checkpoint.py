@@ -15,12 +15,12 @@ the new one, never a torn file.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import zipfile
 from pathlib import Path
 
 import numpy as np
+
+from cganraw import fileio
 
 
 class CheckpointError(ValueError):
@@ -46,24 +46,7 @@ def restore_rng(gen: np.random.Generator, state_json: str):
 
 def atomic_write_bytes(path, write_fn):
     """Call write_fn(fileobj) on a temp file beside `path`, fsync, rename over `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write_fn(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        dfd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)  # make the rename itself durable
-        finally:
-            os.close(dfd)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    return fileio.atomic_write(path, write_fn)
 
 
 def save(path, G, D, opt_g=None, opt_d=None, rngs=None, meta=None, G_ema=None):

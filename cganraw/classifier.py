@@ -154,20 +154,9 @@ class Classifier(nn.Module):
 
     def _infer(self, images, what, fn, batch_size):
         chunk, n = self._prepare(images, what)
-        was_training = self.training
-        self.eval()
-        try:
-            outs = [backend.asnumpy(fn(chunk(lo, min(lo + batch_size, n))))
+        with self.inference():
+            return [backend.asnumpy(fn(chunk(lo, min(lo + batch_size, n))))
                     for lo in range(0, n, batch_size)]
-        finally:
-            self._drop_caches()
-            self.train(was_training)
-        return outs
-
-    def _drop_caches(self):
-        # inference keeps no cache alive: the last batch's activations would pin memory
-        for _, m in self.named_modules():
-            object.__setattr__(m, "_cache", None)
 
     def logits(self, images, batch_size=INFER_BATCH):
         """(N, K) float32 logits, eval mode."""
@@ -308,7 +297,7 @@ def fit_classifier(images, labels, class_names, dataset=None, test=None, epochs=
             msg += f", test acc {acc:.4f}"
         if log:
             log(msg + f" ({time.perf_counter() - t0:.0f} s)")
-    clf._drop_caches()
+    clf.drop_caches()
     clf.eval()
     clf.test_accuracy = acc
     clf.info = {"epochs": int(epochs), "batch_size": batch_size, "lr": float(lr), "seed": int(seed),

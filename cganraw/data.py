@@ -47,7 +47,8 @@ from typing import Iterator
 
 import numpy as np
 
-from . import __version__, backend
+from . import __version__, fileio
+from .images import to_float, to_uint8
 
 __all__ = [
     "DATASETS", "DataError", "MissingDataError", "Dataset", "DatasetSpec", "BatchIterator",
@@ -713,39 +714,10 @@ def _fetch_url(url: str, target: Path, *, opener, timeout: float, progress, resu
         raise _IncompleteDownload(f"got {size} of {total} bytes")
 
 
-def _fsync_dir(d: Path) -> None:
-    with contextlib.suppress(OSError, AttributeError):
-        fd = os.open(d, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def _tmp_path(dest: Path, name: str) -> Path:
-    fd, tmp = tempfile.mkstemp(dir=dest, prefix=f".{name}.", suffix=".tmp")
-    os.close(fd)
-    return Path(tmp)
-
-
-def _place(tmp: Path, final: Path) -> None:
-    """Atomically move the finished temp file `tmp` (same folder) to `final`."""
-    os.replace(tmp, final)
-    _fsync_dir(final.parent)
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_path(path.parent, path.name)
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        _place(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+_fsync_dir = fileio.fsync_dir
+_tmp_path = fileio.temp_path
+_place = fileio.place
+_atomic_write_bytes = fileio.atomic_write
 
 
 @contextlib.contextmanager
@@ -931,36 +903,6 @@ def _extract_emnist(spec, archive: Path, dest: Path, todo: list[str]) -> None:
 # Pixels and batches
 # --------------------------------------------------------------------------------------------
 
-def to_float(images) -> np.ndarray:
-    """uint8 images (N,28,28) or (N,1,28,28) -> float32 (N,1,28,28) in [-1,1], x/127.5 - 1."""
-    a = np.asarray(images)
-    if a.dtype != np.uint8:
-        raise TypeError(f"to_float expects uint8 images, got {a.dtype}")
-    if a.ndim == 3:
-        a = a[:, None]
-    elif a.ndim != 4 or a.shape[1] != 1:
-        raise ValueError(f"to_float expects images shaped (N,H,W) or (N,1,H,W), got {a.shape}")
-    out = np.empty(a.shape, dtype=np.float32)
-    np.divide(a, np.float32(127.5), out=out, dtype=np.float32)
-    out -= np.float32(1.0)
-    return out
-
-
-def to_uint8(images) -> np.ndarray:
-    """float images (N,1,28,28) or (N,28,28) in [-1,1] -> uint8 (N,28,28): the inverse of
-    to_float, clipped to 0..255 and rounded (NaN becomes 0). Accepts CuPy arrays."""
-    a = np.asarray(backend.asnumpy(images))
-    if a.dtype.kind != "f":
-        raise TypeError(f"to_uint8 expects float images, got {a.dtype}")
-    if a.ndim == 4 and a.shape[1] == 1:
-        a = a[:, 0]
-    elif a.ndim != 3:
-        raise ValueError(f"to_uint8 expects images shaped (N,1,H,W) or (N,H,W), got {a.shape}")
-    out = (a.astype(np.float32) + np.float32(1.0)) * np.float32(127.5)
-    np.nan_to_num(out, copy=False, nan=0.0, posinf=255.0, neginf=0.0)
-    np.rint(out, out=out)
-    np.clip(out, 0, 255, out=out)
-    return out.astype(np.uint8)
 
 
 class BatchIterator:

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cganraw import backend, metrics
+from cganraw import backend, metrics, models
 from cganraw.checkpoint import CheckpointError, atomic_write_bytes
 
 __all__ = ["generate", "score_images", "evaluate_generator", "real_reference", "format_table",
@@ -42,30 +42,9 @@ GEN_BATCH = 500
 IS_SPLITS = 10
 
 
-def _drop_caches(module):
-    # generation keeps no activations alive in the generator's layers
-    for _, m in module.named_modules():
-        object.__setattr__(m, "_cache", None)
-
-
 def generate(G, n, labels=None, seed=0, batch_size=GEN_BATCH):
-    """n images from G with z ~ N(0, 1) float32 drawn from `seed`, in eval mode (the mode
-    is restored afterwards). labels: (n,) int or None. Returns float32 (n, 1, 28, 28) on the host."""
-    latent = int(G.latent_dim)
-    z = np.random.default_rng(seed).standard_normal((n, latent), dtype=np.float32)
-    xp = backend.array_module(G.parameters()[0].data)
-    was_training = G.training
-    G.eval()
-    out = []
-    try:
-        for lo in range(0, n, batch_size):
-            hi = min(lo + batch_size, n)
-            lab = None if labels is None else xp.asarray(labels[lo:hi])
-            out.append(backend.asnumpy(G(xp.asarray(z[lo:hi]), lab)).astype(np.float32, copy=False))
-    finally:
-        _drop_caches(G)
-        G.train(was_training)
-    return np.concatenate(out) if out else np.zeros((0, 1, 28, 28), np.float32)
+    """n images from G (models.generate): float32 (n, 1, 28, 28) on the host."""
+    return models.generate(G, labels, n=n, seed=seed, batch=batch_size)
 
 
 def _log(log, msg):

@@ -303,6 +303,40 @@ def build(name, num_classes, latent_dim=100, width=128, seed=0, batchnorm=False)
     return MLPGenerator(None, latent_dim, rg), MLPDiscriminator(None, rng=rd, dropout_seed=drop_seed)
 
 
+def generate(G, labels=None, z=None, n=None, seed=0, batch=256):
+    """Images from G in eval mode with no forward caches kept: the one drawing path of
+    train, sample, evaluate and the text renderer.
+
+    labels: (N,) int class indices, or None for an unconditional G (then give n or z).
+    z: (N, latent_dim) float noise; drawn as N(0, 1) float32 from `seed` when None.
+    Returns float32 (N, 1, 28, 28) in [-1, 1] on the host; G's mode is restored.
+    """
+    if labels is not None:
+        labels = np.asarray(backend.asnumpy(labels))
+        if labels.ndim != 1 or labels.dtype.kind not in "iu":
+            raise ValueError(f"generate: labels must be a 1-D integer array, got {labels.dtype} {labels.shape}")
+        labels = labels.astype(np.int64, copy=False)
+    count = len(labels) if labels is not None else (len(z) if z is not None else n)
+    if count is None or int(count) < 0:
+        raise ValueError("generate: give labels, z or n")
+    count = int(count)
+    if z is None:
+        z = np.random.default_rng(seed).standard_normal((count, G.latent_dim), dtype=np.float32)
+    else:
+        z = np.asarray(backend.asnumpy(z), dtype=np.float32)
+        if z.shape != (count, G.latent_dim):
+            raise ValueError(f"generate: expected z of shape ({count}, {G.latent_dim}), got {z.shape}")
+    if int(batch) <= 0:
+        raise ValueError(f"generate: batch must be positive, got {batch}")
+    xp = backend.array_module(G.parameters()[0].data)
+    out = []
+    with G.inference():
+        for lo in range(0, count, batch):
+            lab = None if labels is None else xp.asarray(labels[lo:lo + batch])
+            out.append(np.asarray(backend.asnumpy(G(xp.asarray(z[lo:lo + batch]), lab)), dtype=np.float32))
+    return np.concatenate(out) if out else np.zeros((0, *IMAGE_SHAPE), np.float32)
+
+
 def dropout_layers(module):
     """The Dropout layers of a model, in order: their generators go into checkpoints."""
     return [m for _, m in module.named_modules() if isinstance(m, nn.Dropout)]

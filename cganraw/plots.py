@@ -6,6 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
+from cganraw.images import to_uint8
+
 
 def _pyplot():
     import matplotlib  # noqa: PLC0415  (lazy: the package must import without a display)
@@ -16,8 +18,7 @@ def _pyplot():
 
 def to_uint8_images(images):
     """(N, 1, 28, 28) floats in [-1, 1] -> (N, 28, 28) uint8, white strokes on black."""
-    a = np.asarray(images, dtype=np.float32).reshape(len(images), 28, 28)
-    return np.clip(np.rint((a + 1.0) * 127.5), 0, 255).astype(np.uint8)
+    return to_uint8(images)
 
 
 def mosaic(images_u8, rows, cols, pad=2):

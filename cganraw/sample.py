@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cganraw import backend, checkpoint
+from cganraw import backend, checkpoint, models
 from cganraw.plots import save_grid, to_uint8_images
 
 
@@ -57,17 +57,8 @@ def labels_for_chars(chars, class_names):
 def generate(G, labels, n_per_label, seed=0, batch=256):
     """(images float (N, 1, 28, 28), labels (N,)) with N = len(labels) * n_per_label,
     grouped by label in the order given."""
-    rng = np.random.default_rng(seed)
     lab = np.repeat(np.asarray(labels, dtype=np.int64), n_per_label) if labels is not None else None
-    n = len(lab) if lab is not None else n_per_label
-    z = rng.standard_normal((n, G.latent_dim), dtype=np.float32)
-    xp = backend.get_xp()
-    out = []
-    for i in range(0, n, batch):
-        li = xp.asarray(lab[i:i + batch]) if lab is not None else None
-        out.append(backend.asnumpy(G(xp.asarray(z[i:i + batch]), li)))
-    object.__setattr__(G, "_cache", None)
-    return np.concatenate(out), lab
+    return models.generate(G, lab, n=n_per_label, seed=seed, batch=batch), lab
 
 
 def build_parser():

@@ -333,23 +333,13 @@ class Run:
         """Rows: every class (labelled with its character); columns: the fixed noise.
         Drawn by the moving-average generator where one is kept."""
         G = self.G_sample
-        xp = backend.get_xp()
-        was_training = G.training
-        G.eval()
-        try:
-            if G.conditional:
-                k = G.num_classes
-                z = np.tile(self.fixed_z, (k, 1))
-                labels = np.repeat(np.arange(k), len(self.fixed_z))
-                imgs = np.concatenate([backend.asnumpy(G(xp.asarray(z[i:i + 256]), xp.asarray(labels[i:i + 256])))
-                                       for i in range(0, len(z), 256)])
-                row_labels = list(self.train_set.class_names)
-            else:
-                imgs = backend.asnumpy(G(xp.asarray(np.tile(self.fixed_z, (10, 1))[:100]), None))
-                row_labels = None
-        finally:
-            G.train(was_training)
-            object.__setattr__(G, "_cache", None)
+        if G.conditional:
+            k = G.num_classes
+            imgs = models.generate(G, np.repeat(np.arange(k), len(self.fixed_z)), z=np.tile(self.fixed_z, (k, 1)))
+            row_labels = list(self.train_set.class_names)
+        else:
+            imgs = models.generate(G, z=np.tile(self.fixed_z, (10, 1))[:100])
+            row_labels = None
         from cganraw.plots import save_grid, to_uint8_images  # noqa: PLC0415  (matplotlib is slow to import)
         return save_grid(path, to_uint8_images(imgs), row_labels=row_labels,
                          cols=len(self.fixed_z) if row_labels else 10, title=title)

@@ -9,6 +9,7 @@ onto the equivalent PyTorch module one-to-one.
 """
 from __future__ import annotations
 
+import contextlib
 from collections import OrderedDict
 
 import numpy as np
@@ -56,6 +57,7 @@ class Module:
         object.__setattr__(self, "_modules", OrderedDict())
         object.__setattr__(self, "training", True)
         object.__setattr__(self, "_cache", None)
+        object.__setattr__(self, "_caching", True)
 
     # --- registration -------------------------------------------------------------
     def __setattr__(self, name, value):
@@ -191,8 +193,34 @@ class Module:
     def backward(self, dy):
         raise NotImplementedError(f"{type(self).__name__}.backward")
 
+    def drop_caches(self):
+        """Forget every forward cache in this module tree (frees the activations)."""
+        for _, mod in self.named_modules():
+            object.__setattr__(mod, "_cache", None)
+        return self
+
+    @contextlib.contextmanager
+    def inference(self):
+        """Eval mode with no forward caches kept, for drawing or scoring: inside it a
+        forward holds no activations and backward is an error. Restores the mode."""
+        mods = [mod for _, mod in self.named_modules()]
+        was_training = self.training
+        saved = [mod._caching for mod in mods]
+        self.eval()
+        self.drop_caches()
+        for mod in mods:
+            object.__setattr__(mod, "_caching", False)
+        try:
+            yield self
+        finally:
+            for mod, flag in zip(mods, saved):
+                object.__setattr__(mod, "_caching", flag)
+            self.drop_caches()
+            self.train(was_training)
+
     def _save(self, cache):
-        object.__setattr__(self, "_cache", cache)
+        if self._caching:
+            object.__setattr__(self, "_cache", cache)
 
     def _pop_cache(self):
         """The forward cache, consumed: backward without a forward raises."""
