@@ -21,9 +21,13 @@ import numpy as np
 
 import cganraw
 from cganraw import backend, checkpoint, data, models
-from cganraw.losses import bce_with_logits
-from cganraw.losses import mode_seeking as mode_seeking_loss
+from cganraw.cli import nonneg_float as _nonneg_float
+from cganraw.cli import positive_float as _positive_float
+from cganraw.cli import positive_int as _positive_int
+from cganraw.cli import unit_float as _unit_float
+from cganraw.cli import unit_interval as _unit_interval
 from cganraw.optim import Adam
+from cganraw.step import ema_decay_at, lr_scale, train_step, update_ema  # noqa: F401  (train_step: API)
 
 # Defaults tuned so that cgan-conv on MNIST reaches the label-accuracy bar on a
 # 2-core CPU in 20 minutes (see README); the literature's are batch 64, lr 2e-4.
@@ -41,101 +45,7 @@ class TrainingError(RuntimeError):
     pass
 
 
-# ------------------------------------------------------------------ one step ------
-
-def train_step(G, D, opt_g, opt_d, real_images, real_labels, rng, label_smoothing=0.0, mismatch=0.0,
-               mode_seeking=0.0):
-    """One D step then one G step, in the standard order:
-    D on real, D on fake (detached: G gets no gradient), then G with the
-    non-saturating loss -log D(G(z)) through the updated D. All BCE-with-logits.
-
-    mismatch > 0 adds, between the two D terms, real images paired with a wrong label
-    as fakes, weighted by `mismatch` (the matching-aware discriminator of Reed et al.
-    2016): D must then read the label from the first step, instead of only once G's
-    images look real, which is what makes a cGAN draw the character it is asked for.
-
-    mode_seeking > 0 adds to G's loss the mode-seeking term of MSGAN, weighted by
-    `mode_seeking`: the fakes come in pairs (i, M + i) with one label and two noise
-    vectors, and G is pushed to make each pair differ, which keeps it from collapsing
-    to a single image per label.
-
-    real_images (N, 1, 28, 28) float in [-1, 1]; real_labels (N,) int or None;
-    rng: numpy Generator for z and the fake labels. Returns floats: d_loss,
-    d_loss_real, d_loss_fake, d_loss_mismatch, g_loss (the adversarial part),
-    g_loss_mode_seeking, d_real, d_fake (mean sigmoid outputs).
-    """
-    xp = backend.array_module(real_images)
-    n = real_images.shape[0]
-    z = xp.asarray(rng.standard_normal((n, G.latent_dim), dtype=np.float32))
-    pairs = n // 2 if mode_seeking > 0 else 0       # rows i and pairs + i share a label
-    fake_labels = None
-    if G.conditional:
-        drawn = rng.integers(0, G.num_classes, n - pairs)
-        fake_labels = xp.asarray(np.concatenate([drawn[:pairs], drawn]))
-    real_target = 1.0 - label_smoothing  # one-sided: only the real targets are smoothed
-
-    # --- D step ---------------------------------------------------------------------
-    opt_d.zero_grad()
-    logits_real = D(real_images, real_labels)
-    loss_real, dlogits = bce_with_logits(logits_real, real_target)
-    D.backward(dlogits)
-    loss_mismatch = 0.0
-    if mismatch > 0 and G.conditional:
-        # every label moved by 1..K-1 places: a wrong label for every image
-        wrong = (real_labels + xp.asarray(rng.integers(1, G.num_classes, n))) % G.num_classes
-        loss_mismatch, dlogits = bce_with_logits(D(real_images, wrong), 0.0)
-        D.backward(dlogits * dlogits.dtype.type(mismatch))
-    fake = G(z, fake_labels)            # G keeps its cache for its own step below
-    logits_fake = D(fake, fake_labels)
-    loss_fake, dlogits = bce_with_logits(logits_fake, 0.0)
-    D.backward(dlogits)                 # the input gradient is dropped: fake is detached
-    opt_d.step()
-
-    # --- G step: D frozen, so its weight gradients are not even computed -------------
-    opt_g.zero_grad()
-    D.requires_grad_(False)
-    try:
-        logits_gen = D(fake, fake_labels)
-        loss_g, dlogits = bce_with_logits(logits_gen, 1.0)
-        dfake = D.backward(dlogits)
-    finally:
-        D.requires_grad_(True)
-    loss_ms = 0.0
-    if pairs:
-        loss_ms, dms = mode_seeking_loss(fake[:2 * pairs], z[:2 * pairs])
-        dfake[:2 * pairs] += dms * dms.dtype.type(mode_seeking)
-    G.backward(dfake)
-    opt_g.step()
-
-    sig = lambda a: float(backend.asnumpy(1.0 / (1.0 + np.exp(-np.clip(backend.asnumpy(a), -60, 60)))).mean())  # noqa: E731
-    return {"d_loss": loss_real + loss_fake + mismatch * loss_mismatch, "d_loss_real": loss_real,
-            "d_loss_fake": loss_fake, "d_loss_mismatch": loss_mismatch,
-            "g_loss": loss_g, "g_loss_mode_seeking": loss_ms,
-            "d_real": sig(logits_real), "d_fake": sig(logits_fake)}
-
-
 # ------------------------------------------------------------------ CLI -----------
-
-def _number(convert, ok, what):
-    """An argparse type: convert(s), then ok(v), else an error that says what was expected."""
-    def parse(s):
-        try:
-            v = convert(s)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {what}, got {s!r}") from None
-        if not (math.isfinite(v) and ok(v)):
-            raise argparse.ArgumentTypeError(f"expected {what}, got {s}")
-        return v
-    parse.__name__ = what
-    return parse
-
-
-_positive_int = _number(int, lambda v: v > 0, "a positive integer")
-_positive_float = _number(float, lambda v: v > 0, "a positive number")
-_nonneg_float = _number(float, lambda v: v >= 0, "a number >= 0")
-_unit_float = _number(float, lambda v: 0 <= v < 1, "a number in [0, 1)")
-_unit_interval = _number(float, lambda v: 0 <= v <= 1, "a number in [0, 1]")
-
 
 def build_parser():
     names = sorted(set(data.DATASETS))
@@ -270,21 +180,13 @@ class Run:
             self.G_ema.eval()
 
     def update_ema(self):
-        """G_ema = d G_ema + (1 - d) G, with d ramped up from 0 over the first steps so the
-        average does not remember the random initialisation; buffers are copied."""
-        if self.G_ema is None:
-            return
-        d = min(self.cfg["ema_decay"], (1 + self.step) / (10 + self.step))
-        for p_ema, p in zip(self.G_ema.parameters(), self.G.parameters()):
-            p_ema.data -= p_ema.data.dtype.type(1 - d) * (p_ema.data - p.data)
-        for (_, b_ema), (_, b) in zip(self.G_ema.named_buffers(), self.G.named_buffers()):
-            b_ema[...] = b
+        """G_ema moves towards G at this step's decay (step.ema_decay_at); buffers are copied."""
+        if self.G_ema is not None:
+            update_ema(self.G_ema, self.G, ema_decay_at(self.step, self.cfg["ema_decay"]))
 
     def set_lr(self, frac):
-        """Both rates constant until lr_decay_start of the run, then linearly down to 0:
-        late GAN training with a full rate keeps swinging and grows artefacts."""
-        start = self.cfg.get("lr_decay_start", 1.0)
-        scale = 1.0 if frac <= start or start >= 1.0 else max(0.0, (1.0 - frac) / (1.0 - start))
+        """Both rates scaled by step.lr_scale at this fraction of the run."""
+        scale = lr_scale(frac, self.cfg.get("lr_decay_start", 1.0))
         self.opt_g.lr = self.cfg["lr"] * scale
         self.opt_d.lr = (self.cfg["lr_d"] or self.cfg["lr"]) * scale
 
