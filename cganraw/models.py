@@ -141,11 +141,12 @@ class ConvCGANGenerator(_GAN):
         w = int(width)
         self.width = w
         self.norm = _resolve_g_norm(norm, batchnorm)
-        self._label_path(latent_dim, num_classes, w, rng)
+        self._seed_layers(latent_dim, num_classes, w, rng)
         up1, up2 = _up_blocks(w, self.norm, rng)
         self.net = nn.Sequential(*up1, *up2, nn.Conv2d(w, 1, 7, padding=3, rng=rng), nn.Tanh())
 
-    def _label_path(self, latent_dim, num_classes, w, rng):
+    def _seed_layers(self, latent_dim, num_classes, w, rng):
+        # the noise path and the label path up to their 7x7 maps
         self.fc = nn.Linear(latent_dim, w * 7 * 7, rng=rng)
         self.fc_act = nn.LeakyReLU(0.2)
         self.to_map = nn.Reshape(w, 7, 7)
@@ -297,7 +298,7 @@ class ProgressiveConvCGANGenerator(ConvCGANGenerator):
         w = int(width)
         self.width = w
         self.norm = _resolve_g_norm(norm, batchnorm)
-        self._label_path(latent_dim, num_classes, w, rng)
+        self._seed_layers(latent_dim, num_classes, w, rng)
         up1, up2 = _up_blocks(w, self.norm, rng)
         to_img28 = nn.Sequential(nn.Conv2d(w, 1, 7, padding=3, rng=rng), nn.Tanh())
         self.block14 = nn.Sequential(*up1)
