@@ -56,7 +56,7 @@ def test_bias_add_backward_large_offset_values(version, rng):
 
 
 def test_bias_add_v2_many_channels_block_stride(rng, monkeypatch, all_orders):
-    # more channels (rows) than kernel2 launches blocks: each block strides over several;
+    # more channels (rows) than the v2 kernels launch blocks: each block strides over several;
     # the grid cap is lowered so that this stays cheap in the emulator
     monkeypatch.setattr(B, "MAX_ROW_BLOCKS", 4)
     n_c = 4 * 3 + 1

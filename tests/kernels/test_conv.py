@@ -76,7 +76,7 @@ def _tap_tol(k, s):
 
 
 @pytest.mark.parametrize("shape,k,s,p,out_hw", CASES, ids=IDS)
-def test_im2col_kernel(shape, k, s, p, out_hw, rng):
+def test_im2col_v1(shape, k, s, p, out_hw, rng):
     x = rng.standard_normal(shape).astype(np.float32)
     got = im2col_cuda(x, k, s, p, out_hw)
     assert_close(got, im2col_ref(x, k, s, p, out_hw), atol=0, rtol=0, what="im2col (a copy: exact)")
@@ -84,7 +84,7 @@ def test_im2col_kernel(shape, k, s, p, out_hw, rng):
 
 @pytest.mark.parametrize("version", [1, 2])
 @pytest.mark.parametrize("shape,k,s,p,out_hw", CASES, ids=IDS)
-def test_col2im_kernel(version, shape, k, s, p, out_hw, rng):
+def test_col2im_v1_v2(version, shape, k, s, p, out_hw, rng):
     _, _, _, _, ho, wo, _, _ = _geometry(shape, k, s, p, out_hw)
     cols = rng.standard_normal((shape[1] * k * k, shape[0] * ho * wo)).astype(np.float32)
     got = col2im_cuda(cols, shape, k, s, p, out_hw, version=version)
