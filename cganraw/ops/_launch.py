@@ -196,3 +196,12 @@ def labels_arg(indices, k, op):
         if lo < 0 or hi >= k:
             raise ValueError(f"{op}: indices must lie in [0, {k}), got values from {lo} to {hi}")
     return arg(indices.astype(np.int32, copy=False), np.int32, f"{op}: indices")
+
+
+def cached_labels_arg(indices, k, op):
+    """Labels from a forward's cache: the kernel forward's own int32 labels were range-checked
+    there, so no second host sync (and were one out of range, the kernels skip it, never
+    touching memory out of bounds); labels from the reference's cache are checked now."""
+    if backend.is_array(indices) and indices.dtype == np.int32:
+        return arg(indices, np.int32, f"{op}: indices")
+    return labels_arg(indices, k, op)

@@ -52,7 +52,8 @@ def bce_with_logits_forward_cuda(logits, targets, version=None):
     if version == 1:
         loss = _launch.zeros((1,))
         grid, block = _launch.grid_for(xc.size)
-        _launch.function("bce", "bce_with_logits_forward_v1")(grid, block, (loss, xc, tc, _launch.f32(1.0 / xc.size), n))
+        _launch.function("bce", "bce_with_logits_forward_v1")(
+            grid, block, (loss, xc, tc, _launch.f32(1.0 / xc.size), n))
     else:
         loss = _launch.empty((1,))
         grid, block = _launch.grid_for(xc.size, max_blocks=_launch.ELEMENTWISE_MAX_BLOCKS)

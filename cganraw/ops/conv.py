@@ -182,7 +182,8 @@ def im2col_cuda(x, kernel_size, stride=1, padding=0, out_hw=None, version=None):
     cols = _launch.empty((c * k * k, n * ho * wo))
     if cols.size:
         grid, block = _launch.grid_for(cols.size, _CONV_BLOCK, _CONV_MAX_BLOCKS)
-        _launch.function("im2col", f"im2col_v{version}")(grid, block, (x, cols, *_conv_args(n, c, h, w, k, s, p, ho, wo)))
+        _launch.function("im2col", f"im2col_v{version}")(
+            grid, block, (x, cols, *_conv_args(n, c, h, w, k, s, p, ho, wo)))
     return cols
 
 

@@ -91,9 +91,7 @@ def softmax_cross_entropy_backward_cuda(dloss, cache, version=None):
     if lc.ndim != 2:
         raise ValueError(f"{op}: logp must have shape (N, K), got {tuple(lc.shape)}")
     n, k = (int(v) for v in lc.shape)
-    # the forward's own int32 labels were range-checked there: no second host sync
-    yc = (_launch.arg(labels, np.int32, f"{op}: labels") if labels.dtype == np.int32
-          else _launch.labels_arg(labels, k, op))
+    yc = _launch.cached_labels_arg(labels, k, op)
     if tuple(yc.shape) != (n,):
         raise ValueError(f"{op}: labels have shape {tuple(yc.shape)}, expected ({n},)")
     _launch.element_count(n * k, op)

@@ -58,12 +58,7 @@ def embedding_backward_cuda(dy, cache, version=None):
     version = _launch.pick_version(op, version, 1, VERSIONS)
     indices, w_shape = cache
     k, d = (int(s) for s in w_shape)
-    if indices.dtype == np.int32:
-        # the forward's own int32 labels, already range-checked: no second host sync
-        # (and were one out of range, the kernel would drop it, never write out of bounds)
-        idx = _launch.arg(indices, np.int32, f"{op}: indices")
-    else:
-        idx = _launch.labels_arg(indices, k, op)
+    idx = _launch.cached_labels_arg(indices, k, op)
     n = idx.shape[0]
     dyc = _launch.arg(dy, np.float32, f"{op}: dy")
     if tuple(dyc.shape) != (n, d):

@@ -76,7 +76,8 @@ def test_loss_function_dispatches_to_the_kernels(launches, rng):
     assert backend.uses_kernels()
     x = (rng.standard_normal((3, 1)) * 3).astype(np.float32)
     loss, dx = bce_with_logits(x, 0.9)          # a smoothed real label, broadcast to (3, 1)
-    assert launches == ["bce_with_logits_forward_v2", "bce_with_logits_forward_reduce_v2", "bce_with_logits_backward_v2"]
+    assert launches == ["bce_with_logits_forward_v2", "bce_with_logits_forward_reduce_v2",
+                        "bce_with_logits_backward_v2"]
     backend.use("numpy")
     loss_r, dx_r = bce_with_logits(x, 0.9)
     backend.use("emu")

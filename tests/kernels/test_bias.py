@@ -38,7 +38,8 @@ def test_bias_add_forward_matches_reference(version, shape, rng):
 def test_bias_add_backward_v1_matches_reference(shape, rng):
     dy = rng.standard_normal(shape).astype(np.float32)
     # float32 sums of up to 5805 values in a different order than NumPy's pairwise sum
-    assert_close(B.bias_add_backward_cuda(dy, version=1), B.bias_add_backward_numpy(dy), 1e-4, 1e-5, f"bias_add_backward_v1 {shape}")
+    assert_close(B.bias_add_backward_cuda(dy, version=1), B.bias_add_backward_numpy(dy), 1e-4, 1e-5,
+                 f"bias_add_backward_v1 {shape}")
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=_ids(SHAPES))
@@ -61,7 +62,8 @@ def test_bias_add_v2_many_channels_block_stride(rng, monkeypatch, all_orders):
     monkeypatch.setattr(B, "MAX_ROW_BLOCKS", 4)
     n_c = 4 * 3 + 1
     dy = rng.standard_normal((1, n_c, 2)).astype(np.float32)
-    assert_close(B.bias_add_backward_cuda(dy, version=2), B.bias_add_backward_numpy(dy), 1e-6, 1e-6, "bias grad, C > grid")
+    assert_close(B.bias_add_backward_cuda(dy, version=2), B.bias_add_backward_numpy(dy), 1e-6, 1e-6,
+                 "bias grad, C > grid")
     y = rng.standard_normal((1, n_c, 33)).astype(np.float32)
     b = rng.standard_normal(n_c).astype(np.float32)
     ref = B.bias_add_forward_numpy(y.copy(), b)
@@ -121,6 +123,7 @@ def test_bad_inputs_are_rejected_or_made_contiguous(version, rng):
     b_view = rng.standard_normal(10).astype(np.float32)[::2]
     assert_close(B.bias_add_forward_cuda(np.zeros((3, 5, 7, 7), np.float32), b_view, version=version),
                  B.bias_add_forward_numpy(np.zeros((3, 5, 7, 7), np.float32), b_view), 0, 1e-7, "strided bias")
-    assert_close(B.bias_add_backward_cuda(view, version=version), B.bias_add_backward_numpy(view), 1e-5, 1e-5, "grad of a view")
+    assert_close(B.bias_add_backward_cuda(view, version=version), B.bias_add_backward_numpy(view), 1e-5, 1e-5,
+                 "grad of a view")
     with pytest.raises(ValueError, match="version"):
         B.bias_add_backward_cuda(view, version=0)

@@ -87,7 +87,8 @@ def test_any_grid_works(rng):
     yc = y.astype(np.int32)
     logp, losses = np.empty((n, k), np.float32), np.empty(n, np.float32)
     i32 = _launch.i32
-    _launch.function("cross_entropy", "softmax_cross_entropy_forward_v1")((1,), (32,), (logp, losses, z, yc, i32(n), i32(k)))
+    _launch.function("cross_entropy", "softmax_cross_entropy_forward_v1")(
+        (1,), (32,), (logp, losses, z, yc, i32(n), i32(k)))
     _, (logp_r, _) = CE.softmax_cross_entropy_forward_numpy(z, y)
     assert_close(logp, logp_r, 2e-6, 2e-6, "forward, one block")
     assert_close(losses, -logp_r[np.arange(n), y], 2e-6, 2e-6, "row losses, one block")
