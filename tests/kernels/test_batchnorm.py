@@ -122,7 +122,7 @@ def test_v2_block_stride_over_channels(monkeypatch, all_orders, rng):
         _check_backward(shape, 2, cache, rng, label)
 
 
-def test_running_stats_update(rng):
+def test_batchnorm_running_update(rng):
     c = 129
     rm, rv = rng.standard_normal(c).astype(np.float32), rng.uniform(0.1, 2, c).astype(np.float32)
     mean, var_u = rng.standard_normal(c).astype(np.float32), rng.uniform(0.1, 2, c).astype(np.float32)

@@ -84,8 +84,8 @@ def test_public_ops_dispatch_to_the_kernels(launches, rng):
     assert launches == ["bias_add_forward_v2", "bias_add_forward_v1", "bias_add_backward_v2", "bias_add_backward_v1"]
     assert_close(y4, ref4, 1e-7, 1e-6, "public bias_add 4-D")
     assert_close(y2, ref2, 1e-7, 1e-6, "public bias_add 2-D")
-    assert_close(db4, B.bias_add_backward_numpy(ref4), 1e-4, 1e-5, "public bias_grad 4-D")
-    assert_close(db2, B.bias_add_backward_numpy(ref2), 1e-4, 1e-5, "public bias_grad 2-D")
+    assert_close(db4, B.bias_add_backward_numpy(ref4), 1e-4, 1e-5, "public bias_add_backward 4-D")
+    assert_close(db2, B.bias_add_backward_numpy(ref2), 1e-4, 1e-5, "public bias_add_backward 2-D")
 
 
 def test_linear_layer_op_runs_through_the_bias_kernels(launches, rng):
