@@ -16,7 +16,8 @@
 //                                    dx = (dy - (xhat s2/HW + s1/HW)) gamma[c] invstd;
 //                                    s1, s2 written per row for the parameter gradients
 //   instancenorm_backward_v2         as v1, one block per row
-//   instancenorm_param_grad_v1       one thread per channel: dbeta[c] = sum_n s1[n, c],
+//   instancenorm_backward_param_grad_v1
+//                                    one thread per channel: dbeta[c] = sum_n s1[n, c],
 //                                    dgamma[c] = sum_n s2[n, c], in n order
 //   instancenorm_running_update_v1   one thread per channel, in place, as torch (which runs
 //                                    batch_norm on the (1, N*C, H, W) view and averages the
@@ -154,8 +155,8 @@ extern "C" __global__ void instancenorm_backward_v2(float* dx, float* s1, float*
     }
 }
 
-extern "C" __global__ void instancenorm_param_grad_v1(float* dgamma, float* dbeta, const float* s1, const float* s2,
-                                                      int N, int C)
+extern "C" __global__ void instancenorm_backward_param_grad_v1(float* dgamma, float* dbeta,
+                                                               const float* s1, const float* s2, int N, int C)
 {
     int c = blockIdx.x * blockDim.x + threadIdx.x;
     if (c >= C) return;

@@ -5,9 +5,9 @@
 // and the output appends one channel holding stat[n % M] at every pixel: (N, C + 1, H, W).
 //
 // Kernels:
-//   minibatch_std_stat_v1           one thread per group: the G-member mean and variance of
+//   minibatch_std_forward_stat_v1   one thread per group: the G-member mean and variance of
 //                                   every feature in turn, sqrt, summed in feature order, / F
-//   minibatch_std_stat_v2           one block per group (block-striding over groups): threads
+//   minibatch_std_forward_stat_v2   one block per group (block-striding over groups): threads
 //                                   over the features (coalesced), a block reduction (reduce.cuh)
 //   minibatch_std_forward_v1        one thread per output element: x copied, the stat channel filled
 //   minibatch_std_forward_v2        as v1 in a bounded grid that grid-strides
@@ -43,7 +43,7 @@ __device__ __forceinline__ float feature_std(const float* x, int m, int f, int M
 
 // ---------------------------------------------------------------- forward
 
-extern "C" __global__ void minibatch_std_stat_v1(float* stat, const float* x, int M, int G, int F, float eps)
+extern "C" __global__ void minibatch_std_forward_stat_v1(float* stat, const float* x, int M, int G, int F, float eps)
 {
     int m = blockIdx.x * blockDim.x + threadIdx.x;
     if (m >= M) return;
@@ -52,7 +52,7 @@ extern "C" __global__ void minibatch_std_stat_v1(float* stat, const float* x, in
     stat[m] = acc / (float)F;
 }
 
-extern "C" __global__ void minibatch_std_stat_v2(float* stat, const float* x, int M, int G, int F, float eps)
+extern "C" __global__ void minibatch_std_forward_stat_v2(float* stat, const float* x, int M, int G, int F, float eps)
 {
     __shared__ float partials[32];
     for (int m = blockIdx.x; m < M; m += gridDim.x) {   // uniform in the block: barriers are safe

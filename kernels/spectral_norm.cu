@@ -11,18 +11,22 @@
 //   dW = dW_sn / sigma - (<dW_sn, W> / sigma^2) u v^T
 //
 // Kernels:
-//   spectral_norm_matvec_t_v1   out (Wd) = Wm^T u: one thread per column j, summing over i
-//                               (neighbouring threads read neighbouring columns: coalesced)
-//   spectral_norm_matvec_v1     out (H) = Wm v: one thread per row i, summing over j
-//   spectral_norm_matvec_v2     as v1, one block per row (block-striding over rows): the
-//                               threads sweep the row (coalesced), a block reduction (reduce.cuh)
-//   spectral_norm_normalize_v1  one block, in place: x /= max(||x||, eps) (torch's F.normalize)
-//   spectral_norm_dot_v1        one block: out[0] = sum a * b (sigma, and <dW_sn, W>)
-//   spectral_norm_forward_v1    one thread per weight element: W_sn = W / sigma[0]
-//   spectral_norm_forward_v2    as v1 in a bounded grid that grid-strides
-//   spectral_norm_backward_v1   one thread per weight element:
-//                               dW = dW_sn / sigma - (gw / (sigma sigma)) (u[i] v[j]), gw = <dW_sn, W>
-//   spectral_norm_backward_v2   as v1 in a bounded grid that grid-strides
+//   spectral_norm_forward_matvec_t_v1   out (Wd) = Wm^T u: one thread per column j, summing
+//                                       over i (neighbouring threads read neighbouring
+//                                       columns: coalesced)
+//   spectral_norm_forward_matvec_v1     out (H) = Wm v: one thread per row i, summing over j
+//   spectral_norm_forward_matvec_v2     as v1, one block per row (block-striding over rows):
+//                                       the threads sweep the row (coalesced), a block
+//                                       reduction (reduce.cuh)
+//   spectral_norm_forward_normalize_v1  one block, in place: x /= max(||x||, eps) (torch's
+//                                       F.normalize)
+//   spectral_norm_dot_v1                one block: out[0] = sum a * b (the forward's sigma,
+//                                       the backward's <dW_sn, W>)
+//   spectral_norm_forward_v1            one thread per weight element: W_sn = W / sigma[0]
+//   spectral_norm_forward_v2            as v1 in a bounded grid that grid-strides
+//   spectral_norm_backward_v1           one thread per weight element: dW = dW_sn / sigma
+//                                       - (gw / (sigma sigma)) (u[i] v[j]), gw = <dW_sn, W>
+//   spectral_norm_backward_v2           as v1 in a bounded grid that grid-strides
 //
 // sigma and gw stay on the device (one-float arrays): no host round trip between kernels.
 // blockDim.x of the block kernels: a multiple of 32, at most 1024. total: the weight's
@@ -38,7 +42,7 @@ __device__ __forceinline__ long long matrix_at(int i, int j, int H, int inner)
 
 // ---------------------------------------------------------------- power iteration
 
-extern "C" __global__ void spectral_norm_matvec_t_v1(float* out, const float* W, const float* u,
+extern "C" __global__ void spectral_norm_forward_matvec_t_v1(float* out, const float* W, const float* u,
                                                      int outer, int H, int inner)
 {
     int j = blockIdx.x * blockDim.x + threadIdx.x;
@@ -48,7 +52,7 @@ extern "C" __global__ void spectral_norm_matvec_t_v1(float* out, const float* W,
     out[j] = acc;
 }
 
-extern "C" __global__ void spectral_norm_matvec_v1(float* out, const float* W, const float* v,
+extern "C" __global__ void spectral_norm_forward_matvec_v1(float* out, const float* W, const float* v,
                                                    int outer, int H, int inner)
 {
     int i = blockIdx.x * blockDim.x + threadIdx.x;
@@ -59,7 +63,7 @@ extern "C" __global__ void spectral_norm_matvec_v1(float* out, const float* W, c
     out[i] = acc;
 }
 
-extern "C" __global__ void spectral_norm_matvec_v2(float* out, const float* W, const float* v,
+extern "C" __global__ void spectral_norm_forward_matvec_v2(float* out, const float* W, const float* v,
                                                    int outer, int H, int inner)
 {
     __shared__ float partials[32];
@@ -73,7 +77,7 @@ extern "C" __global__ void spectral_norm_matvec_v2(float* out, const float* W, c
 }
 
 // launched as a single block
-extern "C" __global__ void spectral_norm_normalize_v1(float* x, int n, float eps)
+extern "C" __global__ void spectral_norm_forward_normalize_v1(float* x, int n, float eps)
 {
     __shared__ float partials[32];
     __shared__ float denom;

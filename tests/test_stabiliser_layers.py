@@ -197,7 +197,8 @@ def test_minibatch_std_bad_input():
 SN_LAYERS = {
     "linear": (lambda rng: nn.Linear(5, 4, rng=rng), lambda rng: rng.normal(size=(3, 5))),
     "conv2d": (lambda rng: nn.Conv2d(3, 4, 3, 2, 1, rng=rng), lambda rng: rng.normal(size=(2, 3, 5, 5))),
-    "conv_transpose2d": (lambda rng: nn.ConvTranspose2d(3, 2, 4, 2, 1, rng=rng), lambda rng: rng.normal(size=(2, 3, 3, 3))),
+    "conv_transpose2d": (lambda rng: nn.ConvTranspose2d(3, 2, 4, 2, 1, rng=rng),
+                         lambda rng: rng.normal(size=(2, 3, 3, 3))),
     "embedding": (lambda rng: nn.Embedding(6, 3, rng=rng), lambda rng: np.array([0, 5, 5, 2, 1])),
 }
 

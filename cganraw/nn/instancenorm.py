@@ -9,6 +9,9 @@
   tracked. momentum=None leaves the running statistics where they are (torch passes 0).
 
 Input (N, C, H, W) only. With input statistics a plane needs more than one pixel.
+
+Ops: instancenorm_forward, instancenorm_backward, instancenorm_running_update
+(cganraw.ops.instancenorm; eval with running statistics is batchnorm's eval path).
 """
 from __future__ import annotations
 

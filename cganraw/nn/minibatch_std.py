@@ -4,6 +4,8 @@
 standard deviation over the group of every feature, averaged over the features. It lets D
 see how varied a batch is, against mode collapse. Groups and an N the group size does not
 divide: see cganraw.ops.minibatch_std (the largest divisor of N not above group_size).
+
+Ops: minibatch_std_forward, minibatch_std_backward (cganraw.ops.minibatch_std).
 """
 from __future__ import annotations
 

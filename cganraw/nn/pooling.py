@@ -1,5 +1,8 @@
 """AvgPool2d and Upsample (nearest), the resampling layers of progressive growing:
-D average-pools real images down a size, G upsamples its smaller output up one."""
+D average-pools real images down a size, G upsamples its smaller output up one.
+
+Ops: avgpool2d_forward, avgpool2d_backward (cganraw.ops.avgpool); upsample_nearest2d_forward,
+upsample_nearest2d_backward (cganraw.ops.upsample)."""
 from __future__ import annotations
 
 import numbers

@@ -21,6 +21,8 @@ As in torch:
 The layer's own forward and backward run unchanged: the module gets instance-level
 forward/backward that compute the normalised weight first and turn its gradient into the
 raw weight's after (the counterpart of torch's forward pre-hook and autograd).
+
+Ops: spectral_norm_forward, spectral_norm_backward (cganraw.ops.spectral_norm).
 """
 from __future__ import annotations
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from cganraw import backend
-from cganraw.ops import _launch, _versioned
+from cganraw.ops import _launch
 
 
 def avgpool_output_size(size, kernel_size, stride):
@@ -68,8 +68,8 @@ def avgpool2d_forward_cuda(x, kernel_size, stride, version=None):
     n, c, h, w, ho, wo = _dims(x, kernel_size, stride, op)
     xc = _launch.arg(x, np.float32, f"{op}: x")
     y = _launch.empty((n, c, ho, wo))
-    total = _versioned.count(y.size, op)
-    _versioned.launch_flat("avgpool", op, 2 if version is None else version, y.size,
+    total = _launch.element_count(y.size, op)
+    _launch.elementwise_launch("avgpool", op, _launch.pick_version(op, version, 2), y.size,
                            (y, xc, _launch.i32(h), _launch.i32(w), _launch.i32(ho), _launch.i32(wo),
                             _launch.i32(kernel_size), _launch.i32(stride), total))
     return y, (tuple(x.shape), int(kernel_size), int(stride))
@@ -84,8 +84,8 @@ def avgpool2d_backward_cuda(dy, cache, version=None):
     if tuple(dyc.shape) != (n, c, ho, wo):
         raise ValueError(f"{op}: dy has shape {tuple(dyc.shape)}, expected {(n, c, ho, wo)}")
     dx = _launch.empty(x_shape)
-    total = _versioned.count(dx.size, op)
-    _versioned.launch_flat("avgpool", op, 2 if version is None else version, dx.size,
+    total = _launch.element_count(dx.size, op)
+    _launch.elementwise_launch("avgpool", op, _launch.pick_version(op, version, 2), dx.size,
                            (dx, dyc, _launch.i32(h), _launch.i32(w), _launch.i32(ho), _launch.i32(wo),
                             _launch.i32(k), _launch.i32(s), total))
     return dx

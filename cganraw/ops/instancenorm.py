@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from cganraw import backend
-from cganraw.ops import _launch, _versioned
+from cganraw.ops import _launch
 from cganraw.ops.batchnorm import batchnorm_backward, batchnorm_forward
 
 INPUT_STATS, RUNNING_STATS = "input", "running"
@@ -88,11 +88,10 @@ def _per_channel(a, c, op, name):
 
 
 def _row_launch(kernel, version, rows, hw, args):
-    _versioned.check_version(kernel, version)
     if version == 1:
-        _versioned.launch_per_row_thread("instancenorm", kernel, 1, rows, args)
+        _launch.thread_per_row_launch("instancenorm", kernel, 1, rows, args)
     else:
-        _versioned.launch_rows("instancenorm", kernel, 2, rows, hw, args)
+        _launch.row_launch("instancenorm", kernel, 2, rows, hw, args)
 
 
 def instancenorm_forward_cuda(x, gamma, beta, eps=1e-5, version=None):
@@ -100,12 +99,12 @@ def instancenorm_forward_cuda(x, gamma, beta, eps=1e-5, version=None):
     op = "instancenorm_forward"
     n, c, hw = _dims(x, op)
     xc = _launch.arg(x, np.float32, f"{op}: x")
-    _versioned.count(xc.size, op)
+    _launch.element_count(xc.size, op)
     gc, bc = _per_channel(gamma, c, op, "gamma"), _per_channel(beta, c, op, "beta")
     rows = n * c
     y, xhat = _launch.empty(xc.shape), _launch.empty(xc.shape)
     mean, var, invstd = _launch.empty((n, c)), _launch.empty((n, c)), _launch.empty((n, c))
-    _row_launch(op, (2 if hw >= 32 else 1) if version is None else version, rows, hw,
+    _row_launch(op, _launch.pick_version(op, version, 2 if hw >= 32 else 1), rows, hw,
                 (y, xhat, mean, var, invstd, xc, gc, bc, _launch.f32(eps),
                  _launch.i32(rows), _launch.i32(c), _launch.i32(hw)))
     return y, (INPUT_STATS, xhat, invstd, gc), mean, var
@@ -119,15 +118,15 @@ def instancenorm_backward_cuda(dy, cache, version=None):
     xc = _launch.arg(xhat, np.float32, f"{op}: xhat")
     if tuple(xc.shape) != tuple(dyc.shape):
         raise ValueError(f"{op}: dy has shape {tuple(dyc.shape)}, the forward's input {tuple(xc.shape)}")
-    _versioned.count(dyc.size, op)
+    _launch.element_count(dyc.size, op)
     gc = _per_channel(gamma, c, op, "gamma")
     ic = _launch.arg(invstd, np.float32, f"{op}: invstd")
     rows = n * c
     dx, s1, s2 = _launch.empty(dyc.shape), _launch.empty((n, c)), _launch.empty((n, c))
-    _row_launch(op, (2 if hw >= 32 else 1) if version is None else version, rows, hw,
+    _row_launch(op, _launch.pick_version(op, version, 2 if hw >= 32 else 1), rows, hw,
                 (dx, s1, s2, dyc, xc, gc, ic, _launch.i32(rows), _launch.i32(c), _launch.i32(hw)))
     dgamma, dbeta = _launch.empty((c,)), _launch.empty((c,))
-    _versioned.launch_per_row_thread("instancenorm", "instancenorm_param_grad", 1, c,
+    _launch.thread_per_row_launch("instancenorm", "instancenorm_backward_param_grad", 1, c,
                                      (dgamma, dbeta, s1, s2, _launch.i32(n), _launch.i32(c)))
     return dx, dgamma, dbeta
 
@@ -145,7 +144,7 @@ def instancenorm_running_update_cuda(running_mean, running_var, mean, var, momen
     vc = _launch.arg(var, np.float32, f"{op}: var")
     if mc.ndim != 2 or mc.shape[1] != c or tuple(vc.shape) != tuple(mc.shape):
         raise ValueError(f"{op}: mean and var must have shape (N, {c}), got {tuple(mc.shape)} and {tuple(vc.shape)}")
-    _versioned.launch_per_row_thread(
+    _launch.thread_per_row_launch(
         "instancenorm", op, 1, c,
         (rm, rv, mc, vc, _launch.f32(1 - momentum), _launch.f32(momentum), _launch.f32(_unbias(hw)),
          _launch.i32(mc.shape[0]), _launch.i32(c)))

@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from cganraw import backend
-from cganraw.ops import _launch, _versioned
+from cganraw.ops import _launch
 
 
 def effective_group_size(n, group_size):
@@ -82,11 +82,10 @@ def minibatch_std_backward_numpy(dy, cache):
 # of values, else a thread per group (1); the flat kernels take 2.
 
 def _reduce(kernel, version, groups, work, args):
-    _versioned.check_version(kernel, version)
     if version == 1:
-        _versioned.launch_per_row_thread("minibatch_std", kernel, 1, groups, args)
+        _launch.thread_per_row_launch("minibatch_std", kernel, 1, groups, args)
     else:
-        _versioned.launch_rows("minibatch_std", kernel, 2, groups, work, args)
+        _launch.row_launch("minibatch_std", kernel, 2, groups, work, args)
 
 
 def minibatch_std_forward_cuda(x, group_size=4, eps=1e-8, version=None):
@@ -97,11 +96,11 @@ def minibatch_std_forward_cuda(x, group_size=4, eps=1e-8, version=None):
     g = effective_group_size(n, group_size)
     m, feat = n // g, c * hw
     stat = _launch.empty((m,))
-    _reduce("minibatch_std_stat", (2 if feat >= 32 else 1) if version is None else version, m, feat,
+    _reduce("minibatch_std_forward_stat", _launch.pick_version(op, version, 2 if feat >= 32 else 1), m, feat,
             (stat, xc, _launch.i32(m), _launch.i32(g), _launch.i32(feat), _launch.f32(eps)))
     y = _launch.empty((n, c + 1) + tuple(x.shape[2:]))
-    total = _versioned.count(y.size, op)
-    _versioned.launch_flat("minibatch_std", op, 2 if version is None else version, y.size,
+    total = _launch.element_count(y.size, op)
+    _launch.elementwise_launch("minibatch_std", op, _launch.pick_version(op, version, 2), y.size,
                            (y, xc, stat, _launch.i32(m), _launch.i32(feat), _launch.i32(hw), total))
     return y, (xc, g, eps)
 
@@ -116,11 +115,11 @@ def minibatch_std_backward_cuda(dy, cache, version=None):
     xc = _launch.arg(x, np.float32, f"{op}: x")
     m, feat = n // g, c * hw
     dstat = _launch.empty((m,))
-    _reduce("minibatch_std_backward_stat", (2 if g * hw >= 32 else 1) if version is None else version, m, g * hw,
+    _reduce("minibatch_std_backward_stat", _launch.pick_version(op, version, 2 if g * hw >= 32 else 1), m, g * hw,
             (dstat, dyc, _launch.i32(m), _launch.i32(g), _launch.i32(feat), _launch.i32(hw)))
     dx = _launch.empty(x.shape)
-    total = _versioned.count(dx.size, op)
-    _versioned.launch_flat("minibatch_std", op, 2 if version is None else version, dx.size,
+    total = _launch.element_count(dx.size, op)
+    _launch.elementwise_launch("minibatch_std", op, _launch.pick_version(op, version, 2), dx.size,
                            (dx, dyc, xc, dstat, _launch.i32(m), _launch.i32(g), _launch.i32(feat), _launch.i32(hw),
                             _launch.f32(eps), total))
     return dx

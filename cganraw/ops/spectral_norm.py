@@ -22,7 +22,7 @@ import math
 import numpy as np
 
 from cganraw import backend
-from cganraw.ops import _launch, _versioned
+from cganraw.ops import _launch
 
 
 def matrix_dims(shape, dim):
@@ -89,21 +89,21 @@ def _matvec(wc, vec, outer, h, inner, version):
     out = _launch.empty((h,))
     dims = (_launch.i32(outer), _launch.i32(h), _launch.i32(inner))
     if version == 1:
-        _versioned.launch_per_row_thread("spectral_norm", "spectral_norm_matvec", 1, h, (out, wc, vec) + dims)
+        _launch.thread_per_row_launch("spectral_norm", "spectral_norm_forward_matvec", 1, h, (out, wc, vec) + dims)
     else:
-        _versioned.launch_rows("spectral_norm", "spectral_norm_matvec", 2, h, outer * inner, (out, wc, vec) + dims)
+        _launch.row_launch("spectral_norm", "spectral_norm_forward_matvec", 2, h, outer * inner, (out, wc, vec) + dims)
     return out
 
 
 def _matvec_t(wc, vec, outer, h, inner):
     out = _launch.empty((outer * inner,))
-    _versioned.launch_per_row_thread("spectral_norm", "spectral_norm_matvec_t", 1, outer * inner,
+    _launch.thread_per_row_launch("spectral_norm", "spectral_norm_forward_matvec_t", 1, outer * inner,
                                      (out, wc, vec, _launch.i32(outer), _launch.i32(h), _launch.i32(inner)))
     return out
 
 
 def _normalize(x, eps):
-    _single_block("spectral_norm_normalize_v1", (x, _launch.i32(x.size), _launch.f32(eps)))
+    _single_block("spectral_norm_forward_normalize_v1", (x, _launch.i32(x.size), _launch.f32(eps)))
     return x
 
 
@@ -116,8 +116,8 @@ def spectral_norm_forward_cuda(weight, u, v, dim=0, n_power_iterations=1, eps=1e
     uc = _launch.arg(u, np.float32, f"{op}: u")
     vc = _launch.arg(v, np.float32, f"{op}: v")
     outer, h, inner = _check(wc, uc, vc, dim, op)
-    total = _versioned.count(wc.size, op)
-    mv_version = (2 if outer * inner >= 32 else 1) if version is None else _versioned.check_version(op, version)
+    total = _launch.element_count(wc.size, op)
+    mv_version = _launch.pick_version(op, version, 2 if outer * inner >= 32 else 1)
     if power_iteration:
         for _ in range(int(n_power_iterations)):
             vc = _normalize(_matvec_t(wc, uc, outer, h, inner), eps)
@@ -126,7 +126,8 @@ def spectral_norm_forward_cuda(weight, u, v, dim=0, n_power_iterations=1, eps=1e
     sigma = _launch.empty((1,))
     _single_block("spectral_norm_dot_v1", (sigma, uc, _matvec(wc, vc, outer, h, inner, mv_version), _launch.i32(h)))
     w_sn = _launch.empty(wc.shape)
-    _versioned.launch_flat("spectral_norm", op, 2 if version is None else version, wc.size, (w_sn, wc, sigma, total))
+    _launch.elementwise_launch("spectral_norm", op, _launch.pick_version(op, version, 2), wc.size,
+                               (w_sn, wc, sigma, total))
     return w_sn, uc, vc, (wc, uc, vc, sigma, dim)
 
 
@@ -137,11 +138,11 @@ def spectral_norm_backward_cuda(dw_sn, cache, version=None):
     if tuple(gc.shape) != tuple(weight.shape):
         raise ValueError(f"{op}: dw_sn has shape {tuple(gc.shape)}, the weight {tuple(weight.shape)}")
     _, h, inner = matrix_dims(weight.shape, dim)
-    total = _versioned.count(gc.size, op)
+    total = _launch.element_count(gc.size, op)
     gw = _launch.empty((1,))
     _single_block("spectral_norm_dot_v1", (gw, gc, weight, total))
     dw = _launch.empty(gc.shape)
-    _versioned.launch_flat("spectral_norm", op, 2 if version is None else version, gc.size,
+    _launch.elementwise_launch("spectral_norm", op, _launch.pick_version(op, version, 2), gc.size,
                            (dw, gc, u, v, sigma, gw, _launch.i32(h), _launch.i32(inner), total))
     return dw
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from cganraw import backend
-from cganraw.ops import _launch, _versioned
+from cganraw.ops import _launch
 
 
 def _dims(x, scale, op):
@@ -46,8 +46,8 @@ def upsample_nearest2d_forward_cuda(x, scale, version=None):
     (n, c, h, w), s = _dims(x, scale, op)
     xc = _launch.arg(x, np.float32, f"{op}: x")
     y = _launch.empty((n, c, h * s, w * s))
-    total = _versioned.count(y.size, op)
-    _versioned.launch_flat("upsample", op, 2 if version is None else version, y.size,
+    total = _launch.element_count(y.size, op)
+    _launch.elementwise_launch("upsample", op, _launch.pick_version(op, version, 2), y.size,
                            (y, xc, _launch.i32(h), _launch.i32(w), _launch.i32(s), total))
     return y, ((n, c, h, w), s)
 
@@ -59,8 +59,8 @@ def upsample_nearest2d_backward_cuda(dy, cache, version=None):
     if tuple(dyc.shape) != (n, c, h * s, w * s):
         raise ValueError(f"{op}: dy has shape {tuple(dyc.shape)}, expected {(n, c, h * s, w * s)}")
     dx = _launch.empty((n, c, h, w))
-    total = _versioned.count(dx.size, op)
-    _versioned.launch_flat("upsample", op, 2 if version is None else version, dx.size,
+    total = _launch.element_count(dx.size, op)
+    _launch.elementwise_launch("upsample", op, _launch.pick_version(op, version, 2), dx.size,
                            (dx, dyc, _launch.i32(h), _launch.i32(w), _launch.i32(s), total))
     return dx
 

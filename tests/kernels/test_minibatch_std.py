@@ -41,8 +41,8 @@ def test_v2(case, all_orders, rng):
 
 
 def test_v2_block_strides_over_groups(monkeypatch, all_orders, rng):
-    from cganraw.ops import _versioned
-    monkeypatch.setattr(_versioned, "MAX_ROW_BLOCKS", 2)
+    from cganraw.ops import _launch
+    monkeypatch.setattr(_launch, "MAX_ROW_BLOCKS", 2)
     _check((16, 3, 7, 7), 2, 2, rng, f"block-strided ({all_orders} order)")
 
 
@@ -51,7 +51,7 @@ def test_public_op_dispatch(launches, rng):
     layer = nn.MinibatchStdDev(4)
     y = layer(rng.standard_normal((6, 3, 7, 7)).astype(np.float32))
     layer.backward(np.ones_like(y))
-    assert launches == ["minibatch_std_stat_v2", "minibatch_std_forward_v2",
+    assert launches == ["minibatch_std_forward_stat_v2", "minibatch_std_forward_v2",
                         "minibatch_std_backward_stat_v2", "minibatch_std_backward_v2"]
 
 

@@ -51,8 +51,8 @@ def test_upsample_nearest2d(case, version, rng):
 
 def test_grid_stride_covers_more_elements_than_the_grid(monkeypatch, rng):
     # v2 with a 2-block grid must still visit every element
-    from cganraw.ops import _versioned
-    monkeypatch.setattr(_versioned, "FLAT_MAX_BLOCKS", 2)
+    from cganraw.ops import _launch
+    monkeypatch.setattr(_launch, "ELEMENTWISE_MAX_BLOCKS", 2)
     x = rng.standard_normal((3, 5, 28, 28)).astype(np.float32)
     y, cache = AP.avgpool2d_forward_cuda(x, 2, 2, version=2)
     np.testing.assert_array_equal(y, AP.avgpool2d_forward_numpy(x, 2, 2)[0])

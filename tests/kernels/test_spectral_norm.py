@@ -54,8 +54,8 @@ def test_v2(case, order, rng):
 
 
 def test_v2_block_strides_over_rows(monkeypatch, all_orders, rng):
-    from cganraw.ops import _versioned
-    monkeypatch.setattr(_versioned, "MAX_ROW_BLOCKS", 3)
+    from cganraw.ops import _launch
+    monkeypatch.setattr(_launch, "MAX_ROW_BLOCKS", 3)
     _check((37, 45), 0, 2, 1, rng, f"block-strided ({all_orders} order)")
 
 
@@ -92,8 +92,9 @@ def test_public_op_dispatch(launches, rng):
     launches.clear()
     y = layer(rng.standard_normal((2, 40)).astype(np.float32))
     layer.backward(np.ones_like(y))
-    assert launches[:6] == ["spectral_norm_matvec_t_v1", "spectral_norm_normalize_v1", "spectral_norm_matvec_v2",
-                            "spectral_norm_normalize_v1", "spectral_norm_matvec_v2", "spectral_norm_dot_v1"]
+    assert launches[:6] == ["spectral_norm_forward_matvec_t_v1", "spectral_norm_forward_normalize_v1",
+                            "spectral_norm_forward_matvec_v2", "spectral_norm_forward_normalize_v1",
+                            "spectral_norm_forward_matvec_v2", "spectral_norm_dot_v1"]
     assert launches[6] == "spectral_norm_forward_v2"
     assert launches[-2:] == ["spectral_norm_dot_v1", "spectral_norm_backward_v2"]
 
