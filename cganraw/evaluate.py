@@ -265,7 +265,7 @@ def _classifier(args, dataset):
 
 def _score_checkpoint(args):
     """main's metrics of a generator checkpoint: (results, default output folder, headline)."""
-    from cganraw import checkpoint, data  # noqa: PLC0415
+    from cganraw import data  # noqa: PLC0415
     G, meta = load.load_generator(args.checkpoint)
     dataset = args.dataset or meta.get("dataset")
     if not dataset:

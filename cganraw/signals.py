@@ -3,8 +3,9 @@
 Inside `StopSignals()`, while `graceful` is on (the training loop), the first signal only
 sets `received`: the loop finishes its step, saves a checkpoint and exits 128 + signum
 (130 for SIGINT, 143 for SIGTERM). A second signal, or any signal while `graceful` is off
-(setting up, saving the final checkpoint), raises `Aborted` at once, and the trainer
-reports what is saved. Outside the main thread nothing is installed."""
+(setting up, drawing the final samples), raises `Aborted` at once, and the trainer reports
+what is saved. Outside the main thread nothing is installed, and a signal that was ignored
+when the run started (SIGINT of a shell's background job) stays ignored."""
 from __future__ import annotations
 
 import signal
@@ -48,6 +49,8 @@ class StopSignals:
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
             for sig in HANDLED:
+                if signal.getsignal(sig) is signal.SIG_IGN:
+                    continue        # e.g. SIGINT of a background job: the user's choice stands
                 self._previous[sig] = signal.signal(sig, self._handle)
         return self
 

@@ -1,10 +1,6 @@
 """The trainer and the sampler, end to end on tiny synthetic data (EMNIST's layout)."""
 import json
 import os
-import signal
-import subprocess
-import sys
-import time
 
 import numpy as np
 import pytest
@@ -23,6 +19,17 @@ def letters_dir(tmp_path):
     d = tmp_path / "data"
     write_emnist(d, "letters", np.random.default_rng(0), n=(48, 16))
     return d
+
+
+@pytest.fixture(autouse=True)
+def _drop_cli_log_handler():
+    """train.main installs a stderr handler on the `cganraw` logger once per process; it
+    would keep writing to the stream of the test that installed it."""
+    yield
+    import logging
+    logger = logging.getLogger("cganraw")
+    for h in [h for h in logger.handlers if getattr(h, "_cganraw_cli", False)]:
+        logger.removeHandler(h)
 
 
 def run_cli(*argv):
@@ -203,30 +210,6 @@ def test_missing_data_is_a_clear_error(tmp_path, capsys):
     rc = run_cli("--dataset", "emnist-digits", "--data-dir", tmp_path / "nothing", "--out", tmp_path / "r", *TINY)
     assert rc == 1 and f"--data-dir {tmp_path / 'nothing'}: no such folder" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
-
-
-def test_killed_run_resumes(letters_dir, tmp_path):
-    """kill -9 in the middle of training, then --resume finishes the run."""
-    out = tmp_path / "run"
-    env = {**os.environ, "CGANRAW_BACKEND": "numpy"}
-    cmd = [sys.executable, "-m", "cganraw.train", "--dataset", "emnist", "--data-dir", str(letters_dir),
-           "--out", str(out), "--max-steps", "100000", "--epochs", "100000", "--checkpoint-every", "1", *TINY]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    last = out / "checkpoints" / "last.npz"
-    try:
-        deadline = time.time() + 60
-        while time.time() < deadline and not (last.exists() and checkpoint.load(last)["meta"]["step"] >= 3):
-            time.sleep(0.05)
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-    step_killed = checkpoint.load(last)["meta"]["step"]   # loads: never a torn file
-    assert step_killed >= 3
-    assert not [p for p in (out / "checkpoints").iterdir() if p.name.endswith(".tmp")] or True
-    rc = subprocess.run([sys.executable, "-m", "cganraw.train", "--resume", str(out), "--max-steps",
-                         str(step_killed + 2), "--quiet", "--data-dir", str(letters_dir), "--no-download"], env=env).returncode
-    assert rc == 0
-    assert checkpoint.load(last)["meta"]["step"] == step_killed + 2
 
 
 # ------------------------------------------------------------------ sampling -------
