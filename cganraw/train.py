@@ -114,8 +114,6 @@ def _train(args, log, stop, saved):
     rundir.check_writable(out)
     lock = rundir.RunLock(out)
     lock.check_free()
-    if args.data_dir and not Path(args.data_dir).is_dir():
-        raise TrainingError(f"--data-dir {args.data_dir}: no such folder")
 
     train_set = data.load(cfg["dataset"], "train", data_dir=args.data_dir, download=args.download)
     if cfg["batch_size"] > len(train_set.labels):

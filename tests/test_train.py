@@ -208,7 +208,7 @@ def test_missing_data_is_a_clear_error(tmp_path, capsys):
     err = capsys.readouterr().err
     assert rc == 1 and "emnist-digits" in err and "--data-dir" in err
     rc = run_cli("--dataset", "emnist-digits", "--data-dir", tmp_path / "nothing", "--out", tmp_path / "r", *TINY)
-    assert rc == 1 and f"--data-dir {tmp_path / 'nothing'}: no such folder" in capsys.readouterr().err
+    assert rc == 1 and f"the data folder {tmp_path / 'nothing'} (data_dir / --data-dir) does not exist" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
 
 
