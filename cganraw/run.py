@@ -92,6 +92,15 @@ class Run:
             return self.batches.next_batch()
         return self.batches.next_batch(self.batch_size_at(self.step), self.batch_size_at(self.step + 1))
 
+    def schedule_record(self, batch_size):
+        """The schedules' state at this step for metrics.jsonl: the batch size when it rises,
+        the growth phase and alpha when growing (nothing for a plain run)."""
+        rec = {"batch_size": int(batch_size)} if self.rising_batch else {}
+        if getattr(self.G, "progressive", False):
+            phase, alpha = self.G.growth
+            rec.update(growth_phase=phase, growth_alpha=round(alpha, 6))
+        return rec
+
     def set_growth(self, frac):
         """A progressive G, D and G_ema set to growth_at(frac, --grow-at, --fade); no-op otherwise."""
         if not getattr(self.G, "progressive", False):

@@ -204,7 +204,7 @@ def _loop(run, cfg, args, out, metrics, stop, saved, log):
                 metrics.write({"step": run.step, "epoch": round(epochs_done, 6),
                                **{k: round(float(v), 6) for k, v in stats.items()},
                                "images_per_s": round(window_imgs / max(now - window_t, 1e-9), 2),
-                               "elapsed_s": round(run.elapsed, 2)})
+                               "elapsed_s": round(run.elapsed, 2), **run.schedule_record(x.shape[0])})
                 window_t, window_imgs = now, 0
             rate = (run.step - step0) / max(now - t_start, 1e-9)
             eta = (total_steps - run.step) / rate
