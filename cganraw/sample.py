@@ -2,6 +2,8 @@
 
     python -m cganraw.sample --checkpoint RUN/checkpoints/last.npz --all-labels --out grid.png
     python -m cganraw.sample --checkpoint RUN --chars HELLO --n-per-label 4 --out hello.npz
+    python -m cganraw.sample --checkpoint RUN --interpolate --steps 10 --out walk.gif
+    python -m cganraw.sample --checkpoint RUN --label-sweep --n-per-label 6 --out hands.png
 
 `.png` writes a labelled grid (one row per requested label); `.npz` writes `images`
 (N, 28, 28) uint8, white strokes on black as in MNIST, and `labels` (N,) int64, the
@@ -15,8 +17,11 @@ from pathlib import Path
 
 import numpy as np
 
-from cganraw import backend, checkpoint, load, models
+from cganraw import backend, checkpoint, interpolate, load, models
 from cganraw.plots import save_grid, to_uint8_images
+
+
+OUT_SUFFIXES = (".png", ".npz", ".gif")
 
 
 class SampleError(ValueError):
@@ -68,20 +73,33 @@ def build_parser():
     which.add_argument("--labels", help="comma-separated class indices, e.g. 0,3,7")
     which.add_argument("--all-labels", action="store_true", help="every class (the default)")
     which.add_argument("--chars", help="characters to draw, e.g. HELLO")
-    p.add_argument("--n-per-label", type=int, default=8)
+    p.add_argument("--n-per-label", type=int, default=8,
+                   help="images per label; with --label-sweep, noise vectors (rows) (default: 8)")
+    walk = p.add_mutually_exclusive_group()
+    walk.add_argument("--interpolate", action="store_true",
+                      help="per label, a spherical interpolation between two noise vectors in --steps steps")
+    walk.add_argument("--label-sweep", action="store_true",
+                      help="each noise vector draws every label: does z carry one hand across characters?")
+    p.add_argument("--steps", type=int, default=8, help="steps of --interpolate, both ends included (default: 8)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-ema", action="store_true",
                    help="draw with the last raw weights instead of their moving average")
     p.add_argument("--backend", choices=backend.BACKENDS, default=None)
-    p.add_argument("--out", required=True, help="output .png (grid) or .npz (arrays)")
+    p.add_argument("--out", required=True,
+                   help="output .png (grid), .npz (arrays) or, with --interpolate/--label-sweep, .gif (animated)")
     return p
 
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
     out = Path(args.out)
-    if out.suffix not in (".png", ".npz"):
-        print(f"error: --out must end in .png or .npz, got {out.name}", file=sys.stderr)
+    walking = args.interpolate or args.label_sweep
+    if out.suffix not in OUT_SUFFIXES or (out.suffix == ".gif" and not walking):
+        print(f"error: --out must end in .png or .npz{' or .gif' if walking else ''} "
+              f"(.gif with --interpolate or --label-sweep), got {out.name}", file=sys.stderr)
+        return 2
+    if args.interpolate and args.steps < 2:
+        print(f"error: --steps must be at least 2, got {args.steps}", file=sys.stderr)
         return 2
     if args.n_per_label <= 0:
         print(f"error: --n-per-label must be positive, got {args.n_per_label}", file=sys.stderr)
@@ -102,6 +120,8 @@ def main(argv=None):
             if args.labels or args.chars:
                 raise SampleError(f"{meta.get('model')} is unconditional: drop --labels/--chars")
             labels = None
+        if walking:
+            return _walk(G, meta, labels, names, args, out)
         images, lab = generate(G, labels, args.n_per_label, args.seed)
         u8 = to_uint8_images(images)
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -116,6 +136,23 @@ def main(argv=None):
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"wrote {out} ({len(u8)} images)")
+    return 0
+
+
+def _walk(G, meta, labels, names, args, out):
+    """--interpolate or --label-sweep (cganraw.interpolate) into `out`."""
+    if labels is None:
+        raise SampleError(f"{meta.get('model')} is unconditional: --interpolate and --label-sweep need labels")
+    chars = [names[i] if i < len(names) else str(i) for i in labels]
+    title = f"{meta.get('model')} on {meta.get('dataset')}, step {meta.get('step')}"
+    if args.interpolate:
+        images, z = interpolate.interpolation(G, labels, args.steps, args.seed)
+        kind, title = "interpolation", f"{title}: slerp in {args.steps} steps"
+    else:
+        images, z = interpolate.label_sweep(G, labels, args.n_per_label, args.seed)
+        kind, title = "label_sweep", f"{title}: one z per row"
+    interpolate.write(out, images, z, labels, chars, chars, kind, title)
+    print(f"wrote {out} ({images.shape[0]} x {images.shape[1]} images)")
     return 0
 
 
