@@ -109,7 +109,7 @@ def test_growth_and_batch_size_through_the_real_loop(letters_dir, tmp_path):
         assert int(ck[part]["growth_phase"]) == 28 and float(ck[part]["growth_alpha"]) == 1.0
     cfg = json.loads((out / "config.json").read_text())
     assert (cfg["progressive"], cfg["grow_at"], cfg["fade"], cfg["batch_size_final"]) == (True, 0.25, 0.5, 12)
-    G, meta = load.load_generator(out)
+    G, _ = load.load_generator(out)
     assert G.progressive and G.growth == (28, 1.0)
 
 
