@@ -83,9 +83,9 @@ MUTANTS = [
     one("step-mode-seeking-off-below-1", "step", "mode seeking silently off for weights <= 1", STEP,
         "pairs = n // 2 if mode_seeking > 0 else 0", "pairs = n // 2 if mode_seeking > 1 else 0"),
     Mutant("step-g-through-stale-d", "step", "G's step goes through D before D's update", (
-        (STEP, "    D.backward(dlogits)                 # the input gradient is dropped: fake is detached\n"
-               "    opt_d.step()\n",
-               "    D.backward(dlogits)                 # the input gradient is dropped: fake is detached\n"),
+        (STEP, ("    D.backward(dlogits)                 # the input gradient is dropped: fake is detached\n"
+                "    opt_d.step()\n"),
+         "    D.backward(dlogits)                 # the input gradient is dropped: fake is detached\n"),
         (STEP, "    G.backward(dfake)\n    opt_g.step()\n", "    G.backward(dfake)\n    opt_g.step()\n    opt_d.step()\n"))),
     one("step-d-not-frozen", "step", "the G step accumulates D's weight gradients", STEP,
         "D.requires_grad_(False)", "D.requires_grad_(True)"),
@@ -196,10 +196,10 @@ def run_tests(copy: Path, env, files, timeout):
     cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "-k", DESELECT, *files]
     t0 = time.monotonic()
     try:
-        proc = subprocess.run(cmd, cwd=copy, env=env, capture_output=True, text=True, timeout=timeout)
+        proc = subprocess.run(cmd, cwd=copy, env=env, capture_output=True, text=True, timeout=timeout, check=False)
     except subprocess.TimeoutExpired:
         return None, f"timed out after {timeout} s", time.monotonic() - t0
-    failed = re.findall(r"^(?:FAILED|ERROR) (\S+)", proc.stdout, flags=re.M)
+    failed = re.findall(r"^(?:FAILED|ERROR) (\S+)", proc.stdout, flags=re.MULTILINE)
     summary = failed[0] if failed else (proc.stdout.strip().splitlines() or ["(no output)"])[-1]
     return proc.returncode, summary, time.monotonic() - t0
 

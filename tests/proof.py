@@ -8,7 +8,7 @@ import contextlib
 
 import numpy as np
 
-from cganraw import backend, models
+from cganraw import backend, models, train
 
 
 # ------------------------------------------------------------------ recorders ------
@@ -170,8 +170,6 @@ def trainer_build_call(argv, monkeypatch):
     """The (args, kwargs) with which `python -m cganraw.train ARGV` calls models.build for
     the models it trains: the trainer runs its own path from its parser and defaults up
     to that call, and is stopped there. Rebuild with models.build(*args, **kwargs)."""
-    from cganraw import train  # noqa: PLC0415
-
     calls = []
     real_build = models.build
 

@@ -32,7 +32,7 @@ def has(module, kind):
 
 
 def test_the_default_generator_is_the_trainers_default(tmp_path, monkeypatch):
-    G, D, args, kwargs = trainer_models("default", tmp_path, monkeypatch)
+    G, D, args, _ = trainer_models("default", tmp_path, monkeypatch)
     assert args[0] == train.DEFAULTS["model"] and G.num_classes == 10
     if train.DEFAULTS["model"] == "cgan-conv":
         assert has(G, nn.BatchNorm2d) == bool(train.DEFAULTS["g_batchnorm"])

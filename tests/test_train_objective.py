@@ -20,9 +20,7 @@ import pytest
 from cganraw import models
 from cganraw.optim import Adam
 from cganraw.step import train_step
-
-from tests.proof import (DrawRecorder, RecordingOptimizer, check_gradient, load_params, params_of,
-                         set_dropout_states)
+from tests.proof import DrawRecorder, RecordingOptimizer, check_gradient, load_params, params_of, set_dropout_states
 
 K = 3              # classes
 LATENT = 4
@@ -178,7 +176,6 @@ def test_g_gradient_is_the_g_objective_through_the_updated_d(st):
 
 
 def test_reported_losses_are_the_objective(st):
-    name, mode = st.name, st.mode
     (rec_d,), _ = st.opt_d.records, st.opt_g.records
     load_params(st.G, st.G0)
     load_params(st.D, st.D0)

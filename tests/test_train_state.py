@@ -83,7 +83,7 @@ def effective_rates(records, betas=BETAS, eps=EPS):
             v[i] = b2 * v[i] + (1 - b2) * g * g
             u = (m[i] / (1 - b1 ** t)) / (np.sqrt(v[i] / (1 - b2 ** t)) + eps)
             clear = np.abs(u) > 0.5          # a well-defined direction, far above rounding
-            ratios.append(((rec["before"][i] - rec["after"][i])[clear] / u[clear]))
+            ratios.append((rec["before"][i] - rec["after"][i])[clear] / u[clear])
         r = np.concatenate(ratios)
         assert r.size > 100
         # float32 parameters round each update by about 1e-4 of itself; the spread of
