@@ -60,8 +60,9 @@ def one(name, area, what, path, old, new):
     return Mutant(name, area, what, ((path, old, new),))
 
 
-# a folder (ending in /) means: wherever in it the text is; the trainer's modules move
-STEP, LOSSES, TRAIN = "cganraw/step.py", "cganraw/losses.py", "cganraw/"
+# a folder (ending in /) means: wherever in it the text is (the trainer's modules and the
+# kernel files get split and renamed)
+STEP, LOSSES, TRAIN, KERNELS = "cganraw/step.py", "cganraw/losses.py", "cganraw/", "kernels/"
 MUTANTS = [
     # --- the training step ----------------------------------------------------------
     one("step-g-target-zero", "step", "G trains towards target 0: it learns to look fake", STEP,
@@ -120,13 +121,13 @@ MUTANTS = [
         "return xp.where(x > 0, dy, dy * dy.dtype.type(negative_slope))",
         "return xp.where(x > 0, dy, dy * dy.dtype.type(1 - negative_slope))"),
     one("kernel-leaky-relu-slope", "kernel-activation", "the LeakyReLU kernel's forward uses 1 - slope",
-        "kernels/activation.cu", "return x > 0.0f ? x : x * slope;", "return x > 0.0f ? x : x * (1.0f - slope);"),
+        KERNELS, "return x > 0.0f ? x : x * slope;", "return x > 0.0f ? x : x * (1.0f - slope);"),
     one("op-bce-grad-sign", "op-bce", "BCE's gradient with the wrong sign", "cganraw/ops/bce.py",
         "return (sigmoid_numpy(x) - t) * x.dtype.type(dloss / x.size)",
         "return (t - sigmoid_numpy(x)) * x.dtype.type(dloss / x.size)"),
-    one("kernel-bce-grad-sign", "kernel-bce", "the BCE kernel's gradient with the wrong sign", "kernels/bce.cu",
+    one("kernel-bce-grad-sign", "kernel-bce", "the BCE kernel's gradient with the wrong sign", KERNELS,
         "if (i < n) dx[i] = (stable_sigmoid(x[i]) - t[i]) * scale;", "if (i < n) dx[i] = (t[i] - stable_sigmoid(x[i])) * scale;"),
-    one("kernel-im2col-bound", "kernel-conv", "im2col reads one column past the right edge", "kernels/conv.cu",
+    one("kernel-im2col-bound", "kernel-conv", "im2col reads one column past the right edge", KERNELS,
         "if (yy < 0 || yy >= H || xx < 0 || xx >= W) return -1;", "if (yy < 0 || yy >= H || xx < 0 || xx > W) return -1;"),
 ]
 
@@ -157,13 +158,14 @@ def make_copy(dest: Path, tests_ref: str | None):
 
 def locate(copy: Path, rel: str, old: str):
     """The one file (relative path) that holds `old` exactly once: `rel` itself, or for a
-    folder `rel/` the one .py file under it that does. ValueError otherwise."""
+    folder `rel/` the one source file (.py, .cu, .cuh) under it that does. ValueError otherwise."""
     if not rel.endswith("/"):
         count = (copy / rel).read_text().count(old)
         if count != 1:
             raise ValueError(f"{rel} holds {count} copies of {old!r} (expected 1)")
         return rel
-    hits = [(p, p.read_text().count(old)) for p in sorted((copy / rel).rglob("*.py"))]
+    sources = [p for p in sorted((copy / rel).rglob("*")) if p.suffix in (".py", ".cu", ".cuh")]
+    hits = [(p, p.read_text().count(old)) for p in sources]
     hits = [(p, n) for p, n in hits if n]
     if len(hits) != 1 or hits[0][1] != 1:
         raise ValueError(f"{rel} holds {sum(n for _, n in hits)} copies of {old!r} (expected 1)")
