@@ -35,30 +35,30 @@ def data_dir(tmp_path_factory):
 
 def observed_run(out, data_dir, *extra):
     """Train with the trainer's defaults (model, BatchNorm, ...) at width 4 and record
-    every optimiser step. Returns (records per optimiser: "G"/"D", checkpoint, G)."""
-    steps = []
-    real_step = Adam.step
+    every optimiser step. Returns (records per network: "G"/"D", the final checkpoint, the
+    G the trainer built and trained)."""
+    steps, built = [], []
+    real_step, real_build = Adam.step, models.build
 
     def recording(self):
         rec = {"grads": [np.array(p.grad, dtype=np.float64) for p in self.params],
-               "before": [np.array(p.data, dtype=np.float64) for p in self.params],
-               "shapes": [tuple(p.shape) for p in self.params]}
+               "before": [np.array(p.data, dtype=np.float64) for p in self.params]}
         real_step(self)
         rec["after"] = [np.array(p.data, dtype=np.float64) for p in self.params]
-        steps.append((id(self), rec))
+        steps.append((self.params[0], rec))
+
+    def build(*args, **kwargs):
+        built.append(real_build(*args, **kwargs))
+        return built[-1]
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(Adam, "step", recording)
+        mp.setattr(models, "build", build)
         argv = ["--dataset", "emnist", "--data-dir", data_dir, "--out", out, "--width", 4, "--batch-size", 8,
                 "--backend", "numpy", "--quiet", "--no-download", *extra]
         assert train.main([str(a) for a in argv]) == 0
-    G, _ = checkpoint.load_generator(out, ema=False)
-    g_shapes = [tuple(p.shape) for p in G.parameters()]
-    by_opt = {}
-    for key, rec in steps:
-        by_opt.setdefault(key, []).append(rec)
-    assert len(by_opt) == 2, "expected one optimiser for G and one for D"
-    named = {("G" if recs[0]["shapes"] == g_shapes else "D"): recs for recs in by_opt.values()}
-    assert set(named) == {"G", "D"}
+    G, D = built[0]                                   # the pair the trainer trains
+    named = {who: [rec for first, rec in steps if first is net.parameters()[0]] for who, net in (("G", G), ("D", D))}
+    assert sum(map(len, named.values())) == len(steps), "an optimiser stepped parameters of neither G nor D"
     return named, checkpoint.load(out), G
 
 
