@@ -5,6 +5,7 @@ them. Everything here is float64-friendly and backend-neutral."""
 from __future__ import annotations
 
 import contextlib
+import logging
 
 import numpy as np
 
@@ -162,6 +163,19 @@ def check_gradient(f, arrays, grads, what, *, seed=0, eps=1e-6, rtol=1e-5, atol=
 
 # ------------------------------------------------------------------ the trainer's models
 
+def run_trainer(argv):
+    """train.main(argv) in this process, then the `cganraw` logger as it was: the command
+    line installs a stderr handler bound to this test's captured stream, and sets a level."""
+    logger = logging.getLogger("cganraw")
+    handlers, level = list(logger.handlers), logger.level
+    try:
+        return train.main([str(a) for a in argv])
+    finally:
+        for h in [h for h in logger.handlers if h not in handlers]:
+            logger.removeHandler(h)
+        logger.setLevel(level)
+
+
 class _Built(Exception):
     """Raised from inside the trainer once it has built its models: nothing trains."""
 
@@ -180,7 +194,7 @@ def trainer_build_call(argv, monkeypatch):
     monkeypatch.setattr(models, "build", recording)
     try:
         with contextlib.suppress(_Built):
-            train.main([str(a) for a in argv])
+            run_trainer(argv)
     finally:
         monkeypatch.setattr(models, "build", real_build)
     assert calls, f"python -m cganraw.train {' '.join(map(str, argv))} never called models.build"

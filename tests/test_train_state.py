@@ -13,6 +13,7 @@ import pytest
 from cganraw import checkpoint, models, nn, train
 from cganraw.optim import Adam
 from cganraw.step import ema_decay_at, lr_scale, update_ema
+from tests.proof import run_trainer
 from tests.synthetic import write_emnist
 
 LR, LR_D, BETAS, EPS = 1e-3, 3e-3, (0.5, 0.999), 1e-8
@@ -55,7 +56,7 @@ def observed_run(out, data_dir, *extra):
         mp.setattr(models, "build", build)
         argv = ["--dataset", "emnist", "--data-dir", data_dir, "--out", out, "--width", 4, "--batch-size", 8,
                 "--backend", "numpy", "--quiet", "--no-download", *extra]
-        assert train.main([str(a) for a in argv]) == 0
+        assert run_trainer(argv) == 0
     G, D = built[0]                                   # the pair the trainer trains
     named = {who: [rec for first, rec in steps if first is net.parameters()[0]] for who, net in (("G", G), ("D", D))}
     assert sum(map(len, named.values())) == len(steps), "an optimiser stepped parameters of neither G nor D"
