@@ -435,6 +435,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.data_dir and not Path(args.data_dir).is_dir():
         parser.error(f"--data-dir {args.data_dir} is not a folder")
+    if getattr(args, "out", None) and not args.out.lower().endswith(".npz"):
+        parser.error(f"--out must end in .npz, got {args.out!r}")
     cli.setup_logging(args)
     return cli.run(_train if args.command == "train" else _test, args)
 

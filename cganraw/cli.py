@@ -95,7 +95,9 @@ def describe_error(e: BaseException) -> str:
                 errno.EACCES: " (choose a folder you can write to)",
                 errno.EROFS: " (the file system is read-only: choose another folder)",
                 errno.EISDIR: " (give a file name, not a folder)",
-                errno.ENOTDIR: " (a parent of this path is a file, not a folder)"}.get(e.errno, "")
+                errno.ENOTDIR: " (a parent of this path is a file, not a folder)",
+                errno.EFBIG: " (the file system or a size limit refuses a file this large: choose another folder)",
+                errno.EDQUOT: " (disk quota exceeded: free some space and run again)"}.get(e.errno, "")
         return f"{where}{what}{hint}"
     text = str(e).strip() or type(e).__name__
     return " ".join(text.split())   # one line, whatever the message held

@@ -134,7 +134,8 @@ def _labels_for(G, meta, args):
     """The requested class indices (None for an unconditional model)."""
     if not G.conditional:
         if args.labels is not None or args.chars is not None:
-            raise SampleError(f"{meta.get('model')} is unconditional: drop --labels/--chars")
+            model = meta.get("model") or meta.get("config", {}).get("model")
+            raise SampleError(f"{model} is unconditional: drop --labels/--chars")
         return None
     if args.labels is not None:
         return check_labels(args.labels, G.num_classes)
@@ -162,7 +163,8 @@ def _sample(args):
         names = meta.get("class_names") or []
         rows = [names[i] if i < len(names) else str(i) for i in labels] if labels is not None else None
         save_grid(out, u8, row_labels=rows, cols=args.n_per_label if rows else None,
-                  title=f"{meta.get('model')} on {meta.get('dataset')}, step {meta.get('step')}")
+                  title=f"{meta.get('model') or meta.get('config', {}).get('model')} on {meta.get('dataset')}, "
+                        f"step {meta.get('step')}")
     logger.info("wrote %s (%d images)", out, len(u8))
     return 0
 
