@@ -188,9 +188,7 @@ def test_fit_rejects_bad_input(rng):
         C.train_classifier("mnist", max_train=-5)
 
 
-def test_progress_goes_to_the_logger_unless_a_callable_is_given(rng, caplog, monkeypatch):
-    import logging
-    monkeypatch.setattr(logging.getLogger("cganraw"), "propagate", True)   # a CLI run in-process turns it off
+def test_progress_goes_to_the_logger_unless_a_callable_is_given(rng, caplog):
     x, y = glyphs(64, 3, rng)
     with caplog.at_level("INFO", logger="cganraw.classifier"):
         C.fit_classifier(x, y, ["a", "b", "c"], epochs=1, batch_size=32)
