@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cganraw import backend, cli, fileio, metrics, models
+from cganraw import backend, cli, fileio, load, metrics, models
 
 __all__ = ["generate", "score_images", "class_accuracy_score", "evaluate_generator", "real_reference",
            "load_real_test", "cached_features", "clear_caches", "format_table", "write_outputs", "main"]
@@ -98,11 +98,11 @@ def load_real_test(dataset, data_dir=None):
     where = (str(Path(data_dir).resolve()) if data_dir else None,
              os.environ.get("CGANRAW_DATA_DIR"), os.environ.get("XDG_CACHE_HOME"))
 
-    def load():
+    def read():
         logger.debug("loading the real %s test set", name)
         test = data.load(name, "test", data_dir=data_dir)
         return _frozen(test.images), _frozen(test.labels)
-    return _test_sets.get((name, *where), load)
+    return _test_sets.get((name, *where), read)
 
 
 def _digest(arrays):
@@ -356,8 +356,7 @@ def _classifier(args, dataset, num_classes):
 def _prepare_checkpoint(args):
     """--checkpoint: (score() -> results, default output folder, headline)."""
     from cganraw import data  # noqa: PLC0415
-    from cganraw.sample import load_healthy_generator  # noqa: PLC0415
-    G, meta = load_healthy_generator(args.checkpoint)
+    G, meta = load.load_generator(args.checkpoint)      # refuses a diverged checkpoint
     dataset = args.dataset or meta.get("dataset")
     if not dataset:
         raise cli.CLIError(f"{meta['path']}: the checkpoint names no dataset; pass --dataset")

@@ -8,8 +8,9 @@
 class indices of the training dataset.
 
 Errors end the command with one line on stderr: exit 2 for a wrong command line, 1 for
-a problem found while running (a missing, corrupt or diverged checkpoint, a label the
-model does not have, an output that cannot be written).
+a problem found while running (a missing, corrupt or diverged checkpoint: cganraw.load
+refuses one that fails cganraw.health's check; a label the model does not have; an
+output that cannot be written).
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ import sys
 
 import numpy as np
 
-from cganraw import backend, checkpoint, cli, fileio, health, models
+from cganraw import backend, cli, fileio, load, models
 from cganraw.images import to_uint8
 
 logger = logging.getLogger("cganraw.sample")   # not __name__: that is __main__ under -m
@@ -97,20 +98,6 @@ def generate(G, labels, n_per_label, seed=0, batch=256):
     return models.generate(G, lab, n=n_per_label, seed=seed, batch=batch), lab
 
 
-def load_healthy_generator(path, ema=True):
-    """checkpoint.load_generator, refusing weights that hold NaN/Inf or have exploded
-    (health.PARAM_BOUND): drawing from them gives garbage, not an error."""
-    G, meta = checkpoint.load_generator(path, ema=ema)
-    which = "G_ema" if meta.get("ema") else "G"
-    try:
-        health.check(((f"{which}.{k}", v) for k, v in G.state_dict().items()), meta["path"],
-                     bound=health.PARAM_BOUND)
-    except health.HealthError as e:
-        raise cli.CLIError(f"{e}: the run diverged before this checkpoint was saved; use an earlier "
-                           f"checkpoint (checkpoints/epoch_NNN.npz) or train again") from None
-    return G, meta
-
-
 def build_parser():
     p = cli.ArgumentParser(prog="python -m cganraw.sample", description=__doc__.split("\n")[0])
     p.add_argument("--checkpoint", required=True, help="a checkpoint .npz or a run directory")
@@ -150,7 +137,7 @@ def _sample(args):
             backend.use(args.backend)
         except RuntimeError as e:
             raise cli.CLIError(str(e)) from None
-    G, meta = load_healthy_generator(args.checkpoint, ema=not args.no_ema)
+    G, meta = load.load_generator(args.checkpoint, ema=not args.no_ema)   # refuses a diverged one
     labels = _labels_for(G, meta, args)
     out = cli.check_output_file(args.out, "--out", suffixes=SUFFIXES)
     images, lab = generate(G, labels, args.n_per_label, args.seed)
