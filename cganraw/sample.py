@@ -55,16 +55,8 @@ def chars_arg(text):
     return text
 
 
-def parse_labels(text, num_classes):
-    """Class indices from '0,3,7', checked against a model of num_classes classes."""
-    try:
-        labels = labels_arg(text)
-    except argparse.ArgumentTypeError as e:
-        raise SampleError(f"--labels: {e}") from None
-    return check_labels(labels, num_classes)
-
-
 def check_labels(labels, num_classes):
+    """The --labels indices, each checked against a model of num_classes classes."""
     bad = [v for v in labels if not 0 <= v < num_classes]
     if bad:
         raise SampleError(f"--labels {bad} out of range: this model has classes 0..{num_classes - 1}")
