@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import _benchlib as bl
+from cganraw.bench import harness as bl
 import cganraw
 from cganraw import ops
 

@@ -106,9 +106,9 @@ def test_other_models_gradients(name, rng):
 @pytest.mark.parametrize("name", models.MODELS)
 def test_state_dicts_load_into_pytorch_ports(name, rng):
     torch = pytest.importorskip("torch")
-    from tests.torch_ports import build_torch
+    from cganraw.interop import torch_models
     G, D = models.build(name, 10, width=8, seed=2)
-    tG, tD = build_torch(torch, name, 10, width=8)
+    tG, tD = torch_models(name, 10, width=8)
     for ours, theirs in ((G, tG), (D, tD)):
         sd = ours.state_dict()
         assert list(sd) == list(theirs.state_dict()), name
