@@ -12,9 +12,9 @@ import os
 
 os.environ.setdefault("CGANRAW_BACKEND", "numpy")
 
-import pytest  # noqa: E402  (after the backend default, which cganraw reads on import)
+import pytest
 
-from cganraw.bench import cases, harness, report  # noqa: E402
+from cganraw.bench import cases, harness, report
 
 
 def pytest_addoption(parser):

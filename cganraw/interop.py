@@ -175,7 +175,8 @@ def torch_models(name, num_classes, latent_dim=100, width=128, batchnorm=False):
     num_classes is ignored by the unconditional models, as in models.build."""
     t = torch_classes()
     if name == "cgan-conv":
-        return t.ConvCGANGenerator(num_classes, latent_dim, width, batchnorm), t.ConvCGANDiscriminator(num_classes, width)
+        return (t.ConvCGANGenerator(num_classes, latent_dim, width, batchnorm),
+                t.ConvCGANDiscriminator(num_classes, width))
     if name == "cgan-mlp":
         return t.MLPGenerator(num_classes, latent_dim), t.MLPDiscriminator(num_classes)
     if name == "dcgan":

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import ctypes
 import datetime as _dt
+import importlib
 import os
 import platform
-import importlib
 from importlib import metadata
 
 

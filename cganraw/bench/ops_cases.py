@@ -172,6 +172,9 @@ def _im2col(layer):
     return prepare
 
 
+COL2IM_IMPLS = ("numpy", "cuda", "cuda:v1", "cuda:v2")   # cuda: the dispatch's default version
+
+
 def _col2im(layer):
     def prepare(xp, batch, impl, mode):
         conv = importlib.import_module("cganraw.ops.conv")
@@ -280,7 +283,7 @@ def specs() -> list[Spec]:
     for layer in S.CONV_LAYERS:
         tag = _layer_tag(layer)
         out.append(Spec("conv", "im2col", f"im2col-{tag}", _im2col(layer)))
-        out.append(Spec("conv", "im2col", f"col2im-{tag}", _col2im(layer), impls=("numpy", "cuda", "cuda:v1", "cuda:v2")))
+        out.append(Spec("conv", "im2col", f"col2im-{tag}", _col2im(layer), impls=COL2IM_IMPLS))
         for d in ("fwd", "bwd"):
             out.append(Spec("conv", "conv", f"conv_{d}-{tag}", _conv_layer(layer, d)))
     for i, (label, *_) in enumerate(S.gemm_cases(1)):   # labels are batch-free; M, N scale with it

@@ -27,6 +27,15 @@ from cganraw.bench import harness, train_cases
 
 log = logging.getLogger(__name__)
 
+_FILE_CATEGORIES = (
+    ("activations", ("ops/activation.py", "nn/activation.py")),
+    ("bias add/grad", ("ops/bias.py",)),
+    ("batchnorm", ("ops/batchnorm.py", "nn/batchnorm.py")),
+    ("Adam", ("ops/adam.py", "cganraw/optim.py")),
+    ("dropout", ("ops/dropout.py", "nn/dropout.py")),
+    ("BCE", ("ops/bce.py", "cganraw/losses.py")),
+    ("embedding", ("ops/embedding.py", "nn/embedding.py")),
+)
 _LAYOUT_NAMES = ("ascontiguousarray", "reshape", "concatenate", "copy", "astype", "transpose", "copyto")
 
 
@@ -40,11 +49,7 @@ def _category(filename: str, name: str) -> str:
         return "im2col"
     if "col2im" in name and where == "ops/conv.py":
         return "col2im"
-    for label, files in (("activations", ("ops/activation.py", "nn/activation.py")),
-                         ("bias add/grad", ("ops/bias.py",)), ("batchnorm", ("ops/batchnorm.py", "nn/batchnorm.py")),
-                         ("Adam", ("ops/adam.py", "cganraw/optim.py")), ("dropout", ("ops/dropout.py", "nn/dropout.py")),
-                         ("BCE", ("ops/bce.py", "cganraw/losses.py")),
-                         ("embedding", ("ops/embedding.py", "nn/embedding.py"))):
+    for label, files in _FILE_CATEGORIES:
         if where in files:
             return label
     if any(word in name for word in _LAYOUT_NAMES):
@@ -140,7 +145,8 @@ def format_profile(p: StepProfile, sgemm_gflops: float | None = None, top: int =
                      f"at that rate they would take {p.gemm_flops / sgemm_gflops / 1e6:.1f} ms")
     for m, n, k, layout, calls, seconds in p.gemms[:top]:
         gflops = 2.0 * m * n * k * calls / seconds / 1e9 if seconds else 0.0
-        lines.append(f"  M={m:6d} N={n:7d} K={k:6d} {layout} x{calls:g}  {seconds * 1e3:8.2f} ms  {gflops:7.1f} GFLOP/s")
+        lines.append(f"  M={m:6d} N={n:7d} K={k:6d} {layout} x{calls:g}  {seconds * 1e3:8.2f} ms  "
+                     f"{gflops:7.1f} GFLOP/s")
     return "\n".join(lines)
 
 
