@@ -83,6 +83,8 @@ def _main(args) -> int:
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if not args.out.strip():
+        parser.error("--out: give a folder name")
     try:
         C.matches(args.filter, "")
     except ValueError as e:

@@ -56,8 +56,19 @@ def bench_threads() -> int:
         return os.cpu_count() or 1
 
 
+_session_threads = None
+
+
+def session_threads() -> int:
+    """The count the last set_threads() gave, else bench_threads()."""
+    return _session_threads or bench_threads()
+
+
 def set_threads(n: int) -> dict:
-    """The same thread count for OpenBLAS and Numba (PyTorch's is set by its peer step)."""
+    """The same thread count for OpenBLAS and Numba, and for PyTorch's peer steps made after
+    this (they read session_threads())."""
+    global _session_threads
+    _session_threads = int(n)
     done = {"blas": set_blas_threads(n)}
     try:
         import numba

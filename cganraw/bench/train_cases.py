@@ -18,7 +18,7 @@ import numpy as np
 
 from cganraw import models, optim
 from cganraw.bench.cases import Prepared, Spec
-from cganraw.bench.harness import TRAIN_ROUNDS, bench_threads
+from cganraw.bench.harness import TRAIN_ROUNDS, session_threads
 from cganraw.bench.shapes import model_width
 from cganraw.losses import bce_with_logits
 from cganraw.step import train_step
@@ -104,7 +104,7 @@ def _train(model):
             prep.extra["peer"] = "torch not installed: no peer comparison"
         elif torch is not None:
             if mode != "smoke":   # the untimed check inside the test suite leaves torch's threads alone
-                torch.set_num_threads(bench_threads())
+                torch.set_num_threads(session_threads())
             step = torch_step(torch, model, batch, width, x_np, y_np)
 
             def peer():
