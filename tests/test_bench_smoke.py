@@ -46,12 +46,12 @@ def test_case_ids_are_unique_and_every_suite_has_cases():
 
 
 @pytest.mark.parametrize("expr,text,want", [
-    ("bias", "ops bias_add-Nx1024-numpy-b2", True),
-    ("BIAS and numpy", "ops bias_add-Nx1024-numpy-b2", True),
-    ("bias and not numpy", "ops bias_add-Nx1024-numpy-b2", False),
-    ("gemm or bias", "ops bias_add-Nx1024-numpy-b2", True),
-    ("not (gemm or conv) and b2", "ops bias_add-Nx1024-numpy-b2", True),
-    ("(gemm or conv) and b2", "ops bias_add-Nx1024-numpy-b2", False),
+    ("bias", "ops bias_add_fwd-Nx1024-numpy-b2", True),
+    ("BIAS and numpy", "ops bias_add_fwd-Nx1024-numpy-b2", True),
+    ("bias and not numpy", "ops bias_add_fwd-Nx1024-numpy-b2", False),
+    ("gemm or bias", "ops bias_add_fwd-Nx1024-numpy-b2", True),
+    ("not (gemm or conv) and b2", "ops bias_add_fwd-Nx1024-numpy-b2", True),
+    ("(gemm or conv) and b2", "ops bias_add_fwd-Nx1024-numpy-b2", False),
     ("not not bias", "x bias", True),
     ("", "anything", True),
     (None, "anything", True),
@@ -74,7 +74,7 @@ def test_runner_times_cases_and_survives_a_broken_one():
 
     def skipped(xp, batch, impl, mode):
         raise harness.SkipCase("not here")
-    chosen = C.select(C.all_cases("smoke"), "bias_add-Nx1x28x28-numpy or bce_with_logits_bwd-numpy")
+    chosen = C.select(C.all_cases("smoke"), "bias_add_fwd-Nx1x28x28-numpy or bce_with_logits_bwd-numpy")
     assert len(chosen) == 2
     chosen += [C.Case(C.Spec("ops", "bias", "broken", broken), "numpy", 2),
                C.Case(C.Spec("ops", "bias", "skipped", skipped), "numpy", 2)]
@@ -88,7 +88,7 @@ def test_runner_times_cases_and_survives_a_broken_one():
         assert r["stats"]["rounds"] == harness.ROUNDS["smoke"] and r["stats"]["median"] > 0
     assert set(session.ctx["ceilings_start"]) == set(session.ctx["ceilings_end"]) == {"cpu"}
     rows = report.rows_from_records(session.records, session.ctx["ceilings"])
-    assert {r["op"] for r in rows} == {"bias add", "bce_with_logits bwd"}
+    assert {r["op"] for r in rows} == {"bias_add fwd", "bce_with_logits bwd"}
 
 
 def test_a_wrong_result_fails_the_case():
@@ -106,7 +106,7 @@ def test_a_wrong_result_fails_the_case():
 def test_gpu_cases_skip_without_a_gpu():
     if backend.gpu_available():
         pytest.skip("a GPU is usable here")
-    case = C.select(C.all_cases("smoke"), "bias_add-Nx1024-cuda")[0]
+    case = C.select(C.all_cases("smoke"), "bias_add_fwd-Nx1024-cuda")[0]
     with pytest.raises(harness.SkipCase, match="no usable GPU"):
         harness.run_case(harness.Timer(case.id), case, {"mode": "smoke", "ceilings": {}})
 
@@ -151,10 +151,10 @@ def test_write_report_table_ratios_and_chart(tmp_path):
 
 def test_cli_runs_with_a_relative_out_from_any_folder(tmp_path):
     """A relative --out lands under the current folder, which need not be a source checkout."""
-    proc = _bench("--smoke", "--out", "rel/out", "--filter", "bias_add and numpy and 1x28x28", cwd=tmp_path)
+    proc = _bench("--smoke", "--out", "rel/out", "--filter", "bias_add_fwd and numpy and 1x28x28", cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     md = (tmp_path / "rel" / "out" / "results.md").read_text()
-    assert "| bias add | 2x1x28x28 | numpy |" in md
+    assert "| bias_add fwd | 2x1x28x28 | numpy |" in md
     assert str(Path("rel/out/results.md")) in proc.stdout
 
 

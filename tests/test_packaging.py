@@ -130,10 +130,10 @@ def test_a_wheel_install_in_a_fresh_venv_runs_the_benchmarks(tmp_path):
     assert where.returncode == 0 and all(f.startswith(str(venv)) for f in files), where.stdout + where.stderr
     assert (Path(files[1]) / "conv.cu").is_file(), "the kernel sources did not ship"
     run = subprocess.run([str(py), "-m", "cganraw.bench", "--quick", "--smoke", "--out", "out",
-                          "--filter", "bias_add and numpy and 1x28x28"],
+                          "--filter", "bias_add_fwd and numpy and 1x28x28"],
                          capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
-    assert "| bias add | 2x1x28x28 | numpy |" in (tmp_path / "out" / "results.md").read_text()
+    assert "| bias_add fwd | 2x1x28x28 | numpy |" in (tmp_path / "out" / "results.md").read_text()
     listed = subprocess.run([str(venv / "bin" / "cganraw-bench"), "--list", "--filter", "adam and numpy"],
                             capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
     assert listed.returncode == 0 and "adam-G.fc.weight-numpy" in listed.stdout.split(), listed.stderr

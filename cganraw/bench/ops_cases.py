@@ -4,11 +4,11 @@
            forward and backward), bias (add, grad), batchnorm, embedding, BCE, Adam (GB/s
            of the bytes an ideal implementation reads and writes once)
     conv   im2col/col2im as each conv layer calls them (GB/s; col2im also per kernel
-           version: v1 scatters with atomics, v2 gathers), and conv2d / conv_transpose2d
+           version of col2im_cuda: v1 scatters with atomics, v2 gathers), and conv2d / conv_transpose2d
            forward and backward (GFLOP/s of the direct convolution, 2*N*Ho*Wo*O*C*k*k;
            backward = dx + dW = twice that)
     gemm   the GEMMs the layers run, in cganraw.ops.gemm's convention: NumPy's BLAS,
-           cuBLAS, and the hand-written SGEMM kernels v1..v3
+           cuBLAS, and every version of the hand-written kernels (gemm_cuda)
 """
 from __future__ import annotations
 
@@ -19,7 +19,9 @@ import numpy as np
 from cganraw import ops
 from cganraw.bench import shapes as S
 from cganraw.bench.cases import Prepared, Spec
-from cganraw.bench.harness import F32, SkipCase
+from cganraw.bench.harness import F32
+from cganraw.ops.conv import COL2IM_VERSIONS
+from cganraw.ops.gemm import GEMM_VERSIONS
 
 GPU_IMPLS = ("numpy", "cuda")
 
@@ -78,14 +80,14 @@ def _dropout(tail, p, direction):
 
 # ------------------------------------------------------------------ other ops -----
 
-def _bias(tail, what):
+def _bias_add(tail, direction):
     def prepare(xp, batch, impl, mode):
         shape = (batch, *tail)
         y, b = _arrays(xp, shape, (tail[0],))
-        if what == "add":   # y read and written in place
-            return Prepared(lambda: ops.bias_add(y, b), "bias add", "x".join(map(str, shape)),
+        if direction == "fwd":   # y read and written in place
+            return Prepared(lambda: ops.bias_add_forward(y, b), "bias_add fwd", "x".join(map(str, shape)),
                             bytes_moved=2 * y.nbytes + b.nbytes, check=_shape_is(shape))
-        return Prepared(lambda: ops.bias_grad(y), "bias grad", "x".join(map(str, shape)),
+        return Prepared(lambda: ops.bias_add_backward(y), "bias_add bwd", "x".join(map(str, shape)),
                         bytes_moved=y.nbytes + tail[0] * F32, check=_shape_is((tail[0],)))
     return prepare
 
@@ -172,7 +174,7 @@ def _im2col(layer):
     return prepare
 
 
-COL2IM_IMPLS = ("numpy", "cuda", "cuda:v1", "cuda:v2")   # cuda: the dispatch's default version
+COL2IM_IMPLS = ("numpy", "cuda", *(f"cuda:v{v}" for v in COL2IM_VERSIONS))   # cuda: the default version
 
 
 def _col2im(layer):
@@ -186,7 +188,7 @@ def _col2im(layer):
         def fn():
             if version is None:
                 return ops.col2im(cols, shape, k, s, p, out_hw=out_hw)
-            return conv.col2im_kernel(cols, shape, k, s, p, out_hw, version=version)
+            return conv.col2im_cuda(cols, shape, k, s, p, out_hw, version=version)
 
         def check(out):
             _shape_is(shape)(out)
@@ -226,7 +228,7 @@ def _conv_layer(layer, direction):
 
 # ------------------------------------------------------------------ GEMM ----------
 
-GEMM_IMPLS = ("numpy", "cuda:cublas", "cuda:v1", "cuda:v2", "cuda:v3")
+GEMM_IMPLS = ("numpy", "cuda:cublas", *(f"cuda:v{v}" for v in GEMM_VERSIONS))
 
 
 def _gemm(index):
@@ -235,17 +237,14 @@ def _gemm(index):
         label, m, n, k, ta, tb = S.gemm_cases(batch)[index]
         a, b = _arrays(xp, (k, m) if ta else (m, k), (n, k) if tb else (k, n))
         opa, opb = (a.T if ta else a), (b.T if tb else b)
-        kernel = getattr(gm, "sgemm_kernel", None)
         version = int(impl.split(":v")[1]) if impl.startswith("cuda:v") else None
-        if version is not None and kernel is None:
-            raise SkipCase("cganraw.ops.gemm has no hand-written SGEMM launcher")
 
         def fn():
             if impl == "numpy":
                 return gm.gemm(a, b, trans_a=ta, trans_b=tb)
             if impl == "cuda:cublas":
                 return xp.matmul(opa, opb)
-            return kernel(a, b, trans_a=ta, trans_b=tb, version=version)
+            return gm.gemm_cuda(a, b, trans_a=ta, trans_b=tb, version=version)
 
         def check(out):
             assert tuple(out.shape) == (m, n)
@@ -270,8 +269,8 @@ def specs() -> list[Spec]:
         for d in ("fwd", "bwd"):
             out.append(Spec("ops", "elementwise", f"dropout_{d}-{S.tail_id(tail)}-p{p}", _dropout(tail, p, d)))
     for tail in S.BIAS:
-        for what in ("add", "grad"):
-            out.append(Spec("ops", "bias", f"bias_{what}-{S.tail_id(tail)}", _bias(tail, what)))
+        for d in ("fwd", "bwd"):
+            out.append(Spec("ops", "bias", f"bias_add_{d}-{S.tail_id(tail)}", _bias_add(tail, d)))
     for tail in S.BATCHNORM:
         for d in ("fwd", "bwd"):
             out.append(Spec("ops", "batchnorm", f"batchnorm_{d}-{S.tail_id(tail)}", _batchnorm(tail, d)))
