@@ -128,7 +128,9 @@ def test_a_wheel_install_in_a_fresh_venv_runs_the_benchmarks(tmp_path):
                             "print(k.__path__[0])"], capture_output=True, text=True, env=env, cwd=tmp_path)
     files = where.stdout.split()
     assert where.returncode == 0 and all(f.startswith(str(venv)) for f in files), where.stdout + where.stderr
-    assert (Path(files[1]) / "conv.cu").is_file(), "the kernel sources did not ship"
+    shipped = {p.name for p in Path(files[1]).iterdir()}
+    missing = [p.name for p in (ROOT / "kernels").glob("*.cu*") if p.name not in shipped]
+    assert not missing, f"kernel sources the wheel left out: {missing}"
     run = subprocess.run([str(py), "-m", "cganraw.bench", "--quick", "--smoke", "--out", "out",
                           "--filter", "bias_add_fwd and numpy and 1x28x28"],
                          capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
