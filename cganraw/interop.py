@@ -73,38 +73,110 @@ def torch_classes() -> SimpleNamespace:
             super().__init__()
             self.cganraw_config = dict(config)   # what from_torch needs to rebuild ours
 
+    class MinibatchStdDev(tnn.Module):
+        """ProGAN's layer as cganraw.nn.MinibatchStdDev: the group is the largest divisor of N
+        not above group_size; (N, C, H, W) -> (N, C + 1, H, W)."""
+
+        def __init__(self, group_size=models.MINIBATCH_STD_GROUP, eps=1e-8):
+            super().__init__()
+            self.group_size, self.eps = group_size, eps
+
+        def forward(self, x):
+            n, c, h, w = x.shape
+            g = next(d for d in range(min(self.group_size, n), 0, -1) if n % d == 0)
+            y = x.reshape(g, -1, c, h, w)
+            y = ((y - y.mean(dim=0)).square().mean(dim=0) + self.eps).sqrt().mean(dim=[1, 2, 3])
+            return torch.cat([x, y.reshape(-1, 1, 1, 1).repeat(g, 1, h, w)], dim=1)
+
+    def growth_buffers(module):
+        module.register_buffer("growth_phase", torch.tensor(models.GROWTH_PHASES[0], dtype=torch.int64))
+        module.register_buffer("growth_alpha", torch.tensor(1.0))
+
+    def fade(module):
+        """The 28x28 path's weight: 0 at phase 14, else growth_alpha."""
+        return 0.0 if int(module.growth_phase) == models.GROWTH_PHASES[0] else float(module.growth_alpha)
+
     class ConvCGANGenerator(_Port):
-        def __init__(self, num_classes, latent_dim=100, width=128, batchnorm=False):
-            super().__init__({"model": "cgan-conv", "role": "G", "num_classes": num_classes,
-                              "latent_dim": latent_dim, "width": width, "batchnorm": batchnorm})
+        """cgan-conv's G with its options: norm "none", "batch" or "instance" after each
+        transposed convolution; progressive: the ProGAN heads of models.ProgressiveConvCGANGenerator."""
+
+        def __init__(self, num_classes, latent_dim=100, width=128, batchnorm=False, *, norm=None, progressive=False):
+            norm = norm or ("batch" if batchnorm else "none")
+            super().__init__({"model": "cgan-conv", "role": "G", "num_classes": num_classes, "latent_dim": latent_dim,
+                              "width": width, "g_norm": norm, "progressive": progressive})
             w = self.width = width
+            self.progressive = progressive
             self.fc = tnn.Linear(latent_dim, w * 49)
             self.label_emb = tnn.Embedding(num_classes, models.LABEL_EMBED_DIM)
             self.label_fc = tnn.Linear(models.LABEL_EMBED_DIM, 49)
-            up1 = [tnn.ConvTranspose2d(w + 1, w, 4, 2, 1), tnn.LeakyReLU(0.2)]
-            up2 = [tnn.ConvTranspose2d(w, w, 4, 2, 1), tnn.LeakyReLU(0.2)]
-            if batchnorm:
-                up1.insert(1, tnn.BatchNorm2d(w))
-                up2.insert(1, tnn.BatchNorm2d(w))
-            self.net = tnn.Sequential(*up1, *up2, tnn.Conv2d(w, 1, 7, padding=3), tnn.Tanh())
+
+            def up(cin):
+                layers = [tnn.ConvTranspose2d(cin, w, 4, 2, 1), tnn.LeakyReLU(0.2)]
+                if norm != "none":
+                    layers.insert(1, tnn.BatchNorm2d(w) if norm == "batch" else tnn.InstanceNorm2d(w, affine=True))
+                return layers
+            if progressive:
+                self.block14 = tnn.Sequential(*up(w + 1))
+                self.to_img14 = tnn.Sequential(tnn.Conv2d(w, 1, 3, padding=1), tnn.Tanh())
+                self.upsample = tnn.Upsample(scale_factor=2, mode="nearest")
+                self.block28 = tnn.Sequential(*up(w))
+                self.to_img28 = tnn.Sequential(tnn.Conv2d(w, 1, 7, padding=3), tnn.Tanh())
+                growth_buffers(self)
+            else:
+                self.net = tnn.Sequential(*up(w + 1), *up(w), tnn.Conv2d(w, 1, 7, padding=3), tnn.Tanh())
 
         def forward(self, z, labels):
             h = F.leaky_relu(self.fc(z), 0.2).view(-1, self.width, 7, 7)       # (N, w, 7, 7)
             lab = self.label_fc(self.label_emb(labels)).view(-1, 1, 7, 7)      # (N, 1, 7, 7)
-            return self.net(torch.cat([h, lab], 1))                            # (N, 1, 28, 28)
+            h = torch.cat([h, lab], 1)
+            if not self.progressive:
+                return self.net(h)                                             # (N, 1, 28, 28)
+            h14 = self.block14(h)                                              # (N, w, 14, 14)
+            a = fade(self)
+            if a == 0.0:
+                return self.upsample(self.to_img14(h14))
+            large = self.to_img28(self.block28(h14))
+            return large if a == 1.0 else (1 - a) * self.upsample(self.to_img14(h14)) + a * large
 
     class ConvCGANDiscriminator(_Port):
-        def __init__(self, num_classes, width=128, dropout=0.4):
-            super().__init__({"model": "cgan-conv", "role": "D", "num_classes": num_classes, "width": width})
+        """cgan-conv's D with its options: spectral norm on the image path, minibatch standard
+        deviation before Flatten, progressive: the stems of models.ProgressiveConvCGANDiscriminator."""
+
+        def __init__(self, num_classes, width=128, dropout=0.4, *, spectral=False, minibatch_std=False,
+                     progressive=False):
+            super().__init__({"model": "cgan-conv", "role": "D", "num_classes": num_classes, "width": width,
+                              "d_norm": "spectral" if spectral else "none", "minibatch_std": minibatch_std,
+                              "progressive": progressive})
             w = width
+            self.progressive = progressive
             self.label_emb = tnn.Embedding(num_classes, models.LABEL_EMBED_DIM)
             self.label_fc = tnn.Linear(models.LABEL_EMBED_DIM, models.IMAGE_SIZE)
-            self.net = tnn.Sequential(tnn.Conv2d(2, w, 3, 2, 1), tnn.LeakyReLU(0.2), tnn.Conv2d(w, w, 3, 2, 1),
-                                      tnn.LeakyReLU(0.2), tnn.Flatten(), tnn.Dropout(dropout), tnn.Linear(w * 49, 1))
+
+            def sn(m):
+                return tnn.utils.spectral_norm(m) if spectral else m
+            head = [sn(tnn.Conv2d(w, w, 3, 2, 1)), tnn.LeakyReLU(0.2), *([MinibatchStdDev()] if minibatch_std else []),
+                    tnn.Flatten(), tnn.Dropout(dropout), sn(tnn.Linear((w + (1 if minibatch_std else 0)) * 49, 1))]
+            if progressive:
+                self.from_img14 = tnn.Sequential(sn(tnn.Conv2d(2, w, 3, 1, 1)), tnn.LeakyReLU(0.2))
+                self.from_img28 = tnn.Sequential(sn(tnn.Conv2d(2, w, 3, 2, 1)), tnn.LeakyReLU(0.2))
+                self.net = tnn.Sequential(*head)
+                growth_buffers(self)
+            else:
+                self.net = tnn.Sequential(sn(tnn.Conv2d(2, w, 3, 2, 1)), tnn.LeakyReLU(0.2), *head)
 
         def forward(self, x, labels):
             lab = self.label_fc(self.label_emb(labels)).view(-1, 1, 28, 28)    # (N, 1, 28, 28)
-            return self.net(torch.cat([x, lab], 1))                            # (N, 1)
+            inp = torch.cat([x, lab], 1)
+            if not self.progressive:
+                return self.net(inp)                                           # (N, 1)
+            a = fade(self)
+            if a == 0.0:
+                h = self.from_img14(F.avg_pool2d(inp, 2))
+            elif a == 1.0:
+                h = self.from_img28(inp)
+            else:
+                h = (1 - a) * self.from_img14(F.avg_pool2d(inp, 2)) + a * self.from_img28(inp)
+            return self.net(h)
 
     def g_block(i, o, bn):
         return [tnn.Linear(i, o)] + ([tnn.BatchNorm1d(o), tnn.ReLU()] if bn else [tnn.LeakyReLU(0.2)])
@@ -164,19 +236,21 @@ def torch_classes() -> SimpleNamespace:
         def forward(self, x, labels=None):
             return self.net(x)
 
-    return SimpleNamespace(Reshape=Reshape, ConvCGANGenerator=ConvCGANGenerator,
+    return SimpleNamespace(Reshape=Reshape, MinibatchStdDev=MinibatchStdDev, ConvCGANGenerator=ConvCGANGenerator,
                            ConvCGANDiscriminator=ConvCGANDiscriminator, MLPGenerator=MLPGenerator,
                            MLPDiscriminator=MLPDiscriminator, DCGANGenerator=DCGANGenerator,
                            DCGANDiscriminator=DCGANDiscriminator)
 
 
-def torch_models(name, num_classes, latent_dim=100, width=128, batchnorm=False):
-    """(G, D) of model `name` as PyTorch modules with torch's own initialisation.
-    num_classes is ignored by the unconditional models, as in models.build."""
+def torch_models(name, num_classes, latent_dim=100, width=128, batchnorm=False, *, g_norm=None, d_norm="none",
+                 minibatch_std=False, progressive=False):
+    """(G, D) of model `name` as PyTorch modules with torch's own initialisation; the
+    arguments are models.build's (num_classes is ignored by the unconditional models)."""
     t = torch_classes()
     if name == "cgan-conv":
-        return (t.ConvCGANGenerator(num_classes, latent_dim, width, batchnorm),
-                t.ConvCGANDiscriminator(num_classes, width))
+        return (t.ConvCGANGenerator(num_classes, latent_dim, width, batchnorm, norm=g_norm, progressive=progressive),
+                t.ConvCGANDiscriminator(num_classes, width, spectral=d_norm == "spectral",
+                                        minibatch_std=minibatch_std, progressive=progressive))
     if name == "cgan-mlp":
         return t.MLPGenerator(num_classes, latent_dim), t.MLPDiscriminator(num_classes)
     if name == "dcgan":
@@ -194,13 +268,16 @@ def _dropout_p(module, default):
 
 
 def model_config(module) -> dict:
-    """The arguments that rebuild one of our G or D: model name, role, sizes."""
-    has_bn = any(isinstance(m, cnn.BatchNorm2d) for _, m in module.named_modules())
+    """The arguments that rebuild one of our G or D: model name, role, sizes and options."""
     if isinstance(module, models.ConvCGANGenerator):
-        return {"model": "cgan-conv", "role": "G", "num_classes": module.num_classes,
-                "latent_dim": module.latent_dim, "width": module.width, "batchnorm": has_bn}
+        return {"model": "cgan-conv", "role": "G", "num_classes": module.num_classes, "latent_dim": module.latent_dim,
+                "width": module.width, "g_norm": module.norm, "progressive": module.progressive}
     if isinstance(module, models.ConvCGANDiscriminator):
-        return {"model": "cgan-conv", "role": "D", "num_classes": module.num_classes, "width": module.width}
+        spectral = any(name.endswith("weight_orig") for name, _ in module.named_parameters())
+        mbstd = any(isinstance(m, cnn.MinibatchStdDev) for _, m in module.named_modules())
+        return {"model": "cgan-conv", "role": "D", "num_classes": module.num_classes, "width": module.width,
+                "d_norm": "spectral" if spectral else "none", "minibatch_std": mbstd,
+                "progressive": module.progressive}
     if isinstance(module, (models.MLPGenerator, models.MLPDiscriminator)):
         cfg = {"model": "cgan-mlp" if module.conditional else "gan-mlp", "num_classes": module.num_classes}
         if isinstance(module, models.MLPGenerator):
@@ -221,8 +298,9 @@ def build_from_config(config: dict):
         raise ValueError(f"not a cganraw model configuration: {config!r}") from None
     if role not in ("G", "D"):
         raise ValueError(f"model configuration: role must be G or D, got {role!r}")
+    options = {k: config[k] for k in ("g_norm", "d_norm", "minibatch_std", "progressive") if k in config}
     G, D = models.build(name, config.get("num_classes"), latent_dim=config.get("latent_dim", 100),
-                        width=config.get("width", 128), batchnorm=config.get("batchnorm", False))
+                        width=config.get("width", 128), **options)
     return G if role == "G" else D
 
 
@@ -285,9 +363,11 @@ def to_torch(module):
         dropout = {"cgan-conv": 0.4}.get(name, 0.3)
         if name == "cgan-conv":
             theirs = (t.ConvCGANGenerator(config["num_classes"], config["latent_dim"], config["width"],
-                                          config["batchnorm"]) if role == "G"
-                      else t.ConvCGANDiscriminator(config["num_classes"], config["width"],
-                                                   _dropout_p(module, dropout)))
+                                          norm=config["g_norm"], progressive=config["progressive"]) if role == "G"
+                      else t.ConvCGANDiscriminator(config["num_classes"], config["width"], _dropout_p(module, dropout),
+                                                   spectral=config["d_norm"] == "spectral",
+                                                   minibatch_std=config["minibatch_std"],
+                                                   progressive=config["progressive"]))
         elif name in ("cgan-mlp", "gan-mlp"):
             theirs = (t.MLPGenerator(config["num_classes"], config["latent_dim"]) if role == "G"
                       else t.MLPDiscriminator(config["num_classes"], _dropout_p(module, dropout)))

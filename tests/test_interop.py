@@ -10,12 +10,24 @@ import pytest
 from cganraw import interop, models
 from cganraw import nn as cnn
 
-VARIANTS = [pytest.param(name, False, id=name) for name in models.MODELS] + [
-    pytest.param("cgan-conv", True, id="cgan-conv-bn")]
+CONV_OPTIONS = {
+    "cgan-conv-bn": {"g_norm": "batch"},
+    "cgan-conv-in-sn-mbstd": {"g_norm": "instance", "d_norm": "spectral", "minibatch_std": True},
+    "cgan-conv-prog14": {"progressive": True, "growth": (14, 1.0)},
+    "cgan-conv-prog-fade": {"progressive": True, "g_norm": "batch", "d_norm": "spectral", "growth": (28, 0.3)},
+    "cgan-conv-prog28": {"progressive": True, "minibatch_std": True, "growth": (28, 1.0)},
+}
+VARIANTS = [pytest.param(name, {}, id=name) for name in models.MODELS] + [
+    pytest.param("cgan-conv", opts, id=key) for key, opts in CONV_OPTIONS.items()]
 
 
-def _build(name, batchnorm, seed=3):
-    return models.build(name, 10, width=8, seed=seed, batchnorm=batchnorm)
+def _build(name, options, seed=3):
+    options = dict(options)
+    growth = options.pop("growth", None)
+    G, D = models.build(name, 10, width=8, seed=seed, **options)
+    if growth:
+        G.set_growth(*growth), D.set_growth(*growth)
+    return G, D
 
 
 def _scramble(module, rng):
@@ -56,10 +68,10 @@ def test_importing_cganraw_never_imports_torch():
     assert proc.returncode == 0, proc.stderr[-2000:]
 
 
-@pytest.mark.parametrize("name,batchnorm", VARIANTS)
-def test_round_trip_through_torch_is_bit_identical_and_forwards_agree(name, batchnorm, rng):
+@pytest.mark.parametrize("name,options", VARIANTS)
+def test_round_trip_through_torch_is_bit_identical_and_forwards_agree(name, options, rng):
     torch = pytest.importorskip("torch")
-    G, D = (_scramble(m, rng).eval() for m in _build(name, batchnorm))
+    G, D = (_scramble(m, rng).eval() for m in _build(name, options))
     tG, tD = interop.to_torch(G), interop.to_torch(D)
     assert not tG.training and not tD.training
     for ours, theirs in ((G, tG), (D, tD)):
@@ -67,7 +79,7 @@ def test_round_trip_through_torch_is_bit_identical_and_forwards_agree(name, batc
         back = interop.from_torch(theirs)                 # rebuilt from the port's configuration
         assert type(back) is type(ours) and not back.training
         _assert_same_state(ours, back)
-        into = interop.from_torch(theirs, _build(name, batchnorm, seed=9)[0 if ours is G else 1])
+        into = interop.from_torch(theirs, _build(name, options, seed=9)[0 if ours is G else 1])
         _assert_same_state(ours, into)
     # the forwards agree to float64 rounding: the same function, not just close in float32
     G.to(np.float64), D.to(np.float64)
@@ -86,7 +98,7 @@ def test_round_trip_through_torch_is_bit_identical_and_forwards_agree(name, batc
 @pytest.mark.parametrize("name", models.MODELS)
 def test_torch_models_have_our_state_dict_names_and_shapes(name):
     pytest.importorskip("torch")
-    G, D = _build(name, False)
+    G, D = _build(name, {})
     tG, tD = interop.torch_models(name, 10, width=8)
     for ours, theirs in ((G, tG), (D, tD)):
         theirs_sd = theirs.state_dict()
@@ -100,7 +112,7 @@ def test_torch_models_have_our_state_dict_names_and_shapes(name):
 
 def test_train_mode_and_frozen_parameters_carry_over(rng):
     pytest.importorskip("torch")
-    G, _ = _build("cgan-conv", True)
+    G, _ = _build("cgan-conv", {"g_norm": "batch"})
     G.label_emb.requires_grad_(False)
     tG = interop.to_torch(G)
     assert tG.training
@@ -151,10 +163,10 @@ def test_conversion_errors(rng):
 
 # ------------------------------------------------------------------ safetensors ------
 
-@pytest.mark.parametrize("name,batchnorm", VARIANTS)
-def test_safetensors_round_trip_rebuilds_both_models(name, batchnorm, rng, tmp_path):
+@pytest.mark.parametrize("name,options", VARIANTS)
+def test_safetensors_round_trip_rebuilds_both_models(name, options, rng, tmp_path):
     pytest.importorskip("safetensors")
-    G, D = (_scramble(m, rng) for m in _build(name, batchnorm))
+    G, D = (_scramble(m, rng) for m in _build(name, options))
     path = interop.save_safetensors(tmp_path / "m.safetensors", G, D, metadata={"dataset": "mnist"})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors"]   # no temp file left
     G2, D2, meta = interop.load_safetensors(path)
@@ -169,14 +181,14 @@ def test_safetensors_round_trip_rebuilds_both_models(name, batchnorm, rng, tmp_p
 
 def test_safetensors_generator_only_and_into_given_modules(rng, tmp_path):
     pytest.importorskip("safetensors")
-    G, D = (_scramble(m, rng) for m in _build("cgan-mlp", False))
+    G, D = (_scramble(m, rng) for m in _build("cgan-mlp", {}))
     interop.save_safetensors(tmp_path / "g.safetensors", G)
-    G2, D2, _ = interop.load_safetensors(tmp_path / "g.safetensors", G=_build("cgan-mlp", False, seed=8)[0])
+    G2, D2, _ = interop.load_safetensors(tmp_path / "g.safetensors", G=_build("cgan-mlp", {}, seed=8)[0])
     assert D2 is None
     _assert_same_state(G, G2)
     with pytest.raises(ValueError, match="holds no D"):
         interop.load_safetensors(tmp_path / "g.safetensors", D=D)
-    other_G, _ = _build("cgan-conv", False)
+    other_G, _ = _build("cgan-conv", {})
     with pytest.raises(KeyError, match="missing keys"):
         interop.load_safetensors(tmp_path / "g.safetensors", G=other_G)
 
@@ -184,7 +196,7 @@ def test_safetensors_generator_only_and_into_given_modules(rng, tmp_path):
 def test_safetensors_loads_in_torch(rng, tmp_path):
     pytest.importorskip("torch")
     st_torch = pytest.importorskip("safetensors.torch")
-    G, D = (_scramble(m, rng).eval() for m in _build("dcgan", False))
+    G, D = (_scramble(m, rng).eval() for m in _build("dcgan", {}))
     interop.save_safetensors(tmp_path / "m.safetensors", G, D)
     tensors = st_torch.load_file(str(tmp_path / "m.safetensors"))
     tG, _ = interop.torch_models("dcgan", None, width=8)
@@ -194,7 +206,7 @@ def test_safetensors_loads_in_torch(rng, tmp_path):
 
 def test_safetensors_bad_input(rng, tmp_path):
     pytest.importorskip("safetensors")
-    G, _ = _build("gan-mlp", False)
+    G, _ = _build("gan-mlp", {})
     with pytest.raises(ValueError, match="reserved"):
         interop.save_safetensors(tmp_path / "a.safetensors", G, metadata={"format": "x"})
     with pytest.raises(TypeError, match="strings"):
