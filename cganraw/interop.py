@@ -322,8 +322,17 @@ def _torch_layer(module):
         return cls(module.num_features, eps=module.eps, momentum=module.momentum)
     if isinstance(module, cnn.Embedding):
         return tnn.Embedding(module.num_embeddings, module.embedding_dim)
+    if isinstance(module, cnn.InstanceNorm2d):
+        return tnn.InstanceNorm2d(module.num_features, eps=module.eps, momentum=module.momentum, affine=module.affine,
+                                  track_running_stats=module.track_running_stats)
     if isinstance(module, cnn.MaxPool2d):
         return tnn.MaxPool2d(module.kernel_size, module.stride)
+    if isinstance(module, cnn.AvgPool2d):
+        return tnn.AvgPool2d(module.kernel_size, module.stride)
+    if isinstance(module, cnn.Upsample):
+        return tnn.Upsample(scale_factor=module.scale_factor, mode="nearest")
+    if isinstance(module, cnn.MinibatchStdDev):
+        return torch_classes().MinibatchStdDev(module.group_size, module.eps)
     if isinstance(module, cnn.LeakyReLU):
         return tnn.LeakyReLU(module.negative_slope)
     if isinstance(module, cnn.Dropout):

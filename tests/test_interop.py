@@ -128,6 +128,14 @@ def _layer_stack(seed):
         cnn.Dropout(0.5), cnn.Sigmoid(), cnn.Reshape(2, 3), cnn.Flatten(), cnn.BatchNorm1d(6, rng=rng))
 
 
+def _image_stack(seed):
+    rng = np.random.default_rng(seed)
+    return cnn.Sequential(
+        cnn.Conv2d(2, 3, 3, padding=1, rng=rng), cnn.InstanceNorm2d(3, affine=True, rng=rng),
+        cnn.Upsample(scale_factor=3), cnn.AvgPool2d(2), cnn.MinibatchStdDev(4),
+        cnn.InstanceNorm2d(4, track_running_stats=True))
+
+
 def test_layers_and_sequential_convert(rng):
     torch = pytest.importorskip("torch")
     seq = _scramble(_layer_stack(0), rng).eval()
@@ -138,6 +146,13 @@ def test_layers_and_sequential_convert(rng):
         want = t(torch.from_numpy(x)).numpy()
     np.testing.assert_allclose(seq(x), want, rtol=1e-5, atol=1e-5)
     _assert_same_state(seq, interop.from_torch(t, _layer_stack(1)))
+    img = _scramble(_image_stack(0), rng)                        # training mode: instance statistics
+    t = interop.to_torch(img)
+    x = rng.standard_normal((6, 2, 5, 5), dtype=np.float32)      # 5 -> 15 -> 7; groups of 3 (6 = 2 x 3)
+    with torch.no_grad():
+        want = t(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(img(x), want, rtol=1e-4, atol=1e-5)
+    _assert_same_state(img, interop.from_torch(t, _image_stack(1)))
     emb = cnn.Embedding(7, 3, rng=rng)
     idx = np.array([0, 6, 3, 3])
     np.testing.assert_array_equal(emb(idx), interop.to_torch(emb)(torch.from_numpy(idx)).detach().numpy())
