@@ -1,6 +1,7 @@
 """cganraw.bench: the case list, the keyword filter, the in-process runner, the report
 writer, the profiler, and `python -m cganraw.bench` end to end at tiny sizes."""
 import json
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +15,18 @@ from cganraw.bench import harness, profile, report, runner
 from cganraw.bench.__main__ import main as bench_main
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _restore_cganraw_logging():
+    """A command run in-process sets up the `cganraw` logger (a handler on this test's
+    captured stderr, a level): put it back as it was, for the tests that follow."""
+    logger = logging.getLogger("cganraw")
+    handlers, level, propagate = list(logger.handlers), logger.level, logger.propagate
+    yield
+    logger.handlers[:] = handlers
+    logger.setLevel(level)
+    logger.propagate = propagate
 
 
 def _record(op, shape, backend, t, unit, thr, family="elementwise", **extra):
