@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from cganraw import interpolate, load, models, sample, train
+from cganraw.images import to_uint8
 from tests.synthetic import write_emnist
 
 
@@ -54,7 +55,7 @@ def test_interpolation_draws_each_label_along_the_slerp(run_dir, tmp_path):
     G, _ = load.load_generator(run_dir)
     assert G.growth[0] == 28
     expected = models.generate(G, np.full(5, 25), z=z)
-    np.testing.assert_array_equal(images[2], sample.to_uint8_images(expected))
+    np.testing.assert_array_equal(images[2], to_uint8(expected))
     assert not np.array_equal(images[0, 0], images[0, -1])
 
 
@@ -68,7 +69,7 @@ def test_label_sweep_keeps_one_noise_vector_per_row(run_dir, tmp_path):
     G, _ = load.load_generator(run_dir)
     for r in range(2):
         drawn = models.generate(G, np.array([0, 4, 7]), z=np.repeat(z[r:r + 1], 3, axis=0))
-        np.testing.assert_array_equal(images[r], sample.to_uint8_images(drawn))
+        np.testing.assert_array_equal(images[r], to_uint8(drawn))
 
 
 @pytest.mark.parametrize("walk,frames", [(["--interpolate", "--steps", "6"], 6), (["--label-sweep"], 3)])
@@ -88,15 +89,22 @@ def test_png_and_animated_gif(run_dir, tmp_path, walk, frames):
 @pytest.mark.parametrize("argv,needle", [
     (["--interpolate", "--steps", "1", "--out", "x.png"], "--steps must be at least 2"),
     (["--out", "x.gif"], ".gif with --interpolate or --label-sweep"),
-    (["--interpolate", "--out", "x.jpg"], "must end in .png or .npz or .gif"),
-    (["--interpolate", "--labels", "0,99", "--out", "x.png"], "out of range"),
+    (["--interpolate", "--out", "x.jpg"], "must end in .png or .npz"),
 ])
-def test_bad_interpolation_input_is_one_line(run_dir, tmp_path, argv, needle, capsys):
+def test_bad_interpolation_flags_are_argparse_errors(run_dir, tmp_path, argv, needle, capsys):
     argv = [a if not a.startswith("x.") else str(tmp_path / a) for a in argv]
-    assert sample.main(["--checkpoint", str(run_dir), *argv]) == 2
+    with pytest.raises(SystemExit) as e:
+        sample.main(["--checkpoint", str(run_dir), *argv])
     err = capsys.readouterr().err
-    assert needle in err and len(err.strip().splitlines()) == 1
+    assert e.value.code == 2 and needle in err and len(err.strip().splitlines()) == 1
     assert not list(tmp_path.glob("x.*"))
+
+
+def test_a_label_out_of_range_is_one_line(run_dir, tmp_path, capsys):
+    assert sample.main(["--checkpoint", str(run_dir), "--interpolate", "--labels", "0,99",
+                        "--out", str(tmp_path / "x.png")]) == 1
+    err = capsys.readouterr().err
+    assert "out of range" in err and len(err.strip().splitlines()) == 1 and not (tmp_path / "x.png").exists()
 
 
 def test_interpolate_and_label_sweep_exclude_each_other(run_dir, tmp_path, capsys):
@@ -111,5 +119,5 @@ def test_an_unconditional_model_is_refused(tmp_path, capsys):
     assert train.main([str(a) for a in ("--dataset", "emnist", "--data-dir", tmp_path / "data", "--out", out,
                                         "--model", "gan-mlp", "--max-steps", 1, "--batch-size", 8, "--quiet",
                                         "--no-download")]) == 0
-    assert sample.main(["--checkpoint", str(out), "--label-sweep", "--out", str(tmp_path / "s.png")]) == 2
+    assert sample.main(["--checkpoint", str(out), "--label-sweep", "--out", str(tmp_path / "s.png")]) == 1
     assert "unconditional" in capsys.readouterr().err

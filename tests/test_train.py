@@ -259,20 +259,23 @@ def test_sample_is_seeded(letters_run, tmp_path):
 
 @pytest.mark.parametrize("argv,needle", [
     (["--labels", "0,26"], "out of range"),
-    (["--labels", "a,b"], "comma-separated"),
     (["--chars", "H!"], "not in this model's alphabet"),
 ])
 def test_sample_bad_input(letters_run, tmp_path, argv, needle, capsys):
-    assert sample.main(["--checkpoint", str(letters_run), *argv, "--out", str(tmp_path / "x.png")]) == 2
+    # what the model cannot draw is found while running: exit 1 (tests/test_cli_errors_tools.py has more)
+    assert sample.main(["--checkpoint", str(letters_run), *argv, "--out", str(tmp_path / "x.png")]) == 1
     assert needle in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:           # a malformed command line: a usage error, exit 2
+        sample.main(["--checkpoint", str(letters_run), "--labels", "a,b", "--out", str(tmp_path / "x.png")])
+    assert e.value.code == 2 and "comma-separated" in capsys.readouterr().err
 
 
 def test_sample_bad_checkpoint(tmp_path, capsys):
     bad = tmp_path / "bad.npz"
     bad.write_bytes(b"PK\x03\x04 truncated")
-    assert sample.main(["--checkpoint", str(bad), "--out", str(tmp_path / "x.png")]) == 2
+    assert sample.main(["--checkpoint", str(bad), "--out", str(tmp_path / "x.png")]) == 1
     assert "not a readable checkpoint" in capsys.readouterr().err
-    assert sample.main(["--checkpoint", str(tmp_path / "none.npz"), "--out", str(tmp_path / "x.png")]) == 2
+    assert sample.main(["--checkpoint", str(tmp_path / "none.npz"), "--out", str(tmp_path / "x.png")]) == 1
 
 
 def test_mismatch_term_uses_wrong_labels_only(monkeypatch):
