@@ -33,7 +33,8 @@ def train_step(G, D, opt_g, opt_d, real_images, real_labels, rng, label_smoothin
     """
     xp = backend.array_module(real_images)
     n = real_images.shape[0]
-    z = xp.asarray(rng.standard_normal((n, G.latent_dim), dtype=np.float32))
+    # drawn in float32 always (the same noise at any precision), then in the images' dtype
+    z = xp.asarray(rng.standard_normal((n, G.latent_dim), dtype=np.float32).astype(real_images.dtype, copy=False))
     pairs = n // 2 if mode_seeking > 0 else 0       # rows i and pairs + i share a label
     fake_labels = None
     if G.conditional:

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 import cganraw
-from cganraw import backend, checkpoint, cli, data, health, models, rundir
+from cganraw import backend, checkpoint, cli, data, health, load, models, rundir  # noqa: F401
 from cganraw.cli import CLIError  # noqa: F401  (re-exported: the errors of this command)
 from cganraw.progress import Progress, format_eta
 from cganraw.run import Run, fraction_done
@@ -116,12 +116,12 @@ def _train(args, log, stop, saved):
     lock.check_free()
 
     train_set = data.load(cfg["dataset"], "train", data_dir=args.data_dir, download=args.download)
-    if cfg["batch_size"] > len(train_set.labels):
-        raise TrainingError(f"--batch-size {cfg['batch_size']} exceeds the {len(train_set.labels)} training images")
+    for key in ("batch_size", "batch_size_final"):
+        if (cfg.get(key) or 0) > len(train_set.labels):
+            raise TrainingError(f"{flag_name(key)} {cfg[key]} exceeds the {len(train_set.labels)} training images")
 
     def fresh_run(ckpt):
-        G, D = models.build(cfg["model"], train_set.num_classes, latent_dim=cfg["latent_dim"],
-                            width=cfg["width"], seed=cfg["seed"], batchnorm=cfg.get("g_batchnorm", False))
+        G, D = load.build_from_config(cfg, train_set.num_classes, seed=cfg["seed"])
         run = Run(cfg, train_set, G, D)
         if ckpt is not None:
             run.restore(ckpt)
@@ -157,8 +157,8 @@ def _train(args, log, stop, saved):
 def _loop(run, cfg, args, out, metrics, stop, saved, log):
     xp = backend.get_xp()
     G, D = run.G, run.D
-    steps_per_epoch = len(run.batches)
-    planned_steps = cfg["epochs"] * steps_per_epoch
+    planned_steps = run.planned_steps
+    steps_per_epoch = planned_steps / cfg["epochs"]     # on average, with a rising batch size
     total_steps = min(planned_steps, cfg["max_steps"]) if cfg.get("max_steps") else planned_steps
     t_start, elapsed0, step0 = time.monotonic(), run.elapsed, run.step
     deadline = t_start + 60 * cfg["max_minutes"] - elapsed0 if cfg.get("max_minutes") else None
@@ -177,9 +177,11 @@ def _loop(run, cfg, args, out, metrics, stop, saved, log):
             if deadline is not None and time.monotonic() >= deadline:
                 stop_reason = f"time budget of {cfg['max_minutes']} min reached"
                 break
-            run.set_lr(run.fraction_done(planned_steps))
+            frac = run.fraction_done(planned_steps)
+            run.set_lr(frac)
+            run.set_growth(frac)
             epoch_before = run.batches.epoch
-            x, labels = run.batches.next_batch()
+            x, labels = run.next_batch()
             x = xp.asarray(x)
             labels = xp.asarray(labels) if G.conditional else None
             with np.errstate(all="ignore"):   # overflow is reported by the health check below
@@ -202,7 +204,7 @@ def _loop(run, cfg, args, out, metrics, stop, saved, log):
                 metrics.write({"step": run.step, "epoch": round(epochs_done, 6),
                                **{k: round(float(v), 6) for k, v in stats.items()},
                                "images_per_s": round(window_imgs / max(now - window_t, 1e-9), 2),
-                               "elapsed_s": round(run.elapsed, 2)})
+                               "elapsed_s": round(run.elapsed, 2), **run.schedule_record(x.shape[0])})
                 window_t, window_imgs = now, 0
             rate = (run.step - step0) / max(now - t_start, 1e-9)
             eta = (total_steps - run.step) / rate
