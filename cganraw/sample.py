@@ -39,18 +39,14 @@ def parse_labels(text, num_classes):
 def labels_for_chars(chars, class_names):
     """Map each character to its class, case-insensitively where the dataset has only
     one case of a letter (EMNIST letters: 'a' and 'A' are the same class)."""
-    exact = {name: i for i, name in enumerate(class_names)}
-    folded = {}
-    for i, name in enumerate(class_names):
-        folded.setdefault(name.upper(), i)
+    from cganraw.render import char_classes  # noqa: PLC0415  (the one home of the folding rule)
+
+    classes = char_classes(class_names)
     out = []
     for ch in chars:
-        if ch in exact:
-            out.append(exact[ch])
-        elif ch.upper() in folded:
-            out.append(folded[ch.upper()])
-        else:
+        if ch not in classes:
             raise SampleError(f"character {ch!r} is not in this model's alphabet: {''.join(class_names)}")
+        out.append(classes[ch])
     return out
 
 

@@ -35,3 +35,11 @@ def test_kernel_dir_prefers_the_source_tree(monkeypatch):
     assert _launch.kernel_dir() == ROOT / "kernels"
     monkeypatch.setenv("CGANRAW_KERNEL_DIR", "/somewhere/else")
     assert _launch.kernel_dir() == Path("/somewhere/else")
+
+
+def test_the_page_and_the_shipped_model_ship_as_package_data():
+    patterns = _setuptools_config()["package-data"]["cganraw"]
+    files = [p.relative_to(ROOT / "cganraw").as_posix()
+             for folder in ("web", "pretrained") for p in (ROOT / "cganraw" / folder).iterdir() if p.is_file()]
+    unshipped = [f for f in files if not any(Path(f).match(pat) for pat in patterns)]
+    assert "web/index.html" in files and "pretrained/digits.npz" in files and not unshipped, unshipped
