@@ -227,7 +227,7 @@ class Renderer:
         # The whole text must match this before any model runs.
         self.pattern = re.compile("[" + re.escape(self.charset) + " \n]*")
 
-    def clone(self) -> "Renderer":
+    def clone(self) -> Renderer:
         """The same models with their own copies of the weights."""
         return Renderer([GlyphModel(m.name, copy.deepcopy(m.G), m.class_names, m.source, m.meta)
                          for m in self.models])

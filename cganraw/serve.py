@@ -27,7 +27,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from importlib import resources
-from typing import Literal, Optional
+from typing import Literal
 
 from cganraw import backend, cli, render
 
@@ -83,6 +83,27 @@ def threadsafe_kernels(workers: int) -> int:
     return 1
 
 
+def single_threaded_kernels():
+    """This thread's Numba kernels run on one thread: the pool already keeps every core
+    busy, and nested thread teams on a shared machine only wait on each other."""
+    from cganraw.ops import _cpu  # noqa: PLC0415
+
+    nb = _cpu.numba()
+    if nb is not None:
+        nb.set_num_threads(1)
+
+
+def single_threaded_blas():
+    """One BLAS thread per render thread, for the same reason; returns the limiter (keep
+    it), or None where threadpoolctl is missing."""
+    try:
+        from threadpoolctl import threadpool_limits  # noqa: PLC0415
+    except ImportError:
+        log.warning("threadpoolctl is missing: each render's BLAS calls use every core")
+        return None
+    return threadpool_limits(1, user_api="blas")
+
+
 class PoolBusy(Exception):
     """Every render slot and queue place is taken."""
 
@@ -107,6 +128,8 @@ class RenderPool:
     def _run(self, fn, args):
         own = getattr(self._local, "renderer", None)
         if own is None:
+            if self.workers > 1:
+                single_threaded_kernels()
             own = self._local.renderer = self.renderer.clone()
         return fn(own, *args)
 
@@ -240,7 +263,7 @@ def create_app(renderer, *, workers=None, queue=DEFAULT_QUEUE, render_timeout=DE
         text: str = Field(description=f"up to {render.MAX_CHARS} characters and {render.MAX_LINES} lines of "
                                       "characters the loaded models write, spaces and newlines",
                           examples=["0800 2026"])
-        seed: Optional[int] = Field(None, ge=0, le=render.MAX_SEED,
+        seed: int | None = Field(None, ge=0, le=render.MAX_SEED,
                                     description="fixes the hand; a random one is used (and returned) when absent")
         style: Literal["same", "varied"] = Field("same", description="one hand per word, or per glyph")
         layout: Literal["proportional", "monospace"] = Field(
@@ -363,6 +386,7 @@ def _main(args):
     renderer.clone().render("0" if "0" in renderer.route else renderer.charset[0])   # compile the kernels once
     app = create_app(renderer, workers=args.workers, queue=args.queue, render_timeout=args.render_timeout,
                      cache_entries=args.cache_entries, cors=args.cors)
+    blas_limit = single_threaded_blas() if app.state.pool.workers > 1 else None  # noqa: F841  (held while serving)
     log.info("models: %s; characters: %s", ", ".join(f"{m.name} ({m.source})" for m in renderer.models),
              renderer.charset)
     log.info("serving on http://%s:%d/ (%d render threads, queue %d)", args.host, args.port,

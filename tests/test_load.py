@@ -17,9 +17,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import pytest
-
-httpx = pytest.importorskip("httpx") if __name__ != "__main__" else __import__("httpx")
+import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
 PHRASES = ["0800 2026", "0800 2026 12", "12 34 56", "2026\n0800", "31 12 1999", "7", "000 111 222 333",
@@ -37,9 +35,9 @@ def running_server(*args, log_path=None):
     """`python -m cganraw.serve` on a free port of 127.0.0.1; yields its base URL."""
     port = free_port()
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    log = open(log_path or os.devnull, "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "cganraw.serve", "--port", str(port), "--quiet", *args],
-                            stdout=log, stderr=subprocess.STDOUT, env=env)
+    with open(log_path or os.devnull, "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "cganraw.serve", "--port", str(port), "--quiet", *args],
+                                stdout=log, stderr=subprocess.STDOUT, env=env)
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 180
@@ -62,7 +60,6 @@ def running_server(*args, log_path=None):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(10)
-        log.close()
 
 
 def requests_mix(n, seed_span=120):

@@ -274,7 +274,7 @@ def test_export_cli_errors_are_one_line(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     for args in ([str(tmp_path / "none"), "--out", str(tmp_path / "x.npz")],
                  [str(tmp_path), "--out", str(tmp_path / "x.txt")]):
-        p = subprocess.run([sys.executable, "-m", "cganraw.export", *args], capture_output=True, text=True, env=env)
+        p = subprocess.run([sys.executable, "-m", "cganraw.export", *args], check=False, capture_output=True, text=True, env=env)
         assert p.returncode == 1 and p.stderr.startswith("error: ") and p.stderr.count("\n") == 1, p.stderr
 
 
@@ -283,7 +283,7 @@ def test_export_cli_errors_are_one_line(tmp_path):
 def test_the_shipped_digits_model():
     path = render.shipped_model_path()
     assert path.is_file() and path.stat().st_size < 5_000_000
-    G, meta = export.load_generator(path)
+    _, meta = export.load_generator(path)
     assert meta["dataset"] == "mnist" and meta["characters"] == "0123456789" and meta["ema"]
     assert meta["model"] == "cgan-conv" and meta["training_command"].startswith("python -m cganraw.train")
     m = meta["metrics"]
@@ -313,7 +313,7 @@ def test_write_cli_errors(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(ROOT))
 
     def run(*args):
-        return subprocess.run([sys.executable, "-m", "cganraw.write", *args], capture_output=True, text=True, env=env)
+        return subprocess.run([sys.executable, "-m", "cganraw.write", *args], check=False, capture_output=True, text=True, env=env)
 
     p = run("Call 0800", "--out", str(tmp_path / "x.png"))      # no model writes letters by default
     assert p.returncode == 1 and p.stderr.count("\n") == 1 and "'C'" in p.stderr and "'a'" in p.stderr
