@@ -70,7 +70,6 @@ def setup_logging(args=None) -> logging.Logger:
         handler.setFormatter(logging.Formatter("%(message)s"))
         handler._cganraw_cli = True
         logger.addHandler(handler)
-        logger.propagate = False
     return logger
 
 

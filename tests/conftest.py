@@ -7,6 +7,24 @@ import pytest
 os.environ.setdefault("CGANRAW_BACKEND", "numpy")
 
 SHARED_MNIST = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "mnist")
+# $CGANRAW_DATA_DIR as the session started (tests clear it to isolate themselves)
+ENV_DATA_DIR = os.environ.get("CGANRAW_DATA_DIR", "").strip()
+MNIST_NAMES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+               "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+
+
+def real_mnist_dir():
+    """The first folder holding the four real MNIST files (.gz or not): $CGANRAW_DATA_DIR or
+    one of the subfolders cganraw.data looks in there, then ../shared/data/mnist; else None."""
+    candidates = []
+    if ENV_DATA_DIR:
+        root = os.path.expanduser(ENV_DATA_DIR)
+        candidates += [os.path.join(root, sub) for sub in ("mnist", "mnist/gzip", ".", "gzip", "MNIST/raw")]
+    candidates.append(SHARED_MNIST)
+    for folder in candidates:
+        if all(any(os.path.isfile(os.path.join(folder, n + ext)) for ext in (".gz", "")) for n in MNIST_NAMES):
+            return os.path.abspath(folder)
+    return None
 
 
 @pytest.fixture
@@ -16,8 +34,8 @@ def rng():
 
 @pytest.fixture
 def mnist_dir():
-    """The real MNIST IDX files in ../shared/data/mnist, when present."""
-    path = os.path.abspath(SHARED_MNIST)
-    if not os.path.isdir(path):
-        pytest.skip("real MNIST not present in ../shared/data/mnist")
+    """The folder of the real MNIST IDX files ($CGANRAW_DATA_DIR, else ../shared/data/mnist)."""
+    path = real_mnist_dir()
+    if path is None:
+        pytest.skip("real MNIST found neither in $CGANRAW_DATA_DIR nor in ../shared/data/mnist")
     return path

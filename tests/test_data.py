@@ -1,19 +1,19 @@
-"""cganraw.data: IDX reading, EMNIST fix-ups, file lookup, download, batches.
+"""cganraw.data: IDX reading, EMNIST fix-ups, file lookup, batches (downloads: test_data_download.py).
 
 EMNIST is never on these machines: the tests write IDX files in EMNIST's exact layout
-(images transposed per image, letters labelled 1..26, emnist-<split>-mapping.txt) and serve
-a synthetic gzip.zip through a fake urlopen. The real MNIST is used when present.
+(images transposed per image, letters labelled 1..26, emnist-<split>-mapping.txt). The real
+MNIST is used when present ($CGANRAW_DATA_DIR or ../shared/data/mnist).
 """
 import gzip
 import hashlib
-import io
 import json
+import logging
 import os
 import string
+import subprocess
+import sys
 import time
 import tracemalloc
-import urllib.error
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +23,7 @@ from cganraw import data as D
 from tests.synthetic import BALANCED_CHARS, mapping_text, upright_images, write_emnist  # noqa: F401
 from cganraw.data import (DATASETS, BatchIterator, DataError, MissingDataError, cache_dir, load,
                           read_idx, resolve_name, to_float, to_uint8, write_idx)
+from cganraw.data.idx import IDX_CODES
 
 MNIST_FILES = ["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
                "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"]
@@ -33,6 +34,8 @@ def isolated_env(tmp_path, monkeypatch):
     """No test sees the real user cache or a CGANRAW_DATA_DIR of the machine."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
     monkeypatch.delenv(D.ENV_DATA_DIR, raising=False)
+    # a command line run in-process earlier may have stopped cganraw's records reaching caplog
+    monkeypatch.setattr(logging.getLogger("cganraw"), "propagate", True)
     return tmp_path / "xdg-cache" / "cganraw"
 
 
@@ -126,7 +129,7 @@ def test_idx_roundtrip(tmp_path, rng, dtype, ext):
     assert b.dtype == np.dtype(dtype).newbyteorder("=") and b.shape == a.shape
     np.testing.assert_array_equal(a, b)
     raw = gzip.decompress(path.read_bytes()) if ext else path.read_bytes()
-    assert raw[:4] == bytes((0, 0, D._IDX_CODES[np.dtype(dtype)], 3))
+    assert raw[:4] == bytes((0, 0, IDX_CODES[np.dtype(dtype)], 3))
     assert read_idx(path, sha256=hashlib.sha256(raw).hexdigest()).shape == a.shape
 
 
@@ -262,7 +265,8 @@ def test_lookup_order_data_dir_env_cache(tmp_path, rng, monkeypatch, isolated_en
     monkeypatch.setenv(D.ENV_DATA_DIR, str(tmp_path / "env"))
     assert len(load("emnist-digits")) == 12                          # env beats the cache
     assert len(load("emnist-digits", data_dir=tmp_path / "explicit")) == 11   # data_dir beats env
-    # a data_dir lacking the files falls through to the next place
+    # a data_dir (a folder) lacking the files falls through to the next place, saying so
+    (tmp_path / "empty").mkdir()
     assert len(load("emnist-digits", data_dir=tmp_path / "empty")) == 12
     unzipped = tmp_path / "unzipped"
     write_emnist(unzipped / "gzip", "digits", rng, n=(14, 3))        # gzip.zip unzipped in place
@@ -321,6 +325,7 @@ def test_mnist_digest_mismatch_on_load(tmp_path, rng):
 
 
 def test_missing_files_offline_message(tmp_path):
+    (tmp_path / "nowhere").mkdir()
     with pytest.raises(MissingDataError) as ei:
         load("emnist-balanced", split="test", data_dir=tmp_path / "nowhere")
     assert_clean_error(ei, "emnist-balanced-test-images-idx3-ubyte.gz",
@@ -344,13 +349,81 @@ def test_missing_message_names_incomplete_folder(tmp_path, rng):
 # the real MNIST
 # ---------------------------------------------------------------------------------------------
 
-def test_real_mnist(mnist_dir):
+def test_data_dir_that_is_not_a_folder_is_an_error(tmp_path, rng, monkeypatch, isolated_env, caplog):
+    write_emnist(tmp_path / "env", "digits", rng, n=(12, 3))
+    write_emnist(isolated_env, "digits", rng, n=(13, 3))
+    monkeypatch.setenv(D.ENV_DATA_DIR, str(tmp_path / "env"))
+    for missing in (tmp_path / "typo", "~/surely-no-such-folder-cganraw"):
+        for call in (lambda: load("emnist-digits", data_dir=missing),
+                     lambda: load("emnist-digits", data_dir=missing, download=True),
+                     lambda: D.locate("emnist-digits", "test", data_dir=missing)):
+            with pytest.raises(DataError) as ei:        # never the env folder or the cache
+                call()
+            assert not isinstance(ei.value, MissingDataError)
+            assert_clean_error(ei, "emnist-digits", str(Path(missing).expanduser()), "does not exist",
+                               "--data-dir")
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    with pytest.raises(DataError) as ei:
+        load("emnist-digits", data_dir=a_file)
+    assert_clean_error(ei, str(a_file), "is not a folder")
+    # an existing folder without the files falls through, with a warning naming both
+    (tmp_path / "empty").mkdir()
+    with caplog.at_level(logging.WARNING, logger="cganraw.data"):
+        assert len(load("emnist-digits", data_dir=tmp_path / "empty")) == 12
+    assert str(tmp_path / "empty") in caplog.text and str(tmp_path / "env") in caplog.text
+    # a $CGANRAW_DATA_DIR that is not a folder is skipped with a warning
+    monkeypatch.setenv(D.ENV_DATA_DIR, str(tmp_path / "gone"))
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="cganraw.data"):
+        assert len(load("emnist-digits")) == 13
+    assert "gone" in caplog.text and "ignored" in caplog.text
+
+
+# ---------------------------------------------------------------------------------------------
+# python -m cganraw.data
+# ---------------------------------------------------------------------------------------------
+
+def run_data_cli(*args, env_extra=None):
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), **(env_extra or {})}
+    env.pop("CGANRAW_DEBUG", None)
+    return subprocess.run([sys.executable, "-m", "cganraw.data", *map(str, args)], env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_cli_summarises_and_fails_in_one_line(tmp_path, rng):
+    write_emnist(tmp_path / "emnist", "balanced", rng, n=(94, 47))
+    env = {"XDG_CACHE_HOME": str(tmp_path / "xdg"), D.ENV_DATA_DIR: ""}
+    r = run_data_cli("emnist-balanced", "--data-dir", tmp_path, env_extra=env)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert len(lines) == 2 and lines[0].startswith("emnist-balanced train: 94 images, 47 classes")
+    assert BALANCED_CHARS in lines[0] and lines[1].startswith("emnist-balanced test: 47 images")
+    for args, needle in [(("mnist", "--data-dir", tmp_path / "typo"), "does not exist"),
+                         (("emnist-digits", "--data-dir", tmp_path), "data files not found"),
+                         (("cifar10",), "unknown dataset")]:
+        r = run_data_cli(*args, env_extra=env)
+        assert r.returncode == 1 and r.stdout == ""
+        assert r.stderr.count("\n") == 1 and r.stderr.startswith("error: ") and needle in r.stderr
+        assert "Traceback" not in r.stderr
+    r = run_data_cli("mnist", "--timeout", "-1", env_extra=env)
+    assert r.returncode == 2 and "positive" in r.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# the real MNIST
+# ---------------------------------------------------------------------------------------------
+
+def test_real_mnist(mnist_dir, tmp_path):
     spec = DATASETS["mnist"]
-    for f in MNIST_FILES:                       # the registry's digests match the real files
-        read_idx(os.path.join(mnist_dir, f), sha256=spec.digest(f))
+    for split in D.SPLITS:                      # the registry's digests match the real files
+        for path in D.locate("mnist", split, data_dir=mnist_dir).values():
+            read_idx(path, sha256=spec.digest(path.name))
+    (tmp_path / "root").mkdir()
+    (tmp_path / "root" / "mnist").symlink_to(mnist_dir)
     t0 = time.perf_counter()
     train = load("mnist", "train", data_dir=mnist_dir)
-    test = load("mnist", "test", data_dir=os.path.dirname(mnist_dir))   # via <root>/mnist/
+    test = load("mnist", "test", data_dir=tmp_path / "root")      # via <root>/mnist/
     elapsed = time.perf_counter() - t0
     assert elapsed < 5.0, f"loading MNIST took {elapsed:.1f} s"
     for ds, n, first, mean in ((train, 60000, [5, 0, 4, 1, 9], 33.318), (test, 10000, [7, 2, 1, 0, 4], 33.791)):
@@ -373,291 +446,6 @@ def test_real_mnist(mnist_dir):
 def test_real_mnist_via_env(mnist_dir, monkeypatch):
     monkeypatch.setenv(D.ENV_DATA_DIR, mnist_dir)
     assert len(load("mnist", "test")) == 10000
-
-
-# ---------------------------------------------------------------------------------------------
-# download, with a fake urlopen
-# ---------------------------------------------------------------------------------------------
-
-class FakeResponse:
-    def __init__(self, body, status=200, headers=None, fail_after=None):
-        self._body = io.BytesIO(body)
-        self.status = status
-        self.headers = dict(headers or {})
-        self.fail_after = fail_after
-        self.sent = 0
-        self.closed = False
-
-    def read(self, n=-1):
-        if self.fail_after is not None and self.sent >= self.fail_after:
-            raise ConnectionResetError("connection reset by peer (fake)")
-        chunk = self._body.read(n if n >= 0 else None)
-        if self.fail_after is not None:
-            chunk = chunk[: self.fail_after - self.sent]
-        self.sent += len(chunk)
-        return chunk
-
-    def getcode(self):
-        return self.status
-
-    def close(self):
-        self.closed = True
-
-
-class FakeServer:
-    """urlopen(request, timeout) over a dict url -> bytes, honouring Range when asked to."""
-
-    def __init__(self, files, ranges=True):
-        self.files = dict(files)
-        self.ranges = ranges
-        self.requests = []          # (url, Range header or None)
-        self.fail_next_after = None
-        self.down = set()           # URLs that are unreachable
-
-    def __call__(self, request, timeout=None):
-        url = request.full_url
-        rng_header = request.get_header("Range")
-        self.requests.append((url, rng_header))
-        assert timeout is not None and timeout > 0
-        if url in self.down or url not in self.files:
-            raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution (fake)")
-        body = self.files[url]
-        fail, self.fail_next_after = self.fail_next_after, None
-        if rng_header and self.ranges:
-            start = int(rng_header.split("=")[1].rstrip("-"))
-            part = body[start:]
-            return FakeResponse(part, 206, {"Content-Length": str(len(part)),
-                                            "Content-Range": f"bytes {start}-{len(body) - 1}/{len(body)}"},
-                                fail_after=fail)
-        return FakeResponse(body, 200, {"Content-Length": str(len(body))}, fail_after=fail)
-
-
-def build_emnist_zip(tmp_path, rng, splits=("letters", "digits")):
-    """A gzip.zip with NIST's member names (gzip/emnist-<split>-...) for `splits`."""
-    src = tmp_path / "zip-src"
-    truth = {s: write_emnist(src / s, s, rng, n=(40, 12)) for s in splits}
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
-        for s in splits:
-            for f in sorted((src / s).iterdir()):
-                zf.write(f, "gzip/" + f.name)
-    return buf.getvalue(), truth
-
-
-@pytest.fixture
-def emnist_server(tmp_path, rng, monkeypatch):
-    blob, truth = build_emnist_zip(tmp_path, rng)
-    monkeypatch.setattr(D, "EMNIST_ARCHIVE_MD5", hashlib.md5(blob).hexdigest())
-    server = FakeServer({D.EMNIST_URL: blob})
-    monkeypatch.setattr(D, "urlopen", server)
-    return server, blob, truth
-
-
-def test_download_emnist_extracts_only_the_split_atomically(emnist_server, isolated_env, monkeypatch):
-    server, blob, truth = emnist_server
-    replaced = []
-    real_replace = os.replace
-
-    def spy_replace(src, dst):
-        replaced.append((Path(src), Path(dst)))
-        return real_replace(src, dst)
-
-    monkeypatch.setattr(D.os, "replace", spy_replace)
-    ds = load("emnist", "train", download=True)
-    dest = isolated_env / "emnist"
-    wanted = sorted(DATASETS["emnist-letters"].all_files())
-    assert sorted(p.name for p in dest.iterdir() if not p.name.startswith(".")) == wanted
-    assert not any(p.name.endswith((".tmp", ".part", ".zip")) for p in dest.iterdir())
-    for src, dst in replaced:                   # every file landed by a same-folder rename
-        assert src.parent == dst.parent == dest
-        assert src.name.startswith(".") or src.name.endswith(".part")
-    assert sorted(d.name for _, d in replaced if d.name != "gzip.zip") == wanted
-    assert [r for _, r in server.requests] == [None]
-    np.testing.assert_array_equal(ds.images, truth["letters"]["train"][0])
-    np.testing.assert_array_equal(ds.labels, truth["letters"]["train"][1])
-    assert ds.class_names[0] == "A"
-    test = load("emnist", "test")               # now in the cache: no download needed
-    np.testing.assert_array_equal(test.images, truth["letters"]["test"][0])
-    assert len(server.requests) == 1
-
-
-def test_download_emnist_keep_archive_and_reuse(emnist_server, isolated_env):
-    server, blob, truth = emnist_server
-    out = io.StringIO()
-    dest = D.download("emnist-letters", keep_archive=True, progress=out)
-    assert dest == isolated_env / "emnist" and (dest / "gzip.zip").read_bytes() == blob
-    assert "%" in out.getvalue() and "done" in out.getvalue() and "\r" not in out.getvalue()
-    D.download("emnist-digits", progress=None)          # served by the kept archive
-    assert len(server.requests) == 1 and (dest / "gzip.zip").exists()   # not ours to delete now
-    ds = load("emnist-digits", "test")
-    np.testing.assert_array_equal(ds.images, truth["digits"]["test"][0])
-
-
-def test_download_progress_bar_on_tty(emnist_server):
-    class Tty(io.StringIO):
-        def isatty(self):
-            return True
-    out = Tty()
-    D.download("emnist-letters", progress=out)
-    assert "\r[" in out.getvalue() and "100%" in out.getvalue()
-
-
-def test_download_resumes_a_partial_archive(emnist_server, isolated_env):
-    server, blob, truth = emnist_server
-    server.fail_next_after = len(blob) // 3
-    with pytest.raises(MissingDataError) as ei:
-        load("emnist", download=True)
-    part = isolated_env / "emnist" / "gzip.zip.part"
-    assert_clean_error(ei, "download failed", "connection reset", str(part), "--data-dir")
-    assert part.stat().st_size == len(blob) // 3
-    ds = load("emnist", download=True)
-    assert server.requests[-1] == (D.EMNIST_URL, f"bytes={len(blob) // 3}-")
-    np.testing.assert_array_equal(ds.labels, truth["letters"]["train"][1])
-    assert not part.exists()
-
-
-def test_download_restarts_when_range_is_ignored(emnist_server, isolated_env):
-    server, blob, truth = emnist_server
-    server.ranges = False
-    part = isolated_env / "emnist" / "gzip.zip.part"
-    part.parent.mkdir(parents=True)
-    part.write_bytes(b"garbage that is not a prefix")
-    ds = load("emnist", download=True, data_dir=None)
-    np.testing.assert_array_equal(ds.labels, truth["letters"]["train"][1])
-
-
-def test_download_restarts_on_a_mismatched_range(emnist_server, isolated_env):
-    server, blob, truth = emnist_server
-    part = isolated_env / "emnist" / "gzip.zip.part"
-    part.parent.mkdir(parents=True)
-    part.write_bytes(blob[:100])
-    real_call = server.__class__.__call__
-
-    def shifted(request, timeout=None):            # answers from byte 50, not 100
-        if request.get_header("Range"):
-            server.requests.append((request.full_url, request.get_header("Range")))
-            return FakeResponse(blob[50:], 206, {"Content-Length": str(len(blob) - 50),
-                                                 "Content-Range": f"bytes 50-{len(blob) - 1}/{len(blob)}"})
-        return real_call(server, request, timeout)
-
-    D.download("emnist", urlopen=shifted, progress=None)
-    assert [r for _, r in server.requests] == ["bytes=100-", None]
-    assert len(load("emnist")) == 40
-
-
-def test_download_through_real_urllib_and_http(tmp_path, rng, monkeypatch, isolated_env):
-    """The default urlopen against a local HTTP server that drops the first connection midway
-    and honours Range on the second."""
-    import http.server
-    import threading
-
-    blob, truth = build_emnist_zip(tmp_path, rng, splits=("balanced",))
-    seen = []
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            rng_header = self.headers.get("Range")
-            seen.append((self.path, rng_header, self.headers.get("User-Agent")))
-            if self.path != "/cs_links/EMNIST/gzip.zip":
-                self.send_error(404)
-                return
-            if rng_header:
-                start = int(rng_header.split("=")[1].rstrip("-"))
-                self.send_response(206)
-                self.send_header("Content-Range", f"bytes {start}-{len(blob) - 1}/{len(blob)}")
-            else:
-                start = 0
-                self.send_response(200)
-            self.send_header("Content-Length", str(len(blob) - start))
-            self.end_headers()
-            body = blob[start:]
-            if len(seen) == 1:                      # first try: the connection drops
-                self.wfile.write(body[: len(body) // 2])
-                self.wfile.flush()
-                self.close_connection = True
-                return
-            self.wfile.write(body)
-
-        def log_message(self, *args):
-            pass
-
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    try:
-        base = f"http://127.0.0.1:{httpd.server_address[1]}"
-        monkeypatch.setattr(D, "EMNIST_URL", base + "/cs_links/EMNIST/gzip.zip")
-        monkeypatch.setattr(D, "EMNIST_ARCHIVE_MD5", hashlib.md5(blob).hexdigest())
-        with pytest.raises(MissingDataError, match="download failed.*got .* bytes"):
-            D.download("emnist-balanced", timeout=5, progress=None)
-        D.download("emnist-balanced", timeout=5, progress=None)
-        assert seen[1][1] == f"bytes={len(blob) // 2}-" and seen[1][2].startswith("cganraw/")
-        ds = load("emnist-balanced", "test")
-        np.testing.assert_array_equal(ds.images, truth["balanced"]["test"][0])
-        monkeypatch.setattr(D, "EMNIST_URL", base + "/missing.zip")
-        with pytest.raises(MissingDataError, match="404"):
-            load("emnist-digits", download=True)
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-
-
-def test_download_rejects_a_corrupt_member(tmp_path, rng, monkeypatch, isolated_env):
-    src = tmp_path / "src"
-    write_emnist(src, "letters", rng)
-    cut = src / "emnist-letters-train-labels-idx1-ubyte.gz"
-    raw = gzip.decompress(cut.read_bytes())
-    cut.write_bytes(gzip.compress(raw[:-3]))                # a valid gzip of a truncated IDX
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w") as zf:
-        for f in sorted(src.iterdir()):
-            zf.write(f, "gzip/" + f.name)
-    monkeypatch.setattr(D, "urlopen", FakeServer({D.EMNIST_URL: buf.getvalue()}))
-    with pytest.warns(UserWarning, match="MD5"), pytest.raises(DataError) as ei:
-        load("emnist", download=True)
-    assert_clean_error(ei, "gzip.zip", "gzip/emnist-letters-train-labels-idx1-ubyte.gz", "truncated")
-    dest = isolated_env / "emnist"
-    assert not (dest / "emnist-letters-train-labels-idx1-ubyte.gz").exists()
-    assert not (dest / "gzip.zip").exists()                # a bad download is not kept
-    assert not [p for p in dest.iterdir() if p.name.endswith(".tmp")]
-
-
-def test_download_offline(monkeypatch):
-    server = FakeServer({})
-    monkeypatch.setattr(D, "urlopen", server)
-    with pytest.raises(MissingDataError) as ei:
-        load("mnist", download=True)
-    assert_clean_error(ei, "download failed", "Temporary failure in name resolution",
-                       "https://ossci-datasets.s3.amazonaws.com/mnist/train-images-idx3-ubyte.gz",
-                       "https://storage.googleapis.com/cvdf-datasets/mnist/train-images-idx3-ubyte.gz",
-                       "--data-dir", "CGANRAW_DATA_DIR")
-    with pytest.raises(MissingDataError) as ei:
-        load("emnist-bymerge", download=True)
-    assert_clean_error(ei, D.EMNIST_URL, "emnist-bymerge-train-images-idx3-ubyte.gz", "--data-dir")
-
-
-def test_download_mnist_falls_back_to_the_next_mirror(mnist_dir, monkeypatch, isolated_env):
-    files = {}
-    for f in MNIST_FILES:
-        files[D.MNIST_MIRRORS[1] + f] = Path(mnist_dir, f).read_bytes()
-    server = FakeServer(files)
-    server.down = {D.MNIST_MIRRORS[0] + f for f in MNIST_FILES}
-    monkeypatch.setattr(D, "urlopen", server)
-    ds = load("mnist", "test", download=True)
-    assert len(ds) == 10000 and ds.labels[:5].tolist() == [7, 2, 1, 0, 4]
-    dest = isolated_env / "mnist"
-    assert sorted(p.name for p in dest.iterdir() if not p.name.startswith(".")) == sorted(MNIST_FILES)
-    assert [u for u, _ in server.requests] == [m + f for f in MNIST_FILES for m in D.MNIST_MIRRORS]
-
-
-def test_download_mnist_rejects_wrong_content(tmp_path, rng, monkeypatch, isolated_env):
-    fake = write_mnist_like(tmp_path / "fake", rng)
-    server = FakeServer({m + f: (fake / f).read_bytes() for m in D.MNIST_MIRRORS for f in MNIST_FILES})
-    monkeypatch.setattr(D, "urlopen", server)
-    with pytest.raises(MissingDataError) as ei:
-        D.download("mnist", progress=None)
-    assert_clean_error(ei, "invalid", "SHA-256 mismatch")
-    assert not any((isolated_env / "mnist").glob("*-ubyte*"))
 
 
 # ---------------------------------------------------------------------------------------------

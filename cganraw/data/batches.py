@@ -1,0 +1,161 @@
+"""Shuffled, seeded, resumable minibatches of a uint8 image set, converted one batch at a time.
+
+    it = BatchIterator(ds.images, ds.labels, 64, np.random.default_rng(0))
+    for x, y in it:                  # one epoch: x (64,1,28,28) float32 in [-1,1], y (64,) int64
+        ...
+"""
+from __future__ import annotations
+
+import copy
+import operator
+from typing import Iterator
+
+import numpy as np
+
+from ..images import to_float
+
+__all__ = ["BatchIterator"]
+
+
+class BatchIterator:
+    """Shuffled minibatches of a uint8 image set, converted to float one batch at a time.
+
+    Iterating yields the rest of the current epoch: (x float32 (B,1,28,28) in [-1,1], y int64
+    (B,)). `next_batch()` draws one batch, rolling over into the next epoch. The images array
+    is kept by reference (never copied or converted as a whole); each epoch shuffles an index
+    permutation. With drop_last=False the last batch of an epoch may be short.
+
+    Randomness: at construction the iterator draws one seed from `rng` (a numpy Generator, or
+    an int seed) and shuffles with its own generator from then on, so sharing `rng` with other
+    consumers (noise sampling) neither perturbs nor is perturbed by the batch order.
+
+    Resume: state_dict() is a small dict of plain Python values (JSON-safe): the epoch, the
+    position in its permutation and the generator state the permutation was drawn from.
+    load_state_dict() on a fresh iterator over the same data makes it yield exactly the batches
+    the original would have yielded next. `epoch` counts finished epochs: it steps as soon as
+    the last batch of an epoch is handed out.
+    """
+
+    STATE_VERSION = 1
+
+    def __init__(self, images, labels, batch_size, rng, drop_last: bool = True, shuffle: bool = True):
+        if not isinstance(images, np.ndarray) or images.dtype != np.uint8:
+            got = images.dtype if isinstance(images, np.ndarray) else type(images).__name__
+            raise TypeError(f"images must be a uint8 numpy array (converted per batch), got {got}")
+        if images.ndim not in (3, 4) or (images.ndim == 4 and images.shape[1] != 1):
+            raise ValueError(f"images must be shaped (N,H,W) or (N,1,H,W), got {images.shape}")
+        labels = np.asarray(labels)
+        if labels.ndim != 1 or labels.dtype.kind not in "iu":
+            raise ValueError(f"labels must be a 1-d integer array, got {labels.dtype} {labels.shape}")
+        if len(labels) != len(images):
+            raise ValueError(f"{len(images)} images but {len(labels)} labels")
+        n = len(images)
+        if isinstance(batch_size, bool):
+            raise TypeError("batch_size must be an int, got bool")
+        try:
+            batch_size = operator.index(batch_size)
+        except TypeError:
+            raise TypeError(f"batch_size must be an int, got {type(batch_size).__name__}") from None
+        if batch_size <= 0:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        if batch_size > n:
+            raise ValueError(f"batch_size {batch_size} is larger than the dataset ({n} samples)")
+        if isinstance(rng, np.random.Generator):
+            seed = int(rng.integers(0, 2 ** 63, dtype=np.int64))
+        elif rng is None or isinstance(rng, (bool, float)):
+            raise TypeError("rng must be a numpy Generator or an int seed (shuffling is always seeded)")
+        else:
+            seed = rng
+        self.images = images                          # a reference: never copied
+        self.labels = labels if labels.dtype == np.int64 else labels.astype(np.int64)
+        self.batch_size = batch_size
+        self.drop_last = bool(drop_last)
+        self.shuffle = bool(shuffle)
+        self._rng = np.random.default_rng(seed)        # PCG64: its state is plain ints
+        self.epoch = 0
+        self._pos = 0                                  # samples of the permutation handed out
+        self._perm: np.ndarray | None = None           # None: the epoch's perm is not drawn yet
+        self._perm_state: dict | None = None           # generator state the perm was drawn from
+        self._generation = 0                           # invalidates stale `for` loops
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.images)
+
+    def __len__(self) -> int:
+        n, b = self.num_samples, self.batch_size
+        return n // b if self.drop_last else -(-n // b)
+
+    @property
+    def position(self) -> int:
+        """Batches already handed out in the current epoch."""
+        return -(-self._pos // self.batch_size)
+
+    def _start_epoch(self) -> None:
+        self._perm_state = copy.deepcopy(self._rng.bit_generator.state)
+        n = self.num_samples
+        self._perm = self._rng.permutation(n) if self.shuffle else np.arange(n)
+
+    def next_batch(self) -> tuple[np.ndarray, np.ndarray]:
+        """The next batch, starting a new epoch when the current one is done."""
+        if self._perm is None:
+            self._start_epoch()
+        n, b = self.num_samples, self.batch_size
+        lo = self._pos
+        hi = min(lo + b, n)
+        idx = self._perm[lo:hi]
+        x = to_float(self.images[idx])                 # gathers and converts this batch only
+        y = self.labels[idx]
+        self._pos = hi
+        if hi + (b if self.drop_last else 1) > n:      # no batch left in this epoch
+            self.epoch += 1
+            self._pos = 0
+            self._perm = None
+        return x, y
+
+    def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        self._generation += 1
+        return self._epoch_iter(self._generation, self.epoch)
+
+    def _epoch_iter(self, generation: int, epoch: int):
+        while self.epoch == epoch:
+            if generation != self._generation:
+                raise RuntimeError("this BatchIterator was restarted (iter() again or load_state_dict) "
+                                   "while an older loop over it was still running")
+            yield self.next_batch()
+
+    def state_dict(self) -> dict:
+        state = self._perm_state if self._perm is not None else self._rng.bit_generator.state
+        return {
+            "version": self.STATE_VERSION,
+            "epoch": self.epoch,
+            "position": self._pos,
+            "rng_state": copy.deepcopy(state),
+            "num_samples": self.num_samples,
+            "batch_size": self.batch_size,
+            "drop_last": self.drop_last,
+            "shuffle": self.shuffle,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        missing = {"epoch", "position", "rng_state", "num_samples", "batch_size", "drop_last",
+                   "shuffle"} - set(state)
+        if missing:
+            raise ValueError(f"BatchIterator state lacks {', '.join(sorted(missing))}")
+        if state.get("version", 1) != self.STATE_VERSION:
+            raise ValueError(f"BatchIterator state version {state.get('version')} is not supported")
+        for key in ("num_samples", "batch_size", "drop_last", "shuffle"):
+            if state[key] != getattr(self, key):
+                raise ValueError(f"BatchIterator state is for {key}={state[key]!r}, this iterator has "
+                                 f"{key}={getattr(self, key)!r}")
+        pos, epoch = int(state["position"]), int(state["epoch"])
+        last_start = self.num_samples - (self.batch_size if self.drop_last else 1)
+        if epoch < 0 or pos < 0 or pos > last_start or pos % self.batch_size:
+            raise ValueError(f"BatchIterator state has an impossible position {pos} (epoch {epoch})")
+        try:
+            self._rng.bit_generator.state = copy.deepcopy(state["rng_state"])
+        except (TypeError, ValueError, KeyError) as e:
+            raise ValueError(f"BatchIterator state has an unusable rng_state: {e}") from None
+        self.epoch, self._pos = epoch, pos
+        self._perm = self._perm_state = None           # redrawn from rng_state at the next batch
+        self._generation += 1
