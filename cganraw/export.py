@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 import cganraw
-from cganraw import checkpoint, cli, fileio, health, models
+from cganraw import checkpoint, cli, fileio, health, load, models
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +143,7 @@ def find_metrics(run_dir, explicit=None):
 def export(source, out, metrics_path=None, command=None, ema=True, require_metrics=False) -> dict:
     """Write G's weights and metadata from checkpoint/run `source` to `out` (.npz); returns meta."""
     ckpt = checkpoint.load(source)
-    G, meta = checkpoint.load_generator(ckpt["path"], ema=ema)
+    G, meta = load.load_generator(ckpt["path"], ema=ema)
     health.check(G.state_dict().items(), ckpt["path"], bound=health.PARAM_BOUND)
     if not G.conditional:
         raise ExportError(f"{ckpt['path']}: {meta.get('model')} is unconditional: it cannot write characters")

@@ -143,7 +143,7 @@ def parse_model_spec(spec: str) -> tuple[str, str]:
 def load_model(name: str, path) -> GlyphModel:
     """A GlyphModel from an exported generator file, a checkpoint or a run directory.
     Raises ModelLoadError naming the file when it is missing, corrupt or unfit."""
-    from cganraw import checkpoint, export  # noqa: PLC0415  (entry-point level modules)
+    from cganraw import export, load  # noqa: PLC0415  (entry-point level modules)
 
     path = Path(path)
     if not path.exists():
@@ -152,7 +152,7 @@ def load_model(name: str, path) -> GlyphModel:
         if path.is_file() and export.is_exported(path):
             G, meta = export.load_generator(path)
         else:
-            G, meta = checkpoint.load_generator(path, ema=True)
+            G, meta = load.load_generator(path, ema=True)
             meta = dict(meta, source=str(meta.get("path", path)))
         health.check(G.state_dict().items(), str(path), bound=health.PARAM_BOUND)
     except ModelLoadError:

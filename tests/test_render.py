@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cganraw import checkpoint, export, models, render, sample, write
+from cganraw import checkpoint, export, load, models, render, sample, write
 from tests.writing import BALANCED, LETTERS, make_run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -212,7 +212,7 @@ def test_missing_corrupt_and_unfit_model_files_are_named(tmp_path, runs):
         render.load_model("x", bad)
     nan_run = make_run(tmp_path / "nan", LETTERS)
     ck = checkpoint.load(nan_run)
-    G, D = checkpoint.build_models(ck)
+    G, D = load.build_models(ck)
     G.fc.weight.data[0, 0] = np.nan
     checkpoint.save(nan_run / "checkpoints" / "last.npz", G, D, meta=ck["meta"])
     with pytest.raises(render.ModelLoadError, match="non-finite"):
@@ -241,7 +241,7 @@ def test_export_round_trips_the_ema_generator_with_metadata(tmp_path, runs):
     assert export.main([str(run), "--out", str(out), "--training-command", "python -m cganraw.train --dataset emnist"]) == 0
     assert export.is_exported(out) and not export.is_exported(run / "checkpoints" / "last.npz")
     G, meta = export.load_generator(out)
-    G0, meta0 = checkpoint.load_generator(run, ema=True)
+    G0, meta0 = load.load_generator(run, ema=True)
     assert meta0["ema"] and meta["ema"]
     z = np.random.default_rng(0).standard_normal((5, 16), dtype=np.float32)
     lab = np.arange(5)
