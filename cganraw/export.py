@@ -33,7 +33,7 @@ import numpy as np
 import cganraw
 from cganraw import checkpoint, cli, fileio, health, load, models
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("cganraw.export")   # not __name__: that is __main__ under python -m
 
 FORMAT = "cganraw-generator"
 FORMAT_VERSION = 1
@@ -124,7 +124,12 @@ def training_command(cfg) -> str:
 
 
 def headline_metrics(res) -> dict:
-    return {k: res[k] for k in METRIC_KEYS if k in res}
+    """The METRIC_KEYS of an evaluate result, and which classifier scored them (not where
+    it lay on the machine that ran it)."""
+    out = {k: res[k] for k in METRIC_KEYS if k in res}
+    if isinstance(res.get("classifier"), dict):
+        out["classifier"] = {k: v for k, v in res["classifier"].items() if k != "path"}
+    return out
 
 
 def find_metrics(run_dir, explicit=None):

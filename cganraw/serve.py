@@ -31,7 +31,7 @@ from typing import Literal
 
 from cganraw import backend, cli, render
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("cganraw.serve")   # not __name__: that is __main__ under python -m
 
 MAX_BODY = 16 * 1024
 DEFAULT_QUEUE = 16

@@ -15,7 +15,7 @@ import sys
 
 from cganraw import backend, cli, fileio, render
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("cganraw.write")   # not __name__: that is __main__ under python -m
 
 
 def build_parser():

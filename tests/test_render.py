@@ -235,7 +235,8 @@ def test_model_specs_are_checked(runs):
 def test_export_round_trips_the_ema_generator_with_metadata(tmp_path, runs):
     run = runs["letters"]
     res = {"label_accuracy": 0.75, "fid": 12.5, "inception_score": 20.1, "cas": 0.5, "step": 7,
-           "confusion_matrix": [[1]], "checkpoint": "x"}
+           "confusion_matrix": [[1]], "checkpoint": "x",
+           "classifier": {"dataset": "emnist-letters", "test_accuracy": 0.93, "path": "/home/someone/c.npz"}}
     (run / "metrics.json").write_text(json.dumps(res))
     out = tmp_path / "letters.npz"
     assert export.main([str(run), "--out", str(out), "--training-command", "python -m cganraw.train --dataset emnist"]) == 0
@@ -251,6 +252,7 @@ def test_export_round_trips_the_ema_generator_with_metadata(tmp_path, runs):
     assert meta["config"] == {"model": "cgan-conv", "width": 8, "latent_dim": 16, "g_batchnorm": True}
     assert meta["training_command"] == "python -m cganraw.train --dataset emnist"
     assert meta["metrics"]["label_accuracy"] == 0.75 and "confusion_matrix" not in meta["metrics"]
+    assert meta["metrics"]["classifier"] == {"dataset": "emnist-letters", "test_accuracy": 0.93}
     with np.load(out) as z:
         assert not [k for k in z.files if k.startswith(("D.", "opt_"))]
     (run / "metrics.json").unlink()
