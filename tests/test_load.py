@@ -62,11 +62,12 @@ def running_server(*args, log_path=None):
             proc.wait(10)
 
 
-def requests_mix(n, seed_span=120):
-    """n render requests: digits phrases, both layouts, scales 1-2; a share repeat exactly."""
+def requests_mix(n):
+    """n different render requests (no two alike, so the cache cannot answer): digits
+    phrases of 1 to 19 characters, both layouts, scales 1-2, both styles."""
     out = []
     for i in range(n):
-        out.append({"text": PHRASES[i % len(PHRASES)], "seed": (i * 7) % seed_span,
+        out.append({"text": PHRASES[i % len(PHRASES)], "seed": 1000 + i,
                     "layout": "monospace" if i % 3 == 0 else "proportional", "scale": 1 + i % 2,
                     "style": "varied" if i % 5 == 0 else "same"})
     return out
@@ -97,6 +98,7 @@ def run_load(base, bodies, concurrency):
     lat = sorted(r[1] for r in results if r[0] == 200)
     pick = (lambda q: round(1000 * lat[min(len(lat) - 1, int(q * len(lat)))], 1)) if lat else (lambda q: None)
     summary = {"requests": len(bodies), "concurrency": concurrency, "statuses": dict(Counter(r[0] for r in results)),
+               "cache_hits": sum(r[2].get("x-cache") == "hit" for r in results),
                "p50_ms": pick(0.50), "p99_ms": pick(0.99), "req_per_s": round(len(bodies) / elapsed, 1),
                "seconds": round(elapsed, 2)}
     return results, summary
