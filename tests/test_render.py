@@ -258,6 +258,18 @@ def test_export_round_trips_the_ema_generator_with_metadata(tmp_path, runs):
     (run / "metrics.json").unlink()
 
 
+def test_an_exported_generator_keeps_its_cgan_conv_options(tmp_path):
+    G, _ = models.build("cgan-conv", 10, latent_dim=16, width=8, seed=2, g_norm="instance", progressive=True)
+    meta = {"format": export.FORMAT, "format_version": 1, "num_classes": 10, "class_names": list("0123456789"),
+            "config": {"model": "cgan-conv", "width": 8, "latent_dim": 16, "g_batchnorm": False,
+                       "g_norm": "instance", "progressive": True}}
+    arrays = {f"G.{k}": np.asarray(v) for k, v in G.state_dict().items()}
+    np.savez(tmp_path / "g.npz", meta=np.asarray(json.dumps(meta)), **arrays)
+    G2, _ = export.load_generator(tmp_path / "g.npz")
+    z = np.random.default_rng(1).standard_normal((3, 16), dtype=np.float32)
+    np.testing.assert_array_equal(models.generate(G2, np.arange(3), z=z), models.generate(G, np.arange(3), z=z))
+
+
 def test_export_rebuilds_the_training_command_and_refuses_stale_metrics(tmp_path, runs):
     run = make_run(tmp_path / "r", LETTERS, step=9)
     assert export.training_command({"dataset": "emnist-letters", "model": "cgan-mlp", "epochs": 20, "lr": 2e-4,
