@@ -121,8 +121,9 @@ def check_answers(results, bodies):
     for i in range(0, len(bodies), max(1, len(bodies) // 12)):
         if results[i][0] == 200:
             b = bodies[i]
-            assert results[i][3] == local.render_png(b["text"], seed=b["seed"], layout=b["layout"], scale=b["scale"],
-                                                     style=b["style"]), f"request {i} drew something else"
+            options = {k: b[k] for k in ("layout", "scale", "style", "ink") if k in b}
+            assert results[i][3] == local.render_png(b["text"], seed=b["seed"], **options), \
+                f"request {i} drew something else"
     return statuses
 
 
