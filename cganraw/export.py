@@ -105,7 +105,7 @@ def training_command(cfg) -> str:
     for key in ("command", "argv"):
         if cfg.get(key):
             return cfg[key] if isinstance(cfg[key], str) else shlex.join(cfg[key])
-    from cganraw import train  # noqa: PLC0415
+    from cganraw import train
 
     parser = train.build_parser()
     words = ["python", "-m", "cganraw.train"]
@@ -167,7 +167,7 @@ def export(source, out, metrics_path=None, command=None, ema=True, require_metri
     elif res.get("step") is not None and res["step"] != meta.get("step"):
         raise ExportError(f"{res_path} scores step {res['step']} but {ckpt['path']} is at step {meta.get('step')}: "
                           f"evaluate this checkpoint again")
-    from cganraw.render import char_classes  # noqa: PLC0415
+    from cganraw.render import char_classes
 
     names = list(meta.get("class_names") or [])
     doc = {"format": FORMAT, "format_version": FORMAT_VERSION, "dataset": meta.get("dataset"),
@@ -187,7 +187,7 @@ def export(source, out, metrics_path=None, command=None, ema=True, require_metri
 
 
 def build_parser():
-    p = argparse.ArgumentParser(prog="python -m cganraw.export",
+    p = cli.ArgumentParser(prog="python -m cganraw.export",
                                 description="Write a run's generator (G only, EMA weights) with its metadata.")
     p.add_argument("run", metavar="RUN", help="a run directory or a checkpoint .npz")
     p.add_argument("--out", required=True, help="output file (.npz)")

@@ -143,7 +143,7 @@ def parse_model_spec(spec: str) -> tuple[str, str]:
 def load_model(name: str, path) -> GlyphModel:
     """A GlyphModel from an exported generator file, a checkpoint or a run directory.
     Raises ModelLoadError naming the file when it is missing, corrupt or unfit."""
-    from cganraw import export, load  # noqa: PLC0415  (entry-point level modules)
+    from cganraw import export, load  # entry-point level modules
 
     path = Path(path)
     if not path.exists():

@@ -14,7 +14,6 @@ Retry-After, and each render has a time limit. Nothing is written to disk per re
 finished images are kept in a bounded in-memory cache. No CORS unless --cors ORIGIN.
 """
 
-import argparse
 import asyncio
 import collections
 import json
@@ -59,7 +58,7 @@ def threadsafe_kernels(workers: int) -> int:
     threading layer aborts the process when two threads launch parallel kernels at once,
     so pick a thread-safe layer (OpenMP or TBB) before the first launch; where none can
     be had, render on one thread."""
-    from cganraw.ops import _cpu  # noqa: PLC0415
+    from cganraw.ops import _cpu
 
     nb = _cpu.numba()
     if workers <= 1 or nb is None:
@@ -69,11 +68,11 @@ def threadsafe_kernels(workers: int) -> int:
     except ValueError:            # no parallel kernel has run yet: the layer can still be chosen
         layer = None
         try:
-            from numba.np.ufunc import parallel  # noqa: PLC0415
+            from numba.np.ufunc import parallel
             nb.config.THREADING_LAYER = "threadsafe"
             parallel._launch_threads()
             layer = nb.threading_layer()
-        except Exception as e:  # noqa: BLE001  (no OpenMP or TBB: fall back below)
+        except Exception as e:  # no OpenMP or TBB: fall back below
             nb.config.THREADING_LAYER = "default"
             log.debug("no thread-safe numba layer: %s", e)
     if layer in ("omp", "tbb"):
@@ -86,7 +85,7 @@ def threadsafe_kernels(workers: int) -> int:
 def single_threaded_kernels():
     """This thread's Numba kernels run on one thread: the pool already keeps every core
     busy, and nested thread teams on a shared machine only wait on each other."""
-    from cganraw.ops import _cpu  # noqa: PLC0415
+    from cganraw.ops import _cpu
 
     nb = _cpu.numba()
     if nb is not None:
@@ -97,7 +96,7 @@ def single_threaded_blas():
     """One BLAS thread per render thread, for the same reason; returns the limiter (keep
     it), or None where threadpoolctl is missing."""
     try:
-        from threadpoolctl import threadpool_limits  # noqa: PLC0415
+        from threadpoolctl import threadpool_limits
     except ImportError:
         log.warning("threadpoolctl is missing: each render's BLAS calls use every core")
         return None
@@ -247,9 +246,9 @@ class Guard:
 def create_app(renderer, *, workers=None, queue=DEFAULT_QUEUE, render_timeout=DEFAULT_TIMEOUT,
                cache_entries=DEFAULT_CACHE_ENTRIES, cache_bytes=DEFAULT_CACHE_BYTES, cors=(), max_body=MAX_BODY):
     """The FastAPI app around `renderer` (its models already loaded and checked)."""
-    from fastapi import FastAPI, Request  # noqa: PLC0415  (the .[serve] extra)
-    from fastapi.responses import JSONResponse, Response  # noqa: PLC0415
-    from pydantic import BaseModel, ConfigDict, Field  # noqa: PLC0415
+    from fastapi import FastAPI, Request  # the .[serve] extra
+    from fastapi.responses import JSONResponse, Response
+    from pydantic import BaseModel, ConfigDict, Field
 
     workers = threadsafe_kernels(default_workers() if workers is None else int(workers))
     pool = RenderPool(renderer, workers, queue)
@@ -340,7 +339,7 @@ def create_app(renderer, *, workers=None, queue=DEFAULT_QUEUE, render_timeout=DE
         app.add_api_route(route, page(route), methods=["GET"], include_in_schema=False)
 
     if cors:
-        from fastapi.middleware.cors import CORSMiddleware  # noqa: PLC0415
+        from fastapi.middleware.cors import CORSMiddleware
         app.add_middleware(CORSMiddleware, allow_origins=list(cors), allow_methods=["GET", "POST"],
                            allow_headers=["Content-Type"], expose_headers=["X-Seed"])
     app.add_middleware(Guard, limit=max_body)
@@ -353,8 +352,7 @@ def _render_png(renderer, key, deadline):
 
 
 def build_parser():
-    p = argparse.ArgumentParser(prog="python -m cganraw.serve", description=__doc__.split("\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = cli.ArgumentParser(prog="python -m cganraw.serve", description=__doc__.split("\n")[0])
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     p.add_argument("--port", type=cli.number(int, lambda v: 0 < v < 65536, "a port 1..65535"), default=8000)
     p.add_argument("--model", action="append", default=[], metavar="NAME=PATH",
@@ -376,8 +374,8 @@ def build_parser():
 def _main(args):
     cli.setup_logging(args)
     try:
-        import fastapi  # noqa: F401, PLC0415
-        import uvicorn  # noqa: PLC0415
+        import fastapi  # noqa: F401
+        import uvicorn
     except ImportError as e:
         raise cli.CLIError(f"{e.name} is missing: pip install 'cganraw[serve]'") from None
     if args.backend:

@@ -9,7 +9,6 @@ replaces the shipped one. Each character goes to the first model that writes it.
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 
@@ -19,13 +18,13 @@ log = logging.getLogger("cganraw.write")   # not __name__: that is __main__ unde
 
 
 def build_parser():
-    p = argparse.ArgumentParser(prog="python -m cganraw.write", description=__doc__.split("\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = cli.ArgumentParser(prog="python -m cganraw.write", description=__doc__.split("\n")[0])
     p.add_argument("text", help=f"the text: up to {render.MAX_CHARS} characters and {render.MAX_LINES} lines "
                                 "('\\n' in the text, or a real newline, starts a new line)")
     p.add_argument("--out", required=True, help="output .png")
     p.add_argument("--seed", type=cli.number(int, lambda v: 0 <= v <= render.MAX_SEED,
-                                             f"an integer in 0..{render.MAX_SEED}"), default=0)
+                                             f"an integer in 0..{render.MAX_SEED}"), default=0,
+                   help="fixes the hand: the same text, options and seed give the same bytes")
     p.add_argument("--style", choices=render.STYLES, default="same",
                    help="same: one hand per word; varied: a new hand per glyph")
     p.add_argument("--layout", choices=render.LAYOUTS, default="proportional",

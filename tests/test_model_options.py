@@ -248,12 +248,12 @@ TORCH_OPTIONS = [dict(g_norm="batch"), dict(g_norm="instance", d_norm="spectral"
 @pytest.mark.parametrize("opts", TORCH_OPTIONS, ids=_ids(TORCH_OPTIONS))
 def test_state_dicts_load_into_a_pytorch_port(opts, rng):
     torch = pytest.importorskip("torch")
-    from tests.torch_ports_options import build_torch_conv
+    from cganraw.interop import torch_models
     opts = dict(opts)
     growth = opts.pop("growth", None)
     G, D = _build(dict(opts, growth=growth) if growth else opts, width=6, seed=4)
     randomise(G, rng, 0.2), randomise(D, rng, 0.2)
-    tG, tD = build_torch_conv(torch, K, width=6, **opts)
+    tG, tD = torch_models("cgan-conv", K, width=6, **opts)
     for ours, theirs in ((G, tG), (D, tD)):
         sd = ours.state_dict()
         assert list(sd) == list(theirs.state_dict())

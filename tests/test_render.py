@@ -239,7 +239,8 @@ def test_export_round_trips_the_ema_generator_with_metadata(tmp_path, runs):
            "classifier": {"dataset": "emnist-letters", "test_accuracy": 0.93, "path": "/home/someone/c.npz"}}
     (run / "metrics.json").write_text(json.dumps(res))
     out = tmp_path / "letters.npz"
-    assert export.main([str(run), "--out", str(out), "--training-command", "python -m cganraw.train --dataset emnist"]) == 0
+    command = "python -m cganraw.train --dataset emnist"
+    assert export.main([str(run), "--out", str(out), "--training-command", command]) == 0
     assert export.is_exported(out) and not export.is_exported(run / "checkpoints" / "last.npz")
     G, meta = export.load_generator(out)
     G0, meta0 = load.load_generator(run, ema=True)
@@ -288,7 +289,8 @@ def test_export_cli_errors_are_one_line(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     for args in ([str(tmp_path / "none"), "--out", str(tmp_path / "x.npz")],
                  [str(tmp_path), "--out", str(tmp_path / "x.txt")]):
-        p = subprocess.run([sys.executable, "-m", "cganraw.export", *args], check=False, capture_output=True, text=True, env=env)
+        p = subprocess.run([sys.executable, "-m", "cganraw.export", *args], check=False, capture_output=True,
+                           text=True, env=env)
         assert p.returncode == 1 and p.stderr.startswith("error: ") and p.stderr.count("\n") == 1, p.stderr
 
 
@@ -327,7 +329,8 @@ def test_write_cli_errors(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(ROOT))
 
     def run(*args):
-        return subprocess.run([sys.executable, "-m", "cganraw.write", *args], check=False, capture_output=True, text=True, env=env)
+        return subprocess.run([sys.executable, "-m", "cganraw.write", *args], check=False, capture_output=True,
+                              text=True, env=env)
 
     p = run("Call 0800", "--out", str(tmp_path / "x.png"))      # no model writes letters by default
     assert p.returncode == 1 and p.stderr.count("\n") == 1 and "'C'" in p.stderr and "'a'" in p.stderr

@@ -341,8 +341,8 @@ def test_serve_defaults_to_localhost_8000():
 
 def _serve(*args):
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    return subprocess.run([sys.executable, "-m", "cganraw.serve", *args], check=False, capture_output=True, text=True, env=env,
-                          timeout=120)
+    return subprocess.run([sys.executable, "-m", "cganraw.serve", *args], check=False, capture_output=True, text=True,
+                          env=env, timeout=120)
 
 
 def test_a_missing_or_corrupt_model_stops_the_server_naming_the_file(tmp_path):
