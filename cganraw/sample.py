@@ -69,20 +69,16 @@ def check_labels(labels, num_classes):
 def labels_for_chars(chars, class_names):
     """Map each character to its class, case-insensitively where the dataset has only
     one case of a letter (EMNIST letters: 'a' and 'A' are the same class)."""
+    from cganraw.render import char_classes  # the one home of the folding rule
+
     if not chars:
         raise SampleError("--chars is empty: give at least one character")
-    exact = {name: i for i, name in enumerate(class_names)}
-    folded = {}
-    for i, name in enumerate(class_names):
-        folded.setdefault(name.upper(), i)
+    classes = char_classes(class_names)
     out = []
     for ch in chars:
-        if ch in exact:
-            out.append(exact[ch])
-        elif ch.upper() in folded:
-            out.append(folded[ch.upper()])
-        else:
+        if ch not in classes:
             raise SampleError(f"character {ch!r} is not in this model's alphabet: {''.join(class_names)}")
+        out.append(classes[ch])
     return out
 
 
