@@ -161,6 +161,7 @@ class Objective:
         args = self.trainer_args(values, seed)
         trial.set_user_attr("seed", seed)
         trial.set_user_attr("run_dir", run_name)
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         trial.set_user_attr("command", shlex.join(["python", "-m", "cganraw.train", *args]))
         if run_dir.exists() and any(run_dir.iterdir()):
             raise TrialError(self._fail(trial, f"{run_dir} is not empty (left by another study?)"))
