@@ -6,7 +6,7 @@ import logging
 import math
 import shutil
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from cganraw.cli import CLIError, check_output_dir, describe_error
@@ -42,7 +42,6 @@ class Settings:
     data_dir: str | None = None
     download: bool = True
     backend: str | None = None
-    extra: dict = field(default_factory=dict)
 
     def fingerprint(self):
         """What every command working on one study must agree on (kept in the study)."""
