@@ -4,7 +4,7 @@ data-gradient GEMMs and the dense layers'), in cganraw.ops.gemm's convention.
 Implementations side by side, one group per shape:
     numpy        cganraw.ops.gemm on the CPU (numpy.matmul, i.e. the BLAS NumPy links)
     cuda:cublas  cupy.matmul
-    cuda:v1..v3  the hand-written SGEMM kernels, cganraw.ops.gemm.sgemm_kernel(..., version=N)
+    cuda:v1..v3  the hand-written SGEMM kernels, cganraw.ops.gemm.gemm_cuda(..., version=N)
 
     pytest bench/bench_gemm.py --benchmark-enable --benchmark-only
 """
@@ -36,9 +36,9 @@ def _impl_fn(impl, a, b, ta, tb):
     if impl == "cuda:cublas":
         opa, opb = (a.T if ta else a), (b.T if tb else b)
         return lambda: cp.matmul(opa, opb)
-    kernel = getattr(gm, "sgemm_kernel", None)
+    kernel = getattr(gm, "gemm_cuda", None)
     if kernel is None:
-        pytest.skip("cganraw.ops.gemm.sgemm_kernel (the hand-written SGEMM launcher) does not exist yet")
+        pytest.skip("cganraw.ops.gemm.gemm_cuda (the hand-written SGEMM launcher) does not exist yet")
     version = int(impl.split(":v")[1])
     return lambda: kernel(a, b, trans_a=ta, trans_b=tb, version=version)
 

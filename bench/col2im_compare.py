@@ -1,4 +1,4 @@
-"""col2im scatter (kernel1, atomicAdd) against gather (kernel2): memory traffic on paper and
+"""col2im scatter (col2im_v1, atomicAdd) against gather (col2im_v2): memory traffic on paper and
 time in the CUDA emulator (or on a GPU with --backend cuda), on the conv cGAN's layers.
 
     python bench/col2im_compare.py [--batch 3 16] [--width 128] [--backend emu|cuda] [--repeat 5]
@@ -20,7 +20,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cganraw import backend  # noqa: E402
-from cganraw.ops.conv import col2im_kernel, conv_output_size  # noqa: E402
+from cganraw.ops.conv import col2im_cuda, conv_output_size  # noqa: E402
 
 
 def layers(batch, width):
@@ -77,10 +77,10 @@ def main(argv=None) -> int:
             atomics = in_bounds_taps(shape, k, s, p, ho, wo)
             v1_words = ncols + nx + 2 * atomics        # read cols, memset x, RMW per atomic
             v2_words = atomics + nx                    # read the in-bounds cols, write x once
-            t1 = bench(lambda: col2im_kernel(cols, shape, k, s, p, out_hw, version=1), args.repeat, sync)
-            t2 = bench(lambda: col2im_kernel(cols, shape, k, s, p, out_hw, version=2), args.repeat, sync)
-            diff = float(abs(backend.asnumpy(col2im_kernel(cols, shape, k, s, p, out_hw, version=1))
-                             - backend.asnumpy(col2im_kernel(cols, shape, k, s, p, out_hw, version=2))).max())
+            t1 = bench(lambda: col2im_cuda(cols, shape, k, s, p, out_hw, version=1), args.repeat, sync)
+            t2 = bench(lambda: col2im_cuda(cols, shape, k, s, p, out_hw, version=2), args.repeat, sync)
+            diff = float(abs(backend.asnumpy(col2im_cuda(cols, shape, k, s, p, out_hw, version=1))
+                             - backend.asnumpy(col2im_cuda(cols, shape, k, s, p, out_hw, version=2))).max())
             print(f"{name:<24} {batch:>3} {ncols:>9} {nx:>8} {atomics:>9} {v1_words:>9} {v2_words:>9} "
                   f"{t1 * 1e3:>8.2f} {t2 * 1e3:>8.2f} {t1 / t2:>6.1f} {diff:>9.2e}")
     return 0

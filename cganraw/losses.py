@@ -1,4 +1,6 @@
-"""Losses as (loss, dlogits) pairs: the value and the gradient of the mean loss."""
+"""Losses as (loss, dlogits) pairs: the value and the gradient of the mean loss.
+
+Ops: bce_with_logits (cganraw.ops.bce), softmax_cross_entropy (cganraw.ops.cross_entropy)."""
 from __future__ import annotations
 
 from cganraw import backend

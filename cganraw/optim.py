@@ -1,5 +1,7 @@
 """Adam, bias-corrected, with PyTorch's defaults swapped for the GAN literature's
-betas (0.5, 0.999). Its state (m, v, t) round-trips through state_dict."""
+betas (0.5, 0.999). Its state (m, v, t) round-trips through state_dict.
+
+Op: adam_update (cganraw.ops.adam)."""
 from __future__ import annotations
 
 import numpy as np

@@ -1,21 +1,22 @@
-// Elementwise activations, forward and backward, for cganraw.ops.activation.
+// Elementwise activations, forward and backward: the ops leaky_relu, relu, tanh and
+// sigmoid of cganraw.ops.activation (launchers <op>_forward_cuda / <op>_backward_cuda).
 //
-// Kernels (each in two versions):
-//   leaky_relu_forward_kernel1/2   y = x > 0 ? x : slope * x
-//   leaky_relu_backward_kernel1/2  dx = x > 0 ? dy : slope * dy        (cache: x)
-//   relu_forward_kernel1/2         y = max(x, 0)
-//   relu_backward_kernel1/2        dx = x > 0 ? dy : 0                 (cache: x)
-//   tanh_forward_kernel1/2         y = tanh(x)
-//   tanh_backward_kernel1/2        dx = dy * (1 - y^2)                 (cache: y)
-//   sigmoid_forward_kernel1/2      y = 1 / (1 + e^-x), stable form
-//   sigmoid_backward_kernel1/2     dx = dy * y * (1 - y)               (cache: y)
+// Kernels (each in two versions, _v1 and _v2):
+//   leaky_relu_forward_v1/v2   y = x > 0 ? x : slope * x
+//   leaky_relu_backward_v1/v2  dx = x > 0 ? dy : slope * dy        (cache: x)
+//   relu_forward_v1/v2         y = max(x, 0)
+//   relu_backward_v1/v2        dx = x > 0 ? dy : 0                 (cache: x)
+//   tanh_forward_v1/v2         y = tanh(x)
+//   tanh_backward_v1/v2        dx = dy * (1 - y^2)                 (cache: y)
+//   sigmoid_forward_v1/v2      y = 1 / (1 + e^-x), stable form
+//   sigmoid_backward_v1/v2     dx = dy * y * (1 - y)               (cache: y)
 //
 // Versions:
-//   kernel1  naive: one element per thread, grid = ceil(n / block).
-//   kernel2  grid-stride with a bounded grid; when every pointer is 16-byte aligned the
-//            body moves float4s (one 128-bit load per operand), then a scalar tail covers
-//            the n % 4 last elements. A misaligned pointer (a view into the middle of an
-//            array) falls back to the scalar grid-stride loop, so any n and any offset work.
+//   v1  naive: one element per thread, grid = ceil(n / block).
+//   v2  adds a grid-stride loop over a bounded grid; when every pointer is 16-byte aligned
+//       the body moves float4s (one 128-bit load per operand), then a scalar tail covers
+//       the n % 4 last elements. A misaligned pointer (a view into the middle of an
+//       array) falls back to the scalar grid-stride loop, so any n and any offset work.
 //
 // All arrays are float32, contiguous, of n elements (any shape flattened). Inputs and
 // outputs may not overlap except exactly (y == x is fine: each element is read once,
@@ -126,89 +127,89 @@ __device__ __forceinline__ void map2_v2(float* out, const float* a, const float*
 
 // ---------------------------------------------------------------- leaky ReLU
 // x, y: (n,)
-extern "C" __global__ void leaky_relu_forward_kernel1(float* y, const float* x, float slope, int n)
+extern "C" __global__ void leaky_relu_forward_v1(float* y, const float* x, float slope, int n)
 {
     map1_v1(y, x, LeakyRelu{slope}, n);
 }
 
-extern "C" __global__ void leaky_relu_forward_kernel2(float* y, const float* x, float slope, int n)
+extern "C" __global__ void leaky_relu_forward_v2(float* y, const float* x, float slope, int n)
 {
     map1_v2(y, x, LeakyRelu{slope}, n);
 }
 
 // dy, x, dx: (n,); x is the forward input
-extern "C" __global__ void leaky_relu_backward_kernel1(float* dx, const float* dy, const float* x, float slope, int n)
+extern "C" __global__ void leaky_relu_backward_v1(float* dx, const float* dy, const float* x, float slope, int n)
 {
     map2_v1(dx, dy, x, LeakyReluGrad{slope}, n);
 }
 
-extern "C" __global__ void leaky_relu_backward_kernel2(float* dx, const float* dy, const float* x, float slope, int n)
+extern "C" __global__ void leaky_relu_backward_v2(float* dx, const float* dy, const float* x, float slope, int n)
 {
     map2_v2(dx, dy, x, LeakyReluGrad{slope}, n);
 }
 
 // ---------------------------------------------------------------- ReLU
-extern "C" __global__ void relu_forward_kernel1(float* y, const float* x, int n)
+extern "C" __global__ void relu_forward_v1(float* y, const float* x, int n)
 {
     map1_v1(y, x, Relu{}, n);
 }
 
-extern "C" __global__ void relu_forward_kernel2(float* y, const float* x, int n)
+extern "C" __global__ void relu_forward_v2(float* y, const float* x, int n)
 {
     map1_v2(y, x, Relu{}, n);
 }
 
 // dy, x, dx: (n,); x is the forward input
-extern "C" __global__ void relu_backward_kernel1(float* dx, const float* dy, const float* x, int n)
+extern "C" __global__ void relu_backward_v1(float* dx, const float* dy, const float* x, int n)
 {
     map2_v1(dx, dy, x, ReluGrad{}, n);
 }
 
-extern "C" __global__ void relu_backward_kernel2(float* dx, const float* dy, const float* x, int n)
+extern "C" __global__ void relu_backward_v2(float* dx, const float* dy, const float* x, int n)
 {
     map2_v2(dx, dy, x, ReluGrad{}, n);
 }
 
 // ---------------------------------------------------------------- tanh
-extern "C" __global__ void tanh_forward_kernel1(float* y, const float* x, int n)
+extern "C" __global__ void tanh_forward_v1(float* y, const float* x, int n)
 {
     map1_v1(y, x, Tanh{}, n);
 }
 
-extern "C" __global__ void tanh_forward_kernel2(float* y, const float* x, int n)
+extern "C" __global__ void tanh_forward_v2(float* y, const float* x, int n)
 {
     map1_v2(y, x, Tanh{}, n);
 }
 
 // dy, y, dx: (n,); y is the forward output
-extern "C" __global__ void tanh_backward_kernel1(float* dx, const float* dy, const float* y, int n)
+extern "C" __global__ void tanh_backward_v1(float* dx, const float* dy, const float* y, int n)
 {
     map2_v1(dx, dy, y, TanhGrad{}, n);
 }
 
-extern "C" __global__ void tanh_backward_kernel2(float* dx, const float* dy, const float* y, int n)
+extern "C" __global__ void tanh_backward_v2(float* dx, const float* dy, const float* y, int n)
 {
     map2_v2(dx, dy, y, TanhGrad{}, n);
 }
 
 // ---------------------------------------------------------------- sigmoid
-extern "C" __global__ void sigmoid_forward_kernel1(float* y, const float* x, int n)
+extern "C" __global__ void sigmoid_forward_v1(float* y, const float* x, int n)
 {
     map1_v1(y, x, Sigmoid{}, n);
 }
 
-extern "C" __global__ void sigmoid_forward_kernel2(float* y, const float* x, int n)
+extern "C" __global__ void sigmoid_forward_v2(float* y, const float* x, int n)
 {
     map1_v2(y, x, Sigmoid{}, n);
 }
 
 // dy, y, dx: (n,); y is the forward output
-extern "C" __global__ void sigmoid_backward_kernel1(float* dx, const float* dy, const float* y, int n)
+extern "C" __global__ void sigmoid_backward_v1(float* dx, const float* dy, const float* y, int n)
 {
     map2_v1(dx, dy, y, SigmoidGrad{}, n);
 }
 
-extern "C" __global__ void sigmoid_backward_kernel2(float* dx, const float* dy, const float* y, int n)
+extern "C" __global__ void sigmoid_backward_v2(float* dx, const float* dy, const float* y, int n)
 {
     map2_v2(dx, dy, y, SigmoidGrad{}, n);
 }

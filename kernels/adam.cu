@@ -1,4 +1,5 @@
-// Fused, bias-corrected Adam step in place, for cganraw.ops.adam (PyTorch's arithmetic):
+// Fused, bias-corrected Adam step in place: the op adam_update of cganraw.ops.adam
+// (launcher adam_update_cuda), PyTorch's arithmetic:
 //
 //   g = g + weight_decay * p                  (only when weight_decay != 0)
 //   m = beta1 m + (1 - beta1) g
@@ -12,8 +13,8 @@
 // GPU, a difference of an ulp or so).
 //
 // Kernels:
-//   adam_update_kernel1  naive: one element per thread.
-//   adam_update_kernel2  grid-stride with a bounded grid.
+//   adam_update_v1  naive: one element per thread.
+//   adam_update_v2  adds a grid-stride loop over a bounded grid.
 // One pass reads p, g, m, v and writes p, m, v: 7 floats of traffic per parameter, where
 // the unfused NumPy chain makes a temporary per operation.
 //
@@ -35,7 +36,7 @@ __device__ __forceinline__ void adam_element(float* p, float* m, float* v, const
     p[i] = pi - step_size * (mi / denom);
 }
 
-extern "C" __global__ void adam_update_kernel1(float* p, float* m, float* v, const float* g,
+extern "C" __global__ void adam_update_v1(float* p, float* m, float* v, const float* g,
                                                float beta1, float beta2, float one_minus_beta1,
                                                float one_minus_beta2, float step_size,
                                                float bias_correction2_sqrt, float eps, float weight_decay, int n)
@@ -46,7 +47,7 @@ extern "C" __global__ void adam_update_kernel1(float* p, float* m, float* v, con
                      bias_correction2_sqrt, eps, weight_decay);
 }
 
-extern "C" __global__ void adam_update_kernel2(float* p, float* m, float* v, const float* g,
+extern "C" __global__ void adam_update_v2(float* p, float* m, float* v, const float* g,
                                                float beta1, float beta2, float one_minus_beta1,
                                                float one_minus_beta2, float step_size,
                                                float bias_correction2_sqrt, float eps, float weight_decay, int n)

@@ -1,17 +1,20 @@
-// Batch normalisation over axis 1 of (N, C) or (N, C, H, W), for cganraw.ops.batchnorm.
+// Batch normalisation over axis 1 of (N, C) or (N, C, H, W): the ops batchnorm_forward,
+// batchnorm_backward and batchnorm_running_update of cganraw.ops.batchnorm (launchers
+// <op>_cuda).
 //
 // Kernels:
-//   batchnorm_stats_kernel1/2           training: per-channel mean and biased variance
-//                                       (two passes: mean, then mean of squared deviations),
-//                                       written as mean, invstd = 1/sqrt(var + eps) and the
-//                                       unbiased variance var * count/(count - 1) that the
-//                                       running statistics take (as PyTorch does)
-//   batchnorm_invstd_kernel1            eval: invstd = 1/sqrt(running_var + eps)
-//   batchnorm_forward_kernel1/2         xhat = (x - mean) * invstd;  y = xhat * gamma + beta
-//   batchnorm_backward_kernel1/2        dbeta = sum dy, dgamma = sum dy * xhat, and
-//                                       training: dx = (dy - xhat * dgamma/count - dbeta/count) * gamma * invstd
-//                                       eval:     dx = dy * gamma * invstd
-//   batchnorm_running_update_kernel1    r = (1 - momentum) r + momentum * batch statistic, in place
+//   batchnorm_forward_stats_v1/v2   training, first pass: per-channel mean and biased
+//                                   variance (two passes over x: mean, then mean of
+//                                   squared deviations), written as mean, invstd =
+//                                   1/sqrt(var + eps) and the unbiased variance
+//                                   var * count/(count - 1) that the running statistics
+//                                   take (as PyTorch does)
+//   batchnorm_forward_invstd_v1     eval, first pass: invstd = 1/sqrt(running_var + eps)
+//   batchnorm_forward_v1/v2         xhat = (x - mean) * invstd;  y = xhat * gamma + beta
+//   batchnorm_backward_v1/v2        dbeta = sum dy, dgamma = sum dy * xhat, and
+//                                   training: dx = (dy - xhat * dgamma/count - dbeta/count) * gamma * invstd
+//                                   eval:     dx = dy * gamma * invstd
+//   batchnorm_running_update_v1     r = (1 - momentum) r + momentum * batch statistic, in place
 //
 // Shapes: x, y, xhat, dy, dx (N, C, HW) contiguous, HW = H*W (1 for (N, C));
 // gamma, beta, mean, invstd, var, dgamma, dbeta (C,); count = N*HW values per channel.
@@ -19,16 +22,16 @@
 // order), so the emulator (no FMA contraction) agrees with NumPy to summation order.
 //
 // Versions:
-//   *_kernel1  naive: one thread per channel (reductions, looping over its N*HW values in
-//              order) or one thread per element (forward). Fine for (N, C) inputs, where the
-//              channels alone give the parallelism; a few hundred threads for conv maps.
-//   *_kernel2  reductions: one block per channel (block-striding over channels), the
-//              threads sweep the channel's values row by row (coalesced), then a block
-//              reduction (warp shuffles, a partial per warp in shared memory, shuffles in
-//              warp 0) whose total is broadcast through shared memory for the next pass.
-//              blockDim.x must be a multiple of 32 (full-mask shuffles), at most 1024.
-//              forward: one block per (n, c) row, threads over its HW pixels, the channel's
-//              parameters read once per row.
+//   *_v1  naive: one thread per channel (reductions, looping over its N*HW values in
+//         order) or one thread per element (forward). Fine for (N, C) inputs, where the
+//         channels alone give the parallelism; a few hundred threads for conv maps.
+//   *_v2  adds block-level parallelism. Reductions: one block per channel (block-striding
+//         over channels), the threads sweep the channel's values row by row (coalesced),
+//         then a block reduction (warp shuffles, a partial per warp in shared memory,
+//         shuffles in warp 0) whose total is broadcast through shared memory for the next
+//         pass; blockDim.x must be a multiple of 32 (full-mask shuffles), at most 1024.
+//         Forward: one block per (n, c) row, threads over its HW pixels, the channel's
+//         parameters read once per row.
 
 // ---------------------------------------------------------------- reductions
 
@@ -43,7 +46,7 @@ __device__ __forceinline__ long long at(int n, int c, int p, int C, int HW)
 // ---------------------------------------------------------------- statistics (training)
 
 // x: (N, C, HW) -> mean, var_unbiased, invstd: (C,); unbias = count / max(count - 1, 1)
-extern "C" __global__ void batchnorm_stats_kernel1(float* mean, float* var_unbiased, float* invstd,
+extern "C" __global__ void batchnorm_forward_stats_v1(float* mean, float* var_unbiased, float* invstd,
                                                    const float* x, float eps, float unbias,
                                                    int N, int C, int HW)
 {
@@ -66,8 +69,8 @@ extern "C" __global__ void batchnorm_stats_kernel1(float* mean, float* var_unbia
     var_unbiased[c] = var * unbias;
 }
 
-// as kernel1, one block per channel; blockDim.x a multiple of 32
-extern "C" __global__ void batchnorm_stats_kernel2(float* mean, float* var_unbiased, float* invstd,
+// as v1, one block per channel; blockDim.x a multiple of 32
+extern "C" __global__ void batchnorm_forward_stats_v2(float* mean, float* var_unbiased, float* invstd,
                                                    const float* x, float eps, float unbias,
                                                    int N, int C, int HW)
 {
@@ -103,7 +106,7 @@ extern "C" __global__ void batchnorm_stats_kernel2(float* mean, float* var_unbia
 }
 
 // eval: var (C,) running variance -> invstd (C,)
-extern "C" __global__ void batchnorm_invstd_kernel1(float* invstd, const float* var, float eps, int C)
+extern "C" __global__ void batchnorm_forward_invstd_v1(float* invstd, const float* var, float eps, int C)
 {
     int c = blockIdx.x * blockDim.x + threadIdx.x;
     if (c < C) invstd[c] = 1.0f / sqrtf(var[c] + eps);
@@ -112,7 +115,7 @@ extern "C" __global__ void batchnorm_invstd_kernel1(float* invstd, const float* 
 // ---------------------------------------------------------------- normalise + affine
 
 // x: (N, C, HW) -> y, xhat: (N, C, HW); mean, invstd, gamma, beta: (C,); total = N*C*HW
-extern "C" __global__ void batchnorm_forward_kernel1(float* y, float* xhat, const float* x,
+extern "C" __global__ void batchnorm_forward_v1(float* y, float* xhat, const float* x,
                                                      const float* mean, const float* invstd,
                                                      const float* gamma, const float* beta,
                                                      int C, int HW, int total)
@@ -125,8 +128,8 @@ extern "C" __global__ void batchnorm_forward_kernel1(float* y, float* xhat, cons
     y[i] = h * gamma[c] + beta[c];
 }
 
-// as kernel1, one block per (n, c) row, block-striding over the rows = N*C rows
-extern "C" __global__ void batchnorm_forward_kernel2(float* y, float* xhat, const float* x,
+// as v1, one block per (n, c) row, block-striding over the rows = N*C rows
+extern "C" __global__ void batchnorm_forward_v2(float* y, float* xhat, const float* x,
                                                      const float* mean, const float* invstd,
                                                      const float* gamma, const float* beta,
                                                      int rows, int C, int HW)
@@ -147,7 +150,7 @@ extern "C" __global__ void batchnorm_forward_kernel2(float* y, float* xhat, cons
 
 // dy, xhat: (N, C, HW) -> dx: (N, C, HW), dgamma, dbeta: (C,) overwritten.
 // gamma, invstd: (C,) from the forward; training: 1 when the forward used batch statistics.
-extern "C" __global__ void batchnorm_backward_kernel1(float* dx, float* dgamma, float* dbeta,
+extern "C" __global__ void batchnorm_backward_v1(float* dx, float* dgamma, float* dbeta,
                                                       const float* dy, const float* xhat,
                                                       const float* gamma, const float* invstd,
                                                       int training, int N, int C, int HW)
@@ -174,8 +177,8 @@ extern "C" __global__ void batchnorm_backward_kernel1(float* dx, float* dgamma, 
         }
 }
 
-// as kernel1, one block per channel; blockDim.x a multiple of 32
-extern "C" __global__ void batchnorm_backward_kernel2(float* dx, float* dgamma, float* dbeta,
+// as v1, one block per channel; blockDim.x a multiple of 32
+extern "C" __global__ void batchnorm_backward_v2(float* dx, float* dgamma, float* dbeta,
                                                       const float* dy, const float* xhat,
                                                       const float* gamma, const float* invstd,
                                                       int training, int N, int C, int HW)
@@ -217,7 +220,7 @@ extern "C" __global__ void batchnorm_backward_kernel2(float* dx, float* dgamma, 
 
 // running_mean, running_var: (C,) in place; mean, var_unbiased: (C,) of this batch.
 // keep = 1 - momentum, rounded to float on the host as the reference does.
-extern "C" __global__ void batchnorm_running_update_kernel1(float* running_mean, float* running_var,
+extern "C" __global__ void batchnorm_running_update_v1(float* running_mean, float* running_var,
                                                             const float* mean, const float* var_unbiased,
                                                             float keep, float momentum, int C)
 {

@@ -1,4 +1,5 @@
-// Binary cross-entropy on logits with a mean reduction, for cganraw.ops.bce.
+// Binary cross-entropy on logits with a mean reduction: the op bce_with_logits of
+// cganraw.ops.bce (launchers bce_with_logits_forward_cuda, bce_with_logits_backward_cuda).
 //
 //   l(x, t) = max(x, 0) - x t + log1p(exp(-|x|))       loss = mean over all n elements
 //   dloss/dx = (sigmoid(x) - t) * dloss / n
@@ -6,16 +7,17 @@
 // losses and gradients. Targets may be soft (label smoothing).
 //
 // Kernels:
-//   bce_forward_kernel1         naive: one thread per element, each atomically adds its
-//                               term / n into the zeroed loss (n atomics on one address,
-//                               in no fixed order)
-//   bce_forward_kernel2         grid-stride with a bounded grid; each block reduces its
-//                               terms (warp shuffles, shared memory) to one partial sum,
-//   bce_forward_reduce_kernel2  then one block sums the partials in a fixed order and
-//                               divides by n. Two passes and no atomics: the loss is
-//                               bit-reproducible run to run.
-//   bce_backward_kernel1/2      dx = (sigmoid(x) - t) * scale, scale = dloss / n from the
-//                               host; 1 one element per thread, 2 grid-stride.
+//   bce_with_logits_forward_v1         naive: one thread per element, each atomically adds
+//                                      its term / n into the zeroed loss (n atomics on one
+//                                      address, in no fixed order)
+//   bce_with_logits_forward_v2         adds a block reduction: grid-stride with a bounded
+//                                      grid; each block reduces its terms (warp shuffles,
+//                                      shared memory) to one partial sum,
+//   bce_with_logits_forward_reduce_v2  then one block sums the partials in a fixed order
+//                                      and divides by n. Two passes and no atomics: the
+//                                      loss is bit-reproducible run to run.
+//   bce_with_logits_backward_v1/v2     dx = (sigmoid(x) - t) * scale, scale = dloss / n from
+//                                      the host; v1 one element per thread, v2 grid-stride.
 // Block reductions need blockDim.x a multiple of 32 (full-mask shuffles), at most 1024.
 //
 // Shapes: x, t, dx (n,) contiguous (any shape flattened); loss (1,); partials (gridDim.x,).
@@ -39,14 +41,14 @@ __device__ __forceinline__ float stable_sigmoid(float x)
 // ---------------------------------------------------------------- forward
 
 // x, t: (n,) -> loss: (1,), zeroed by the caller; inv_n = 1/n
-extern "C" __global__ void bce_forward_kernel1(float* loss, const float* x, const float* t, float inv_n, int n)
+extern "C" __global__ void bce_with_logits_forward_v1(float* loss, const float* x, const float* t, float inv_n, int n)
 {
     int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) atomicAdd(loss, bce_term(x[i], t[i]) * inv_n);
 }
 
 // x, t: (n,) -> block_sums: (gridDim.x,), one partial sum per block
-extern "C" __global__ void bce_forward_kernel2(float* block_sums, const float* x, const float* t, int n)
+extern "C" __global__ void bce_with_logits_forward_v2(float* block_sums, const float* x, const float* t, int n)
 {
     __shared__ float partials[32];
     float sum = 0.0f;
@@ -57,7 +59,7 @@ extern "C" __global__ void bce_forward_kernel2(float* block_sums, const float* x
 }
 
 // block_sums: (num_blocks,) -> loss: (1,) = sum / n; launched as a single block
-extern "C" __global__ void bce_forward_reduce_kernel2(float* loss, const float* block_sums, int num_blocks, int n)
+extern "C" __global__ void bce_with_logits_forward_reduce_v2(float* loss, const float* block_sums, int num_blocks, int n)
 {
     __shared__ float partials[32];
     float sum = 0.0f;
@@ -69,13 +71,13 @@ extern "C" __global__ void bce_forward_reduce_kernel2(float* loss, const float* 
 // ---------------------------------------------------------------- backward
 
 // x, t: (n,) -> dx: (n,); scale = dloss / n
-extern "C" __global__ void bce_backward_kernel1(float* dx, const float* x, const float* t, float scale, int n)
+extern "C" __global__ void bce_with_logits_backward_v1(float* dx, const float* x, const float* t, float scale, int n)
 {
     int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) dx[i] = (stable_sigmoid(x[i]) - t[i]) * scale;
 }
 
-extern "C" __global__ void bce_backward_kernel2(float* dx, const float* x, const float* t, float scale, int n)
+extern "C" __global__ void bce_with_logits_backward_v2(float* dx, const float* x, const float* t, float scale, int n)
 {
     for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x)
         dx[i] = (stable_sigmoid(x[i]) - t[i]) * scale;

@@ -1,8 +1,9 @@
-// Inverted dropout with a given keep mask, for cganraw.ops.dropout.
+// Inverted dropout with a given keep mask: the op dropout of cganraw.ops.dropout
+// (launchers dropout_forward_cuda, dropout_backward_cuda).
 //
 // Kernels:
-//   dropout_forward_kernel1/2   y  = (x  * keep) * scale
-//   dropout_backward_kernel1/2  dx = (dy * keep) * scale
+//   dropout_forward_v1/v2   y  = (x  * keep) * scale
+//   dropout_backward_v1/v2  dx = (dy * keep) * scale
 // scale = 1 / (1 - p), computed on the host in float32 exactly as the NumPy op does.
 //
 // The mask is drawn on the CPU by the layer's own NumPy generator and uploaded as bytes
@@ -12,10 +13,10 @@
 // reference bit for bit, NaN and -0 included (a dropped NaN stays NaN, as in NumPy).
 //
 // Versions:
-//   kernel1  naive: one element per thread.
-//   kernel2  grid-stride with a bounded grid; float4 values and uchar4 mask bytes when the
-//            pointers are 16- and 4-byte aligned, then a scalar tail for the n % 4 rest;
-//            a misaligned pointer (a view into an array) takes the scalar loop throughout.
+//   v1  naive: one element per thread.
+//   v2  adds a grid-stride loop over a bounded grid; float4 values and uchar4 mask bytes
+//       when the pointers are 16- and 4-byte aligned, then a scalar tail for the n % 4
+//       rest; a misaligned pointer (a view into an array) takes the scalar loop throughout.
 //
 // in, keep, out: (n,) contiguous; in == out is allowed (each element read before written).
 
@@ -59,23 +60,23 @@ __device__ __forceinline__ void dropout_v2(float* out, const float* in, const un
 }
 
 // x, keep, y: (n,)
-extern "C" __global__ void dropout_forward_kernel1(float* y, const float* x, const unsigned char* keep, float scale, int n)
+extern "C" __global__ void dropout_forward_v1(float* y, const float* x, const unsigned char* keep, float scale, int n)
 {
     dropout_v1(y, x, keep, scale, n);
 }
 
-extern "C" __global__ void dropout_forward_kernel2(float* y, const float* x, const unsigned char* keep, float scale, int n)
+extern "C" __global__ void dropout_forward_v2(float* y, const float* x, const unsigned char* keep, float scale, int n)
 {
     dropout_v2(y, x, keep, scale, n);
 }
 
 // dy, keep, dx: (n,); keep is the forward's mask (the gradient flows where the value did)
-extern "C" __global__ void dropout_backward_kernel1(float* dx, const float* dy, const unsigned char* keep, float scale, int n)
+extern "C" __global__ void dropout_backward_v1(float* dx, const float* dy, const unsigned char* keep, float scale, int n)
 {
     dropout_v1(dx, dy, keep, scale, n);
 }
 
-extern "C" __global__ void dropout_backward_kernel2(float* dx, const float* dy, const unsigned char* keep, float scale, int n)
+extern "C" __global__ void dropout_backward_v2(float* dx, const float* dy, const unsigned char* keep, float scale, int n)
 {
     dropout_v2(dx, dy, keep, scale, n);
 }

@@ -1,9 +1,10 @@
-// Embedding lookup and its weight gradient, for cganraw.ops.embedding.
+// Embedding lookup and its weight gradient: the op embedding of cganraw.ops.embedding
+// (launchers embedding_forward_cuda, embedding_backward_cuda).
 //
-// Kernels:
-//   embedding_forward_kernel1   gather:      y[n, d] = W[idx[n], d]
-//   embedding_backward_kernel1  scatter-add: dW[idx[n], d] += dy[n, d]   (atomicAdd: repeated
-//                               labels in a batch add into the same row from many threads)
+// Kernels (one version each):
+//   embedding_forward_v1   gather:      y[n, d] = W[idx[n], d]
+//   embedding_backward_v1  scatter-add: dW[idx[n], d] += dy[n, d]   (atomicAdd: repeated
+//                          labels in a batch add into the same row from many threads)
 //
 // Shapes: idx (N,) int32, W and dW (K, D), y and dy (N, D), all contiguous.
 // Labels: the layers hold int64 labels; the launcher checks their range on the host and
@@ -18,7 +19,7 @@
 // warp reads (forward) or updates (backward) a contiguous stretch of a row of W.
 
 // idx: (N,), W: (K, D) -> y: (N, D)
-extern "C" __global__ void embedding_forward_kernel1(float* y, const int* idx, const float* W, int N, int K, int D)
+extern "C" __global__ void embedding_forward_v1(float* y, const int* idx, const float* W, int N, int K, int D)
 {
     int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= N * D) return;
@@ -29,7 +30,7 @@ extern "C" __global__ void embedding_forward_kernel1(float* y, const int* idx, c
 }
 
 // idx: (N,), dy: (N, D) -> dW: (K, D), zeroed by the caller
-extern "C" __global__ void embedding_backward_kernel1(float* dW, const int* idx, const float* dy, int N, int K, int D)
+extern "C" __global__ void embedding_backward_v1(float* dW, const int* idx, const float* dy, int N, int K, int D)
 {
     int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= N * D) return;

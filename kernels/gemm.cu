@@ -1,12 +1,14 @@
-// SGEMM: C = alpha * op(A) @ op(B) + beta * C in float32, all matrices row-major.
+// SGEMM: C = alpha * op(A) @ op(B) + beta * C in float32, all matrices row-major: the op
+// gemm of cganraw.ops.gemm (launcher gemm_cuda(..., version=v)), under Linear, Conv2d and
+// ConvTranspose2d.
 //
-// Kernels (one launcher each in cganraw/ops/gemm.py, `sgemm_kernel(..., version=v)`):
-//   sgemm_kernel1  naive: one thread per output element, K-loop from global memory.
-//   sgemm_kernel2  shared-memory tiling: 32x32 tiles of op(A) and op(B) staged through
-//                  shared memory by a 32x32 block, one output per thread.
-//   sgemm_kernel3  register blocking: a 64x64 tile of C per 256-thread block, each
-//                  thread accumulating a 4x4 sub-tile in registers from 64x16 / 16x64
-//                  shared tiles, so each shared value read feeds 4 multiply-adds.
+// Kernels:
+//   gemm_v1  naive: one thread per output element, K-loop from global memory.
+//   gemm_v2  adds shared-memory tiling: 32x32 tiles of op(A) and op(B) staged through
+//            shared memory by a 32x32 block, one output per thread.
+//   gemm_v3  adds register blocking: a 64x64 tile of C per 256-thread block, each thread
+//            accumulating a 4x4 sub-tile in registers from 64x16 / 16x64 shared tiles, so
+//            each shared value read feeds 4 multiply-adds.
 //
 // Common signature:
 //   A      op(A) is (M, K): stored (M, K) with row stride lda when trans_a == 0,
@@ -48,7 +50,7 @@ __device__ __forceinline__ void store_c(float* C, int ldc, int m, int n, float a
 // block (32, 8): threadIdx.x runs along n so that the C stores (and the B loads when B
 // is not transposed) of a warp are contiguous. Grid (ceil(N/32), ceil(M/8)) or fewer:
 // both axes grid-stride.
-extern "C" __global__ void sgemm_kernel1(const float* A, const float* B, float* C,
+extern "C" __global__ void gemm_v1(const float* A, const float* B, float* C,
                                          int M, int N, int K, int lda, int ldb, int ldc,
                                          int trans_a, int trans_b, float alpha, float beta)
 {
@@ -69,7 +71,7 @@ extern "C" __global__ void sgemm_kernel1(const float* A, const float* B, float* 
 // barriers are uniform. Threads outside C only load and hold the barriers.
 #define V2_TILE 32
 
-extern "C" __global__ void sgemm_kernel2(const float* A, const float* B, float* C,
+extern "C" __global__ void gemm_v2(const float* A, const float* B, float* C,
                                          int M, int N, int K, int lda, int ldb, int ldc,
                                          int trans_a, int trans_b, float alpha, float beta)
 {
@@ -130,7 +132,7 @@ extern "C" __global__ void sgemm_kernel2(const float* A, const float* B, float* 
 #define V3_THREADS 256
 #define V3_PAD 2
 
-extern "C" __global__ void sgemm_kernel3(const float* A, const float* B, float* C,
+extern "C" __global__ void gemm_v3(const float* A, const float* B, float* C,
                                          int M, int N, int K, int lda, int ldb, int ldc,
                                          int trans_a, int trans_b, float alpha, float beta)
 {

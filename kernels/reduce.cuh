@@ -1,6 +1,7 @@
-// reduce.cuh: block-wide reductions shared by the kernels that reduce over batch and
-// pixels (bias.cu, batchnorm.cu, bce.cu). Included by relative path: the emulator finds it
-// beside the .cu file, NVRTC through the -I<kernels dir> that cganraw.ops._launch passes.
+// reduce.cuh: block-wide reductions shared by the kernels that reduce over batch, pixels
+// or rows (bias.cu, batchnorm.cu, bce.cu, cross_entropy.cu). Included by relative path: the
+// emulator finds it beside the .cu file, NVRTC through the -I<kernels dir> that
+// cganraw.ops._launch passes.
 //
 //   warp_sum   sum over the 32 lanes of a warp (shuffles), total in lane 0
 //   block_sum  sum over the block (shuffles, shared partials, shuffles), total in thread 0

@@ -4,8 +4,8 @@ Its API mirrors CuPy's RawModule/RawKernel, so op launchers call the same code o
 a GPU (cupy) and here (numpy):
 
     mod = cuda_emu.RawModule(path="kernels/bias.cu")
-    fn = mod.get_function("bias_grad")
-    fn((blocks,), (256,), (dy, db, np.int32(n)), shared_mem=0)
+    fn = mod.get_function("bias_add_backward_v1")
+    fn((c,), (1,), (db, dy, np.int32(n), np.int32(c), np.int32(hw)), shared_mem=0)
 
 Kernels compile with g++ and cuda_emu.h force-included. Threads of a block run as
 fibers switching at __syncthreads and warp operations, in a selectable order

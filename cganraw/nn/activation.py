@@ -1,4 +1,7 @@
-"""Activation layers: LeakyReLU, ReLU, Tanh, Sigmoid (no parameters)."""
+"""Activation layers: LeakyReLU, ReLU, Tanh, Sigmoid (no parameters).
+
+Ops (cganraw.ops.activation): leaky_relu, relu, tanh, sigmoid, each as <op>_forward and
+<op>_backward."""
 from __future__ import annotations
 
 from cganraw import backend

@@ -1,6 +1,8 @@
 """BatchNorm1d (N, C) and BatchNorm2d (N, C, H, W), with PyTorch's defaults
 (eps 1e-5, momentum 0.1), parameter names and buffers
-(running_mean, running_var, num_batches_tracked)."""
+(running_mean, running_var, num_batches_tracked).
+
+Ops: batchnorm_forward, batchnorm_backward, batchnorm_running_update (cganraw.ops.batchnorm)."""
 from __future__ import annotations
 
 import numpy as np
@@ -9,7 +11,7 @@ from cganraw import backend
 from cganraw.nn import init
 from cganraw.nn._check import check_float_input, check_same_shape
 from cganraw.nn.module import Module, Parameter
-from cganraw.ops.batchnorm import batchnorm_backward, batchnorm_forward, running_stats_update
+from cganraw.ops.batchnorm import batchnorm_backward, batchnorm_forward, batchnorm_running_update
 
 
 class _BatchNorm(Module):
@@ -41,7 +43,7 @@ class _BatchNorm(Module):
                 raise ValueError(f"{type(self).__name__}: training needs more than one value per channel, "
                                  f"got input of shape {tuple(x.shape)}")
             y, cache, mean, var_unbiased = batchnorm_forward(x, self.weight.data, self.bias.data, eps=self.eps)
-            running_stats_update(self.running_mean, self.running_var, mean, var_unbiased, self.momentum)
+            batchnorm_running_update(self.running_mean, self.running_var, mean, var_unbiased, self.momentum)
             self.num_batches_tracked += 1
         else:
             y, cache, _, _ = batchnorm_forward(x, self.weight.data, self.bias.data,

@@ -1,6 +1,9 @@
 """Conv2d and ConvTranspose2d in torch.nn's layouts:
     Conv2d.weight          (out_channels, in_channels, k, k)
     ConvTranspose2d.weight (in_channels, out_channels, k, k)
+
+Ops (cganraw.ops.conv): conv2d_forward/_backward and conv_transpose2d_forward/_backward,
+built from im2col, col2im, gemm and bias_add (no convolution kernel of their own).
 """
 from __future__ import annotations
 

@@ -1,4 +1,6 @@
-"""Inverted dropout, its mask drawn from the layer's own seeded generator."""
+"""Inverted dropout, its mask drawn from the layer's own seeded generator.
+
+Ops: dropout_forward, dropout_backward (cganraw.ops.dropout)."""
 from __future__ import annotations
 
 import numpy as np

@@ -1,4 +1,6 @@
-"""Embedding: rows of weight (num_embeddings, embedding_dim) picked by integer labels."""
+"""Embedding: rows of weight (num_embeddings, embedding_dim) picked by integer labels.
+
+Ops: embedding_forward, embedding_backward (cganraw.ops.embedding)."""
 from __future__ import annotations
 
 import numpy as np

@@ -1,4 +1,7 @@
-"""Linear: y = x W^T + b, weight (out_features, in_features) as in torch.nn.Linear."""
+"""Linear: y = x W^T + b, weight (out_features, in_features) as in torch.nn.Linear.
+
+Ops: linear_forward, linear_backward (cganraw.ops.linear), which are gemm + bias_add:
+Linear has no kernel of its own."""
 from __future__ import annotations
 
 import numpy as np

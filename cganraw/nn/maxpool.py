@@ -1,5 +1,7 @@
 """MaxPool2d(kernel_size, stride=None) as torch.nn.MaxPool2d with padding 0, dilation 1
-and floor output size; the backward routes each gradient to its window's argmax."""
+and floor output size; the backward routes each gradient to its window's argmax.
+
+Ops: maxpool2d_forward, maxpool2d_backward (cganraw.ops.maxpool)."""
 from __future__ import annotations
 
 import numpy as np

@@ -1,18 +1,39 @@
 """Pure forward/backward functions, one module per op family.
 
 Every op is a pair `<op>_forward(...) -> (y, cache)` and `<op>_backward(dy, cache)`,
-except the in-place optimiser update. Each family has three faces found by its name:
-    kernels/<family>.cu       CUDA kernels (GPU, or the CPU emulator)
-    cganraw/ops/<family>.py   NumPy reference + dispatch
-    cganraw/nn/<family>.py    the layer holding parameters and the forward cache
+except the single-direction ops (adam_update, im2col, col2im, gemm,
+batchnorm_running_update). One grep on the op's name finds all of its faces:
+    kernels/<family>.cu       <op>_forward_v1, <op>_forward_v2, <op>_backward_v1, ...
+                              (the dispatch name plus the version; GPU or the CPU emulator)
+    cganraw/ops/<family>.py   <op>_forward_numpy (reference), <op>_forward_cuda(...,
+                              version=None) (launcher), <op>_forward (dispatch on backend)
+    cganraw/nn/<family>.py    the layer, whose docstring names its ops
+Launch helpers shared by every launcher live in cganraw.ops._launch.
+
+op                      kernels (kernels/)             layer / user
+leaky_relu, relu,       activation.cu                  nn.LeakyReLU, ReLU, Tanh, Sigmoid
+  tanh, sigmoid
+dropout                 dropout.cu                     nn.Dropout
+bias_add                bias.cu                        nn.Linear, Conv2d, ConvTranspose2d
+batchnorm               batchnorm.cu                   nn.BatchNorm1d, BatchNorm2d
+embedding               embedding.cu                   nn.Embedding
+maxpool2d               maxpool.cu                     nn.MaxPool2d
+gemm                    gemm.cu (or cuBLAS)            nn.Linear, Conv2d, ConvTranspose2d
+im2col, col2im          im2col.cu                      nn.Conv2d, ConvTranspose2d
+linear                  none: gemm + bias_add          nn.Linear
+conv2d,                 none: im2col/col2im + gemm     nn.Conv2d, ConvTranspose2d
+  conv_transpose2d        + bias_add
+bce_with_logits         bce.cu                         losses.bce_with_logits
+softmax_cross_entropy   cross_entropy.cu               losses.softmax_cross_entropy
+adam_update             adam.cu                        optim.Adam
 """
 from cganraw.ops.activation import (leaky_relu_backward, leaky_relu_forward, relu_backward,
                                     relu_forward, sigmoid_backward, sigmoid_forward,
                                     tanh_backward, tanh_forward)
 from cganraw.ops.adam import adam_update
-from cganraw.ops.batchnorm import batchnorm_backward, batchnorm_forward, running_stats_update
+from cganraw.ops.batchnorm import batchnorm_backward, batchnorm_forward, batchnorm_running_update
 from cganraw.ops.bce import bce_with_logits_backward, bce_with_logits_forward
-from cganraw.ops.bias import bias_add, bias_grad
+from cganraw.ops.bias import bias_add_backward, bias_add_forward
 from cganraw.ops.conv import (col2im, conv2d_backward, conv2d_forward, conv_output_size,
                               conv_transpose2d_backward, conv_transpose2d_forward,
                               conv_transpose_output_size, im2col)

@@ -1,10 +1,15 @@
 """Load kernels/<family>.cu once per process and launch its kernels, on a GPU through
-CuPy (backend "cuda") or on the CPU through cganraw.cuda_emu (backend "emu").
+CuPy (backend "cuda") or on the CPU through cganraw.cuda_emu (backend "emu"); and the
+helpers every op's GPU launcher (`<op>_forward_cuda`, ...) shares.
 
-Both expose CuPy's RawModule/RawKernel call: fn(grid, block, args, shared_mem=0).
+Both backends expose CuPy's RawModule/RawKernel call: fn(grid, block, args, shared_mem=0).
 Kernels take float32 pointers and int/float scalars, so every launcher passes arrays
 through `arg` (contiguous, exact dtype, else a TypeError: CuPy would not check) and
 scalars through `i32`/`f32`.
+
+Kernel names: the op's dispatch function plus the version, `<op>_forward_v1`,
+`<op>_backward_v2`, `adam_update_v2`; a kernel that is one pass of a multi-pass launch
+puts the pass before the version (`batchnorm_forward_stats_v2`).
 """
 from __future__ import annotations
 
@@ -108,3 +113,95 @@ def empty(shape, dtype=np.float32):
 
 def zeros(shape, dtype=np.float32):
     return backend.get_xp().zeros(shape, dtype=dtype)
+
+
+# ---------------------------------------------------------------- versions and sizes
+
+KERNEL_VERSIONS = (1, 2)
+# elementwise v2 kernels grid-stride over at most this many blocks: about 8 blocks of 256
+# threads per SM on a 132-SM H100, enough to fill it; more would only add scheduling
+ELEMENTWISE_MAX_BLOCKS = 1024
+# kernels index with int: keep n + (threads in the grid) below 2^31
+MAX_ELEMENTS = 2 ** 31 - 2 ** 20
+
+
+def check_version(op, version, versions=KERNEL_VERSIONS):
+    """version itself, or a ValueError naming the op and the versions it has."""
+    if version not in versions:
+        raise ValueError(f"{op}: kernel version must be one of {versions}, got {version!r}")
+    return version
+
+
+def pick_version(op, version, default, versions=KERNEL_VERSIONS):
+    """A launcher's `version=None` means its default (which may depend on the shape)."""
+    return check_version(op, default if version is None else version, versions)
+
+
+def element_count(n, op):
+    """n as the kernels' int argument, refusing sizes whose grid-stride index could overflow."""
+    if n > MAX_ELEMENTS:
+        raise ValueError(f"{op}: {n} elements exceed what the int-indexed kernels take ({MAX_ELEMENTS})")
+    return i32(n)
+
+
+def elementwise_launch(family, op, version, n, args):
+    """Launch `<op>_v<version>` of kernels/<family>.cu over n elements: version 1 one
+    thread per element, version 2 a bounded grid that grid-strides."""
+    check_version(op, version)
+    fn = function(family, f"{op}_v{version}")
+    grid, block = grid_for(n, max_blocks=ELEMENTWISE_MAX_BLOCKS if version == 2 else None)
+    fn(grid, block, args)
+
+
+def warp_block(count, max_block=256):
+    """Threads per block for a per-channel reduction over `count` values: whole warps
+    (the shuffles use full masks), no more than the work, at most max_block."""
+    return int(min(max_block, max(32, -(-int(count) // 32) * 32)))
+
+
+# ---------------------------------------------------------------- operands
+
+def split_channels(a, op, name):
+    """(N, C, HW) of an (N, C[, H, W]) array; HW = 1 for (N, C)."""
+    if a.ndim < 2:
+        raise ValueError(f"{op}: {name} must have shape (N, C[, H, W]), got {tuple(a.shape)}")
+    n, c = int(a.shape[0]), int(a.shape[1])
+    return n, c, (a.size // (n * c) if n * c else 0)
+
+
+def writable(a, op, name):
+    """An operand a kernel updates in place: `a` itself when it is a contiguous float32
+    array; for a strided float32 view, a contiguous copy to hand to `write_back` after."""
+    return arg(a, np.float32, f"{op}: {name}")
+
+
+def write_back(a, ac):
+    """Copy a kernel's in-place result `ac` into `a` when `writable` had to copy."""
+    if ac is not a:
+        a[...] = ac
+
+
+def labels_arg(indices, k, op):
+    """Integer labels (N,) in [0, k) as contiguous int32 for a kernel. The range is checked
+    on the host (unlike NumPy indexing, a negative label is an error, not a row from the
+    end); a batch of labels is tiny, so the copy is free, and the kernels index with int."""
+    if not backend.is_array(indices):
+        raise TypeError(f"{op}: indices must be an integer array, got {type(indices).__name__}")
+    if indices.dtype.kind not in "iu":
+        raise TypeError(f"{op}: indices must be integers, got {indices.dtype}")
+    if indices.ndim != 1:
+        raise ValueError(f"{op}: indices must have shape (N,), got {tuple(indices.shape)}")
+    if indices.size:
+        lo, hi = int(indices.min()), int(indices.max())
+        if lo < 0 or hi >= k:
+            raise ValueError(f"{op}: indices must lie in [0, {k}), got values from {lo} to {hi}")
+    return arg(indices.astype(np.int32, copy=False), np.int32, f"{op}: indices")
+
+
+def cached_labels_arg(indices, k, op):
+    """Labels from a forward's cache: the kernel forward's own int32 labels were range-checked
+    there, so no second host sync (and were one out of range, the kernels skip it, never
+    touching memory out of bounds); labels from the reference's cache are checked now."""
+    if backend.is_array(indices) and indices.dtype == np.int32:
+        return arg(indices, np.int32, f"{op}: indices")
+    return labels_arg(indices, k, op)

@@ -1,4 +1,8 @@
-"""Elementwise activations: leaky ReLU, ReLU, tanh, sigmoid.
+"""Elementwise activations: leaky ReLU, ReLU, tanh, sigmoid (layers in cganraw.nn.activation).
+
+Each op `foo` has four faces: `foo_forward_numpy`/`foo_backward_numpy` (the reference),
+`foo_forward_cuda`/`foo_backward_cuda` (kernels/activation.cu's `foo_forward_v1/v2`,
+`foo_backward_v1/v2`), and the dispatch `foo_forward`/`foo_backward`.
 
 Forward returns (y, cache); backward(dy, cache) returns dx. The cache is the array
 the derivative is cheapest from: x for the ReLUs, y for tanh and sigmoid.
@@ -86,31 +90,9 @@ def _flat_numpy(*arrays):
 # ---------------------------------------------------------------- CUDA kernels (kernels/activation.cu)
 # Launchers for the "cuda" and "emu" backends. Each returns exactly what its NumPy
 # reference returns: forward (y, cache) with the same cache (the contiguous x for the
-# ReLUs, y for tanh and sigmoid), backward dx.
+# ReLUs, y for tanh and sigmoid), backward dx. version None is 2 (grid-stride, float4).
 
-KERNEL_VERSIONS = (1, 2)
-# version 2 grid-strides over at most this many blocks: about 8 blocks of 256 threads
-# per SM on a 132-SM H100, enough to fill it; more would only add scheduling
-ELEMENTWISE_MAX_BLOCKS = 1024
-# kernels index with int: keep n + (threads in the grid) below 2^31
-MAX_ELEMENTS = 2 ** 31 - 2 ** 20
-
-
-def element_count(n, op):
-    """n as the kernels' int argument, refusing sizes whose grid-stride index could overflow."""
-    if n > MAX_ELEMENTS:
-        raise ValueError(f"{op}: {n} elements exceed what the int-indexed kernels take ({MAX_ELEMENTS})")
-    return _launch.i32(n)
-
-
-def elementwise_launch(family, kernel, version, n, args):
-    """Launch <kernel>_kernel<version> of kernels/<family>.cu over n elements:
-    version 1 one thread per element, version 2 a bounded grid that grid-strides."""
-    if version not in KERNEL_VERSIONS:
-        raise ValueError(f"{kernel}: kernel version must be one of {KERNEL_VERSIONS}, got {version!r}")
-    fn = _launch.function(family, f"{kernel}_kernel{version}")
-    grid, block = _launch.grid_for(n, max_blocks=ELEMENTWISE_MAX_BLOCKS if version == 2 else None)
-    fn(grid, block, args)
+DEFAULT_VERSION = 2
 
 
 def _same_shape(op, a, b, names):
@@ -118,58 +100,58 @@ def _same_shape(op, a, b, names):
         raise ValueError(f"{op}: {names[0]} has shape {tuple(a.shape)} but {names[1]} has shape {tuple(b.shape)}")
 
 
-def _unary_forward(kernel, x, extra=(), version=2):
-    xc = _launch.arg(x, np.float32, f"{kernel}: x")
+def _unary_forward(op, x, extra=(), version=None):
+    xc = _launch.arg(x, np.float32, f"{op}: x")
     y = _launch.empty(xc.shape)
-    elementwise_launch("activation", kernel, version, xc.size,
-                       (y, xc) + tuple(extra) + (element_count(xc.size, kernel),))
+    _launch.elementwise_launch("activation", op, _launch.pick_version(op, version, DEFAULT_VERSION), xc.size,
+                               (y, xc) + tuple(extra) + (_launch.element_count(xc.size, op),))
     return xc, y
 
 
-def _binary_backward(kernel, dy, saved, saved_name, extra=(), version=2):
-    dyc = _launch.arg(dy, np.float32, f"{kernel}: dy")
-    sc = _launch.arg(saved, np.float32, f"{kernel}: {saved_name}")
-    _same_shape(kernel, dyc, sc, ("dy", saved_name))
+def _binary_backward(op, dy, saved, saved_name, extra=(), version=None):
+    dyc = _launch.arg(dy, np.float32, f"{op}: dy")
+    sc = _launch.arg(saved, np.float32, f"{op}: {saved_name}")
+    _same_shape(op, dyc, sc, ("dy", saved_name))
     dx = _launch.empty(dyc.shape)
-    elementwise_launch("activation", kernel, version, dyc.size,
-                       (dx, dyc, sc) + tuple(extra) + (element_count(dyc.size, kernel),))
+    _launch.elementwise_launch("activation", op, _launch.pick_version(op, version, DEFAULT_VERSION), dyc.size,
+                               (dx, dyc, sc) + tuple(extra) + (_launch.element_count(dyc.size, op),))
     return dx
 
 
-def leaky_relu_forward_kernel(x, negative_slope=0.2, version=2):
+def leaky_relu_forward_cuda(x, negative_slope=0.2, version=None):
     xc, y = _unary_forward("leaky_relu_forward", x, (_launch.f32(negative_slope),), version)
     return y, (xc, negative_slope)
 
 
-def leaky_relu_backward_kernel(dy, cache, version=2):
+def leaky_relu_backward_cuda(dy, cache, version=None):
     x, negative_slope = cache
     return _binary_backward("leaky_relu_backward", dy, x, "x", (_launch.f32(negative_slope),), version)
 
 
-def relu_forward_kernel(x, version=2):
+def relu_forward_cuda(x, version=None):
     xc, y = _unary_forward("relu_forward", x, version=version)
     return y, xc
 
 
-def relu_backward_kernel(dy, x, version=2):
+def relu_backward_cuda(dy, x, version=None):
     return _binary_backward("relu_backward", dy, x, "x", version=version)
 
 
-def tanh_forward_kernel(x, version=2):
+def tanh_forward_cuda(x, version=None):
     _, y = _unary_forward("tanh_forward", x, version=version)
     return y, y
 
 
-def tanh_backward_kernel(dy, y, version=2):
+def tanh_backward_cuda(dy, y, version=None):
     return _binary_backward("tanh_backward", dy, y, "y", version=version)
 
 
-def sigmoid_forward_kernel(x, version=2):
+def sigmoid_forward_cuda(x, version=None):
     _, y = _unary_forward("sigmoid_forward", x, version=version)
     return y, y
 
 
-def sigmoid_backward_kernel(dy, y, version=2):
+def sigmoid_backward_cuda(dy, y, version=None):
     return _binary_backward("sigmoid_backward", dy, y, "y", version=version)
 
 
@@ -177,7 +159,7 @@ def sigmoid_backward_kernel(dy, y, version=2):
 
 def leaky_relu_forward(x, negative_slope=0.2):
     if backend.uses_kernels():
-        return leaky_relu_forward_kernel(x, negative_slope)
+        return leaky_relu_forward_cuda(x, negative_slope)
     if _flat_numpy(x):
         y = np.empty_like(x)
         _leaky_relu_numba(x.reshape(-1), x.dtype.type(negative_slope), y.reshape(-1), work=x.size)
@@ -187,7 +169,7 @@ def leaky_relu_forward(x, negative_slope=0.2):
 
 def leaky_relu_backward(dy, cache):
     if backend.uses_kernels():
-        return leaky_relu_backward_kernel(dy, cache)
+        return leaky_relu_backward_cuda(dy, cache)
     x, negative_slope = cache
     if _flat_numpy(dy, x):
         dx = np.empty_like(dy)
@@ -199,35 +181,35 @@ def leaky_relu_backward(dy, cache):
 
 def relu_forward(x):
     if backend.uses_kernels():
-        return relu_forward_kernel(x)
+        return relu_forward_cuda(x)
     return relu_forward_numpy(x)
 
 
 def relu_backward(dy, cache):
     if backend.uses_kernels():
-        return relu_backward_kernel(dy, cache)
+        return relu_backward_cuda(dy, cache)
     return relu_backward_numpy(dy, cache)
 
 
 def tanh_forward(x):
     if backend.uses_kernels():
-        return tanh_forward_kernel(x)
+        return tanh_forward_cuda(x)
     return tanh_forward_numpy(x)
 
 
 def tanh_backward(dy, cache):
     if backend.uses_kernels():
-        return tanh_backward_kernel(dy, cache)
+        return tanh_backward_cuda(dy, cache)
     return tanh_backward_numpy(dy, cache)
 
 
 def sigmoid_forward(x):
     if backend.uses_kernels():
-        return sigmoid_forward_kernel(x)
+        return sigmoid_forward_cuda(x)
     return sigmoid_forward_numpy(x)
 
 
 def sigmoid_backward(dy, cache):
     if backend.uses_kernels():
-        return sigmoid_backward_kernel(dy, cache)
+        return sigmoid_backward_cuda(dy, cache)
     return sigmoid_backward_numpy(dy, cache)

@@ -1,6 +1,9 @@
-"""Fused, bias-corrected Adam update in place (PyTorch's arithmetic):
+"""Fused, bias-corrected Adam update in place (PyTorch's arithmetic), for cganraw.optim.Adam:
     m = b1 m + (1 - b1) g;   v = b2 v + (1 - b2) g^2
     p -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)
+
+One op, `adam_update`, with no backward: `adam_update_numpy` (the reference),
+`adam_update_cuda` (kernels/adam.cu's `adam_update_v1/v2`) and the dispatch `adam_update`.
 """
 from __future__ import annotations
 
@@ -10,8 +13,6 @@ import numpy as np
 
 from cganraw import backend
 from cganraw.ops import _launch
-from cganraw.ops.activation import element_count, elementwise_launch
-from cganraw.ops.bias import write_back, writable
 
 
 def adam_update_numpy(param, grad, m, v, lr, beta1, beta2, eps, step, weight_decay=0.0):
@@ -32,27 +33,27 @@ def adam_update_numpy(param, grad, m, v, lr, beta1, beta2, eps, step, weight_dec
 
 # ---------------------------------------------------------------- CUDA kernel (kernels/adam.cu)
 
-def adam_update_kernel(param, grad, m, v, lr, beta1, beta2, eps, step, weight_decay=0.0, version=2):
+def adam_update_cuda(param, grad, m, v, lr, beta1, beta2, eps, step, weight_decay=0.0, version=None):
     """As adam_update_numpy, in one fused kernel. The scalars the reference computes on
     the host in double (step size, bias corrections, 1 - beta) are computed here the same
     way and passed as float32. A strided param/m/v is updated through a contiguous copy
-    that is written back."""
+    that is written back. version None is 2 (grid-stride)."""
     op = "adam_update"
-    pc = writable(param, op, "param")
-    mc = writable(m, op, "m")
-    vc = writable(v, op, "v")
+    pc = _launch.writable(param, op, "param")
+    mc = _launch.writable(m, op, "m")
+    vc = _launch.writable(v, op, "v")
     gc = _launch.arg(grad, np.float32, f"{op}: grad")
     for name, a in (("grad", gc), ("m", mc), ("v", vc)):
         if tuple(a.shape) != tuple(pc.shape):
             raise ValueError(f"{op}: {name} has shape {tuple(a.shape)}, param {tuple(pc.shape)}")
     f32 = _launch.f32
-    elementwise_launch("adam", op, version, pc.size,
-                       (pc, mc, vc, gc, f32(beta1), f32(beta2), f32(1 - beta1), f32(1 - beta2),
-                        f32(lr / (1 - beta1 ** step)), f32(math.sqrt(1 - beta2 ** step)), f32(eps),
-                        f32(weight_decay if weight_decay else 0.0), element_count(pc.size, op)))
-    write_back(param, pc)
-    write_back(m, mc)
-    write_back(v, vc)
+    _launch.elementwise_launch("adam", op, _launch.pick_version(op, version, 2), pc.size,
+                               (pc, mc, vc, gc, f32(beta1), f32(beta2), f32(1 - beta1), f32(1 - beta2),
+                                f32(lr / (1 - beta1 ** step)), f32(math.sqrt(1 - beta2 ** step)), f32(eps),
+                                f32(weight_decay if weight_decay else 0.0), _launch.element_count(pc.size, op)))
+    _launch.write_back(param, pc)
+    _launch.write_back(m, mc)
+    _launch.write_back(v, vc)
 
 
 # ---------------------------------------------------------------- public op: dispatch
@@ -60,6 +61,6 @@ def adam_update_kernel(param, grad, m, v, lr, beta1, beta2, eps, step, weight_de
 def adam_update(param, grad, m, v, lr, beta1, beta2, eps, step, weight_decay=0.0):
     """Update param, m and v in place for step number `step` (1-based)."""
     if backend.uses_kernels():
-        adam_update_kernel(param, grad, m, v, lr, beta1, beta2, eps, step, weight_decay)
+        adam_update_cuda(param, grad, m, v, lr, beta1, beta2, eps, step, weight_decay)
         return
     adam_update_numpy(param, grad, m, v, lr, beta1, beta2, eps, step, weight_decay)

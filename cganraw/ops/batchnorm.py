@@ -1,7 +1,14 @@
-"""Batch normalisation over axis 1 of (N, C) or (N, C, H, W).
+"""Batch normalisation over axis 1 of (N, C) or (N, C, H, W), for the layers
+cganraw.nn.BatchNorm1d and BatchNorm2d.
 
 Training normalises with the batch's biased variance and reports the unbiased one
 for the running statistics, as PyTorch does; eval normalises with the running ones.
+
+Ops and faces (kernels in kernels/batchnorm.cu):
+    batchnorm_forward           _numpy, _cuda: batchnorm_forward_stats_v1/v2 (training)
+                                or batchnorm_forward_invstd_v1 (eval), then batchnorm_forward_v1/v2
+    batchnorm_backward          _numpy, _cuda: batchnorm_backward_v1/v2
+    batchnorm_running_update    _numpy, _cuda: batchnorm_running_update_v1 (in place)
 """
 from __future__ import annotations
 
@@ -9,8 +16,6 @@ import numpy as np
 
 from cganraw import backend
 from cganraw.ops import _launch
-from cganraw.ops.activation import KERNEL_VERSIONS, element_count
-from cganraw.ops.bias import warp_block, write_back, writable
 
 
 def _reduce_axes(x):
@@ -64,7 +69,7 @@ def batchnorm_backward_numpy(dy, cache):
     return dx, dgamma, dbeta
 
 
-def running_stats_update_numpy(running_mean, running_var, mean, var_unbiased, momentum):
+def batchnorm_running_update_numpy(running_mean, running_var, mean, var_unbiased, momentum):
     f = running_mean.dtype.type
     running_mean *= f(1 - momentum)
     running_mean += f(momentum) * mean
@@ -80,14 +85,7 @@ def running_stats_update_numpy(running_mean, running_var, mean, var_unbiased, mo
 # (2) for conv maps and a thread per channel (1) for (N, C); the elementwise normalise
 # takes a block per row (2) when a row has at least a warp of pixels.
 
-MAX_CHANNEL_BLOCKS = 65535   # kernel2s block-stride over channels / rows beyond this
-
-
-def _dims(x, op):
-    if x.ndim < 2:
-        raise ValueError(f"{op}: x must have shape (N, C[, H, W]), got {tuple(x.shape)}")
-    n, c = int(x.shape[0]), int(x.shape[1])
-    return n, c, (x.size // (n * c) if n * c else 0)
+MAX_CHANNEL_BLOCKS = 65535   # the v2 kernels block-stride over channels / rows beyond this
 
 
 def _per_channel(a, c, op, name):
@@ -97,41 +95,33 @@ def _per_channel(a, c, op, name):
     return ac
 
 
-def _pick(version, op, auto):
-    if version is None:
-        return auto
-    if version not in KERNEL_VERSIONS:
-        raise ValueError(f"{op}: kernel version must be one of {KERNEL_VERSIONS}, got {version!r}")
-    return version
-
-
 def _channel_launch(kernel, version, c, count, args):
     """A per-channel reduction: version 1 a thread per channel, 2 a block per channel."""
-    fn = _launch.function("batchnorm", f"{kernel}_kernel{version}")
+    fn = _launch.function("batchnorm", f"{kernel}_v{version}")
     if version == 1:
         grid, block = _launch.grid_for(c)
         fn(grid, block, args)
     else:
-        fn((min(c, MAX_CHANNEL_BLOCKS),), (warp_block(count),), args)
+        fn((min(c, MAX_CHANNEL_BLOCKS),), (_launch.warp_block(count),), args)
 
 
-def batchnorm_forward_kernel(x, gamma, beta, mean=None, var=None, eps=1e-5, version=None):
+def batchnorm_forward_cuda(x, gamma, beta, mean=None, var=None, eps=1e-5, version=None):
     """As batchnorm_forward_numpy: y, (xhat, invstd, gamma, training), batch mean and
     unbiased variance (training), or the given mean and None (eval)."""
     op = "batchnorm_forward"
-    n, c, hw = _dims(x, op)
+    n, c, hw = _launch.split_channels(x, op, "x")
     xc = _launch.arg(x, np.float32, f"{op}: x")
-    total = element_count(xc.size, op)
+    total = _launch.element_count(xc.size, op)
     gc = _per_channel(gamma, c, op, "gamma")
     bc = _per_channel(beta, c, op, "beta")
     count = n * hw
     invstd = _launch.empty((c,))
     training = mean is None
     if training:
-        v = _pick(version, op, 2 if hw > 1 else 1)
+        v = _launch.pick_version(op, version, 2 if hw > 1 else 1)
         batch_mean, var_unbiased = _launch.empty((c,)), _launch.empty((c,))
         if c:
-            _channel_launch("batchnorm_stats", v, c, count,
+            _channel_launch("batchnorm_forward_stats", v, c, count,
                             (batch_mean, var_unbiased, invstd, xc, _launch.f32(eps),
                              _launch.f32(count / max(count - 1, 1)), _launch.i32(n), _launch.i32(c), _launch.i32(hw)))
         norm_mean, out_mean, out_var = batch_mean, batch_mean, var_unbiased
@@ -142,51 +132,51 @@ def batchnorm_forward_kernel(x, gamma, beta, mean=None, var=None, eps=1e-5, vers
         vc = _per_channel(var, c, op, "var")
         if c:
             grid, block = _launch.grid_for(c)
-            _launch.function("batchnorm", "batchnorm_invstd_kernel1")(
+            _launch.function("batchnorm", "batchnorm_forward_invstd_v1")(
                 grid, block, (invstd, vc, _launch.f32(eps), _launch.i32(c)))
         out_mean, out_var = mean, None
     y, xhat = _launch.empty(xc.shape), _launch.empty(xc.shape)
     if xc.size:
-        v = _pick(version, op, 2 if hw >= 32 else 1)
+        v = _launch.pick_version(op, version, 2 if hw >= 32 else 1)
         if v == 1:
             grid, block = _launch.grid_for(xc.size)
-            _launch.function("batchnorm", "batchnorm_forward_kernel1")(
+            _launch.function("batchnorm", "batchnorm_forward_v1")(
                 grid, block, (y, xhat, xc, norm_mean, invstd, gc, bc, _launch.i32(c), _launch.i32(hw), total))
         else:
             rows = n * c
-            _launch.function("batchnorm", "batchnorm_forward_kernel2")(
-                (min(rows, MAX_CHANNEL_BLOCKS),), (warp_block(hw),),
+            _launch.function("batchnorm", "batchnorm_forward_v2")(
+                (min(rows, MAX_CHANNEL_BLOCKS),), (_launch.warp_block(hw),),
                 (y, xhat, xc, norm_mean, invstd, gc, bc, _launch.i32(rows), _launch.i32(c), _launch.i32(hw)))
     return y, (xhat, invstd, gc, training), out_mean, out_var
 
 
-def batchnorm_backward_kernel(dy, cache, version=None):
+def batchnorm_backward_cuda(dy, cache, version=None):
     """As batchnorm_backward_numpy: dy -> dx, dgamma, dbeta."""
     op = "batchnorm_backward"
     xhat, invstd, gamma, training = cache
-    n, c, hw = _dims(dy, op)
+    n, c, hw = _launch.split_channels(dy, op, "dy")
     dyc = _launch.arg(dy, np.float32, f"{op}: dy")
     xc = _launch.arg(xhat, np.float32, f"{op}: xhat")
     if tuple(xc.shape) != tuple(dyc.shape):
         raise ValueError(f"{op}: dy has shape {tuple(dyc.shape)}, the forward's input {tuple(xc.shape)}")
-    element_count(dyc.size, op)
+    _launch.element_count(dyc.size, op)
     gc = _per_channel(gamma, c, op, "gamma")
     ic = _per_channel(invstd, c, op, "invstd")
     dx, dgamma, dbeta = _launch.empty(dyc.shape), _launch.empty((c,)), _launch.empty((c,))
     if c:
-        v = _pick(version, op, 2 if hw > 1 else 1)
+        v = _launch.pick_version(op, version, 2 if hw > 1 else 1)
         _channel_launch("batchnorm_backward", v, c, n * hw,
                         (dx, dgamma, dbeta, dyc, xc, gc, ic, _launch.i32(1 if training else 0),
                          _launch.i32(n), _launch.i32(c), _launch.i32(hw)))
     return dx, dgamma, dbeta
 
 
-def running_stats_update_kernel(running_mean, running_var, mean, var_unbiased, momentum):
-    """In place, as running_stats_update_numpy."""
+def batchnorm_running_update_cuda(running_mean, running_var, mean, var_unbiased, momentum):
+    """In place, as batchnorm_running_update_numpy."""
     op = "batchnorm_running_update"
     c = int(running_mean.shape[0]) if running_mean.ndim == 1 else -1
-    rm = writable(running_mean, op, "running_mean")
-    rv = writable(running_var, op, "running_var")
+    rm = _launch.writable(running_mean, op, "running_mean")
+    rv = _launch.writable(running_var, op, "running_var")
     for name, a in (("running_mean", rm), ("running_var", rv)):
         if a.ndim != 1 or a.shape[0] != c:
             raise ValueError(f"{op}: {name} has shape {tuple(a.shape)}, expected (C,)")
@@ -194,29 +184,29 @@ def running_stats_update_kernel(running_mean, running_var, mean, var_unbiased, m
     vc = _per_channel(var_unbiased, c, op, "var_unbiased")
     if c:
         grid, block = _launch.grid_for(c)
-        _launch.function("batchnorm", "batchnorm_running_update_kernel1")(
+        _launch.function("batchnorm", "batchnorm_running_update_v1")(
             grid, block, (rm, rv, mc, vc, _launch.f32(1 - momentum), _launch.f32(momentum), _launch.i32(c)))
-    write_back(running_mean, rm)
-    write_back(running_var, rv)
+    _launch.write_back(running_mean, rm)
+    _launch.write_back(running_var, rv)
 
 
 # ---------------------------------------------------------------- public ops: dispatch
 
 def batchnorm_forward(x, gamma, beta, mean=None, var=None, eps=1e-5):
     if backend.uses_kernels():
-        return batchnorm_forward_kernel(x, gamma, beta, mean, var, eps)
+        return batchnorm_forward_cuda(x, gamma, beta, mean, var, eps)
     return batchnorm_forward_numpy(x, gamma, beta, mean, var, eps)
 
 
 def batchnorm_backward(dy, cache):
     if backend.uses_kernels():
-        return batchnorm_backward_kernel(dy, cache)
+        return batchnorm_backward_cuda(dy, cache)
     return batchnorm_backward_numpy(dy, cache)
 
 
-def running_stats_update(running_mean, running_var, mean, var_unbiased, momentum):
+def batchnorm_running_update(running_mean, running_var, mean, var_unbiased, momentum):
     """In place: r = (1 - momentum) r + momentum * batch statistic."""
     if backend.uses_kernels():
-        running_stats_update_kernel(running_mean, running_var, mean, var_unbiased, momentum)
+        batchnorm_running_update_cuda(running_mean, running_var, mean, var_unbiased, momentum)
         return
-    running_stats_update_numpy(running_mean, running_var, mean, var_unbiased, momentum)
+    batchnorm_running_update_numpy(running_mean, running_var, mean, var_unbiased, momentum)

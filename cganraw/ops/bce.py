@@ -1,15 +1,20 @@
 """Binary cross-entropy on logits, mean-reduced, in the stable form
     l(x, t) = max(x, 0) - x t + log1p(exp(-|x|))
 which never exponentiates a positive number, so logits of +-1e4 stay finite.
-Targets may be soft (label smoothing)."""
+Targets may be soft (label smoothing). The loss function is cganraw.losses.bce_with_logits.
+
+Faces of the op `bce_with_logits` (kernels in kernels/bce.cu):
+    bce_with_logits_forward    _numpy, _cuda: bce_with_logits_forward_v1, or
+                               bce_with_logits_forward_v2 + bce_with_logits_forward_reduce_v2
+    bce_with_logits_backward   _numpy, _cuda: bce_with_logits_backward_v1/v2
+"""
 from __future__ import annotations
 
 import numpy as np
 
 from cganraw import backend
 from cganraw.ops import _launch
-from cganraw.ops.activation import (ELEMENTWISE_MAX_BLOCKS, KERNEL_VERSIONS, element_count, elementwise_launch,
-                                    sigmoid_numpy)
+from cganraw.ops.activation import sigmoid_numpy
 
 
 def bce_with_logits_forward_numpy(logits, targets):
@@ -33,35 +38,35 @@ def bce_with_logits_backward_numpy(dloss, cache):
 REDUCE_BLOCK = 256   # threads of the single block that sums version 2's partials
 
 
-def bce_with_logits_forward_kernel(logits, targets, version=2):
+def bce_with_logits_forward_cuda(logits, targets, version=None):
     """As bce_with_logits_forward_numpy: (loss as a 0-d float32 array, cache (x, t))."""
-    op = "bce_forward"
+    op = "bce_with_logits_forward"
     xc = _launch.arg(logits, np.float32, f"{op}: logits")
     tc = _launch.arg(targets, np.float32, f"{op}: targets")
     if tuple(tc.shape) != tuple(xc.shape):
         raise ValueError(f"{op}: targets have shape {tuple(tc.shape)}, logits {tuple(xc.shape)}")
     if xc.size == 0:
         raise ValueError(f"{op}: the mean of no logits is undefined")
-    if version not in KERNEL_VERSIONS:
-        raise ValueError(f"{op}: kernel version must be one of {KERNEL_VERSIONS}, got {version!r}")
-    n = element_count(xc.size, op)
+    version = _launch.pick_version(op, version, 2)
+    n = _launch.element_count(xc.size, op)
     if version == 1:
         loss = _launch.zeros((1,))
         grid, block = _launch.grid_for(xc.size)
-        _launch.function("bce", "bce_forward_kernel1")(grid, block, (loss, xc, tc, _launch.f32(1.0 / xc.size), n))
+        _launch.function("bce", "bce_with_logits_forward_v1")(
+            grid, block, (loss, xc, tc, _launch.f32(1.0 / xc.size), n))
     else:
         loss = _launch.empty((1,))
-        grid, block = _launch.grid_for(xc.size, max_blocks=ELEMENTWISE_MAX_BLOCKS)
+        grid, block = _launch.grid_for(xc.size, max_blocks=_launch.ELEMENTWISE_MAX_BLOCKS)
         block_sums = _launch.empty((grid[0],))
-        _launch.function("bce", "bce_forward_kernel2")(grid, block, (block_sums, xc, tc, n))
-        _launch.function("bce", "bce_forward_reduce_kernel2")(
+        _launch.function("bce", "bce_with_logits_forward_v2")(grid, block, (block_sums, xc, tc, n))
+        _launch.function("bce", "bce_with_logits_forward_reduce_v2")(
             (1,), (REDUCE_BLOCK,), (loss, block_sums, _launch.i32(grid[0]), n))
     return loss.reshape(()), (xc, tc)
 
 
-def bce_with_logits_backward_kernel(dloss, cache, version=2):
+def bce_with_logits_backward_cuda(dloss, cache, version=None):
     """As bce_with_logits_backward_numpy: dx = (sigmoid(x) - t) * dloss / N."""
-    op = "bce_backward"
+    op = "bce_with_logits_backward"
     x, t = cache
     xc = _launch.arg(x, np.float32, f"{op}: logits")
     tc = _launch.arg(t, np.float32, f"{op}: targets")
@@ -69,8 +74,9 @@ def bce_with_logits_backward_kernel(dloss, cache, version=2):
         raise ValueError(f"{op}: targets have shape {tuple(tc.shape)}, logits {tuple(xc.shape)}")
     dx = _launch.empty(xc.shape)
     # float(): dloss may be a Python number, a NumPy scalar or a 0-d array of either backend
-    elementwise_launch("bce", op, version, xc.size,
-                       (dx, xc, tc, _launch.f32(float(dloss) / max(xc.size, 1)), element_count(xc.size, op)))
+    _launch.elementwise_launch("bce", op, _launch.pick_version(op, version, 2), xc.size,
+                               (dx, xc, tc, _launch.f32(float(dloss) / max(xc.size, 1)),
+                                _launch.element_count(xc.size, op)))
     return dx
 
 
@@ -79,11 +85,11 @@ def bce_with_logits_backward_kernel(dloss, cache, version=2):
 def bce_with_logits_forward(logits, targets):
     """logits, targets (same shape) -> (loss 0-d array, cache)."""
     if backend.uses_kernels():
-        return bce_with_logits_forward_kernel(logits, targets)
+        return bce_with_logits_forward_cuda(logits, targets)
     return bce_with_logits_forward_numpy(logits, targets)
 
 
 def bce_with_logits_backward(dloss, cache):
     if backend.uses_kernels():
-        return bce_with_logits_backward_kernel(dloss, cache)
+        return bce_with_logits_backward_cuda(dloss, cache)
     return bce_with_logits_backward_numpy(dloss, cache)

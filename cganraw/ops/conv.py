@@ -1,4 +1,13 @@
-"""Conv2d and ConvTranspose2d through im2col/col2im and one GEMM.
+"""Conv2d and ConvTranspose2d through im2col/col2im and one GEMM, for the layers
+cganraw.nn.Conv2d and ConvTranspose2d.
+
+Ops and faces:
+    im2col                      im2col_numpy, im2col_cuda (kernels/im2col.cu: im2col_v1)
+    col2im                      col2im_numpy, col2im_cuda (kernels/im2col.cu: col2im_v1, col2im_v2)
+    conv2d_forward/_backward    im2col + gemm + bias_add_forward; gemm + col2im + bias_add_backward
+    conv_transpose2d_forward/_backward   the same pair the other way round
+The convolutions have no kernels of their own: on the GPU they are these im2col/col2im
+kernels, the GEMM (cuBLAS or kernels/gemm.cu) and the bias kernels (kernels/bias.cu).
 
 Layout of the column matrix, shared by both directions:
     cols (C*k*k, N*Ho*Wo): row (c, i, j) holds input pixel (n, c, oy*s + i - p, ox*s + j - p)
@@ -13,7 +22,7 @@ import numpy as np
 
 from cganraw import backend
 from cganraw.ops import _cpu, _launch
-from cganraw.ops.bias import bias_add, bias_grad
+from cganraw.ops.bias import bias_add_backward, bias_add_forward
 from cganraw.ops.gemm import gemm
 
 
@@ -113,9 +122,10 @@ def _col2im_numba(nb, parallel):
     return col2im
 
 
-# ---------------------------------------------------------------- kernels/conv.cu launchers
+# ---------------------------------------------------------------- CUDA kernels (kernels/im2col.cu)
+IM2COL_VERSIONS = (1,)
 COL2IM_VERSIONS = (1, 2)
-COL2IM_DEFAULT = 2      # gather: no atomics, no zero fill (reasoning in kernels/conv.cu)
+COL2IM_DEFAULT = 2      # gather: no atomics, no zero fill (reasoning in kernels/im2col.cu)
 _CONV_BLOCK = 256
 _CONV_MAX_BLOCKS = 8192  # the kernels grid-stride past this (2M threads fill any GPU)
 
@@ -158,11 +168,12 @@ def _float32(op, name, a):
     return _launch.arg(a, name=name)
 
 
-def im2col_kernel(x, kernel_size, stride=1, padding=0, out_hw=None):
-    """kernels/conv.cu im2col_kernel: x (N, C, H, W) float32 -> cols (C*k*k, N*Ho*Wo) on
+def im2col_cuda(x, kernel_size, stride=1, padding=0, out_hw=None, version=None):
+    """kernels/im2col.cu im2col_v1: x (N, C, H, W) float32 -> cols (C*k*k, N*Ho*Wo) on
     the active kernel backend. A non-contiguous x is made contiguous; other dtypes are a
     TypeError."""
-    op = "im2col_kernel"
+    op = "im2col_cuda"
+    version = _launch.pick_version(op, version, 1, IM2COL_VERSIONS)
     if not backend.is_array(x) or x.ndim != 4:
         raise ValueError(f"{op}: x must be an (N, C, H, W) array, got "
                          f"{tuple(x.shape) if backend.is_array(x) else type(x).__name__}")
@@ -171,16 +182,16 @@ def im2col_kernel(x, kernel_size, stride=1, padding=0, out_hw=None):
     cols = _launch.empty((c * k * k, n * ho * wo))
     if cols.size:
         grid, block = _launch.grid_for(cols.size, _CONV_BLOCK, _CONV_MAX_BLOCKS)
-        _launch.function("conv", "im2col_kernel")(grid, block, (x, cols, *_conv_args(n, c, h, w, k, s, p, ho, wo)))
+        _launch.function("im2col", f"im2col_v{version}")(
+            grid, block, (x, cols, *_conv_args(n, c, h, w, k, s, p, ho, wo)))
     return cols
 
 
-def col2im_kernel(cols, x_shape, kernel_size, stride=1, padding=0, out_hw=None, version=COL2IM_DEFAULT):
-    """kernels/conv.cu col2im_kernel<version> (1 scatter with atomics, 2 gather):
+def col2im_cuda(cols, x_shape, kernel_size, stride=1, padding=0, out_hw=None, version=None):
+    """kernels/im2col.cu col2im_v<version> (1 scatter with atomics, 2 gather, the default):
     cols (C*k*k, N*Ho*Wo) float32 -> x (N, C, H, W), summing overlapping windows."""
-    op = f"col2im_kernel(version={version})"
-    if version not in COL2IM_VERSIONS:
-        raise ValueError(f"col2im_kernel: version must be one of {COL2IM_VERSIONS}, got {version!r}")
+    version = _launch.pick_version("col2im_cuda", version, COL2IM_DEFAULT, COL2IM_VERSIONS)
+    op = f"col2im_cuda(version={version})"
     n, c, h, w, k, s, p, ho, wo = _conv_geometry(op, x_shape, kernel_size, stride, padding, out_hw)
     _check_cols(op, cols, x_shape, k, s, p, ho, wo)
     cols = _float32(op, "cols", cols)
@@ -192,7 +203,7 @@ def col2im_kernel(cols, x_shape, kernel_size, stride=1, padding=0, out_hw=None, 
         total = x.size
     if total:
         grid, block = _launch.grid_for(total, _CONV_BLOCK, _CONV_MAX_BLOCKS)
-        _launch.function("conv", f"col2im_kernel{version}")(
+        _launch.function("im2col", f"col2im_v{version}")(
             grid, block, (cols, x, *_conv_args(n, c, h, w, k, s, p, ho, wo)))
     return x
 
@@ -205,7 +216,7 @@ def im2col(x, kernel_size, stride=1, padding=0, out_hw=None):
     """x (N, C, H, W) -> cols (C*k*k, N*Ho*Wo). out_hw fixes the number of windows
     (a transposed conv's input size, which output_padding makes smaller than what fits)."""
     if backend.uses_kernels():
-        return im2col_kernel(x, kernel_size, stride, padding, out_hw)
+        return im2col_cuda(x, kernel_size, stride, padding, out_hw)
     if _use_numba(x):
         n, c, h, w, k, _, _, ho, wo = _conv_geometry("im2col", x.shape, kernel_size, stride, padding, out_hw)
         cols = np.empty((c * k * k, n * ho * wo), dtype=x.dtype)
@@ -217,7 +228,7 @@ def im2col(x, kernel_size, stride=1, padding=0, out_hw=None):
 def col2im(cols, x_shape, kernel_size, stride=1, padding=0, out_hw=None):
     """cols (C*k*k, N*Ho*Wo) -> x (N, C, H, W), the adjoint of im2col."""
     if backend.uses_kernels():
-        return col2im_kernel(cols, x_shape, kernel_size, stride, padding, out_hw)
+        return col2im_cuda(cols, x_shape, kernel_size, stride, padding, out_hw)
     if _use_numba(cols):
         n, c, h, w, k, _, _, ho, wo = _conv_geometry("col2im", x_shape, kernel_size, stride, padding, out_hw)
         _check_cols("col2im", cols, x_shape, k, stride, padding, ho, wo)
@@ -268,7 +279,7 @@ def conv2d_forward(x, W, b=None, stride=1, padding=0):
     y2 = gemm(W.reshape(o, c * k * k), cols)                  # (O, N*Ho*Wo)
     y = _from_channel_major(y2, n, ho, wo)
     if b is not None:
-        bias_add(y, b)
+        bias_add_forward(y, b)
     return y, ("im2col", (cols, x.shape, W, stride, padding, b is not None))
 
 
@@ -285,7 +296,7 @@ def conv2d_backward(dy, cache, need_dx=True, need_dW=True):
     dW = db = dx = None
     if need_dW:
         dW = gemm(dy2, cols, trans_b=True).reshape(W.shape)   # (O, C*k*k)
-        db = bias_grad(dy) if has_bias else None
+        db = bias_add_backward(dy) if has_bias else None
     if need_dx:
         dcols = gemm(W.reshape(o, c * k * k), dy2, trans_a=True)   # (C*k*k, N*Ho*Wo)
         dx = col2im(dcols, x_shape, k, stride, padding)
@@ -303,7 +314,7 @@ def conv_transpose2d_forward(x, W, b=None, stride=1, padding=0, output_padding=0
     cols = gemm(W.reshape(cin, cout * k * k), x2, trans_a=True)     # (Cout*k*k, N*H*W)
     y = col2im(cols, (n, cout, ho, wo), k, stride, padding, out_hw=(h, w))
     if b is not None:
-        bias_add(y, b)
+        bias_add_forward(y, b)
     return y, (x2, x.shape, W, stride, padding, b is not None)
 
 
@@ -316,7 +327,7 @@ def conv_transpose2d_backward(dy, cache, need_dx=True, need_dW=True):
     dW = db = dx = None
     if need_dW:
         dW = gemm(x2, dcols, trans_b=True).reshape(W.shape)   # (Cin, Cout*k*k)
-        db = bias_grad(dy) if has_bias else None
+        db = bias_add_backward(dy) if has_bias else None
     if need_dx:
         dx2 = gemm(W.reshape(cin, cout * k * k), dcols)       # (Cin, N*H*W)
         dx = _from_channel_major(dx2, n, h, w)

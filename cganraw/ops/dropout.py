@@ -1,12 +1,15 @@
-"""Inverted dropout: y = x * keep / (1 - p). The caller draws the keep mask, so the
-op stays a pure function and a fixed mask makes it deterministic."""
+"""Inverted dropout: y = x * keep / (1 - p), for the layer cganraw.nn.Dropout. The caller
+draws the keep mask, so the op stays a pure function and a fixed mask makes it deterministic.
+
+    dropout_forward    _numpy, _cuda: kernels/dropout.cu dropout_forward_v1/v2
+    dropout_backward   _numpy, _cuda: kernels/dropout.cu dropout_backward_v1/v2
+"""
 from __future__ import annotations
 
 import numpy as np
 
 from cganraw import backend
 from cganraw.ops import _launch
-from cganraw.ops.activation import element_count, elementwise_launch
 
 
 def _scale(p, dtype):
@@ -44,22 +47,24 @@ def _mask_bytes(keep, shape, op):
     return _launch.arg(keep, np.uint8, f"{op}: keep")
 
 
-def _dropout_launch(kernel, a, keep, p, version):
-    ac = _launch.arg(a, np.float32, f"{kernel}: {'x' if kernel.endswith('forward') else 'dy'}")
-    kc = _mask_bytes(keep, ac.shape, kernel)
+def _dropout_launch(op, a, keep, p, version):
+    ac = _launch.arg(a, np.float32, f"{op}: {'x' if op.endswith('forward') else 'dy'}")
+    kc = _mask_bytes(keep, ac.shape, op)
     out = _launch.empty(ac.shape)
-    elementwise_launch("dropout", kernel, version, ac.size,
-                       (out, ac, kc, _launch.f32(_scale(p, np.dtype(np.float32))), element_count(ac.size, kernel)))
+    _launch.elementwise_launch("dropout", op, _launch.pick_version(op, version, 2), ac.size,
+                               (out, ac, kc, _launch.f32(_scale(p, np.dtype(np.float32))),
+                                _launch.element_count(ac.size, op)))
     return out, kc
 
 
-def dropout_forward_kernel(x, keep, p, version=2):
-    """As dropout_forward_numpy; the cache holds the mask as contiguous uint8."""
+def dropout_forward_cuda(x, keep, p, version=None):
+    """As dropout_forward_numpy; the cache holds the mask as contiguous uint8. version
+    None is 2 (grid-stride, float4)."""
     y, kc = _dropout_launch("dropout_forward", x, keep, p, version)
     return y, (kc, p)
 
 
-def dropout_backward_kernel(dy, cache, version=2):
+def dropout_backward_cuda(dy, cache, version=None):
     keep, p = cache
     dx, _ = _dropout_launch("dropout_backward", dy, keep, p, version)
     return dx
@@ -69,11 +74,11 @@ def dropout_backward_kernel(dy, cache, version=2):
 
 def dropout_forward(x, keep, p):
     if backend.uses_kernels():
-        return dropout_forward_kernel(x, keep, p)
+        return dropout_forward_cuda(x, keep, p)
     return dropout_forward_numpy(x, keep, p)
 
 
 def dropout_backward(dy, cache):
     if backend.uses_kernels():
-        return dropout_backward_kernel(dy, cache)
+        return dropout_backward_cuda(dy, cache)
     return dropout_backward_numpy(dy, cache)

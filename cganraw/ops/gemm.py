@@ -4,6 +4,10 @@ Every dense and convolution layer funnels its heavy work through `gemm`, so one
 switch picks the implementation: BLAS through `numpy.matmul` on the CPU, cuBLAS
 or the hand-written SGEMM kernels (kernels/gemm.cu) on the GPU and in the emulator.
 The transposes are taken as views, never copied.
+
+    gemm   gemm_numpy (NumPy's BLAS, or cuBLAS through CuPy), gemm_cuda (kernels/gemm.cu:
+           gemm_v1 naive, gemm_v2 shared-memory tiles, gemm_v3 register blocking)
+Used by cganraw.ops.linear (Linear) and cganraw.ops.conv (Conv2d, ConvTranspose2d).
 """
 from __future__ import annotations
 
@@ -31,8 +35,8 @@ def gemm_numpy(a, b, trans_a=False, trans_b=False, alpha=1.0, beta=0.0, out=None
     return res
 
 
-# ---------------------------------------------------------------- hand-written SGEMM
-SGEMM_VERSIONS = (1, 2, 3)
+# ---------------------------------------------------------------- CUDA kernels (kernels/gemm.cu)
+GEMM_VERSIONS = (1, 2, 3)
 GEMM_ENV = "CGANRAW_GEMM"
 _V1_BLOCK = (32, 8)     # threadIdx.x along n (coalesced C stores)
 _V2_TILE = 32           # block (32, 32), one output per thread
@@ -69,18 +73,17 @@ def _launch_config(version, m, n):
     if version == 3:
         t = _V3_TILE
         return (-(-n // t), min(-(-m // t), _MAX_GRID_Y)), (_V3_THREADS,)
-    raise ValueError(f"sgemm_kernel: version must be one of {SGEMM_VERSIONS}, got {version!r}")
+    raise ValueError(f"gemm_cuda: version must be one of {GEMM_VERSIONS}, got {version!r}")
 
 
-def sgemm_kernel(a, b, trans_a=False, trans_b=False, alpha=1.0, beta=0.0, out=None, version=3):
-    """C = alpha * op(a) @ op(b) + beta * out through kernels/gemm.cu `sgemm_kernel<version>`
-    on the active kernel backend (cuda or emu). a: (M, K), or (K, M) with trans_a; b: (K, N),
-    or (N, K) with trans_b; out: a C-contiguous float32 (M, N) array to write (and to read
-    when beta != 0), else a new one. Transposed views are passed without copies.
+def gemm_cuda(a, b, trans_a=False, trans_b=False, alpha=1.0, beta=0.0, out=None, version=None):
+    """C = alpha * op(a) @ op(b) + beta * out through kernels/gemm.cu `gemm_v<version>`
+    (None: 3) on the active kernel backend (cuda or emu). a: (M, K), or (K, M) with trans_a;
+    b: (K, N), or (N, K) with trans_b; out: a C-contiguous float32 (M, N) array to write (and
+    to read when beta != 0), else a new one. Transposed views are passed without copies.
     float32 only: any other dtype is a TypeError, never a silent cast."""
-    op = f"sgemm_kernel(version={version})"
-    if version not in SGEMM_VERSIONS:
-        raise ValueError(f"sgemm_kernel: version must be one of {SGEMM_VERSIONS}, got {version!r}")
+    version = _launch.pick_version("gemm_cuda", version, 3, GEMM_VERSIONS)
+    op = f"gemm_cuda(version={version})"
     if not backend.uses_kernels():
         raise RuntimeError(f"{op} needs the 'cuda' or 'emu' backend, not {backend.current()!r}")
     for nm, x in (("a", a), ("b", b)):
@@ -110,7 +113,7 @@ def sgemm_kernel(a, b, trans_a=False, trans_b=False, alpha=1.0, beta=0.0, out=No
     if m == 0 or n == 0:
         return out
     grid, block = _launch_config(version, m, n)
-    fn = _launch.function("gemm", f"sgemm_kernel{version}")
+    fn = _launch.function("gemm", f"gemm_v{version}")
     fn(grid, block, (a_arr, b_arr, out, _launch.i32(m), _launch.i32(n), _launch.i32(ka),
                      _launch.i32(lda), _launch.i32(ldb), _launch.i32(max(1, n)),
                      _launch.i32(int(ta)), _launch.i32(int(tb)), _launch.f32(alpha), _launch.f32(beta)))
@@ -169,4 +172,4 @@ def gemm(a, b, trans_a=False, trans_b=False, alpha=1.0, beta=0.0, out=None):
     impl = gemm_impl()
     if impl == "library":
         return gemm_numpy(a, b, trans_a, trans_b, alpha, beta, out)
-    return sgemm_kernel(a, b, trans_a, trans_b, alpha, beta, out, version=impl)
+    return gemm_cuda(a, b, trans_a, trans_b, alpha, beta, out, version=impl)

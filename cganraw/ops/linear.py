@@ -1,7 +1,16 @@
-"""Dense layer: y = x @ W.T + b, with W in PyTorch's (out, in) layout."""
+"""Dense layer: y = x @ W.T + b, with W in PyTorch's (out, in) layout, for the layer
+cganraw.nn.Linear.
+
+    linear_forward    gemm (x W^T) + bias_add_forward
+    linear_backward   gemm (dy W, dy^T x) + bias_add_backward
+Linear has no kernels of its own: on the cuda/emu backends it runs as cuBLAS or the
+GEMM kernels (kernels/gemm.cu, cganraw.ops.gemm) and the bias kernels (kernels/bias.cu,
+cganraw.ops.bias); on numpy, as BLAS and their NumPy references. A fused kernel would
+save one pass over the (N, out) output, small beside the GEMM.
+"""
 from __future__ import annotations
 
-from cganraw.ops.bias import bias_add, bias_grad
+from cganraw.ops.bias import bias_add_backward, bias_add_forward
 from cganraw.ops.gemm import gemm
 
 
@@ -9,7 +18,7 @@ def linear_forward(x, W, b=None):
     """x (N, in), W (out, in), b (out,) or None -> y (N, out)."""
     y = gemm(x, W, trans_b=True)
     if b is not None:
-        bias_add(y, b)
+        bias_add_forward(y, b)
     return y, (x, W, b is not None)
 
 
@@ -18,5 +27,5 @@ def linear_backward(dy, cache, need_dx=True, need_dW=True):
     x, W, has_bias = cache
     dx = gemm(dy, W) if need_dx else None
     dW = gemm(dy, x, trans_a=True) if need_dW else None
-    db = bias_grad(dy) if (has_bias and need_dW) else None
+    db = bias_add_backward(dy) if (has_bias and need_dW) else None
     return dx, dW, db

@@ -36,9 +36,9 @@ def test_adam_kernel_matches_reference(version, shape, weight_decay, rng):
     hyper = dict(lr=2e-4, beta1=0.5, beta2=0.999, eps=1e-8, weight_decay=weight_decay)
     for step in range(1, 4):
         g = rng.standard_normal(shape).astype(np.float32)
-        AD.adam_update_kernel(p, g, m, v, step=step, version=version, **hyper)
+        AD.adam_update_cuda(p, g, m, v, step=step, version=version, **hyper)
         AD.adam_update_numpy(p_r, g, m_r, v_r, step=step, **hyper)
-        label = f"adam_update_kernel{version} {shape} step {step}"
+        label = f"adam_update_v{version} {shape} step {step}"
         assert_close(m, m_r, *TOL, f"{label} m")
         assert_close(v, v_r, *TOL, f"{label} v")
         assert_close(p, p_r, *TOL, f"{label} p")
@@ -58,7 +58,7 @@ def test_optimizer_on_emu_matches_numpy_backend(launches, rng):
             opt.step()
         out[name] = (layer.weight.data.copy(), layer.bias.data.copy(), opt.m[0].copy(), opt.v[1].copy())
     backend.use("emu")
-    assert launches == ["adam_update_kernel2"] * 6
+    assert launches == ["adam_update_v2"] * 6
     for a, b in zip(out["emu"], out["numpy"]):
         assert_close(a, b, *TOL, "Adam emu vs numpy")
 
@@ -70,17 +70,17 @@ def test_bad_inputs_are_rejected_or_made_contiguous(rng):
     with pytest.raises(TypeError, match="adam_update: param: kernels take float32, got float64"):
         AD.adam_update(p.astype(np.float64), g, m, v, **hyper)
     with pytest.raises(TypeError, match="adam_update: grad: kernels take float32, got float64"):
-        AD.adam_update_kernel(p, g.astype(np.float64), m, v, **hyper)
+        AD.adam_update_cuda(p, g.astype(np.float64), m, v, **hyper)
     with pytest.raises(ValueError, match=r"adam_update: grad has shape \(6, 7\), param \(6, 8\)"):
-        AD.adam_update_kernel(p, g[:, :7], m, v, **hyper)
+        AD.adam_update_cuda(p, g[:, :7], m, v, **hyper)
     with pytest.raises(ValueError, match="version"):
-        AD.adam_update_kernel(p, g, m, v, version=0, **hyper)
+        AD.adam_update_cuda(p, g, m, v, version=0, **hyper)
     # strided p, m, v are updated in place through copies written back; a strided grad is read
     P, M, V = (np.zeros((6, 16), np.float32) for _ in range(3))
     P[:] = rng.standard_normal((6, 16))
     P_r, M_r, V_r = P.copy(), M.copy(), V.copy()
     G = rng.standard_normal((6, 16)).astype(np.float32)
-    AD.adam_update_kernel(P[:, ::2], G[:, 1::2], M[:, ::2], V[:, ::2], **hyper)
+    AD.adam_update_cuda(P[:, ::2], G[:, 1::2], M[:, ::2], V[:, ::2], **hyper)
     AD.adam_update_numpy(P_r[:, ::2], G[:, 1::2], M_r[:, ::2], V_r[:, ::2], **hyper)
     for a, b, what in ((P, P_r, "p"), (M, M_r, "m"), (V, V_r, "v")):
         assert_close(a, b, *TOL, f"strided {what}")

@@ -44,7 +44,7 @@ def _input(rng, shape):
 def _check_forward_train(shape, version, rng, label):
     x = _input(rng, shape)
     gamma, beta = _params(rng, shape[1])
-    y, cache, mean, var_u = BN.batchnorm_forward_kernel(x, gamma, beta, version=version)
+    y, cache, mean, var_u = BN.batchnorm_forward_cuda(x, gamma, beta, version=version)
     y_r, cache_r, mean_r, var_u_r = BN.batchnorm_forward_numpy(x, gamma, beta)
     assert_close(mean, mean_r, *TOL_STATS, f"{label} mean")
     assert_close(var_u, var_u_r, *TOL_STATS, f"{label} unbiased var")
@@ -57,7 +57,7 @@ def _check_forward_train(shape, version, rng, label):
 
 def _check_backward(shape, version, cache, rng, label):
     dy = rng.standard_normal(shape).astype(np.float32)
-    dx, dgamma, dbeta = BN.batchnorm_backward_kernel(dy, cache, version=version)
+    dx, dgamma, dbeta = BN.batchnorm_backward_cuda(dy, cache, version=version)
     # the reference fed the same cache: this checks the backward kernel alone
     dx_r, dgamma_r, dbeta_r = BN.batchnorm_backward_numpy(dy, cache)
     assert_close(dbeta, dbeta_r, 1e-4, 1e-5, f"{label} dbeta")
@@ -66,14 +66,14 @@ def _check_backward(shape, version, cache, rng, label):
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=_ids(SHAPES))
-def test_train_forward_backward_kernel1(shape, rng):
-    *_, cache = _check_forward_train(shape, 1, rng, f"kernel1 train {shape}")
-    _check_backward(shape, 1, cache, rng, f"batchnorm_backward_kernel1 train {shape}")
+def test_train_forward_backward_v1(shape, rng):
+    *_, cache = _check_forward_train(shape, 1, rng, f"v1 train {shape}")
+    _check_backward(shape, 1, cache, rng, f"batchnorm_backward_v1 train {shape}")
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=_ids(SHAPES))
-def test_train_forward_backward_kernel2(shape, all_orders, rng):
-    label = f"kernel2 train {shape} ({all_orders} order)"
+def test_train_forward_backward_v2(shape, all_orders, rng):
+    label = f"v2 train {shape} ({all_orders} order)"
     *_, cache = _check_forward_train(shape, 2, rng, label)
     _check_backward(shape, 2, cache, rng, label)
 
@@ -87,12 +87,12 @@ def test_eval_forward_backward(version, shape, order, rng):
     gamma, beta = _params(rng, c)
     running_mean = rng.standard_normal(c).astype(np.float32)
     running_var = rng.uniform(0.2, 3, c).astype(np.float32)
-    y, cache, mean, var_u = BN.batchnorm_forward_kernel(x, gamma, beta, running_mean, running_var, version=version)
+    y, cache, mean, var_u = BN.batchnorm_forward_cuda(x, gamma, beta, running_mean, running_var, version=version)
     y_r, cache_r, _, _ = BN.batchnorm_forward_numpy(x, gamma, beta, running_mean, running_var)
     assert mean is running_mean and var_u is None and cache[3] is False
     assert_close(cache[1], cache_r[1], 1e-6, 1e-6, "eval invstd")
-    assert_close(y, y_r, 1e-6, 1e-5, f"eval y {shape} kernel{version}")
-    _check_backward(shape, version, cache, rng, f"eval backward {shape} kernel{version} ({order} order)")
+    assert_close(y, y_r, 1e-6, 1e-5, f"eval y {shape} v{version}")
+    _check_backward(shape, version, cache, rng, f"eval backward {shape} v{version} ({order} order)")
 
 
 @pytest.mark.parametrize("version", VERSIONS)
@@ -102,8 +102,8 @@ def test_end_to_end_against_numpy_forward_and_backward(version, order, rng):
     x = _input(rng, shape)
     gamma, beta = _params(rng, shape[1])
     dy = rng.standard_normal(shape).astype(np.float32)
-    y, cache, _, _ = BN.batchnorm_forward_kernel(x, gamma, beta, version=version)
-    dx, dgamma, dbeta = BN.batchnorm_backward_kernel(dy, cache, version=version)
+    y, cache, _, _ = BN.batchnorm_forward_cuda(x, gamma, beta, version=version)
+    dx, dgamma, dbeta = BN.batchnorm_backward_cuda(dy, cache, version=version)
     y_r, cache_r, _, _ = BN.batchnorm_forward_numpy(x, gamma, beta)
     dx_r, dgamma_r, dbeta_r = BN.batchnorm_backward_numpy(dy, cache_r)
     assert_close(y, y_r, *TOL_OUT, "y")
@@ -112,7 +112,7 @@ def test_end_to_end_against_numpy_forward_and_backward(version, order, rng):
     assert_close(dbeta, dbeta_r, 1e-4, 1e-5, "dbeta")
 
 
-def test_kernel2_block_stride_over_channels(monkeypatch, all_orders, rng):
+def test_v2_block_stride_over_channels(monkeypatch, all_orders, rng):
     # more channels than blocks: the shared-memory broadcasts must not race between the
     # channels one block handles in turn (the grid cap is lowered to keep this cheap)
     monkeypatch.setattr(BN, "MAX_CHANNEL_BLOCKS", 3)
@@ -122,18 +122,18 @@ def test_kernel2_block_stride_over_channels(monkeypatch, all_orders, rng):
         _check_backward(shape, 2, cache, rng, label)
 
 
-def test_running_stats_update(rng):
+def test_batchnorm_running_update(rng):
     c = 129
     rm, rv = rng.standard_normal(c).astype(np.float32), rng.uniform(0.1, 2, c).astype(np.float32)
     mean, var_u = rng.standard_normal(c).astype(np.float32), rng.uniform(0.1, 2, c).astype(np.float32)
     rm_r, rv_r = rm.copy(), rv.copy()
-    BN.running_stats_update_numpy(rm_r, rv_r, mean, var_u, 0.1)
-    BN.running_stats_update_kernel(rm, rv, mean, var_u, 0.1)
+    BN.batchnorm_running_update_numpy(rm_r, rv_r, mean, var_u, 0.1)
+    BN.batchnorm_running_update_cuda(rm, rv, mean, var_u, 0.1)
     assert_close(rm, rm_r, 1e-7, 1e-6, "running mean")
     assert_close(rv, rv_r, 1e-7, 1e-6, "running var")
     # buffers that are strided views are updated through a copy written back
     big_m, big_v = np.zeros(2 * c, np.float32), np.ones(2 * c, np.float32)
-    BN.running_stats_update_kernel(big_m[::2], big_v[::2], mean, var_u, 0.3)
+    BN.batchnorm_running_update_cuda(big_m[::2], big_v[::2], mean, var_u, 0.3)
     assert_close(big_m[::2], 0.3 * mean, 1e-7, 1e-6, "strided running mean")
     assert_close(big_v[::2], 0.7 + 0.3 * var_u, 1e-7, 1e-6, "strided running var")
     assert np.all(big_m[1::2] == 0) and np.all(big_v[1::2] == 1)
@@ -144,11 +144,11 @@ def test_public_ops_dispatch_to_the_kernels(launches, rng):
     x = _input(rng, (3, 128, 14, 14))
     gamma, beta = _params(rng, 128)
     y, cache, mean, var_u = BN.batchnorm_forward(x, gamma, beta)
-    BN.running_stats_update(np.zeros(128, np.float32), np.ones(128, np.float32), mean, var_u, 0.1)
+    BN.batchnorm_running_update(np.zeros(128, np.float32), np.ones(128, np.float32), mean, var_u, 0.1)
     BN.batchnorm_backward(np.ones_like(y), cache)
     BN.batchnorm_forward(x[:, :, 0, 0].copy(), gamma, beta, mean, var_u)
-    assert launches == ["batchnorm_stats_kernel2", "batchnorm_forward_kernel2", "batchnorm_running_update_kernel1",
-                        "batchnorm_backward_kernel2", "batchnorm_invstd_kernel1", "batchnorm_forward_kernel1"]
+    assert launches == ["batchnorm_forward_stats_v2", "batchnorm_forward_v2", "batchnorm_running_update_v1",
+                        "batchnorm_backward_v2", "batchnorm_forward_invstd_v1", "batchnorm_forward_v1"]
 
 
 @pytest.mark.parametrize("layer_cls, shape", [(nn.BatchNorm2d, (3, 128, 7, 7)), (nn.BatchNorm1d, (3, 256))])
@@ -178,19 +178,19 @@ def test_bad_inputs_are_rejected_or_made_contiguous(rng):
     with pytest.raises(TypeError, match="batchnorm_forward: x: kernels take float32, got float64"):
         BN.batchnorm_forward(x.astype(np.float64), gamma, beta)
     with pytest.raises(TypeError, match="batchnorm_forward: gamma: kernels take float32, got float64"):
-        BN.batchnorm_forward_kernel(x, gamma.astype(np.float64), beta)
+        BN.batchnorm_forward_cuda(x, gamma.astype(np.float64), beta)
     with pytest.raises(ValueError, match=r"batchnorm_forward: beta has shape \(3,\), expected \(4,\)"):
-        BN.batchnorm_forward_kernel(x, gamma, beta[:3])
+        BN.batchnorm_forward_cuda(x, gamma, beta[:3])
     with pytest.raises(ValueError, match="version"):
-        BN.batchnorm_forward_kernel(x, gamma, beta, version=5)
-    _, cache, _, _ = BN.batchnorm_forward_kernel(x, gamma, beta)
+        BN.batchnorm_forward_cuda(x, gamma, beta, version=5)
+    _, cache, _, _ = BN.batchnorm_forward_cuda(x, gamma, beta)
     with pytest.raises(ValueError, match="batchnorm_backward: dy has shape"):
-        BN.batchnorm_backward_kernel(np.ones((3, 4, 5, 4), np.float32), cache)
+        BN.batchnorm_backward_cuda(np.ones((3, 4, 5, 4), np.float32), cache)
     # strided views in, correct values out
     big = _input(rng, (3, 4, 5, 10))
     view = big[:, :, :, ::2]
-    y, cache, _, _ = BN.batchnorm_forward_kernel(view, gamma, beta)
+    y, cache, _, _ = BN.batchnorm_forward_cuda(view, gamma, beta)
     y_r = BN.batchnorm_forward_numpy(view, gamma, beta)[0]
     assert_close(y, y_r, *TOL_OUT, "forward of a strided view")
-    dx, _, _ = BN.batchnorm_backward_kernel(big[:, :, :, 1::2], cache)
+    dx, _, _ = BN.batchnorm_backward_cuda(big[:, :, :, 1::2], cache)
     assert_close(dx, BN.batchnorm_backward_numpy(big[:, :, :, 1::2], cache)[0], 2e-5, 1e-4, "backward of a strided dy")

@@ -25,47 +25,49 @@ def _ids(shapes):
 
 @pytest.mark.parametrize("shape", SHAPES, ids=_ids(SHAPES))
 @pytest.mark.parametrize("version", VERSIONS)
-def test_bias_add_matches_reference(version, shape, rng):
+def test_bias_add_forward_matches_reference(version, shape, rng):
     y = rng.standard_normal(shape).astype(np.float32)
     b = rng.standard_normal(shape[1]).astype(np.float32)
-    ref = B.bias_add_numpy(y.copy(), b)
-    out = B.bias_add_kernel(y, b, version=version)
+    ref = B.bias_add_forward_numpy(y.copy(), b)
+    out = B.bias_add_forward_cuda(y, b, version=version)
     assert out is y, "bias_add works in place and returns y"
-    assert_close(y, ref, 1e-7, 1e-6, f"bias_forward_kernel{version} {shape}")
+    assert_close(y, ref, 1e-7, 1e-6, f"bias_add_forward_v{version} {shape}")
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=_ids(SHAPES))
-def test_bias_grad_kernel1_matches_reference(shape, rng):
+def test_bias_add_backward_v1_matches_reference(shape, rng):
     dy = rng.standard_normal(shape).astype(np.float32)
     # float32 sums of up to 5805 values in a different order than NumPy's pairwise sum
-    assert_close(B.bias_grad_kernel(dy, version=1), B.bias_grad_numpy(dy), 1e-4, 1e-5, f"bias_backward_kernel1 {shape}")
+    assert_close(B.bias_add_backward_cuda(dy, version=1), B.bias_add_backward_numpy(dy), 1e-4, 1e-5,
+                 f"bias_add_backward_v1 {shape}")
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=_ids(SHAPES))
-def test_bias_grad_kernel2_matches_reference(shape, all_orders, rng):
+def test_bias_add_backward_v2_matches_reference(shape, all_orders, rng):
     dy = rng.standard_normal(shape).astype(np.float32)
-    assert_close(B.bias_grad_kernel(dy, version=2), B.bias_grad_numpy(dy), 1e-4, 1e-5,
-                 f"bias_backward_kernel2 {shape} ({all_orders} order)")
+    assert_close(B.bias_add_backward_cuda(dy, version=2), B.bias_add_backward_numpy(dy), 1e-4, 1e-5,
+                 f"bias_add_backward_v2 {shape} ({all_orders} order)")
 
 
 @pytest.mark.parametrize("version", VERSIONS)
-def test_bias_grad_large_offset_values(version, rng):
+def test_bias_add_backward_large_offset_values(version, rng):
     # a large common offset makes the order of summation visible; the tolerance is relative
     dy = (rng.standard_normal((3, 128, 28, 28)) + 100.0).astype(np.float32)
-    assert_close(B.bias_grad_kernel(dy, version=version), B.bias_grad_numpy(dy), 1e-3, 2e-5, "offset dy")
+    assert_close(B.bias_add_backward_cuda(dy, version=version), B.bias_add_backward_numpy(dy), 1e-3, 2e-5, "offset dy")
 
 
-def test_bias_kernel2_many_channels_block_stride(rng, monkeypatch, all_orders):
-    # more channels (rows) than kernel2 launches blocks: each block strides over several;
+def test_bias_add_v2_many_channels_block_stride(rng, monkeypatch, all_orders):
+    # more channels (rows) than the v2 kernels launch blocks: each block strides over several;
     # the grid cap is lowered so that this stays cheap in the emulator
     monkeypatch.setattr(B, "MAX_ROW_BLOCKS", 4)
     n_c = 4 * 3 + 1
     dy = rng.standard_normal((1, n_c, 2)).astype(np.float32)
-    assert_close(B.bias_grad_kernel(dy, version=2), B.bias_grad_numpy(dy), 1e-6, 1e-6, "bias grad, C > grid")
+    assert_close(B.bias_add_backward_cuda(dy, version=2), B.bias_add_backward_numpy(dy), 1e-6, 1e-6,
+                 "bias grad, C > grid")
     y = rng.standard_normal((1, n_c, 33)).astype(np.float32)
     b = rng.standard_normal(n_c).astype(np.float32)
-    ref = B.bias_add_numpy(y.copy(), b)
-    assert_close(B.bias_add_kernel(y, b, version=2), ref, 1e-7, 1e-6, "bias add, rows > grid")
+    ref = B.bias_add_forward_numpy(y.copy(), b)
+    assert_close(B.bias_add_forward_cuda(y, b, version=2), ref, 1e-7, 1e-6, "bias add, rows > grid")
 
 
 def test_public_ops_dispatch_to_the_kernels(launches, rng):
@@ -74,16 +76,16 @@ def test_public_ops_dispatch_to_the_kernels(launches, rng):
     y2 = rng.standard_normal((3, 6272)).astype(np.float32)
     b4 = rng.standard_normal(128).astype(np.float32)
     b2 = rng.standard_normal(6272).astype(np.float32)
-    ref4, ref2 = B.bias_add_numpy(y4.copy(), b4), B.bias_add_numpy(y2.copy(), b2)
-    B.bias_add(y4, b4)
-    B.bias_add(y2, b2)
-    db4, db2 = B.bias_grad(y4), B.bias_grad(y2)
+    ref4, ref2 = B.bias_add_forward_numpy(y4.copy(), b4), B.bias_add_forward_numpy(y2.copy(), b2)
+    B.bias_add_forward(y4, b4)
+    B.bias_add_forward(y2, b2)
+    db4, db2 = B.bias_add_backward(y4), B.bias_add_backward(y2)
     # conv maps take the row / block-per-channel kernels, Linear outputs the thread-per-channel ones
-    assert launches == ["bias_forward_kernel2", "bias_forward_kernel1", "bias_backward_kernel2", "bias_backward_kernel1"]
+    assert launches == ["bias_add_forward_v2", "bias_add_forward_v1", "bias_add_backward_v2", "bias_add_backward_v1"]
     assert_close(y4, ref4, 1e-7, 1e-6, "public bias_add 4-D")
     assert_close(y2, ref2, 1e-7, 1e-6, "public bias_add 2-D")
-    assert_close(db4, B.bias_grad_numpy(ref4), 1e-4, 1e-5, "public bias_grad 4-D")
-    assert_close(db2, B.bias_grad_numpy(ref2), 1e-4, 1e-5, "public bias_grad 2-D")
+    assert_close(db4, B.bias_add_backward_numpy(ref4), 1e-4, 1e-5, "public bias_add_backward 4-D")
+    assert_close(db2, B.bias_add_backward_numpy(ref2), 1e-4, 1e-5, "public bias_add_backward 2-D")
 
 
 def test_linear_layer_op_runs_through_the_bias_kernels(launches, rng):
@@ -93,34 +95,35 @@ def test_linear_layer_op_runs_through_the_bias_kernels(launches, rng):
     dy = rng.standard_normal((3, 784)).astype(np.float32)
     y, cache = L.linear_forward(x, W, b)
     _, _, db = L.linear_backward(dy, cache)
-    assert "bias_forward_kernel1" in launches and "bias_backward_kernel1" in launches
+    assert "bias_add_forward_v1" in launches and "bias_add_backward_v1" in launches
     assert_close(y, x @ W.T + b, 1e-4, 1e-5, "linear forward")
     assert_close(db, dy.sum(axis=0), 1e-5, 1e-5, "linear bias gradient")
 
 
 @pytest.mark.parametrize("version", VERSIONS)
 def test_bad_inputs_are_rejected_or_made_contiguous(version, rng):
-    with pytest.raises(TypeError, match="bias_forward: y: kernels take float32, got float64"):
-        B.bias_add_kernel(np.zeros((3, 4)), np.zeros(4, np.float32), version=version)
-    with pytest.raises(TypeError, match="bias_forward: b: kernels take float32, got float64"):
-        B.bias_add_kernel(np.zeros((3, 4), np.float32), np.zeros(4), version=version)
-    with pytest.raises(TypeError, match="bias_backward: dy: kernels take float32, got float64"):
-        B.bias_grad_kernel(np.zeros((3, 4)), version=version)
-    with pytest.raises(ValueError, match=r"bias_forward: b has shape \(5,\), expected \(4,\)"):
-        B.bias_add_kernel(np.zeros((3, 4), np.float32), np.zeros(5, np.float32), version=version)
-    with pytest.raises(ValueError, match="bias_backward: dy must have shape"):
-        B.bias_grad_kernel(np.zeros(4, np.float32), version=version)
+    with pytest.raises(TypeError, match="bias_add_forward: y: kernels take float32, got float64"):
+        B.bias_add_forward_cuda(np.zeros((3, 4)), np.zeros(4, np.float32), version=version)
+    with pytest.raises(TypeError, match="bias_add_forward: b: kernels take float32, got float64"):
+        B.bias_add_forward_cuda(np.zeros((3, 4), np.float32), np.zeros(4), version=version)
+    with pytest.raises(TypeError, match="bias_add_backward: dy: kernels take float32, got float64"):
+        B.bias_add_backward_cuda(np.zeros((3, 4)), version=version)
+    with pytest.raises(ValueError, match=r"bias_add_forward: b has shape \(5,\), expected \(4,\)"):
+        B.bias_add_forward_cuda(np.zeros((3, 4), np.float32), np.zeros(5, np.float32), version=version)
+    with pytest.raises(ValueError, match="bias_add_backward: dy must have shape"):
+        B.bias_add_backward_cuda(np.zeros(4, np.float32), version=version)
     # a strided view: added in place through a contiguous copy, written back into the parent
     big = rng.standard_normal((3, 5, 7, 14)).astype(np.float32)
     ref_big = big.copy()
     view = big[:, :, :, ::2]
     b = rng.standard_normal(5).astype(np.float32)
-    B.bias_add_numpy(ref_big[:, :, :, ::2], b)
-    assert B.bias_add_kernel(view, b, version=version) is view
+    B.bias_add_forward_numpy(ref_big[:, :, :, ::2], b)
+    assert B.bias_add_forward_cuda(view, b, version=version) is view
     assert_close(big, ref_big, 1e-7, 1e-6, "bias add into a strided view")
     b_view = rng.standard_normal(10).astype(np.float32)[::2]
-    assert_close(B.bias_add_kernel(np.zeros((3, 5, 7, 7), np.float32), b_view, version=version),
-                 B.bias_add_numpy(np.zeros((3, 5, 7, 7), np.float32), b_view), 0, 1e-7, "strided bias")
-    assert_close(B.bias_grad_kernel(view, version=version), B.bias_grad_numpy(view), 1e-5, 1e-5, "grad of a view")
+    assert_close(B.bias_add_forward_cuda(np.zeros((3, 5, 7, 7), np.float32), b_view, version=version),
+                 B.bias_add_forward_numpy(np.zeros((3, 5, 7, 7), np.float32), b_view), 0, 1e-7, "strided bias")
+    assert_close(B.bias_add_backward_cuda(view, version=version), B.bias_add_backward_numpy(view), 1e-5, 1e-5,
+                 "grad of a view")
     with pytest.raises(ValueError, match="version"):
-        B.bias_grad_kernel(view, version=0)
+        B.bias_add_backward_cuda(view, version=0)

@@ -1,4 +1,4 @@
-"""kernels/conv.cu (im2col_kernel, col2im_kernel1 scatter, col2im_kernel2 gather) through
+"""kernels/im2col.cu (im2col_v1, col2im_v1 scatter, col2im_v2 gather) through
 the emulator against NumPy references, and the Conv2d / ConvTranspose2d layers on the
 emu backend against the numpy backend.
 
@@ -12,8 +12,8 @@ import pytest
 
 from cganraw import backend, cuda_emu, nn
 from cganraw.ops import _launch
-from cganraw.ops.conv import (col2im, col2im_kernel, col2im_numpy, conv_output_size, im2col,
-                              im2col_kernel, im2col_numpy)
+from cganraw.ops.conv import (col2im, col2im_cuda, col2im_numpy, conv_output_size, im2col,
+                              im2col_cuda, im2col_numpy)
 
 from .conftest import assert_close
 
@@ -76,18 +76,18 @@ def _tap_tol(k, s):
 
 
 @pytest.mark.parametrize("shape,k,s,p,out_hw", CASES, ids=IDS)
-def test_im2col_kernel(shape, k, s, p, out_hw, rng):
+def test_im2col_v1(shape, k, s, p, out_hw, rng):
     x = rng.standard_normal(shape).astype(np.float32)
-    got = im2col_kernel(x, k, s, p, out_hw)
+    got = im2col_cuda(x, k, s, p, out_hw)
     assert_close(got, im2col_ref(x, k, s, p, out_hw), atol=0, rtol=0, what="im2col (a copy: exact)")
 
 
 @pytest.mark.parametrize("version", [1, 2])
 @pytest.mark.parametrize("shape,k,s,p,out_hw", CASES, ids=IDS)
-def test_col2im_kernel(version, shape, k, s, p, out_hw, rng):
+def test_col2im_v1_v2(version, shape, k, s, p, out_hw, rng):
     _, _, _, _, ho, wo, _, _ = _geometry(shape, k, s, p, out_hw)
     cols = rng.standard_normal((shape[1] * k * k, shape[0] * ho * wo)).astype(np.float32)
-    got = col2im_kernel(cols, shape, k, s, p, out_hw, version=version)
+    got = col2im_cuda(cols, shape, k, s, p, out_hw, version=version)
     ref = col2im_ref(cols, shape, k, s, p, out_hw)
     assert_close(got, ref, **_tap_tol(k, s), what=f"col2im v{version}")
     if out_hw is None or (out_hw[0] - 1) * s + k <= shape[2] + 2 * p:
@@ -100,7 +100,7 @@ def test_col2im_scatter_and_gather_under_block_orders(version, order, rng):
     # no barriers, but the block order changes the atomics' order in v1
     shape, k, s, p = (2, 3, 9, 9), 7, 1, 3
     cols = rng.standard_normal((3 * 49, 2 * 81)).astype(np.float32)
-    assert_close(col2im_kernel(cols, shape, k, s, p, version=version),
+    assert_close(col2im_cuda(cols, shape, k, s, p, version=version),
                  col2im_ref(cols, shape, k, s, p), **_tap_tol(k, s), what=f"v{version} {order}")
 
 
@@ -108,11 +108,11 @@ def test_col2im_is_the_adjoint_of_im2col(rng):
     # <im2col(x), c> == <x, col2im(c)>, both kernels
     shape, k, s, p = (3, 2, 7, 5), 3, 2, 1
     x = rng.standard_normal(shape).astype(np.float32)
-    cols = im2col_kernel(x, k, s, p)
+    cols = im2col_cuda(x, k, s, p)
     c = rng.standard_normal(cols.shape).astype(np.float32)
     lhs = float((cols.astype(np.float64) * c).sum())
     for v in (1, 2):
-        rhs = float((x.astype(np.float64) * col2im_kernel(c, shape, k, s, p, version=v)).sum())
+        rhs = float((x.astype(np.float64) * col2im_cuda(c, shape, k, s, p, version=v)).sum())
         assert abs(lhs - rhs) <= 1e-4 * (1 + abs(lhs))
 
 
@@ -130,12 +130,12 @@ REAL_B3 = [
 @pytest.mark.parametrize("what,shape,k,s,p,out_hw", REAL_B3, ids=[r[0] for r in REAL_B3])
 def test_real_layer_shapes_batch3(what, shape, k, s, p, out_hw, rng):
     x = rng.standard_normal(shape).astype(np.float32)
-    cols = im2col_kernel(x, k, s, p, out_hw)           # conv forward / convT data gradient
+    cols = im2col_cuda(x, k, s, p, out_hw)           # conv forward / convT data gradient
     assert_close(cols, im2col_numpy(x, k, s, p, out_hw), atol=0, rtol=0, what=f"{what}: im2col")
     dcols = rng.standard_normal(cols.shape).astype(np.float32)
     ref = col2im_numpy(dcols, shape, k, s, p, out_hw)  # conv data gradient / convT forward
     for v in (1, 2):
-        assert_close(col2im_kernel(dcols, shape, k, s, p, out_hw, version=v), ref,
+        assert_close(col2im_cuda(dcols, shape, k, s, p, out_hw, version=v), ref,
                      **_tap_tol(k, s), what=f"{what}: col2im v{v}")
 
 
@@ -153,44 +153,44 @@ def test_real_layer_shapes_batch1(what, shape, k, s, p, out_hw, rng):
 def test_float64_and_ints_are_rejected(rng):
     x = rng.standard_normal((1, 2, 5, 5))
     with pytest.raises(TypeError, match="float32.*float64"):
-        im2col_kernel(x, 3, 1, 1)
+        im2col_cuda(x, 3, 1, 1)
     with pytest.raises(TypeError, match="float32.*float64"):
-        col2im_kernel(np.zeros((18, 25)), (1, 2, 5, 5), 3, 1, 1)
+        col2im_cuda(np.zeros((18, 25)), (1, 2, 5, 5), 3, 1, 1)
     with pytest.raises(TypeError, match="float32.*int32"):
-        im2col_kernel(np.zeros((1, 2, 5, 5), np.int32), 3)
+        im2col_cuda(np.zeros((1, 2, 5, 5), np.int32), 3)
 
 
 def test_shape_errors_are_clear(rng):
-    with pytest.raises(ValueError, match=r"col2im_kernel.*\(18, 24\).*\(18, 25\)"):
-        col2im_kernel(np.zeros((18, 24), np.float32), (1, 2, 5, 5), 3, 1, 1)
+    with pytest.raises(ValueError, match=r"col2im_cuda.*\(18, 24\).*\(18, 25\)"):
+        col2im_cuda(np.zeros((18, 24), np.float32), (1, 2, 5, 5), 3, 1, 1)
     with pytest.raises(ValueError, match="N, C, H, W"):
-        im2col_kernel(np.zeros((2, 5, 5), np.float32), 3)
+        im2col_cuda(np.zeros((2, 5, 5), np.float32), 3)
     with pytest.raises(ValueError, match="stride"):
-        im2col_kernel(np.zeros((1, 1, 5, 5), np.float32), 3, 0)
+        im2col_cuda(np.zeros((1, 1, 5, 5), np.float32), 3, 0)
     with pytest.raises(ValueError, match="version"):
-        col2im_kernel(np.zeros((9, 25), np.float32), (1, 1, 5, 5), 3, 1, 1, version=3)
+        col2im_cuda(np.zeros((9, 25), np.float32), (1, 1, 5, 5), 3, 1, 1, version=3)
 
 
 def test_non_contiguous_inputs_are_made_contiguous(rng):
     x = rng.standard_normal((2, 6, 9, 9)).astype(np.float32)[:, ::2, :, 1:]   # (2, 3, 9, 8) view
     assert not x.flags.c_contiguous
-    assert_close(im2col_kernel(x, 3, 2, 1), im2col_ref(x, 3, 2, 1), atol=0, rtol=0, what="strided x")
+    assert_close(im2col_cuda(x, 3, 2, 1), im2col_ref(x, 3, 2, 1), atol=0, rtol=0, what="strided x")
     cols = rng.standard_normal((36 * 2, 48)).astype(np.float32)[::2]           # (36, 48) view
     assert not cols.flags.c_contiguous
     for v in (1, 2):
-        assert_close(col2im_kernel(cols, (3, 4, 4, 4), 3, 1, 1, version=v), col2im_ref(cols, (3, 4, 4, 4), 3, 1, 1),
+        assert_close(col2im_cuda(cols, (3, 4, 4, 4), 3, 1, 1, version=v), col2im_ref(cols, (3, 4, 4, 4), 3, 1, 1),
                      **_tap_tol(3, 1), what="strided cols")
 
 
 def test_dispatch_takes_the_kernels_on_emu(monkeypatch, rng):
     seen = []
-    for name in ("im2col_kernel", "col2im_kernel"):
+    for name in ("im2col_cuda", "col2im_cuda"):
         real = getattr(conv_mod, name)
         monkeypatch.setattr(conv_mod, name, lambda *a, _r=real, _n=name, **kw: seen.append(_n) or _r(*a, **kw))
     x = rng.standard_normal((1, 2, 5, 5)).astype(np.float32)
     cols = im2col(x, 3, 1, 1)
     col2im(cols, x.shape, 3, 1, 1)
-    assert seen == ["im2col_kernel", "col2im_kernel"]
+    assert seen == ["im2col_cuda", "col2im_cuda"]
     assert conv_mod.COL2IM_DEFAULT == 2
 
 
@@ -264,5 +264,5 @@ def test_layers_really_launch_the_conv_kernels(monkeypatch, rng):
     layer = nn.Conv2d(2, 3, 3, 2, 1, rng=np.random.default_rng(0))
     layer(rng.standard_normal((1, 2, 5, 5)).astype(np.float32))
     layer.backward(np.ones((1, 3, 3, 3), np.float32))
-    assert {"im2col_kernel", "col2im_kernel2"} <= set(calls)
-    assert isinstance(_launch.module("conv"), cuda_emu.RawModule)
+    assert {"im2col_v1", "col2im_v2"} <= set(calls)
+    assert isinstance(_launch.module("im2col"), cuda_emu.RawModule)

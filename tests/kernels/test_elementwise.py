@@ -32,13 +32,13 @@ def _input(rng, shape):
 
 # name -> (kernel forward, kernel backward, reference forward, reference backward)
 ACTIVATIONS = {
-    "leaky_relu": (lambda x, v: A.leaky_relu_forward_kernel(x, 0.2, version=v), A.leaky_relu_backward_kernel,
+    "leaky_relu": (lambda x, v: A.leaky_relu_forward_cuda(x, 0.2, version=v), A.leaky_relu_backward_cuda,
                    lambda x: A.leaky_relu_forward_numpy(x, 0.2), A.leaky_relu_backward_numpy),
-    "relu": (lambda x, v: A.relu_forward_kernel(x, version=v), A.relu_backward_kernel,
+    "relu": (lambda x, v: A.relu_forward_cuda(x, version=v), A.relu_backward_cuda,
              A.relu_forward_numpy, A.relu_backward_numpy),
-    "tanh": (lambda x, v: A.tanh_forward_kernel(x, version=v), A.tanh_backward_kernel,
+    "tanh": (lambda x, v: A.tanh_forward_cuda(x, version=v), A.tanh_backward_cuda,
              A.tanh_forward_numpy, A.tanh_backward_numpy),
-    "sigmoid": (lambda x, v: A.sigmoid_forward_kernel(x, version=v), A.sigmoid_backward_kernel,
+    "sigmoid": (lambda x, v: A.sigmoid_forward_cuda(x, version=v), A.sigmoid_backward_cuda,
                 A.sigmoid_forward_numpy, A.sigmoid_backward_numpy),
 }
 # libm (emulator) and CUDA's tanhf/expf are within 2 ulp of NumPy's; the ReLUs are exact
@@ -56,11 +56,11 @@ def test_activation_kernels_match_reference(op, version, shape, rng):
     y, cache = fwd_k(x, version)
     y_ref, _ = fwd_r(x)
     assert y.dtype == np.float32
-    assert_close(y, y_ref, atol, rtol, f"{op}_forward_kernel{version} {shape}")
+    assert_close(y, y_ref, atol, rtol, f"{op}_forward_v{version} {shape}")
     # backward against the reference fed the same cache: tanh's 1 - y^2 turns a 1-ulp
     # difference of y near +-1 into a large relative one, which is the forward's, not this kernel's
     assert_close(bwd_k(dy, cache, version=version), bwd_r(dy, cache), atol, rtol,
-                 f"{op}_backward_kernel{version} {shape}")
+                 f"{op}_backward_v{version} {shape}")
 
 
 @pytest.mark.parametrize("version", VERSIONS)
@@ -90,7 +90,7 @@ def test_version2_misaligned_views_and_odd_tails(n, rng):
         assert_close(y, y_ref, *TOL[op], f"{op} forward, misaligned n={n}")
         assert_close(bwd_k(dy, cache, version=2), bwd_r(dy, cache), *TOL[op], f"{op} backward, misaligned n={n}")
     keep = rng.random(n + 1)[1:] >= 0.4
-    y, _ = DO.dropout_forward_kernel(x, keep, 0.4, version=2)
+    y, _ = DO.dropout_forward_cuda(x, keep, 0.4, version=2)
     assert_close(y, DO.dropout_forward_numpy(x, keep, 0.4)[0], 0, 1e-7, f"dropout misaligned n={n}")
 
 
@@ -105,7 +105,7 @@ def test_public_ops_dispatch_to_the_kernels(launches, rng):
         launches.clear()
         y, cache = fwd(x)
         dx = bwd(dy, cache)
-        assert launches == [f"{op}_forward_kernel2", f"{op}_backward_kernel2"], (op, launches)
+        assert launches == [f"{op}_forward_v2", f"{op}_backward_v2"], (op, launches)
         fwd_r, bwd_r = ACTIVATIONS[op][2:]
         y_ref, _ = fwd_r(x)
         assert_close(y, y_ref, *TOL[op], f"public {op} forward")
@@ -114,7 +114,7 @@ def test_public_ops_dispatch_to_the_kernels(launches, rng):
     keep = rng.random(x.shape) >= 0.4
     y, cache = DO.dropout_forward(x, keep, 0.4)
     DO.dropout_backward(dy, cache)
-    assert launches == ["dropout_forward_kernel2", "dropout_backward_kernel2"]
+    assert launches == ["dropout_forward_v2", "dropout_backward_v2"]
 
 
 def test_layers_on_emu_match_numpy_backend(rng):
@@ -142,10 +142,10 @@ def test_bad_inputs_are_rejected_or_made_contiguous(rng):
     with pytest.raises(TypeError, match="leaky_relu_forward: x: kernels take float32, got float64"):
         A.leaky_relu_forward(x64)
     with pytest.raises(TypeError, match="sigmoid_forward"):
-        A.sigmoid_forward_kernel(x64)
+        A.sigmoid_forward_cuda(x64)
     x = rng.standard_normal((6, 14)).astype(np.float32)
     with pytest.raises(TypeError, match="tanh_backward: dy"):
-        A.tanh_backward_kernel(x.astype(np.float64), x)
+        A.tanh_backward_cuda(x.astype(np.float64), x)
     # a non-contiguous view is copied to a contiguous array first
     view = x[:, ::2]
     assert not view.flags.c_contiguous
@@ -156,11 +156,11 @@ def test_bad_inputs_are_rejected_or_made_contiguous(rng):
         dyv = x[:, 1::2]  # another strided view, of view's shape
         assert_close(bwd_k(dyv, cache, version=2), bwd_r(dyv, cache), *TOL[op], f"{op} backward of a strided view")
     # shape mismatch between dy and the cache is an error, not an out-of-bounds read
-    _, cache = A.relu_forward_kernel(x)
+    _, cache = A.relu_forward_cuda(x)
     with pytest.raises(ValueError, match="relu_backward"):
-        A.relu_backward_kernel(x[:3], cache)
+        A.relu_backward_cuda(x[:3], cache)
     with pytest.raises(ValueError, match="version"):
-        A.relu_forward_kernel(x, version=3)
+        A.relu_forward_cuda(x, version=3)
 
 
 # ---------------------------------------------------------------- dropout
@@ -172,32 +172,32 @@ def test_dropout_kernels_match_reference(version, shape, rng):
     x = _input(rng, shape)
     dy = rng.standard_normal(shape).astype(np.float32)
     keep = rng.random(shape) >= p
-    y, cache = DO.dropout_forward_kernel(x, keep, p, version=version)
+    y, cache = DO.dropout_forward_cuda(x, keep, p, version=version)
     y_ref, cache_ref = DO.dropout_forward_numpy(x, keep, p)
-    assert_close(y, y_ref, 0, 1e-7, f"dropout_forward_kernel{version} {shape}")
-    assert_close(DO.dropout_backward_kernel(dy, cache, version=version), DO.dropout_backward_numpy(dy, cache_ref),
-                 0, 1e-7, f"dropout_backward_kernel{version} {shape}")
+    assert_close(y, y_ref, 0, 1e-7, f"dropout_forward_v{version} {shape}")
+    assert_close(DO.dropout_backward_cuda(dy, cache, version=version), DO.dropout_backward_numpy(dy, cache_ref),
+                 0, 1e-7, f"dropout_backward_v{version} {shape}")
 
 
 @pytest.mark.parametrize("version", VERSIONS)
 def test_dropout_masks_bool_uint8_and_bad(version, rng):
     x = rng.standard_normal((17, 33)).astype(np.float32)
     keep = rng.random(x.shape) >= 0.3
-    y_bool, _ = DO.dropout_forward_kernel(x, keep, 0.3, version=version)
-    y_u8, _ = DO.dropout_forward_kernel(x, keep.astype(np.uint8), 0.3, version=version)
+    y_bool, _ = DO.dropout_forward_cuda(x, keep, 0.3, version=version)
+    y_u8, _ = DO.dropout_forward_cuda(x, keep.astype(np.uint8), 0.3, version=version)
     ref = DO.dropout_forward_numpy(x, keep, 0.3)[0]
     assert_close(y_bool, ref, 0, 1e-7, "bool mask")
     assert_close(y_u8, ref, 0, 1e-7, "uint8 mask")
     # a strided mask view is made contiguous
     big = rng.random((17, 66)) >= 0.3
-    y_view, _ = DO.dropout_forward_kernel(x, big[:, ::2], 0.3, version=version)
+    y_view, _ = DO.dropout_forward_cuda(x, big[:, ::2], 0.3, version=version)
     assert_close(y_view, DO.dropout_forward_numpy(x, big[:, ::2], 0.3)[0], 0, 1e-7, "strided mask")
     with pytest.raises(TypeError, match="dropout_forward: the kernels take a bool or uint8 keep mask"):
-        DO.dropout_forward_kernel(x, keep.astype(np.float32), 0.3, version=version)
+        DO.dropout_forward_cuda(x, keep.astype(np.float32), 0.3, version=version)
     with pytest.raises(ValueError, match="dropout_forward: keep has shape"):
-        DO.dropout_forward_kernel(x, keep[:3], 0.3, version=version)
+        DO.dropout_forward_cuda(x, keep[:3], 0.3, version=version)
     with pytest.raises(TypeError, match="dropout_forward: x: kernels take float32, got float64"):
-        DO.dropout_forward_kernel(x.astype(np.float64), keep, 0.3, version=version)
+        DO.dropout_forward_cuda(x.astype(np.float64), keep, 0.3, version=version)
 
 
 # ---------------------------------------------------------------- NVRTC, for these families' files

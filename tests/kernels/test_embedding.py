@@ -24,12 +24,12 @@ def test_embedding_kernels_match_reference(n, k, d, rng):
     W = rng.standard_normal((k, d)).astype(np.float32)
     labels = rng.integers(0, k, n)             # int64, as the layers hold them
     dy = rng.standard_normal((n, d)).astype(np.float32)
-    y, cache = E.embedding_forward_kernel(labels, W)
+    y, cache = E.embedding_forward_cuda(labels, W)
     y_r, cache_r = E.embedding_forward_numpy(labels, W)
-    assert_close(y, y_r, 0, 1e-7, f"embedding_forward_kernel1 {n, k, d}")
+    assert_close(y, y_r, 0, 1e-7, f"embedding_forward_v1 {n, k, d}")
     # float32 sums of repeated labels in atomic order vs NumPy's add.at order
-    assert_close(E.embedding_backward_kernel(dy, cache), E.embedding_backward_numpy(dy, cache_r), 1e-5, 1e-5,
-                 f"embedding_backward_kernel1 {n, k, d}")
+    assert_close(E.embedding_backward_cuda(dy, cache), E.embedding_backward_numpy(dy, cache_r), 1e-5, 1e-5,
+                 f"embedding_backward_v1 {n, k, d}")
 
 
 @pytest.mark.parametrize("workers", [1, 2])
@@ -41,10 +41,10 @@ def test_backward_all_labels_repeated(workers, rng):
     labels = np.full(n, 3, dtype=np.int64)
     labels[::7] = 1
     dy = rng.standard_normal((n, d)).astype(np.float32)
-    _, cache = E.embedding_forward_kernel(labels, rng.standard_normal((k, d)).astype(np.float32))
+    _, cache = E.embedding_forward_cuda(labels, rng.standard_normal((k, d)).astype(np.float32))
     with cuda_emu.settings(workers=workers):
-        dW = E.embedding_backward_kernel(dy, cache)
-        counts = E.embedding_backward_kernel(np.ones((n, d), np.float32), cache)
+        dW = E.embedding_backward_cuda(dy, cache)
+        counts = E.embedding_backward_cuda(np.ones((n, d), np.float32), cache)
     ref = E.embedding_backward_numpy(dy, (labels, (k, d)))
     assert_close(dW, ref, 1e-3, 1e-5, f"scatter-add of repeated labels ({workers} workers)")
     # sums of ones are exact in float32: any lost update shows
@@ -57,7 +57,7 @@ def test_backward_all_labels_repeated(workers, rng):
 def test_label_dtypes(dtype, rng):
     W = rng.standard_normal((10, 50)).astype(np.float32)
     labels = rng.integers(0, 10, 9).astype(dtype)
-    y, cache = E.embedding_forward_kernel(labels, W)
+    y, cache = E.embedding_forward_cuda(labels, W)
     assert_close(y, W[labels], 0, 1e-7, f"labels of {np.dtype(dtype)}")
     assert cache[0].dtype == np.int32
 
@@ -74,7 +74,7 @@ def test_public_ops_and_layer_dispatch_to_the_kernels(launches, rng):
         layer.backward(dy)
         results[name] = (y, layer.weight.grad.copy())
     backend.use("emu")
-    assert launches == ["embedding_forward_kernel1", "embedding_backward_kernel1"]
+    assert launches == ["embedding_forward_v1", "embedding_backward_v1"]
     assert_close(results["emu"][0], results["numpy"][0], 0, 1e-7, "layer forward emu vs numpy")
     assert_close(results["emu"][1], results["numpy"][1], 1e-6, 1e-6, "layer weight gradient emu vs numpy")
 
@@ -84,25 +84,25 @@ def test_bad_inputs(rng):
     with pytest.raises(TypeError, match="embedding_forward: W: kernels take float32, got float64"):
         E.embedding_forward(np.arange(3), W.astype(np.float64))
     with pytest.raises(TypeError, match="embedding_forward: indices must be integers, got float32"):
-        E.embedding_forward_kernel(np.arange(3, dtype=np.float32), W)
+        E.embedding_forward_cuda(np.arange(3, dtype=np.float32), W)
     with pytest.raises(ValueError, match=r"embedding_forward: indices must lie in \[0, 10\), got values from -1 to 2"):
-        E.embedding_forward_kernel(np.array([-1, 2]), W)
+        E.embedding_forward_cuda(np.array([-1, 2]), W)
     with pytest.raises(ValueError, match=r"embedding_forward: indices must lie in \[0, 10\), got values from 0 to 10"):
-        E.embedding_forward_kernel(np.array([0, 10]), W)
+        E.embedding_forward_cuda(np.array([0, 10]), W)
     with pytest.raises(ValueError, match=r"indices must have shape \(N,\)"):
-        E.embedding_forward_kernel(np.zeros((2, 2), np.int64), W)
-    _, cache = E.embedding_forward_kernel(np.array([1, 2, 3]), W)
+        E.embedding_forward_cuda(np.zeros((2, 2), np.int64), W)
+    _, cache = E.embedding_forward_cuda(np.array([1, 2, 3]), W)
     with pytest.raises(ValueError, match=r"embedding_backward: dy has shape \(3, 5\), expected \(3, 4\)"):
-        E.embedding_backward_kernel(np.zeros((3, 5), np.float32), cache)
+        E.embedding_backward_cuda(np.zeros((3, 5), np.float32), cache)
     # strided views: labels, weight and gradient
     labels = np.array([4, 0, 9, 9, 2, 1], dtype=np.int64)[::2]
     Wv = rng.standard_normal((10, 8)).astype(np.float32)[:, ::2]
-    y, cache = E.embedding_forward_kernel(labels, Wv)
+    y, cache = E.embedding_forward_cuda(labels, Wv)
     assert_close(y, Wv[labels], 0, 1e-7, "gather from strided W with strided labels")
     dyv = rng.standard_normal((3, 8)).astype(np.float32)[:, 1::2]
-    assert_close(E.embedding_backward_kernel(dyv, cache), E.embedding_backward_numpy(dyv, (labels, (10, 4))),
+    assert_close(E.embedding_backward_cuda(dyv, cache), E.embedding_backward_numpy(dyv, (labels, (10, 4))),
                  1e-6, 1e-6, "scatter of a strided dy")
     # empty batch
-    y, cache = E.embedding_forward_kernel(np.zeros(0, np.int64), W)
+    y, cache = E.embedding_forward_cuda(np.zeros(0, np.int64), W)
     assert y.shape == (0, 4)
-    assert np.all(E.embedding_backward_kernel(np.zeros((0, 4), np.float32), cache) == 0)
+    assert np.all(E.embedding_backward_cuda(np.zeros((0, 4), np.float32), cache) == 0)

@@ -1,4 +1,4 @@
-"""kernels/gemm.cu (sgemm_kernel1/2/3) through the emulator against float64 NumPy.
+"""kernels/gemm.cu (gemm_v1, gemm_v2, gemm_v3) through the emulator against float64 NumPy.
 
 Shapes break every tile (1, 7, 17x33x15, 45x7x129), all four transpose combinations,
 alpha/beta, and the conv cGAN's real layer GEMMs at batch 3 and 1 (width 128).
@@ -11,7 +11,7 @@ import pytest
 
 from cganraw import backend
 from cganraw.ops import _launch
-from cganraw.ops.gemm import gemm, gemm_impl, set_gemm_impl, sgemm_kernel
+from cganraw.ops.gemm import gemm, gemm_cuda, gemm_impl, set_gemm_impl
 
 from .conftest import assert_close
 
@@ -45,7 +45,7 @@ def _tol(k):
 def _check(version, m, n, k, ta, tb, rng, alpha=1.0, beta=0.0):
     a, b = _operands(rng, m, n, k, ta, tb)
     c = rng.standard_normal((m, n)).astype(np.float32) if beta != 0.0 else None
-    got = sgemm_kernel(a, b, ta, tb, alpha, beta, out=None if c is None else c.copy(), version=version)
+    got = gemm_cuda(a, b, ta, tb, alpha, beta, out=None if c is None else c.copy(), version=version)
     assert_close(got, _reference(a, b, ta, tb, alpha, beta, c), **_tol(k),
                  what=f"sgemm v{version} M,N,K={m},{n},{k} trans={ta},{tb} alpha={alpha} beta={beta}")
 
@@ -80,7 +80,7 @@ def test_sgemm_any_grid_works(version, rng):
     a, b = _operands(rng, m, n, k, False, True)
     c = np.empty((m, n), np.float32)
     block = {1: (32, 8), 2: (32, 32), 3: (256,)}[version]
-    fn = _launch.function("gemm", f"sgemm_kernel{version}")
+    fn = _launch.function("gemm", f"gemm_v{version}")
     i32, f32 = _launch.i32, _launch.f32
     fn((1, 1), block, (a, b, c, i32(m), i32(n), i32(k), i32(k), i32(k), i32(n),
                        i32(0), i32(1), f32(1.0), f32(0.0)))
@@ -92,7 +92,7 @@ def test_sgemm_beta_zero_never_reads_c(version, rng):
     # BLAS semantics: with beta == 0 an uninitialised (here NaN) output is fine
     a, b = _operands(rng, 17, 33, 15, False, False)
     out = np.full((17, 33), np.nan, np.float32)
-    got = sgemm_kernel(a, b, out=out, version=version)
+    got = gemm_cuda(a, b, out=out, version=version)
     assert got is out
     assert_close(out, _reference(a, b, False, False), **_tol(15), what="beta=0 over NaN")
 
@@ -101,10 +101,10 @@ def test_sgemm_beta_zero_never_reads_c(version, rng):
 def test_sgemm_empty_and_k0(version, rng):
     a = np.zeros((0, 5), np.float32)
     b = np.zeros((5, 4), np.float32)
-    assert sgemm_kernel(a, b, version=version).shape == (0, 4)
+    assert gemm_cuda(a, b, version=version).shape == (0, 4)
     # K = 0: op(A) @ op(B) is all zeros, beta still scales C
     c = rng.standard_normal((3, 4)).astype(np.float32)
-    got = sgemm_kernel(np.zeros((3, 0), np.float32), np.zeros((0, 4), np.float32),
+    got = gemm_cuda(np.zeros((3, 0), np.float32), np.zeros((0, 4), np.float32),
                        beta=0.5, out=c.copy(), version=version)
     assert_close(got, 0.5 * c.astype(np.float64), atol=1e-7, rtol=1e-7, what="K=0")
 
@@ -145,27 +145,27 @@ def test_float64_is_rejected_with_type_error(rng):
     a = rng.standard_normal((4, 5))
     b = rng.standard_normal((5, 3)).astype(np.float32)
     with pytest.raises(TypeError, match="float32.*float64"):
-        sgemm_kernel(a, b)
+        gemm_cuda(a, b)
     with pytest.raises(TypeError, match="float32"):
-        sgemm_kernel(b.T.copy(), np.ones((5, 3), np.int32))
+        gemm_cuda(b.T.copy(), np.ones((5, 3), np.int32))
     with pytest.raises(TypeError, match="float32"):
-        sgemm_kernel(a.astype(np.float32), b, out=np.zeros((4, 3)))
+        gemm_cuda(a.astype(np.float32), b, out=np.zeros((4, 3)))
     with pytest.raises(TypeError, match="array"):
-        sgemm_kernel([[1.0]], b)
+        gemm_cuda([[1.0]], b)
 
 
 def test_shape_errors_name_the_op_and_shapes(rng):
     a = np.ones((4, 5), np.float32)
-    with pytest.raises(ValueError, match=r"sgemm_kernel.*\(4, 5\).*\(6, 3\)"):
-        sgemm_kernel(a, np.ones((6, 3), np.float32))
+    with pytest.raises(ValueError, match=r"gemm_cuda.*\(4, 5\).*\(6, 3\)"):
+        gemm_cuda(a, np.ones((6, 3), np.float32))
     with pytest.raises(ValueError, match="2-D"):
-        sgemm_kernel(np.ones((2, 2, 2), np.float32), a)
+        gemm_cuda(np.ones((2, 2, 2), np.float32), a)
     with pytest.raises(ValueError, match=r"out must be an \(4, 3\)"):
-        sgemm_kernel(a, np.ones((5, 3), np.float32), out=np.zeros((3, 4), np.float32))
+        gemm_cuda(a, np.ones((5, 3), np.float32), out=np.zeros((3, 4), np.float32))
     with pytest.raises(TypeError, match="C-contiguous"):
-        sgemm_kernel(a, np.ones((5, 3), np.float32), out=np.zeros((3, 4), np.float32).T)
+        gemm_cuda(a, np.ones((5, 3), np.float32), out=np.zeros((3, 4), np.float32).T)
     with pytest.raises(ValueError, match="version"):
-        sgemm_kernel(a, np.ones((5, 3), np.float32), version=4)
+        gemm_cuda(a, np.ones((5, 3), np.float32), version=4)
 
 
 @pytest.mark.parametrize("version", [1, 3])
@@ -174,7 +174,7 @@ def test_non_contiguous_operands_are_handled(version, rng):
     a = big[:17, ::2]                # strided view (17, 20): copied
     b = big[:20, 5:38]               # (20, 33) with row stride 40: copied
     assert not a.flags.c_contiguous and not b.flags.c_contiguous
-    got = sgemm_kernel(a, b, version=version)
+    got = gemm_cuda(a, b, version=version)
     assert_close(got, a.astype(np.float64) @ b, **_tol(20), what="strided views")
     # transposed views (F-contiguous) go in as their base with the flag flipped
     at = np.ascontiguousarray(rng.standard_normal((20, 17)).astype(np.float32)).T   # (17, 20)
@@ -182,7 +182,7 @@ def test_non_contiguous_operands_are_handled(version, rng):
     for ta, tb in TRANS:
         x = at.T if ta else at
         y = bt.T if tb else bt
-        got = sgemm_kernel(x, y, ta, tb, version=version)
+        got = gemm_cuda(x, y, ta, tb, version=version)
         assert_close(got, _reference(x, y, ta, tb), **_tol(20), what=f"transposed views {ta},{tb}")
 
 
@@ -198,8 +198,8 @@ def test_gemm_dispatch_on_emu_defaults_to_v3(restore_gemm_impl, monkeypatch, rng
     monkeypatch.setattr(gemm_mod, "_gemm_env", None)       # as if CGANRAW_GEMM were unset
     assert gemm_impl() == 3
     calls = []
-    real = gemm_mod.sgemm_kernel
-    monkeypatch.setattr(gemm_mod, "sgemm_kernel", lambda *a, **kw: calls.append(kw) or real(*a, **kw))
+    real = gemm_mod.gemm_cuda
+    monkeypatch.setattr(gemm_mod, "gemm_cuda", lambda *a, **kw: calls.append(kw) or real(*a, **kw))
     a, b = _operands(rng, 7, 17, 5, False, True)
     assert_close(gemm(a, b, trans_b=True), _reference(a, b, False, True), **_tol(5), what="gemm()")
     assert calls == [{"version": 3}]

@@ -1,11 +1,14 @@
-// im2col / col2im for Conv2d and ConvTranspose2d (the GEMM is kernels/gemm.cu or cuBLAS).
+// The ops im2col and col2im of cganraw.ops.conv (launchers im2col_cuda, col2im_cuda), on
+// which Conv2d and ConvTranspose2d run: conv2d is im2col + GEMM (kernels/gemm.cu or
+// cuBLAS) + bias (kernels/bias.cu), its data gradient GEMM + col2im; a transposed conv is
+// the same pair the other way round. The convolutions have no kernels of their own.
 //
-// Kernels (launchers in cganraw/ops/conv.py):
-//   im2col_kernel    x (N, C, H, W) -> cols (C*k*k, N*Ho*Wo); one thread per cols element.
-//   col2im_kernel1   cols -> x, scatter: one thread per cols element, atomicAdd into x
-//                    (x must be zeroed first).
-//   col2im_kernel2   cols -> x, gather: one thread per x element, summing the cols entries
-//                    of the windows that cover it; no atomics, no zero fill. THE DEFAULT.
+// Kernels:
+//   im2col_v1   x (N, C, H, W) -> cols (C*k*k, N*Ho*Wo); one thread per cols element.
+//   col2im_v1   cols -> x, scatter: one thread per cols element, atomicAdd into x
+//               (x must be zeroed first).
+//   col2im_v2   cols -> x, gather: one thread per x element, summing the cols entries
+//               of the windows that cover it; no atomics, no zero fill. THE DEFAULT.
 //
 // Column layout (cganraw/ops/conv.py): row r = (c*k + i)*k + j, column q = (n*Ho + oy)*Wo + ox
 // holds x[n, c, oy*s + i - p, ox*s + j - p], zero where that falls in the padding.
@@ -53,7 +56,7 @@ __device__ __forceinline__ long long cols_source(long long e, long long L, int C
 // x (N, C, H, W) -> cols (C*k*k, N*Ho*Wo)
 // Thread e <-> cols element (r, q): consecutive threads write consecutive q, i.e.
 // consecutive ox, so stores coalesce and loads are s-strided runs of one image row.
-extern "C" __global__ void im2col_kernel(const float* x, float* cols,
+extern "C" __global__ void im2col_v1(const float* x, float* cols,
                                          int N, int C, int H, int W, int k, int s, int p,
                                          int Ho, int Wo)
 {
@@ -69,7 +72,7 @@ extern "C" __global__ void im2col_kernel(const float* x, float* cols,
 // cols (C*k*k, N*Ho*Wo) -> x (N, C, H, W), scatter-add. x must hold zeros on entry.
 // Thread e <-> cols element (r, q): coalesced reads of cols; the (k/s)^2 windows
 // covering a pixel collide on it, hence atomicAdd.
-extern "C" __global__ void col2im_kernel1(const float* cols, float* x,
+extern "C" __global__ void col2im_v1(const float* cols, float* x,
                                           int N, int C, int H, int W, int k, int s, int p,
                                           int Ho, int Wo)
 {
@@ -86,7 +89,7 @@ extern "C" __global__ void col2im_kernel1(const float* cols, float* x,
 // Thread e <-> x element (n, c, y, xo). The padded coordinate y + p equals oy*s + i, so
 // the taps that hit are i = (y+p) mod s, +s, ... < k with 0 <= oy = (y+p-i)/s < Ho
 // (likewise j/ox); at most ceil(k/s)^2 of them, each cols element read by one thread.
-extern "C" __global__ void col2im_kernel2(const float* cols, float* x,
+extern "C" __global__ void col2im_v2(const float* cols, float* x,
                                           int N, int C, int H, int W, int k, int s, int p,
                                           int Ho, int Wo)
 {
