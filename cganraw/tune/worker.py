@@ -25,8 +25,6 @@ log = logging.getLogger("cganraw.tune")
 
 # The time budget (--trial-minutes) ends a trial, not an epoch count.
 UNBOUNDED_EPOCHS = 10_000
-# Images per class of an evaluation: what the trainer's --eval-every evaluator draws.
-EVAL_N_PER_CLASS = 100
 MAX_FAILURES_IN_A_ROW = 3
 POLL_S = 0.5
 TERM_WAIT_S = 60
@@ -139,11 +137,6 @@ class Objective:
             args += ["--backend", s.backend]
         return args + s.space.argv(values)
 
-    def eval_args(self):
-        if "eval_every_steps" in self.options:
-            return ["--eval-every-steps", str(self.s.eval_every_steps)]
-        return ["--eval-every", "1"]   # a trainer that evaluates only at epoch ends
-
     def env(self):
         env = dict(os.environ)
         if self.s.threads:
@@ -166,8 +159,8 @@ class Objective:
         if run_dir.exists() and any(run_dir.iterdir()):
             raise TrialError(self._fail(trial, f"{run_dir} is not empty (left by another study?)"))
         run_dir.mkdir(parents=True, exist_ok=True)
-        argv = [sys.executable, "-m", "cganraw.train", *args, "--out", str(run_dir), *self.eval_args(),
-                "--quiet", "--no-download"]
+        argv = [sys.executable, "-m", "cganraw.train", *args, "--out", str(run_dir),
+                "--eval-every-steps", str(s.eval_every_steps), "--quiet", "--no-download"]
         log.info("%strial %d started: %s", self.prefix, trial.number,
                  " ".join(p.describe().split(" ")[0] + f"={values[p.name]!r}" for p in s.space.searched()))
         t0 = time.monotonic()
@@ -235,7 +228,7 @@ class Objective:
     def _final_metrics(self, run_dir, last_eval):
         """The metrics of the run's last weights (checkpoints/last.npz): the trainer's last
         evaluation when it was made at that step, else an evaluation like the trainer's."""
-        from cganraw import backend, checkpoint, classifier, evaluate  # noqa: PLC0415
+        from cganraw import backend, checkpoint, classifier, evaluate, train  # noqa: PLC0415
         if self.s.backend:
             backend.use(self.s.backend)
         G, meta = checkpoint.load_generator(run_dir / "checkpoints" / "last.npz")
@@ -243,8 +236,8 @@ class Objective:
         if last_eval is not None and last_eval.get("step") == step:
             return {**_numbers(last_eval), "step": step}
         clf = classifier.load(classifier.default_path(self.s.dataset))
-        res = evaluate.evaluate_generator(G, list(meta["class_names"]), clf, n_per_class=EVAL_N_PER_CLASS, seed=0,
-                                          cas=False, log=lambda *a: None, data_dir=self.s.data_dir)
+        res = evaluate.evaluate_generator(G, list(meta["class_names"]), clf, n_per_class=train.EVAL_N_PER_CLASS,
+                                          seed=0, cas=False, log=lambda *a: None, data_dir=self.s.data_dir)
         res = {**_numbers(res), "step": step}
         (run_dir / "final_eval.json").write_text(json.dumps(res, indent=2) + "\n")
         return res
