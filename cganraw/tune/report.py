@@ -84,9 +84,11 @@ def write_plots(study, s: st.Settings, folder):
         plots["pareto_front.png"] = lambda: ovm.plot_pareto_front(study, target_names=list(st.OBJECTIVES))
     else:
         plots["intermediate_values.png"] = lambda: ovm.plot_intermediate_values(study)
+    reported = any(t.intermediate_values for t in study.get_trials(deepcopy=False))
     written = []
     for name, draw in plots.items():
-        if len(complete) < (2 if name == "param_importances.png" else 1):
+        if (len(complete) < (2 if name == "param_importances.png" else 1)
+                and not (name == "intermediate_values.png" and reported)):
             log.info("no %s yet: it needs more complete trials", name)
             continue
         try:

@@ -52,7 +52,7 @@ RESERVED = {
     "eval_every": "--eval-every-steps", "eval_every_steps": "--eval-every-steps",
     "backend": "--backend", "data_dir": "--data-dir", "download": "--download",
     "quiet": "nothing", "debug": "nothing", "help": "nothing", "log_every": "nothing",
-    "checkpoint_every": "nothing", "sample_every": "nothing",
+    "checkpoint_every": "nothing", "sample_every": "--eval-every-steps",
 }
 _SPEC_KEYS = {"low", "high", "log", "step", "choices"}
 

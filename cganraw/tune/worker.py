@@ -17,7 +17,7 @@ import zlib
 
 import numpy as np
 
-from cganraw.cli import CLIError
+from cganraw.cli import CLIError, describe_error
 from cganraw.tune import study as st
 from cganraw.tune.space import trainer_options
 
@@ -160,12 +160,16 @@ class Objective:
             raise TrialError(self._fail(trial, f"{run_dir} is not empty (left by another study?)"))
         run_dir.mkdir(parents=True, exist_ok=True)
         argv = [sys.executable, "-m", "cganraw.train", *args, "--out", str(run_dir),
-                "--eval-every-steps", str(s.eval_every_steps), "--quiet", "--no-download"]
+                "--eval-every-steps", str(s.eval_every_steps), "--sample-every", str(s.eval_every_steps),
+                "--quiet", "--no-download"]   # a sample grid at every evaluation: a pruned trial keeps its last
         log.info("%strial %d started: %s", self.prefix, trial.number,
                  " ".join(p.describe().split(" ")[0] + f"={values[p.name]!r}" for p in s.space.searched()))
         t0 = time.monotonic()
         last_eval = self._run(trial, argv, run_dir)
-        final = self._final_metrics(run_dir, last_eval)
+        try:
+            final = self._final_metrics(run_dir, last_eval)
+        except (CLIError, OSError, ValueError, KeyError) as e:   # a checkpoint or classifier it cannot read
+            raise TrialError(self._fail(trial, f"the final evaluation failed: {describe_error(e)}")) from None
         fid, acc = final.get("fid"), final.get("label_accuracy")
         if fid is None or acc is None:
             raise TrialError(self._fail(trial, "the evaluation gave no FID or label accuracy"))
@@ -228,10 +232,10 @@ class Objective:
     def _final_metrics(self, run_dir, last_eval):
         """The metrics of the run's last weights (checkpoints/last.npz): the trainer's last
         evaluation when it was made at that step, else an evaluation like the trainer's."""
-        from cganraw import backend, checkpoint, classifier, evaluate, train  # noqa: PLC0415
+        from cganraw import backend, classifier, evaluate, load, train  # noqa: PLC0415
         if self.s.backend:
             backend.use(self.s.backend)
-        G, meta = checkpoint.load_generator(run_dir / "checkpoints" / "last.npz")
+        G, meta = load.load_generator(run_dir / "checkpoints" / "last.npz")
         step = int(meta["step"])
         if last_eval is not None and last_eval.get("step") == step:
             return {**_numbers(last_eval), "step": step}
