@@ -165,7 +165,8 @@ def _loop(run, cfg, args, out, metrics, stop, saved, log):
     deadline = t_start + 60 * cfg["max_minutes"] - elapsed0 if cfg.get("max_minutes") else None
     window_t, window_imgs, session_imgs = t_start, 0, 0
     stop_reason = "finished" if total_steps == planned_steps else f"reached --max-steps {total_steps}"
-    evaluator = _make_evaluator(cfg, log, args.data_dir) if cfg.get("eval_every") or cfg.get("eval_every_steps") else None
+    evaluates = cfg.get("eval_every") or cfg.get("eval_every_steps")
+    evaluator = _make_evaluator(cfg, log, args.data_dir) if evaluates else None
     last_path = saved.path
     run.exit_code = 0
 
@@ -257,8 +258,9 @@ def _make_evaluator(cfg, log, data_dir=None):
     clf = classifier.load_or_train(cfg["dataset"], data_dir=data_dir, log=log.info)
 
     def run_eval(run):
-        res = evaluate.evaluate_generator(run.G_sample, list(run.train_set.class_names), clf, n_per_class=EVAL_N_PER_CLASS,
-                                          seed=0, cas=False, log=lambda *a: None, data_dir=data_dir)
+        res = evaluate.evaluate_generator(run.G_sample, list(run.train_set.class_names), clf,
+                                          n_per_class=EVAL_N_PER_CLASS, seed=0, cas=False, log=lambda *a: None,
+                                          data_dir=data_dir)
         return {k: v for k, v in res.items() if isinstance(v, (int, float)) and math.isfinite(v)}
     return run_eval
 

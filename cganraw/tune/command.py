@@ -161,7 +161,8 @@ def finish(study, s: st.Settings, top, print_best):
     if command:
         atomic_write(s.study_dir / "best_command.txt", (command + "\n").encode())
         best = st.best_trials(study.get_trials(deepcopy=False), s)
-        log.info("best trial %s: %s", ", ".join(str(t.number) for t in best), s.study_dir / best[0].user_attrs["run_dir"])
+        log.info("best trial %s: %s", ", ".join(str(t.number) for t in best),
+                 s.study_dir / best[0].user_attrs["run_dir"])
         if print_best:
             sys.stdout.write(command + "\n")
     elif print_best:
@@ -181,22 +182,30 @@ def main(argv=None):
         log.warning("--multi-objective: pruning is off (Optuna prunes on one objective only)")
 
     def body(args):
-        signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
-        st.require_optuna()
-        s = settings_from(args)
-        if args.worker_index is not None:               # one of the processes of --workers
-            worker.run_worker(s, args.worker_index, f"[worker {args.worker_index}] ")
-            return 0
-        study = prepare(s)
-        done, running = worker.finished(study)
-        log.info("study %s in %s: %d of %d trials finished, %d running; %d workers here; space: %s",
-                 s.study_name, st._shown_url(s.storage_url), done, s.trials, running, args.workers,
-                 "; ".join(s.space.describe()))
-        if args.workers == 1:
-            worker.run_worker(s, 0)
-        else:
-            run_workers(s, argv, args.workers)
-        finish(st.open_study(s), s, args.top, args.print_best_command)
-        return 0
+        previous = signal.signal(signal.SIGTERM, _sigterm_as_interrupt)   # stop trials like Ctrl-C
+        try:
+            return study_command(args, argv)
+        finally:
+            signal.signal(signal.SIGTERM, previous)
 
     return cli.run(body, args, expected=(data.DataError,))
+
+
+def study_command(args, argv):
+    """Prepare, run the workers, report (or, with --worker-index, be one worker)."""
+    st.require_optuna()
+    s = settings_from(args)
+    if args.worker_index is not None:               # one of the processes of --workers
+        worker.run_worker(s, args.worker_index, f"[worker {args.worker_index}] ")
+        return 0
+    study = prepare(s)
+    done, running = worker.finished(study)
+    log.info("study %s in %s: %d of %d trials finished, %d running; %d workers here; space: %s",
+             s.study_name, st.shown_url(s.storage_url), done, s.trials, running, args.workers,
+             "; ".join(s.space.describe()))
+    if args.workers == 1:
+        worker.run_worker(s, 0)
+    else:
+        run_workers(s, argv, args.workers)
+    finish(st.open_study(s), s, args.top, args.print_best_command)
+    return 0

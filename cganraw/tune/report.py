@@ -31,7 +31,8 @@ def summary_lines(study, s: st.Settings, top=10):
     order = st.ranked(trials, s)
     searched = [p.name for p in s.space.searched()]
     front = {t.number for t in st.pareto_front(order)} if s.multi_objective else set()
-    head = ["rank", "trial", "FID", "label accuracy", f">= {100 * s.min_label_accuracy:g}%", "steps", "minutes", *searched]
+    bar = f">= {100 * s.min_label_accuracy:g}%"
+    head = ["rank", "trial", "FID", "label accuracy", bar, "steps", "minutes", *searched]
     if s.multi_objective:
         head.insert(5, "Pareto")
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join([" ---: "] * len(head)) + "|"]

@@ -68,7 +68,7 @@ def require_optuna():
 
 # ------------------------------------------------------------------ storage --------
 
-def _shown_url(url):
+def shown_url(url):
     try:
         from sqlalchemy.engine import make_url  # noqa: PLC0415
         return make_url(url).render_as_string(hide_password=True)
@@ -87,7 +87,7 @@ def open_storage(url, heartbeat):
     the callback that retries it. Any failure to open it is one CLIError line."""
     optuna = require_optuna()
     from sqlalchemy.engine import make_url  # noqa: PLC0415  (optuna's own dependency)
-    shown = _shown_url(url)
+    shown = shown_url(url)
     try:
         parsed = make_url(url)
     except Exception:  # noqa: BLE001
@@ -126,9 +126,9 @@ def open_study(s: Settings, create=False):
             study = optuna.load_study(study_name=s.study_name, storage=storage)
         saved = study.user_attrs
     except KeyError:
-        raise CLIError(f"no study {s.study_name!r} in {_shown_url(s.storage_url)}") from None
+        raise CLIError(f"no study {s.study_name!r} in {shown_url(s.storage_url)}") from None
     except Exception as e:  # noqa: BLE001
-        raise CLIError(f"cannot open study {s.study_name!r} in {_shown_url(s.storage_url)}: {_db_reason(e)}") from None
+        raise CLIError(f"cannot open study {s.study_name!r} in {shown_url(s.storage_url)}: {_db_reason(e)}") from None
     mine = s.fingerprint()
     if not saved.get("settings"):
         if create:

@@ -215,7 +215,8 @@ class Objective:
         finally:
             _stop(proc)
         if rc != 0:
-            raise TrialError(self._fail(trial, f"the trainer failed (exit {rc}): {_last_error_line(run_dir / 'trainer.log')}"))
+            why = _last_error_line(run_dir / "trainer.log")
+            raise TrialError(self._fail(trial, f"the trainer failed (exit {rc}): {why}"))
         return last_eval
 
     def _report(self, trial, rec):
