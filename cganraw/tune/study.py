@@ -98,12 +98,11 @@ def open_storage(url, heartbeat):
         if parsed.database and parsed.database != ":memory:":
             check_output_dir(Path(parsed.database).parent, "folder of the --storage database")
         kwargs = {"connect_args": {"timeout": 300}}   # workers queue for SQLite's one writer
-    retry = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None)
-    callback = {"heartbeat_stale_trial_callback": retry(max_retry=MAX_RETRIES)} if retry else \
-        {"failed_trial_callback": optuna.storages.RetryFailedTrialCallback(max_retry=MAX_RETRIES)}
+    # RetryHeartbeatStaleTrialCallback: Optuna >= 4.9's name for RetryFailedTrialCallback
+    retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES)
     try:
         return optuna.storages.RDBStorage(url, engine_kwargs=kwargs, heartbeat_interval=heartbeat,
-                                          grace_period=2 * heartbeat, **callback)
+                                          grace_period=2 * heartbeat, heartbeat_stale_trial_callback=retry)
     except ImportError:
         raise CLIError(f"cannot open the study storage {shown}: no database driver for "
                        f"{parsed.get_backend_name()} is installed (PostgreSQL: pip install psycopg2-binary; "
