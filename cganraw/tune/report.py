@@ -17,7 +17,7 @@ def _fmt(v, spec):
 
 
 def _param(v):
-    return f"{v:.3g}" if isinstance(v, float) else str(v)
+    return f"{v:.4g}" if isinstance(v, float) else str(v)   # 4 digits: EMA decays 0.9995 vs 0.9999
 
 
 def state_counts(trials):
