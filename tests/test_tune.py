@@ -15,9 +15,12 @@ import pytest
 
 optuna = pytest.importorskip("optuna")
 
-from cganraw import classifier, data, train  # noqa: E402
-from cganraw.tune import command, space as sp, study as st, worker  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
+
+from cganraw import classifier, data, train  # noqa: E402
+from cganraw.tune import command, worker  # noqa: E402
+from cganraw.tune import space as sp  # noqa: E402
+from cganraw.tune import study as st  # noqa: E402
 from tests.synthetic import write_emnist  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]

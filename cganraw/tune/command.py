@@ -10,9 +10,11 @@ import sys
 from pathlib import Path
 
 from cganraw import backend, cli, data
-from cganraw.fileio import atomic_write
 from cganraw.cli import CLIError
-from cganraw.tune import report, space as sp, study as st, worker
+from cganraw.fileio import atomic_write
+from cganraw.tune import report, worker
+from cganraw.tune import space as sp
+from cganraw.tune import study as st
 
 log = logging.getLogger("cganraw.tune")
 
@@ -117,7 +119,7 @@ def prepare(s: st.Settings):
                        "or remove them")
     for split in ("train", "test"):
         data.load(s.dataset, split, data_dir=s.data_dir, download=s.download)
-    from cganraw import classifier  # noqa: PLC0415
+    from cganraw import classifier
     classifier.load_or_train(s.dataset, data_dir=s.data_dir, log=log.info)
     return study
 

@@ -21,7 +21,7 @@ def _param(v):
 
 
 def state_counts(trials):
-    from collections import Counter  # noqa: PLC0415
+    from collections import Counter
     return Counter(t.state.name.lower() for t in trials)
 
 
@@ -61,7 +61,7 @@ def best_command(study, s: st.Settings):
 # ------------------------------------------------------------------ plots ------------
 
 def _figure(ax):
-    import numpy as np  # noqa: PLC0415
+    import numpy as np
     first = np.ravel(ax)[0] if isinstance(ax, np.ndarray) else ax
     return first.figure
 
@@ -71,11 +71,11 @@ def write_plots(study, s: st.Settings, folder):
     coordinates, parameter importances, intermediate values (single objective) and the
     Pareto front (multi-objective). A plot that cannot be drawn yet (too few trials) is
     skipped with a note. Returns the paths written."""
-    from optuna.trial import TrialState  # noqa: PLC0415
-    from optuna.visualization import matplotlib as ovm  # noqa: PLC0415
-    import matplotlib  # noqa: PLC0415
+    import matplotlib
+    from optuna.trial import TrialState
+    from optuna.visualization import matplotlib as ovm
     matplotlib.use("Agg", force=False)   # files only, no display
-    import matplotlib.pyplot as plt  # noqa: PLC0415
+    import matplotlib.pyplot as plt
     complete = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
     fid = {"target": (lambda t: t.values[0]), "target_name": "FID"} if s.multi_objective else {"target_name": "FID"}
     plots = {"history.png": lambda: ovm.plot_optimization_history(study, **fid),

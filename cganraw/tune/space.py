@@ -104,7 +104,7 @@ class Param:
 def trainer_options(parser=None):
     """{dest: action} of the trainer's options (cganraw.train.build_parser() by default)."""
     if parser is None:
-        from cganraw import train  # noqa: PLC0415  (the trainer as it is now, at run time)
+        from cganraw import train  # the trainer as it is now, at run time
         parser = train.build_parser()
     return {a.dest: a for a in parser._actions if a.option_strings}
 
@@ -279,7 +279,7 @@ def _parse_json(path, text):
 
 def _parse_yaml(path, text):
     try:
-        import yaml  # noqa: PLC0415  (only for YAML files: the [tune] extra)
+        import yaml  # only for YAML files: the [tune] extra
     except ImportError:
         raise CLIError(f"--space {path}: reading YAML needs PyYAML: pip install -e '.[tune]', "
                        "or write the space as JSON") from None

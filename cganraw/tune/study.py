@@ -52,7 +52,7 @@ class Settings:
 
 
 def _optuna():
-    import optuna  # noqa: PLC0415  (the [tune] extra)
+    import optuna  # the [tune] extra
     optuna.logging.set_verbosity(optuna.logging.ERROR)   # we log each trial ourselves, in one line
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     warnings.filterwarnings("ignore", category=FutureWarning, module="optuna")
@@ -70,9 +70,9 @@ def require_optuna():
 
 def shown_url(url):
     try:
-        from sqlalchemy.engine import make_url  # noqa: PLC0415
+        from sqlalchemy.engine import make_url
         return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # noqa: BLE001  (any malformed URL: shown as given)
+    except Exception:   # any malformed URL: shown as given
         return url
 
 
@@ -86,11 +86,11 @@ def open_storage(url, heartbeat):
     """Optuna's RDB storage at `url`, with the heartbeat that fails a dead worker's trial and
     the callback that retries it. Any failure to open it is one CLIError line."""
     optuna = require_optuna()
-    from sqlalchemy.engine import make_url  # noqa: PLC0415  (optuna's own dependency)
+    from sqlalchemy.engine import make_url  # optuna's own dependency
     shown = shown_url(url)
     try:
         parsed = make_url(url)
-    except Exception:  # noqa: BLE001
+    except Exception:   # make_url raises several classes
         raise CLIError(f"--storage {url!r} is not a database URL (sqlite:///FILE.db, "
                        "postgresql://USER:PASSWORD@HOST/DB, mysql+pymysql://USER:PASSWORD@HOST/DB)") from None
     kwargs = {}
@@ -107,7 +107,7 @@ def open_storage(url, heartbeat):
         raise CLIError(f"cannot open the study storage {shown}: no database driver for "
                        f"{parsed.get_backend_name()} is installed (PostgreSQL: pip install psycopg2-binary; "
                        "MySQL: pip install pymysql)") from None
-    except Exception as e:  # noqa: BLE001  (SQLAlchemy's and the drivers' many error classes)
+    except Exception as e:   # SQLAlchemy's and the drivers' many error classes
         raise CLIError(f"cannot open the study storage {shown}: {_db_reason(e)}") from None
 
 
@@ -126,7 +126,7 @@ def open_study(s: Settings, create=False):
         saved = study.user_attrs
     except KeyError:
         raise CLIError(f"no study {s.study_name!r} in {shown_url(s.storage_url)}") from None
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         raise CLIError(f"cannot open study {s.study_name!r} in {shown_url(s.storage_url)}: {_db_reason(e)}") from None
     mine = s.fingerprint()
     if not saved.get("settings"):
@@ -181,7 +181,7 @@ def make_pruner(s: Settings):
 def counts_toward_total(trial):
     """Complete, pruned, or failed on its own (the trainer's error). A trial failed because its
     worker died (no error recorded) is retried instead and does not count."""
-    from optuna.trial import TrialState  # noqa: PLC0415
+    from optuna.trial import TrialState
     return trial.state in (TrialState.COMPLETE, TrialState.PRUNED) or \
         (trial.state == TrialState.FAIL and "error" in trial.user_attrs)
 
@@ -206,7 +206,7 @@ def pareto_front(trials):
 def ranked(trials, s: Settings):
     """Complete trials, best first: those meeting the label-accuracy bar by FID, then the
     rest by FID (multi-objective: the Pareto front by FID, then the rest)."""
-    from optuna.trial import TrialState  # noqa: PLC0415
+    from optuna.trial import TrialState
     done = [t for t in trials if t.state == TrialState.COMPLETE and "fid" in t.user_attrs]
     if s.multi_objective:
         front = {t.number for t in pareto_front(done)}
@@ -232,7 +232,7 @@ def apply_disk_policy(study, s: Settings):
     """Finished trials keep metrics.jsonl, config.json, samples/ and their logs; only the best
     (or the Pareto front) keeps checkpoints/. Running trials are not touched. Returns the
     folders whose checkpoints were removed now."""
-    from optuna.trial import TrialState  # noqa: PLC0415
+    from optuna.trial import TrialState
     trials = study.get_trials(deepcopy=False)
     keep = {t.number for t in best_trials(trials, s)}
     dropped = []

@@ -47,7 +47,7 @@ def _load_prctl():
     if not sys.platform.startswith("linux"):
         return None
     try:
-        import ctypes  # noqa: PLC0415
+        import ctypes
         return ctypes.CDLL(None, use_errno=True).prctl
     except (OSError, AttributeError):
         return None
@@ -190,7 +190,7 @@ class Objective:
     def _run(self, trial, argv, run_dir):
         """Run the trainer, reporting each evaluation; returns the last evaluation record (or
         None). Raises optuna.TrialPruned (the trainer stopped) or TrialError."""
-        import optuna  # noqa: PLC0415
+        import optuna
         follower = MetricsFollower(run_dir / "metrics.jsonl")
         last_eval = None
         with open(run_dir / "trainer.log", "ab") as out:
@@ -233,7 +233,7 @@ class Objective:
     def _final_metrics(self, run_dir, last_eval):
         """The metrics of the run's last weights (checkpoints/last.npz): the trainer's last
         evaluation when it was made at that step, else an evaluation like the trainer's."""
-        from cganraw import backend, classifier, evaluate, load, train  # noqa: PLC0415
+        from cganraw import backend, classifier, evaluate, load, train
         if self.s.backend:
             backend.use(self.s.backend)
         G, meta = load.load_generator(run_dir / "checkpoints" / "last.npz")
@@ -249,7 +249,7 @@ class Objective:
 
     # -- after each trial (Optuna callback)
     def after_trial(self, study, trial):
-        from optuna.trial import TrialState  # noqa: PLC0415
+        from optuna.trial import TrialState
         a = trial.user_attrs
         if trial.state == TrialState.COMPLETE:
             ok = "meets" if st.feasible(trial, self.s) else "misses"
@@ -274,7 +274,7 @@ def worker_seed(s: st.Settings, index, n_trials):
 
 def finished(study):
     """(trials counting toward --trials, trials running now)."""
-    from optuna.trial import TrialState  # noqa: PLC0415
+    from optuna.trial import TrialState
     trials = study.get_trials(deepcopy=False)
     return (sum(st.counts_toward_total(t) for t in trials),
             sum(t.state == TrialState.RUNNING for t in trials))
