@@ -34,15 +34,15 @@ KEEP_EPOCH_CHECKPOINTS = 3
 CONFIG_KEYS = ("dataset", "model", "width", "g_batchnorm", "epochs", "batch_size", "lr", "lr_d", "beta1",
                "beta2", "latent_dim", "seed", "label_smoothing", "mismatch", "mode_seeking", "ema_decay",
                "lr_decay_start", "g_norm", "d_norm", "minibatch_std", "progressive", "grow_at", "fade",
-               "batch_size_final", "sample_every", "checkpoint_every", "log_every", "eval_every", "max_steps",
-               "max_minutes")
+               "batch_size_final", "sample_every", "checkpoint_every", "log_every", "eval_every", "eval_every_steps",
+               "max_steps", "max_minutes")
 # what a checkpoint's config must hold to be resumed (later keys have defaults)
 REQUIRED_KEYS = ("dataset", "model", "width", "epochs", "batch_size", "lr", "lr_d", "beta1", "beta2", "latent_dim",
                  "seed", "label_smoothing", "checkpoint_every", "log_every")
 # settings a resumed run may change: how long it goes on, how often it reports. Any other
 # setting given with --resume must equal the saved one.
 RESUMABLE_OVERRIDES = ("epochs", "max_steps", "max_minutes", "sample_every", "checkpoint_every",
-                       "log_every", "eval_every")
+                       "log_every", "eval_every", "eval_every_steps")
 
 
 class TrainingError(CLIError):
@@ -184,6 +184,8 @@ def build_parser(record_given=True):
                    help="append to metrics.jsonl, and off a terminal print a line, every N steps")
     p.add_argument("--eval-every", type=cli.positive_int, default=None, metavar="EPOCHS",
                    help="run cganraw.evaluate's metrics every N epochs (default: never; needs a classifier)")
+    p.add_argument("--eval-every-steps", type=cli.positive_int, default=None, metavar="STEPS",
+                   help="run them every N steps as well (default: never), for runs too short for whole epochs")
     p.add_argument("--max-steps", type=cli.positive_int, default=None,
                    help="stop after this many steps in all (default: no limit)")
     p.add_argument("--max-minutes", type=cli.positive_float, default=None,

@@ -31,6 +31,7 @@ from cganraw.settings import (CONFIG_KEYS, DEFAULT_EPOCHS, DEFAULTS, KEEP_EPOCH_
 from cganraw.step import ema_decay_at, lr_scale, train_step, update_ema  # noqa: F401  (the API)
 
 log = logging.getLogger("cganraw.train")   # not __name__: that is __main__ under python -m
+EVAL_N_PER_CLASS = 100   # images per class of an --eval-every(-steps) evaluation
 
 
 def _use_backend(name):
@@ -164,7 +165,8 @@ def _loop(run, cfg, args, out, metrics, stop, saved, log):
     deadline = t_start + 60 * cfg["max_minutes"] - elapsed0 if cfg.get("max_minutes") else None
     window_t, window_imgs, session_imgs = t_start, 0, 0
     stop_reason = "finished" if total_steps == planned_steps else f"reached --max-steps {total_steps}"
-    evaluator = _make_evaluator(cfg, log, args.data_dir) if cfg.get("eval_every") else None
+    evaluates = cfg.get("eval_every") or cfg.get("eval_every_steps")
+    evaluator = _make_evaluator(cfg, log, args.data_dir) if evaluates else None
     last_path = saved.path
     run.exit_code = 0
 
@@ -214,15 +216,16 @@ def _loop(run, cfg, args, out, metrics, stop, saved, log):
                                  f"G {stats['g_loss']:.3f} D(x) {stats['d_real']:.2f} D(G(z)) {stats['d_fake']:.2f} "
                                  f"{session_imgs / max(now - t_start, 1e-9):.0f} img/s ETA {format_eta(eta)}",
                        force=epoch_done)
+            if evaluator and cfg.get("eval_every_steps") and run.step % cfg["eval_every_steps"] == 0 \
+                    and not (epoch_done and cfg.get("eval_every") and run.batches.epoch % cfg["eval_every"] == 0):
+                _evaluate(run, evaluator, metrics, log, round(epochs_done, 6), f"step {run.step}")
             if cfg.get("sample_every") and run.step % cfg["sample_every"] == 0:
                 run.sample_grid(out / "samples" / f"step_{run.step:07d}.png", f"step {run.step}")
             if epoch_done:
                 run.epoch = run.batches.epoch
                 run.sample_grid(out / "samples" / f"epoch_{run.epoch:03d}.png", f"epoch {run.epoch}, step {run.step}")
-                if evaluator and run.epoch % cfg["eval_every"] == 0:
-                    res = evaluator(run)
-                    metrics.write({"step": run.step, "epoch": run.epoch, **res})
-                    log.info("epoch %d: %s", run.epoch, ", ".join(f"{k} {v:.4g}" for k, v in res.items()))
+                if evaluator and cfg.get("eval_every") and run.epoch % cfg["eval_every"] == 0:
+                    _evaluate(run, evaluator, metrics, log, run.epoch, f"epoch {run.epoch}")
                 _save(run, out / "checkpoints" / f"epoch_{run.epoch:03d}.npz", saved)
                 rundir.prune_epoch_checkpoints(out / "checkpoints", KEEP_EPOCH_CHECKPOINTS)
                 _save(run, last_path, saved)
@@ -244,14 +247,22 @@ def _loop(run, cfg, args, out, metrics, stop, saved, log):
              run.step / steps_per_epoch, cfg["epochs"], run.elapsed / 60, last_path)
 
 
+def _evaluate(run, evaluator, metrics, log, epoch, where):
+    """One evaluation record in metrics.jsonl: the step, the epoch and the metrics."""
+    res = evaluator(run)
+    metrics.write({"step": run.step, "epoch": epoch, **res})
+    log.info("%s: %s", where, ", ".join(f"{k} {v:.4g}" for k, v in res.items()))
+
+
 def _make_evaluator(cfg, log, data_dir=None):
-    """Label accuracy etc. every N epochs, through cganraw.evaluate."""
+    """Label accuracy etc. every N epochs or steps, through cganraw.evaluate."""
     from cganraw import classifier, evaluate  # noqa: PLC0415  (only with --eval-every)
     clf = classifier.load_or_train(cfg["dataset"], data_dir=data_dir, log=log.info)
 
     def run_eval(run):
-        res = evaluate.evaluate_generator(run.G_sample, list(run.train_set.class_names), clf, n_per_class=100,
-                                          seed=0, cas=False, log=lambda *a: None, data_dir=data_dir)
+        res = evaluate.evaluate_generator(run.G_sample, list(run.train_set.class_names), clf,
+                                          n_per_class=EVAL_N_PER_CLASS, seed=0, cas=False, log=lambda *a: None,
+                                          data_dir=data_dir)
         return {k: v for k, v in res.items() if isinstance(v, (int, float)) and math.isfinite(v)}
     return run_eval
 

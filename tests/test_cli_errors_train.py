@@ -77,6 +77,7 @@ CASES = [
     ("checkpoint-every", ["--checkpoint-every", "0"], USAGE, "--checkpoint-every: expected a positive integer"),
     ("sample-every", ["--sample-every", "-1"], USAGE, "--sample-every: expected a positive integer"),
     ("eval-every", ["--eval-every", "0"], USAGE, "--eval-every: expected a positive integer"),
+    ("eval-every-steps", ["--eval-every-steps", "0"], USAGE, "--eval-every-steps: expected a positive integer"),
     ("backend", ["--backend", "tpu"], USAGE, "invalid choice: 'tpu'"),
     ("unknown-flag", ["--learning-rate", "1"], USAGE, "unrecognized arguments: --learning-rate"),
     # resume: conflicts are usage errors, unreadable or unhealthy checkpoints runtime ones

@@ -347,6 +347,23 @@ def test_eval_every_logs_label_accuracy(letters_dir, tmp_path, monkeypatch):
     assert len(evals) == 1 and 0.0 <= evals[0]["label_accuracy"] <= 1.0 and evals[0]["epoch"] == 1
 
 
+def test_eval_every_steps_evaluates_within_epochs_once_per_step(letters_dir, tmp_path, monkeypatch):
+    from cganraw import classifier, data
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    ds = data.load("emnist", data_dir=letters_dir)
+    clf, _ = classifier.fit_classifier(ds.images, ds.labels, ds.class_names, dataset="emnist-letters",
+                                       epochs=1, log=lambda *a: None, channels=(4, 4, 8), features=16)
+    clf.save(classifier.default_path("emnist-letters"))
+    out = tmp_path / "run"
+    # 48 images, batch 8: 6 steps an epoch; step 6 is due for both and is evaluated once
+    assert run_cli("--dataset", "emnist", "--data-dir", letters_dir, "--out", out, "--max-steps", 9,
+                   "--eval-every-steps", 3, "--eval-every", 1, *TINY) == 0
+    evals = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if "label_accuracy" in line]
+    assert [(e["step"], e["epoch"]) for e in evals] == [(3, 0.5), (6, 1), (9, 1.5)]
+    assert all("fid" in e and 0.0 <= e["label_accuracy"] <= 1.0 for e in evals)
+    assert json.loads((out / "config.json").read_text())["eval_every_steps"] == 3
+
+
 def test_lr_schedule_is_constant_then_linear_to_zero():
     G, D = models.build("cgan-mlp", 10, seed=0)
     cfg = {**train.DEFAULTS, "model": "cgan-mlp", "lr": 1e-3, "lr_d": 4e-3, "lr_decay_start": 0.5, "max_minutes": None,
