@@ -13,7 +13,10 @@ puts the pass before the version (`batchnorm_forward_stats_v2`).
 """
 from __future__ import annotations
 
+import functools
+import glob
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -48,8 +51,27 @@ def kernel_path(family: str) -> Path:
 
 def compile_options() -> tuple:
     """Options for every kernel file, alike on CuPy, the emulator and the NVRTC check:
-    the C++ standard, and the kernels folder for shared headers (reduce.cuh)."""
-    return (NVRTC_STD, f"-I{kernel_dir()}")
+    the C++ standard, the kernels folder for shared headers (reduce.cuh), and a CUDA
+    toolkit's include folder where one is found (for <mma.h>: gemm_v4). The emulator
+    finds its own <mma.h> first."""
+    inc = toolkit_include_dir()
+    return (NVRTC_STD, f"-I{kernel_dir()}") + ((f"-I{inc}",) if inc else ())
+
+
+@functools.lru_cache(maxsize=None)
+def toolkit_include_dir():
+    """A CUDA include folder holding <mma.h> and the crt/mma.h it includes (NVRTC has
+    neither built in): $CUDA_PATH or $CUDA_HOME, pip's CUDA wheels, /usr/local/cuda*.
+    None if there is none (then kernels/gemm.cu compiles without gemm_v4)."""
+    cands = [os.path.join(os.environ[v], "include") for v in ("CUDA_PATH", "CUDA_HOME") if os.environ.get(v)]
+    for site_dir in sys.path:
+        if site_dir.endswith("site-packages"):
+            cands += sorted(glob.glob(os.path.join(site_dir, "nvidia", "*", "include")))
+    cands += ["/usr/local/cuda/include"] + sorted(glob.glob("/usr/local/cuda-*/include"), reverse=True)
+    for d in cands:
+        if os.path.isfile(os.path.join(d, "mma.h")) and os.path.isfile(os.path.join(d, "crt", "mma.h")):
+            return os.path.abspath(d)
+    return None
 
 
 def module(family: str):
