@@ -181,6 +181,30 @@ def warp_block(count, max_block=256):
     return int(min(max_block, max(32, -(-int(count) // 32) * 32)))
 
 
+# ---------------------------------------------------------------- split channel reductions
+# kernels/channels.cuh: a (channels x splits) grid of CHANNEL_THREADS-thread blocks. Splits
+# are picked from the shape alone (never the device), so results are the same everywhere:
+# enough blocks to fill an H100 (4 per SM), each with at least CHANNEL_MIN_VALUES values.
+CHANNEL_THREADS = 256
+CHANNEL_ROW_CHANNELS = 128     # HW == 1: channels per block (32 lanes x 4)
+CHANNEL_TARGET_BLOCKS = 528
+CHANNEL_MIN_VALUES = 2048
+CHANNEL_MAX_SPLITS = 64
+CHANNEL_MAX_GRID_X = 65535     # the kernels grid-stride over channels past this
+
+
+def channel_split_launch(n, c, hw, splits=None):
+    """(grid, block, splits) for a channels.cuh kernel over an (n, c, hw) tensor; splits
+    None picks by shape, an int forces it (at least 1; at most n rows when hw == 1)."""
+    gx = c if hw > 1 else -(-c // CHANNEL_ROW_CHANNELS)
+    if splits is None:
+        per_block = n * hw if hw > 1 else n * min(c, CHANNEL_ROW_CHANNELS)
+        splits = min(CHANNEL_MAX_SPLITS, -(-CHANNEL_TARGET_BLOCKS // max(gx, 1)),
+                     per_block // CHANNEL_MIN_VALUES)
+    splits = int(max(1, min(int(splits), n if hw == 1 else n * hw, CHANNEL_MAX_SPLITS)))
+    return (max(1, min(gx, CHANNEL_MAX_GRID_X)), splits), (CHANNEL_THREADS,), splits
+
+
 # ---------------------------------------------------------------- operands
 
 def split_channels(a, op, name):
