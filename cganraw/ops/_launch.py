@@ -129,6 +129,30 @@ def arg(a, dtype=np.float32, name="array"):
     return xp.ascontiguousarray(a)
 
 
+def row_strided(a, name="array"):
+    """(span, ld) for a 2-D array whose rows are contiguous and evenly spaced, as a
+    C-contiguous array or a column slice of one is: span, a 1-D C-contiguous view of the
+    memory from its first element to its last (what a kernel's pointer takes), and ld, its
+    row stride in elements. None for any other layout (or an empty array)."""
+    if a.ndim != 2 or a.size == 0:
+        return None
+    if backend.array_module(a) is not backend.get_xp():
+        raise TypeError(f"{name}: array lives on the wrong device for backend {backend.current()!r}")
+    rows, cols = (int(v) for v in a.shape)
+    it = a.itemsize
+    s0, s1 = a.strides
+    if cols > 1 and s1 != it:
+        return None
+    ld = cols
+    if rows > 1:
+        if s0 % it or s0 < cols * it:
+            return None
+        ld = s0 // it
+    xp = backend.array_module(a)
+    span = xp.lib.stride_tricks.as_strided(a, shape=((rows - 1) * ld + cols,), strides=(it,))
+    return span, ld
+
+
 def empty(shape, dtype=np.float32):
     return backend.get_xp().empty(shape, dtype=dtype)
 

@@ -34,7 +34,8 @@ def gemm_numpy(a, b, trans_a=False, trans_b=False, alpha=1.0, beta=0.0, out=None
         res = xp.matmul(opa, opb, out=out)
     else:
         res = out
-        res *= beta
+        if beta != 1.0:
+            res *= beta
         res += xp.matmul(opa, opb) if alpha == 1.0 else alpha * xp.matmul(opa, opb)
         return res
     if alpha != 1.0:
@@ -84,9 +85,11 @@ def splitk_plan(m, n, k, splits=None):
 
 
 def _operand(x, name, op):
-    """A 2-D float32 operand as (C-contiguous array, flip, leading dimension): a
-    transposed view (F-contiguous) is passed as its C-contiguous base with the transpose
-    flag flipped, any other layout is made contiguous. Never casts."""
+    """A 2-D float32 operand as (array for the kernel's pointer, flip, leading dimension,
+    stored rows, stored cols). Rows that are contiguous and evenly spaced (a C-contiguous
+    array, or a column slice of one) are passed in place with their row stride; a
+    transposed such view likewise with the transpose flag flipped; any other layout is made
+    contiguous. Never casts."""
     if not backend.is_array(x):
         raise TypeError(f"{op}: {name} must be an array, got {type(x).__name__}")
     if x.ndim != 2:
@@ -94,11 +97,12 @@ def _operand(x, name, op):
     if x.dtype != np.float32:
         raise TypeError(f"{op}: the SGEMM kernels take float32, got {name} of dtype {x.dtype} "
                         f"(cast it yourself, or use the numpy backend for float64)")
-    if not x.flags.c_contiguous and x.flags.f_contiguous and x.shape[0] > 1 and x.shape[1] > 1:
-        xt = _launch.arg(x.T, name=name)    # the transpose is C-contiguous: no copy
-        return xt, True, max(1, xt.shape[1])
-    x = _launch.arg(x, name=name)
-    return x, False, max(1, x.shape[1])
+    for flip, view in ((False, x), (True, x.T)):
+        rs = _launch.row_strided(view, name=name)
+        if rs is not None:
+            return rs[0], flip, rs[1], int(view.shape[0]), int(view.shape[1])
+    xc = _launch.arg(x, name=name)
+    return xc, False, max(1, int(x.shape[1])), int(x.shape[0]), int(x.shape[1])
 
 
 def _launch_config(version, m, n):
@@ -130,11 +134,11 @@ def gemm_cuda(a, b, trans_a=False, trans_b=False, alpha=1.0, beta=0.0, out=None,
     for nm, x in (("a", a), ("b", b)):
         if backend.is_array(x) and x.ndim != 2:
             raise ValueError(f"{op}: {nm} must be 2-D, got shape {tuple(x.shape)}")
-    a_arr, flip_a, lda = _operand(a, "a", op)
-    b_arr, flip_b, ldb = _operand(b, "b", op)
+    a_arr, flip_a, lda, ar, ac = _operand(a, "a", op)
+    b_arr, flip_b, ldb, br, bc = _operand(b, "b", op)
     ta, tb = bool(trans_a) != flip_a, bool(trans_b) != flip_b
-    m, ka = (a_arr.shape[1], a_arr.shape[0]) if ta else a_arr.shape
-    kb, n = (b_arr.shape[1], b_arr.shape[0]) if tb else b_arr.shape
+    m, ka = (ac, ar) if ta else (ar, ac)
+    kb, n = (bc, br) if tb else (br, bc)
     if ka != kb:
         raise ValueError(f"{op}: inner dimensions differ: op(a) is {m}x{ka} (a {tuple(a.shape)}, "
                          f"trans_a={bool(trans_a)}), op(b) is {kb}x{n} (b {tuple(b.shape)}, "
@@ -148,31 +152,36 @@ def gemm_cuda(a, b, trans_a=False, trans_b=False, alpha=1.0, beta=0.0, out=None,
                              f"{tuple(out.shape) if backend.is_array(out) else type(out).__name__}")
         if out.dtype != np.float32:
             raise TypeError(f"{op}: out must be float32, got {out.dtype}")
-        if not out.flags.c_contiguous:
-            raise TypeError(f"{op}: out must be C-contiguous (the kernel writes it in place)")
-        _launch.arg(out, name="out")   # right device
     if m == 0 or n == 0:
         return out
+    rs = _launch.row_strided(out, name="out")
+    if rs is None:
+        raise TypeError(f"{op}: out must have contiguous, evenly spaced rows (a C-contiguous array or a "
+                        f"column slice of one): the kernel writes it in place")
+    c_arr, ldc = rs
     if splits is not None and version not in SPLITK_VERSIONS:
         raise ValueError(f"{op}: split-K needs version 3 or 4")
     fn = _gemm_function(version)
     grid, block = _launch_config(version, m, n)
     i32 = _launch.i32
     head = (a_arr, b_arr)
-    dims = (i32(m), i32(n), i32(ka), i32(lda), i32(ldb), i32(max(1, n)), i32(int(ta)), i32(int(tb)))
+    dims = (i32(m), i32(n), i32(ka), i32(lda), i32(ldb))
+    flags = (i32(int(ta)), i32(int(tb)))
     if version not in SPLITK_VERSIONS:
-        fn(grid, block, head + (out,) + dims + (_launch.f32(alpha), _launch.f32(beta)))
+        fn(grid, block, head + (c_arr,) + dims + (i32(ldc),) + flags + (_launch.f32(alpha), _launch.f32(beta)))
         return out
     nsplit, k_chunk = splitk_plan(m, n, ka, splits)
     if nsplit == 1:
-        fn(grid, block, head + (out,) + dims + (_launch.f32(alpha), _launch.f32(beta), i32(k_chunk)))
+        fn(grid, block, head + (c_arr,) + dims + (i32(ldc),) + flags
+           + (_launch.f32(alpha), _launch.f32(beta), i32(k_chunk)))
         return out
     _launch.element_count(nsplit * m * n, op)
     partials = _launch.empty((nsplit, m, n))            # each split's op(a) @ op(b) over its K range
-    fn(grid + (nsplit,), block, head + (partials,) + dims + (_launch.f32(1.0), _launch.f32(0.0), i32(k_chunk)))
+    fn(grid + (nsplit,), block, head + (partials,) + dims + (i32(n),) + flags
+       + (_launch.f32(1.0), _launch.f32(0.0), i32(k_chunk)))
     rgrid, rblock = _launch.grid_for(m * n, _REDUCE_BLOCK, _REDUCE_MAX_BLOCKS)
     _launch.function("gemm", "gemm_splitk_reduce_v1")(
-        rgrid, rblock, (out, partials, i32(m), i32(n), i32(max(1, n)), i32(nsplit),
+        rgrid, rblock, (c_arr, partials, i32(m), i32(n), i32(ldc), i32(nsplit),
                         _launch.f32(alpha), _launch.f32(beta)))
     return out
 
