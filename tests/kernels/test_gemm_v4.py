@@ -228,3 +228,34 @@ def test_missing_v4_is_a_clear_error(monkeypatch, rng):
     a, b = _operands(rng, 3, 3, 3, False, False)
     with pytest.raises(RuntimeError, match=r"without gemm_v4.*<mma\.h>.*CUDA_PATH"):
         gemm_cuda(a, b, version=4)
+
+
+@pytest.mark.parametrize("version", [1, 3, 4])
+def test_row_strided_views_are_passed_in_place(version, monkeypatch, rng):
+    # column slices of bigger matrices (the phase-split transposed conv's operands and
+    # outputs): passed with their row stride, never copied; out accumulates with beta = 1
+    big_a = rng.standard_normal((9, 40)).astype(np.float32)
+    big_b = rng.standard_normal((30, 25)).astype(np.float32)
+    a, b = big_a[:, 3:33], big_b[:, 2:21]          # (9, 30) row stride 40, (30, 19) row stride 25
+    buf = rng.standard_normal((9, 27)).astype(np.float32)
+    out = buf[:, 5:24]                             # (9, 19) row stride 27
+    before = buf.copy()
+    copies = []
+    real_arg = _launch.arg
+    monkeypatch.setattr(_launch, "arg", lambda x, *args, **kw: copies.append(x.shape) or real_arg(x, *args, **kw))
+    gemm_cuda(a, b, beta=1.0, out=out, version=version)
+    assert copies == []
+    want = before[:, 5:24].astype(np.float64) + _op(a, False) @ _op(b, False)
+    if version == 4:
+        check_tf32(out, a, b, False, False, beta=1.0, c=before[:, 5:24], what="v4 strided")
+    else:
+        assert_close(out, want, atol=1e-5, rtol=1e-5, what=f"v{version} strided")
+    assert np.array_equal(buf[:, :5], before[:, :5]) and np.array_equal(buf[:, 24:], before[:, 24:])
+    # the transpose of a column slice goes in with the transpose flag flipped, still in place
+    b2 = big_b[:9, 2:21]                            # (9, 19)
+    got = gemm_cuda(a.T, b2, version=version)       # (30, 9) @ (9, 19)
+    assert copies == [] and got.shape == (30, 19)
+    if version == 4:
+        check_tf32(got, a, b2, True, False, what="v4 transposed strided")
+    else:
+        assert_close(got, _op(a, True) @ _op(b2, False), atol=1e-5, rtol=1e-5, what=f"v{version} transposed strided")
