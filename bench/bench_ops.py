@@ -111,6 +111,46 @@ def test_batchnorm(benchmark, bench_ctx, use_backend, batch, tail, direction):
     assert out.shape == shape
 
 
+# ------------------------------------------------------------------ fused pairs ---
+# Layer + LeakyReLU as nn.Sequential runs them (cganraw.nn.fused); ideal bytes as the
+# unfused pair would need with no intermediate array.
+
+@pytest.mark.parametrize("direction", ["fwd", "bwd"])
+@pytest.mark.parametrize("tail", bl.BATCHNORM, ids=bl.tail_id)
+def test_batchnorm_leaky_relu(benchmark, bench_ctx, use_backend, batch, tail, direction):
+    name, xp = use_backend
+    rng = np.random.default_rng(0)
+    shape = (batch,) + tail
+    x, dy = _arrays(xp, rng, shape, shape)
+    gamma = xp.ones(tail[0], dtype=xp.float32)
+    beta = xp.zeros(tail[0], dtype=xp.float32)
+    _, cache, _, _ = ops.batchnorm_leaky_relu_forward(x, gamma, beta, negative_slope=0.2)
+    if direction == "fwd":
+        fn, moved = (lambda: ops.batchnorm_leaky_relu_forward(x, gamma, beta, negative_slope=0.2)[0]), 2 * x.nbytes
+    else:
+        fn, moved = (lambda: ops.batchnorm_leaky_relu_backward(dy, cache)[0]), 3 * x.nbytes
+    out = bl.measure(benchmark, fn, op=f"batchnorm+leaky_relu {direction}", shape=shape, backend=name,
+                     family="batchnorm", ctx=bench_ctx, bytes_moved=moved)
+    assert out.shape == shape
+
+
+@pytest.mark.parametrize("direction", ["fwd", "bwd"])
+@pytest.mark.parametrize("tail", bl.BIAS, ids=bl.tail_id)
+def test_bias_leaky_relu(benchmark, bench_ctx, use_backend, batch, tail, direction):
+    name, xp = use_backend
+    rng = np.random.default_rng(0)
+    shape = (batch,) + tail
+    y, dy, b = _arrays(xp, rng, shape, shape, (tail[0],))
+    _, cache = ops.bias_leaky_relu_forward(y.copy(), b, 0.2)
+    if direction == "fwd":   # in place: y read and written
+        fn, moved = (lambda: ops.bias_leaky_relu_forward(y, b, 0.2)[0]), 2 * y.nbytes
+    else:                    # read dy and y, write dpre
+        fn, moved = (lambda: ops.bias_leaky_relu_backward(dy, cache)[0]), 3 * y.nbytes
+    out = bl.measure(benchmark, fn, op=f"bias+leaky_relu {direction}", shape=shape, backend=name,
+                     family="bias", ctx=bench_ctx, bytes_moved=moved)
+    assert out.shape == shape
+
+
 # ------------------------------------------------------------------ embedding -----
 
 @pytest.mark.parametrize("direction", ["fwd", "bwd"])
