@@ -35,3 +35,13 @@ def test_kernel_dir_prefers_the_source_tree(monkeypatch):
     assert _launch.kernel_dir() == ROOT / "kernels"
     monkeypatch.setenv("CGANRAW_KERNEL_DIR", "/somewhere/else")
     assert _launch.kernel_dir() == Path("/somewhere/else")
+
+
+def test_emulator_headers_ship_as_package_data():
+    # cuda_emu.h and the stand-in toolkit headers (include/mma.h) the emulator compiles with
+    patterns = _setuptools_config()["package-data"]["cganraw.cuda_emu"]
+    emu = ROOT / "cganraw" / "cuda_emu"
+    headers = sorted(str(p.relative_to(emu)) for p in emu.rglob("*.h"))
+    shipped = {str(p.relative_to(emu)) for pat in patterns for p in emu.glob(pat)}   # setuptools' globs
+    unshipped = [h for h in headers if h not in shipped]
+    assert "include/mma.h" in headers and not unshipped, f"emulator headers the wheel would leave out: {unshipped}"
