@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cganraw import backend, metrics, models
+from cganraw import backend, load, metrics, models
 from cganraw.checkpoint import CheckpointError, atomic_write_bytes
 
 __all__ = ["generate", "score_images", "evaluate_generator", "real_reference", "format_table",
@@ -265,8 +265,8 @@ def _classifier(args, dataset):
 
 def _score_checkpoint(args):
     """main's metrics of a generator checkpoint: (results, default output folder, headline)."""
-    from cganraw import checkpoint, data  # noqa: PLC0415
-    G, meta = checkpoint.load_generator(args.checkpoint)
+    from cganraw import data  # noqa: PLC0415
+    G, meta = load.load_generator(args.checkpoint)
     dataset = args.dataset or meta.get("dataset")
     if not dataset:
         raise ValueError(f"{meta['path']}: the checkpoint names no dataset; pass --dataset")

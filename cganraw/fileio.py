@@ -27,8 +27,17 @@ def temp_path(folder, name: str) -> Path:
     return Path(tmp)
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def place(tmp, final) -> None:
-    """Atomically move the finished temp file `tmp` (same folder) to `final`."""
+    """Atomically move the finished temp file `tmp` (same folder) to `final`, with the
+    permissions a plain open() would have given it (mkstemp makes files 0600)."""
+    with contextlib.suppress(OSError):
+        os.chmod(tmp, 0o666 & ~_umask())
     os.replace(tmp, final)
     fsync_dir(Path(final).parent)
 

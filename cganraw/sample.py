@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cganraw import backend, checkpoint, models
+from cganraw import backend, checkpoint, load, models
 from cganraw.plots import save_grid, to_uint8_images
 
 
@@ -89,7 +89,7 @@ def main(argv=None):
     try:
         if args.backend:
             backend.use(args.backend)
-        G, meta = checkpoint.load_generator(args.checkpoint, ema=not args.no_ema)
+        G, meta = load.load_generator(args.checkpoint, ema=not args.no_ema)
         names = meta.get("class_names") or []
         if G.conditional:
             if args.labels:

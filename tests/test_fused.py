@@ -159,3 +159,11 @@ def test_batchnorm_leaky_relu_reference_is_the_unfused_chain(rng):
     dx, dg, db = BN.batchnorm_leaky_relu_backward_numpy(dy, cache)
     wdx, wdg, wdb = BN.batchnorm_backward_numpy(A.leaky_relu_backward_numpy(dy, cache_act), cache_bn)
     assert np.array_equal(dx, wdx) and np.array_equal(dg, wdg) and np.array_equal(db, wdb)
+
+
+def test_spectrally_normalised_layers_run_unfused(rng):
+    # nn.utils.spectral_norm wraps the layer's own forward/backward on the instance: a fused
+    # op would skip the wrapper, so the pair stays two steps (and matches the unfused result)
+    conv = nn.utils.spectral_norm(nn.Conv2d(2, 3, 3, rng=rng), rng=np.random.default_rng(0))
+    seq = nn.Sequential(conv, nn.LeakyReLU(0.2), nn.Linear(3, 2, rng=rng), nn.LeakyReLU(0.2))
+    assert fused.plan(list(seq), True) == [(0,), (1,), (2, 3)]

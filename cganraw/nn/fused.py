@@ -34,10 +34,17 @@ from cganraw.ops.conv import (conv2d_backward, conv2d_forward, conv_output_size,
 from cganraw.ops.linear import linear_backward, linear_forward
 
 
+def _plain(module):
+    # no instance-level forward/backward (nn.utils.spectral_norm wraps a layer that way):
+    # the fused op would skip the wrapper, so such a layer runs unfused
+    return "forward" not in vars(module) and "backward" not in vars(module)
+
+
 def fusible(layer, act):
     """True when (layer, act) has a fused op: a supported layer (with a bias, for the
-    GEMM layers) followed by a LeakyReLU whose slope is >= 0."""
-    if type(act) is not LeakyReLU or not act.negative_slope >= 0:
+    GEMM layers) followed by a LeakyReLU whose slope is >= 0, neither wrapped by
+    instance-level forward/backward (spectral norm)."""
+    if type(act) is not LeakyReLU or not act.negative_slope >= 0 or not (_plain(layer) and _plain(act)):
         return False
     if isinstance(layer, _BatchNorm):
         return True

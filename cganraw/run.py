@@ -1,0 +1,141 @@
+"""A training run's state: the networks, their optimisers, the moving average of G, the
+data order, every random generator and the counters. It saves to and restores from one
+checkpoint, exactly: on the NumPy backend a resumed run is bit-identical to one that was
+never interrupted. The loop that advances it lives in cganraw.train."""
+from __future__ import annotations
+
+import numpy as np
+
+import cganraw
+from cganraw import backend, checkpoint, data, health, models
+from cganraw.cli import CLIError
+from cganraw.optim import Adam
+from cganraw.step import ema_decay_at, lr_scale, update_ema
+
+
+def fraction_done(step, elapsed_s, planned_steps, max_minutes=None):
+    """Fraction of a run done: of its --epochs (`planned_steps`), or of --max-minutes when
+    that ends it sooner. --max-steps only cuts a run short, so a run stopped there and
+    resumed follows the same schedule, exactly; by time the schedule follows the clock."""
+    frac = step / planned_steps
+    if max_minutes:
+        frac = max(frac, elapsed_s / (60 * max_minutes))
+    return min(frac, 1.0)
+
+
+class Run:
+    """cfg: the run's settings (cganraw.train.CONFIG_KEYS); train_set: images (N, 28, 28)
+    uint8, labels, class_names, num_classes; G, D: the networks from models.build."""
+
+    def __init__(self, cfg, train_set, G, D):
+        self.cfg, self.train_set, self.G, self.D = cfg, train_set, G, D
+        lr_d = cfg["lr_d"] or cfg["lr"]
+        betas = (cfg["beta1"], cfg["beta2"])
+        self.opt_g = Adam(G.parameters(), lr=cfg["lr"], betas=betas)
+        self.opt_d = Adam(D.parameters(), lr=lr_d, betas=betas)
+        ss = np.random.SeedSequence(cfg["seed"])
+        s_data, s_step, s_fixed = ss.spawn(3)
+        self.rng_step = np.random.default_rng(s_step)
+        self.batches = data.BatchIterator(train_set.images, train_set.labels, cfg["batch_size"],
+                                          np.random.default_rng(s_data))
+        self.fixed_z = np.random.default_rng(s_fixed).standard_normal((10, cfg["latent_dim"]), dtype=np.float32)
+        self.step, self.epoch, self.elapsed = 0, 0, 0.0
+        self.G_ema = None
+        if cfg.get("ema_decay", 0) > 0:
+            self.G_ema = models.build(cfg["model"], G.num_classes or 2, latent_dim=cfg["latent_dim"],
+                                      width=cfg["width"], seed=cfg["seed"],
+                                      batchnorm=cfg.get("g_batchnorm", False))[0]
+            self.G_ema.load_state_dict(G.state_dict())
+            self.G_ema.eval()
+
+    # ------------------------------------------------------------- one step's extras ---
+
+    def update_ema(self):
+        """G_ema moves towards G at this step's decay (step.ema_decay_at); buffers are copied."""
+        if self.G_ema is not None:
+            update_ema(self.G_ema, self.G, ema_decay_at(self.step, self.cfg["ema_decay"]))
+
+    def fraction_done(self, planned_steps):
+        """fraction_done(step, elapsed, planned_steps, --max-minutes) of this run."""
+        return fraction_done(self.step, self.elapsed, planned_steps, self.cfg.get("max_minutes"))
+
+    def set_lr(self, frac):
+        """Both rates scaled by step.lr_scale at this fraction of the run."""
+        scale = lr_scale(frac, self.cfg.get("lr_decay_start", 1.0))
+        self.opt_g.lr = self.cfg["lr"] * scale
+        self.opt_d.lr = (self.cfg["lr_d"] or self.cfg["lr"]) * scale
+
+    @property
+    def G_sample(self):
+        return self.G_ema if self.G_ema is not None else self.G
+
+    # ------------------------------------------------------------- health and files ---
+
+    def check_health(self, what):
+        """HealthError naming the first non-finite or exploded weight, buffer or optimiser
+        moment (bounds in cganraw.health)."""
+        modules = {"G": self.G, "D": self.D}
+        if self.G_ema is not None:
+            modules["G_ema"] = self.G_ema
+        health.check_training_state(modules, {"opt_g": (self.opt_g, self.G), "opt_d": (self.opt_d, self.D)}, what)
+
+    def rngs(self):
+        gens = {"step": self.rng_step}
+        for prefix, mod in (("D", self.D), ("G", self.G)):
+            for i, layer in enumerate(models.dropout_layers(mod)):
+                gens[f"{prefix}.dropout{i}"] = layer.rng
+        return gens
+
+    def meta(self):
+        ds = self.train_set
+        return {"version": cganraw.__version__, "backend": backend.current(), "config": self.cfg,
+                "dataset": self.cfg["dataset"], "model": self.cfg["model"],
+                "num_classes": ds.num_classes if self.G.conditional else None,
+                "class_names": list(ds.class_names), "latent_dim": self.cfg["latent_dim"],
+                "step": self.step, "epoch": self.epoch, "elapsed": self.elapsed,
+                "batches": self.batches.state_dict()}
+
+    def save(self, path):
+        """Check the state's health (HealthError: nothing is written), then write the
+        checkpoint atomically."""
+        self.check_health(f"in the state at step {self.step}")
+        checkpoint.save(path, self.G, self.D, self.opt_g, self.opt_d, self.rngs(), self.meta(), self.G_ema)
+
+    def restore(self, ckpt):
+        """Load a checkpoint (checkpoint.load's dict) into this run; CLIError when it does
+        not fit the model or fails the health check."""
+        try:
+            health.check_checkpoint(ckpt)
+        except health.HealthError as e:
+            raise CLIError(f"cannot resume: {e}; resume from an earlier checkpoint") from None
+        try:
+            self.G.load_state_dict(ckpt["G"])
+            self.D.load_state_dict(ckpt["D"])
+            self.opt_g.load_state_dict(ckpt["opt_g"])
+            self.opt_d.load_state_dict(ckpt["opt_d"])
+            if self.G_ema is not None:
+                self.G_ema.load_state_dict(ckpt["G_ema"] or ckpt["G"])
+        except (KeyError, ValueError) as e:
+            raise CLIError(f"{ckpt['path']}: does not fit this model: {e}") from None
+        gens = self.rngs()
+        for name, state in ckpt["rng"].items():
+            if name in gens:
+                checkpoint.restore_rng(gens[name], state)
+        meta = ckpt["meta"]
+        self.step, self.epoch, self.elapsed = int(meta["step"]), int(meta["epoch"]), float(meta.get("elapsed", 0))
+        self.batches.load_state_dict(meta["batches"])
+
+    def sample_grid(self, path, title):
+        """Rows: every class (labelled with its character); columns: the fixed noise.
+        Drawn by the moving-average generator where one is kept."""
+        G = self.G_sample
+        if G.conditional:
+            k = G.num_classes
+            imgs = models.generate(G, np.repeat(np.arange(k), len(self.fixed_z)), z=np.tile(self.fixed_z, (k, 1)))
+            row_labels = list(self.train_set.class_names)
+        else:
+            imgs = models.generate(G, z=np.tile(self.fixed_z, (10, 1))[:100])
+            row_labels = None
+        from cganraw.plots import save_grid, to_uint8_images  # noqa: PLC0415  (matplotlib is slow to import)
+        return save_grid(path, to_uint8_images(imgs), row_labels=row_labels,
+                         cols=len(self.fixed_z) if row_labels else 10, title=title)

@@ -1,0 +1,222 @@
+"""A training run's settings: the defaults, the command line of cganraw.train (every flag
+with its help and default; `args.given` names the flags given explicitly), a new run's
+config, and a resumed run's: the saved config, with only the RESUMABLE_OVERRIDES allowed to
+change. Any other flag given with --resume that differs from the saved value is an error
+listing each ("was X, asked Y"), whether or not the value equals the default."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from datetime import datetime
+from pathlib import Path
+
+import cganraw
+from cganraw import backend, checkpoint, cli, data, health, models
+from cganraw.cli import CLIError
+
+# Defaults tuned so that cgan-conv on MNIST reaches the label-accuracy bar on a
+# 2-core CPU in 20 minutes (see README); the literature's are batch 64, lr 2e-4.
+DEFAULTS = dict(model="cgan-conv", width=64, epochs=None, batch_size=64, lr=1e-4, lr_d=None, beta1=0.5,
+                beta2=0.999, latent_dim=100, seed=0, label_smoothing=0.0, mismatch=1.0, mode_seeking=0.0,
+                ema_decay=0.9995, lr_decay_start=1.0, g_batchnorm=True)
+# Epochs when --epochs is not given. The conv cGAN (BatchNorm in G) draws the asked-for
+# digit 99.9% of the time after two epochs of MNIST; without BatchNorm it peaks there too
+# (96-98%) and then grows speckle artefacts (92% after four). The MLP keeps improving for twenty.
+DEFAULT_EPOCHS = {"cgan-conv": 2, "dcgan": 2, "cgan-mlp": 20, "gan-mlp": 20}
+KEEP_EPOCH_CHECKPOINTS = 3
+
+# what config.json and a checkpoint's meta record of a run
+CONFIG_KEYS = ("dataset", "model", "width", "g_batchnorm", "epochs", "batch_size", "lr", "lr_d", "beta1",
+               "beta2", "latent_dim", "seed", "label_smoothing", "mismatch", "mode_seeking", "ema_decay",
+               "lr_decay_start", "sample_every", "checkpoint_every", "log_every", "eval_every", "max_steps",
+               "max_minutes")
+# what a checkpoint's config must hold to be resumed (later keys have defaults)
+REQUIRED_KEYS = ("dataset", "model", "width", "epochs", "batch_size", "lr", "lr_d", "beta1", "beta2", "latent_dim",
+                 "seed", "label_smoothing", "checkpoint_every", "log_every")
+# settings a resumed run may change: how long it goes on, how often it reports. Any other
+# setting given with --resume must equal the saved one.
+RESUMABLE_OVERRIDES = ("epochs", "max_steps", "max_minutes", "sample_every", "checkpoint_every",
+                       "log_every", "eval_every")
+
+
+class TrainingError(CLIError):
+    """A run that cannot start or go on, said in one line."""
+
+
+class UsageError(CLIError):
+    """Flags that contradict each other or the run being resumed (exit 2)."""
+
+
+# ------------------------------------------------------------------ CLI -----------
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends '(default: X)' unless the help already says what the default is."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" in text or action.default is None or action.default is False \
+                or action.default is argparse.SUPPRESS:
+            return text
+        return super()._get_help_string(action)
+
+
+class _Parser(argparse.ArgumentParser):
+    """One line on a usage error (not the whole usage), and `args.given`: the names of the
+    flags given on the command line, whatever their value (a resume must tell an explicit
+    `--lr 1e-4` from the default)."""
+
+    def __init__(self, *a, record_given=True, **kw):
+        super().__init__(*a, **kw)
+        self._record_given = record_given
+
+    def error(self, message):
+        self.exit(cli.EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
+
+    def parse_known_args(self, args=None, namespace=None):
+        ns, extras = super().parse_known_args(args, namespace)
+        if self._record_given:
+            probe = build_parser(record_given=False)
+            for action in probe._actions:     # no defaults: only what was given lands in `given`
+                action.default = argparse.SUPPRESS
+            given, _ = probe.parse_known_args(sys.argv[1:] if args is None else list(args))
+            ns.given = frozenset(vars(given))
+        return ns, extras
+
+
+_width = cli.number(int, lambda v: 1 <= v <= 1024, "an integer in 1..1024")
+_latent = cli.number(int, lambda v: 1 <= v <= 4096, "an integer in 1..4096")
+
+
+def build_parser(record_given=True):
+    names = sorted(set(data.DATASETS))
+    p = _Parser(prog="python -m cganraw.train", description="Train a (conditional) GAN on MNIST or EMNIST.",
+                formatter_class=_HelpFormatter, record_given=record_given)
+    p.add_argument("--dataset", default="mnist", choices=names, help="the training set; emnist means emnist-letters")
+    p.add_argument("--model", default=DEFAULTS["model"], choices=models.MODELS, help="the GAN")
+    p.add_argument("--width", type=_width, default=DEFAULTS["width"], help="channels of the conv models")
+    p.add_argument("--g-batchnorm", action=argparse.BooleanOptionalAction, default=DEFAULTS["g_batchnorm"],
+                   help="BatchNorm2d after G's transposed convs (cgan-conv)")
+    p.add_argument("--epochs", type=cli.positive_int, default=None,
+                   help="epochs to train (default per model: "
+                        + ", ".join(f"{k} {v}" for k, v in DEFAULT_EPOCHS.items()) + ")")
+    p.add_argument("--batch-size", type=cli.positive_int, default=DEFAULTS["batch_size"], help="images per step")
+    p.add_argument("--lr", type=cli.positive_float, default=DEFAULTS["lr"], help="Adam learning rate of G (and D)")
+    p.add_argument("--lr-d", type=cli.positive_float, default=None, help="D's learning rate (default: --lr)")
+    p.add_argument("--beta1", type=cli.unit_float, default=DEFAULTS["beta1"], help="Adam's beta1")
+    p.add_argument("--beta2", type=cli.unit_float, default=DEFAULTS["beta2"], help="Adam's beta2")
+    p.add_argument("--latent-dim", type=_latent, default=DEFAULTS["latent_dim"], help="size of G's noise vector")
+    p.add_argument("--seed", type=cli.nonneg_int, default=DEFAULTS["seed"],
+                   help="seeds the weights, the data order and the noise")
+    p.add_argument("--label-smoothing", type=cli.unit_float, default=DEFAULTS["label_smoothing"],
+                   help="one-sided: real targets become 1 - s")
+    p.add_argument("--mismatch", type=cli.nonneg_float, default=DEFAULTS["mismatch"],
+                   help="weight of the D term that scores real images with wrong labels as fake")
+    p.add_argument("--mode-seeking", type=cli.nonneg_float, default=DEFAULTS["mode_seeking"],
+                   help="weight of MSGAN's mode-seeking term in G's loss (against one image per label)")
+    p.add_argument("--ema-decay", type=cli.unit_float, default=DEFAULTS["ema_decay"],
+                   help="keep an exponential moving average of G's weights for sampling (0: off)")
+    p.add_argument("--lr-decay-start", type=cli.unit_interval, default=DEFAULTS["lr_decay_start"],
+                   help="fraction of the run (steps, or --max-minutes) after which both learning "
+                        "rates fall linearly to 0 at its end (1: constant)")
+    p.add_argument("--out", default=None, help="run folder (default: runs/<dataset>-<model>-<time>)")
+    p.add_argument("--resume", nargs="?", const="", default=None, metavar="RUN_OR_CHECKPOINT",
+                   help="continue a run from its last checkpoint (default: start a new run; "
+                        "without a value: the --out folder)")
+    p.add_argument("--sample-every", type=cli.positive_int, default=None, metavar="STEPS",
+                   help="also write a sample grid every N steps (default: only one per epoch)")
+    p.add_argument("--checkpoint-every", type=cli.positive_int, default=500, metavar="STEPS",
+                   help="write checkpoints/last.npz every N steps (and at every epoch end)")
+    p.add_argument("--log-every", type=cli.positive_int, default=50, metavar="STEPS",
+                   help="append to metrics.jsonl, and off a terminal print a line, every N steps")
+    p.add_argument("--eval-every", type=cli.positive_int, default=None, metavar="EPOCHS",
+                   help="run cganraw.evaluate's metrics every N epochs (default: never; needs a classifier)")
+    p.add_argument("--max-steps", type=cli.positive_int, default=None,
+                   help="stop after this many steps in all (default: no limit)")
+    p.add_argument("--max-minutes", type=cli.positive_float, default=None,
+                   help="stop after this many minutes of training in all (default: no limit)")
+    p.add_argument("--backend", choices=backend.BACKENDS, default=None,
+                   help="default: $CGANRAW_BACKEND, else cuda when a GPU is usable, else numpy")
+    p.add_argument("--data-dir", default=None,
+                   help="folder with the IDX files (default: $CGANRAW_DATA_DIR, then the user cache)")
+    p.add_argument("--download", action=argparse.BooleanOptionalAction, default=True,
+                   help="fetch missing data from the official sources into the user cache")
+    cli.add_common_flags(p)
+    return p
+
+
+def flag_name(key):
+    return "--" + key.replace("_", "-")
+
+
+def _shown(v):
+    return "unset" if v is None else str(v)
+
+
+# ------------------------------------------------------------------ settings -------
+
+def _resume_target(args):
+    target = args.resume or args.out
+    if not target:
+        raise UsageError("--resume needs a run folder or checkpoint (or --out)")
+    ckpt = checkpoint.load(target)   # a run folder or a .npz
+    path = Path(ckpt["path"])
+    saved = ckpt["meta"].get("config") if isinstance(ckpt["meta"], dict) else None
+    missing = [k for k in REQUIRED_KEYS if k not in saved] if isinstance(saved, dict) else ["everything"]
+    if missing or not isinstance(ckpt["meta"].get("step"), int) or "batches" not in ckpt["meta"]:
+        raise TrainingError(f"{path}: the saved config lacks {', '.join(missing) or 'the step or data order'}: "
+                            "not a checkpoint this trainer can resume")
+    return ckpt, (path.parent.parent if path.parent.name == "checkpoints" else path.parent)
+
+
+def resume_settings(args):
+    """(checkpoint, run folder, config, allowed changes) of the run --resume names, checked:
+    readable, resumable, healthy, and no conflicting flag."""
+    ckpt, out = _resume_target(args)
+    cfg, changes = resumed_config(ckpt["meta"]["config"], args, out)
+    try:
+        health.check_checkpoint(ckpt)
+    except health.HealthError as e:
+        raise TrainingError(f"cannot resume: {e}; resume from an earlier checkpoint") from None
+    return ckpt, out, cfg, changes
+
+
+def resumed_config(saved, args, run_dir):
+    """The saved config with the allowed overrides applied, and the overrides {key: (was,
+    asked)}. Any other explicitly given setting that differs is a UsageError listing them."""
+    given = getattr(args, "given", frozenset())
+    asked = {k: getattr(args, k) for k in CONFIG_KEYS if k in given}
+    if "dataset" in asked:
+        asked["dataset"] = data.resolve_name(asked["dataset"])
+    conflicts = [f"{flag_name(k)}: was {_shown(saved.get(k))}, asked {_shown(v)}"
+                 for k, v in asked.items() if k not in RESUMABLE_OVERRIDES and v != saved.get(k)]
+    if args.resume and "out" in given and Path(args.out).resolve() != Path(run_dir).resolve():
+        conflicts.append(f"--out: was {run_dir}, asked {args.out}")
+    if conflicts:
+        raise UsageError(f"--resume {run_dir} conflicts with the saved run: {'; '.join(conflicts)} "
+                         "(drop these flags to resume as saved, or start a new run in another --out)")
+    changes = {k: (saved.get(k), v) for k, v in asked.items() if v != saved.get(k)}
+    return {**saved, **{k: new for k, (_, new) in changes.items()}}, changes
+
+
+def new_config(args):
+    cfg = {k: getattr(args, k) for k in CONFIG_KEYS}
+    cfg["epochs"] = cfg["epochs"] or DEFAULT_EPOCHS[cfg["model"]]
+    cfg["dataset"] = data.resolve_name(cfg["dataset"])
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    return cfg, Path(args.out or f"runs/{cfg['dataset']}-{cfg['model']}-{stamp}")
+
+
+def config_doc(cfg, run, out, changes):
+    """config.json: the settings, where and how the run is made, and every resume that
+    changed an allowed setting."""
+    history = []
+    try:
+        history = json.loads((out / "config.json").read_text()).get("resumes", [])
+    except (OSError, ValueError, AttributeError):
+        pass
+    if changes:
+        history = [*history, {"step": run.step, "changed": {k: {"was": a, "now": b} for k, (a, b) in changes.items()}}]
+    ds = run.train_set
+    return {**cfg, "version": cganraw.__version__, "backend": backend.current(), "num_classes": ds.num_classes,
+            "class_names": list(ds.class_names), "out": str(out), "resumes": history}
