@@ -63,6 +63,7 @@ INFLIGHT = {
     "bias_add_backward_partial_v3": 16, "bias_add_backward_reduce_v3": 4,
     "bias_leaky_relu_forward_v1": 16, "bias_leaky_relu_backward_partial_v1": 32,
     "batchnorm_forward_stats_v1": 4, "batchnorm_forward_stats_v2": 4, "batchnorm_forward_stats_v3": 16,
+    "batchnorm_forward_stats_centered_v3": 16,
     "batchnorm_forward_invstd_v1": 4, "batchnorm_forward_v1": 4, "batchnorm_forward_v2": 4,
     "batchnorm_forward_v3": 16, "batchnorm_backward_v1": 8, "batchnorm_backward_v2": 8,
     "batchnorm_backward_partial_v3": 32, "batchnorm_backward_v3": 32, "batchnorm_running_update_v1": 8,
@@ -234,7 +235,7 @@ def ladder(batch=128, width=128):
     for shape in ((n, w, 14, 14), (n, w, 28, 28), (n, 1024)):
         x, g, bt = _rand(*shape), _rand(shape[1]), _rand(shape[1])
         for v, tech in ((1, "thread per channel / element"), (2, "block per channel / row"),
-                        (3, "channels x splits grid, float4, shifted one-read statistics")):
+                        (3, "channels x splits grid, float4, ordered second pass")):
             def chain(x=x, g=g, bt=bt, v=v):
                 y, cache, _, _ = BN.batchnorm_forward_cuda(x, g, bt, version=v)
                 BN.batchnorm_backward_cuda(y, cache, version=v)

@@ -15,9 +15,10 @@
 //                                   training: dx = (dy - xhat * dgamma/count - dbeta/count) * gamma * invstd
 //                                   eval:     dx = dy * gamma * invstd
 //   batchnorm_running_update_v1     r = (1 - momentum) r + momentum * batch statistic, in place
-//   batchnorm_forward_stats_v3      training, pass 1 of 2: per (channel, split) partial sums
-//                                   of x - K and (x - K)^2, K = the channel's first value
-//   batchnorm_forward_v3            pass 2: each block adds its channel's partials (in split
+//   batchnorm_forward_stats_v3      training, pass 1 of 3: per (channel, split) partial sums of x
+//   batchnorm_forward_stats_centered_v3  pass 2: the mean from pass 1's partials (in split
+//                                   order), partial sums of (x - mean)^2
+//   batchnorm_forward_v3            pass 3: each block adds its channel's partials (in split
 //                                   order), finishes mean/invstd/unbiased var (written once,
 //                                   by split 0), and normalises its slice; eval: mean and
 //                                   invstd given (batchnorm_forward_invstd_v1)
@@ -53,10 +54,12 @@
 //         partial sums, and the pass after adds the splits' partials in a fixed order, so
 //         results are the same every run (no float atomics). v2 gives C blocks (128 for
 //         132 SMs) that each stream a whole channel with 1-2 loads in flight per thread;
-//         v3 gives C x splits blocks (the launcher aims at 528). Statistics in one read of
-//         x: sums of x - K and (x - K)^2 around the channel's first value K (shifted data:
-//         no cancellation unless K lies many deviations from the mean), var = E[(x-K)^2] -
-//         E[x-K]^2, clamped at 0.
+//         v3 gives C x splits blocks (the launcher aims at 528). The statistics keep the
+//         reference's two passes (the mean, then the mean of squared deviations), so for
+//         an (N, C) input of at most 8 rows per split the sums run in NumPy's order and
+//         agree to the bit; a one-read shifted variant (sums of x - x0 and (x - x0)^2)
+//         saved a read of x but rounded differently, which a BatchNorm over 3 samples
+//         amplifies by invstd into visible differences.
 //   fused (batchnorm_leaky_relu_*_v1): v3 with LeakyReLU after the affine map, as
 //         BatchNorm + LeakyReLU run in nn.Sequential (cganraw.nn.fused). Forward: one pass
 //         writes xhat and the activated y (no separate activation pass, no BatchNorm
@@ -264,38 +267,69 @@ extern "C" __global__ void batchnorm_running_update_v1(float* running_mean, floa
 
 #include "channels.cuh"   // ch_partials, ch_total, ch_apply
 
-struct BnStatsSum {    // summands x - K, (x - K)^2; K = x[0, c, 0]
-    static const int NV = 2;
+struct BnSum {         // pass 1 summand: x
+    static const int NV = 1;
     const float* x;
-    int HW;
     bool vec;
-    __device__ void at(long long i, int c, float* out) const
-    {
-        const float d = x[i] - x[(long long)c * HW];
-        out[0] = d;
-        out[1] = d * d;
-    }
-    __device__ void at4(long long i, int c, int cstep, float (*out)[2]) const
+    __device__ void at(long long i, int, float* out) const { out[0] = x[i]; }
+    __device__ void at4(long long i, int, int, float (*out)[1]) const
     {
         const float4 v = *reinterpret_cast<const float4*>(x + i);
-        float k[4];
-        if (cstep == 0) {              // planes: one channel
-            k[0] = k[1] = k[2] = k[3] = x[(long long)c * HW];
-        } else {                       // rows (HW == 1): channels c..c+3 of row 0
-            const float4 kk = *reinterpret_cast<const float4*>(x + c);
-            k[0] = kk.x; k[1] = kk.y; k[2] = kk.z; k[3] = kk.w;
-        }
-        const float e[4] = {v.x - k[0], v.y - k[1], v.z - k[2], v.w - k[3]};
-        for (int q = 0; q < 4; ++q) { out[q][0] = e[q]; out[q][1] = e[q] * e[q]; }
+        out[0][0] = v.x; out[1][0] = v.y; out[2][0] = v.z; out[3][0] = v.w;
     }
 };
 
-// x: (N, C, HW) -> partials (2, splits, C); grid (C or ceil(C/128), splits), block CH_THREADS
+struct BnSqDevSum {    // pass 2 summand: (x - mean)^2, the mean from pass 1's partials
+    static const int NV = 1;
+    const float* x;
+    const float* partials;
+    int splits, C;
+    float count;
+    bool vec;
+    // the means this thread needs, finished once per channel (group), not once per value
+    mutable int c1 = -1, c4 = -1;     // channel of m1; first of the four channels of m4
+    mutable float m1, m4[4];
+    __device__ float mean_of(int c) const { return ch_total(partials, 0, splits, C, c) / count; }
+    __device__ float mean1(int c) const
+    {
+        if (c1 != c) { m1 = mean_of(c); c1 = c; }
+        return m1;
+    }
+    __device__ void at(long long i, int c, float* out) const
+    {
+        const float d = x[i] - mean1(c);
+        out[0] = d * d;
+    }
+    __device__ void at4(long long i, int c, int cstep, float (*out)[1]) const
+    {
+        const float4 v = *reinterpret_cast<const float4*>(x + i);
+        const float xs[4] = {v.x, v.y, v.z, v.w};
+        if (cstep && c4 != c) {               // rows layout: channels c..c+3
+            for (int q = 0; q < 4; ++q) m4[q] = mean_of(c + q);
+            c4 = c;
+        }
+        for (int q = 0; q < 4; ++q) {
+            const float d = xs[q] - (cstep ? m4[q] : mean1(c));
+            out[q][0] = d * d;
+        }
+    }
+};
+
+// pass 1: x (N, C, HW) -> partials[0] (splits, C) of the (2, splits, C) buffer: sums of x.
+// grid (C or ceil(C/128), splits), block CH_THREADS
 extern "C" __global__ void batchnorm_forward_stats_v3(float* partials, const float* x, int N, int C, int HW,
                                                       int splits)
 {
-    BnStatsSum op{x, HW, ch_aligned16(x)};
-    ch_partials<2>(op, partials, N, C, HW, splits);
+    BnSum op{x, ch_aligned16(x)};
+    ch_partials<1>(op, partials, N, C, HW, splits);
+}
+
+// pass 2: partials[1] = sums of (x - mean)^2, each block finishing the mean from partials[0]
+extern "C" __global__ void batchnorm_forward_stats_centered_v3(float* partials, const float* x, int N, int C,
+                                                               int HW, int splits)
+{
+    BnSqDevSum op{x, partials, splits, C, (float)(N * HW), ch_aligned16(x)};
+    ch_partials<1>(op, partials + (long long)splits * C, N, C, HW, splits);
 }
 
 struct BnChannel { float mean, invstd, gamma, beta; };
@@ -322,12 +356,9 @@ struct BnApply {
         k.gamma = gamma[c];
         k.beta = beta[c];
         if (training) {
-            const float count = (float)N * (float)HW;
-            const float d = ch_total(partials, 0, splits, C, c) / count;    // E[x - K]
-            const float sq = ch_total(partials, 1, splits, C, c) / count;   // E[(x - K)^2]
-            float var = sq - d * d;
-            var = var > 0.0f ? var : 0.0f;
-            k.mean = x[(long long)c * HW] + d;
+            const float count = (float)(N * HW);
+            const float var = ch_total(partials, 1, splits, C, c) / count;   // E[(x - mean)^2]
+            k.mean = ch_total(partials, 0, splits, C, c) / count;
             k.invstd = 1.0f / sqrtf(var + eps);   // not rsqrtf: the reference divides by a rounded sqrt
             if (write) {
                 mean[c] = k.mean;

@@ -5,13 +5,13 @@ Training normalises with the batch's biased variance and reports the unbiased on
 for the running statistics, as PyTorch does; eval normalises with the running ones.
 
 Ops and faces (kernels in kernels/batchnorm.cu):
-    batchnorm_forward           _numpy, _cuda: batchnorm_forward_stats_v1/v2/v3 (training)
-                                or batchnorm_forward_invstd_v1 (eval), then batchnorm_forward_v1/v2/v3
+    batchnorm_forward           _numpy, _cuda: batchnorm_forward_stats_v1/v2/v3 (+ _stats_centered_v3)
+                                (training) or batchnorm_forward_invstd_v1 (eval), then batchnorm_forward_v1/v2/v3
     batchnorm_backward          _numpy, _cuda: batchnorm_backward_v1/v2, or
                                 batchnorm_backward_partial_v3 + batchnorm_backward_v3 (the default)
     batchnorm_running_update    _numpy, _cuda: batchnorm_running_update_v1 (in place)
-    batchnorm_leaky_relu_forward    BatchNorm then LeakyReLU, fused: _numpy, _cuda:
-                                batchnorm_forward_stats_v3 + batchnorm_leaky_relu_forward_v1
+    batchnorm_leaky_relu_forward    BatchNorm then LeakyReLU, fused: _numpy, _cuda: batchnorm_forward_stats_v3
+                                + _stats_centered_v3 + batchnorm_leaky_relu_forward_v1
     batchnorm_leaky_relu_backward   _numpy, _cuda: batchnorm_leaky_relu_backward_partial_v1 +
                                 batchnorm_leaky_relu_backward_v1 (the activation's gradient
                                 recomputed from xhat, folded into both passes)
@@ -244,8 +244,9 @@ def _forward_v3(op, x, gamma, beta, mean, var, eps, negative_slope, splits):
         i32 = _launch.i32
         shape = (i32(n), i32(c), i32(hw), i32(s))
         if training:
-            partials = _launch.empty((2, s, c))
+            partials = _launch.empty((2, s, c))      # [0] sums of x, [1] sums of squared deviations
             _launch.function("batchnorm", "batchnorm_forward_stats_v3")(grid, block, (partials, xc) + shape)
+            _launch.function("batchnorm", "batchnorm_forward_stats_centered_v3")(grid, block, (partials, xc) + shape)
         else:
             partials = _launch.empty((1,))                      # not read in eval
         head = (y, xhat, norm_mean, var_unbiased, invstd, xc, partials, gc, bc, _launch.f32(eps),

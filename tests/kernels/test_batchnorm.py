@@ -156,7 +156,8 @@ def test_public_ops_dispatch_to_the_kernels(launches, rng):
     BN.batchnorm_backward(np.ones_like(y), cache)
     BN.batchnorm_forward(x[:, :, 0, 0].copy(), gamma, beta, mean, var_u)
     # v3 throughout: the split statistics and their ordered finish inside the normalise pass
-    assert launches == ["batchnorm_forward_stats_v3", "batchnorm_forward_v3", "batchnorm_running_update_v1",
+    assert launches == ["batchnorm_forward_stats_v3", "batchnorm_forward_stats_centered_v3", "batchnorm_forward_v3",
+                        "batchnorm_running_update_v1",
                         "batchnorm_backward_partial_v3", "batchnorm_backward_v3", "batchnorm_forward_invstd_v1",
                         "batchnorm_forward_v3"]
 

@@ -160,7 +160,8 @@ def test_fused_ops_dispatch_to_their_kernels(launches, rng):
     BN.batchnorm_leaky_relu_backward(np.ones_like(y), cache)
     yb, cb = B.bias_leaky_relu_forward(x.copy(), beta, 0.2)
     B.bias_leaky_relu_backward(np.ones_like(yb), cb)
-    assert launches == ["batchnorm_forward_stats_v3", "batchnorm_leaky_relu_forward_v1",
+    assert launches == ["batchnorm_forward_stats_v3", "batchnorm_forward_stats_centered_v3",
+                        "batchnorm_leaky_relu_forward_v1",
                         "batchnorm_leaky_relu_backward_partial_v1", "batchnorm_leaky_relu_backward_v1",
                         "bias_leaky_relu_forward_v1", "bias_leaky_relu_backward_partial_v1",
                         "bias_add_backward_reduce_v3"]
