@@ -149,3 +149,13 @@ def test_a_wheel_install_in_a_fresh_venv_runs_the_benchmarks(tmp_path):
     listed = subprocess.run([str(venv / "bin" / "cganraw-bench"), "--list", "--filter", "adam and numpy"],
                             capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
     assert listed.returncode == 0 and "adam-G.fc.weight-numpy" in listed.stdout.split(), listed.stderr
+
+
+def test_emulator_headers_ship_as_package_data():
+    # cuda_emu.h and the stand-in toolkit headers (include/mma.h) the emulator compiles with
+    patterns = _setuptools_config()["package-data"]["cganraw.cuda_emu"]
+    emu = ROOT / "cganraw" / "cuda_emu"
+    headers = sorted(str(p.relative_to(emu)) for p in emu.rglob("*.h"))
+    shipped = {str(p.relative_to(emu)) for pat in patterns for p in emu.glob(pat)}   # setuptools' globs
+    unshipped = [h for h in headers if h not in shipped]
+    assert "include/mma.h" in headers and not unshipped, f"emulator headers the wheel would leave out: {unshipped}"
