@@ -61,7 +61,7 @@ def label_sweep(G, labels, rows, seed=0):
 
 def _frame(tiles_u8, scale):
     """(n, 28, 28) uint8 -> one row of tiles, 2 px apart, each pixel `scale` x `scale`."""
-    from cganraw.plots import mosaic  # noqa: PLC0415  (matplotlib is slow to import)
+    from cganraw.plots import mosaic
     row = mosaic(tiles_u8, 1, len(tiles_u8))
     return np.kron(row, np.ones((scale, scale), np.uint8))
 
@@ -69,7 +69,7 @@ def _frame(tiles_u8, scale):
 def write_gif(path, frames_u8, duration_ms=120, scale=3):
     """An animated, looping GIF, written atomically. frames_u8: (F, n, 28, 28) uint8, each
     frame a row of n tiles."""
-    from PIL import Image  # noqa: PLC0415  (pillow comes with matplotlib)
+    from PIL import Image
     pictures = [Image.fromarray(_frame(f, scale), mode="L") for f in frames_u8]
     buf = io.BytesIO()
     pictures[0].save(buf, format="GIF", save_all=True, append_images=pictures[1:], duration=duration_ms, loop=0)
@@ -88,7 +88,7 @@ def write(path, images, z, labels, row_names, col_names, kind, title):
     if suffix == ".gif":
         # a frame per column: interpolation, every label at step s; sweep, label j for every z
         return write_gif(path, u8.transpose(1, 0, 2, 3))
-    from cganraw.plots import save_grid  # noqa: PLC0415
+    from cganraw.plots import save_grid
     if kind == "interpolation":
         rows = list(row_names)
     else:

@@ -24,8 +24,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from cganraw import backend
-from cganraw import nn
+from cganraw import backend, nn
 
 IMAGE_SHAPE = (1, 28, 28)
 IMAGE_SIZE = 28 * 28

@@ -196,6 +196,6 @@ class Run:
         else:
             imgs = models.generate(G, z=np.tile(self.fixed_z, (10, 1))[:100])
             row_labels = None
-        from cganraw.plots import save_grid, to_uint8_images  # noqa: PLC0415  (matplotlib is slow to import)
+        from cganraw.plots import save_grid, to_uint8_images
         return save_grid(path, to_uint8_images(imgs), row_labels=row_labels,
                          cols=len(self.fixed_z) if row_labels else 10, title=title)

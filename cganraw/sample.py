@@ -148,7 +148,7 @@ def _sample(args):
         lab = lab if lab is not None else np.full(len(u8), -1)
         fileio.atomic_write(out, lambda f: np.savez(f, images=u8, labels=lab.astype(np.int64)))
     else:
-        from cganraw.plots import save_grid  # noqa: PLC0415  (matplotlib is slow to import)
+        from cganraw.plots import save_grid
         names = meta.get("class_names") or []
         rows = [names[i] if i < len(names) else str(i) for i in labels] if labels is not None else None
         save_grid(out, u8, row_labels=rows, cols=args.n_per_label if rows else None,

@@ -24,10 +24,22 @@ from cganraw import backend, checkpoint, cli, data, health, load, models, rundir
 from cganraw.cli import CLIError  # noqa: F401  (re-exported: the errors of this command)
 from cganraw.progress import Progress, format_eta
 from cganraw.run import Run, fraction_done
+from cganraw.settings import (  # noqa: F401
+    CONFIG_KEYS,
+    DEFAULT_EPOCHS,
+    DEFAULTS,
+    KEEP_EPOCH_CHECKPOINTS,
+    RESUMABLE_OVERRIDES,
+    TrainingError,
+    UsageError,
+    build_parser,
+    config_doc,
+    flag_name,
+    new_config,
+    resume_settings,
+    resumed_config,
+)
 from cganraw.signals import Aborted, StopSignals
-from cganraw.settings import (CONFIG_KEYS, DEFAULT_EPOCHS, DEFAULTS, KEEP_EPOCH_CHECKPOINTS,  # noqa: F401
-                              RESUMABLE_OVERRIDES, TrainingError, UsageError, build_parser, config_doc,
-                              flag_name, new_config, resume_settings, resumed_config)
 from cganraw.step import ema_decay_at, lr_scale, train_step, update_ema  # noqa: F401  (the API)
 
 log = logging.getLogger("cganraw.train")   # not __name__: that is __main__ under python -m
@@ -241,7 +253,7 @@ def _loop(run, cfg, args, out, metrics, stop, saved, log):
         return
     stop.graceful = False
     run.sample_grid(out / "samples" / "final.png", f"{cfg['model']} on {cfg['dataset']}, step {run.step}")
-    from cganraw.plots import plot_losses  # noqa: PLC0415  (matplotlib is slow to import)
+    from cganraw.plots import plot_losses
     plot_losses(out / "metrics.jsonl", out / "loss.png")
     log.info("%s at step %d (epoch %.2f/%d), %.1f min; checkpoint %s", stop_reason, run.step,
              run.step / steps_per_epoch, cfg["epochs"], run.elapsed / 60, last_path)
@@ -256,7 +268,7 @@ def _evaluate(run, evaluator, metrics, log, epoch, where):
 
 def _make_evaluator(cfg, log, data_dir=None):
     """Label accuracy etc. every N epochs or steps, through cganraw.evaluate."""
-    from cganraw import classifier, evaluate  # noqa: PLC0415  (only with --eval-every)
+    from cganraw import classifier, evaluate
     clf = classifier.load_or_train(cfg["dataset"], data_dir=data_dir, log=log.info)
 
     def run_eval(run):

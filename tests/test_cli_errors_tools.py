@@ -289,7 +289,7 @@ def test_the_good_inputs_work(world, tmp_path):
     """The same world with nothing wrong: each command succeeds, so the cases above fail
     for the reason they name."""
     env = _env(world)
-    run = lambda module, *argv: subprocess.run(  # noqa: E731
+    run = lambda module, *argv: subprocess.run(
         [sys.executable, "-m", f"cganraw.{module}", *argv], env=env, capture_output=True, text=True, timeout=300)
     r = run("sample", "--checkpoint", world["good"], "--labels", "3,1", "--out", str(tmp_path / "s.npz"))
     assert r.returncode == 0 and "wrote" in r.stderr, r.stderr

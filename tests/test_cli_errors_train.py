@@ -99,7 +99,8 @@ CASES = [
     ("out-proc", ["--out", "/proc/cganraw-run"], RUNTIME, "cannot write the run folder /proc/cganraw-run"),
     ("out-holds-run", ["--out", "{root}/run"], RUNTIME, "{root}/run already holds a run: pass --resume"),
     # data and the machine
-    ("data-dir-missing", ["--data-dir", "{root}/no-such-dir"], RUNTIME, "the data folder {root}/no-such-dir (data_dir / --data-dir) does not exist"),
+    ("data-dir-missing", ["--data-dir", "{root}/no-such-dir"], RUNTIME,
+     "the data folder {root}/no-such-dir (data_dir / --data-dir) does not exist"),
     ("data-dir-empty", ["--data-dir", "{root}/empty"], RUNTIME, "emnist-letters"),
     ("batch-over-data", ["--batch-size", "1000"], RUNTIME, "--batch-size 1000 exceeds the 48 training images"),
     ("env-backend", ["--env", "CGANRAW_BACKEND=tpu"], RUNTIME, "CGANRAW_BACKEND='tpu' is not a backend"),

@@ -5,10 +5,9 @@ import os
 import numpy as np
 import pytest
 
-from cganraw import checkpoint, load, models, train
+from cganraw import checkpoint, load, models, sample, train
 from cganraw.losses import mode_seeking
 from cganraw.optim import Adam
-from cganraw import sample
 from tests.synthetic import write_emnist
 
 TINY = ["--width", "4", "--batch-size", "8", "--log-every", "1", "--quiet", "--no-download"]
@@ -63,7 +62,7 @@ def test_g_step_leaves_d_weights_and_d_step_leaves_g(monkeypatch):
     opt_g, opt_d = Adam(G.parameters()), Adam(D.parameters())
     snapshots = {}
     real_step_g, real_step_d = opt_g.step, opt_d.step
-    params = lambda m: {k: p.data.copy() for k, p in m.named_parameters()}  # noqa: E731
+    params = lambda m: {k: p.data.copy() for k, p in m.named_parameters()}
 
     def step_d():
         snapshots["d_grads_at_d_step"] = [p.grad.copy() for p in D.parameters()]
@@ -71,7 +70,8 @@ def test_g_step_leaves_d_weights_and_d_step_leaves_g(monkeypatch):
         snapshots["g_after_d_step"] = params(G)
         snapshots["d_after_d_step"] = params(D)
     monkeypatch.setattr(opt_d, "step", step_d)
-    monkeypatch.setattr(opt_g, "step", lambda: (snapshots.setdefault("d_grads", [p.grad.copy() for p in D.parameters()]), real_step_g()))
+    monkeypatch.setattr(opt_g, "step", lambda: (
+        snapshots.setdefault("d_grads", [p.grad.copy() for p in D.parameters()]), real_step_g()))
     g0, d0 = params(G), params(D)
     train.train_step(G, D, opt_g, opt_d, rng.uniform(-1, 1, (4, 1, 28, 28)).astype(np.float32), rng.integers(0, 10, 4), rng)
     assert all(np.array_equal(g0[k], v) for k, v in snapshots["g_after_d_step"].items())

@@ -292,7 +292,7 @@ def test_train_step_gradients_at_mid_fade_match_finite_differences(g_norm):
         return found
 
     check = np.random.default_rng(3)
-    for mod, grads, loss in ((D, opt_d.grads, d_loss), (G, opt_g.grads, g_loss)):  # noqa: B007  (numeric() reads loss)
+    for mod, grads, loss in ((D, opt_d.grads, d_loss), (G, opt_g.grads, g_loss)):
         for (name, p), g in zip(mod.named_parameters(), grads):
             direction = check.standard_normal(p.shape)
             analytic = float((g * direction).sum())

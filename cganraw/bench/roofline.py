@@ -35,15 +35,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
-import os
-import sys
 from dataclasses import dataclass, field
 
 import numpy as np
 
-
 from cganraw import backend
-from cganraw.ops import _launch  # noqa: E402
+from cganraw.ops import _launch
 
 GPUS = {
     "h100": dict(name="H100 SXM (HBM3 3.35 TB/s, 67 TFLOP/s FP32, 495 TFLOP/s TF32 dense, 132 SMs)",

@@ -358,7 +358,7 @@ def cache_dir() -> str:
     return d
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _compiler_id() -> str:
     try:
         return subprocess.run([CXX, "--version"], capture_output=True, text=True, check=True).stdout
@@ -366,7 +366,7 @@ def _compiler_id() -> str:
         raise CompileError(f"cuda_emu needs a C++20 compiler ({CXX}): {e}") from e
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _read(path: str, mtime: float) -> str:
     with open(path, encoding="utf-8") as f:
         return f.read()

@@ -26,11 +26,15 @@ from cganraw.nn.activation import LeakyReLU
 from cganraw.nn.batchnorm import _BatchNorm
 from cganraw.nn.conv import Conv2d, ConvTranspose2d
 from cganraw.nn.linear import Linear
-from cganraw.ops.batchnorm import (batchnorm_leaky_relu_backward, batchnorm_leaky_relu_forward,
-                                   batchnorm_running_update)
+from cganraw.ops.batchnorm import batchnorm_leaky_relu_backward, batchnorm_leaky_relu_forward, batchnorm_running_update
 from cganraw.ops.bias import bias_leaky_relu_backward, bias_leaky_relu_forward
-from cganraw.ops.conv import (conv2d_backward, conv2d_forward, conv_output_size, conv_transpose2d_backward,
-                              conv_transpose2d_forward)
+from cganraw.ops.conv import (
+    conv2d_backward,
+    conv2d_forward,
+    conv_output_size,
+    conv_transpose2d_backward,
+    conv_transpose2d_forward,
+)
 from cganraw.ops.linear import linear_backward, linear_forward
 
 

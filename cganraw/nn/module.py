@@ -268,7 +268,7 @@ class Sequential(Module):
         return iter(self._modules.values())
 
     def forward(self, x):
-        from cganraw.nn import fused  # noqa: PLC0415  (fused imports the layer modules)
+        from cganraw.nn import fused
         layers = list(self._modules.values())
         steps = fused.plan(layers, self.fuse)
         pair_caches = {}
@@ -281,7 +281,7 @@ class Sequential(Module):
         return x
 
     def backward(self, dy):
-        from cganraw.nn import fused  # noqa: PLC0415
+        from cganraw.nn import fused
         layers = list(self._modules.values())
         steps, pair_caches = self._pop_cache()
         for step in reversed(steps):

@@ -58,7 +58,7 @@ def compile_options() -> tuple:
     return (NVRTC_STD, f"-I{kernel_dir()}") + ((f"-I{inc}",) if inc else ())
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def toolkit_include_dir():
     """A CUDA include folder holding <mma.h> and the crt/mma.h it includes (NVRTC has
     neither built in): $CUDA_PATH or $CUDA_HOME, pip's CUDA wheels, /usr/local/cuda*.
@@ -85,7 +85,7 @@ def module(family: str):
             cp = backend.cupy()
             mod = cp.RawModule(code=path.read_text(), options=compile_options())
         elif bk == "emu":
-            from cganraw import cuda_emu  # noqa: PLC0415  (g++ and ctypes only when asked for)
+            from cganraw import cuda_emu
             mod = cuda_emu.RawModule(path=str(path), options=compile_options())
         else:
             raise RuntimeError(f"kernels need the 'cuda' or 'emu' backend, not {bk!r}")

@@ -245,7 +245,7 @@ def _sync_cublas_tf32():
     want = tf32_enabled()
     if want == _cublas_tf32:
         return
-    from cupy._core import _routines_linalg as linalg  # noqa: PLC0415  (cuda backend only)
+    from cupy._core import _routines_linalg as linalg
     linalg.set_compute_type(np.float32, linalg.COMPUTE_TYPE_TF32 if want else linalg.COMPUTE_TYPE_DEFAULT)
     _cublas_tf32 = want
 

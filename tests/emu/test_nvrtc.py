@@ -26,7 +26,7 @@ def test_fixtures_compile_with_nvrtc(nvrtc, name, arch):
 @pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
 def test_wmma_fixture_compiles_against_the_real_mma_h(nvrtc, arch):
     # the emulator's nvcuda::wmma accepts exactly what the toolkit's <mma.h> accepts
-    from cganraw.ops import _launch   # noqa: PLC0415
+    from cganraw.ops import _launch
     inc = _launch.toolkit_include_dir()
     if inc is None:
         pytest.skip("no CUDA toolkit include folder with <mma.h> (set CUDA_PATH)")

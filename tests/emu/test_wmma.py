@@ -7,7 +7,6 @@ import pytest
 
 from cganraw import cuda_emu
 
-
 i32, f32 = np.int32, np.float32
 LAYOUTS = {"rr": (False, False), "cr": (True, False), "rc": (False, True), "cc": (True, True)}
 

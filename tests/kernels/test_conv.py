@@ -12,8 +12,7 @@ import pytest
 
 from cganraw import backend, cuda_emu, nn
 from cganraw.ops import _launch
-from cganraw.ops.conv import (col2im, col2im_cuda, col2im_numpy, conv_output_size, im2col,
-                              im2col_cuda, im2col_numpy)
+from cganraw.ops.conv import col2im, col2im_cuda, col2im_numpy, conv_output_size, im2col, im2col_cuda, im2col_numpy
 
 from .conftest import assert_close
 
