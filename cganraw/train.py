@@ -22,6 +22,7 @@ import numpy as np
 import cganraw
 from cganraw import backend, checkpoint, cli, data, health, load, models, rundir  # noqa: F401
 from cganraw.cli import CLIError  # noqa: F401  (re-exported: the errors of this command)
+from cganraw.ops.gemm import set_tf32
 from cganraw.progress import Progress, format_eta
 from cganraw.run import Run, fraction_done
 from cganraw.settings import (  # noqa: F401
@@ -114,6 +115,7 @@ def run_training(args, log=log):
 
 def _train(args, log, stop, saved):
     bk = _use_backend(args.backend)
+    set_tf32(True if args.tf32 else None)
     ckpt, changes = None, {}
     if args.resume is not None:
         ckpt, out, cfg, changes = resume_settings(args)
