@@ -198,15 +198,7 @@ def batchnorm_backward_cuda(dy, cache, version=None, splits=None):
     xhat, invstd, gamma, training = cache
     if (3 if version is None else version) == 3:
         return _backward_v3(op, dy, (xhat, invstd, gamma, None, training, None), splits)
-    n, c, hw = _launch.split_channels(dy, op, "dy")
-    dyc = _launch.arg(dy, np.float32, f"{op}: dy")
-    xc = _launch.arg(xhat, np.float32, f"{op}: xhat")
-    if tuple(xc.shape) != tuple(dyc.shape):
-        raise ValueError(f"{op}: dy has shape {tuple(dyc.shape)}, the forward's input {tuple(xc.shape)}")
-    _launch.element_count(dyc.size, op)
-    gc = _per_channel(gamma, c, op, "gamma")
-    ic = _per_channel(invstd, c, op, "invstd")
-    dx, dgamma, dbeta = _launch.empty(dyc.shape), _launch.empty((c,)), _launch.empty((c,))
+    n, c, hw, dyc, xc, gc, ic, dx, dgamma, dbeta = _backward_args(op, dy, xhat, gamma, invstd)
     if c:
         v = _launch.pick_version(op, version, 2 if hw > 1 else 1, VERSIONS)
         _channel_launch("batchnorm_backward", v, c, n * hw,
@@ -262,9 +254,9 @@ def _forward_v3(op, x, gamma, beta, mean, var, eps, negative_slope, splits):
     return y, cache, mean, None
 
 
-def _backward_v3(op, dy, cache, splits):
-    """The two v3 passes (or the fused ones when the cache holds a slope)."""
-    xhat, invstd, gamma, beta, training, negative_slope = cache
+def _backward_args(op, dy, xhat, gamma, invstd):
+    """The checked kernel arguments of a backward launch and its outputs:
+    (n, c, hw, dy, xhat, gamma, invstd, dx, dgamma, dbeta), dy and xhat (N, C, HW) float32."""
     n, c, hw = _launch.split_channels(dy, op, "dy")
     dyc = _launch.arg(dy, np.float32, f"{op}: dy")
     xc = _launch.arg(xhat, np.float32, f"{op}: xhat")
@@ -273,7 +265,13 @@ def _backward_v3(op, dy, cache, splits):
     _launch.element_count(dyc.size, op)
     gc = _per_channel(gamma, c, op, "gamma")
     ic = _per_channel(invstd, c, op, "invstd")
-    dx, dgamma, dbeta = _launch.empty(dyc.shape), _launch.empty((c,)), _launch.empty((c,))
+    return n, c, hw, dyc, xc, gc, ic, _launch.empty(dyc.shape), _launch.empty((c,)), _launch.empty((c,))
+
+
+def _backward_v3(op, dy, cache, splits):
+    """The two v3 passes (or the fused ones when the cache holds a slope)."""
+    xhat, invstd, gamma, beta, training, negative_slope = cache
+    n, c, hw, dyc, xc, gc, ic, dx, dgamma, dbeta = _backward_args(op, dy, xhat, gamma, invstd)
     if dyc.size == 0:
         dgamma.fill(0)
         dbeta.fill(0)
