@@ -79,22 +79,25 @@ def test_default_space_is_the_trainers_flags():
     options = sp.trainer_options()
     names = [p.name for p in sp.default_space("cgan-conv").params]
     assert {"lr", "lr_d", "beta1", "batch_size", "width", "label_smoothing", "mismatch", "ema_decay",
-            "g_batchnorm"} <= set(names)
+            "g_norm", "d_norm", "minibatch_std", "progressive"} <= set(names)
+    # the alias of --g-norm never joins beside it: the trainer refuses contradicting pairs
+    assert "g_batchnorm" not in names
     assert set(names) <= set(options)
     # the label-embedding size joins only once the trainer has a flag for it
     assert ("label_embed_dim" in names) == ("label_embed_dim" in options)
     mlp = [p.name for p in sp.default_space("cgan-mlp").params]
-    assert "width" not in mlp and "g_batchnorm" not in mlp   # flags the MLP does not read
+    assert not {"width", "g_norm", "d_norm", "minibatch_std", "progressive"} & set(mlp)   # the MLP lacks them
 
 
 def test_stabiliser_switches_join_when_the_trainer_offers_them():
-    p = train.build_parser()
-    p.add_argument("--d-norm", choices=["none", "spectral"], default="none")
-    p.add_argument("--minibatch-std", action="store_true")
-    p.add_argument("--progressive", action=argparse.BooleanOptionalAction, default=False)
-    params = {q.name: q for q in sp.default_space("cgan-conv", sp.trainer_options(p)).params}
+    params = {q.name: q for q in sp.default_space("cgan-conv", sp.trainer_options(train.build_parser())).params}
     assert params["d_norm"].choices == ("none", "spectral")
+    assert params["g_norm"].choices == ("none", "batch", "instance")
     assert params["minibatch_std"].choices == (True, False) and params["progressive"].choices == (True, False)
+    # a trainer without --g-norm is searched through its old --g-batchnorm switch instead
+    p = argparse.ArgumentParser()
+    p.add_argument("--g-batchnorm", action=argparse.BooleanOptionalAction, default=True)
+    assert [q.name for q in sp.default_space("cgan-conv", sp.trainer_options(p)).params] == ["g_batchnorm"]
 
 
 def test_trial_flags_parse_back_to_the_same_values():

@@ -36,12 +36,13 @@ DEFAULT_SPACE = {
     "mismatch": {"low": 0.0, "high": 2.0},
     "ema_decay": {"choices": [0.0, 0.999, 0.9995, 0.9999]},
     # stabilisers: G normalisation, spectral norm, minibatch std, progressive growing
-    "g_batchnorm": {"switch": True, "models": ("cgan-conv",)},
-    "g_norm": {"switch": True},
-    "d_norm": {"switch": True},
-    "spectral_norm": {"switch": True},
-    "minibatch_std": {"switch": True},
-    "progressive": {"switch": True},
+    # --g-batchnorm is the old name of --g-norm batch/none: searched only where --g-norm is missing
+    "g_batchnorm": {"switch": True, "models": ("cgan-conv",), "unless": "g_norm"},
+    "g_norm": {"switch": True, "models": ("cgan-conv",)},
+    "d_norm": {"switch": True, "models": ("cgan-conv",)},
+    "spectral_norm": {"switch": True, "models": ("cgan-conv",)},
+    "minibatch_std": {"switch": True, "models": ("cgan-conv",)},
+    "progressive": {"switch": True, "models": ("cgan-conv",)},
 }
 
 # Trainer flags that cganraw.tune sets itself, with the tuner flag that does it.
@@ -229,7 +230,8 @@ def default_space(model, options=None):
     for name, spec in DEFAULT_SPACE.items():
         spec = dict(spec)
         models = spec.pop("models", None)
-        if name not in options or (models and model not in models):
+        superseded_by = spec.pop("unless", None)
+        if name not in options or (models and model not in models) or superseded_by in options:
             continue
         action = options[name]
         if spec.pop("switch", False):
