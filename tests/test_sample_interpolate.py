@@ -8,15 +8,6 @@ from cganraw.images import to_uint8
 from tests.synthetic import write_emnist
 
 
-@pytest.fixture(autouse=True)
-def _drop_cli_log_handler():
-    yield
-    import logging
-    logger = logging.getLogger("cganraw")
-    for h in [h for h in logger.handlers if getattr(h, "_cganraw_cli", False)]:
-        logger.removeHandler(h)
-
-
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("interp")

@@ -20,17 +20,6 @@ def letters_dir(tmp_path):
     return d
 
 
-@pytest.fixture(autouse=True)
-def _drop_cli_log_handler():
-    """train.main installs a stderr handler on the `cganraw` logger once per process; it
-    would keep writing to the stream of the test that installed it."""
-    yield
-    import logging
-    logger = logging.getLogger("cganraw")
-    for h in [h for h in logger.handlers if getattr(h, "_cganraw_cli", False)]:
-        logger.removeHandler(h)
-
-
 def run_cli(*argv):
     return train.main([str(a) for a in argv])
 

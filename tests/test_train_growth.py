@@ -23,15 +23,6 @@ def letters_dir(tmp_path):
     return d
 
 
-@pytest.fixture(autouse=True)
-def _drop_cli_log_handler():
-    yield
-    import logging
-    logger = logging.getLogger("cganraw")
-    for h in [h for h in logger.handlers if getattr(h, "_cganraw_cli", False)]:
-        logger.removeHandler(h)
-
-
 def run_cli(*argv):
     return train.main([str(a) for a in argv])
 

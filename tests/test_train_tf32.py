@@ -1,6 +1,5 @@
 """--tf32: the trainer switches TF32 GEMMs on for its process and records the choice."""
 import json
-import logging
 
 import numpy as np
 import pytest
@@ -15,9 +14,6 @@ def restore():
     previous = set_tf32(None)
     yield
     set_tf32(previous)
-    logger = logging.getLogger("cganraw")
-    for h in [h for h in logger.handlers if getattr(h, "_cganraw_cli", False)]:
-        logger.removeHandler(h)
 
 
 @pytest.mark.parametrize("flag,want", [([], False), (["--tf32"], True), (["--no-tf32"], False)])
