@@ -20,8 +20,7 @@ from cganraw.ops.gemm import tf32_enabled
 DEFAULTS = dict(model="cgan-conv", width=64, epochs=None, batch_size=64, lr=1e-4, lr_d=None, beta1=0.5,
                 beta2=0.999, latent_dim=100, seed=0, label_smoothing=0.0, mismatch=1.0, mode_seeking=0.0,
                 ema_decay=0.9995, lr_decay_start=1.0, g_batchnorm=True, g_norm="batch", d_norm="none",
-                minibatch_std=False, std_groups="mixed", progressive=False, grow_at=0.5, fade=0.25,
-                batch_size_final=None)
+                minibatch_std=False, progressive=False, grow_at=0.5, fade=0.25, batch_size_final=None)
 # cgan-conv's, chosen by the ablation in the README (MNIST, 20 minutes of a 2-core CPU):
 # spectral norm and minibatch stddev in D, D at 4x G's learning rate (TTUR), the
 # matching-aware term at weight 2, and both rates falling over the second half of the
@@ -33,7 +32,7 @@ MODEL_DEFAULTS = {"cgan-conv": dict(lr_d=4e-4, mismatch=2.0, lr_decay_start=0.5,
                   "dcgan": dict(epochs=2), "cgan-mlp": dict(epochs=20), "gan-mlp": dict(epochs=20)}
 PER_MODEL = ("lr_d", "mismatch", "lr_decay_start", "d_norm", "minibatch_std")   # flags whose default is per model
 # what a config saved before these settings existed means by them: today's model
-UPGRADE_DEFAULTS = dict(d_norm="none", minibatch_std=False, std_groups="mixed", progressive=False,
+UPGRADE_DEFAULTS = dict(d_norm="none", minibatch_std=False, progressive=False,
                         grow_at=DEFAULTS["grow_at"], fade=DEFAULTS["fade"], batch_size_final=None)
 DEFAULT_EPOCHS = {name: d["epochs"] for name, d in MODEL_DEFAULTS.items()}
 
@@ -55,7 +54,7 @@ KEEP_EPOCH_CHECKPOINTS = 3
 # what config.json and a checkpoint's meta record of a run
 CONFIG_KEYS = ("dataset", "model", "width", "g_batchnorm", "epochs", "batch_size", "lr", "lr_d", "beta1",
                "beta2", "latent_dim", "seed", "label_smoothing", "mismatch", "mode_seeking", "ema_decay",
-               "lr_decay_start", "g_norm", "d_norm", "minibatch_std", "std_groups", "progressive", "grow_at", "fade",
+               "lr_decay_start", "g_norm", "d_norm", "minibatch_std", "progressive", "grow_at", "fade",
                "batch_size_final", "sample_every", "checkpoint_every", "log_every", "eval_every", "eval_every_steps",
                "max_steps", "max_minutes")
 # what a checkpoint's config must hold to be resumed (later keys have defaults)
@@ -130,10 +129,6 @@ def _validate(parser, ns):
         parser.error("--grow-at and --fade need --progressive")
     if ns.progressive and ns.grow_at + ns.fade > 1.0:
         parser.error(f"--grow-at {ns.grow_at} + --fade {ns.fade} fades past the run's end (their sum must be <= 1)")
-    if ns.std_groups == "label" and not ns.minibatch_std:
-        parser.error("--std-groups label needs --minibatch-std")
-    if ns.std_groups == "label" and ns.mode_seeking > 0:
-        parser.error("--std-groups label and --mode-seeking both arrange the fake batch; give one")
     if ns.batch_size_final is not None and ns.batch_size_final < ns.batch_size:
         parser.error(f"--batch-size-final {ns.batch_size_final} is below --batch-size {ns.batch_size} "
                      "(the batch size rises from --batch-size to --batch-size-final)")
@@ -168,10 +163,6 @@ def build_parser(record_given=True):
     p.add_argument("--minibatch-std", action=argparse.BooleanOptionalAction, default=None,
                    help="ProGAN's minibatch standard deviation channel before D's last layer (cgan-conv) "
                         + _per_model_help("minibatch_std", lambda v: "on" if v else "off"))
-    p.add_argument("--std-groups", choices=("mixed", "label"), default=DEFAULTS["std_groups"],
-                   help="the minibatch-std groups (with --minibatch-std): mixed takes the batch as it comes "
-                        "(ProGAN); label sorts it so that each group holds one label and gives the fakes the "
-                        "real batch's labels, so that the channel measures the variety within a class")
     p.add_argument("--progressive", action="store_true", default=DEFAULTS["progressive"],
                    help="grow G and D from 14x14 to 28x28 (cgan-conv; default: off): 14x14 until "
                         "--grow-at, then the 28x28 head fades in over --fade")

@@ -8,11 +8,10 @@ import numpy as np
 from cganraw import backend
 from cganraw.losses import bce_with_logits
 from cganraw.losses import mode_seeking as mode_seeking_loss
-from cganraw.ops.minibatch_std import effective_group_size
 
 
 def train_step(G, D, opt_g, opt_d, real_images, real_labels, rng, label_smoothing=0.0, mismatch=0.0,
-               mode_seeking=0.0, label_groups=0):
+               mode_seeking=0.0):
     """One D step then one G step, in the standard order:
     D on real, D on fake (detached: G gets no gradient), then G with the
     non-saturating loss -log D(G(z)) through the updated D. All BCE-with-logits.
@@ -27,12 +26,6 @@ def train_step(G, D, opt_g, opt_d, real_images, real_labels, rng, label_smoothin
     vectors, and G is pushed to make each pair differ, which keeps it from collapsing
     to a single image per label.
 
-    label_groups = g > 0 (conditional models, not with mode_seeking) gives the fakes the
-    real batch's labels and orders both batches so that each minibatch-stddev group of
-    size g (rows i, i + N/g, ...: see label_group_order) holds one label where the batch
-    allows. A stddev over mixed labels is large even when G draws one image per label;
-    over one label it is the within-class variety, which is what a collapsed cGAN lacks.
-
     real_images (N, 1, 28, 28) float in [-1, 1]; real_labels (N,) int or None;
     rng: numpy Generator for z and the fake labels. Returns floats: d_loss,
     d_loss_real, d_loss_fake, d_loss_mismatch, g_loss (the adversarial part),
@@ -44,13 +37,7 @@ def train_step(G, D, opt_g, opt_d, real_images, real_labels, rng, label_smoothin
     z = xp.asarray(rng.standard_normal((n, G.latent_dim), dtype=np.float32).astype(real_images.dtype, copy=False))
     pairs = n // 2 if mode_seeking > 0 else 0       # rows i and pairs + i share a label
     fake_labels = None
-    if label_groups and G.conditional:
-        if pairs:
-            raise ValueError("train_step: label_groups and mode_seeking both order the fake batch; use one")
-        order = xp.asarray(label_group_order(backend.asnumpy(real_labels), label_groups))
-        real_images, real_labels = real_images[order], real_labels[order]
-        fake_labels = real_labels
-    elif G.conditional:
+    if G.conditional:
         drawn = rng.integers(0, G.num_classes, n - pairs)
         fake_labels = xp.asarray(np.concatenate([drawn[:pairs], drawn]))
     real_target = 1.0 - label_smoothing  # one-sided: only the real targets are smoothed
@@ -93,15 +80,6 @@ def train_step(G, D, opt_g, opt_d, real_images, real_labels, rng, label_smoothin
             "d_loss_fake": loss_fake, "d_loss_mismatch": loss_mismatch,
             "g_loss": loss_g, "g_loss_mode_seeking": loss_ms,
             "d_real": sig(logits_real), "d_fake": sig(logits_fake)}
-
-
-def label_group_order(labels, group_size):
-    """Row order (N,) that puts `labels` (N,) ints, sorted, into the strided groups of
-    MinibatchStdDev(group_size): group j is rows j, j + M, j + 2M, ... (M = N / g, with g
-    the layer's group for N), and it receives the j-th run of g sorted labels."""
-    labels = np.asarray(labels)
-    g = effective_group_size(len(labels), int(group_size))
-    return np.argsort(labels, kind="stable").reshape(len(labels) // g, g).T.reshape(-1)
 
 
 def ema_decay_at(step, decay):

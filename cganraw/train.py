@@ -181,7 +181,6 @@ def _loop(run, cfg, args, out, metrics, stop, saved, log):
     window_t, window_imgs, session_imgs = t_start, 0, 0
     stop_reason = "finished" if total_steps == planned_steps else f"reached --max-steps {total_steps}"
     evaluates = cfg.get("eval_every") or cfg.get("eval_every_steps")
-    label_groups = models.MINIBATCH_STD_GROUP if cfg.get("minibatch_std") and cfg.get("std_groups") == "label" else 0
     evaluator = _make_evaluator(cfg, log, args.data_dir) if evaluates else None
     last_path = saved.path
     run.exit_code = 0
@@ -204,7 +203,7 @@ def _loop(run, cfg, args, out, metrics, stop, saved, log):
             labels = xp.asarray(labels) if G.conditional else None
             with np.errstate(all="ignore"):   # overflow is reported by the health check below
                 stats = train_step(G, D, run.opt_g, run.opt_d, x, labels, run.rng_step, cfg["label_smoothing"],
-                                   cfg.get("mismatch", 0.0), cfg.get("mode_seeking", 0.0), label_groups)
+                                   cfg.get("mismatch", 0.0), cfg.get("mode_seeking", 0.0))
             try:
                 health.check_losses(stats, f"at step {run.step + 1}")
             except health.HealthError as e:

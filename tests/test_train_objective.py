@@ -18,9 +18,8 @@ import numpy as np
 import pytest
 
 from cganraw import models
-from cganraw.ops.minibatch_std import effective_group_size
 from cganraw.optim import Adam
-from cganraw.step import label_group_order, train_step
+from cganraw.step import train_step
 from tests.proof import DrawRecorder, RecordingOptimizer, check_gradient, load_params, params_of, set_dropout_states
 
 K = 3              # classes
@@ -29,12 +28,11 @@ N = 5              # odd: with mode seeking, two pairs and one unpaired row
 LR = 0.02          # large, so that the G step would see a stale D clearly
 MODES = {"plain": {}, "smoothing": {"label_smoothing": 0.2}, "mismatch": {"mismatch": 0.6},
          "mode_seeking": {"mode_seeking": 1.5},
-         "all": {"label_smoothing": 0.15, "mismatch": 0.7, "mode_seeking": 0.8},
-         "label_groups": {"label_groups": 4, "mismatch": 0.5, "label_smoothing": 0.1}}
+         "all": {"label_smoothing": 0.15, "mismatch": 0.7, "mode_seeking": 0.8}}
 # tiny conv models (width 2; BatchNorm in G as the trainer builds it) and the fixed-size MLPs
 BUILD = {"cgan-conv": {"width": 2, "batchnorm": True}, "dcgan": {"width": 2}, "cgan-mlp": {}, "gan-mlp": {}}
 CASES = [(name, mode) for name in BUILD for mode in MODES
-         if not (mode in ("mismatch", "label_groups") and name in ("dcgan", "gan-mlp"))]   # no labels
+         if not (mode == "mismatch" and name in ("dcgan", "gan-mlp"))]   # no labels to mismatch
 
 
 def bce(logits, target):
@@ -55,7 +53,7 @@ class Step:
 
     def __init__(self, name, mode, seed=0):
         self.name, self.mode, options = name, mode, MODES[mode]
-        self.options = {"label_smoothing": 0.0, "mismatch": 0.0, "mode_seeking": 0.0, "label_groups": 0, **options}
+        self.options = {"label_smoothing": 0.0, "mismatch": 0.0, "mode_seeking": 0.0, **options}
         G, D = models.build(name, K, latent_dim=LATENT, seed=seed, **BUILD[name])
         self.G, self.D = G.to(np.float64), D.to(np.float64)
         data = np.random.default_rng(100 + seed)
@@ -88,11 +86,6 @@ class Step:
         if not self.G.conditional:
             assert ints == []
             return
-        if self.options["label_groups"]:
-            # the real batch in label-group order, and its labels for the fakes: no label draw
-            order = label_group_order(self.y, self.options["label_groups"])
-            self.x, self.y = self.x[order], self.y[order]
-            ints = [self.y] + ints
         drawn = ints[0]                      # then, with the mismatch term, the label shifts
         assert drawn.shape == (N - self.pairs,)
         # rows i and pairs + i share a label (MSGAN's pairs); the rest are independent
@@ -203,44 +196,6 @@ def test_every_train_step_option_is_covered():
     import inspect
     params = inspect.signature(train_step).parameters
     options = {k for k, p in params.items() if p.default is not inspect.Parameter.empty}
-    assert options == {"label_smoothing", "mismatch", "mode_seeking", "label_groups"}, (
+    assert options == {"label_smoothing", "mismatch", "mode_seeking"}, (
         f"train_step's options are now {sorted(options)}: give each new one its term in Step")
     assert {k for mode in MODES.values() for k in mode} == options
-
-
-@pytest.mark.parametrize("n", [1, 2, 5, 6, 8, 12, 64, 66])
-def test_label_group_order_gives_each_minibatch_std_group_a_run_of_sorted_labels(n):
-    rng = np.random.default_rng(n)
-    labels = rng.integers(0, 3, n)
-    order = label_group_order(labels, 4)
-    assert sorted(order.tolist()) == list(range(n))                # a permutation
-    g = effective_group_size(n, 4)
-    m = n // g
-    groups = labels[order].reshape(g, m)                          # MinibatchStdDev's groups: column j
-    runs = np.sort(labels).reshape(m, g)
-    np.testing.assert_array_equal(groups.T, runs)
-
-
-def test_label_groups_put_one_label_in_each_group_of_a_minibatch_std_d():
-    # images that depend on their label alone: a collapsed G. In label groups the channel
-    # sees no variety (sqrt(eps)); in the batch as it comes, the labels' spread hides it
-    labels = np.repeat(np.arange(4), 4)[np.random.default_rng(0).permutation(16)]
-    np.testing.assert_allclose(_std_channel(labels, label_group_order(labels, 4)), 1e-4, rtol=1e-6)
-    assert _std_channel(labels, None).min() > 0.3
-
-
-def _std_channel(labels, order):
-    """The minibatch-std channel of images that are a function of their label alone."""
-    from cganraw import nn
-    x = np.broadcast_to(labels[:, None, None, None].astype(np.float64), (len(labels), 2, 3, 3)).copy()
-    if order is not None:
-        x = x[order]
-    y = nn.MinibatchStdDev(4).to(np.float64)(x)
-    return np.asarray(y[:, -1, 0, 0])
-
-
-def test_label_groups_cannot_be_combined_with_mode_seeking():
-    G, D = models.build("cgan-mlp", K, latent_dim=LATENT)
-    with pytest.raises(ValueError, match="label_groups and mode_seeking"):
-        train_step(G, D, Adam(G.parameters()), Adam(D.parameters()), np.zeros((4, 1, 28, 28), np.float32),
-                   np.arange(4) % K, np.random.default_rng(0), mode_seeking=1.0, label_groups=4)
