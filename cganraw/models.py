@@ -76,6 +76,62 @@ def init_label_path(emb, fc, rng):
     nn.init.normal_(fc.weight, std=1.0 / np.sqrt(fc.in_features), rng=rng)
 
 
+def biases_folded_into_norms(module):
+    """(layer key, BatchNorm key) for every Linear/Conv2d/ConvTranspose2d built without a bias
+    because a BatchNorm follows it directly: the norm subtracts each channel's mean, which
+    cancels a per-channel bias exactly, so the bias would cost two launches a pass for nothing."""
+    pairs = []
+    for prefix, mod in module.named_modules():
+        if not isinstance(mod, nn.Sequential):
+            continue
+        names = list(mod._modules)
+        for a, b in zip(names, names[1:]):
+            layer, norm = mod._modules[a], mod._modules[b]
+            if isinstance(layer, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)) and layer.bias is None and \
+                    isinstance(norm, (nn.BatchNorm1d, nn.BatchNorm2d)):
+                pairs.append((f"{prefix}.{a}" if prefix else a, f"{prefix}.{b}" if prefix else b))
+    return pairs
+
+
+def legacy_bias_keys(module, state):
+    """The keys of `state` that are biases this model no longer has (biases_folded_into_norms)."""
+    return [f"{layer}.bias" for layer, _ in biases_folded_into_norms(module) if f"{layer}.bias" in state]
+
+
+def upgrade_state_dict(module, state):
+    """A state dict saved before the biases in front of BatchNorms were dropped, as this
+    model takes it: each such bias b is folded into the norm's running mean (rm - b), which
+    leaves the outputs unchanged in both modes, and removed."""
+    pairs = [(layer, norm) for layer, norm in biases_folded_into_norms(module) if f"{layer}.bias" in state]
+    if not pairs:
+        return state
+    state = dict(state)
+    for layer, norm in pairs:
+        bias = np.asarray(backend.asnumpy(state.pop(f"{layer}.bias")))
+        key = f"{norm}.running_mean"
+        if key in state:
+            state[key] = np.asarray(backend.asnumpy(state[key])) - bias.astype(np.asarray(state[key]).dtype)
+    return state
+
+
+def upgrade_optimizer_state(module, module_state, opt_state):
+    """Adam's state saved alongside `module_state` (an old state dict, see upgrade_state_dict),
+    renumbered to this model's parameters: the moments of dropped biases are left out."""
+    dropped = set(legacy_bias_keys(module, module_state))
+    if not dropped:
+        return opt_state
+    own = [name for name, _ in module.named_parameters()]
+    old = [k for k in module_state if k in dropped or k in own]     # the old parameter order
+    out = {k: v for k, v in opt_state.items() if not k.startswith(("m.", "v."))}
+    for j, name in enumerate(own):
+        if name not in old:
+            raise KeyError(f"optimiser state has no entry for {name}")
+        i = old.index(name)
+        for part in ("m", "v"):
+            out[f"{part}.{j}"] = opt_state[f"{part}.{i}"]
+    return out
+
+
 class _GAN(nn.Module):
     """Common attributes of both halves."""
 
@@ -87,6 +143,11 @@ class _GAN(nn.Module):
     @property
     def conditional(self):
         return self.num_classes is not None
+
+    def load_state_dict(self, state, strict: bool = True):
+        """Module.load_state_dict, taking old state dicts with the biases now dropped in
+        front of BatchNorms too (upgrade_state_dict)."""
+        return super().load_state_dict(upgrade_state_dict(self, state), strict)
 
 
 # ---------------------------------------------------------------- cgan-conv ------
@@ -108,8 +169,9 @@ class ConvCGANGenerator(_GAN):
         init_label_path(self.label_emb, self.label_fc, rng)
         self.label_map = nn.Reshape(1, 7, 7)
         self.concat = nn.Concat(axis=1)
-        up1 = [nn.ConvTranspose2d(w + 1, w, 4, 2, 1, rng=rng), nn.LeakyReLU(0.2)]
-        up2 = [nn.ConvTranspose2d(w, w, 4, 2, 1, rng=rng), nn.LeakyReLU(0.2)]
+        # no bias where a BatchNorm follows (it would cancel it)
+        up1 = [nn.ConvTranspose2d(w + 1, w, 4, 2, 1, bias=not batchnorm, rng=rng), nn.LeakyReLU(0.2)]
+        up2 = [nn.ConvTranspose2d(w, w, 4, 2, 1, bias=not batchnorm, rng=rng), nn.LeakyReLU(0.2)]
         if batchnorm:
             up1.insert(1, nn.BatchNorm2d(w, rng=rng))
             up2.insert(1, nn.BatchNorm2d(w, rng=rng))
@@ -131,7 +193,8 @@ class ConvCGANGenerator(_GAN):
 class ConvCGANDiscriminator(_GAN):
     """label -> Embedding(K, 50) -> Linear(50, 784) -> (1, 28, 28), concat with the image
     -> Conv2d(2, w, 3, 2, 1) -> LeakyReLU -> Conv2d(w, w, 3, 2, 1) -> LeakyReLU -> Flatten
-    -> Dropout(0.4) -> Linear(w*7*7, 1)."""
+    -> Dropout(0.4) -> Linear(w*7*7, 1). The dropout mask is a Philox stream of the
+    dropout seed (cganraw.nn.Dropout)."""
 
     def __init__(self, num_classes, width=128, dropout=0.4, rng=None, dropout_seed=None):
         super().__init__(0, num_classes)
@@ -145,7 +208,7 @@ class ConvCGANDiscriminator(_GAN):
         self.net = nn.Sequential(
             nn.Conv2d(2, w, 3, 2, 1, rng=rng), nn.LeakyReLU(0.2),
             nn.Conv2d(w, w, 3, 2, 1, rng=rng), nn.LeakyReLU(0.2),
-            nn.Flatten(), nn.Dropout(dropout, rng=dropout_seed), nn.Linear(w * 7 * 7, 1, rng=rng))
+            nn.Flatten(), nn.Dropout(dropout, seed=dropout_seed, layer_id=0), nn.Linear(w * 7 * 7, 1, rng=rng))
 
     def forward(self, x, labels):
         _check_images(self, x)
@@ -162,15 +225,15 @@ class ConvCGANDiscriminator(_GAN):
 # ---------------------------------------------------------------- MLP models -----
 
 def _mlp_block_g(n_in, n_out, rng, batchnorm):
-    layers = [nn.Linear(n_in, n_out, rng=rng)]
+    layers = [nn.Linear(n_in, n_out, bias=not batchnorm, rng=rng)]
     if batchnorm:
         layers.append(nn.BatchNorm1d(n_out, rng=rng))
     layers.append(nn.ReLU() if batchnorm else nn.LeakyReLU(0.2))
     return layers
 
 
-def _mlp_block_d(n_in, n_out, rng, dropout, dropout_seed):
-    return [nn.Linear(n_in, n_out, rng=rng), nn.LeakyReLU(0.2), nn.Dropout(dropout, rng=dropout_seed)]
+def _mlp_block_d(n_in, n_out, rng, dropout, dropout_seed, layer_id):
+    return [nn.Linear(n_in, n_out, rng=rng), nn.LeakyReLU(0.2), nn.Dropout(dropout, seed=dropout_seed, layer_id=layer_id)]
 
 
 class MLPGenerator(_GAN):
@@ -208,14 +271,13 @@ class MLPDiscriminator(_GAN):
     def __init__(self, num_classes=None, dropout=0.3, rng=None, dropout_seed=None):
         super().__init__(0, num_classes)
         k = num_classes or 0
-        seeds = (dropout_seed if isinstance(dropout_seed, np.random.SeedSequence)
-                 else np.random.SeedSequence(dropout_seed)).spawn(3)
+        seed = dropout_seed if isinstance(dropout_seed, np.random.SeedSequence) else np.random.SeedSequence(dropout_seed)
         self.flatten = nn.Flatten()
         self.concat = nn.Concat(axis=1)
         self.net = nn.Sequential(
-            *_mlp_block_d(IMAGE_SIZE + k, 1024, rng, dropout, np.random.default_rng(seeds[0])),
-            *_mlp_block_d(1024, 512, rng, dropout, np.random.default_rng(seeds[1])),
-            *_mlp_block_d(512, 256, rng, dropout, np.random.default_rng(seeds[2])),
+            *_mlp_block_d(IMAGE_SIZE + k, 1024, rng, dropout, seed, 0),
+            *_mlp_block_d(1024, 512, rng, dropout, seed, 1),
+            *_mlp_block_d(512, 256, rng, dropout, seed, 2),
             nn.Linear(256, 1, rng=rng))
 
     def forward(self, x, labels=None):
@@ -245,7 +307,7 @@ class DCGANGenerator(_GAN):
         self.width = w
         self.net = nn.Sequential(
             nn.Linear(latent_dim, w * 7 * 7, rng=rng), nn.Reshape(w, 7, 7), nn.BatchNorm2d(w, rng=rng), nn.ReLU(),
-            nn.ConvTranspose2d(w, h, 4, 2, 1, rng=rng), nn.BatchNorm2d(h, rng=rng), nn.ReLU(),
+            nn.ConvTranspose2d(w, h, 4, 2, 1, bias=False, rng=rng), nn.BatchNorm2d(h, rng=rng), nn.ReLU(),
             nn.ConvTranspose2d(h, 1, 4, 2, 1, rng=rng), nn.Tanh())
 
     def forward(self, z, labels=None):
@@ -266,7 +328,7 @@ class DCGANDiscriminator(_GAN):
         self.width = w
         self.net = nn.Sequential(
             nn.Conv2d(1, h, 4, 2, 1, rng=rng), nn.LeakyReLU(0.2),
-            nn.Conv2d(h, w, 4, 2, 1, rng=rng), nn.BatchNorm2d(w, rng=rng), nn.LeakyReLU(0.2),
+            nn.Conv2d(h, w, 4, 2, 1, bias=False, rng=rng), nn.BatchNorm2d(w, rng=rng), nn.LeakyReLU(0.2),
             nn.Flatten(), nn.Linear(w * 7 * 7, 1, rng=rng))
 
     def forward(self, x, labels=None):
@@ -338,5 +400,5 @@ def generate(G, labels=None, z=None, n=None, seed=0, batch=256):
 
 
 def dropout_layers(module):
-    """The Dropout layers of a model, in order: their generators go into checkpoints."""
+    """The Dropout layers of a model, in order (their masks are Philox streams of the step)."""
     return [m for _, m in module.named_modules() if isinstance(m, nn.Dropout)]

@@ -239,16 +239,15 @@ def col2im(cols, x_shape, kernel_size, stride=1, padding=0, out_hw=None):
 
 
 def _to_channel_major(a):
-    # (N, C, H, W) -> (C, N*H*W): the GEMM operand layout of `cols`
+    # (N, C, H, W) -> (C, N*H*W): the GEMM operand layout of `cols` (a copy unless N == 1)
     n, c, h, w = a.shape
-    return a.transpose(1, 0, 2, 3).reshape(c, n * h * w)
+    return _launch.contiguous(a.transpose(1, 0, 2, 3)).reshape(c, n * h * w)
 
 
 def _from_channel_major(a2, n, h, w):
     # (C, N*H*W) -> contiguous (N, C, H, W)
     c = a2.shape[0]
-    xp = backend.array_module(a2)
-    return xp.ascontiguousarray(a2.reshape(c, n, h, w).transpose(1, 0, 2, 3))
+    return _launch.contiguous(a2.reshape(c, n, h, w).transpose(1, 0, 2, 3))
 
 
 def _as_transposed_kernel(W):
@@ -271,8 +270,7 @@ def conv2d_forward(x, W, b=None, stride=1, padding=0):
     o, c, k, _ = W.shape
     if _expand_outputs(W, stride, padding):
         Wt = _as_transposed_kernel(W)
-        xp = backend.array_module(W)
-        y, cache = conv_transpose2d_forward(x, xp.ascontiguousarray(Wt), b, 1, k - 1 - padding)
+        y, cache = conv_transpose2d_forward(x, _launch.contiguous(Wt), b, 1, k - 1 - padding)
         return y, ("expand_outputs", cache)
     ho, wo = conv_output_size(h, k, stride, padding), conv_output_size(w, k, stride, padding)
     cols = im2col(x, k, stride, padding)                      # (C*k*k, N*Ho*Wo)
@@ -283,19 +281,24 @@ def conv2d_forward(x, W, b=None, stride=1, padding=0):
     return y, ("im2col", (cols, x.shape, W, stride, padding, b is not None))
 
 
-def conv2d_backward(dy, cache, need_dx=True, need_dW=True):
-    """dy (N, O, Ho, Wo) -> dx (N, C, H, W), dW (O, C, k, k), db (O,)."""
+def conv2d_backward(dy, cache, need_dx=True, need_dW=True, dW_out=None):
+    """dy (N, O, Ho, Wo) -> dx (N, C, H, W), dW (O, C, k, k), db (O,). With dW_out (the
+    weight's contiguous .grad) the GEMM adds dW into it (beta = 1) and returns dW None,
+    except on the expanded-outputs path, whose dW is a flipped transpose."""
     mode, cache = cache
     if mode == "expand_outputs":
         dx, dWt, db = conv_transpose2d_backward(dy, cache, need_dx, need_dW)
-        dW = None if dWt is None else backend.array_module(dWt).ascontiguousarray(_as_transposed_kernel(dWt))
+        dW = None if dWt is None else _launch.contiguous(_as_transposed_kernel(dWt))
         return dx, dW, db
     cols, x_shape, W, stride, padding, has_bias = cache
     o, c, k, _ = W.shape
     dy2 = _to_channel_major(dy)                                # (O, N*Ho*Wo)
     dW = db = dx = None
     if need_dW:
-        dW = gemm(dy2, cols, trans_b=True).reshape(W.shape)   # (O, C*k*k)
+        if dW_out is not None:
+            gemm(dy2, cols, trans_b=True, beta=1.0, out=dW_out.reshape(o, c * k * k))
+        else:
+            dW = gemm(dy2, cols, trans_b=True).reshape(W.shape)   # (O, C*k*k)
         db = bias_add_backward(dy) if has_bias else None
     if need_dx:
         dcols = gemm(W.reshape(o, c * k * k), dy2, trans_a=True)   # (C*k*k, N*Ho*Wo)
@@ -318,15 +321,19 @@ def conv_transpose2d_forward(x, W, b=None, stride=1, padding=0, output_padding=0
     return y, (x2, x.shape, W, stride, padding, b is not None)
 
 
-def conv_transpose2d_backward(dy, cache, need_dx=True, need_dW=True):
-    """dy (N, Cout, Ho, Wo) -> dx (N, Cin, H, W), dW (Cin, Cout, k, k), db (Cout,)."""
+def conv_transpose2d_backward(dy, cache, need_dx=True, need_dW=True, dW_out=None):
+    """dy (N, Cout, Ho, Wo) -> dx (N, Cin, H, W), dW (Cin, Cout, k, k), db (Cout,); dW_out as
+    for conv2d_backward."""
     x2, x_shape, W, stride, padding, has_bias = cache
     n, cin, h, w = x_shape
     _, cout, k, _ = W.shape
     dcols = im2col(dy, k, stride, padding, out_hw=(h, w))  # (Cout*k*k, N*H*W)
     dW = db = dx = None
     if need_dW:
-        dW = gemm(x2, dcols, trans_b=True).reshape(W.shape)   # (Cin, Cout*k*k)
+        if dW_out is not None:
+            gemm(x2, dcols, trans_b=True, beta=1.0, out=dW_out.reshape(cin, cout * k * k))
+        else:
+            dW = gemm(x2, dcols, trans_b=True).reshape(W.shape)   # (Cin, Cout*k*k)
         db = bias_add_backward(dy) if has_bias else None
     if need_dx:
         dx2 = gemm(W.reshape(cin, cout * k * k), dcols)       # (Cin, N*H*W)

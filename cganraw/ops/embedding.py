@@ -17,11 +17,12 @@ def embedding_forward_numpy(indices, W):
     return W[indices], (indices, W.shape)
 
 
-def embedding_backward_numpy(dy, cache):
-    """dy (N, D) -> dW (K, D); repeated indices add up."""
+def embedding_backward_numpy(dy, cache, out=None):
+    """dy (N, D) -> dW (K, D); repeated indices add up. With out (K, D) the rows are added
+    into it instead (a weight's .grad), and out is returned."""
     indices, w_shape = cache
     xp = backend.array_module(dy)
-    dW = xp.zeros(w_shape, dtype=dy.dtype)
+    dW = xp.zeros(w_shape, dtype=dy.dtype) if out is None else out
     xp.add.at(dW, indices, dy)
     return dW
 
@@ -52,8 +53,10 @@ def embedding_forward_cuda(indices, W, version=None):
     return y, (idx, W.shape)
 
 
-def embedding_backward_cuda(dy, cache, version=None):
-    """As embedding_backward_numpy: dy (N, D) -> dW (K, D), repeated labels adding up."""
+def embedding_backward_cuda(dy, cache, version=None, out=None):
+    """As embedding_backward_numpy: dy (N, D) -> dW (K, D), repeated labels adding up; with
+    out (a contiguous float32 (K, D) array) the kernel adds into it: no zeroed array, no
+    second pass to accumulate."""
     op = "embedding_backward"
     version = _launch.pick_version(op, version, 1, VERSIONS)
     indices, w_shape = cache
@@ -64,7 +67,12 @@ def embedding_backward_cuda(dy, cache, version=None):
     if tuple(dyc.shape) != (n, d):
         raise ValueError(f"{op}: dy has shape {tuple(dyc.shape)}, expected ({n}, {d})")
     _launch.element_count(n * d, op)
-    dW = _launch.zeros((k, d))
+    if out is None:
+        dW = _launch.zeros((k, d))
+    else:
+        dW = _launch.arg(out, np.float32, f"{op}: out")
+        if dW is not out or tuple(dW.shape) != (k, d):
+            raise ValueError(f"{op}: out must be a contiguous ({k}, {d}) array, added to in place")
     if n * d:
         grid, block = _launch.grid_for(n * d)
         _launch.function("embedding", f"embedding_backward_v{version}")(
@@ -80,7 +88,8 @@ def embedding_forward(indices, W):
     return embedding_forward_numpy(indices, W)
 
 
-def embedding_backward(dy, cache):
+def embedding_backward(dy, cache, out=None):
+    """dW (K, D), or with out: out += dW, returned."""
     if backend.uses_kernels():
-        return embedding_backward_cuda(dy, cache)
-    return embedding_backward_numpy(dy, cache)
+        return embedding_backward_cuda(dy, cache, out=out)
+    return embedding_backward_numpy(dy, cache, out)
