@@ -1,5 +1,6 @@
 """The four models written plainly in PyTorch, with the same attribute names, so the
-tests can check that our state dicts load one-to-one (and the benchmarks can compare)."""
+tests can check that our state dicts load one-to-one (and the benchmarks can compare).
+A layer directly before a BatchNorm has no bias, as in cganraw.models (the norm cancels it)."""
 
 
 def build_torch(torch, name, num_classes, latent_dim=100, width=128, batchnorm=False):
@@ -13,8 +14,8 @@ def build_torch(torch, name, num_classes, latent_dim=100, width=128, batchnorm=F
             self.fc = nn.Linear(latent_dim, w * 49)
             self.label_emb = nn.Embedding(num_classes, 50)
             self.label_fc = nn.Linear(50, 49)
-            up1 = [nn.ConvTranspose2d(w + 1, w, 4, 2, 1), nn.LeakyReLU(0.2)]
-            up2 = [nn.ConvTranspose2d(w, w, 4, 2, 1), nn.LeakyReLU(0.2)]
+            up1 = [nn.ConvTranspose2d(w + 1, w, 4, 2, 1, bias=not batchnorm), nn.LeakyReLU(0.2)]
+            up2 = [nn.ConvTranspose2d(w, w, 4, 2, 1, bias=not batchnorm), nn.LeakyReLU(0.2)]
             if batchnorm:
                 up1.insert(1, nn.BatchNorm2d(w))
                 up2.insert(1, nn.BatchNorm2d(w))
@@ -38,7 +39,7 @@ def build_torch(torch, name, num_classes, latent_dim=100, width=128, batchnorm=F
             return self.net(torch.cat([x, lab], 1))
 
     def g_block(i, o, bn):
-        return [nn.Linear(i, o)] + ([nn.BatchNorm1d(o), nn.ReLU()] if bn else [nn.LeakyReLU(0.2)])
+        return [nn.Linear(i, o, bias=not bn)] + ([nn.BatchNorm1d(o), nn.ReLU()] if bn else [nn.LeakyReLU(0.2)])
 
     def d_block(i, o):
         return [nn.Linear(i, o), nn.LeakyReLU(0.2), nn.Dropout(0.3)]
@@ -73,7 +74,7 @@ def build_torch(torch, name, num_classes, latent_dim=100, width=128, batchnorm=F
             super().__init__()
             h = max(w // 2, 1)
             self.net = nn.Sequential(nn.Linear(latent_dim, w * 49), nn.Unflatten(1, (w, 7, 7)), nn.BatchNorm2d(w),
-                                     nn.ReLU(), nn.ConvTranspose2d(w, h, 4, 2, 1), nn.BatchNorm2d(h), nn.ReLU(),
+                                     nn.ReLU(), nn.ConvTranspose2d(w, h, 4, 2, 1, bias=False), nn.BatchNorm2d(h), nn.ReLU(),
                                      nn.ConvTranspose2d(h, 1, 4, 2, 1), nn.Tanh())
 
         def forward(self, z, labels=None):
@@ -83,7 +84,7 @@ def build_torch(torch, name, num_classes, latent_dim=100, width=128, batchnorm=F
         def __init__(self):
             super().__init__()
             h = max(w // 2, 1)
-            self.net = nn.Sequential(nn.Conv2d(1, h, 4, 2, 1), nn.LeakyReLU(0.2), nn.Conv2d(h, w, 4, 2, 1),
+            self.net = nn.Sequential(nn.Conv2d(1, h, 4, 2, 1), nn.LeakyReLU(0.2), nn.Conv2d(h, w, 4, 2, 1, bias=False),
                                      nn.BatchNorm2d(w), nn.LeakyReLU(0.2), nn.Flatten(), nn.Linear(w * 49, 1))
 
         def forward(self, x, labels=None):

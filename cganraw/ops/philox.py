@@ -274,9 +274,9 @@ def philox_integers_cuda(n, low, high, stream, fold=0, version=None, out=None):
 def philox_shift_labels_cuda(labels, k, stream, version=None, out=None):
     op = "philox_shift_labels"
     _launch.pick_version(op, version, 1, (1,))
-    lab = _launch.arg(labels, np.int32, f"{op}: labels")
     if int(k) < 2:
         raise ValueError(f"{op}: needs k >= 2 classes, got {k}")
+    lab = _launch.labels_arg(labels, k, op)      # int32; range-checked unless marked
     out = _launch.empty(lab.shape, np.int32) if out is None else _launch.arg(out, np.int32, f"{op}: out")
     if lab.size:
         grid, block = _launch.grid_for(lab.size, max_blocks=MAX_BLOCKS)

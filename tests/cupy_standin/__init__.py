@@ -27,17 +27,17 @@ import numpy as np
 
 from cganraw import cuda_emu
 
-LOG: list[tuple[str, str, int]] = []
+LOG: list[tuple] = []   # (kind, name, bytes, flops)
 NAME = "CuPy stand-in (NumPy arrays, cganraw.cuda_emu kernels)"
 
 
-def _log(kind, name, nbytes=0):
-    LOG.append((kind, name, int(nbytes)))
+def _log(kind, name, nbytes=0, flops=0):
+    LOG.append((kind, name, int(nbytes), int(flops)))
 
 
 def counts(kinds=None):
     """Counter of (kind, name) over the log, optionally of some kinds only."""
-    return Counter((k, n) for k, n, _ in LOG if kinds is None or k in kinds)
+    return Counter((k, n) for k, n, *_ in LOG if kinds is None or k in kinds)
 
 
 def reset():
@@ -411,7 +411,7 @@ def clip(a, a_min, a_max, out=None):
 def matmul(a, b, out=None):
     ra, rb = _dev(a), _dev(b)
     res = np.matmul(ra, rb, out=None if out is None else _dev(out))
-    _log("gemm", "cublas_sgemm", _nbytes(ra, rb, res))
+    _log("gemm", "cublas_sgemm", _nbytes(ra, rb, res), 2 * ra.shape[0] * ra.shape[1] * rb.shape[-1])
     return out if out is not None else _wrap(res)
 
 
@@ -512,7 +512,8 @@ def _gemm(transa, transb, a, b, out=None, alpha=1.0, beta=0.0):
         ro += ro.dtype.type(alpha) * prod if alpha != 1.0 else prod
     else:
         ro[...] = prod if alpha == 1.0 else ro.dtype.type(alpha) * prod
-    _log("gemm", "cublas_sgemm", _nbytes(ra, rb, ro))
+    _log("gemm", "cublas_sgemm", _nbytes(ra, rb, ro) + (ro.nbytes if beta else 0),
+         2 * opa.shape[0] * opa.shape[1] * opb.shape[1] + (ro.size if beta else 0))
     return out
 
 
