@@ -98,9 +98,10 @@ def mode_seeking(images, z, eps=1e-5):
         ratio = mean |x_a - x_b| / mean |z_a - z_b|,   loss = 1 / (ratio + eps)
 
     images (2M, ...) and z (2M, L): row i pairs with row M + i. Returns (loss as a 0-d
-    float64 array on the images' backend, dimages with the shape of images); z is noise, so
-    it gets no gradient. The scalars are computed on the device in float64, as the host did.
+    float32 array on the images' backend, dimages with the shape of images); z is noise, so
+    it gets no gradient. Op: mode_seeking (cganraw.ops.mode_seeking).
     """
+    from cganraw.ops.mode_seeking import mode_seeking_backward, mode_seeking_forward  # noqa: PLC0415
     for name, a in (("images", images), ("z", z)):
         if not backend.is_array(a) or a.dtype.kind != "f":
             raise TypeError(f"mode_seeking: {name} must be a floating-point array, got "
@@ -109,13 +110,5 @@ def mode_seeking(images, z, eps=1e-5):
     if n < 2 or n % 2 or z.shape[0] != n:
         raise ValueError(f"mode_seeking: need an even batch of at least 2 images with one noise row "
                          f"each, got images {tuple(images.shape)} and z {tuple(z.shape)}")
-    xp = backend.array_module(images)
-    m = n // 2
-    diff = images[:m] - images[m:]                      # (M, ...)
-    z_dist = xp.abs(z[:m] - z[m:]).mean().astype(np.float64)
-    ratio = xp.abs(diff).mean().astype(np.float64) / z_dist
-    loss = 1.0 / (ratio + eps)
-    # d loss / d x_a = -loss^2 / z_dist * sign(x_a - x_b) / diff.size, and its negative for x_b
-    scale = (-loss * loss / (z_dist * diff.size)).astype(images.dtype)
-    d_a = xp.sign(diff) * scale
-    return loss, _launch.concatenate([d_a, -d_a])
+    loss, cache = mode_seeking_forward(images, z, eps)
+    return loss, mode_seeking_backward(cache)

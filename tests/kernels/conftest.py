@@ -3,24 +3,76 @@ emulator (cganraw.cuda_emu) on the CPU, so CI proves the kernels without a GPU.
 
 Each test module here runs on the `emu` backend (the previous backend is restored
 afterwards). `order` runs a test once per thread order, for kernels with barriers.
+
+CGANRAW_KERNEL_TEST_BACKEND runs the same tests through the `cuda` backend's Python instead:
+"cuda" on a GPU with the real CuPy (bench/gpu_check.sh), "standin" with the CuPy stand-in of
+tests/cupy_standin, which runs the kernels in the emulator (tests/test_cupy_standin.py does,
+in CI). The tests hand the launchers NumPy arrays; on those backends the host arrays are
+uploaded at the launchers' argument checks and in-place results copied back into them, as
+a test would do by hand on a GPU.
 """
+import contextlib
+import os
+
 import numpy as np
 import pytest
 
 from cganraw import backend, cuda_emu
 
 ORDERS = ("forward", "reverse")
+BACKEND_ENV = "CGANRAW_KERNEL_TEST_BACKEND"
+TEST_BACKEND = os.environ.get(BACKEND_ENV, "emu").strip().lower() or "emu"
+if TEST_BACKEND not in ("emu", "cuda", "standin"):
+    raise ValueError(f"{BACKEND_ENV}={TEST_BACKEND!r}: choose emu, cuda or standin")
+
+
+def _host_arrays_uploaded(monkeypatch):
+    """On the cuda backend, let launchers take the tests' NumPy arrays: upload them where the
+    launchers check their arguments, and copy in-place results back into them."""
+    from cganraw.ops import _launch  # noqa: PLC0415
+
+    arg, write_back, labels_arg = _launch.arg, _launch.write_back, _launch.labels_arg
+
+    def upload(a, dtype=np.float32, name="array"):
+        if isinstance(a, np.ndarray):
+            if a.dtype != np.dtype(dtype):
+                raise TypeError(f"{name}: kernels take {np.dtype(dtype)}, got {a.dtype}")
+            return backend.get_xp().asarray(np.ascontiguousarray(a))
+        return arg(a, dtype, name)
+
+    def back(a, ac):
+        if isinstance(a, np.ndarray) and not isinstance(ac, np.ndarray):
+            a[...] = backend.asnumpy(ac)
+            return
+        write_back(a, ac)
+
+    def labels(indices, k, op):
+        if isinstance(indices, np.ndarray):
+            indices = backend.get_xp().asarray(indices)
+        return labels_arg(indices, k, op)
+
+    monkeypatch.setattr(_launch, "arg", upload)
+    monkeypatch.setattr(_launch, "write_back", back)
+    monkeypatch.setattr(_launch, "labels_arg", labels)
 
 
 @pytest.fixture(autouse=True)
-def emu_backend():
-    """The emulator backend for every test in tests/kernels."""
+def emu_backend(monkeypatch):
+    """The emulator backend for every test in tests/kernels (or cuda: see above)."""
     prev = backend.current()
-    backend.use("emu")
-    try:
-        yield
-    finally:
-        backend.use(prev)
+    with contextlib.ExitStack() as stack:
+        if TEST_BACKEND == "emu":
+            backend.use("emu")
+        else:
+            if TEST_BACKEND == "standin":
+                from tests import cupy_standin  # noqa: PLC0415
+                stack.enter_context(cupy_standin.installed())
+            backend.use("cuda")
+            _host_arrays_uploaded(monkeypatch)
+        try:
+            yield
+        finally:
+            backend.use(prev)
 
 
 @pytest.fixture(params=ORDERS)
