@@ -9,6 +9,7 @@ import importlib
 import inspect
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -358,3 +359,17 @@ def test_trainer_runs_and_resumes_on_the_cuda_backend(tmp_path, restore_backend)
             np.testing.assert_array_equal(a[part][k], b[part][k], err_msg=f"{part}.{k}: resumed run differs")
     lines = (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()
     assert len(lines) >= 2
+
+
+def test_the_kernel_suite_passes_on_the_cuda_backend_through_the_standin():
+    """tests/kernels, every test but those of the emulator itself, on the cuda backend's
+    Python with the stand-in for CuPy (bench/gpu_check.sh runs the same with the real one)."""
+    import os
+    import subprocess
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "CGANRAW_KERNEL_TEST_BACKEND": "standin", "PYTHONPATH": str(root)}
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "tests/kernels"],
+                       cwd=root, env=env, capture_output=True, text=True, timeout=1800)
+    tail = "\n".join(r.stdout.splitlines()[-15:])
+    assert r.returncode == 0, tail
+    assert " passed" in tail and "failed" not in tail

@@ -316,7 +316,7 @@ dtype, pi, inf, nan, newaxis = np.dtype, np.pi, np.inf, np.nan, None
 
 
 def _upload(a, dtype=None):
-    res = np.array(a, dtype=dtype, copy=True, order="C")
+    res = np.array(a, dtype=dtype, copy=True, order="K")     # as cupy.asarray: the layout is kept
     _log("h2d", "h2d", res.nbytes)
     return ndarray._wrap(res)
 
