@@ -37,12 +37,12 @@ def _constant_targets(value, shape, dtype, xp):
     return t
 
 
-def bce_with_logits(logits, targets, weight=1.0):
+def bce_with_logits(logits, targets, weight=1.0, out=None):
     """Mean binary cross-entropy of logits against (possibly soft) targets in [0, 1].
 
     logits: floating array (N, ...); targets: a number, or an array broadcastable to it.
     Returns (loss as a 0-d array on the logits' backend, d(weight * loss)/dlogits with the
-    shape of logits): `weight` scales the gradient only, in the same pass.
+    shape of logits, written into `out` when given): `weight` scales the gradient only.
     """
     if not backend.is_array(logits) or logits.dtype.kind != "f":
         raise TypeError(f"bce_with_logits: logits must be a floating-point array, got "
@@ -61,7 +61,7 @@ def bce_with_logits(logits, targets, weight=1.0):
                 raise ValueError(f"bce_with_logits: targets of shape {tuple(t.shape)} do not match logits of "
                                  f"shape {tuple(logits.shape)}") from None
     loss, cache = bce_with_logits_forward(logits, t)
-    return xp.asarray(loss), bce_with_logits_backward(float(weight), cache)
+    return xp.asarray(loss), bce_with_logits_backward(float(weight), cache, out=out)
 
 
 def softmax_cross_entropy(logits, labels):

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from cganraw import backend, health, optim
+from cganraw import backend, health, models, nn, optim
 from cganraw.losses import bce_with_logits
 from cganraw.losses import mode_seeking as mode_seeking_loss
 from cganraw.nn.dropout import set_step as set_dropout_step
@@ -26,6 +26,19 @@ from cganraw.ops.philox import FAKE_LABELS, NOISE, WRONG_LABELS, Key, philox_int
 from cganraw.ops.stats import STAT_NAMES, bounded_mask, step_stats
 
 BOUNDED = bounded_mask(health.BOUNDED_LOSSES)
+
+# Layers that treat every sample alone: a D built only of these gives, on a batch of real,
+# wrong-label and fake samples together, exactly the per-sample values and summed gradients
+# of three separate passes, in one forward and one backward. (BatchNorm, minibatch
+# statistics or any layer not listed here keeps the three passes.)
+PER_SAMPLE_LAYERS = (nn.Linear, nn.Conv2d, nn.ConvTranspose2d, nn.Embedding, nn.LeakyReLU, nn.ReLU, nn.Tanh,
+                     nn.Sigmoid, nn.Dropout, nn.Flatten, nn.Reshape, nn.Concat, nn.MaxPool2d, nn.Sequential,
+                     models.ConvCGANDiscriminator, models.MLPDiscriminator)
+
+
+def per_sample(module):
+    """True when every part of `module` is one of PER_SAMPLE_LAYERS (exactly those types)."""
+    return all(type(m) in PER_SAMPLE_LAYERS for _, m in module.named_modules())
 
 
 class StepStats(Mapping):
@@ -79,6 +92,10 @@ def train_step(G, D, opt_g, opt_d, real_images, real_labels, rng, label_smoothin
     2016): D must then read the label from the first step, instead of only once G's
     images look real, which is what makes a cGAN draw the character it is asked for.
 
+    When D treats every sample alone (per_sample), its real, wrong-label and fake terms run
+    as one batch: one forward and one backward instead of three, the same values and
+    gradients up to the order of float sums.
+
     mode_seeking > 0 adds to G's loss the mode-seeking term of MSGAN, weighted by
     `mode_seeking`: the fakes come in pairs (i, M + i) with one label and two noise
     vectors, and G is pushed to make each pair differ, which keeps it from collapsing
@@ -105,19 +122,24 @@ def train_step(G, D, opt_g, opt_d, real_images, real_labels, rng, label_smoothin
 
     # --- D step ---------------------------------------------------------------------
     opt_d.zero_grad()
-    logits_real = D(real_images, real_labels)
-    loss_real, dlogits = bce_with_logits(logits_real, real_target)
-    D.backward(dlogits)
-    loss_mismatch = None
-    if mismatch > 0 and G.conditional:
-        # every label moved by 1..K-1 places: a wrong label for every image
-        wrong = philox_shift_labels(real_labels, G.num_classes, key.stream(WRONG_LABELS))
-        loss_mismatch, dlogits = bce_with_logits(D(real_images, wrong), 0.0, weight=mismatch)
+    with_mismatch = mismatch > 0 and G.conditional
+    if per_sample(D):
+        loss_real, loss_mismatch, loss_fake, logits_real, logits_fake, fake = _d_step_one_batch(
+            G, D, z, real_images, real_labels, fake_labels, key, real_target, mismatch if with_mismatch else 0.0)
+    else:
+        logits_real = D(real_images, real_labels)
+        loss_real, dlogits = bce_with_logits(logits_real, real_target)
         D.backward(dlogits)
-    fake = G(z, fake_labels)            # G keeps its cache for its own step below
-    logits_fake = D(fake, fake_labels)
-    loss_fake, dlogits = bce_with_logits(logits_fake, 0.0)
-    D.backward(dlogits)                 # the input gradient is dropped: fake is detached
+        loss_mismatch = None
+        if with_mismatch:
+            # every label moved by 1..K-1 places: a wrong label for every image
+            wrong = philox_shift_labels(real_labels, G.num_classes, key.stream(WRONG_LABELS))
+            loss_mismatch, dlogits = bce_with_logits(D(real_images, wrong), 0.0, weight=mismatch)
+            D.backward(dlogits)
+        fake = G(z, fake_labels)            # G keeps its cache for its own step below
+        logits_fake = D(fake, fake_labels)
+        loss_fake, dlogits = bce_with_logits(logits_fake, 0.0)
+        D.backward(dlogits)                 # the input gradient is dropped: fake is detached
     opt_d.step()
 
     # --- G step: D frozen, so its weight gradients are not even computed -------------
@@ -140,6 +162,39 @@ def train_step(G, D, opt_g, opt_d, real_images, real_labels, rng, label_smoothin
     vector = step_stats(loss_real, loss_fake, loss_mismatch, loss_g, loss_ms, mismatch, logits_real, logits_fake,
                         flag.array, key.step + 1, health.LOSS_BOUND, BOUNDED)
     return StepStats(vector, flag)
+
+
+def _d_step_one_batch(G, D, z, real_images, real_labels, fake_labels, key, real_target, mismatch):
+    """D's real, wrong-label (mismatch > 0) and fake terms as one batch [real | wrong | fake]:
+    one forward, one backward. Returns the three losses (None for an absent mismatch term),
+    the real and fake logits and G's images (G keeps its cache for its own step)."""
+    n = real_images.shape[0]
+    parts = 3 if mismatch > 0 else 2
+    images = _launch.empty((parts * n,) + tuple(real_images.shape[1:]), real_images.dtype)
+    _launch.copy_into(images[:n], real_images)
+    labels = None
+    if G.conditional:
+        k = G.num_classes
+        labels = _launch.empty((parts * n,), np.int32)
+        _launch.copy_into(labels[:n], real_labels)
+        if mismatch > 0:
+            _launch.copy_into(images[n:2 * n], real_images)
+            # every label moved by 1..K-1 places: a wrong label for every image
+            philox_shift_labels(real_labels, k, key.stream(WRONG_LABELS), out=labels[n:2 * n])
+        _launch.copy_into(labels[(parts - 1) * n:], fake_labels)
+        _launch.mark_labels_checked(labels, k)
+    fake = G(z, fake_labels)
+    _launch.copy_into(images[(parts - 1) * n:], fake)
+    logits = D(images, labels)
+    dlogits = _launch.empty(logits.shape, logits.dtype)
+    seg = lambda a, i: a[i * n:(i + 1) * n]  # noqa: E731  (contiguous rows of one term)
+    loss_real, _ = bce_with_logits(seg(logits, 0), real_target, out=seg(dlogits, 0))
+    loss_fake, _ = bce_with_logits(seg(logits, parts - 1), 0.0, out=seg(dlogits, parts - 1))
+    loss_mismatch = None
+    if mismatch > 0:
+        loss_mismatch, _ = bce_with_logits(seg(logits, 1), 0.0, weight=mismatch, out=seg(dlogits, 1))
+    D.backward(dlogits)                 # the input gradient is dropped: fake is detached
+    return loss_real, loss_mismatch, loss_fake, seg(logits, 0), seg(logits, parts - 1), fake
 
 
 def ema_decay_at(step, decay):

@@ -313,13 +313,16 @@ def philox_integers(n, low, high, stream, fold=0):
     return _launch.mark_labels_checked(out, high) if int(low) == 0 else out
 
 
-def philox_shift_labels(labels, k, stream):
-    """(N,) int32: (label + s) mod k with s uniform in [1, k): a wrong label for every item.
-    labels must lie in [0, k) (validated by the caller); the result is marked so."""
+def philox_shift_labels(labels, k, stream, out=None):
+    """(N,) int32: (label + s) mod k with s uniform in [1, k): a wrong label for every item,
+    written into `out` (a contiguous int32 (N,) array) when given. labels must lie in [0, k)
+    (validated by the caller); the result is marked so."""
     if int(k) < 2:
         raise ValueError(f"philox_shift_labels: needs k >= 2 classes, got {k}")
     if backend.uses_kernels():
-        out = philox_shift_labels_cuda(labels, k, stream)
-    else:
+        out = philox_shift_labels_cuda(labels, k, stream, out=out)
+    elif out is None:
         out = philox_shift_labels_numpy(labels, k, stream)
+    else:
+        out[...] = philox_shift_labels_numpy(labels, k, stream)
     return _launch.mark_labels_checked(out, k)
