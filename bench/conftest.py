@@ -1,18 +1,20 @@
-"""Benchmark session setup: mode (smoke/quick/full), threads, the machine's ceilings
-measured once per session, the `batch` and `backend_name` parameters, and the report
-(markdown table, chart, machine description) written when benchmarks were enabled.
+"""pytest-benchmark's side of the benchmarks: the cases of cganraw.bench.cases, timed by
+the `benchmark` fixture, and the report written when timing was on.
 
     pytest bench/ --benchmark-only --benchmark-enable          # full run, report in bench/results/
-    python -m cganraw.bench [--quick] [--filter EXPR]          # the same through the CLI
-    python -m pytest                                           # smoke: each body once, batch 2
+    python -m cganraw.bench [--quick] [--filter EXPR]          # the same cases, without pytest
+    python -m pytest                                           # smoke: each case once, batch 2
+
+Each bench_*.py names its SUITE; the `case` parameter holds that suite's cases, with the
+ids `--filter` and `-k` match. GPU cases skip, with the reason, where no GPU is usable.
 """
 import os
 
 os.environ.setdefault("CGANRAW_BACKEND", "numpy")
 
-import pytest  # noqa: E402
+import pytest
 
-import _benchlib as bl  # noqa: E402
+from cganraw.bench import cases, harness, report
 
 
 def pytest_addoption(parser):
@@ -21,77 +23,55 @@ def pytest_addoption(parser):
                     help="folder for the benchmark report (default $CGANRAW_BENCH_OUT, else bench/results)")
 
 
+def _timed(config):
+    return not (config.getoption("benchmark_disable", False) and not config.getoption("benchmark_enable", False))
+
+
 def _mode(config):
-    if not hasattr(config, "_cganraw_bench_mode"):
-        config._cganraw_bench_mode = bl.mode_from_config(config)
-    return config._cganraw_bench_mode
+    """smoke when timing is off (the normal test run) or CGANRAW_BENCH_SMOKE=1; quick with
+    CGANRAW_BENCH_QUICK=1; full otherwise."""
+    if os.environ.get("CGANRAW_BENCH_SMOKE", "") not in ("", "0") or not _timed(config):
+        return "smoke"
+    return "quick" if os.environ.get("CGANRAW_BENCH_QUICK", "") not in ("", "0") else "full"
 
 
 def pytest_configure(config):
-    _mode(config)
-    timed = not (config.getoption("benchmark_disable", False) and not config.getoption("benchmark_enable", False))
-    if timed:
+    if _timed(config):
         # one thread count for BLAS, Numba and PyTorch; the untimed smoke run inside the
         # normal test suite leaves the process as it is
-        config._cganraw_bench_threads = bl.bench_threads()
-        bl.set_threads(config._cganraw_bench_threads)
+        config._cganraw_bench_threads = harness.bench_threads()
+        harness.set_threads(config._cganraw_bench_threads)
 
 
 def pytest_generate_tests(metafunc):
-    if "batch" in metafunc.fixturenames:
-        metafunc.parametrize("batch", bl.batches_for(_mode(metafunc.config)), ids=lambda b: f"b{b}")
-    if "backend_name" in metafunc.fixturenames:
-        metafunc.parametrize("backend_name", ["numpy", bl.gpu_param("cuda")])
+    if "case" in metafunc.fixturenames:
+        suite = metafunc.module.SUITE
+        params = [pytest.param(c, id=c.id) for c in cases.all_cases(_mode(metafunc.config), suites=(suite,))]
+        metafunc.parametrize("case", params)
 
 
 @pytest.fixture(scope="session")
 def bench_ctx(request):
-    """mode, threads and ceilings (cpu, and gpu when one is usable), measured lazily once."""
+    """mode, threads and ceilings (cpu; gpu added by the first GPU case), measured once."""
     config = request.config
     mode = _mode(config)
-    ctx = {"mode": mode, "threads": getattr(config, "_cganraw_bench_threads", None), "ceilings": {}}
-    ctx["ceilings"]["cpu"] = bl.cpu_ceilings(mode)
+    ctx = {"mode": mode, "threads": getattr(config, "_cganraw_bench_threads", None),
+           "ceilings": {"cpu": harness.cpu_ceilings(mode)}}
     config._cganraw_bench_ctx = ctx
     return ctx
 
 
-@pytest.fixture(scope="session")
-def gpu_ceiling(bench_ctx):
-    if "gpu" not in bench_ctx["ceilings"]:
-        bench_ctx["ceilings"]["gpu"] = bl.gpu_ceilings(bench_ctx["mode"]) if bl.gpu_available() else None
-    return bench_ctx["ceilings"]["gpu"]
-
-
 @pytest.fixture
-def use_backend(backend_name, request):
-    """Switch cganraw.backend to the test's backend and return (name, array module);
-    the previous backend comes back afterwards."""
-    if backend_name == "cuda":
-        request.getfixturevalue("gpu_ceiling")
-    with bl.backend_ctx(backend_name) as xp:
-        yield backend_name, xp
-
-
-def _remeasure_ceilings(ctx):
-    """Measure the ceilings again at the end; keep both and use the best of the two."""
-    start = {k: v for k, v in (ctx.get("ceilings") or {}).items() if v}
-    if not start:
-        return
-    end = {}
-    try:
-        if "cpu" in start:
-            end["cpu"] = bl.cpu_ceilings(ctx["mode"])
-        if "gpu" in start:
-            end["gpu"] = bl.gpu_ceilings(ctx["mode"])
-    except Exception as e:  # the report matters more than the second measurement
-        print(f"cganraw bench: could not re-measure the ceilings: {e!r}")
-        return
-    ctx["ceilings_start"], ctx["ceilings_end"] = start, end
-    best = {}
-    for dev, c in start.items():
-        e = end.get(dev) or {}
-        best[dev] = dict(c, **{u: max(c[u], e.get(u, 0.0)) for u in ("GB/s", "GFLOP/s")})
-    ctx["ceilings"] = best
+def run_case(benchmark, bench_ctx):
+    """run_case(case): time one case with pytest-benchmark; a case that cannot run here skips."""
+    def run(case):
+        if case.backend == "cuda" and harness.gpu_available() and "gpu" not in bench_ctx["ceilings"]:
+            bench_ctx["ceilings"]["gpu"] = harness.gpu_ceilings(bench_ctx["mode"])
+        try:
+            return harness.run_case(benchmark, case, bench_ctx)
+        except harness.SkipCase as e:
+            pytest.skip(str(e))
+    return run
 
 
 def pytest_sessionfinish(session, exitstatus):
@@ -111,16 +91,14 @@ def pytest_sessionfinish(session, exitstatus):
     out = config.getoption("bench_out") or os.environ.get("CGANRAW_BENCH_OUT") or os.path.join(
         str(config.rootpath), "bench", "results")
     ctx = getattr(config, "_cganraw_bench_ctx", None) or {"mode": _mode(config), "ceilings": {}}
-    _remeasure_ceilings(ctx)
+    tr = config.pluginmanager.get_plugin("terminalreporter")
     try:
-        from cganraw import bench as report
+        harness.remeasure_ceilings(ctx)
         paths = report.write_report(records, out, ctx=ctx)
     except Exception as e:  # never turn a finished benchmark run into an error
-        import traceback
-        traceback.print_exc()
-        print(f"\ncganraw bench: could not write the report: {e!r}")
+        if tr is not None:
+            tr.write_line(f"cganraw bench: could not write the report: {type(e).__name__}: {e}")
         return
-    tr = config.pluginmanager.get_plugin("terminalreporter")
     if tr is not None:
         tr.write_line("")
         tr.write_line("cganraw bench report: " + ", ".join(str(p) for p in paths))

@@ -11,7 +11,7 @@
 #   bench     python -m cganraw.bench --quick on the cuda backend: every kernel family against
 #             NumPy and the GPU's copy bandwidth, every GEMM version against cuBLAS, the training
 #             step against PyTorch where it is installed
-#   census    the step census (cganraw.census) at width 128, batch 128, beside the measured step
+#   census    the step census (cganraw.bench.census) at width 128, batch 128, beside the measured step
 #   train     a 2-minute MNIST run of the conv cGAN (--max-minutes 2) on the GPU
 #   evaluate  its evaluation (label accuracy, IS, FID, CAS) against the evaluation classifier
 # --stages runs only the stages named (default: all, and census-emu, train-numpy in a dry run).
@@ -118,7 +118,7 @@ fi
 # ---------------------------------------------------------------- GPU stages
 RUN="$OUT_DIR/mnist-cgan-conv"
 gpu_stage kernels 900 env CGANRAW_KERNEL_TEST_BACKEND=cuda "$PY" -m pytest -q -p no:cacheprovider tests/kernels
-gpu_stage bench 900 env CGANRAW_BACKEND=cuda "$PY" -m cganraw.bench --quick --out "$OUT_DIR/bench"
+gpu_stage bench 900 "$PY" -m cganraw.bench --quick --out "$OUT_DIR/bench"
 gpu_stage census 600 "$PY" -m cganraw.bench --census --backend cuda --model cgan-conv --width 128 --batch-size 128 \
     --measure 50 --json "$OUT_DIR/census.json"
 gpu_stage train 400 "$PY" -m cganraw.train --dataset mnist --data-dir "$DATA_DIR" --no-download --backend cuda \

@@ -19,21 +19,26 @@ in [-1, 1] (what the generators output).
 
 CLI:  python -m cganraw.classifier train --dataset mnist [--data-dir DIR] [--epochs N] [--out PATH]
       python -m cganraw.classifier test  --dataset mnist [--classifier PATH] [--data-dir DIR]
+
+Progress goes to the `cganraw.classifier` logger (or to the `log` callable given).
 """
 from __future__ import annotations
 
-import argparse
 import json
+import logging
 import math
 import sys
 import time
+import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
 
-from cganraw import backend, data
+from cganraw import backend, cli, data, fileio, health
 from cganraw import nn
-from cganraw.checkpoint import CheckpointError, atomic_write_bytes
+from cganraw.checkpoint import CheckpointError
+from cganraw.images import to_float
 from cganraw.losses import softmax_cross_entropy
 from cganraw.ops.cross_entropy import softmax as _softmax
 from cganraw.optim import Adam
@@ -52,6 +57,9 @@ DEFAULT_EPOCHS = 5
 DEFAULT_BATCH_SIZE = 128
 DEFAULT_LR = 3e-3
 INFER_BATCH = 1000          # images per forward in probs()/features(): bounds memory
+MAX_AUGMENT = 4             # MNIST digits sit in a 20x20 box centred in 28x28: a shift of 4 keeps them whole
+
+logger = logging.getLogger("cganraw.classifier")   # not __name__: that is __main__ under -m
 
 
 def _he_init(module, rng):
@@ -130,7 +138,7 @@ class Classifier(nn.Module):
             if images.ndim != 3 or shape[1:] != IMAGE_HW:
                 raise ValueError(f"Classifier.{what}: uint8 images must have shape (N, 28, 28), got shape {shape}")
             host = backend.asnumpy(images)
-            convert = lambda a: data.to_float(a)  # noqa: E731
+            convert = to_float
         elif images.dtype.kind == "f":
             if images.ndim != 4 or shape[1:] != (1,) + IMAGE_HW:
                 raise ValueError(f"Classifier.{what}: float images must have shape (N, 1, 28, 28), got shape {shape}")
@@ -195,31 +203,49 @@ class Classifier(nn.Module):
         """Write weights and JSON meta to `path` (.npz) atomically; returns the path."""
         arrays = {f"model.{k}": v for k, v in self.state_dict().items()}
         arrays["meta"] = np.asarray(json.dumps(self.meta()))
-        atomic_write_bytes(path, lambda f: np.savez(f, **arrays))
+        fileio.atomic_write(path, lambda f: np.savez(f, **arrays))
         return Path(path)
 
 
+def _retrain_hint(dataset=None):
+    return (f"train a new one: python -m cganraw.classifier train --dataset {dataset or 'NAME'}"
+            " (--out PATH to put it elsewhere)")
+
+
 def load(path):
-    """A Classifier from `path` written by Classifier.save, in eval mode."""
+    """A Classifier from `path` written by Classifier.save, in eval mode. A missing,
+    truncated, foreign or non-finite file raises CheckpointError (FileNotFoundError
+    when absent) naming the file and what to do."""
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a folder: give the classifier's .npz file")
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: classifier checkpoint not found")
+        raise FileNotFoundError(f"{path}: classifier checkpoint not found; {_retrain_hint()}")
     try:
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
         meta = json.loads(str(arrays.pop("meta")))
-    except (KeyError, ValueError, OSError, EOFError) as e:
-        raise CheckpointError(f"{path}: not a readable classifier checkpoint ({e})") from None
-    if meta.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: not a cganraw classifier (format {meta.get('format')!r})")
-    arch = meta.get("arch", {})
-    clf = Classifier(meta["num_classes"], meta.get("class_names"), meta.get("dataset"),
-                     channels=arch.get("channels", DEFAULT_CHANNELS), features=arch.get("features", DEFAULT_FEATURES))
+    except (zipfile.BadZipFile, zlib.error, KeyError, ValueError, OSError, EOFError) as e:
+        what = " ".join(str(e).split()) or type(e).__name__
+        raise CheckpointError(f"{path}: not a readable classifier checkpoint ({what}): truncated or "
+                              f"corrupt; delete it and {_retrain_hint()}") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+        raise CheckpointError(f"{path}: not a cganraw classifier (format {found!r})")
+    arch = meta.get("arch") or {}
     state = {k[len("model."):]: v for k, v in arrays.items() if k.startswith("model.")}
     try:
+        clf = Classifier(meta["num_classes"], meta.get("class_names"), meta.get("dataset"),
+                         channels=arch.get("channels", DEFAULT_CHANNELS),
+                         features=arch.get("features", DEFAULT_FEATURES))
         clf.load_state_dict(state)
-    except (KeyError, ValueError) as e:
-        raise CheckpointError(f"{path}: weights do not fit the classifier: {e}") from None
+    except (KeyError, ValueError, TypeError) as e:
+        raise CheckpointError(f"{path}: weights do not fit the classifier ({e}); "
+                              f"{_retrain_hint(meta.get('dataset'))}") from None
+    try:
+        health.check(state.items(), str(path), bound=health.PARAM_BOUND)
+    except health.HealthError as e:
+        raise CheckpointError(f"{e}: {_retrain_hint(meta.get('dataset'))}") from None
     clf.test_accuracy = meta.get("test_accuracy")
     clf.info = meta.get("train", {})
     return clf.eval()
@@ -249,13 +275,14 @@ def random_shift(x, rng, max_shift=2):
 
 
 def fit_classifier(images, labels, class_names, dataset=None, test=None, epochs=DEFAULT_EPOCHS,
-                   batch_size=DEFAULT_BATCH_SIZE, lr=DEFAULT_LR, seed=0, augment=1, log=print,
+                   batch_size=DEFAULT_BATCH_SIZE, lr=DEFAULT_LR, seed=0, augment=1, log=None,
                    channels=DEFAULT_CHANNELS, features=DEFAULT_FEATURES):
     """Train a fresh Classifier on uint8 images (N, 28, 28) and int labels (N,).
 
     Adam (betas 0.9, 0.999) with a cosine learning-rate decay to 2% of `lr`; `augment`
-    is the largest random shift in pixels (0: none). test: (images, labels) scored after
-    every epoch. Returns (clf in eval mode, test accuracy or None).
+    is the largest random shift in pixels (0: none, at most MAX_AUGMENT). test: (images,
+    labels) scored after every epoch. log: where the per-epoch lines go (default: this
+    module's logger at INFO). Returns (clf in eval mode, test accuracy or None).
     """
     images = np.asarray(images)
     labels = np.asarray(labels)
@@ -264,6 +291,11 @@ def fit_classifier(images, labels, class_names, dataset=None, test=None, epochs=
                          f"got {images.dtype} shape {images.shape}")
     if epochs < 1:
         raise ValueError(f"fit_classifier: epochs must be >= 1, got {epochs}")
+    if not 0 <= augment <= MAX_AUGMENT:
+        raise ValueError(f"fit_classifier: augment must be in 0..{MAX_AUGMENT} pixels, got {augment}")
+    if len(images) == 0 or len(labels) != len(images):
+        raise ValueError(f"fit_classifier: expected N >= 1 images and N labels, got {len(images)} and {len(labels)}")
+    log = log or logger.info
     clf = Classifier(len(class_names), class_names, dataset, channels, features, seed=seed)
     ss = np.random.SeedSequence(seed)
     batch_seed, aug_seed = ss.spawn(2)
@@ -295,8 +327,7 @@ def fit_classifier(images, labels, class_names, dataset=None, test=None, epochs=
         if test is not None:
             acc = clf.accuracy(*test)
             msg += f", test acc {acc:.4f}"
-        if log:
-            log(msg + f" ({time.perf_counter() - t0:.0f} s)")
+        log(msg + f" ({time.perf_counter() - t0:.0f} s)")
     clf.drop_caches()
     clf.eval()
     clf.test_accuracy = acc
@@ -307,35 +338,35 @@ def fit_classifier(images, labels, class_names, dataset=None, test=None, epochs=
 
 
 def train_classifier(dataset_name, data_dir=None, epochs=DEFAULT_EPOCHS, batch_size=DEFAULT_BATCH_SIZE,
-                     lr=DEFAULT_LR, seed=0, out=None, log=print, augment=1, max_train=None, download=False):
+                     lr=DEFAULT_LR, seed=0, out=None, log=None, augment=1, max_train=None, download=False):
     """Train on the real train split of `dataset_name`, score on its real test split, save to
     `out` when given. max_train: use only the first so many training images (quick runs);
-    download: fetch the dataset into the cache when it is nowhere on disk.
-    Returns (clf, test_accuracy)."""
+    download: fetch the dataset into the cache when it is nowhere on disk; log: as in
+    fit_classifier. Returns (clf, test_accuracy)."""
+    if max_train is not None and max_train < 1:
+        raise ValueError(f"train_classifier: max_train must be a positive number of images, got {max_train}")
+    log = log or logger.info
     train = data.load(dataset_name, "train", data_dir=data_dir, download=download)
     test = data.load(dataset_name, "test", data_dir=data_dir, download=download)
     images, labels = train.images, train.labels
     if max_train is not None:
         images, labels = images[:max_train], labels[:max_train]
-    if log:
-        log(f"training the {train.name} classifier on {len(images)} images, testing on {len(test)}")
+    log(f"training the {train.name} classifier on {len(images)} images, testing on {len(test)}")
     clf, acc = fit_classifier(images, labels, train.class_names, dataset=train.name,
                               test=(test.images, test.labels), epochs=epochs, batch_size=batch_size,
                               lr=lr, seed=seed, augment=augment, log=log)
     if out is not None:
         clf.save(out)
-        if log:
-            log(f"saved {out}")
+        log(f"saved {out}")
     return clf, acc
 
 
-def load_or_train(dataset, data_dir=None, log=print, **train_kwargs):
+def load_or_train(dataset, data_dir=None, log=None, **train_kwargs):
     """The classifier cached at default_path(dataset); trained and saved there when absent."""
     path = default_path(dataset)
     if path.is_file():
         return load(path)
-    if log:
-        log(f"no classifier at {path}: training one (once; it is cached)")
+    (log or logger.info)(f"no classifier at {path}: training one (once; it is cached)")
     clf, _ = train_classifier(dataset, data_dir=data_dir, out=path, log=log, **train_kwargs)
     return clf
 
@@ -343,52 +374,71 @@ def load_or_train(dataset, data_dir=None, log=print, **train_kwargs):
 # --- CLI -------------------------------------------------------------------------------
 
 def _parser():
-    p = argparse.ArgumentParser(prog="python -m cganraw.classifier",
-                                description="Train or test the evaluation classifier.")
-    sub = p.add_subparsers(dest="command", required=True)
+    p = cli.ArgumentParser(prog="python -m cganraw.classifier",
+                           description="Train or test the evaluation classifier.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="{train,test}")
     names = sorted(data.DATASETS)
-    t = sub.add_parser("train", help="train on a real dataset, print the test accuracy, save")
-    t.add_argument("--dataset", required=True, choices=names)
-    t.add_argument("--out", help="checkpoint path (default: the cache, see default_path)")
-    t.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS)
-    t.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
-    t.add_argument("--lr", type=float, default=DEFAULT_LR)
-    t.add_argument("--augment", type=int, default=1, help="max random shift in pixels (0: off)")
-    t.add_argument("--max-train", type=int, default=None, help="use only the first N training images")
-    t.add_argument("--data-dir")
+    t = sub.add_parser("train", help="train on a real dataset, print the test accuracy, save",
+                       description="Train the evaluation classifier on a real dataset and save it.")
+    t.add_argument("--dataset", required=True, choices=names, help="the real dataset to train on")
+    t.add_argument("--out", help="checkpoint path, ending in .npz (default: the cache, "
+                                 "$XDG_CACHE_HOME/cganraw/classifiers/<dataset>.npz)")
+    t.add_argument("--epochs", type=cli.positive_int, default=DEFAULT_EPOCHS, help="passes over the training set")
+    t.add_argument("--batch-size", type=cli.positive_int, default=DEFAULT_BATCH_SIZE, help="images per step")
+    t.add_argument("--lr", type=cli.positive_float, default=DEFAULT_LR,
+                   help="peak Adam learning rate (cosine decay to 2%% of it)")
+    t.add_argument("--augment", type=cli.number(int, lambda v: 0 <= v <= MAX_AUGMENT,
+                                                 f"an integer in 0..{MAX_AUGMENT}"), default=1,
+                   help=f"largest random shift of a training image in pixels, 0..{MAX_AUGMENT} (0: off)")
+    t.add_argument("--max-train", type=cli.positive_int, default=None,
+                   help="use only the first N training images (default: all)")
+    t.add_argument("--data-dir", help="folder holding the dataset's IDX files (default: $CGANRAW_DATA_DIR, "
+                                      "then the cache)")
     t.add_argument("--download", action="store_true", help="fetch the dataset into the cache if absent")
-    t.add_argument("--seed", type=int, default=0)
-    e = sub.add_parser("test", help="accuracy of a saved classifier on a real test split")
-    e.add_argument("--dataset", required=True, choices=names)
-    e.add_argument("--classifier", help="checkpoint path (default: the cache)")
-    e.add_argument("--data-dir")
+    t.add_argument("--seed", type=cli.nonneg_int, default=0, help="seed of the initial weights, batches and shifts")
+    cli.add_common_flags(t)
+    e = sub.add_parser("test", help="accuracy of a saved classifier on a real test split",
+                       description="Score a saved classifier on a real test split.")
+    e.add_argument("--dataset", required=True, choices=names, help="the real dataset to test on")
+    e.add_argument("--classifier", help="checkpoint path (default: the cache, see train --out)")
+    e.add_argument("--data-dir", help="folder holding the dataset's IDX files (default: $CGANRAW_DATA_DIR, "
+                                      "then the cache)")
+    cli.add_common_flags(e)
     return p
 
 
+def _train(args):
+    out = Path(args.out) if args.out else default_path(args.dataset)
+    # the data first (it may be missing), then the output path, then the long part
+    data.load(args.dataset, "test", data_dir=args.data_dir, download=args.download)
+    cli.check_output_file(out, "classifier file", suffixes=(".npz",))
+    t0 = time.perf_counter()
+    clf, acc = train_classifier(args.dataset, args.data_dir, args.epochs, args.batch_size, args.lr,
+                                args.seed, out=out, augment=args.augment, max_train=args.max_train,
+                                download=args.download)
+    print(f"{clf.dataset}: test accuracy {acc:.4f} ({clf.num_parameters()} parameters, "
+          f"{(time.perf_counter() - t0) / 60:.1f} min)")
+
+
+def _test(args):
+    path = Path(args.classifier) if args.classifier else default_path(args.dataset)
+    clf = load(path)
+    test = data.load(args.dataset, "test", data_dir=args.data_dir)
+    if clf.num_classes != test.num_classes:
+        raise cli.CLIError(f"{path} classifies {clf.num_classes} classes, {test.name} has {test.num_classes}: "
+                           f"give the classifier of {test.name}")
+    print(f"{path}: {test.name} test accuracy {clf.accuracy(test.images, test.labels):.4f}")
+
+
 def main(argv=None):
-    args = _parser().parse_args(argv)
-    try:
-        if args.command == "train":
-            if args.epochs < 1:
-                raise ValueError(f"--epochs must be >= 1, got {args.epochs}")
-            out = Path(args.out) if args.out else default_path(args.dataset)
-            t0 = time.perf_counter()
-            clf, acc = train_classifier(args.dataset, args.data_dir, args.epochs, args.batch_size, args.lr,
-                                        args.seed, out=out, augment=args.augment, max_train=args.max_train,
-                                        download=args.download)
-            print(f"{clf.dataset}: test accuracy {acc:.4f} ({clf.num_parameters()} parameters, "
-                  f"{(time.perf_counter() - t0) / 60:.1f} min)")
-        else:
-            path = Path(args.classifier) if args.classifier else default_path(args.dataset)
-            clf = load(path)
-            test = data.load(args.dataset, "test", data_dir=args.data_dir)
-            if clf.num_classes != test.num_classes:
-                raise ValueError(f"{path} classifies {clf.num_classes} classes, {test.name} has {test.num_classes}")
-            print(f"{path}: {test.name} test accuracy {clf.accuracy(test.images, test.labels):.4f}")
-    except (ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    return 0
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.data_dir and not Path(args.data_dir).is_dir():
+        parser.error(f"--data-dir {args.data_dir} is not a folder")
+    if getattr(args, "out", None) and not args.out.lower().endswith(".npz"):
+        parser.error(f"--out must end in .npz, got {args.out!r}")
+    cli.setup_logging(args)
+    return cli.run(_train if args.command == "train" else _test, args)
 
 
 if __name__ == "__main__":

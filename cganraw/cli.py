@@ -59,6 +59,18 @@ def debugging(args=None) -> bool:
     return bool(getattr(args, "debug", False)) or os.environ.get(DEBUG_ENV, "") not in ("", "0")
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever sys.stderr is when a record comes (tests and callers swap it)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
 def setup_logging(args=None) -> logging.Logger:
     """Library code logs to the `cganraw` logger and never prints; a command line shows
     its INFO messages on stderr (WARNING with --quiet, DEBUG with --debug)."""
@@ -66,7 +78,7 @@ def setup_logging(args=None) -> logging.Logger:
     level = logging.DEBUG if debugging(args) else logging.WARNING if getattr(args, "quiet", False) else logging.INFO
     logger.setLevel(level)
     if not any(getattr(h, "_cganraw_cli", False) for h in logger.handlers):
-        handler = logging.StreamHandler(sys.stderr)
+        handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("%(message)s"))
         handler._cganraw_cli = True
         logger.addHandler(handler)
@@ -82,7 +94,9 @@ def describe_error(e: BaseException) -> str:
                 errno.EACCES: " (choose a folder you can write to)",
                 errno.EROFS: " (the file system is read-only: choose another folder)",
                 errno.EISDIR: " (give a file name, not a folder)",
-                errno.ENOTDIR: " (a parent of this path is a file, not a folder)"}.get(e.errno, "")
+                errno.ENOTDIR: " (a parent of this path is a file, not a folder)",
+                errno.EFBIG: " (the file system or a size limit refuses a file this large: choose another folder)",
+                errno.EDQUOT: " (disk quota exceeded: free some space and run again)"}.get(e.errno, "")
         return f"{where}{what}{hint}"
     text = str(e).strip() or type(e).__name__
     return " ".join(text.split())   # one line, whatever the message held
@@ -140,3 +154,27 @@ def check_output_dir(folder, what="output folder") -> Path:
     except OSError as e:
         raise CLIError(f"cannot write to {what} {folder}: {describe_error(e)}") from None
     return folder
+
+
+# ------------------------------------------------------------------ the parser ---
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Every flag's help ends with its default, except where there is none to show."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with defaults in --help and usage errors in one line on stderr, exit 2
+    (argparse's own error prints the whole usage first). Subparsers inherit both."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message):
+        message = " ".join(str(message).split())
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")

@@ -57,8 +57,10 @@ def atomic_write(path, content) -> Path:
             f.flush()
             os.fsync(f.fileno())
         place(tmp, path)
-    except BaseException:
+    except BaseException as e:
         tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError) and not e.filename:
+            e.filename = str(path)      # a failed write names no file by itself: name the target
         raise
     return path
 

@@ -1,14 +1,13 @@
 """Metrics that judge a conditional GAN from a classifier's outputs.
 
-Everything here is plain NumPy/SciPy and works on host arrays. CuPy arrays (or
-anything else with a ``.get()`` that returns a NumPy array, e.g. a device
-array) are copied to the host first, so callers may pass backend arrays
-directly. All scalar results are Python ``float``; computation is float64.
+Plain NumPy/SciPy on host arrays (device arrays are copied through backend.asnumpy);
+scalar results are Python ``float``, computed in float64. The argument checks live in
+cganraw._checks, the confusion and per-class plots in cganraw.plots.
 
-Notation: ``probs`` is an ``(N, K)`` table of classifier probabilities
-p(y|x) for N generated images and K classes (rows non-negative, summing to 1
-within ``1e-3``; they are renormalised exactly in float64); ``labels`` are the
-``N`` integer conditioning labels in ``0..K-1`` the images were generated for.
+Notation: ``probs`` is an ``(N, K)`` table of classifier probabilities p(y|x) for N
+generated images and K classes (rows non-negative, summing to 1 within ``1e-3``; they
+are renormalised exactly in float64); ``labels`` are the ``N`` integer conditioning
+labels in ``0..K-1`` the images were generated for.
 
 Scores
 ------
@@ -31,17 +30,17 @@ Scores
 * :func:`label_accuracy`, :func:`per_class_accuracy`, :func:`confusion_matrix`.
 * :func:`fid` with building blocks :func:`gaussian_stats` and
   :func:`frechet_distance`.
-* :func:`plot_confusion_matrix`, :func:`plot_per_class_accuracy` (PNG via Agg).
-* :func:`summarize` -- everything at once, as a JSON-friendly dict.
+* :func:`summarize` -- everything at once, as a JSON-friendly dict (what
+  ``cganraw.evaluate`` reports).
 """
 from __future__ import annotations
 
 import math
-import os
 import warnings
-from typing import Sequence
 
 import numpy as np
+
+from cganraw import _checks
 
 __all__ = [
     "inception_score",
@@ -54,98 +53,8 @@ __all__ = [
     "gaussian_stats",
     "frechet_distance",
     "fid",
-    "plot_confusion_matrix",
-    "plot_per_class_accuracy",
     "summarize",
 ]
-
-_ROW_SUM_ATOL = 1e-3
-_NEG_ATOL = 1e-6
-
-
-# ---------------------------------------------------------------------------
-# input handling
-# ---------------------------------------------------------------------------
-def _host(a):
-    """Return ``a`` as a NumPy array, copying device (CuPy) arrays to the host."""
-    if isinstance(a, np.ndarray):
-        return a
-    get = getattr(a, "get", None)
-    if get is not None and (hasattr(a, "__cuda_array_interface__") or hasattr(a, "device")):
-        a = get()
-    return np.asarray(a)
-
-
-def _check_numeric(fn: str, name: str, a: np.ndarray) -> None:
-    if a.dtype == object or not (np.issubdtype(a.dtype, np.number) or a.dtype == np.bool_):
-        raise TypeError(f"{fn}: {name} must be a numeric array, got dtype {a.dtype}")
-    if np.iscomplexobj(a):
-        raise TypeError(f"{fn}: {name} must be real, got dtype {a.dtype}")
-
-
-def _check_probs(fn: str, probs) -> np.ndarray:
-    """Validate an (N, K) probability table; return it as float64 with rows summing to 1."""
-    p = _host(probs)
-    _check_numeric(fn, "probs", p)
-    if p.ndim != 2:
-        raise ValueError(
-            f"{fn}: probs must be a 2-D array of shape (N, K), got shape {p.shape}")
-    n, k = p.shape
-    if n < 1 or k < 1:
-        raise ValueError(
-            f"{fn}: probs must have shape (N, K) with N >= 1 and K >= 1, got shape {p.shape}")
-    p = p.astype(np.float64, copy=True)
-    if not np.isfinite(p).all():
-        raise ValueError(f"{fn}: probs contains NaN or infinite values")
-    if p.min() < -_NEG_ATOL:
-        raise ValueError(
-            f"{fn}: probs must be non-negative, got minimum {p.min():.3g}")
-    np.clip(p, 0.0, None, out=p)
-    sums = p.sum(axis=1)
-    bad = np.abs(sums - 1.0) > _ROW_SUM_ATOL
-    if bad.any():
-        i = int(np.argmax(bad))
-        raise ValueError(
-            f"{fn}: each row of probs (shape (N, K) = {p.shape}) must sum to 1 "
-            f"(within {_ROW_SUM_ATOL}); row {i} sums to {sums[i]:.6g} "
-            f"({int(bad.sum())} bad rows) -- pass softmax probabilities, not logits")
-    p /= sums[:, None]
-    return p
-
-
-def _check_int_vector(fn: str, name: str, a, n: int | None, num_classes: int) -> np.ndarray:
-    v = _host(a)
-    if v.dtype == np.bool_ or not np.issubdtype(v.dtype, np.integer):
-        if v.dtype != object and np.issubdtype(v.dtype, np.number) and v.size == 0:
-            v = v.astype(np.int64)
-        else:
-            raise TypeError(f"{fn}: {name} must be an integer array, got dtype {v.dtype}")
-    if v.ndim != 1:
-        raise ValueError(f"{fn}: {name} must be a 1-D array of shape (N,), got shape {v.shape}")
-    if n is not None and v.shape[0] != n:
-        raise ValueError(
-            f"{fn}: {name} must have shape ({n},) to match probs with N={n} rows, "
-            f"got shape {v.shape}")
-    v = v.astype(np.int64, copy=False)
-    if v.size and (v.min() < 0 or v.max() >= num_classes):
-        raise ValueError(
-            f"{fn}: {name} must lie in 0..{num_classes - 1}, "
-            f"got values in {int(v.min())}..{int(v.max())}")
-    return v
-
-
-def _check_probs_labels(fn: str, probs, labels):
-    p = _check_probs(fn, probs)
-    y = _check_int_vector(fn, "labels", labels, p.shape[0], p.shape[1])
-    return p, y
-
-
-def _check_num_classes(fn: str, num_classes) -> int:
-    if isinstance(num_classes, (bool, np.bool_)) or not isinstance(num_classes, (int, np.integer)):
-        raise TypeError(f"{fn}: num_classes must be an int, got {type(num_classes).__name__}")
-    if num_classes < 1:
-        raise ValueError(f"{fn}: num_classes must be >= 1, got {num_classes}")
-    return int(num_classes)
 
 
 # ---------------------------------------------------------------------------
@@ -162,13 +71,6 @@ def _kl_rows(p: np.ndarray, q: np.ndarray, eps: float) -> np.ndarray:
     logp = np.log(np.where(pos, p, 1.0))
     logq = np.log(np.maximum(q, eps))
     return np.where(pos, p * (logp - logq), 0.0).sum(axis=-1)
-
-
-def _check_eps(fn: str, eps) -> float:
-    eps = float(eps)
-    if not (eps >= 0.0 and math.isfinite(eps)):
-        raise ValueError(f"{fn}: eps must be a finite number >= 0, got {eps}")
-    return eps
 
 
 def _is_of(p: np.ndarray, eps: float) -> float:
@@ -198,8 +100,8 @@ def inception_score_splits(probs, splits: int = 10, eps: float = 1e-12) -> tuple
     is the mean and population standard deviation (ddof=0) of those scores.
     """
     fn = "inception_score_splits"
-    p = _check_probs(fn, probs)
-    eps = _check_eps(fn, eps)
+    p = _checks.probs(fn, probs)
+    eps = _checks.eps(fn, eps)
     if isinstance(splits, (bool, np.bool_)) or not isinstance(splits, (int, np.integer)):
         raise TypeError(f"{fn}: splits must be an int, got {type(splits).__name__}")
     if not 1 <= splits <= p.shape[0]:
@@ -218,7 +120,7 @@ def inception_score(probs, splits: int = 1, eps: float = 1e-12) -> float:
     """
     fn = "inception_score"
     if splits == 1 and not isinstance(splits, (bool, np.bool_)):
-        return _is_of(_check_probs(fn, probs), _check_eps(fn, eps))
+        return _is_of(_checks.probs(fn, probs), _checks.eps(fn, eps))
     try:
         return inception_score_splits(probs, splits=splits, eps=eps)[0]
     except (TypeError, ValueError) as e:  # re-label with this function's name
@@ -235,8 +137,8 @@ def bcis(probs, labels, eps: float = 1e-12) -> float:
     class-balanced conditional generator.
     """
     fn = "bcis"
-    p, y = _check_probs_labels(fn, probs, labels)
-    eps = _check_eps(fn, eps)
+    p, y = _checks.probs_labels(fn, probs, labels)
+    eps = _checks.eps(fn, eps)
     _, _, pc = _class_means(p, y)
     return float(np.exp(_kl_rows(pc, p.mean(axis=0), eps).mean()))
 
@@ -249,8 +151,8 @@ def wcis(probs, labels, eps: float = 1e-12) -> float:
     image of a class gets the same prediction). Classes weighted equally.
     """
     fn = "wcis"
-    p, y = _check_probs_labels(fn, probs, labels)
-    eps = _check_eps(fn, eps)
+    p, y = _checks.probs_labels(fn, probs, labels)
+    eps = _checks.eps(fn, eps)
     present, counts, pc = _class_means(p, y)
     row_of = np.full(p.shape[1], -1, dtype=np.int64)
     row_of[present] = np.arange(present.size)
@@ -264,7 +166,7 @@ def wcis(probs, labels, eps: float = 1e-12) -> float:
 # ---------------------------------------------------------------------------
 def label_accuracy(probs, labels) -> float:
     """Fraction of images whose argmax class equals the conditioning label."""
-    p, y = _check_probs_labels("label_accuracy", probs, labels)
+    p, y = _checks.probs_labels("label_accuracy", probs, labels)
     return float(np.mean(p.argmax(axis=1) == y))
 
 
@@ -275,9 +177,9 @@ def per_class_accuracy(probs, labels, num_classes: int | None = None) -> np.ndar
     Classes with no images get ``nan``.
     """
     fn = "per_class_accuracy"
-    p = _check_probs(fn, probs)
-    k = p.shape[1] if num_classes is None else _check_num_classes(fn, num_classes)
-    y = _check_int_vector(fn, "labels", labels, p.shape[0], k)
+    p = _checks.probs(fn, probs)
+    k = p.shape[1] if num_classes is None else _checks.num_classes(fn, num_classes)
+    y = _checks.int_vector(fn, "labels", labels, p.shape[0], k)
     correct = (p.argmax(axis=1) == y).astype(np.float64)
     counts = np.bincount(y, minlength=k)
     hits = np.bincount(y, weights=correct, minlength=k)
@@ -290,33 +192,18 @@ def per_class_accuracy(probs, labels, num_classes: int | None = None) -> np.ndar
 def confusion_matrix(labels, predictions, num_classes: int) -> np.ndarray:
     """``(K, K)`` int64 counts: row = true/conditioning label, column = prediction."""
     fn = "confusion_matrix"
-    k = _check_num_classes(fn, num_classes)
-    y = _check_int_vector(fn, "labels", labels, None, k)
-    pred = _check_int_vector(fn, "predictions", predictions, y.shape[0], k)
+    k = _checks.num_classes(fn, num_classes)
+    y = _checks.int_vector(fn, "labels", labels, None, k)
+    pred = _checks.int_vector(fn, "predictions", predictions, y.shape[0], k)
     return np.bincount(y * k + pred, minlength=k * k).reshape(k, k).astype(np.int64)
 
 
 # ---------------------------------------------------------------------------
 # Frechet distance
 # ---------------------------------------------------------------------------
-def _check_features(fn: str, name: str, features) -> np.ndarray:
-    f = _host(features)
-    _check_numeric(fn, name, f)
-    if f.ndim != 2:
-        raise ValueError(f"{fn}: {name} must be a 2-D array of shape (N, F), got shape {f.shape}")
-    if f.shape[0] < 2 or f.shape[1] < 1:
-        raise ValueError(
-            f"{fn}: {name} must have shape (N, F) with N >= 2 samples and F >= 1, "
-            f"got shape {f.shape}")
-    f = f.astype(np.float64, copy=False)
-    if not np.isfinite(f).all():
-        raise ValueError(f"{fn}: {name} contains NaN or infinite values")
-    return f
-
-
 def gaussian_stats(features) -> tuple[np.ndarray, np.ndarray]:
     """Mean ``(F,)`` and sample covariance ``(F, F)`` (ddof=1) of an (N, F) feature set."""
-    f = _check_features("gaussian_stats", "features", features)
+    f = _checks.features("gaussian_stats", "features", features)
     mu = f.mean(axis=0)
     sigma = np.atleast_2d(np.cov(f, rowvar=False))
     return mu, sigma
@@ -355,15 +242,8 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
     ValueError; a tiny negative result from rounding is clamped to 0.
     """
     fn = "frechet_distance"
-    arrs = []
-    for name, a in (("mu1", mu1), ("sigma1", sigma1), ("mu2", mu2), ("sigma2", sigma2)):
-        a = _host(a)
-        _check_numeric(fn, name, a)
-        a = np.asarray(a, dtype=np.float64)
-        if not np.isfinite(a).all():
-            raise ValueError(f"{fn}: {name} contains NaN or infinite values")
-        arrs.append(a)
-    m1, s1, m2, s2 = arrs
+    m1, s1, m2, s2 = (_checks.finite(fn, name, a) for name, a in
+                      (("mu1", mu1), ("sigma1", sigma1), ("mu2", mu2), ("sigma2", sigma2)))
     m1, m2 = np.atleast_1d(m1), np.atleast_1d(m2)
     s1, s2 = np.atleast_2d(s1), np.atleast_2d(s2)
     if m1.ndim != 1:
@@ -376,7 +256,7 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
             raise ValueError(
                 f"{fn}: {name} must have shape ({f}, {f}) to match mu1 of shape ({f},), "
                 f"got shape {s.shape}")
-    eps = _check_eps(fn, eps)
+    eps = _checks.eps(fn, eps)
 
     diff = m1 - m2
     tr_covmean, rel_imag = _sqrtm_trace(s1 @ s2)
@@ -410,8 +290,8 @@ def fid(features_a, features_b, eps: float = 1e-6) -> float:
     The sets may have different N but must share F. See :func:`frechet_distance`.
     """
     fn = "fid"
-    a = _check_features(fn, "features_a", features_a)
-    b = _check_features(fn, "features_b", features_b)
+    a = _checks.features(fn, "features_a", features_a)
+    b = _checks.features(fn, "features_b", features_b)
     if a.shape[1] != b.shape[1]:
         raise ValueError(
             f"{fn}: features_a and features_b must have the same feature size F, "
@@ -422,147 +302,44 @@ def fid(features_a, features_b, eps: float = 1e-6) -> float:
 
 
 # ---------------------------------------------------------------------------
-# plots
-# ---------------------------------------------------------------------------
-def _class_names(fn: str, class_names, k: int) -> list[str]:
-    if class_names is None:
-        return [str(i) for i in range(k)]
-    names = [str(c) for c in class_names]
-    if len(names) != k:
-        raise ValueError(f"{fn}: class_names must have {k} entries, got {len(names)}")
-    return names
-
-
-def _new_figure(figsize):
-    # Render with the Agg canvas directly: writes PNGs headless without
-    # touching pyplot or the process-wide backend.
-    import sys
-
-    import matplotlib
-
-    if "matplotlib.pyplot" not in sys.modules:  # don't switch a live pyplot session
-        matplotlib.use("Agg")
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=figsize, dpi=100)
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def _save(fig, path) -> str:
-    path = os.fspath(path)
-    parent = os.path.dirname(path)
-    if parent:
-        os.makedirs(parent, exist_ok=True)
-    fig.savefig(path, format="png")
-    return path
-
-
-def plot_confusion_matrix(cm, class_names: Sequence[str] | None, path,
-                          normalize: bool = True, title: str | None = None) -> str:
-    """Write a confusion-matrix heat map to ``path`` (PNG); returns the path.
-
-    Rows are the conditioning label, columns the classifier's prediction.
-    With ``normalize`` the colours show row fractions (rows with no samples
-    stay 0); cells are annotated with raw counts when K <= 20.
-    """
-    fn = "plot_confusion_matrix"
-    m = _host(cm)
-    _check_numeric(fn, "cm", m)
-    if m.ndim != 2 or m.shape[0] != m.shape[1] or m.shape[0] < 1:
-        raise ValueError(f"{fn}: cm must be a square (K, K) array, got shape {m.shape}")
-    k = m.shape[0]
-    names = _class_names(fn, class_names, k)
-    counts = m.astype(np.float64)
-    shown = counts
-    if normalize:
-        rows = counts.sum(axis=1, keepdims=True)
-        shown = np.divide(counts, rows, out=np.zeros_like(counts), where=rows > 0)
-
-    side = max(4.0, min(16.0, 0.35 * k + 2.5))
-    fig = _new_figure((side + 1.0, side))
-    ax = fig.add_subplot(1, 1, 1)
-    im = ax.imshow(shown, cmap="Blues", vmin=0.0, vmax=1.0 if normalize else None,
-                   interpolation="nearest")
-    fig.colorbar(im, ax=ax, label="fraction of row" if normalize else "count")
-    fontsize = 8 if k <= 30 else 6
-    ax.set_xticks(range(k))
-    ax.set_yticks(range(k))
-    ax.set_xticklabels(names, fontsize=fontsize, rotation=90 if k > 10 else 0)
-    ax.set_yticklabels(names, fontsize=fontsize)
-    ax.set_xlabel("predicted class (classifier argmax)")
-    ax.set_ylabel("conditioning label")
-    ax.set_title(title or "Confusion matrix")
-    if k <= 20:
-        hi = float(shown.max()) if shown.size else 0.0
-        for i in range(k):
-            for j in range(k):
-                if counts[i, j]:
-                    ax.text(j, i, f"{int(round(counts[i, j]))}", ha="center", va="center",
-                            fontsize=7, color="white" if shown[i, j] > 0.5 * hi else "black")
-    fig.tight_layout()
-    return _save(fig, path)
-
-
-def plot_per_class_accuracy(acc, class_names: Sequence[str] | None, path,
-                            title: str | None = None) -> str:
-    """Bar chart of per-class accuracy (``nan`` = class absent, marked "n/a"); returns the path."""
-    fn = "plot_per_class_accuracy"
-    a = _host(acc)
-    _check_numeric(fn, "acc", a)
-    a = np.asarray(a, dtype=np.float64)
-    if a.ndim != 1 or a.shape[0] < 1:
-        raise ValueError(f"{fn}: acc must be a 1-D array of shape (K,), got shape {a.shape}")
-    k = a.shape[0]
-    names = _class_names(fn, class_names, k)
-    absent = np.isnan(a)
-
-    fig = _new_figure((max(5.0, min(20.0, 0.3 * k + 2.0)), 4.0))
-    ax = fig.add_subplot(1, 1, 1)
-    ax.bar(range(k), np.where(absent, 0.0, a), color="tab:blue")
-    for i in np.flatnonzero(absent):
-        ax.text(i, 0.02, "n/a", ha="center", va="bottom", fontsize=7, rotation=90, color="gray")
-    if (~absent).any():
-        mean = float(a[~absent].mean())
-        ax.axhline(mean, color="tab:red", linestyle="--", linewidth=1, label=f"mean {mean:.3f}")
-        ax.legend(loc="lower right")
-    ax.set_xticks(range(k))
-    ax.set_xticklabels(names, fontsize=8 if k <= 30 else 6, rotation=90 if k > 10 else 0)
-    ax.set_ylim(0.0, 1.05)
-    ax.set_xlim(-0.6, k - 0.4)
-    ax.set_xlabel("conditioning label")
-    ax.set_ylabel("accuracy (classifier argmax == label)")
-    ax.set_title(title or "Per-class label accuracy")
-    fig.tight_layout()
-    return _save(fig, path)
-
-
-# ---------------------------------------------------------------------------
 # summary
 # ---------------------------------------------------------------------------
-def summarize(probs, labels, features_fake=None, features_real=None, splits: int = 1) -> dict:
-    """All metrics at once, JSON-friendly.
+def summarize(probs, labels=None, features_fake=None, features_real=None, splits: int = 1,
+              split_seed=None) -> dict:
+    """All metrics at once, JSON-friendly: what ``cganraw.evaluate`` reports.
 
-    Keys: ``num_samples``, ``num_classes``, ``inception_score``
-    (+ ``inception_score_std`` over ``splits``), ``bcis``, ``wcis``,
-    ``label_accuracy``, ``per_class_accuracy`` (list of float, ``None`` for
-    absent classes), ``fid`` (``None`` unless both feature sets are given).
+    Keys: ``num_samples``, ``num_classes``, ``inception_score`` (over all N rows),
+    ``inception_score_std`` (population std of the per-chunk scores over ``splits``
+    contiguous chunks, see :func:`inception_score_splits`; 0.0 for one split), ``fid``
+    (``None`` unless both feature sets are given). With ``labels`` (a conditional
+    model) also ``bcis``, ``wcis``, ``label_accuracy``, ``per_class_accuracy`` (list of
+    float, ``None`` for absent classes) and ``confusion_matrix`` (K lists of K ints,
+    rows the label, columns the argmax). ``split_seed``: shuffle the rows with
+    ``np.random.default_rng(split_seed)`` before cutting the chunks, so that class-major
+    rows do not give each chunk one class.
     """
     fn = "summarize"
-    p, y = _check_probs_labels(fn, probs, labels)
+    p = _checks.probs(fn, probs)
+    n, k = p.shape
     if (features_fake is None) != (features_real is None):
         raise ValueError(f"{fn}: pass both features_fake and features_real, or neither")
-    is_mean, is_std = inception_score_splits(p, splits=splits)
-    pca = per_class_accuracy(p, y)
-    return {
-        "num_samples": int(p.shape[0]),
-        "num_classes": int(p.shape[1]),
-        "inception_score": is_mean,
-        "inception_score_std": is_std,
-        "bcis": bcis(p, y),
-        "wcis": wcis(p, y),
-        "label_accuracy": label_accuracy(p, y),
-        "per_class_accuracy": [None if math.isnan(v) else float(v) for v in pca],
+    splits = _checks.integer(fn, "splits", splits, 1, n)
+    rows = p if split_seed is None else p[np.random.default_rng(split_seed).permutation(n)]
+    res = {
+        "num_samples": int(n),
+        "num_classes": int(k),
+        "inception_score": inception_score(p),
+        "inception_score_std": inception_score_splits(rows, splits=splits)[1] if splits > 1 else 0.0,
         "fid": None if features_fake is None else fid(features_fake, features_real),
     }
+    if labels is not None:
+        y = _checks.int_vector(fn, "labels", labels, n, k)
+        pca = per_class_accuracy(p, y)
+        res.update({
+            "bcis": bcis(p, y),
+            "wcis": wcis(p, y),
+            "label_accuracy": label_accuracy(p, y),
+            "per_class_accuracy": [None if math.isnan(v) else float(v) for v in pca],
+            "confusion_matrix": confusion_matrix(y, p.argmax(axis=1), k).tolist(),
+        })
+    return res

@@ -6,6 +6,16 @@
     dcgan      unconditional DCGAN (Radford et al.).
     gan-mlp    unconditional MLP GAN (Goodfellow et al.).
 
+cgan-conv options (`build(..., g_norm=, d_norm=, minibatch_std=, progressive=)`; the
+defaults are the original model, bit for bit):
+    g_norm         "none", "batch" (BatchNorm2d, = the old batchnorm=True) or "instance"
+                   (InstanceNorm2d, affine) after each of G's transposed convolutions;
+    d_norm         "none" or "spectral": spectral_norm on every conv and linear layer of
+                   D's image path;
+    minibatch_std  ProGAN's MinibatchStdDev(4) on D's last feature map, before Flatten;
+    progressive    ProGAN-style growing from 14x14 to 28x28 (ProgressiveConvCGANGenerator,
+                   ProgressiveConvCGANDiscriminator, `set_growth(phase, alpha)`).
+
 Protocol: `G(z, labels) -> images (N, 1, 28, 28)` in [-1, 1], `G.backward(dimages) -> dz`;
 `D(x, labels) -> logits (N, 1)`, `D.backward(dlogits) -> dx`. Unconditional models take
 labels=None. Attribute names follow a plain PyTorch port, so state dicts map one-to-one.
@@ -22,6 +32,10 @@ IMAGE_SHAPE = (1, 28, 28)
 IMAGE_SIZE = 28 * 28
 MODELS = ("cgan-conv", "cgan-mlp", "dcgan", "gan-mlp")
 LABEL_EMBED_DIM = 50
+G_NORMS = ("none", "batch", "instance")
+D_NORMS = ("none", "spectral")
+GROWTH_PHASES = (14, 28)
+MINIBATCH_STD_GROUP = 4
 
 
 def _check_z(model, z):
@@ -87,10 +101,14 @@ def init_label_path(emb, fc, rng):
     nn.init.normal_(fc.weight, std=1.0 / np.sqrt(fc.in_features), rng=rng)
 
 
+NORMS_CANCELLING_BIAS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.InstanceNorm2d)
+
+
 def biases_folded_into_norms(module):
-    """(layer key, BatchNorm key) for every Linear/Conv2d/ConvTranspose2d built without a bias
-    because a BatchNorm follows it directly: the norm subtracts each channel's mean, which
-    cancels a per-channel bias exactly, so the bias would cost two launches a pass for nothing."""
+    """(layer key, norm key) for every Linear/Conv2d/ConvTranspose2d built without a bias
+    because a BatchNorm or InstanceNorm follows it directly: the norm subtracts each
+    channel's mean, which cancels a per-channel bias exactly, so the bias would cost two
+    launches a pass for nothing."""
     pairs = []
     for prefix, mod in module.named_modules():
         if not isinstance(mod, nn.Sequential):
@@ -99,7 +117,7 @@ def biases_folded_into_norms(module):
         for a, b in zip(names, names[1:]):
             layer, norm = mod._modules[a], mod._modules[b]
             if isinstance(layer, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)) and layer.bias is None and \
-                    isinstance(norm, (nn.BatchNorm1d, nn.BatchNorm2d)):
+                    isinstance(norm, NORMS_CANCELLING_BIAS):
                 pairs.append((f"{prefix}.{a}" if prefix else a, f"{prefix}.{b}" if prefix else b))
     return pairs
 
@@ -110,9 +128,9 @@ def legacy_bias_keys(module, state):
 
 
 def upgrade_state_dict(module, state):
-    """A state dict saved before the biases in front of BatchNorms were dropped, as this
-    model takes it: each such bias b is folded into the norm's running mean (rm - b), which
-    leaves the outputs unchanged in both modes, and removed."""
+    """A state dict saved before the biases in front of the norms were dropped, as this model
+    takes it: each such bias b is folded into the norm's running mean (rm - b; an
+    InstanceNorm keeps none), which leaves the outputs unchanged in both modes, and removed."""
     pairs = [(layer, norm) for layer, norm in biases_folded_into_norms(module) if f"{layer}.bias" in state]
     if not pairs:
         return state
@@ -157,21 +175,55 @@ class _GAN(nn.Module):
 
     def load_state_dict(self, state, strict: bool = True):
         """Module.load_state_dict, taking old state dicts with the biases now dropped in
-        front of BatchNorms too (upgrade_state_dict)."""
+        front of the norms too (upgrade_state_dict)."""
         return super().load_state_dict(upgrade_state_dict(self, state), strict)
 
 
 # ---------------------------------------------------------------- cgan-conv ------
 
+def _g_norm(kind, w, rng):
+    """The normalisation after a transposed convolution of G: None, BatchNorm2d or an
+    affine InstanceNorm2d (both start their weight at DCGAN's N(1, 0.02))."""
+    if kind == "batch":
+        return nn.BatchNorm2d(w, rng=rng)
+    if kind == "instance":
+        return nn.InstanceNorm2d(w, affine=True, rng=rng)
+    return None
+
+
+def _up_blocks(w, norm, rng):
+    """G's two upsampling blocks [ConvT(w+1, w, 4, 2, 1), (norm), LeakyReLU] and [ConvT(w, w,
+    4, 2, 1), (norm), LeakyReLU]: 7x7 -> 14x14 -> 28x28. Both transposed convolutions draw
+    their weights before the norms, as the original model did (same seed, same weights)."""
+    bias = norm not in ("batch", "instance")         # a norm right after would cancel it
+    up1 = [nn.ConvTranspose2d(w + 1, w, 4, 2, 1, bias=bias, rng=rng), nn.LeakyReLU(0.2)]
+    up2 = [nn.ConvTranspose2d(w, w, 4, 2, 1, bias=bias, rng=rng), nn.LeakyReLU(0.2)]
+    for block in (up1, up2):
+        layer = _g_norm(norm, w, rng)
+        if layer is not None:
+            block.insert(1, layer)
+    return up1, up2
+
+
 class ConvCGANGenerator(_GAN):
     """z (N, latent) -> Linear -> w*7*7 -> LeakyReLU -> (w, 7, 7); label -> Embedding(K, 50)
-    -> Linear(50, 49) -> (1, 7, 7); concat -> ConvT(w+1, w, 4, 2, 1) -> LeakyReLU [-> BN]
-    -> ConvT(w, w, 4, 2, 1) -> LeakyReLU [-> BN] -> Conv2d(w, 1, 7, p=3) -> tanh."""
+    -> Linear(50, 49) -> (1, 7, 7); concat -> ConvT(w+1, w, 4, 2, 1) [-> norm] -> LeakyReLU
+    -> ConvT(w, w, 4, 2, 1) [-> norm] -> LeakyReLU -> Conv2d(w, 1, 7, p=3) -> tanh.
+    norm: "none", "batch" or "instance"; None takes `batchnorm` (True = "batch")."""
 
-    def __init__(self, num_classes, latent_dim=100, width=128, batchnorm=False, rng=None):
+    progressive = False
+
+    def __init__(self, num_classes, latent_dim=100, width=128, batchnorm=False, rng=None, *, norm=None):
         super().__init__(latent_dim, num_classes)
         w = int(width)
         self.width = w
+        self.norm = _resolve_g_norm(norm, batchnorm)
+        self._seed_layers(latent_dim, num_classes, w, rng)
+        up1, up2 = _up_blocks(w, self.norm, rng)
+        self.net = nn.Sequential(*up1, *up2, nn.Conv2d(w, 1, 7, padding=3, rng=rng), nn.Tanh())
+
+    def _seed_layers(self, latent_dim, num_classes, w, rng):
+        # the noise path and the label path up to their 7x7 maps
         self.fc = nn.Linear(latent_dim, w * 7 * 7, rng=rng)
         self.fc_act = nn.LeakyReLU(0.2)
         self.to_map = nn.Reshape(w, 7, 7)
@@ -180,57 +232,253 @@ class ConvCGANGenerator(_GAN):
         init_label_path(self.label_emb, self.label_fc, rng)
         self.label_map = nn.Reshape(1, 7, 7)
         self.concat = nn.Concat(axis=1)
-        # no bias where a BatchNorm follows (it would cancel it)
-        up1 = [nn.ConvTranspose2d(w + 1, w, 4, 2, 1, bias=not batchnorm, rng=rng), nn.LeakyReLU(0.2)]
-        up2 = [nn.ConvTranspose2d(w, w, 4, 2, 1, bias=not batchnorm, rng=rng), nn.LeakyReLU(0.2)]
-        if batchnorm:
-            up1.insert(1, nn.BatchNorm2d(w, rng=rng))
-            up2.insert(1, nn.BatchNorm2d(w, rng=rng))
-        self.net = nn.Sequential(*up1, *up2, nn.Conv2d(w, 1, 7, padding=3, rng=rng), nn.Tanh())
 
-    def forward(self, z, labels):
+    def _seed_map(self, z, labels):
+        """(N, w + 1, 7, 7): the noise map and the label map, concatenated."""
         _check_z(self, z)
         _check_labels(self, labels, z.shape[0])
         h = self.to_map(self.fc_act(self.fc(z)))                       # (N, w, 7, 7)
         lab = self.label_map(self.label_fc(self.label_emb(labels)))    # (N, 1, 7, 7)
-        return self.net(self.concat(h, lab))                           # (N, 1, 28, 28)
+        return self.concat(h, lab)
 
-    def backward(self, dy):
-        dh, dlab = self.concat.backward(self.net.backward(dy))
+    def _seed_map_backward(self, d):
+        dh, dlab = self.concat.backward(d)
         self.label_emb.backward(self.label_fc.backward(self.label_map.backward(dlab)))
         return self.fc.backward(self.fc_act.backward(self.to_map.backward(dh)))
+
+    def forward(self, z, labels):
+        return self.net(self._seed_map(z, labels))                     # (N, 1, 28, 28)
+
+    def backward(self, dy):
+        return self._seed_map_backward(self.net.backward(dy))
 
 
 class ConvCGANDiscriminator(_GAN):
     """label -> Embedding(K, 50) -> Linear(50, 784) -> (1, 28, 28), concat with the image
-    -> Conv2d(2, w, 3, 2, 1) -> LeakyReLU -> Conv2d(w, w, 3, 2, 1) -> LeakyReLU -> Flatten
-    -> Dropout(0.4) -> Linear(w*7*7, 1). The dropout mask is a Philox stream of the
-    dropout seed (cganraw.nn.Dropout)."""
+    -> Conv2d(2, w, 3, 2, 1) -> LeakyReLU -> Conv2d(w, w, 3, 2, 1) -> LeakyReLU
+    [-> MinibatchStdDev(4)] -> Flatten -> Dropout(0.4) -> Linear(w*7*7 [+ 49], 1).
+    spectral: spectral_norm on the convolutions and the last Linear (`spectral_rng` draws u, v)."""
 
-    def __init__(self, num_classes, width=128, dropout=0.4, rng=None, dropout_seed=None):
+    progressive = False
+
+    def __init__(self, num_classes, width=128, dropout=0.4, rng=None, dropout_seed=None, *, spectral=False,
+                 minibatch_std=False, spectral_rng=None):
         super().__init__(0, num_classes)
         w = int(width)
         self.width = w
+        self._label_path(num_classes, rng)
+        self.net = nn.Sequential(
+            nn.Conv2d(2, w, 3, 2, 1, rng=rng), nn.LeakyReLU(0.2),
+            *_d_head(w, dropout, rng, dropout_seed, minibatch_std))
+        if spectral:
+            _spectral_image_path(self.net, spectral_rng)
+
+    def _label_path(self, num_classes, rng):
         self.label_emb = nn.Embedding(num_classes, LABEL_EMBED_DIM, rng=rng)
         self.label_fc = nn.Linear(LABEL_EMBED_DIM, IMAGE_SIZE, rng=rng)
         init_label_path(self.label_emb, self.label_fc, rng)
         self.label_map = nn.Reshape(*IMAGE_SHAPE)
         self.concat = nn.Concat(axis=1)
-        self.net = nn.Sequential(
-            nn.Conv2d(2, w, 3, 2, 1, rng=rng), nn.LeakyReLU(0.2),
-            nn.Conv2d(w, w, 3, 2, 1, rng=rng), nn.LeakyReLU(0.2),
-            nn.Flatten(), nn.Dropout(dropout, seed=dropout_seed, layer_id=0), nn.Linear(w * 7 * 7, 1, rng=rng))
 
-    def forward(self, x, labels):
+    def _with_label(self, x, labels):
+        """(N, 2, 28, 28): the image and the label map."""
         _check_images(self, x)
         _check_labels(self, labels, x.shape[0])
         lab = self.label_map(self.label_fc(self.label_emb(labels)))    # (N, 1, 28, 28)
-        return self.net(self.concat(x, lab))                           # (N, 1)
+        return self.concat(x, lab)
 
-    def backward(self, dy):
-        dx, dlab = self.concat.backward(self.net.backward(dy))
+    def _with_label_backward(self, d):
+        dx, dlab = self.concat.backward(d)
         self.label_emb.backward(self.label_fc.backward(self.label_map.backward(dlab)))
         return dx
+
+    def forward(self, x, labels):
+        return self.net(self._with_label(x, labels))                   # (N, 1)
+
+    def backward(self, dy):
+        return self._with_label_backward(self.net.backward(dy))
+
+
+def _d_head(w, dropout, rng, dropout_seed, minibatch_std):
+    """D's layers after the first (14x14) feature map: Conv2d(w, w, 3, 2, 1) -> LeakyReLU
+    [-> MinibatchStdDev] -> Flatten -> Dropout -> Linear -> (N, 1)."""
+    conv = nn.Conv2d(w, w, 3, 2, 1, rng=rng)
+    mbstd = [nn.MinibatchStdDev(MINIBATCH_STD_GROUP)] if minibatch_std else []
+    features = (w + (1 if minibatch_std else 0)) * 7 * 7
+    return [conv, nn.LeakyReLU(0.2), *mbstd, nn.Flatten(), nn.Dropout(dropout, seed=dropout_seed, layer_id=0),
+            nn.Linear(features, 1, rng=rng)]
+
+
+def _spectral_image_path(layers, rng):
+    """Spectral norm on every conv and linear layer between the image and the logit, in
+    the given order (u, v are drawn in it: the progressive D lists the plain D's layers
+    first, so both get the same vectors). The label path (Embedding, Linear) is left
+    alone: it does not touch x, so it has no part in D's Lipschitz constant in x, and
+    normalising its Linear would quiet the label map some 5x, undoing init_label_path."""
+    for mod in layers:
+        if isinstance(mod, (nn.Conv2d, nn.Linear)):
+            nn.utils.spectral_norm(mod, rng=rng)
+
+
+# ---------------------------------------------------------------- progressive cgan-conv
+
+def _growth_buffers(module):
+    # host arrays, in the state dict (checkpoints and G's moving average carry them)
+    module.register_buffer("growth_phase", np.array(GROWTH_PHASES[0], dtype=np.int64))
+    module.register_buffer("growth_alpha", np.array(1.0, dtype=np.float32))
+
+
+def _set_growth(module, phase, alpha):
+    if phase not in GROWTH_PHASES:
+        raise ValueError(f"{type(module).__name__}.set_growth: phase must be one of {GROWTH_PHASES}, got {phase!r}")
+    alpha = float(alpha)
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"{type(module).__name__}.set_growth: alpha must lie in [0, 1], got {alpha}")
+    module.growth_phase[...] = phase
+    module.growth_alpha[...] = 1.0 if phase == GROWTH_PHASES[0] else alpha
+    return module
+
+
+def _growth(module):
+    return int(module.growth_phase), float(module.growth_alpha)
+
+
+def _route(phase, alpha):
+    """Which heads/stems run: "small" (14x14 only), "large" (28x28 only) or "fade" (both)."""
+    if phase == 14:
+        return "small"
+    return "large" if alpha >= 1.0 else "fade"
+
+
+def _mix(small, large, alpha):
+    """(1 - alpha) small + alpha large, in the arrays' dtype."""
+    f = large.dtype.type
+    out = small * f(1.0 - alpha)
+    out += large * f(alpha)
+    return out
+
+
+class ProgressiveConvCGANGenerator(ConvCGANGenerator):
+    """The cgan-conv generator grown as in ProGAN (Karras et al. 2018). The seed map and the
+    first upsampling block are shared; then two heads:
+        to_img14: Conv2d(w, 1, 3, p=1) -> tanh on the 14x14 features, upsampled (nearest) to 28x28;
+        block28 -> to_img28: ConvT(w, w, 4, 2, 1) [-> norm] -> LeakyReLU -> Conv2d(w, 1, 7, p=3) -> tanh.
+    `set_growth(14)`: the 14x14 head only; `set_growth(28, alpha)`: image =
+    (1 - alpha) upsample(img14) + alpha img28 (alpha 1: the 28x28 head only). The output is
+    (N, 1, 28, 28) at every phase. Same seed, same weights as ConvCGANGenerator for every
+    shared layer (to_img14 draws last)."""
+
+    progressive = True
+
+    def __init__(self, num_classes, latent_dim=100, width=128, batchnorm=False, rng=None, *, norm=None):
+        _GAN.__init__(self, latent_dim, num_classes)
+        w = int(width)
+        self.width = w
+        self.norm = _resolve_g_norm(norm, batchnorm)
+        self._seed_layers(latent_dim, num_classes, w, rng)
+        up1, up2 = _up_blocks(w, self.norm, rng)
+        to_img28 = nn.Sequential(nn.Conv2d(w, 1, 7, padding=3, rng=rng), nn.Tanh())
+        self.block14 = nn.Sequential(*up1)
+        self.to_img14 = nn.Sequential(nn.Conv2d(w, 1, 3, padding=1, rng=rng), nn.Tanh())
+        self.upsample = nn.Upsample(scale_factor=2)
+        self.block28 = nn.Sequential(*up2)
+        self.to_img28 = to_img28
+        _growth_buffers(self)
+
+    def set_growth(self, phase, alpha=1.0):
+        """phase 14 or 28; alpha in [0, 1], the 28x28 head's weight during the fade (ignored at 14)."""
+        return _set_growth(self, phase, alpha)
+
+    @property
+    def growth(self):
+        return _growth(self)
+
+    def forward(self, z, labels):
+        phase, alpha = self.growth
+        route = _route(phase, alpha)
+        h14 = self.block14(self._seed_map(z, labels))                  # (N, w, 14, 14)
+        self._save((route, alpha))
+        if route == "small":
+            return self.upsample(self.to_img14(h14))
+        large = self.to_img28(self.block28(h14))                       # (N, 1, 28, 28)
+        if route == "large":
+            return large
+        return _mix(self.upsample(self.to_img14(h14)), large, alpha)
+
+    def backward(self, dy):
+        route, alpha = self._pop_cache()
+        f = dy.dtype.type
+        if route == "small":
+            dh14 = self.to_img14.backward(self.upsample.backward(dy))
+        elif route == "large":
+            dh14 = self.block28.backward(self.to_img28.backward(dy))
+        else:
+            dh14 = self.block28.backward(self.to_img28.backward(dy * f(alpha)))
+            dh14 += self.to_img14.backward(self.upsample.backward(dy * f(1.0 - alpha)))
+        return self._seed_map_backward(self.block14.backward(dh14))
+
+
+class ProgressiveConvCGANDiscriminator(ConvCGANDiscriminator):
+    """The cgan-conv discriminator grown as in ProGAN: one input stem per size, both giving
+    (N, w, 14, 14) features for the shared rest of D (`net`):
+        from_img28: Conv2d(2, w, 3, 2, 1) -> LeakyReLU on [image, label map] at 28x28;
+        from_img14: AvgPool2d(2) of that input -> Conv2d(2, w, 3, 1, 1) -> LeakyReLU.
+    `set_growth(14)`: D sees the input average-pooled to 14x14 only; `set_growth(28, alpha)`:
+    features = (1 - alpha) from_img14(pool(input)) + alpha from_img28(input). Input images
+    are (N, 1, 28, 28) at every phase. Same seed, same weights as ConvCGANDiscriminator for
+    every shared layer (from_img14 draws last)."""
+
+    progressive = True
+
+    def __init__(self, num_classes, width=128, dropout=0.4, rng=None, dropout_seed=None, *, spectral=False,
+                 minibatch_std=False, spectral_rng=None):
+        _GAN.__init__(self, 0, num_classes)
+        w = int(width)
+        self.width = w
+        self._label_path(num_classes, rng)
+        from_img28 = nn.Sequential(nn.Conv2d(2, w, 3, 2, 1, rng=rng), nn.LeakyReLU(0.2))
+        net = nn.Sequential(*_d_head(w, dropout, rng, dropout_seed, minibatch_std))
+        self.pool = nn.AvgPool2d(2)
+        self.from_img14 = nn.Sequential(nn.Conv2d(2, w, 3, 1, 1, rng=rng), nn.LeakyReLU(0.2))
+        self.from_img28 = from_img28
+        self.net = net
+        _growth_buffers(self)
+        if spectral:
+            _spectral_image_path([*from_img28, *net, *self.from_img14], spectral_rng)
+
+    def set_growth(self, phase, alpha=1.0):
+        """phase 14 or 28; alpha in [0, 1], the 28x28 stem's weight during the fade (ignored at 14)."""
+        return _set_growth(self, phase, alpha)
+
+    @property
+    def growth(self):
+        return _growth(self)
+
+    def forward(self, x, labels):
+        phase, alpha = self.growth
+        route = _route(phase, alpha)
+        inp = self._with_label(x, labels)                              # (N, 2, 28, 28)
+        self._save((route, alpha))
+        if route == "small":
+            h = self.from_img14(self.pool(inp))
+        elif route == "large":
+            h = self.from_img28(inp)
+        else:
+            h = _mix(self.from_img14(self.pool(inp)), self.from_img28(inp), alpha)
+        return self.net(h)                                             # (N, 1)
+
+    def backward(self, dy):
+        route, alpha = self._pop_cache()
+        dh = self.net.backward(dy)
+        f = dh.dtype.type
+        if route == "small":
+            dinp = self.pool.backward(self.from_img14.backward(dh))
+        elif route == "large":
+            dinp = self.from_img28.backward(dh)
+        else:
+            dinp = self.from_img28.backward(dh * f(alpha))
+            dinp += self.pool.backward(self.from_img14.backward(dh * f(1.0 - alpha)))
+        return self._with_label_backward(dinp)
 
 
 # ---------------------------------------------------------------- MLP models -----
@@ -282,6 +530,7 @@ class MLPDiscriminator(_GAN):
     def __init__(self, num_classes=None, dropout=0.3, rng=None, dropout_seed=None):
         super().__init__(0, num_classes)
         k = num_classes or 0
+        # one seed, three layer ids: three independent Philox mask streams
         seed = dropout_seed if isinstance(dropout_seed, np.random.SeedSequence) else np.random.SeedSequence(dropout_seed)
         self.flatten = nn.Flatten()
         self.concat = nn.Concat(axis=1)
@@ -353,9 +602,23 @@ class DCGANDiscriminator(_GAN):
 
 # ---------------------------------------------------------------- factory --------
 
-def build(name, num_classes, latent_dim=100, width=128, seed=0, batchnorm=False):
+def _resolve_g_norm(norm, batchnorm):
+    """g_norm from the new name or the old `batchnorm` flag (True = "batch")."""
+    if norm is None:
+        return "batch" if batchnorm else "none"
+    if norm not in G_NORMS:
+        raise ValueError(f"g_norm must be one of {', '.join(G_NORMS)}, got {norm!r}")
+    if batchnorm and norm != "batch":
+        raise ValueError(f"batchnorm=True means g_norm='batch', which contradicts g_norm={norm!r}")
+    return norm
+
+
+def build(name, num_classes, latent_dim=100, width=128, seed=0, batchnorm=False, *, g_norm=None, d_norm="none",
+          minibatch_std=False, progressive=False):
     """(G, D) for model `name`, initialised from `seed` (DCGAN's N(0, 0.02)).
-    num_classes is ignored by the unconditional models."""
+    num_classes is ignored by the unconditional models. g_norm, d_norm, minibatch_std and
+    progressive are cgan-conv's options (see the module docstring); `batchnorm` is the old
+    name of g_norm="batch". Every option at its default gives the original model."""
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
     if latent_dim <= 0 or width <= 0:
@@ -363,12 +626,25 @@ def build(name, num_classes, latent_dim=100, width=128, seed=0, batchnorm=False)
     conditional = not (name == "dcgan" or name == "gan-mlp")
     if conditional and (num_classes is None or int(num_classes) < 2):
         raise ValueError(f"{name} needs num_classes >= 2, got {num_classes}")
+    if d_norm not in D_NORMS:
+        raise ValueError(f"d_norm must be one of {', '.join(D_NORMS)}, got {d_norm!r}")
+    norm = _resolve_g_norm(g_norm, batchnorm if name == "cgan-conv" else False)
+    if name != "cgan-conv":
+        extra = [k for k, on in (("g_norm", norm != "none"), ("d_norm", d_norm != "none"),
+                                 ("minibatch_std", minibatch_std), ("progressive", progressive)) if on]
+        if extra:
+            raise ValueError(f"{', '.join(extra)}: options of cgan-conv only, not of {name}")
     ss = np.random.SeedSequence(seed)
     g_seed, d_seed, drop_seed = ss.spawn(3)
     rg, rd = np.random.default_rng(g_seed), np.random.default_rng(d_seed)
     if name == "cgan-conv":
-        return (ConvCGANGenerator(num_classes, latent_dim, width, batchnorm, rg),
-                ConvCGANDiscriminator(num_classes, width, rng=rd, dropout_seed=drop_seed))
+        # u, v of the spectral norm from a fourth child: the weights stay those of the plain model
+        sn_rng = np.random.default_rng(ss.spawn(1)[0]) if d_norm == "spectral" else None
+        g_cls, d_cls = ((ProgressiveConvCGANGenerator, ProgressiveConvCGANDiscriminator) if progressive
+                        else (ConvCGANGenerator, ConvCGANDiscriminator))
+        return (g_cls(num_classes, latent_dim, width, rng=rg, norm=norm),
+                d_cls(num_classes, width, rng=rd, dropout_seed=drop_seed, spectral=d_norm == "spectral",
+                      minibatch_std=bool(minibatch_std), spectral_rng=sn_rng))
     if name == "cgan-mlp":
         return MLPGenerator(num_classes, latent_dim, rg), MLPDiscriminator(num_classes, rng=rd, dropout_seed=drop_seed)
     if name == "dcgan":

@@ -1,25 +1,47 @@
-"""Pictures a run writes: the labelled sample grid and the loss curves (matplotlib, Agg)."""
+"""Every picture the package draws: the labelled sample grid, the loss curves, the
+confusion matrix and the per-class accuracy bars.
+
+All of them are set up by `new_figure` (a matplotlib Figure on the Agg canvas: headless,
+no pyplot, no process-wide backend switch) and written by `save_figure` (a PNG rendered
+in memory, then written atomically, so a full disk never leaves a torn image).
+"""
 from __future__ import annotations
 
+import io
 import json
-from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
+from cganraw import _checks, fileio
 from cganraw.images import to_uint8
 
+__all__ = ["new_figure", "save_figure", "mosaic", "save_grid", "plot_losses", "plot_confusion_matrix",
+           "plot_per_class_accuracy"]
 
-def _pyplot():
-    import matplotlib  # noqa: PLC0415  (lazy: the package must import without a display)
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt  # noqa: PLC0415
-    return plt
+# The trainer's name for cganraw.images.to_uint8 (the one image conversion).
+to_uint8_images = to_uint8
 
 
-def to_uint8_images(images):
-    """(N, 1, 28, 28) floats in [-1, 1] -> (N, 28, 28) uint8, white strokes on black."""
-    return to_uint8(images)
+def new_figure(width, height, dpi=100):
+    """A matplotlib Figure of width x height inches on its own Agg canvas."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: PLC0415  (slow import, lazy)
+    from matplotlib.figure import Figure  # noqa: PLC0415
 
+    fig = Figure(figsize=(width, height), dpi=dpi)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def save_figure(fig, path) -> str:
+    """Render `fig` as PNG and write it to `path` atomically (parents created); returns the path."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    fileio.atomic_write(path, buf.getvalue())
+    return str(path)
+
+
+# --------------------------------------------------------------------- sample grids ---
 
 def mosaic(images_u8, rows, cols, pad=2):
     """(rows*cols, 28, 28) uint8 -> one (rows*(28+pad)+pad, cols*(28+pad)+pad) image."""
@@ -35,7 +57,6 @@ def save_grid(path, images_u8, row_labels=None, cols=None, title=None):
     """A grid with one row per label (row_labels) or a square-ish grid, as PNG.
     Each row of a conditional grid is labelled with its character, so a model that
     draws the wrong character, or the same one for every label, shows at a glance."""
-    plt = _pyplot()
     n = len(images_u8)
     if row_labels is not None:
         rows = len(row_labels)
@@ -45,7 +66,7 @@ def save_grid(path, images_u8, row_labels=None, cols=None, title=None):
         rows = int(np.ceil(n / cols))
     img = mosaic(images_u8, rows, cols)
     scale = 0.32
-    fig = plt.figure(figsize=(max(cols * scale + 0.8, 2.5), rows * scale + (0.5 if title else 0.2)), dpi=100)
+    fig = new_figure(max(cols * scale + 0.8, 2.5), rows * scale + (0.5 if title else 0.2))
     ax = fig.add_axes([0.6 / (cols * scale + 0.8), 0.02, 1 - 0.7 / (cols * scale + 0.8), 0.96 if not title else 0.9])
     ax.imshow(img, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
     ax.set_xticks([])
@@ -59,11 +80,10 @@ def save_grid(path, images_u8, row_labels=None, cols=None, title=None):
         s.set_visible(False)
     if title:
         fig.suptitle(title, fontsize=9)
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return str(path)
+    return save_figure(fig, path)
 
+
+# --------------------------------------------------------------------- loss curves ---
 
 def plot_losses(metrics_jsonl, path):
     """D and G losses and the mean D outputs against the step, from metrics.jsonl."""
@@ -77,9 +97,9 @@ def plot_losses(metrics_jsonl, path):
                     rows.append(rec)
     if not rows:
         return None
-    plt = _pyplot()
     step = np.array([r["step"] for r in rows])
-    fig, (a1, a2) = plt.subplots(2, 1, figsize=(8, 6), sharex=True)
+    fig = new_figure(8, 6)
+    a1, a2 = fig.subplots(2, 1, sharex=True)
     for key, label in (("d_loss", "D loss"), ("g_loss", "G loss")):
         a1.plot(step, [r[key] for r in rows], label=label, lw=1)
     a1.set_ylabel("BCE")
@@ -95,6 +115,85 @@ def plot_losses(metrics_jsonl, path):
     a2.legend()
     a2.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return str(path)
+    return save_figure(fig, path)
+
+
+# ------------------------------------------------------- confusion and per-class ---
+
+def plot_confusion_matrix(cm, class_names: Sequence[str] | None, path,
+                          normalize: bool = True, title: str | None = None) -> str:
+    """Write a confusion-matrix heat map to ``path`` (PNG); returns the path.
+
+    Rows are the conditioning label, columns the classifier's prediction.
+    With ``normalize`` the colours show row fractions (rows with no samples
+    stay 0); cells are annotated with raw counts when K <= 20.
+    """
+    fn = "plot_confusion_matrix"
+    m = _checks.host(cm)
+    _checks.numeric(fn, "cm", m)
+    if m.ndim != 2 or m.shape[0] != m.shape[1] or m.shape[0] < 1:
+        raise ValueError(f"{fn}: cm must be a square (K, K) array, got shape {m.shape}")
+    k = m.shape[0]
+    names = _checks.class_names(fn, class_names, k)
+    counts = m.astype(np.float64)
+    shown = counts
+    if normalize:
+        rows = counts.sum(axis=1, keepdims=True)
+        shown = np.divide(counts, rows, out=np.zeros_like(counts), where=rows > 0)
+
+    side = max(4.0, min(16.0, 0.35 * k + 2.5))
+    fig = new_figure(side + 1.0, side)
+    ax = fig.add_subplot(1, 1, 1)
+    im = ax.imshow(shown, cmap="Blues", vmin=0.0, vmax=1.0 if normalize else None,
+                   interpolation="nearest")
+    fig.colorbar(im, ax=ax, label="fraction of row" if normalize else "count")
+    fontsize = 8 if k <= 30 else 6
+    ax.set_xticks(range(k))
+    ax.set_yticks(range(k))
+    ax.set_xticklabels(names, fontsize=fontsize, rotation=90 if k > 10 else 0)
+    ax.set_yticklabels(names, fontsize=fontsize)
+    ax.set_xlabel("predicted class (classifier argmax)")
+    ax.set_ylabel("conditioning label")
+    ax.set_title(title or "Confusion matrix")
+    if k <= 20:
+        hi = float(shown.max()) if shown.size else 0.0
+        for i in range(k):
+            for j in range(k):
+                if counts[i, j]:
+                    ax.text(j, i, f"{int(round(counts[i, j]))}", ha="center", va="center",
+                            fontsize=7, color="white" if shown[i, j] > 0.5 * hi else "black")
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def plot_per_class_accuracy(acc, class_names: Sequence[str] | None, path,
+                            title: str | None = None) -> str:
+    """Bar chart of per-class accuracy (``nan`` = class absent, marked "n/a"); returns the path."""
+    fn = "plot_per_class_accuracy"
+    a = _checks.host(acc)
+    _checks.numeric(fn, "acc", a)
+    a = np.asarray(a, dtype=np.float64)
+    if a.ndim != 1 or a.shape[0] < 1:
+        raise ValueError(f"{fn}: acc must be a 1-D array of shape (K,), got shape {a.shape}")
+    k = a.shape[0]
+    names = _checks.class_names(fn, class_names, k)
+    absent = np.isnan(a)
+
+    fig = new_figure(max(5.0, min(20.0, 0.3 * k + 2.0)), 4.0)
+    ax = fig.add_subplot(1, 1, 1)
+    ax.bar(range(k), np.where(absent, 0.0, a), color="tab:blue")
+    for i in np.flatnonzero(absent):
+        ax.text(i, 0.02, "n/a", ha="center", va="bottom", fontsize=7, rotation=90, color="gray")
+    if (~absent).any():
+        mean = float(a[~absent].mean())
+        ax.axhline(mean, color="tab:red", linestyle="--", linewidth=1, label=f"mean {mean:.3f}")
+        ax.legend(loc="lower right")
+    ax.set_xticks(range(k))
+    ax.set_xticklabels(names, fontsize=8 if k <= 30 else 6, rotation=90 if k > 10 else 0)
+    ax.set_ylim(0.0, 1.05)
+    ax.set_xlim(-0.6, k - 0.4)
+    ax.set_xlabel("conditioning label")
+    ax.set_ylabel("accuracy (classifier argmax == label)")
+    ax.set_title(title or "Per-class label accuracy")
+    fig.tight_layout()
+    return save_figure(fig, path)

@@ -6,39 +6,68 @@
 `.png` writes a labelled grid (one row per requested label); `.npz` writes `images`
 (N, 28, 28) uint8, white strokes on black as in MNIST, and `labels` (N,) int64, the
 class indices of the training dataset.
+
+Errors end the command with one line on stderr: exit 2 for a wrong command line, 1 for
+a problem found while running (a missing, corrupt or diverged checkpoint: cganraw.load
+refuses one that fails cganraw.health's check; a label the model does not have; an
+output that cannot be written).
 """
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
-from pathlib import Path
 
 import numpy as np
 
-from cganraw import backend, checkpoint, load, models
-from cganraw.plots import save_grid, to_uint8_images
+from cganraw import backend, cli, fileio, load, models
+from cganraw.images import to_uint8
+
+logger = logging.getLogger("cganraw.sample")   # not __name__: that is __main__ under -m
+
+SUFFIXES = (".png", ".npz")
+DEFAULT_N_PER_LABEL = 8
 
 
-class SampleError(ValueError):
-    pass
+class SampleError(cli.CLIError, ValueError):
+    """A request this model cannot fulfil (a label out of range, an unknown character)."""
 
 
-def parse_labels(text, num_classes):
+def labels_arg(text):
+    """argparse type of --labels: comma-separated class indices >= 0, at least one."""
+    parts = [t.strip() for t in text.split(",")]
+    if not any(parts):
+        raise argparse.ArgumentTypeError("expected comma-separated class indices such as 0,3,7, got an empty list")
     try:
-        labels = [int(t) for t in text.split(",") if t.strip() != ""]
+        labels = [int(t) for t in parts if t]
     except ValueError:
-        raise SampleError(f"--labels takes comma-separated class indices, got {text!r}") from None
-    if not labels:
-        raise SampleError("--labels is empty")
+        raise argparse.ArgumentTypeError(f"expected comma-separated class indices such as 0,3,7, got {text!r}") from None
+    negative = [v for v in labels if v < 0]
+    if negative:
+        raise argparse.ArgumentTypeError(f"class indices are >= 0, got {negative}")
+    return labels
+
+
+def chars_arg(text):
+    """argparse type of --chars: at least one character."""
+    if not text:
+        raise argparse.ArgumentTypeError("expected at least one character, such as HELLO")
+    return text
+
+
+def check_labels(labels, num_classes):
+    """The --labels indices, each checked against a model of num_classes classes."""
     bad = [v for v in labels if not 0 <= v < num_classes]
     if bad:
         raise SampleError(f"--labels {bad} out of range: this model has classes 0..{num_classes - 1}")
-    return labels
+    return list(labels)
 
 
 def labels_for_chars(chars, class_names):
     """Map each character to its class, case-insensitively where the dataset has only
     one case of a letter (EMNIST letters: 'a' and 'A' are the same class)."""
+    if not chars:
+        raise SampleError("--chars is empty: give at least one character")
     exact = {name: i for i, name in enumerate(class_names)}
     folded = {}
     for i, name in enumerate(class_names):
@@ -56,67 +85,76 @@ def labels_for_chars(chars, class_names):
 
 def generate(G, labels, n_per_label, seed=0, batch=256):
     """(images float (N, 1, 28, 28), labels (N,)) with N = len(labels) * n_per_label,
-    grouped by label in the order given."""
+    grouped by label in the order given (models.generate draws them)."""
     lab = np.repeat(np.asarray(labels, dtype=np.int64), n_per_label) if labels is not None else None
     return models.generate(G, lab, n=n_per_label, seed=seed, batch=batch), lab
 
 
 def build_parser():
-    p = argparse.ArgumentParser(prog="python -m cganraw.sample", description=__doc__.split("\n")[0])
+    p = cli.ArgumentParser(prog="python -m cganraw.sample", description=__doc__.split("\n")[0])
     p.add_argument("--checkpoint", required=True, help="a checkpoint .npz or a run directory")
     which = p.add_mutually_exclusive_group()
-    which.add_argument("--labels", help="comma-separated class indices, e.g. 0,3,7")
+    which.add_argument("--labels", type=labels_arg, help="comma-separated class indices, e.g. 0,3,7")
     which.add_argument("--all-labels", action="store_true", help="every class (the default)")
-    which.add_argument("--chars", help="characters to draw, e.g. HELLO")
-    p.add_argument("--n-per-label", type=int, default=8)
-    p.add_argument("--seed", type=int, default=0)
+    which.add_argument("--chars", type=chars_arg, help="characters to draw, e.g. HELLO")
+    p.add_argument("--n-per-label", type=cli.positive_int, default=DEFAULT_N_PER_LABEL,
+                   help="images per requested label (the columns of the grid)")
+    p.add_argument("--seed", type=cli.nonneg_int, default=0, help="seed of the noise vectors")
     p.add_argument("--no-ema", action="store_true",
                    help="draw with the last raw weights instead of their moving average")
-    p.add_argument("--backend", choices=backend.BACKENDS, default=None)
+    p.add_argument("--backend", choices=backend.BACKENDS, default=None,
+                   help=f"array backend (default: ${backend.ENV_VAR}, else cuda when a GPU is usable)")
     p.add_argument("--out", required=True, help="output .png (grid) or .npz (arrays)")
+    cli.add_common_flags(p)
     return p
 
 
-def main(argv=None):
-    args = build_parser().parse_args(argv)
-    out = Path(args.out)
-    if out.suffix not in (".png", ".npz"):
-        print(f"error: --out must end in .png or .npz, got {out.name}", file=sys.stderr)
-        return 2
-    if args.n_per_label <= 0:
-        print(f"error: --n-per-label must be positive, got {args.n_per_label}", file=sys.stderr)
-        return 2
-    try:
-        if args.backend:
+def _labels_for(G, meta, args):
+    """The requested class indices (None for an unconditional model)."""
+    if not G.conditional:
+        if args.labels is not None or args.chars is not None:
+            model = meta.get("model") or meta.get("config", {}).get("model")
+            raise SampleError(f"{model} is unconditional: drop --labels/--chars")
+        return None
+    if args.labels is not None:
+        return check_labels(args.labels, G.num_classes)
+    if args.chars is not None:
+        return labels_for_chars(args.chars, meta.get("class_names") or [])
+    return list(range(G.num_classes))
+
+
+def _sample(args):
+    if args.backend:
+        try:
             backend.use(args.backend)
-        G, meta = load.load_generator(args.checkpoint, ema=not args.no_ema)
+        except RuntimeError as e:
+            raise cli.CLIError(str(e)) from None
+    G, meta = load.load_generator(args.checkpoint, ema=not args.no_ema)   # refuses a diverged one
+    labels = _labels_for(G, meta, args)
+    out = cli.check_output_file(args.out, "--out", suffixes=SUFFIXES)
+    images, lab = generate(G, labels, args.n_per_label, args.seed)
+    u8 = to_uint8(images)
+    if out.suffix.lower() == ".npz":
+        lab = lab if lab is not None else np.full(len(u8), -1)
+        fileio.atomic_write(out, lambda f: np.savez(f, images=u8, labels=lab.astype(np.int64)))
+    else:
+        from cganraw.plots import save_grid  # noqa: PLC0415  (matplotlib is slow to import)
         names = meta.get("class_names") or []
-        if G.conditional:
-            if args.labels:
-                labels = parse_labels(args.labels, G.num_classes)
-            elif args.chars:
-                labels = labels_for_chars(args.chars, names)
-            else:
-                labels = list(range(G.num_classes))
-        else:
-            if args.labels or args.chars:
-                raise SampleError(f"{meta.get('model')} is unconditional: drop --labels/--chars")
-            labels = None
-        images, lab = generate(G, labels, args.n_per_label, args.seed)
-        u8 = to_uint8_images(images)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        if out.suffix == ".npz":
-            checkpoint.atomic_write_bytes(out, lambda f: np.savez(
-                f, images=u8, labels=(lab if lab is not None else np.full(len(u8), -1)).astype(np.int64)))
-        else:
-            rows = [names[i] if i < len(names) else str(i) for i in labels] if labels is not None else None
-            save_grid(out, u8, row_labels=rows, cols=args.n_per_label if rows else None,
-                      title=f"{meta.get('model')} on {meta.get('dataset')}, step {meta.get('step')}")
-    except (SampleError, checkpoint.CheckpointError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(f"wrote {out} ({len(u8)} images)")
+        rows = [names[i] if i < len(names) else str(i) for i in labels] if labels is not None else None
+        save_grid(out, u8, row_labels=rows, cols=args.n_per_label if rows else None,
+                  title=f"{meta.get('model') or meta.get('config', {}).get('model')} on {meta.get('dataset')}, "
+                        f"step {meta.get('step')}")
+    logger.info("wrote %s (%d images)", out, len(u8))
     return 0
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.out.lower().endswith(SUFFIXES):
+        parser.error(f"--out must end in .png or .npz, got {args.out!r}")
+    cli.setup_logging(args)
+    return cli.run(_sample, args)
 
 
 if __name__ == "__main__":

@@ -1,3 +1,4 @@
+import logging
 import os
 
 import numpy as np
@@ -25,6 +26,18 @@ def real_mnist_dir():
         if all(any(os.path.isfile(os.path.join(folder, n + ext)) for ext in (".gz", "")) for n in MNIST_NAMES):
             return os.path.abspath(folder)
     return None
+
+
+@pytest.fixture(autouse=True)
+def _restore_cganraw_logging():
+    """A CLI run in-process (main(argv)) sets up the `cganraw` logger for the process: a
+    stderr handler and a level. Undo that after each test, so that one test's CLI run does
+    not make library code print in the tests after it."""
+    logger = logging.getLogger("cganraw")
+    saved = list(logger.handlers), logger.level, logger.propagate
+    yield
+    logger.handlers[:], logger.propagate = saved[0], saved[2]
+    logger.setLevel(saved[1])
 
 
 @pytest.fixture

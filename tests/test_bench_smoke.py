@@ -1,14 +1,32 @@
-"""`python -m cganraw.bench` end to end at tiny sizes, and its report writer."""
+"""cganraw.bench: the case list, the keyword filter, the in-process runner, the report
+writer, the profiler, and `python -m cganraw.bench` end to end at tiny sizes."""
 import json
+import logging
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from cganraw import bench
+from cganraw import backend
+from cganraw.bench import cases as C
+from cganraw.bench import harness, profile, report, runner
+from cganraw.bench.__main__ import main as bench_main
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _restore_cganraw_logging():
+    """A command run in-process sets up the `cganraw` logger (a handler on this test's
+    captured stderr, a level): put it back as it was, for the tests that follow."""
+    logger = logging.getLogger("cganraw")
+    handlers, level, propagate = list(logger.handlers), logger.level, logger.propagate
+    yield
+    logger.handlers[:] = handlers
+    logger.setLevel(level)
+    logger.propagate = propagate
 
 
 def _record(op, shape, backend, t, unit, thr, family="elementwise", **extra):
@@ -17,6 +35,106 @@ def _record(op, shape, backend, t, unit, thr, family="elementwise", **extra):
             "extra_info": {"op": op, "shape": shape, "backend": backend, "family": family, "time_s": t,
                            "throughput": thr, "unit": unit, **extra}}
 
+
+def _bench(*args, cwd=None, timeout=300):
+    return subprocess.run([sys.executable, "-m", "cganraw.bench", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+# ------------------------------------------------------------------ cases and filter ---
+
+def test_case_ids_are_unique_and_every_suite_has_cases():
+    for mode in harness.MODES:
+        cases = C.all_cases(mode)
+        ids = [c.id for c in cases]
+        assert len(ids) == len(set(ids)), "duplicate case ids"
+        assert {c.spec.suite for c in cases} == set(C.SUITES)
+    smoke, full = C.all_cases("smoke"), C.all_cases("full")
+    assert {c.batch for c in smoke} == {2, None} and {c.batch for c in full} == {64, 128, None}
+    adam = [c for c in full if c.spec.family == "adam"]
+    assert adam and all(c.batch is None and not c.id.endswith(("-b64", "-b128")) for c in adam)
+    assert {c.impl for c in full if c.spec.suite == "gemm"} == {"numpy", "cuda:cublas", "cuda:v1", "cuda:v2",
+                                                                "cuda:v3"}
+    assert {c.backend for c in full} == {"numpy", "cuda"}
+
+
+@pytest.mark.parametrize("expr,text,want", [
+    ("bias", "ops bias_add_fwd-Nx1024-numpy-b2", True),
+    ("BIAS and numpy", "ops bias_add_fwd-Nx1024-numpy-b2", True),
+    ("bias and not numpy", "ops bias_add_fwd-Nx1024-numpy-b2", False),
+    ("gemm or bias", "ops bias_add_fwd-Nx1024-numpy-b2", True),
+    ("not (gemm or conv) and b2", "ops bias_add_fwd-Nx1024-numpy-b2", True),
+    ("(gemm or conv) and b2", "ops bias_add_fwd-Nx1024-numpy-b2", False),
+    ("not not bias", "x bias", True),
+    ("", "anything", True),
+    (None, "anything", True),
+])
+def test_filter_expressions(expr, text, want):
+    assert C.matches(expr, text) is want
+
+
+@pytest.mark.parametrize("expr", ["(bias", "bias)", "bias and", "and bias", "bias or or gemm", "()"])
+def test_bad_filter_expressions_are_errors(expr):
+    with pytest.raises(ValueError, match="--filter"):
+        C.matches(expr, "bias")
+
+
+# ------------------------------------------------------------------ runner ----------
+
+def test_runner_times_cases_and_survives_a_broken_one():
+    def broken(xp, batch, impl, mode):
+        raise RuntimeError("this case is broken")
+
+    def skipped(xp, batch, impl, mode):
+        raise harness.SkipCase("not here")
+    chosen = C.select(C.all_cases("smoke"), "bias_add_fwd-Nx1x28x28-numpy or bce_with_logits_bwd-numpy")
+    assert len(chosen) == 2
+    chosen += [C.Case(C.Spec("ops", "bias", "broken", broken), "numpy", 2),
+               C.Case(C.Spec("ops", "bias", "skipped", skipped), "numpy", 2)]
+    session = runner.run(chosen, "smoke", threads=harness.bench_threads())
+    assert [r["name"] for r in session.records] == [c.id for c in chosen[:2]]
+    assert session.failed == [("broken-numpy-b2", "RuntimeError: this case is broken")]
+    assert session.skipped == [("skipped-numpy-b2", "not here")]
+    for r in session.records:
+        info = r["extra_info"]
+        assert info["unit"] == "GB/s" and info["throughput"] > 0 and info["timer"] == "perf_counter"
+        assert r["stats"]["rounds"] == harness.ROUNDS["smoke"] and r["stats"]["median"] > 0
+    assert set(session.ctx["ceilings_start"]) == set(session.ctx["ceilings_end"]) == {"cpu"}
+    rows = report.rows_from_records(session.records, session.ctx["ceilings"])
+    assert {r["op"] for r in rows} == {"bias_add fwd", "bce_with_logits bwd"}
+
+
+def test_a_wrong_result_fails_the_case():
+    def wrong(xp, batch, impl, mode):
+        def check(out):
+            assert out == 2, "1 + 1 is not 3"
+        return C.Prepared(lambda: 3, "add", "1+1", items=1, check=check)
+    session = runner.run([C.Case(C.Spec("ops", "bias", "wrong", wrong), "numpy", 2)], "smoke",
+                         threads=harness.bench_threads())
+    [(case_id, message)] = session.failed
+    assert case_id == "wrong-numpy-b2" and message.startswith("AssertionError: 1 + 1 is not 3")
+    assert not session.records
+
+
+def test_gpu_cases_skip_without_a_gpu():
+    if backend.gpu_available():
+        pytest.skip("a GPU is usable here")
+    case = C.select(C.all_cases("smoke"), "bias_add_fwd-Nx1024-cuda")[0]
+    with pytest.raises(harness.SkipCase, match="no usable GPU"):
+        harness.run_case(harness.Timer(case.id), case, {"mode": "smoke", "ceilings": {}})
+
+
+def test_timer_records_like_pytest_benchmark():
+    t = harness.Timer("x")
+    calls = []
+    out = t.pedantic(lambda: calls.append(1) or len(calls), setup=lambda: calls.append(0), rounds=3,
+                     warmup_rounds=1, iterations=1)
+    assert out == 8 and len(t.round_times) == 3          # 4 setups + 4 calls
+    rec = t.as_dict()
+    assert rec["stats"]["rounds"] == 3 and rec["stats"]["median"] == pytest.approx(np.median(t.round_times))
+
+
+# ------------------------------------------------------------------ report ----------
 
 def test_write_report_table_ratios_and_chart(tmp_path):
     records = [
@@ -28,7 +146,7 @@ def test_write_report_table_ratios_and_chart(tmp_path):
                 ratio_vs_torch_paired_median=0.79),
     ]
     ctx = {"mode": "quick", "threads": 2, "ceilings": {"cpu": {"GB/s": 10.0, "GFLOP/s": 50.0, "sgemm_n": 1536}}}
-    paths = bench.write_report(records, tmp_path, ctx=ctx)
+    paths = report.write_report(records, tmp_path, ctx=ctx)
     names = {p.name for p in paths}
     assert {"results.md", "results.json"} <= names
     md = (tmp_path / "results.md").read_text()
@@ -37,26 +155,82 @@ def test_write_report_table_ratios_and_chart(tmp_path):
     assert "SGEMM 50.0 GFLOP/s" in md
     data = json.loads((tmp_path / "results.json").read_text())
     assert data["machine"]["cpu"] and data["machine"]["versions"]["numpy"]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "a temporary file was left"
     pytest.importorskip("matplotlib")
     assert (tmp_path / "throughput.png").stat().st_size > 1000
 
 
-@pytest.mark.slow
-def test_cli_quick_runs_and_writes_the_report(tmp_path):
-    """--quick through pytest with a filter that keeps one tiny benchmark (plus --smoke
-    shapes, so the test takes seconds): the report appears with that row."""
-    out = tmp_path / "out"
-    proc = subprocess.run([sys.executable, "-m", "cganraw.bench", "--quick", "--smoke", "--out", str(out),
-                           "--filter", "test_bias_add and numpy and 1x28x28"],
-                          cwd=REPO, capture_output=True, text=True, timeout=300)
+# ------------------------------------------------------------------ the CLI ---------
+
+def test_cli_runs_with_a_relative_out_from_any_folder(tmp_path):
+    """A relative --out lands under the current folder, which need not be a source checkout."""
+    proc = _bench("--smoke", "--out", "rel/out", "--filter", "bias_add_fwd and numpy and 1x28x28", cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    md = (out / "results.md").read_text()
-    assert "| bias add | 2x1x28x28 | numpy |" in md
-    assert (out / "pytest-benchmark.json").is_file()
+    md = (tmp_path / "rel" / "out" / "results.md").read_text()
+    assert "| bias_add fwd | 2x1x28x28 | numpy |" in md
+    assert str(Path("rel/out/results.md")) in proc.stdout
 
 
-def test_cli_redraws_from_json(tmp_path):
+@pytest.mark.parametrize("make_bad", [
+    lambda tmp: tmp / "a-file" / "out",                 # a parent that is a file
+    lambda tmp: tmp / "a-file",                         # the folder is a file
+])
+def test_cli_checks_out_before_any_benchmark(tmp_path, make_bad):
+    (tmp_path / "a-file").write_text("x")
+    proc = _bench("--quick", "--out", str(make_bad(tmp_path)), timeout=60)
+    assert proc.returncode == 1
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "is a file" in lines[0], proc.stderr
+    assert "Traceback" not in proc.stderr and "ceilings" not in proc.stderr
+
+
+def test_cli_usage_errors(tmp_path):
+    proc = _bench("--filter", "(bias", "--out", str(tmp_path))
+    assert proc.returncode == 2 and "missing ')'" in proc.stderr
+    proc = _bench("--threads", "0", "--out", str(tmp_path))
+    assert proc.returncode == 2 and "positive integer" in proc.stderr
+    proc = _bench("--filter", "no-such-benchmark", "--out", str(tmp_path))
+    assert proc.returncode == 1 and proc.stderr.strip() == (
+        "error: no benchmark matched --filter 'no-such-benchmark' (--list shows the case ids)")
+
+
+def test_cli_lists_cases(capsys):
+    assert bench_main(["--list", "--smoke", "--filter", "gemm-G.fc_fwd"]) == 0
+    assert capsys.readouterr().out.split() == [
+        "gemm-G.fc_fwd-numpy-b2", "gemm-G.fc_fwd-cuda-cublas-b2", "gemm-G.fc_fwd-cuda-v1-b2",
+        "gemm-G.fc_fwd-cuda-v2-b2", "gemm-G.fc_fwd-cuda-v3-b2"]
+
+
+def test_cli_redraws_from_json(tmp_path, capsys):
     records = [_record("relu fwd", "64x256", "numpy", 2e-4, "GB/s", 0.66)]
-    bench.write_report(records, tmp_path / "a", ctx={"mode": "quick", "ceilings": {}})
-    assert bench.main(["--from-json", str(tmp_path / "a" / "results.json"), "--out", str(tmp_path / "b")]) == 0
+    report.write_report(records, tmp_path / "a", ctx={"mode": "quick", "ceilings": {}})
+    assert bench_main(["--from-json", str(tmp_path / "a" / "results.json"), "--out", str(tmp_path / "b")]) == 0
     assert "relu fwd" in (tmp_path / "b" / "results.md").read_text()
+    (tmp_path / "bad.json").write_text("{not json")
+    assert bench_main(["--from-json", str(tmp_path / "bad.json"), "--out", str(tmp_path / "c")]) == 1
+    assert "not JSON" in capsys.readouterr().err
+    assert bench_main(["--from-json", str(tmp_path / "missing.json"), "--out", str(tmp_path / "c")]) == 1
+    assert "missing.json" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ profile ---------
+
+def test_profile_step_attributes_time_and_records_every_gemm_shape():
+    matmul = np.matmul
+    p = profile.profile_step("cgan-conv", batch=3, width=8, steps=1)
+    assert np.matmul is matmul, "the matmul timer was not removed"
+    shares = dict(p.categories)
+    for label in ("matrix products (BLAS)", "im2col", "col2im"):
+        assert shares[label] > 0, label
+    assert sum(shares.values()) <= 1.05 * p.step_s
+    # G.fc forward: (N, latent) @ W.T, W (w*49, latent) -> M=N, N=w*49, K=latent, a transposed B
+    assert any((m, n, k, layout) == (3, 8 * 49, 100, "NT") for m, n, k, layout, _, _ in p.gemms)
+    assert p.gemm_flops > 0 and all(calls >= 1 for *_, calls, _ in p.gemms)
+    assert "matrix products" in profile.format_profile(p, sgemm_gflops=10.0)
+
+
+def test_profile_cli(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "cganraw.bench.profile", "--model", "gan-mlp", "--batch", "4",
+                           "--steps", "1", "--no-ceiling", "--quiet"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.startswith("gan-mlp, batch 4: ") and "\nmatrix products: " in proc.stdout

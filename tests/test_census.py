@@ -7,7 +7,8 @@ import re
 
 import pytest
 
-from cganraw import backend, census, devicelog
+from cganraw import backend, devicelog
+from cganraw.bench import census
 from tests import cupy_standin
 
 TINY = dict(model="cgan-conv", width=4, batch_size=3, num_classes=5)
@@ -92,7 +93,7 @@ def test_estimate_model():
 
 
 def test_cli(tmp_path, capsys, restore_backend):
-    bench = importlib.import_module("cganraw.bench")
+    bench = importlib.import_module("cganraw.bench.__main__")
     out = tmp_path / "census.json"
     assert bench.main(["--census", "--backend", "emu", "--model", "cgan-conv", "--width", "4", "--batch-size", "2",
                        "--json", str(out), "--quiet"]) == 0

@@ -114,6 +114,27 @@ def test_load_errors(tmp_path):
     (tmp_path / "junk.npz").write_bytes(b"junk")
     with pytest.raises(CheckpointError):
         C.load(tmp_path / "junk.npz")
+    with pytest.raises(CheckpointError, match="is a folder"):
+        C.load(tmp_path)
+
+
+def test_load_refuses_truncated_and_non_finite_files(tmp_path, clf):
+    whole = clf.save(tmp_path / "c.npz").read_bytes()
+    for cut in (len(whole) // 3, len(whole) - 30):            # no central directory / a torn one
+        (tmp_path / "t.npz").write_bytes(whole[:cut])
+        with pytest.raises(CheckpointError, match=r"t\.npz: not a readable classifier.*truncated or corrupt; "
+                                                  r"delete it and train a new one"):
+            C.load(tmp_path / "t.npz")
+    clf.body[1].running_var.data[0] = np.nan
+    clf.save(tmp_path / "nan.npz")
+    with pytest.raises(CheckpointError, match=r"nan\.npz: body\.1\.running_var has 1 non-finite value.*"
+                                              r"--dataset toy"):
+        C.load(tmp_path / "nan.npz")
+    clf.body[1].running_var.data[0] = 1.0
+    clf.head.weight.data[0, 0] = 1e7
+    clf.save(tmp_path / "big.npz")
+    with pytest.raises(CheckpointError, match="head.weight has max"):
+        C.load(tmp_path / "big.npz")
 
 
 def test_default_path_and_load_or_train(monkeypatch, tmp_path, clf):
@@ -159,6 +180,24 @@ def test_fit_rejects_bad_input(rng):
         C.fit_classifier(data.to_float(x), y, ["a", "b", "c"])
     with pytest.raises(ValueError, match="epochs must be >= 1"):
         C.fit_classifier(x, y, ["a", "b", "c"], epochs=0)
+    with pytest.raises(ValueError, match=r"augment must be in 0..4 pixels, got 5"):
+        C.fit_classifier(x, y, ["a", "b", "c"], augment=5)
+    with pytest.raises(ValueError, match="N >= 1 images and N labels, got 10 and 9"):
+        C.fit_classifier(x, y[:9], ["a", "b", "c"])
+    with pytest.raises(ValueError, match="max_train must be a positive number of images, got -5"):
+        C.train_classifier("mnist", max_train=-5)
+
+
+def test_progress_goes_to_the_logger_unless_a_callable_is_given(rng, caplog):
+    x, y = glyphs(64, 3, rng)
+    with caplog.at_level("INFO", logger="cganraw.classifier"):
+        C.fit_classifier(x, y, ["a", "b", "c"], epochs=1, batch_size=32)
+    assert [r.name for r in caplog.records] == ["cganraw.classifier"] and "epoch 1/1" in caplog.text
+    caplog.clear()
+    lines = []
+    with caplog.at_level("INFO", logger="cganraw.classifier"):
+        C.fit_classifier(x, y, ["a", "b", "c"], epochs=1, batch_size=32, log=lines.append)
+    assert not caplog.records and len(lines) == 1 and lines[0].startswith("epoch 1/1")
 
 
 def test_cli_errors(capsys, tmp_path, monkeypatch):
@@ -173,17 +212,25 @@ def test_cli_errors(capsys, tmp_path, monkeypatch):
     monkeypatch.delenv(data.ENV_DATA_DIR, raising=False)
     assert C.main(["train", "--dataset", "mnist", "--data-dir", str(tmp_path), "--out", str(tmp_path / "c.npz")]) == 1
     assert capsys.readouterr().err.startswith("error: ")
+    assert not (tmp_path / "c.npz").exists()
     assert C.main(["test", "--dataset", "mnist", "--classifier", str(tmp_path / "none.npz")]) == 1
     assert "not found" in capsys.readouterr().err
+    # numbers are checked by argparse: a usage error in one line, exit 2
+    for flag, value in (("--max-train", "-5"), ("--augment", "5"), ("--seed", "-1"), ("--epochs", "0")):
+        with pytest.raises(SystemExit) as e:
+            C.main(["train", "--dataset", "mnist", flag, value])
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and flag in err and len(err.splitlines()) == 1
 
 
 def test_cli_train_on_a_slice_of_real_mnist(mnist_dir, tmp_path, capsys):
     out = tmp_path / "mnist.npz"
     assert C.main(["train", "--dataset", "mnist", "--data-dir", mnist_dir, "--epochs", "1",
                    "--max-train", "2000", "--batch-size", "32", "--out", str(out)]) == 0
-    text = capsys.readouterr().out
+    captured = capsys.readouterr()
+    text = captured.out                           # the result on stdout, progress on stderr (logging)
     acc = float(re.search(r"mnist: test accuracy ([0-9.]+)", text).group(1))
-    assert "epoch 1/1" in text and acc > 0.8
+    assert "epoch 1/1" in captured.err and acc > 0.8
     clf = C.load(out)
     assert clf.dataset == "mnist" and abs(clf.test_accuracy - acc) < 1e-4
     assert C.main(["test", "--dataset", "mnist", "--classifier", str(out), "--data-dir", mnist_dir]) == 0

@@ -64,12 +64,16 @@ def test_leaky_relu_matches_numpy(size, rng):
                                   activation.leaky_relu_backward_numpy(dy, cache_ref))
 
 
-def test_serial_and_parallel_twins_agree(rng, monkeypatch):
-    x = rng.normal(size=(2, 3, 9, 9)).astype(np.float32)
-    par = conv.im2col(x, 3, 2, 1)
+@pytest.mark.parametrize("shape,k,s,p", [((9, 16, 31, 29), 3, 1, 1), ((6, 16, 57, 55), 4, 2, 1)])
+def test_serial_and_parallel_twins_agree(shape, k, s, p, rng, monkeypatch):
+    # above _cpu.PARALLEL_MIN_WORK the public ops take the parallel twins by themselves
+    x = rng.normal(size=shape).astype(np.float32)
+    par = conv.im2col(x, k, s, p)
+    assert par.size >= _cpu.PARALLEL_MIN_WORK, "the input must be large enough for the parallel twin"
+    np.testing.assert_array_equal(par, conv.im2col_numpy(x, k, s, p))
+    cols = rng.normal(size=par.shape).astype(np.float32)
+    par_back = conv.col2im(cols, x.shape, k, s, p)
+    np.testing.assert_allclose(par_back, conv.col2im_numpy(cols, x.shape, k, s, p), rtol=1e-6, atol=1e-6)
     monkeypatch.setattr(_cpu, "PARALLEL_MIN_WORK", 1 << 40)   # everything serial
-    np.testing.assert_array_equal(conv.im2col(x, 3, 2, 1), par)
-    np.testing.assert_allclose(conv.col2im(par, x.shape, 3, 2, 1), conv.col2im_numpy(par, x.shape, 3, 2, 1),
-                               rtol=1e-6, atol=1e-6)
-    monkeypatch.setattr(_cpu, "PARALLEL_MIN_WORK", 0)         # everything parallel
-    np.testing.assert_array_equal(conv.im2col(x, 3, 2, 1), par)
+    np.testing.assert_array_equal(conv.im2col(x, k, s, p), par)
+    np.testing.assert_array_equal(conv.col2im(cols, x.shape, k, s, p), par_back)

@@ -194,10 +194,74 @@ def test_unconditional_model_gets_is_and_fid_only(rng):
     assert res["fid"] is not None and res["inception_score"] >= 1
     assert "bcis" not in res and "label_accuracy" not in res and "cas" not in res
     assert all(line.split()[0] != "BCIS" for line in evaluate.format_table(res))
-    # the real set is embedded once per classifier: a second call reuses its features
-    cached = clf._real_feature_cache[1]
     res2 = evaluate.evaluate_generator(G, None, clf, n_per_class=4, real_test=real, log=None)
-    assert clf._real_feature_cache[1] is cached and res2["fid"] == res["fid"]
+    assert res2["fid"] == res["fid"] and res2["inception_score"] == res["inception_score"]
+
+
+# --- the trainer's --eval-every: the real test set is loaded and embedded once ----------
+
+@pytest.fixture
+def counted(monkeypatch, tmp_path, rng):
+    """A 10-class G and classifier of emnist-digits, synthetic data with 50 test images, and
+    counters of data.load calls and of classifier.features calls on the real test set."""
+    evaluate.clear_caches()
+    fake = tmp_path / "fake"
+    write_emnist(fake, "digits", rng, n=(60, 50))
+    calls = {"load": [], "embed_real": 0}
+    real_load = data.load
+
+    def load(name, split="train", *a, **kw):
+        calls["load"].append((name, split))
+        return real_load(name, split, *a, **kw)
+    monkeypatch.setattr(data, "load", load)
+    clf = C.Classifier(10, DIGITS, dataset="emnist-digits", seed=3)
+    real_features = clf.features
+
+    def features(images, *a, **kw):
+        if len(images) == 50:
+            calls["embed_real"] += 1
+        return real_features(images, *a, **kw)
+    monkeypatch.setattr(clf, "features", features)
+    G, _ = models.build("cgan-conv", 10, width=4)
+    yield G, clf, fake, calls
+    evaluate.clear_caches()
+
+
+def test_second_evaluation_neither_reloads_nor_reembeds_the_real_test_set(counted):
+    G, clf, fake, calls = counted
+    runs = [evaluate.evaluate_generator(G, DIGITS, clf, n_per_class=2, seed=0, cas=False, data_dir=fake, log=None)
+            for _ in range(3)]
+    assert calls["load"] == [("emnist-digits", "test")] and calls["embed_real"] == 1
+    assert runs[0]["fid_real_samples"] == 50
+    assert runs[1]["fid"] == runs[0]["fid"] == runs[2]["fid"]
+    # the cached arrays are shared, so nobody may write into them
+    images, labels = evaluate.load_real_test("emnist-digits", fake)
+    assert not images.flags.writeable and not labels.flags.writeable
+    assert calls["load"] == [("emnist-digits", "test")]
+
+
+def test_real_feature_cache_follows_the_classifier_weights_and_the_data(counted, rng):
+    G, clf, fake, calls = counted
+    run = lambda: evaluate.evaluate_generator(G, DIGITS, clf, n_per_class=2, cas=False,  # noqa: E731
+                                              data_dir=fake, log=None)
+    first = run()
+    clf.head.weight.data *= 2          # other weights, other features: embedded again
+    clf.body[4].weight.data *= 0.5
+    second = run()
+    assert calls["embed_real"] == 2 and second["fid"] != first["fid"]
+    assert len(calls["load"]) == 1
+    other = fake.parent / "other"      # another data folder: loaded again
+    write_emnist(other, "digits", rng, n=(60, 50))
+    run_other = evaluate.evaluate_generator(G, DIGITS, clf, n_per_class=2, cas=False, data_dir=other, log=None)
+    assert len(calls["load"]) == 2 and calls["embed_real"] == 3 and run_other["fid"] != second["fid"]
+    # bounded: never more than CACHE_SIZE sets and feature tables
+    third = fake.parent / "third"
+    write_emnist(third, "digits", rng, n=(60, 50))
+    evaluate.evaluate_generator(G, DIGITS, clf, n_per_class=2, cas=False, data_dir=third, log=None)
+    assert len(evaluate._test_sets.items) == len(evaluate._features.items) == evaluate.CACHE_SIZE
+    # the least recently used (the first folder) was dropped: using it again reloads
+    run()
+    assert len(calls["load"]) == 4
 
 
 def test_evaluate_generator_checks_classes():

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from cganraw import nn
+from cganraw import gradcheck, nn
 from cganraw.gradcheck import GradientCheckError, check_backward, check_module
 
 
@@ -34,14 +34,25 @@ def test_directional_catches_one_wrong_parameter_element(rng):
     assert "eps=" in str(e.value) and "numeric" in str(e.value) and "analytic" in str(e.value)
 
 
-def test_elementwise_names_the_element(rng):
-    layer = ScaledWrong(4, 3, rng=rng).to(np.float64)
-    layer.weight.data[...] = 1.0
-    with pytest.raises(GradientCheckError) as e:
+class CancellingWrong(nn.Linear):
+    """A Linear whose weight gradient is off by +0.01 at [0, 0] and -0.01 at [0, 1]."""
+
+    def backward(self, dy):
+        dx = super().backward(dy)
+        self.weight.grad[0, 0] += 0.01
+        self.weight.grad[0, 1] -= 0.01
+        return dx
+
+
+def test_elementwise_names_the_element(rng, monkeypatch):
+    # along the all-ones direction the two errors cancel, so the directional check passes
+    # and only the element-wise check, run after it by check_module, can catch and name them
+    monkeypatch.setattr(gradcheck, "_floored_direction", lambda rng, shape, floor=0.1: np.ones(shape))
+    layer = CancellingWrong(4, 3, rng=rng).to(np.float64)
+    with pytest.raises(GradientCheckError, match="element-wise") as e:
         check_module(layer, rng.normal(size=(2, 4)))
-    # the directional check runs first; force the element-wise one alone too
     msg = str(e.value)
-    assert "mismatch" in msg
+    assert "param weight (2 of 12 elements)" in msg and "at (0, 0):" in msg and "at (0, 1):" in msg
 
 
 def test_elementwise_alone_names_the_element(rng):

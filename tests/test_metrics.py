@@ -454,56 +454,30 @@ def test_feature_validation(rng):
         M.frechet_distance(np.zeros(4), np.eye(4), np.zeros(3), np.eye(4))
 
 
-def test_device_like_arrays_are_copied_to_host():
-    class FakeDeviceArray:  # the parts of a cupy.ndarray the module relies on
-        __cuda_array_interface__ = {}
+def test_device_arrays_are_copied_to_host_through_the_backend(monkeypatch):
+    from cganraw import backend
 
+    class FakeDeviceArray:  # stands in for cupy.ndarray: only backend.asnumpy may read it
         def __init__(self, a):
             self._a = np.asarray(a)
 
-        def get(self):
-            return self._a
+        def __array__(self, *a, **kw):
+            raise AssertionError("a device array was read without backend.asnumpy")
 
+    fake_cupy = type("FakeCupy", (), {"ndarray": FakeDeviceArray, "asnumpy": staticmethod(lambda a: a._a)})
+    monkeypatch.setattr(backend, "_cupy", fake_cupy)
     p = FakeDeviceArray(HAND)
     y = FakeDeviceArray(HAND_LABELS)
     assert M.inception_score(p) == pytest.approx(ref_is(HAND))
     assert M.bcis(p, y) == pytest.approx(ref_bcis(HAND, HAND_LABELS))
     x = np.random.default_rng(0).normal(size=(20, 3))
     assert M.fid(FakeDeviceArray(x), x) == pytest.approx(0.0, abs=1e-6)
+    assert M.summarize(p, y)["label_accuracy"] == M.label_accuracy(HAND, HAND_LABELS)
 
 
 # ---------------------------------------------------------------------------
-# plots and summary
+# summary (the confusion and per-class plots are tested in test_plots.py)
 # ---------------------------------------------------------------------------
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-def test_plot_confusion_matrix_writes_png(tmp_path):
-    cm = np.array([[5, 1, 0], [0, 4, 2], [0, 0, 0]])
-    out = M.plot_confusion_matrix(cm, ["a", "b", "c"], tmp_path / "sub" / "cm.png")
-    data = (tmp_path / "sub" / "cm.png").read_bytes()
-    assert out.endswith("cm.png") and len(data) > 1000 and data.startswith(PNG_MAGIC)
-    big = np.random.default_rng(0).integers(0, 9, size=(47, 47))
-    M.plot_confusion_matrix(big, None, tmp_path / "big.png", normalize=False)
-    assert (tmp_path / "big.png").stat().st_size > 1000
-    with pytest.raises(ValueError, match=r"plot_confusion_matrix: class_names must have 3"):
-        M.plot_confusion_matrix(cm, ["a"], tmp_path / "x.png")
-    with pytest.raises(ValueError, match=r"plot_confusion_matrix: cm must be a square"):
-        M.plot_confusion_matrix(cm[:2], None, tmp_path / "x.png")
-
-
-def test_plot_per_class_accuracy_writes_png(tmp_path):
-    acc = np.array([1.0, 0.5, np.nan, 0.0])
-    path = tmp_path / "acc.png"
-    M.plot_per_class_accuracy(acc, list("wxyz"), str(path))
-    data = path.read_bytes()
-    assert len(data) > 1000 and data.startswith(PNG_MAGIC)
-    M.plot_per_class_accuracy(np.full(3, np.nan), None, tmp_path / "nan.png")
-    assert (tmp_path / "nan.png").stat().st_size > 0
-    with pytest.raises(ValueError, match=r"plot_per_class_accuracy: acc must be a 1-D"):
-        M.plot_per_class_accuracy(np.ones((2, 2)), None, path)
-
-
 def test_summarize(rng):
     k = 4
     y = np.array([0, 0, 1, 1, 2, 2])  # class 3 absent
@@ -511,18 +485,37 @@ def test_summarize(rng):
     s = M.summarize(p, y)
     assert s["num_samples"] == 6 and s["num_classes"] == k
     assert s["inception_score"] == pytest.approx(ref_is(p))
+    assert s["inception_score_std"] == 0.0
     assert s["bcis"] == pytest.approx(ref_bcis(p, y))
     assert s["wcis"] == pytest.approx(ref_wcis(p, y))
     assert s["label_accuracy"] == pytest.approx(M.label_accuracy(p, y))
     assert len(s["per_class_accuracy"]) == k and s["per_class_accuracy"][3] is None
+    cm = s["confusion_matrix"]
+    assert cm == M.confusion_matrix(y, p.argmax(axis=1), k).tolist() and sum(map(sum, cm)) == 6
     assert s["fid"] is None
     for key in ("inception_score", "inception_score_std", "bcis", "wcis", "label_accuracy"):
         assert type(s[key]) is float
     fa, fr = rng.normal(size=(30, 3)), rng.normal(size=(40, 3))
     s2 = M.summarize(p, y, features_fake=fa, features_real=fr, splits=2)
     assert s2["fid"] == pytest.approx(M.fid(fa, fr))
-    assert s2["inception_score"] == pytest.approx(M.inception_score(p, splits=2))
+    # IS over all rows; its std over contiguous chunks, of the shuffled rows with split_seed
+    assert s2["inception_score"] == s["inception_score"]
+    assert s2["inception_score_std"] == pytest.approx(M.inception_score_splits(p, splits=2)[1])
+    s3 = M.summarize(p, y, splits=3, split_seed=7)
+    perm = np.random.default_rng(7).permutation(6)
+    assert s3["inception_score_std"] == pytest.approx(M.inception_score_splits(p[perm], splits=3)[1])
     import json
     json.dumps(s2)
     with pytest.raises(ValueError, match="summarize: pass both"):
         M.summarize(p, y, features_fake=fa)
+    with pytest.raises(ValueError, match="summarize: splits must be in 1..6"):
+        M.summarize(p, y, splits=7)
+    with pytest.raises(ValueError, match=r"summarize: labels must have shape \(6,\)"):
+        M.summarize(p, y[:5])
+
+
+def test_summarize_without_labels_is_unconditional(rng):
+    p = random_probs(rng, 8, 3)
+    s = M.summarize(p)
+    assert set(s) == {"num_samples", "num_classes", "inception_score", "inception_score_std", "fid"}
+    assert s["inception_score"] == pytest.approx(ref_is(p))

@@ -1,4 +1,4 @@
-"""The four models: shapes, errors, gradient checks end to end, and the PyTorch mapping."""
+"""The four models: shapes, errors and gradient checks end to end (the PyTorch mapping: test_interop.py)."""
 import numpy as np
 import pytest
 
@@ -101,26 +101,3 @@ def test_other_models_gradients(name, rng):
     # eps small enough that no ReLU unit after BatchNorm crosses its kink
     check_backward(forward, backward, [z], list(G.named_parameters("G")) + list(D.named_parameters("D")), name=name,
                    eps=1e-6, atol=1e-8, rtol=1e-6)
-
-
-@pytest.mark.parametrize("name", models.MODELS)
-def test_state_dicts_load_into_pytorch_ports(name, rng):
-    torch = pytest.importorskip("torch")
-    from tests.torch_ports import build_torch
-    G, D = models.build(name, 10, width=8, seed=2)
-    tG, tD = build_torch(torch, name, 10, width=8)
-    for ours, theirs in ((G, tG), (D, tD)):
-        sd = ours.state_dict()
-        assert list(sd) == list(theirs.state_dict()), name
-        theirs.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in sd.items()}, strict=True)
-        ours.eval(), theirs.eval()
-    n = 5
-    labels = rng.integers(0, 10, n) if G.conditional else None
-    z = rng.standard_normal((n, 100), dtype=np.float32)
-    tl = torch.from_numpy(labels) if labels is not None else None
-    with torch.no_grad():
-        x_t = tG(torch.from_numpy(z), tl)
-        y_t = tD(x_t, tl)
-    x = G(z, labels)
-    np.testing.assert_allclose(x, x_t.numpy(), rtol=1e-4, atol=1e-5)
-    np.testing.assert_allclose(D(x, labels), y_t.numpy(), rtol=1e-4, atol=1e-4)

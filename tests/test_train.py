@@ -63,17 +63,25 @@ def test_g_step_leaves_d_weights_and_d_step_leaves_g(monkeypatch):
     opt_g, opt_d = Adam(G.parameters()), Adam(D.parameters())
     snapshots = {}
     real_step_g, real_step_d = opt_g.step, opt_d.step
+    params = lambda m: {k: p.data.copy() for k, p in m.named_parameters()}  # noqa: E731
 
     def step_d():
-        snapshots["g_before_d_step"] = G.state_dict()
+        snapshots["d_grads_at_d_step"] = [p.grad.copy() for p in D.parameters()]
         real_step_d()
-        snapshots["d_after_d_step"] = D.state_dict()
+        snapshots["g_after_d_step"] = params(G)
+        snapshots["d_after_d_step"] = params(D)
     monkeypatch.setattr(opt_d, "step", step_d)
     monkeypatch.setattr(opt_g, "step", lambda: (snapshots.setdefault("d_grads", [p.grad.copy() for p in D.parameters()]), real_step_g()))
-    g0 = G.state_dict()
+    g0, d0 = params(G), params(D)
     train.train_step(G, D, opt_g, opt_d, rng.uniform(-1, 1, (4, 1, 28, 28)).astype(np.float32), rng.integers(0, 10, 4), rng)
-    assert all(np.array_equal(g0[k], v) for k, v in snapshots["g_before_d_step"].items())
-    assert all(np.array_equal(snapshots["d_after_d_step"][k], v) for k, v in D.state_dict().items())
+    assert all(np.array_equal(g0[k], v) for k, v in snapshots["g_after_d_step"].items())
+    assert any(not np.array_equal(d0[k], v) for k, v in snapshots["d_after_d_step"].items())
+    assert all(np.array_equal(snapshots["d_after_d_step"][k], v) for k, v in params(D).items())
+    assert any(not np.array_equal(g0[k], v) for k, v in params(G).items())
+    # the G step's backward through D added nothing to D's gradients: D was frozen
+    assert any(np.abs(g).max() > 0 for g in snapshots["d_grads_at_d_step"])
+    for at_d, at_g in zip(snapshots["d_grads_at_d_step"], snapshots["d_grads"]):
+        np.testing.assert_array_equal(at_g, at_d)
 
 
 @pytest.mark.parametrize("model", models.MODELS)
@@ -253,20 +261,23 @@ def test_sample_is_seeded(letters_run, tmp_path):
 
 @pytest.mark.parametrize("argv,needle", [
     (["--labels", "0,26"], "out of range"),
-    (["--labels", "a,b"], "comma-separated"),
     (["--chars", "H!"], "not in this model's alphabet"),
 ])
 def test_sample_bad_input(letters_run, tmp_path, argv, needle, capsys):
-    assert sample.main(["--checkpoint", str(letters_run), *argv, "--out", str(tmp_path / "x.png")]) == 2
+    # what the model cannot draw is found while running: exit 1 (tests/test_cli_errors_tools.py has more)
+    assert sample.main(["--checkpoint", str(letters_run), *argv, "--out", str(tmp_path / "x.png")]) == 1
     assert needle in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:           # a malformed command line: a usage error, exit 2
+        sample.main(["--checkpoint", str(letters_run), "--labels", "a,b", "--out", str(tmp_path / "x.png")])
+    assert e.value.code == 2 and "comma-separated" in capsys.readouterr().err
 
 
 def test_sample_bad_checkpoint(tmp_path, capsys):
     bad = tmp_path / "bad.npz"
     bad.write_bytes(b"PK\x03\x04 truncated")
-    assert sample.main(["--checkpoint", str(bad), "--out", str(tmp_path / "x.png")]) == 2
+    assert sample.main(["--checkpoint", str(bad), "--out", str(tmp_path / "x.png")]) == 1
     assert "not a readable checkpoint" in capsys.readouterr().err
-    assert sample.main(["--checkpoint", str(tmp_path / "none.npz"), "--out", str(tmp_path / "x.png")]) == 2
+    assert sample.main(["--checkpoint", str(tmp_path / "none.npz"), "--out", str(tmp_path / "x.png")]) == 1
 
 
 def test_mismatch_term_uses_wrong_labels_only(monkeypatch):

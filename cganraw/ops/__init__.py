@@ -18,6 +18,12 @@ bias_add                bias.cu                        nn.Linear, Conv2d, ConvTr
 batchnorm               batchnorm.cu                   nn.BatchNorm1d, BatchNorm2d
 embedding               embedding.cu                   nn.Embedding
 maxpool2d               maxpool.cu                     nn.MaxPool2d
+avgpool2d               avgpool.cu                     nn.AvgPool2d
+upsample_nearest2d      upsample.cu                    nn.Upsample
+instancenorm            instancenorm.cu (+ batchnorm   nn.InstanceNorm2d
+                          eval with running stats)
+minibatch_std           minibatch_std.cu               nn.MinibatchStdDev
+spectral_norm           spectral_norm.cu               nn.utils.spectral_norm
 gemm                    gemm.cu (or cuBLAS)            nn.Linear, Conv2d, ConvTranspose2d
 im2col, col2im          im2col.cu                      nn.Conv2d, ConvTranspose2d
 linear                  none: gemm + bias_add          nn.Linear
@@ -31,6 +37,7 @@ from cganraw.ops.activation import (leaky_relu_backward, leaky_relu_forward, rel
                                     relu_forward, sigmoid_backward, sigmoid_forward,
                                     tanh_backward, tanh_forward)
 from cganraw.ops.adam import adam_update
+from cganraw.ops.avgpool import avgpool2d_backward, avgpool2d_forward
 from cganraw.ops.batchnorm import batchnorm_backward, batchnorm_forward, batchnorm_running_update
 from cganraw.ops.bce import bce_with_logits_backward, bce_with_logits_forward
 from cganraw.ops.bias import bias_add_backward, bias_add_forward
@@ -42,7 +49,11 @@ from cganraw.ops.cross_entropy import (log_softmax, softmax, softmax_cross_entro
 from cganraw.ops.dropout import dropout_backward, dropout_forward
 from cganraw.ops.embedding import embedding_backward, embedding_forward
 from cganraw.ops.gemm import gemm
+from cganraw.ops.instancenorm import instancenorm_backward, instancenorm_forward, instancenorm_running_update
 from cganraw.ops.linear import linear_backward, linear_forward
 from cganraw.ops.maxpool import maxpool2d_backward, maxpool2d_forward
+from cganraw.ops.minibatch_std import minibatch_std_backward, minibatch_std_forward
+from cganraw.ops.spectral_norm import spectral_norm_backward, spectral_norm_forward
+from cganraw.ops.upsample import upsample_nearest2d_backward, upsample_nearest2d_forward
 
 __all__ = [name for name in dir() if not name.startswith("_")]

@@ -255,6 +255,25 @@ def warp_block(count, max_block=256):
     return int(min(max_block, max(32, -(-int(count) // 32) * 32)))
 
 
+# a block-per-row kernel block-strides over the rows past this many blocks
+MAX_ROW_BLOCKS = 65535
+
+
+def row_launch(family, op, version, rows, work, args):
+    """Launch `<op>_v<version>` with one block per row (a reduction over the row's `work`
+    values): min(rows, MAX_ROW_BLOCKS) blocks of warp_block(work) threads; the kernel
+    block-strides over the rows."""
+    if rows > 0:
+        function(family, f"{op}_v{version}")((min(int(rows), MAX_ROW_BLOCKS),), (warp_block(work),), args)
+
+
+def thread_per_row_launch(family, op, version, rows, args):
+    """Launch `<op>_v<version>` with one thread per row (the naive reductions)."""
+    if rows > 0:
+        grid, block = grid_for(rows)
+        function(family, f"{op}_v{version}")(grid, block, args)
+
+
 # ---------------------------------------------------------------- operands
 
 def split_channels(a, op, name):

@@ -1,5 +1,5 @@
 """The step census: what one training step asks of the device, counted, and what it would
-cost on a named GPU. `python -m cganraw.bench --census` (or `python -m cganraw.census`):
+cost on a named GPU. `python -m cganraw.bench --census` (or `python -m cganraw.bench.census`):
 
     python -m cganraw.bench --census --backend emu --model cgan-conv --width 128 --batch-size 128
 

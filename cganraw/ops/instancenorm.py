@@ -1,0 +1,184 @@
+"""Instance normalisation over the planes of (N, C, H, W), as torch's F.instance_norm.
+
+With input statistics (training, or no running statistics tracked): every (n, c) plane is
+normalised by its own mean and biased variance, then y = gamma[c] xhat + beta[c]; the
+per-plane mean and biased variance come back for the running statistics. With running
+statistics (eval with track_running_stats) it is BatchNorm's eval path, reused from
+cganraw.ops.batchnorm. The cache says which, so one backward serves both.
+
+    instancenorm_forward(x, gamma, beta, running_mean=None, running_var=None, eps)
+        -> y, cache, mean (N, C) or None, var (N, C) or None
+    instancenorm_backward(dy, cache) -> dx, dgamma, dbeta
+    instancenorm_running_update(running_mean, running_var, mean, var, momentum, hw)  in place
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from cganraw import backend
+from cganraw.ops import _launch
+from cganraw.ops.batchnorm import batchnorm_backward, batchnorm_forward
+
+INPUT_STATS, RUNNING_STATS = "input", "running"
+
+
+def _dims(x, op):
+    if x.ndim != 4:
+        raise ValueError(f"{op}: x must have shape (N, C, H, W), got {tuple(x.shape)}")
+    n, c, h, w = map(int, x.shape)
+    return n, c, h * w
+
+
+def _unbias(hw):
+    return hw / max(hw - 1, 1)
+
+
+def instancenorm_forward_numpy(x, gamma, beta, eps=1e-5):
+    """x (N, C, H, W), gamma/beta (C,) -> y, cache (INPUT_STATS, xhat, invstd (N, C), gamma),
+    mean (N, C), var (N, C) biased."""
+    xp = backend.array_module(x)
+    n, c, hw = _dims(x, "instancenorm_forward")
+    rows = x.reshape(n * c, hw)
+    mean = rows.mean(axis=1)
+    centered = rows - mean[:, None]
+    var = (centered * centered).mean(axis=1)
+    invstd = 1 / xp.sqrt(var + x.dtype.type(eps))
+    xhat = centered
+    xhat *= invstd[:, None]
+    xhat = xhat.reshape(x.shape)
+    y = xhat * gamma.reshape(1, c, 1, 1)
+    y += beta.reshape(1, c, 1, 1)
+    return y, (INPUT_STATS, xhat, invstd.reshape(n, c), gamma), mean.reshape(n, c), var.reshape(n, c)
+
+
+def instancenorm_backward_numpy(dy, cache):
+    """dy -> dx, dgamma, dbeta for the input-statistics cache:
+    dx = gamma invstd (dy - xhat mean(dy xhat) - mean(dy)) per plane."""
+    _, xhat, invstd, gamma = cache
+    n, c, hw = _dims(dy, "instancenorm_backward")
+    s1 = dy.sum(axis=(2, 3))                 # (N, C)
+    s2 = (dy * xhat).sum(axis=(2, 3))
+    f = dy.dtype.type(hw)
+    dx = xhat * (s2 / f)[:, :, None, None]
+    dx += (s1 / f)[:, :, None, None]
+    dx = dy - dx
+    dx *= (gamma.reshape(1, c) * invstd)[:, :, None, None]
+    return dx, s2.sum(axis=0), s1.sum(axis=0)
+
+
+def instancenorm_running_update_numpy(running_mean, running_var, mean, var, momentum, hw):
+    """In place, as torch: batch_norm's update on each of the N instances' copies of the
+    running statistics, averaged back: r = mean_n(keep r + momentum stat[n]), with the
+    variance unbiased by HW / (HW - 1)."""
+    f = running_mean.dtype.type
+    keep, m = f(1 - momentum), f(momentum)
+    running_mean[...] = (running_mean * keep + m * mean).mean(axis=0)
+    running_var[...] = (running_var * keep + m * (var * f(_unbias(hw)))).mean(axis=0)
+
+
+# ---------------------------------------------------------------- CUDA kernels (kernels/instancenorm.cu)
+# version None picks per shape: a block per plane (2) when a plane has at least a warp of
+# pixels, else a thread per plane (1).
+
+def _per_channel(a, c, op, name):
+    ac = _launch.arg(a, np.float32, f"{op}: {name}")
+    if tuple(ac.shape) != (c,):
+        raise ValueError(f"{op}: {name} has shape {tuple(ac.shape)}, expected ({c},)")
+    return ac
+
+
+def _row_launch(kernel, version, rows, hw, args):
+    if version == 1:
+        _launch.thread_per_row_launch("instancenorm", kernel, 1, rows, args)
+    else:
+        _launch.row_launch("instancenorm", kernel, 2, rows, hw, args)
+
+
+def instancenorm_forward_cuda(x, gamma, beta, eps=1e-5, version=None):
+    """As instancenorm_forward_numpy, on the GPU (or the emulator)."""
+    op = "instancenorm_forward"
+    n, c, hw = _dims(x, op)
+    xc = _launch.arg(x, np.float32, f"{op}: x")
+    _launch.element_count(xc.size, op)
+    gc, bc = _per_channel(gamma, c, op, "gamma"), _per_channel(beta, c, op, "beta")
+    rows = n * c
+    y, xhat = _launch.empty(xc.shape), _launch.empty(xc.shape)
+    mean, var, invstd = _launch.empty((n, c)), _launch.empty((n, c)), _launch.empty((n, c))
+    _row_launch(op, _launch.pick_version(op, version, 2 if hw >= 32 else 1), rows, hw,
+                (y, xhat, mean, var, invstd, xc, gc, bc, _launch.f32(eps),
+                 _launch.i32(rows), _launch.i32(c), _launch.i32(hw)))
+    return y, (INPUT_STATS, xhat, invstd, gc), mean, var
+
+
+def instancenorm_backward_cuda(dy, cache, version=None):
+    op = "instancenorm_backward"
+    _, xhat, invstd, gamma = cache
+    n, c, hw = _dims(dy, op)
+    dyc = _launch.arg(dy, np.float32, f"{op}: dy")
+    xc = _launch.arg(xhat, np.float32, f"{op}: xhat")
+    if tuple(xc.shape) != tuple(dyc.shape):
+        raise ValueError(f"{op}: dy has shape {tuple(dyc.shape)}, the forward's input {tuple(xc.shape)}")
+    _launch.element_count(dyc.size, op)
+    gc = _per_channel(gamma, c, op, "gamma")
+    ic = _launch.arg(invstd, np.float32, f"{op}: invstd")
+    rows = n * c
+    dx, s1, s2 = _launch.empty(dyc.shape), _launch.empty((n, c)), _launch.empty((n, c))
+    _row_launch(op, _launch.pick_version(op, version, 2 if hw >= 32 else 1), rows, hw,
+                (dx, s1, s2, dyc, xc, gc, ic, _launch.i32(rows), _launch.i32(c), _launch.i32(hw)))
+    dgamma, dbeta = _launch.empty((c,)), _launch.empty((c,))
+    _launch.thread_per_row_launch("instancenorm", "instancenorm_backward_param_grad", 1, c,
+                                     (dgamma, dbeta, s1, s2, _launch.i32(n), _launch.i32(c)))
+    return dx, dgamma, dbeta
+
+
+def instancenorm_running_update_cuda(running_mean, running_var, mean, var, momentum, hw):
+    """In place, as instancenorm_running_update_numpy."""
+    op = "instancenorm_running_update"
+    c = int(running_mean.shape[0]) if running_mean.ndim == 1 else -1
+    rm = _launch.arg(running_mean, np.float32, f"{op}: running_mean")
+    rv = _launch.arg(running_var, np.float32, f"{op}: running_var")
+    for name, a in (("running_mean", rm), ("running_var", rv)):
+        if a.ndim != 1 or a.shape[0] != c:
+            raise ValueError(f"{op}: {name} has shape {tuple(a.shape)}, expected (C,)")
+    mc = _launch.arg(mean, np.float32, f"{op}: mean")
+    vc = _launch.arg(var, np.float32, f"{op}: var")
+    if mc.ndim != 2 or mc.shape[1] != c or tuple(vc.shape) != tuple(mc.shape):
+        raise ValueError(f"{op}: mean and var must have shape (N, {c}), got {tuple(mc.shape)} and {tuple(vc.shape)}")
+    _launch.thread_per_row_launch(
+        "instancenorm", op, 1, c,
+        (rm, rv, mc, vc, _launch.f32(1 - momentum), _launch.f32(momentum), _launch.f32(_unbias(hw)),
+         _launch.i32(mc.shape[0]), _launch.i32(c)))
+    for a, ac in ((running_mean, rm), (running_var, rv)):
+        if ac is not a:           # a strided view was updated through a contiguous copy
+            a[...] = ac
+
+
+# ---------------------------------------------------------------- public ops: dispatch
+
+def instancenorm_forward(x, gamma, beta, running_mean=None, running_var=None, eps=1e-5):
+    """Input statistics when running_mean is None (training, or untracked): y, cache, the
+    planes' mean and biased var (N, C). Else the running statistics (BatchNorm's eval):
+    y, cache, None, None."""
+    if running_mean is not None:
+        y, cache, _, _ = batchnorm_forward(x, gamma, beta, running_mean, running_var, eps)
+        return y, (RUNNING_STATS, cache), None, None
+    if backend.uses_kernels():
+        return instancenorm_forward_cuda(x, gamma, beta, eps)
+    return instancenorm_forward_numpy(x, gamma, beta, eps)
+
+
+def instancenorm_backward(dy, cache):
+    """dy (N, C, H, W) -> dx, dgamma (C,), dbeta (C,)."""
+    if cache[0] == RUNNING_STATS:
+        return batchnorm_backward(dy, cache[1])
+    if backend.uses_kernels():
+        return instancenorm_backward_cuda(dy, cache)
+    return instancenorm_backward_numpy(dy, cache)
+
+
+def instancenorm_running_update(running_mean, running_var, mean, var, momentum, hw):
+    """In place: running stats (C,) from the planes' mean and biased var (N, C) of HW pixels."""
+    if backend.uses_kernels():
+        instancenorm_running_update_cuda(running_mean, running_var, mean, var, momentum, hw)
+        return
+    instancenorm_running_update_numpy(running_mean, running_var, mean, var, momentum, hw)

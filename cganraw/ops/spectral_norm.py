@@ -1,0 +1,168 @@
+"""Spectral normalisation of a weight (Miyato et al. 2018), torch.nn.utils.spectral_norm's
+arithmetic as pure functions.
+
+The weight W (any shape) is read as the matrix Wm (H, Wd): axis `dim` first, the rest
+flattened in order (torch's reshape_weight_to_matrix). u (H,) and v (Wd,) estimate its
+leading singular vectors:
+
+    forward(W, u, v, dim, n_power_iterations, eps, power_iteration)
+        power_iteration (training): n times v = normalize(Wm^T u), u = normalize(Wm v)
+        sigma = u . (Wm v);  W_sn = W / sigma
+        -> W_sn, u, v (new arrays: the caller stores them), cache
+    backward(dW_sn, cache) -> dW = dW_sn / sigma - (<dW_sn, W> / sigma^2) u v^T
+        u and v held fixed, as torch does (they come out of a no_grad power iteration):
+        the gradient flows through sigma only.
+
+normalize(x) = x / max(||x||, eps), as torch.nn.functional.normalize.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from cganraw import backend
+from cganraw.ops import _launch
+
+
+def matrix_dims(shape, dim):
+    """(outer, H, inner) of a weight of `shape` read along axis `dim`; Wd = outer * inner."""
+    shape = tuple(int(s) for s in shape)
+    if not 0 <= dim < len(shape):
+        raise ValueError(f"spectral_norm: dim {dim} is out of range for a weight of shape {shape}")
+    return math.prod(shape[:dim]), shape[dim], math.prod(shape[dim + 1:])
+
+
+def _check(w, u, v, dim, op):
+    outer, h, inner = matrix_dims(w.shape, dim)
+    if tuple(u.shape) != (h,) or tuple(v.shape) != (outer * inner,):
+        raise ValueError(f"{op}: u and v must have shapes ({h},) and ({outer * inner},) for a weight of shape "
+                         f"{tuple(w.shape)} along dim {dim}, got {tuple(u.shape)} and {tuple(v.shape)}")
+    return outer, h, inner
+
+
+def _as_matrix(w, dim):
+    xp = backend.array_module(w)
+    return xp.moveaxis(w, dim, 0).reshape(w.shape[dim], -1)
+
+
+def _normalize_numpy(x, eps):
+    xp = backend.array_module(x)
+    norm = xp.sqrt((x * x).sum())
+    return x / xp.maximum(norm, x.dtype.type(eps))
+
+
+def spectral_norm_forward_numpy(weight, u, v, dim=0, n_power_iterations=1, eps=1e-12, power_iteration=True):
+    _check(weight, u, v, dim, "spectral_norm_forward")
+    wm = _as_matrix(weight, dim)
+    if power_iteration:
+        for _ in range(int(n_power_iterations)):
+            v = _normalize_numpy(wm.T @ u, eps)
+            u = _normalize_numpy(wm @ v, eps)
+    u, v = u.copy(), v.copy()
+    sigma = u @ (wm @ v)
+    return weight / sigma, u, v, (weight, u, v, sigma, dim)
+
+
+def spectral_norm_backward_numpy(dw_sn, cache):
+    weight, u, v, sigma, dim = cache
+    xp = backend.array_module(dw_sn)
+    coef = (dw_sn * weight).sum() / (sigma * sigma)
+    rank1 = (u[:, None] * v[None, :]).reshape((weight.shape[dim],) + tuple(
+        s for k, s in enumerate(weight.shape) if k != dim))
+    rank1 = xp.moveaxis(rank1, 0, dim)
+    return dw_sn / sigma - coef * rank1
+
+
+# ---------------------------------------------------------------- CUDA kernels (kernels/spectral_norm.cu)
+# version None: the row-per-block matvec (2) when rows hold at least a warp of values, and
+# the grid-striding elementwise kernels (2).
+
+SINGLE_BLOCK = 256
+
+
+def _single_block(kernel, args):
+    _launch.function("spectral_norm", kernel)((1,), (SINGLE_BLOCK,), args)
+
+
+def _matvec(wc, vec, outer, h, inner, version):
+    out = _launch.empty((h,))
+    dims = (_launch.i32(outer), _launch.i32(h), _launch.i32(inner))
+    if version == 1:
+        _launch.thread_per_row_launch("spectral_norm", "spectral_norm_forward_matvec", 1, h, (out, wc, vec) + dims)
+    else:
+        _launch.row_launch("spectral_norm", "spectral_norm_forward_matvec", 2, h, outer * inner, (out, wc, vec) + dims)
+    return out
+
+
+def _matvec_t(wc, vec, outer, h, inner):
+    out = _launch.empty((outer * inner,))
+    _launch.thread_per_row_launch("spectral_norm", "spectral_norm_forward_matvec_t", 1, outer * inner,
+                                     (out, wc, vec, _launch.i32(outer), _launch.i32(h), _launch.i32(inner)))
+    return out
+
+
+def _normalize(x, eps):
+    _single_block("spectral_norm_forward_normalize_v1", (x, _launch.i32(x.size), _launch.f32(eps)))
+    return x
+
+
+def spectral_norm_forward_cuda(weight, u, v, dim=0, n_power_iterations=1, eps=1e-12, power_iteration=True,
+                               version=None):
+    """As spectral_norm_forward_numpy, on the GPU (or the emulator); sigma in the cache is a
+    one-float device array."""
+    op = "spectral_norm_forward"
+    wc = _launch.arg(weight, np.float32, f"{op}: weight")
+    uc = _launch.arg(u, np.float32, f"{op}: u")
+    vc = _launch.arg(v, np.float32, f"{op}: v")
+    outer, h, inner = _check(wc, uc, vc, dim, op)
+    total = _launch.element_count(wc.size, op)
+    mv_version = _launch.pick_version(op, version, 2 if outer * inner >= 32 else 1)
+    if power_iteration:
+        for _ in range(int(n_power_iterations)):
+            vc = _normalize(_matvec_t(wc, uc, outer, h, inner), eps)
+            uc = _normalize(_matvec(wc, vc, outer, h, inner, mv_version), eps)
+    uc, vc = uc.copy(), vc.copy()
+    sigma = _launch.empty((1,))
+    _single_block("spectral_norm_dot_v1", (sigma, uc, _matvec(wc, vc, outer, h, inner, mv_version), _launch.i32(h)))
+    w_sn = _launch.empty(wc.shape)
+    _launch.elementwise_launch("spectral_norm", op, _launch.pick_version(op, version, 2), wc.size,
+                               (w_sn, wc, sigma, total))
+    return w_sn, uc, vc, (wc, uc, vc, sigma, dim)
+
+
+def spectral_norm_backward_cuda(dw_sn, cache, version=None):
+    op = "spectral_norm_backward"
+    weight, u, v, sigma, dim = cache
+    gc = _launch.arg(dw_sn, np.float32, f"{op}: dw_sn")
+    if tuple(gc.shape) != tuple(weight.shape):
+        raise ValueError(f"{op}: dw_sn has shape {tuple(gc.shape)}, the weight {tuple(weight.shape)}")
+    _, h, inner = matrix_dims(weight.shape, dim)
+    total = _launch.element_count(gc.size, op)
+    gw = _launch.empty((1,))
+    _single_block("spectral_norm_dot_v1", (gw, gc, weight, total))
+    dw = _launch.empty(gc.shape)
+    _launch.elementwise_launch("spectral_norm", op, _launch.pick_version(op, version, 2), gc.size,
+                           (dw, gc, u, v, sigma, gw, _launch.i32(h), _launch.i32(inner), total))
+    return dw
+
+
+# ---------------------------------------------------------------- public ops: dispatch
+
+def spectral_norm_forward(weight, u, v, dim=0, n_power_iterations=1, eps=1e-12, power_iteration=True):
+    """-> W_sn (weight's shape), u (H,), v (Wd,), cache."""
+    if backend.uses_kernels():
+        return spectral_norm_forward_cuda(weight, u, v, dim, n_power_iterations, eps, power_iteration)
+    return spectral_norm_forward_numpy(weight, u, v, dim, n_power_iterations, eps, power_iteration)
+
+
+def spectral_norm_backward(dw_sn, cache):
+    """dW_sn -> dW (the gradient of the raw weight)."""
+    if backend.uses_kernels():
+        return spectral_norm_backward_cuda(dw_sn, cache)
+    return spectral_norm_backward_numpy(dw_sn, cache)
+
+
+def sigma_of(cache):
+    """sigma (a Python float) from a forward cache, for reports and tests."""
+    return float(np.asarray(backend.asnumpy(cache[3])).reshape(-1)[0])

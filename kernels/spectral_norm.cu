@@ -1,0 +1,145 @@
+// Spectral normalisation of a weight (Miyato et al. 2018), as torch.nn.utils.spectral_norm,
+// for cganraw.ops.spectral_norm. The weight is read as the matrix Wm (H, Wd) whose rows are
+// the slices along axis `dim`: a contiguous weight of shape (outer..., H, inner...) has
+// Wm[i, j] at ((o * H + i) * inner + r) with j = o * inner + r, so no permuted copy is made
+// (dim 0: outer = 1, the plain reshape; ConvTranspose2d's dim 1: outer = in_channels).
+//
+// Forward (the launcher sequences the kernels; training mode runs the power iteration):
+//   v = normalize(Wm^T u), u = normalize(Wm v)      n_power_iterations times
+//   sigma = u . (Wm v);   W_sn = W / sigma
+// Backward, with u and v held fixed as torch does (the gradient flows through sigma):
+//   dW = dW_sn / sigma - (<dW_sn, W> / sigma^2) u v^T
+//
+// Kernels:
+//   spectral_norm_forward_matvec_t_v1   out (Wd) = Wm^T u: one thread per column j, summing
+//                                       over i (neighbouring threads read neighbouring
+//                                       columns: coalesced)
+//   spectral_norm_forward_matvec_v1     out (H) = Wm v: one thread per row i, summing over j
+//   spectral_norm_forward_matvec_v2     as v1, one block per row (block-striding over rows):
+//                                       the threads sweep the row (coalesced), a block
+//                                       reduction (reduce.cuh)
+//   spectral_norm_forward_normalize_v1  one block, in place: x /= max(||x||, eps) (torch's
+//                                       F.normalize)
+//   spectral_norm_dot_v1                one block: out[0] = sum a * b (the forward's sigma,
+//                                       the backward's <dW_sn, W>)
+//   spectral_norm_forward_v1            one thread per weight element: W_sn = W / sigma[0]
+//   spectral_norm_forward_v2            as v1 in a bounded grid that grid-strides
+//   spectral_norm_backward_v1           one thread per weight element: dW = dW_sn / sigma
+//                                       - (gw / (sigma sigma)) (u[i] v[j]), gw = <dW_sn, W>
+//   spectral_norm_backward_v2           as v1 in a bounded grid that grid-strides
+//
+// sigma and gw stay on the device (one-float arrays): no host round trip between kernels.
+// blockDim.x of the block kernels: a multiple of 32, at most 1024. total: the weight's
+// element count, below 2^31 minus a grid (checked by the launcher).
+
+#include "reduce.cuh"   // block_sum
+
+__device__ __forceinline__ long long matrix_at(int i, int j, int H, int inner)
+{
+    int o = j / inner;
+    return ((long long)o * H + i) * inner + (j - o * inner);
+}
+
+// ---------------------------------------------------------------- power iteration
+
+extern "C" __global__ void spectral_norm_forward_matvec_t_v1(float* out, const float* W, const float* u,
+                                                     int outer, int H, int inner)
+{
+    int j = blockIdx.x * blockDim.x + threadIdx.x;
+    if (j >= outer * inner) return;
+    float acc = 0.0f;
+    for (int i = 0; i < H; i++) acc += W[matrix_at(i, j, H, inner)] * u[i];
+    out[j] = acc;
+}
+
+extern "C" __global__ void spectral_norm_forward_matvec_v1(float* out, const float* W, const float* v,
+                                                   int outer, int H, int inner)
+{
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= H) return;
+    float acc = 0.0f;
+    int cols = outer * inner;
+    for (int j = 0; j < cols; j++) acc += W[matrix_at(i, j, H, inner)] * v[j];
+    out[i] = acc;
+}
+
+extern "C" __global__ void spectral_norm_forward_matvec_v2(float* out, const float* W, const float* v,
+                                                   int outer, int H, int inner)
+{
+    __shared__ float partials[32];
+    int cols = outer * inner;
+    for (int i = blockIdx.x; i < H; i += gridDim.x) {   // uniform in the block: barriers are safe
+        float acc = 0.0f;
+        for (int j = threadIdx.x; j < cols; j += blockDim.x) acc += W[matrix_at(i, j, H, inner)] * v[j];
+        acc = block_sum(acc, partials);
+        if (threadIdx.x == 0) out[i] = acc;
+    }
+}
+
+// launched as a single block
+extern "C" __global__ void spectral_norm_forward_normalize_v1(float* x, int n, float eps)
+{
+    __shared__ float partials[32];
+    __shared__ float denom;
+    float sq = 0.0f;
+    for (int k = threadIdx.x; k < n; k += blockDim.x) sq += x[k] * x[k];
+    sq = block_sum(sq, partials);
+    if (threadIdx.x == 0) {
+        float norm = sqrtf(sq);
+        denom = norm > eps ? norm : eps;
+    }
+    __syncthreads();
+    float d = denom;
+    for (int k = threadIdx.x; k < n; k += blockDim.x) x[k] = x[k] / d;
+}
+
+// launched as a single block
+extern "C" __global__ void spectral_norm_dot_v1(float* out, const float* a, const float* b, int n)
+{
+    __shared__ float partials[32];
+    float acc = 0.0f;
+    for (int k = threadIdx.x; k < n; k += blockDim.x) acc += a[k] * b[k];
+    acc = block_sum(acc, partials);
+    if (threadIdx.x == 0) out[0] = acc;
+}
+
+// ---------------------------------------------------------------- W / sigma and its gradient
+
+extern "C" __global__ void spectral_norm_forward_v1(float* w_sn, const float* W, const float* sigma, int total)
+{
+    int k = blockIdx.x * blockDim.x + threadIdx.x;
+    if (k < total) w_sn[k] = W[k] / sigma[0];
+}
+
+extern "C" __global__ void spectral_norm_forward_v2(float* w_sn, const float* W, const float* sigma, int total)
+{
+    float s = sigma[0];
+    for (int k = blockIdx.x * blockDim.x + threadIdx.x; k < total; k += gridDim.x * blockDim.x)
+        w_sn[k] = W[k] / s;
+}
+
+// element k of the weight as (i, j) of Wm: i = (k / inner) % H, j = (k / (H inner)) inner + k % inner
+__device__ __forceinline__ float weight_grad(const float* dw_sn, const float* u, const float* v, float s,
+                                             float coef, int k, int H, int inner)
+{
+    int r = k % inner, i = (k / inner) % H, o = k / (inner * H);
+    return dw_sn[k] / s - coef * (u[i] * v[o * inner + r]);
+}
+
+extern "C" __global__ void spectral_norm_backward_v1(float* dW, const float* dw_sn, const float* u, const float* v,
+                                                     const float* sigma, const float* gw, int H, int inner, int total)
+{
+    int k = blockIdx.x * blockDim.x + threadIdx.x;
+    if (k >= total) return;
+    float s = sigma[0];
+    dW[k] = weight_grad(dw_sn, u, v, s, gw[0] / (s * s), k, H, inner);
+}
+
+extern "C" __global__ void spectral_norm_backward_v2(float* dW, const float* dw_sn, const float* u, const float* v,
+                                                     const float* sigma, const float* gw, int H, int inner, int total)
+{
+    float s = sigma[0];
+    float coef = gw[0] / (s * s);
+    for (int k = blockIdx.x * blockDim.x + threadIdx.x; k < total; k += gridDim.x * blockDim.x)
+        dW[k] = weight_grad(dw_sn, u, v, s, coef, k, H, inner);
+}

@@ -1,0 +1,130 @@
+"""kernels/instancenorm.cu against cganraw.ops.instancenorm's NumPy reference, through the
+emulator: forward (y, xhat, statistics), backward (dx and the parameter gradients) and the
+running-statistics update, both versions, on odd batches, channel counts that are not
+powers of two, 7x7, 14x14 and 28x28 planes, planes smaller than a warp, and the conv
+cGAN's real G shapes. The block-per-plane kernels run under every thread order."""
+import numpy as np
+import pytest
+
+from cganraw import backend, nn
+from cganraw.ops import instancenorm as IN
+from tests.kernels.conftest import assert_close
+
+SHAPES = [(1, 1, 2, 1), (3, 5, 7, 7), (5, 3, 14, 14), (1, 7, 28, 28), (3, 33, 3, 5), (2, 6, 1, 40),
+          (3, 64, 14, 14), (3, 64, 28, 28)]
+
+
+def _ids(shapes):
+    return ["x".join(map(str, s)) for s in shapes]
+
+
+def _input(rng, shape):
+    loc = rng.uniform(-2, 2, shape[:2] + (1, 1))
+    scale = rng.uniform(0.5, 3, shape[:2] + (1, 1))
+    return (rng.standard_normal(shape) * scale + loc).astype(np.float32)
+
+
+def _params(rng, c):
+    return ((1 + 0.2 * rng.standard_normal(c)).astype(np.float32), (0.2 * rng.standard_normal(c)).astype(np.float32))
+
+
+def _check(shape, version, rng, label):
+    x = _input(rng, shape)
+    gamma, beta = _params(rng, shape[1])
+    y, cache, mean, var = IN.instancenorm_forward_cuda(x, gamma, beta, version=version)
+    y_r, cache_r, mean_r, var_r = IN.instancenorm_forward_numpy(x, gamma, beta)
+    assert_close(mean, mean_r, 2e-5, 1e-5, f"{label} mean")
+    assert_close(var, var_r, 2e-5, 1e-4, f"{label} var")
+    assert_close(cache[2], cache_r[2], 1e-4, 1e-4, f"{label} invstd")
+    assert_close(cache[1], cache_r[1], 5e-5, 1e-4, f"{label} xhat")
+    assert_close(y, y_r, 5e-5, 1e-4, f"{label} y")
+    dy = rng.standard_normal(shape).astype(np.float32)
+    dx, dgamma, dbeta = IN.instancenorm_backward_cuda(dy, cache, version=version)
+    dx_r, dgamma_r, dbeta_r = IN.instancenorm_backward_numpy(dy, cache)    # the same cache: the backward alone
+    assert_close(dbeta, dbeta_r, 1e-4, 1e-5, f"{label} dbeta")
+    assert_close(dgamma, dgamma_r, 1e-4, 1e-5, f"{label} dgamma")
+    assert_close(dx, dx_r, 2e-5, 1e-4, f"{label} dx")
+    return mean, var
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=_ids(SHAPES))
+def test_forward_backward_v1(shape, rng):
+    _check(shape, 1, rng, f"instancenorm v1 {shape}")
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=_ids(SHAPES))
+def test_forward_backward_v2(shape, all_orders, rng):
+    _check(shape, 2, rng, f"instancenorm v2 {shape} ({all_orders} order)")
+
+
+def test_v2_block_strides_over_planes(monkeypatch, all_orders, rng):
+    # more planes than blocks: the shared broadcasts must not race between planes
+    from cganraw.ops import _launch
+    monkeypatch.setattr(_launch, "MAX_ROW_BLOCKS", 3)
+    _check((3, 5, 7, 7), 2, rng, f"block-strided ({all_orders} order)")
+
+
+def test_running_update(rng):
+    n, c, hw = 5, 7, 49
+    rm, rv = rng.standard_normal(c).astype(np.float32), rng.uniform(0.5, 2, c).astype(np.float32)
+    mean, var = rng.standard_normal((n, c)).astype(np.float32), rng.uniform(0.1, 2, (n, c)).astype(np.float32)
+    rm_r, rv_r = rm.copy(), rv.copy()
+    IN.instancenorm_running_update_numpy(rm_r, rv_r, mean, var, 0.1, hw)
+    IN.instancenorm_running_update_cuda(rm, rv, mean, var, 0.1, hw)
+    assert_close(rm, rm_r, 1e-7, 1e-6, "running mean")
+    assert_close(rv, rv_r, 1e-7, 1e-6, "running var")
+    big_m, big_v = np.zeros(2 * c, np.float32), np.ones(2 * c, np.float32)
+    IN.instancenorm_running_update_cuda(big_m[::2], big_v[::2], mean, var, 0.5, hw)
+    assert_close(big_m[::2], 0.5 * mean.mean(axis=0), 1e-7, 1e-6, "strided running mean")
+    assert np.all(big_m[1::2] == 0) and np.all(big_v[1::2] == 1)
+
+
+def test_public_op_dispatch(launches, rng):
+    assert backend.uses_kernels()
+    x = _input(rng, (3, 5, 14, 14))
+    gamma, beta = _params(rng, 5)
+    y, cache, mean, var = IN.instancenorm_forward(x, gamma, beta)
+    IN.instancenorm_backward(np.ones_like(y), cache)
+    IN.instancenorm_running_update(np.zeros(5, np.float32), np.ones(5, np.float32), mean, var, 0.1, 196)
+    y, cache, _, _ = IN.instancenorm_forward(x[:, :, :2, :2].copy(), gamma, beta)    # 4-pixel planes: v1
+    IN.instancenorm_forward(x, gamma, beta, np.zeros(5, np.float32), np.ones(5, np.float32))   # BatchNorm's eval
+    assert launches == ["instancenorm_forward_v2", "instancenorm_backward_v2", "instancenorm_backward_param_grad_v1",
+                        "instancenorm_running_update_v1", "instancenorm_forward_v1",
+                        "batchnorm_forward_invstd_v1", "batchnorm_forward_v2"]
+
+
+@pytest.mark.parametrize("affine,track", [(False, False), (True, False), (False, True), (True, True)])
+def test_layer_on_emu_matches_numpy_backend(affine, track, rng):
+    # two training steps, then eval, on both backends
+    xs = [_input(rng, (3, 5, 7, 7)) for _ in range(3)]
+    dy = rng.standard_normal((3, 5, 7, 7)).astype(np.float32)
+    out = {}
+    for name in ("emu", "numpy"):
+        backend.use(name)
+        layer = nn.InstanceNorm2d(5, affine=affine, track_running_stats=track, rng=np.random.default_rng(5))
+        rec = []
+        for x in xs[:2]:
+            rec += [layer(x), layer.backward(dy)]
+        rec += [backend.asnumpy(b).copy() for _, b in layer.named_buffers()]
+        rec += [p.grad.copy() for p in layer.parameters()]
+        layer.eval()
+        rec += [layer(xs[2]), layer.backward(dy)]
+        out[name] = rec
+    backend.use("emu")
+    assert len(out["emu"]) == len(out["numpy"])
+    for i, (a, b) in enumerate(zip(out["emu"], out["numpy"])):
+        assert_close(a, b, 2e-4, 1e-3, f"InstanceNorm2d(affine={affine}, track={track}) emu vs numpy, result {i}")
+
+
+def test_bad_inputs(rng):
+    x = _input(rng, (2, 3, 4, 4))
+    gamma, beta = _params(rng, 3)
+    with pytest.raises(TypeError, match="instancenorm_forward: x: kernels take float32, got float64"):
+        IN.instancenorm_forward_cuda(x.astype(np.float64), gamma, beta)
+    with pytest.raises(ValueError, match=r"instancenorm_forward: beta has shape \(2,\), expected \(3,\)"):
+        IN.instancenorm_forward_cuda(x, gamma, beta[:2])
+    with pytest.raises(ValueError, match="version"):
+        IN.instancenorm_forward_cuda(x, gamma, beta, version=4)
+    _, cache, _, _ = IN.instancenorm_forward_cuda(x, gamma, beta)
+    with pytest.raises(ValueError, match="instancenorm_backward: dy has shape"):
+        IN.instancenorm_backward_cuda(np.ones((2, 3, 4, 5), np.float32), cache)

@@ -1,0 +1,284 @@
+"""cgan-conv's issue-12 options: g_norm, d_norm, minibatch_std and progressive growing.
+Float64 finite differences of G and D with each option, the growth semantics (phases, the
+fade, the shared weights), state dicts that load into a plain PyTorch port with the same
+function, and a training step with every option. The emulator parity is in
+tests/kernels/test_model_options_parity.py."""
+import copy
+
+import numpy as np
+import pytest
+
+from cganraw import models, nn
+from cganraw.gradcheck import check_backward
+from cganraw.optim import Adam
+from cganraw.step import train_step, update_ema
+
+K = 4
+
+
+def f64(*mods):
+    for m in mods:
+        m.to(np.float64)
+
+
+def randomise(module, rng, scale=0.3):
+    for name, p in module.named_parameters():
+        if p.data.ndim == 1 and name.endswith("weight"):
+            p.data[...] = 1 + rng.normal(size=p.shape) * scale       # norm weights around 1
+        else:
+            p.data[...] = rng.normal(size=p.shape) * scale
+
+
+G_OPTIONS = [dict(g_norm="none"), dict(g_norm="batch"), dict(g_norm="instance"),
+             dict(progressive=True, growth=(14, 1.0)), dict(progressive=True, growth=(28, 0.3)),
+             dict(progressive=True, growth=(28, 1.0)), dict(progressive=True, g_norm="instance", growth=(28, 0.6)),
+             dict(progressive=True, g_norm="batch", growth=(28, 0.5))]
+D_OPTIONS = [dict(d_norm="spectral"), dict(minibatch_std=True), dict(d_norm="spectral", minibatch_std=True),
+             dict(progressive=True, growth=(14, 1.0)), dict(progressive=True, growth=(28, 0.3)),
+             dict(progressive=True, growth=(28, 1.0)),
+             dict(progressive=True, d_norm="spectral", minibatch_std=True, growth=(28, 0.7))]
+
+
+def _build(opts, width=3, seed=0):
+    opts = dict(opts)
+    growth = opts.pop("growth", None)
+    G, D = models.build("cgan-conv", K, width=width, seed=seed, **opts)
+    if growth:
+        G.set_growth(*growth)
+        D.set_growth(*growth)
+    return G, D
+
+
+def _ids(options):
+    return ["-".join(f"{k}={v}" for k, v in o.items()) for o in options]
+
+
+@pytest.mark.parametrize("opts", G_OPTIONS, ids=_ids(G_OPTIONS))
+def test_generator_gradients(opts, rng):
+    G, _ = _build(opts)
+    f64(G)
+    randomise(G, rng)
+    z = rng.normal(size=(3, 100))      # training mode: the norms use batch/instance statistics
+    labels = np.array([0, 2, 3])
+    check_backward(lambda a: G(a, labels), G.backward, [z], list(G.named_parameters()), name=f"G {opts}",
+                   eps=1e-6, atol=1e-8, rtol=1e-6)
+
+
+@pytest.mark.parametrize("opts", D_OPTIONS, ids=_ids(D_OPTIONS))
+def test_discriminator_gradients(opts, rng):
+    _, D = _build(opts)
+    D.eval()    # dropout off and spectral norm's u, v fixed: a deterministic function
+    f64(D)
+    randomise(D, rng)
+    x = rng.normal(size=(5, 1, 28, 28))     # 5 samples: minibatch std groups of 1 (5 is prime)
+    labels = np.array([1, 3, 0, 2, 1])
+    check_backward(lambda a: D(a, labels), D.backward, [x], list(D.named_parameters()), name=f"D {opts}",
+                   eps=1e-6, atol=1e-8, rtol=1e-6)
+    x = rng.normal(size=(4, 1, 28, 28))     # 4 samples: one group of 4
+    check_backward(lambda a: D(a, labels[:4]), D.backward, [x], list(D.named_parameters()), name=f"D {opts} N=4",
+                   eps=1e-6, atol=1e-8, rtol=1e-6)
+
+
+def test_defaults_and_aliases():
+    G, D = models.build("cgan-conv", K, width=3)
+    assert type(G) is models.ConvCGANGenerator and type(D) is models.ConvCGANDiscriminator
+    assert G.norm == "none" and not G.progressive and not D.progressive
+    Gb, _ = models.build("cgan-conv", K, width=3, batchnorm=True)
+    Gn, _ = models.build("cgan-conv", K, width=3, g_norm="batch")
+    assert Gb.norm == Gn.norm == "batch"
+    sb, sn = Gb.state_dict(), Gn.state_dict()
+    assert list(sb) == list(sn) and all(np.array_equal(sb[k], sn[k]) for k in sb)
+    assert list(sb) == list(models.build("cgan-conv", K, width=3, g_norm="batch", batchnorm=True)[0].state_dict())
+    # the options leave every shared weight as the plain model draws it
+    _, Dp = models.build("cgan-conv", K, width=3)
+    _, Ds = models.build("cgan-conv", K, width=3, d_norm="spectral")
+    for k, v in Dp.state_dict().items():
+        key = k.replace(".weight", ".weight_orig") if k.startswith("net.") and k.endswith("weight") else k
+        np.testing.assert_array_equal(Ds.state_dict()[key], v, err_msg=k)
+
+
+def test_state_dict_names():
+    G, D = models.build("cgan-conv", K, width=3, g_norm="instance", d_norm="spectral", minibatch_std=True)
+    assert "net.1.weight" in G.state_dict() and "net.1.running_mean" not in G.state_dict()
+    assert [k for k in D.state_dict() if k.startswith("net.")] == [
+        "net.0.bias", "net.0.weight_orig", "net.0.weight_u", "net.0.weight_v",
+        "net.2.bias", "net.2.weight_orig", "net.2.weight_u", "net.2.weight_v",
+        "net.7.bias", "net.7.weight_orig", "net.7.weight_u", "net.7.weight_v"]
+    assert "label_fc.weight" in D.state_dict()       # the label path is not normalised
+    assert isinstance(D.net[4], nn.MinibatchStdDev)
+    Gp, Dp = models.build("cgan-conv", K, width=3, progressive=True)
+    assert list(Gp.state_dict())[:2] == ["growth_phase", "growth_alpha"]
+    assert {k.split(".")[0] for k in Gp.state_dict()} >= {"block14", "to_img14", "block28", "to_img28"}
+    assert {k.split(".")[0] for k in Dp.state_dict()} >= {"from_img14", "from_img28", "net"}
+
+
+def test_bad_options():
+    with pytest.raises(ValueError, match="g_norm must be one of none, batch, instance"):
+        models.build("cgan-conv", K, g_norm="layer")
+    with pytest.raises(ValueError, match="d_norm must be one of none, spectral"):
+        models.build("cgan-conv", K, d_norm="batch")
+    with pytest.raises(ValueError, match="batchnorm=True means g_norm='batch'"):
+        models.build("cgan-conv", K, batchnorm=True, g_norm="instance")
+    with pytest.raises(ValueError, match="d_norm, minibatch_std: options of cgan-conv only, not of cgan-mlp"):
+        models.build("cgan-mlp", K, d_norm="spectral", minibatch_std=True)
+    with pytest.raises(ValueError, match="progressive: options of cgan-conv only"):
+        models.build("dcgan", None, progressive=True)
+    models.build("cgan-mlp", K, g_norm="none", batchnorm=True)       # batchnorm was always ignored there
+    G, D = models.build("cgan-conv", K, width=3, progressive=True)
+    with pytest.raises(ValueError, match=r"set_growth: phase must be one of \(14, 28\), got 21"):
+        G.set_growth(21)
+    with pytest.raises(ValueError, match=r"set_growth: alpha must lie in \[0, 1\], got 1.5"):
+        D.set_growth(28, 1.5)
+
+
+# ---------------------------------------------------------------- progressive growing
+
+def _inputs(rng, n=4):
+    return rng.standard_normal((n, 100), dtype=np.float32), rng.integers(0, K, n)
+
+
+def test_phase_14_is_a_14x14_image_upsampled_and_d_sees_it_pooled(rng):
+    G, D = models.build("cgan-conv", K, width=4, progressive=True, seed=1)
+    assert G.growth == D.growth == (14, 1.0)
+    z, labels = _inputs(rng)
+    img = G(z, labels)
+    assert img.shape == (4, 1, 28, 28)
+    blocks = img.reshape(4, 1, 14, 2, 14, 2)
+    np.testing.assert_array_equal(blocks, np.broadcast_to(blocks[:, :, :, :1, :, :1], blocks.shape))
+    # D at phase 14 reads the 2x2 means only: a zero-mean change inside each block is invisible
+    D.eval()
+    x = rng.uniform(-1, 1, (4, 1, 28, 28)).astype(np.float32)
+    wiggle = np.tile(np.array([[1, -1], [-1, 1]], np.float32), (14, 14)) * 0.25
+    np.testing.assert_allclose(D(x + wiggle, labels), D(x, labels), rtol=1e-5, atol=1e-6)
+    D.set_growth(28)
+    assert not np.allclose(D(x + wiggle, labels), D(x, labels), rtol=1e-5, atol=1e-6)
+
+
+def test_full_growth_equals_the_plain_model(rng):
+    # set_growth(28, 1): the shared layers hold the plain model's weights (same seed), so
+    # both compute the same function
+    for opts in (dict(), dict(g_norm="batch", d_norm="spectral", minibatch_std=True), dict(g_norm="instance")):
+        G, D = models.build("cgan-conv", K, width=4, seed=5, **opts)
+        Gp, Dp = models.build("cgan-conv", K, width=4, seed=5, progressive=True, **opts)
+        Gp.set_growth(28), Dp.set_growth(28, 1.0)
+        z, labels = _inputs(rng)
+        x, xp_ = G(z, labels), Gp(z, labels)
+        np.testing.assert_array_equal(xp_, x)
+        D.eval(), Dp.eval()
+        np.testing.assert_array_equal(Dp(x, labels), D(x, labels))
+
+
+def test_fade_mixes_the_two_heads_and_stems(rng):
+    G, D = models.build("cgan-conv", K, width=4, seed=2, progressive=True, g_norm="instance")
+    randomise(G, rng, 0.2), randomise(D, rng, 0.2)
+    G.eval(), D.eval()
+    z, labels = _inputs(rng)
+    x = rng.uniform(-1, 1, (4, 1, 28, 28)).astype(np.float32)
+    outs = {}
+    for growth in ((14, 1.0), (28, 1.0), (28, 0.25)):
+        G.set_growth(*growth), D.set_growth(*growth)
+        outs[growth] = G(z, labels)
+    np.testing.assert_allclose(outs[(28, 0.25)], 0.75 * outs[(14, 1.0)] + 0.25 * outs[(28, 1.0)], rtol=1e-5, atol=1e-6)
+    # D mixes its stems' features (before the nonlinear rest of D)
+    D.set_growth(28, 0.25)
+    inp = D._with_label(x, labels)
+    want = D.net(0.75 * D.from_img14(D.pool(inp)) + 0.25 * D.from_img28(inp))
+    D.drop_caches()
+    np.testing.assert_allclose(D(x, labels), want, rtol=1e-5, atol=1e-6)
+    D.drop_caches()
+    # alpha 0 at phase 28 is phase 14's picture
+    G.set_growth(28, 0.0)
+    np.testing.assert_allclose(G(z, labels), outs[(14, 1.0)], rtol=0, atol=0)
+
+
+def test_unused_heads_get_no_gradient(rng):
+    G, D = models.build("cgan-conv", K, width=3, progressive=True)
+    z, labels = _inputs(rng)
+    for growth, idle_g, idle_d in (((14, 1.0), ("block28", "to_img28"), ("from_img28",)),
+                                   ((28, 1.0), ("to_img14",), ("from_img14",))):
+        G.set_growth(*growth), D.set_growth(*growth)
+        G.zero_grad(), D.zero_grad()
+        x = G(z, labels)
+        G.backward(D.backward(D(x, labels)))
+        for mod, idle in ((G, idle_g), (D, idle_d)):
+            for name, p in mod.named_parameters():
+                assert p.grad.any() != name.startswith(idle), (growth, name)
+
+
+def test_growth_travels_with_the_state_dict_and_the_moving_average(rng):
+    G, _ = models.build("cgan-conv", K, width=3, progressive=True)
+    G.set_growth(28, 0.375)
+    G2, _ = models.build("cgan-conv", K, width=3, progressive=True, seed=9)
+    assert G2.growth == (14, 1.0)
+    G2.load_state_dict(G.state_dict())
+    assert G2.growth == (28, 0.375)
+    G3, _ = models.build("cgan-conv", K, width=3, progressive=True)
+    update_ema(G3, G, 0.999)
+    assert G3.growth == (28, 0.375)
+    G4 = copy.deepcopy(G)
+    G4.set_growth(14)
+    assert G.growth == (28, 0.375)
+
+
+@pytest.mark.parametrize("opts", [dict(g_norm="instance"), dict(d_norm="spectral"), dict(minibatch_std=True),
+                                  dict(progressive=True, growth=(14, 1.0)),
+                                  dict(progressive=True, growth=(28, 0.5), g_norm="batch", d_norm="spectral",
+                                       minibatch_std=True)], ids=lambda o: "-".join(map(str, o.values())))
+def test_train_step_with_options(opts, rng):
+    G, D = _build(opts, width=4)
+    opt_g, opt_d = Adam(G.parameters()), Adam(D.parameters())
+    before = {k: v.copy() for k, v in D.state_dict().items()}
+    x = rng.uniform(-1, 1, (6, 1, 28, 28)).astype(np.float32)
+    stats = train_step(G, D, opt_g, opt_d, x, rng.integers(0, K, 6), np.random.default_rng(0), mismatch=1.0)
+    assert all(np.isfinite(v) for v in stats.values())
+    after = D.state_dict()
+    moved = [k for k in before if not np.array_equal(before[k], after[k])]
+    if opts.get("d_norm") == "spectral":
+        assert any(k.endswith("weight_u") for k in moved)       # the power iteration ran in training
+
+
+# ---------------------------------------------------------------- PyTorch
+
+TORCH_OPTIONS = [dict(g_norm="batch"), dict(g_norm="instance", d_norm="spectral", minibatch_std=True),
+                 dict(progressive=True, growth=(14, 1.0)),
+                 dict(progressive=True, g_norm="instance", d_norm="spectral", minibatch_std=True, growth=(28, 0.4)),
+                 dict(progressive=True, g_norm="batch", growth=(28, 1.0))]
+
+
+@pytest.mark.parametrize("opts", TORCH_OPTIONS, ids=_ids(TORCH_OPTIONS))
+def test_state_dicts_load_into_a_pytorch_port(opts, rng):
+    torch = pytest.importorskip("torch")
+    from cganraw.interop import torch_models
+    opts = dict(opts)
+    growth = opts.pop("growth", None)
+    G, D = _build(dict(opts, growth=growth) if growth else opts, width=6, seed=4)
+    randomise(G, rng, 0.2), randomise(D, rng, 0.2)
+    tG, tD = torch_models("cgan-conv", K, width=6, **opts)
+    for ours, theirs in ((G, tG), (D, tD)):
+        sd = ours.state_dict()
+        assert list(sd) == list(theirs.state_dict())
+        theirs.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in sd.items()}, strict=True)
+    D.eval(), tD.eval()                  # dropout off (spectral norm then uses u, v as they are)
+    n = 6
+    z, labels = rng.standard_normal((n, 100), dtype=np.float32), rng.integers(0, K, n)
+    zt = torch.from_numpy(z).requires_grad_()
+    x_t = tG(zt, torch.from_numpy(labels))       # G in training mode: batch/instance statistics
+    y_t = tD(x_t, torch.from_numpy(labels))
+    x = G(z, labels)
+    y = D(x, labels)
+    np.testing.assert_allclose(x, x_t.detach().numpy(), rtol=1e-4, atol=2e-5)
+    np.testing.assert_allclose(y, y_t.detach().numpy(), rtol=1e-4, atol=2e-5)
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    G.zero_grad(), D.zero_grad()
+    dz = G.backward(D.backward(dy))
+    y_t.backward(torch.from_numpy(dy))
+    np.testing.assert_allclose(dz, zt.grad.numpy(), rtol=2e-3, atol=2e-5)
+    for ours, theirs in ((G, tG), (D, tD)):
+        tgrads = dict(theirs.named_parameters())
+        scale = max(float(np.abs(p.grad).max()) for p in ours.parameters())
+        for k, p in ours.named_parameters():
+            g = tgrads[k].grad      # None where torch's graph did not reach (an idle head)
+            g = np.zeros_like(p.grad) if g is None else g.numpy()
+            np.testing.assert_allclose(p.grad, g, rtol=2e-3, atol=2e-5 * scale, err_msg=k)
+    for k, v in G.state_dict().items():       # BatchNorm's running statistics moved alike
+        np.testing.assert_allclose(v, tG.state_dict()[k].numpy(), rtol=1e-5, atol=1e-6, err_msg=k)
