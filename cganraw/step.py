@@ -50,7 +50,8 @@ class StepStats(Mapping):
         self.vector, self.flag = vector, flag
 
     def __getitem__(self, name):
-        return self.vector[STAT_NAMES.index(name)]
+        i = STAT_NAMES.index(name)
+        return self.vector[i:i + 1].reshape(())      # a 0-d view on every backend
 
     def __iter__(self):
         return iter(STAT_NAMES)

@@ -22,7 +22,8 @@ from tests import cupy_standin
 
 OPS = {name: importlib.import_module(f"cganraw.ops.{name}") for name in
        ("activation", "adam", "batchnorm", "bce", "bias", "conv", "cross_entropy", "dropout", "ema", "embedding",
-        "gemm", "maxpool", "philox", "stats")}
+        "gemm", "instancenorm", "maxpool", "mode_seeking", "philox", "stats")}
+TABLE_COVERS = {k for k in OPS if k != "instancenorm"}   # modules whose every launcher line the table runs
 
 
 @pytest.fixture
@@ -109,7 +110,9 @@ def _cases(xp_put, rng_seed=5):
 
         def bce(v=v, x=f32(7, 1), t=r.uniform(0, 1, (7, 1)).astype(np.float32)):
             loss, cache = BCE.bce_with_logits_forward_cuda(put(x), put(t), version=v)
-            return [loss, BCE.bce_with_logits_backward_cuda(1.0, cache, version=v)]
+            out = put(np.zeros((9, 1), np.float32))
+            BCE.bce_with_logits_backward_cuda(0.5, cache, version=v, out=out[1:8])     # into a slice
+            return [loss, BCE.bce_with_logits_backward_cuda(1.0, cache, version=v), out]
         cases.append((f"bce v{v}", bce))
 
         def bias(v=v, y=f32(3, 4, 5, 7), y2=f32(5, 3)):
@@ -198,6 +201,13 @@ def _cases(xp_put, rng_seed=5):
                 P.philox_shift_labels_cuda(put(np.arange(9, dtype=np.int32) % 7), 7, s, out=put(np.zeros(9, np.int32)))]
     cases.append(("philox", philox))
 
+    def instancenorm_strided(mean=f32(3, 4), var=np.abs(f32(3, 4)) + 1):
+        stats = put(np.zeros((2, 4, 2), np.float32))        # running statistics as strided device views
+        OPS["instancenorm"].instancenorm_running_update_cuda(stats[0, :, 0], stats[1, :, 0], put(mean), put(var),
+                                                             0.1, 9)
+        return [stats]
+    cases.append(("instancenorm strided", instancenorm_strided))
+
     def stats(lr=np.float32(0.5), lf=np.float32(0.25), xr=f32(4, 1), xf=f32(4, 1)):
         flag = put(np.zeros(4, np.int32))
         s1 = ST.step_stats_cuda(put(np.array(lr)), put(np.array(lf)), None, put(np.array(np.float32(0.7))), None, 1.0,
@@ -206,6 +216,11 @@ def _cases(xp_put, rng_seed=5):
                                 put(np.array(lf)), put(np.array(lf)), 2.0, put(xr), put(xf), flag, 4, 1e4, 0b11111)
         return [s1, s2, flag]
     cases.append(("step_stats", stats))
+
+    def mode_seeking(x=f32(6, 1, 4, 4), z=f32(6, 3)):
+        loss, cache = OPS["mode_seeking"].mode_seeking_forward_cuda(put(x), put(z))
+        return [loss, OPS["mode_seeking"].mode_seeking_backward_cuda(cache)]
+    cases.append(("mode_seeking", mode_seeking))
     return cases
 
 
@@ -258,6 +273,8 @@ LAUNCH_GLUE = ("module", "function", "forget_modules", "grid_for", "i32", "f32",
 def _glue():
     fns = []
     for name, mod in OPS.items():
+        if name not in TABLE_COVERS:
+            continue
         helpers = GLUE_HELPERS.get(name, ())
         fns += list(_functions(mod, lambda n, h=helpers: n.endswith("_cuda") or n in h))
     fns += list(_functions(_launch, lambda n: n in LAUNCH_GLUE))
@@ -361,15 +378,50 @@ def test_trainer_runs_and_resumes_on_the_cuda_backend(tmp_path, restore_backend)
     assert len(lines) >= 2
 
 
-def test_the_kernel_suite_passes_on_the_cuda_backend_through_the_standin():
+def test_the_kernel_suite_passes_on_the_cuda_backend_through_the_standin(tmp_path):
     """tests/kernels, every test but those of the emulator itself, on the cuda backend's
-    Python with the stand-in for CuPy (bench/gpu_check.sh runs the same with the real one)."""
+    Python with the stand-in for CuPy (bench/gpu_check.sh runs the same with the real one);
+    with the launcher cases above, every line of every op's cuda glue runs."""
+    import json
     import os
+    import pkgutil
     import subprocess
+    import cganraw.ops
     root = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "CGANRAW_KERNEL_TEST_BACKEND": "standin", "PYTHONPATH": str(root)}
-    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "tests/kernels"],
-                       cwd=root, env=env, capture_output=True, text=True, timeout=1800)
+    trace = tmp_path / "lines.json"
+    env = {**os.environ, "CGANRAW_KERNEL_TEST_BACKEND": "standin", "PYTHONPATH": str(root),
+           "CGANRAW_LINETRACE": str(trace)}
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-p",
+                        "tests.cupy_standin.linetrace", "tests/kernels"],
+                       cwd=root, env=env, capture_output=True, text=True, timeout=3600)
     tail = "\n".join(r.stdout.splitlines()[-15:])
     assert r.returncode == 0, tail
     assert " passed" in tail and "failed" not in tail
+    seen = {(f, ln) for f, ln in json.loads(trace.read_text())}
+    # with the launcher table above, run once more here under a tracer
+    def tracer(frame, event, arg):
+        if frame.f_code.co_filename.startswith(str(Path(cganraw.ops.__file__).parent)):
+            def local(frame, event, arg):
+                if event == "line":
+                    seen.add((frame.f_code.co_filename, frame.f_lineno))
+                return local
+            return local
+        return None
+    prev = backend.current()
+    with cupy_standin.installed():
+        sys.settrace(tracer)
+        try:
+            _run_cases("cuda")
+        finally:
+            sys.settrace(None)
+            backend.use(prev)
+    missing = []
+    for info in pkgutil.iter_modules(cganraw.ops.__path__):
+        if info.name.startswith("_"):
+            continue
+        mod = importlib.import_module(f"cganraw.ops.{info.name}")
+        for fn in _functions(mod, lambda n: n.endswith("_cuda")):
+            lines = sorted(_required_lines(fn) - {ln for f, ln in seen if f == fn.__code__.co_filename})
+            if lines:
+                missing.append(f"{fn.__module__}.{fn.__qualname__}: lines {lines}")
+    assert not missing, "cuda glue that never ran on the stand-in:\n" + "\n".join(missing)

@@ -54,7 +54,7 @@ def mode_seeking_forward_cuda(images, z, eps=1e-5, version=None):
     out = _launch.empty((2,))
     _launch.function("mode_seeking", "mode_seeking_forward_v1")(
         (1,), (REDUCE_BLOCK,), (out, x, zc, _launch.i32(m), _launch.i32(p), _launch.i32(ln), _launch.f32(eps)))
-    return out[0], (x, out[1:], m, p)
+    return out[0:1].reshape(()), (x, out[1:], m, p)      # a 0-d view: no read-back
 
 
 def mode_seeking_backward_cuda(cache, version=None):
