@@ -34,7 +34,7 @@ def _import_cupy():
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                import cupy  # noqa: PLC0415  (the one place cupy is imported)
+                import cupy
             _cupy = cupy
         except Exception:  # ImportError, or a CUDA library that fails to load
             _cupy = False

@@ -35,8 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cganraw import backend, cli, data, fileio, health
-from cganraw import nn
+from cganraw import backend, cli, data, fileio, health, nn
 from cganraw.checkpoint import CheckpointError
 from cganraw.images import to_float
 from cganraw.losses import softmax_cross_entropy

@@ -117,7 +117,7 @@ def run(body, args, *, expected=()) -> int:
     except (CLIError, OSError, ValueError, KeyError, zipfile.BadZipFile, *expected) as e:
         sys.stderr.write(f"error: {describe_error(e)}\n")
         return EXIT_RUNTIME
-    except Exception as e:  # noqa: BLE001  (the last line of defence: never a traceback)
+    except Exception as e:
         sys.stderr.write(f"error: internal error ({type(e).__name__}: {describe_error(e)}); "
                          f"run with --debug for the traceback and report it\n")
         return EXIT_RUNTIME

@@ -93,7 +93,7 @@ def load_real_test(dataset, data_dir=None):
     """(images uint8 (N, 28, 28), labels (N,)) of `dataset`'s real test split, read-only,
     loaded once per dataset and data location (cganraw.data.load looks in data_dir, then
     $CGANRAW_DATA_DIR, then the cache folder under $XDG_CACHE_HOME)."""
-    from cganraw import data  # noqa: PLC0415  (the data module is heavy; only evaluation needs it)
+    from cganraw import data
     name = data.resolve_name(dataset)
     where = (str(Path(data_dir).resolve()) if data_dir else None,
              os.environ.get("CGANRAW_DATA_DIR"), os.environ.get("XDG_CACHE_HOME"))
@@ -180,8 +180,8 @@ def score_images(images, labels, classifier, class_names=None, real_test=None, r
 def class_accuracy_score(images, labels, class_names, real_test, dataset=None,
                          epochs=DEFAULT_CAS_EPOCHS, seed=0, log=None):
     """CAS: accuracy on the real test set of a fresh Classifier trained only on `images`."""
-    from cganraw import classifier as C  # noqa: PLC0415
-    from cganraw.images import to_uint8  # noqa: PLC0415
+    from cganraw import classifier as C
+    from cganraw.images import to_uint8
     train_u8 = images if images.dtype == np.uint8 else to_uint8(images)
     (log or logger.info)(f"CAS: training a fresh classifier on these {len(train_u8)} images ({epochs} epochs)")
     test = _as_pair(real_test)
@@ -263,7 +263,7 @@ def format_table(res):
 def write_outputs(res, out_dir):
     """metrics.json, and for a conditional model confusion.png and per_class_accuracy.png,
     each written atomically. Returns the paths written."""
-    from cganraw import plots  # noqa: PLC0415  (matplotlib is slow to import)
+    from cganraw import plots
     out_dir = Path(out_dir)
     # one key per line, each value on one line (the confusion matrix as a row list)
     text = "{\n" + ",\n".join(f"  {json.dumps(k)}: {json.dumps(v)}" for k, v in res.items()) + "\n}\n"
@@ -313,7 +313,7 @@ def main(argv=None):
     if args.data_dir and not Path(args.data_dir).is_dir():
         parser.error(f"--data-dir {args.data_dir} is not a folder")
     if args.dataset:
-        from cganraw import data  # noqa: PLC0415
+        from cganraw import data
         try:
             args.dataset = data.resolve_name(args.dataset)
         except ValueError as e:
@@ -340,7 +340,7 @@ def _evaluate(args):
 def _classifier(args, dataset, num_classes):
     """(classifier, its path) of --classifier, else of the cache of `dataset`: a function,
     since the cached one may still have to be trained (long work, after the output checks)."""
-    from cganraw import classifier as C  # noqa: PLC0415
+    from cganraw import classifier as C
     path = Path(args.classifier) if args.classifier else C.default_path(dataset)
     if args.classifier or path.is_file():
         clf = C.load(path)
@@ -355,7 +355,7 @@ def _classifier(args, dataset, num_classes):
 
 def _prepare_checkpoint(args):
     """--checkpoint: (score() -> results, default output folder, headline)."""
-    from cganraw import data  # noqa: PLC0415
+    from cganraw import data
     G, meta = load.load_generator(args.checkpoint)      # refuses a diverged checkpoint
     dataset = args.dataset or meta.get("dataset")
     if not dataset:
@@ -382,7 +382,7 @@ def _prepare_checkpoint(args):
 
 def _prepare_real(args):
     """--real: the metrics of real training images, the reference row."""
-    from cganraw import data  # noqa: PLC0415
+    from cganraw import data
     train = data.load(args.dataset, "train", data_dir=args.data_dir)
     test = load_real_test(args.dataset, args.data_dir)
     images, labels = real_reference(train, args.n_per_class, args.seed)

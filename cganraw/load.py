@@ -7,12 +7,29 @@ from cganraw import checkpoint, health, models
 from cganraw.checkpoint import CheckpointError
 
 
+def model_options(cfg):
+    """models.build's architecture options from a run's config. A config written before
+    g_norm, d_norm, minibatch_std and progressive existed means the original model (its
+    g_batchnorm flag standing for g_norm)."""
+    if cfg["model"] != "cgan-conv":
+        return {}
+    g_norm = cfg.get("g_norm") or ("batch" if cfg.get("g_batchnorm", False) else "none")
+    return dict(g_norm=g_norm, d_norm=cfg.get("d_norm") or "none", minibatch_std=bool(cfg.get("minibatch_std")),
+                progressive=bool(cfg.get("progressive")))
+
+
+def build_from_config(cfg, num_classes, seed):
+    """(G, D) of the architecture a run's config describes, initialised from `seed`."""
+    return models.build(cfg["model"], num_classes, latent_dim=cfg["latent_dim"], width=cfg["width"], seed=seed,
+                        **model_options(cfg))
+
+
 def build_models(ckpt):
-    """(G, D) rebuilt from a loaded checkpoint's config, with its weights."""
+    """(G, D) rebuilt from a loaded checkpoint's config, with its weights (a progressive
+    pair at the growth phase and alpha it was saved at: they are buffers)."""
     cfg = ckpt["meta"].get("config", {})
     try:
-        G, D = models.build(cfg["model"], ckpt["meta"].get("num_classes"), latent_dim=cfg["latent_dim"],
-                            width=cfg["width"], seed=0, batchnorm=cfg.get("g_batchnorm", False))
+        G, D = build_from_config(cfg, ckpt["meta"].get("num_classes"), seed=0)
     except KeyError as e:
         raise CheckpointError(f"{ckpt['path']}: config lacks {e}") from None
     try:

@@ -67,8 +67,7 @@ def bce_with_logits(logits, targets, weight=1.0, out=None):
 def softmax_cross_entropy(logits, labels):
     """Mean softmax cross-entropy of logits (N, K) against integer labels (N,) in [0, K),
     as torch.nn.functional.cross_entropy. Returns (loss as a Python float, dlogits (N, K))."""
-    from cganraw.ops.cross_entropy import (softmax_cross_entropy_backward,  # noqa: PLC0415
-                                           softmax_cross_entropy_forward)
+    from cganraw.ops.cross_entropy import softmax_cross_entropy_backward, softmax_cross_entropy_forward
     if not backend.is_array(logits) or logits.dtype.kind != "f":
         raise TypeError(f"softmax_cross_entropy: logits must be a floating-point array (N, K), got "
                         f"{getattr(logits, 'dtype', type(logits).__name__)}")

@@ -24,8 +24,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from cganraw import backend
-from cganraw import nn
+from cganraw import backend, nn
 from cganraw.ops.embedding import embedding_forward
 
 IMAGE_SHAPE = (1, 28, 28)

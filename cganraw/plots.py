@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import io
 import json
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -25,8 +25,8 @@ to_uint8_images = to_uint8
 
 def new_figure(width, height, dpi=100):
     """A matplotlib Figure of width x height inches on its own Agg canvas."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: PLC0415  (slow import, lazy)
-    from matplotlib.figure import Figure  # noqa: PLC0415
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     fig = Figure(figsize=(width, height), dpi=dpi)
     FigureCanvasAgg(fig)

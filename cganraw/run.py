@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 import cganraw
-from cganraw import backend, checkpoint, data, health, models
+from cganraw import backend, checkpoint, data, health, load, models
 from cganraw.cli import CLIError
 from cganraw.ops.philox import Key, seed_from
 from cganraw.optim import Adam
@@ -27,6 +27,34 @@ def fraction_done(step, elapsed_s, planned_steps, max_minutes=None):
     return min(frac, 1.0)
 
 
+def planned_steps(epochs, num_images, batch_size, batch_size_final=None):
+    """Steps of a run of `epochs`: epochs * (num_images // batch_size) at a constant batch
+    size; with a rising one (batch_size_at) as many steps as hold about `epochs` passes over
+    the data, floor(2 * epochs * num_images / (batch_size + batch_size_final))."""
+    if batch_size_final is None:
+        return epochs * (num_images // batch_size)
+    return max(1, (2 * epochs * num_images) // (batch_size + batch_size_final))
+
+
+def batch_size_at(step, total_steps, batch_size, batch_size_final=None):
+    """The batch size of step `step` (0-based) of `total_steps`: `batch_size` throughout, or
+    rising linearly to `batch_size_final` at the last planned step,
+    b0 + round((b1 - b0) * step / (total_steps - 1)) (halves rounded up), held after it.
+    Integer arithmetic: the same sizes on every machine and after every resume."""
+    if batch_size_final is None or total_steps <= 1:
+        return batch_size
+    k, span = min(step, total_steps - 1), total_steps - 1
+    return batch_size + (2 * (batch_size_final - batch_size) * k + span) // (2 * span)
+
+
+def growth_at(frac, grow_at, fade):
+    """(phase, alpha) of progressive growing at fraction `frac` of the run: (14, 1.0) before
+    `grow_at`, then (28, min(1, (frac - grow_at) / fade)): the 28x28 head fades in linearly."""
+    if frac < grow_at:
+        return 14, 1.0
+    return 28, min(1.0, (frac - grow_at) / fade)
+
+
 class Run:
     """cfg: the run's settings (cganraw.train.CONFIG_KEYS); train_set: images (N, 28, 28)
     uint8, labels, class_names, num_classes; G, D: the networks from models.build."""
@@ -41,19 +69,51 @@ class Run:
         s_data, s_step, s_fixed = ss.spawn(3)
         self.step_seed = seed_from(s_step)          # names every random number of every step
         self.loss_flag = health.LossFlag()          # the first bad loss, recorded on the device
+        self.rising_batch = cfg.get("batch_size_final") is not None
         self.batches = data.BatchIterator(train_set.images, train_set.labels, cfg["batch_size"],
-                                          np.random.default_rng(s_data))
+                                          np.random.default_rng(s_data), variable_size=self.rising_batch)
         self.fixed_z = np.random.default_rng(s_fixed).standard_normal((10, cfg["latent_dim"]), dtype=np.float32)
         self.step, self.epoch, self.elapsed = 0, 0, 0.0
         self.G_ema = None
         if cfg.get("ema_decay", 0) > 0:
-            self.G_ema = models.build(cfg["model"], G.num_classes or 2, latent_dim=cfg["latent_dim"],
-                                      width=cfg["width"], seed=cfg["seed"],
-                                      batchnorm=cfg.get("g_batchnorm", False))[0]
+            self.G_ema = load.build_from_config(cfg, G.num_classes or 2, seed=cfg["seed"])[0]
             self.G_ema.load_state_dict(G.state_dict())
             self.G_ema.eval()
 
     # ------------------------------------------------------------- one step's extras ---
+
+    @property
+    def planned_steps(self):
+        """Steps of the whole run under --epochs (run.planned_steps)."""
+        return planned_steps(self.cfg["epochs"], len(self.train_set.labels), self.cfg["batch_size"],
+                             self.cfg.get("batch_size_final"))
+
+    def batch_size_at(self, step):
+        return batch_size_at(step, self.planned_steps, self.cfg["batch_size"], self.cfg.get("batch_size_final"))
+
+    def next_batch(self):
+        """This step's (images, labels): of batch_size_at(step) images with a rising batch size."""
+        if not self.rising_batch:
+            return self.batches.next_batch()
+        return self.batches.next_batch(self.batch_size_at(self.step), self.batch_size_at(self.step + 1))
+
+    def schedule_record(self, batch_size):
+        """The schedules' state at this step for metrics.jsonl: the batch size when it rises,
+        the growth phase and alpha when growing (nothing for a plain run)."""
+        rec = {"batch_size": int(batch_size)} if self.rising_batch else {}
+        if getattr(self.G, "progressive", False):
+            phase, alpha = self.G.growth
+            rec.update(growth_phase=phase, growth_alpha=round(alpha, 6))
+        return rec
+
+    def set_growth(self, frac):
+        """A progressive G, D and G_ema set to growth_at(frac, --grow-at, --fade); no-op otherwise."""
+        if not getattr(self.G, "progressive", False):
+            return
+        phase, alpha = growth_at(frac, self.cfg["grow_at"], self.cfg["fade"])
+        for m in (self.G, self.D, self.G_ema):
+            if m is not None:
+                m.set_growth(phase, alpha)
 
     def update_ema(self):
         """G_ema moves towards G at this step's decay (step.ema_decay_at); buffers are copied."""
@@ -151,6 +211,6 @@ class Run:
         else:
             imgs = models.generate(G, z=np.tile(self.fixed_z, (10, 1))[:100])
             row_labels = None
-        from cganraw.plots import save_grid, to_uint8_images  # noqa: PLC0415  (matplotlib is slow to import)
+        from cganraw.plots import save_grid, to_uint8_images
         return save_grid(path, to_uint8_images(imgs), row_labels=row_labels,
                          cols=len(self.fixed_z) if row_labels else 10, title=title)

@@ -14,12 +14,17 @@ from pathlib import Path
 import cganraw
 from cganraw import backend, checkpoint, cli, data, health, models
 from cganraw.cli import CLIError
+from cganraw.ops.gemm import tf32_enabled
 
 # Defaults tuned so that cgan-conv on MNIST reaches the label-accuracy bar on a
 # 2-core CPU in 20 minutes (see README); the literature's are batch 64, lr 2e-4.
 DEFAULTS = dict(model="cgan-conv", width=64, epochs=None, batch_size=64, lr=1e-4, lr_d=None, beta1=0.5,
                 beta2=0.999, latent_dim=100, seed=0, label_smoothing=0.0, mismatch=1.0, mode_seeking=0.0,
-                ema_decay=0.9995, lr_decay_start=1.0, g_batchnorm=True)
+                ema_decay=0.9995, lr_decay_start=1.0, g_batchnorm=True, g_norm="batch", d_norm="none",
+                minibatch_std=False, progressive=False, grow_at=0.5, fade=0.25, batch_size_final=None)
+# what a config saved before these settings existed means by them: today's model
+UPGRADE_DEFAULTS = dict(d_norm="none", minibatch_std=False, progressive=False, grow_at=DEFAULTS["grow_at"],
+                        fade=DEFAULTS["fade"], batch_size_final=None)
 # Epochs when --epochs is not given. The conv cGAN (BatchNorm in G) draws the asked-for
 # digit 99.9% of the time after two epochs of MNIST; without BatchNorm it peaks there too
 # (96-98%) and then grows speckle artefacts (92% after four). The MLP keeps improving for twenty.
@@ -29,15 +34,16 @@ KEEP_EPOCH_CHECKPOINTS = 3
 # what config.json and a checkpoint's meta record of a run
 CONFIG_KEYS = ("dataset", "model", "width", "g_batchnorm", "epochs", "batch_size", "lr", "lr_d", "beta1",
                "beta2", "latent_dim", "seed", "label_smoothing", "mismatch", "mode_seeking", "ema_decay",
-               "lr_decay_start", "sample_every", "checkpoint_every", "log_every", "eval_every", "max_steps",
-               "max_minutes")
+               "lr_decay_start", "g_norm", "d_norm", "minibatch_std", "progressive", "grow_at", "fade",
+               "batch_size_final", "sample_every", "checkpoint_every", "log_every", "eval_every", "eval_every_steps",
+               "max_steps", "max_minutes")
 # what a checkpoint's config must hold to be resumed (later keys have defaults)
 REQUIRED_KEYS = ("dataset", "model", "width", "epochs", "batch_size", "lr", "lr_d", "beta1", "beta2", "latent_dim",
                  "seed", "label_smoothing", "checkpoint_every", "log_every")
 # settings a resumed run may change: how long it goes on, how often it reports. Any other
 # setting given with --resume must equal the saved one.
 RESUMABLE_OVERRIDES = ("epochs", "max_steps", "max_minutes", "sample_every", "checkpoint_every",
-                       "log_every", "eval_every")
+                       "log_every", "eval_every", "eval_every_steps")
 
 
 class TrainingError(CLIError):
@@ -81,7 +87,35 @@ class _Parser(argparse.ArgumentParser):
                 action.default = argparse.SUPPRESS
             given, _ = probe.parse_known_args(sys.argv[1:] if args is None else list(args))
             ns.given = frozenset(vars(given))
+            _validate(self, ns)
         return ns, extras
+
+
+def _validate(parser, ns):
+    """Cross-flag checks (argparse errors, exit 2); sets ns.g_norm, and ns.g_batchnorm to match it."""
+    given = ns.given
+    if "g_norm" in given and "g_batchnorm" in given and ns.g_batchnorm != (ns.g_norm == "batch"):
+        parser.error(f"--{'' if ns.g_batchnorm else 'no-'}g-batchnorm contradicts --g-norm {ns.g_norm} "
+                     "(--g-batchnorm is the old name of --g-norm batch; give only --g-norm)")
+    if ns.g_norm is None:
+        ns.g_norm = "batch" if ns.g_batchnorm else "none"
+    ns.g_batchnorm = ns.g_norm == "batch"
+    if ns.resume is not None:    # the saved run's settings apply; the conflict check covers changes
+        return
+    if not ns.progressive and given & {"grow_at", "fade"}:
+        parser.error("--grow-at and --fade need --progressive")
+    if ns.progressive and ns.grow_at + ns.fade > 1.0:
+        parser.error(f"--grow-at {ns.grow_at} + --fade {ns.fade} fades past the run's end (their sum must be <= 1)")
+    if ns.batch_size_final is not None and ns.batch_size_final < ns.batch_size:
+        parser.error(f"--batch-size-final {ns.batch_size_final} is below --batch-size {ns.batch_size} "
+                     "(the batch size rises from --batch-size to --batch-size-final)")
+    if ns.model != "cgan-conv":
+        extra = [flag for flag, on in (("--g-norm", ns.g_norm not in ("none", "batch") or
+                                        (ns.g_norm == "batch" and "g_norm" in given)),
+                                       ("--d-norm", ns.d_norm != "none"), ("--minibatch-std", ns.minibatch_std),
+                                       ("--progressive", ns.progressive)) if on]
+        if extra:
+            parser.error(f"{', '.join(extra)}: options of --model cgan-conv only, not of {ns.model}")
 
 
 _width = cli.number(int, lambda v: 1 <= v <= 1024, "an integer in 1..1024")
@@ -96,11 +130,31 @@ def build_parser(record_given=True):
     p.add_argument("--model", default=DEFAULTS["model"], choices=models.MODELS, help="the GAN")
     p.add_argument("--width", type=_width, default=DEFAULTS["width"], help="channels of the conv models")
     p.add_argument("--g-batchnorm", action=argparse.BooleanOptionalAction, default=DEFAULTS["g_batchnorm"],
-                   help="BatchNorm2d after G's transposed convs (cgan-conv)")
+                   help="old name of --g-norm batch (--no-g-batchnorm: --g-norm none)")
+    p.add_argument("--g-norm", choices=("none", "batch", "instance"), default=None,
+                   help="normalisation after G's transposed convs (cgan-conv): BatchNorm2d, InstanceNorm2d "
+                        "(affine) or none (default: batch, or what --g-batchnorm says)")
+    p.add_argument("--d-norm", choices=("none", "spectral"), default=DEFAULTS["d_norm"],
+                   help="spectral normalisation on every conv and linear layer of D's image path (cgan-conv)")
+    p.add_argument("--minibatch-std", action="store_true", default=DEFAULTS["minibatch_std"],
+                   help="ProGAN's minibatch standard deviation channel before D's last layer "
+                        "(cgan-conv; default: off)")
+    p.add_argument("--progressive", action="store_true", default=DEFAULTS["progressive"],
+                   help="grow G and D from 14x14 to 28x28 (cgan-conv; default: off): 14x14 until "
+                        "--grow-at, then the 28x28 head fades in over --fade")
+    p.add_argument("--grow-at", type=cli.open_unit, default=DEFAULTS["grow_at"], metavar="F",
+                   help="fraction of the run (as the LR schedule counts it) at which the 28x28 head "
+                        "starts fading in (with --progressive)")
+    p.add_argument("--fade", type=cli.open_unit, default=DEFAULTS["fade"], metavar="F",
+                   help="fraction of the run over which the 28x28 head's weight alpha rises linearly "
+                        "from 0 to 1 (with --progressive; --grow-at + --fade <= 1)")
     p.add_argument("--epochs", type=cli.positive_int, default=None,
                    help="epochs to train (default per model: "
                         + ", ".join(f"{k} {v}" for k, v in DEFAULT_EPOCHS.items()) + ")")
     p.add_argument("--batch-size", type=cli.positive_int, default=DEFAULTS["batch_size"], help="images per step")
+    p.add_argument("--batch-size-final", type=cli.positive_int, default=None, metavar="N",
+                   help="rise linearly from --batch-size to N images per step over the planned steps "
+                        "(default: constant --batch-size); --epochs then counts images, not steps")
     p.add_argument("--lr", type=cli.positive_float, default=DEFAULTS["lr"], help="Adam learning rate of G (and D)")
     p.add_argument("--lr-d", type=cli.positive_float, default=None, help="D's learning rate (default: --lr)")
     p.add_argument("--beta1", type=cli.unit_float, default=DEFAULTS["beta1"], help="Adam's beta1")
@@ -131,12 +185,17 @@ def build_parser(record_given=True):
                    help="append to metrics.jsonl, and off a terminal print a line, every N steps")
     p.add_argument("--eval-every", type=cli.positive_int, default=None, metavar="EPOCHS",
                    help="run cganraw.evaluate's metrics every N epochs (default: never; needs a classifier)")
+    p.add_argument("--eval-every-steps", type=cli.positive_int, default=None, metavar="STEPS",
+                   help="run them every N steps as well (default: never), for runs too short for whole epochs")
     p.add_argument("--max-steps", type=cli.positive_int, default=None,
                    help="stop after this many steps in all (default: no limit)")
     p.add_argument("--max-minutes", type=cli.positive_float, default=None,
                    help="stop after this many minutes of training in all (default: no limit)")
     p.add_argument("--backend", choices=backend.BACKENDS, default=None,
                    help="default: $CGANRAW_BACKEND, else cuda when a GPU is usable, else numpy")
+    p.add_argument("--tf32", action=argparse.BooleanOptionalAction, default=False,
+                   help="let GEMMs round their inputs to TF32 on tensor cores (cuBLAS on cuda, gemm v4 on "
+                        "emu; numpy is unaffected): faster on a GPU, results change at the 1e-3 level")
     p.add_argument("--data-dir", default=None,
                    help="folder with the IDX files (default: $CGANRAW_DATA_DIR, then the user cache)")
     p.add_argument("--download", action=argparse.BooleanOptionalAction, default=True,
@@ -185,6 +244,7 @@ def resumed_config(saved, args, run_dir):
     """The saved config with the allowed overrides applied, and the overrides {key: (was,
     asked)}. Any other explicitly given setting that differs is a UsageError listing them."""
     given = getattr(args, "given", frozenset())
+    saved = upgrade_config(saved)
     asked = {k: getattr(args, k) for k in CONFIG_KEYS if k in given}
     if "dataset" in asked:
         asked["dataset"] = data.resolve_name(asked["dataset"])
@@ -197,6 +257,12 @@ def resumed_config(saved, args, run_dir):
                          "(drop these flags to resume as saved, or start a new run in another --out)")
     changes = {k: (saved.get(k), v) for k, v in asked.items() if v != saved.get(k)}
     return {**saved, **{k: new for k, (_, new) in changes.items()}}, changes
+
+
+def upgrade_config(saved):
+    """A saved config with the settings added since it was written at what they meant then."""
+    g_norm = saved.get("g_norm") or ("batch" if saved.get("g_batchnorm") else "none")
+    return {**UPGRADE_DEFAULTS, **saved, "g_norm": g_norm, "g_batchnorm": g_norm == "batch"}
 
 
 def new_config(args):
@@ -218,5 +284,6 @@ def config_doc(cfg, run, out, changes):
     if changes:
         history = [*history, {"step": run.step, "changed": {k: {"was": a, "now": b} for k, (a, b) in changes.items()}}]
     ds = run.train_set
-    return {**cfg, "version": cganraw.__version__, "backend": backend.current(), "num_classes": ds.num_classes,
+    return {**cfg, "version": cganraw.__version__, "backend": backend.current(), "tf32": tf32_enabled(),
+            "num_classes": ds.num_classes,
             "class_names": list(ds.class_names), "out": str(out), "resumes": history}

@@ -114,7 +114,10 @@ def train_step(G, D, opt_g, opt_d, real_images, real_labels, rng, label_smoothin
     set_dropout_step(D, key.step)
     set_dropout_step(G, key.step)
     n = real_images.shape[0]
+    # drawn in float32 always (the same noise at any precision), then in the images' dtype
     z = philox_normal((n, G.latent_dim), key.stream(NOISE))
+    if z.dtype != real_images.dtype:
+        z = z.astype(real_images.dtype)
     pairs = n // 2 if mode_seeking > 0 else 0       # rows i and pairs + i share a label
     fake_labels = None
     if G.conditional:

@@ -20,17 +20,31 @@ from pathlib import Path
 import numpy as np
 
 import cganraw
-from cganraw import backend, checkpoint, cli, data, health, models, rundir
+from cganraw import backend, checkpoint, cli, data, health, load, models, rundir  # noqa: F401
 from cganraw.cli import CLIError  # noqa: F401  (re-exported: the errors of this command)
+from cganraw.ops.gemm import set_tf32
 from cganraw.progress import Progress, format_eta
 from cganraw.run import Run, fraction_done
+from cganraw.settings import (  # noqa: F401
+    CONFIG_KEYS,
+    DEFAULT_EPOCHS,
+    DEFAULTS,
+    KEEP_EPOCH_CHECKPOINTS,
+    RESUMABLE_OVERRIDES,
+    TrainingError,
+    UsageError,
+    build_parser,
+    config_doc,
+    flag_name,
+    new_config,
+    resume_settings,
+    resumed_config,
+)
 from cganraw.signals import Aborted, StopSignals
-from cganraw.settings import (CONFIG_KEYS, DEFAULT_EPOCHS, DEFAULTS, KEEP_EPOCH_CHECKPOINTS,  # noqa: F401
-                              RESUMABLE_OVERRIDES, TrainingError, UsageError, build_parser, config_doc,
-                              flag_name, new_config, resume_settings, resumed_config)
 from cganraw.step import ema_decay_at, lr_scale, train_step, update_ema, upload_batch  # noqa: F401  (the API)
 
 log = logging.getLogger("cganraw.train")   # not __name__: that is __main__ under python -m
+EVAL_N_PER_CLASS = 100   # images per class of an --eval-every(-steps) evaluation
 
 
 def _use_backend(name):
@@ -101,6 +115,7 @@ def run_training(args, log=log):
 
 def _train(args, log, stop, saved):
     bk = _use_backend(args.backend)
+    set_tf32(True if args.tf32 else None)
     ckpt, changes = None, {}
     if args.resume is not None:
         ckpt, out, cfg, changes = resume_settings(args)
@@ -116,12 +131,12 @@ def _train(args, log, stop, saved):
     lock.check_free()
 
     train_set = data.load(cfg["dataset"], "train", data_dir=args.data_dir, download=args.download)
-    if cfg["batch_size"] > len(train_set.labels):
-        raise TrainingError(f"--batch-size {cfg['batch_size']} exceeds the {len(train_set.labels)} training images")
+    for key in ("batch_size", "batch_size_final"):
+        if (cfg.get(key) or 0) > len(train_set.labels):
+            raise TrainingError(f"{flag_name(key)} {cfg[key]} exceeds the {len(train_set.labels)} training images")
 
     def fresh_run(ckpt):
-        G, D = models.build(cfg["model"], train_set.num_classes, latent_dim=cfg["latent_dim"],
-                            width=cfg["width"], seed=cfg["seed"], batchnorm=cfg.get("g_batchnorm", False))
+        G, D = load.build_from_config(cfg, train_set.num_classes, seed=cfg["seed"])
         run = Run(cfg, train_set, G, D)
         if ckpt is not None:
             run.restore(ckpt)
@@ -156,14 +171,15 @@ def _train(args, log, stop, saved):
 
 def _loop(run, cfg, args, out, metrics, stop, saved, log):
     G, D = run.G, run.D
-    steps_per_epoch = len(run.batches)
-    planned_steps = cfg["epochs"] * steps_per_epoch
+    planned_steps = run.planned_steps
+    steps_per_epoch = planned_steps / cfg["epochs"]     # on average, with a rising batch size
     total_steps = min(planned_steps, cfg["max_steps"]) if cfg.get("max_steps") else planned_steps
     t_start, elapsed0, step0 = time.monotonic(), run.elapsed, run.step
     deadline = t_start + 60 * cfg["max_minutes"] - elapsed0 if cfg.get("max_minutes") else None
     window_t, window_imgs, session_imgs = t_start, 0, 0
     stop_reason = "finished" if total_steps == planned_steps else f"reached --max-steps {total_steps}"
-    evaluator = _make_evaluator(cfg, log, args.data_dir) if cfg.get("eval_every") else None
+    evaluates = cfg.get("eval_every") or cfg.get("eval_every_steps")
+    evaluator = _make_evaluator(cfg, log, args.data_dir) if evaluates else None
     last_path = saved.path
     run.exit_code = 0
 
@@ -177,9 +193,11 @@ def _loop(run, cfg, args, out, metrics, stop, saved, log):
             if deadline is not None and time.monotonic() >= deadline:
                 stop_reason = f"time budget of {cfg['max_minutes']} min reached"
                 break
-            run.set_lr(run.fraction_done(planned_steps))
+            frac = run.fraction_done(planned_steps)
+            run.set_lr(frac)
+            run.set_growth(frac)
             epoch_before = run.batches.epoch
-            x, labels = run.batches.next_batch()
+            x, labels = run.next_batch()
             # labels checked on the host, then uploaded: no layer checks them on the device
             x, labels = upload_batch(x, labels if G.conditional else None, G.num_classes)
             with np.errstate(all="ignore"):   # a bad loss is recorded on the device, read below
@@ -208,22 +226,23 @@ def _loop(run, cfg, args, out, metrics, stop, saved, log):
                 metrics.write({"step": run.step, "epoch": round(epochs_done, 6),
                                **{k: round(v, 6) for k, v in values.items()},
                                "images_per_s": round(window_imgs / max(now - window_t, 1e-9), 2),
-                               "elapsed_s": round(run.elapsed, 2)})
+                               "elapsed_s": round(run.elapsed, 2), **run.schedule_record(x.shape[0])})
                 window_t, window_imgs = now, 0
                 text = (f"D {values['d_loss']:.3f} G {values['g_loss']:.3f} D(x) {values['d_real']:.2f} "
                         f"D(G(z)) {values['d_fake']:.2f}")
             bar.update(run.step, f"epoch {epochs_done:.2f}/{cfg['epochs']} {text} "
                                  f"{session_imgs / max(now - t_start, 1e-9):.0f} img/s ETA {format_eta(eta)}",
                        force=epoch_done)
+            if evaluator and cfg.get("eval_every_steps") and run.step % cfg["eval_every_steps"] == 0 \
+                    and not (epoch_done and cfg.get("eval_every") and run.batches.epoch % cfg["eval_every"] == 0):
+                _evaluate(run, evaluator, metrics, log, round(epochs_done, 6), f"step {run.step}")
             if cfg.get("sample_every") and run.step % cfg["sample_every"] == 0:
                 run.sample_grid(out / "samples" / f"step_{run.step:07d}.png", f"step {run.step}")
             if epoch_done:
                 run.epoch = run.batches.epoch
                 run.sample_grid(out / "samples" / f"epoch_{run.epoch:03d}.png", f"epoch {run.epoch}, step {run.step}")
-                if evaluator and run.epoch % cfg["eval_every"] == 0:
-                    res = evaluator(run)
-                    metrics.write({"step": run.step, "epoch": run.epoch, **res})
-                    log.info("epoch %d: %s", run.epoch, ", ".join(f"{k} {v:.4g}" for k, v in res.items()))
+                if evaluator and cfg.get("eval_every") and run.epoch % cfg["eval_every"] == 0:
+                    _evaluate(run, evaluator, metrics, log, run.epoch, f"epoch {run.epoch}")
                 _save(run, out / "checkpoints" / f"epoch_{run.epoch:03d}.npz", saved)
                 rundir.prune_epoch_checkpoints(out / "checkpoints", KEEP_EPOCH_CHECKPOINTS)
                 _save(run, last_path, saved)
@@ -239,20 +258,28 @@ def _loop(run, cfg, args, out, metrics, stop, saved, log):
         return
     stop.graceful = False
     run.sample_grid(out / "samples" / "final.png", f"{cfg['model']} on {cfg['dataset']}, step {run.step}")
-    from cganraw.plots import plot_losses  # noqa: PLC0415  (matplotlib is slow to import)
+    from cganraw.plots import plot_losses
     plot_losses(out / "metrics.jsonl", out / "loss.png")
     log.info("%s at step %d (epoch %.2f/%d), %.1f min; checkpoint %s", stop_reason, run.step,
              run.step / steps_per_epoch, cfg["epochs"], run.elapsed / 60, last_path)
 
 
+def _evaluate(run, evaluator, metrics, log, epoch, where):
+    """One evaluation record in metrics.jsonl: the step, the epoch and the metrics."""
+    res = evaluator(run)
+    metrics.write({"step": run.step, "epoch": epoch, **res})
+    log.info("%s: %s", where, ", ".join(f"{k} {v:.4g}" for k, v in res.items()))
+
+
 def _make_evaluator(cfg, log, data_dir=None):
-    """Label accuracy etc. every N epochs, through cganraw.evaluate."""
-    from cganraw import classifier, evaluate  # noqa: PLC0415  (only with --eval-every)
+    """Label accuracy etc. every N epochs or steps, through cganraw.evaluate."""
+    from cganraw import classifier, evaluate
     clf = classifier.load_or_train(cfg["dataset"], data_dir=data_dir, log=log.info)
 
     def run_eval(run):
-        res = evaluate.evaluate_generator(run.G_sample, list(run.train_set.class_names), clf, n_per_class=100,
-                                          seed=0, cas=False, log=lambda *a: None, data_dir=data_dir)
+        res = evaluate.evaluate_generator(run.G_sample, list(run.train_set.class_names), clf,
+                                          n_per_class=EVAL_N_PER_CLASS, seed=0, cas=False, log=lambda *a: None,
+                                          data_dir=data_dir)
         return {k: v for k, v in res.items() if isinstance(v, (int, float)) and math.isfinite(v)}
     return run_eval
 

@@ -5,8 +5,13 @@
 // Kernels:
 //   bias_add_forward_v1/v2    y[n, c, p] += b[c]          in place
 //   bias_add_backward_v1/v2   db[c] = sum_{n, p} dy[n, c, p]
-// Shapes: y, dy (N, C, HW) contiguous, HW = H*W (1 for a Linear layer's (N, C));
-// b, db (C,).
+//   bias_add_backward_partial_v3 + bias_add_backward_reduce_v3   the same in two passes
+//   bias_leaky_relu_forward_v1            y = leaky_relu(y + b[c]), in place (fused)
+//   bias_leaky_relu_backward_partial_v1   dpre = y > 0 ? dy : slope * dy (written), and
+//                                         its per-channel partial sums; then
+//                                         bias_add_backward_reduce_v3 gives db
+// Shapes: y, dy, dpre (N, C, HW) contiguous, HW = H*W (1 for a Linear layer's (N, C));
+// b, db (C,); partials (splits, C).
 //
 // Versions:
 //   bias_add_forward_v1   naive: one thread per element; the channel is (i / HW) % C.
@@ -23,6 +28,22 @@
 //                         warp in shared memory, shuffles again in warp 0.
 //                         blockDim.x must be a multiple of 32 (full warps for the
 //                         full-mask shuffles), at most 1024; the launcher picks it.
+//   bias_add_backward_v3  adds a (channels x splits) grid (channels.cuh): each block sums
+//                         one slice of a channel (or of 128 channels when HW = 1, rows
+//                         split across warps) with float4 loads where aligned, writes a
+//                         partial sum, and bias_add_backward_reduce_v3 adds the splits'
+//                         partials in order: no float atomics, the same bits every run.
+//                         v2 has one block per channel: 128 blocks for 132 SMs with one
+//                         or two loads in flight per thread; v3 has C x splits blocks
+//                         (the launcher aims at 528) and 4 values per load.
+//   bias_leaky_relu_*_v1  the fusion of bias_add and leaky_relu (ops.activation) that
+//                         Linear/Conv2d/ConvTranspose2d + LeakyReLU run as (nn.fused):
+//                         forward one read-modify-write of y instead of two; backward the
+//                         activation gradient folded into the bias reduction (dy and y read
+//                         once, dpre written once, instead of a leaky_relu_backward pass
+//                         and a bias reduction pass over dpre). The mask comes from the
+//                         output: y > 0 exactly when y + b > 0 for slope >= 0 (the op
+//                         refuses a negative slope), so the forward keeps no extra array.
 
 // ---------------------------------------------------------------- reductions
 
@@ -77,4 +98,99 @@ extern "C" __global__ void bias_add_backward_v2(float* db, const float* dy, int 
         sum = block_sum(sum, partials);
         if (threadIdx.x == 0) db[c] = sum;
     }
+}
+
+// ---------------------------------------------------------------- version 3: split reduction
+
+#include "channels.cuh"   // ch_partials, ch_total, ch_apply
+
+struct BiasGradSum {   // summand: dy
+    static const int NV = 1;
+    const float* dy;
+    bool vec;
+    __device__ void at(long long i, int, float* out) const { out[0] = dy[i]; }
+    __device__ void at4(long long i, int, int, float (*out)[1]) const
+    {
+        const float4 v = *reinterpret_cast<const float4*>(dy + i);
+        out[0][0] = v.x; out[1][0] = v.y; out[2][0] = v.z; out[3][0] = v.w;
+    }
+};
+
+// dy: (N, C, HW) -> partials: (splits, C); grid (C or ceil(C/128), splits), block CH_THREADS
+extern "C" __global__ void bias_add_backward_partial_v3(float* partials, const float* dy,
+                                                        int N, int C, int HW, int splits)
+{
+    BiasGradSum op{dy, ch_aligned16(dy)};
+    ch_partials<1>(op, partials, N, C, HW, splits);
+}
+
+// partials: (splits, C) -> db: (C,), one thread per channel
+extern "C" __global__ void bias_add_backward_reduce_v3(float* db, const float* partials, int C, int splits)
+{
+    for (int c = blockIdx.x * blockDim.x + threadIdx.x; c < C; c += gridDim.x * blockDim.x)
+        db[c] = ch_total(partials, 0, splits, C, c);
+}
+
+// ---------------------------------------------------------------- fused bias + LeakyReLU
+
+struct BiasLeaky {     // y = leaky(y + b[c]) in place
+    typedef float Consts;
+    float* y;
+    const float* b;
+    float slope;
+    bool vec;
+    __device__ float consts(int c, bool) const { return b[c]; }
+    __device__ float f(float v, float bias) const
+    {
+        v += bias;
+        return v > 0.0f ? v : v * slope;
+    }
+    __device__ void apply(long long i, float k) const { y[i] = f(y[i], k); }
+    __device__ void apply4(long long i, float k0, float k1, float k2, float k3) const
+    {
+        float4 v = *reinterpret_cast<float4*>(y + i);
+        v.x = f(v.x, k0); v.y = f(v.y, k1); v.z = f(v.z, k2); v.w = f(v.w, k3);
+        *reinterpret_cast<float4*>(y + i) = v;
+    }
+};
+
+// y: (N, C, HW) in place, b: (C,); grid (C or ceil(C/128), splits), block CH_THREADS
+extern "C" __global__ void bias_leaky_relu_forward_v1(float* y, const float* b, float slope,
+                                                      int N, int C, int HW, int splits)
+{
+    BiasLeaky op{y, b, slope, ch_aligned16(y)};
+    ch_apply(op, N, C, HW, splits);
+}
+
+struct BiasLeakyGradSum {   // dpre = y > 0 ? dy : slope * dy, written; summand: dpre
+    static const int NV = 1;
+    float* dpre;
+    const float* dy;
+    const float* y;
+    float slope;
+    bool vec;
+    __device__ float g(float d, float out) const { return out > 0.0f ? d : d * slope; }
+    __device__ void at(long long i, int, float* out) const
+    {
+        const float d = g(dy[i], y[i]);
+        dpre[i] = d;
+        out[0] = d;
+    }
+    __device__ void at4(long long i, int, int, float (*out)[1]) const
+    {
+        const float4 d = *reinterpret_cast<const float4*>(dy + i);
+        const float4 o = *reinterpret_cast<const float4*>(y + i);
+        const float4 r = make_float4(g(d.x, o.x), g(d.y, o.y), g(d.z, o.z), g(d.w, o.w));
+        *reinterpret_cast<float4*>(dpre + i) = r;
+        out[0][0] = r.x; out[1][0] = r.y; out[2][0] = r.z; out[3][0] = r.w;
+    }
+};
+
+// dy, y: (N, C, HW) -> dpre: (N, C, HW), partials: (splits, C)
+extern "C" __global__ void bias_leaky_relu_backward_partial_v1(float* dpre, float* partials, const float* dy,
+                                                               const float* y, float slope,
+                                                               int N, int C, int HW, int splits)
+{
+    BiasLeakyGradSum op{dpre, dy, y, slope, ch_aligned16(dpre) && ch_aligned16(dy) && ch_aligned16(y)};
+    ch_partials<1>(op, partials, N, C, HW, splits);
 }

@@ -5,10 +5,22 @@
 //
 // Kernels:
 //   im2col_v1   x (N, C, H, W) -> cols (C*k*k, N*Ho*Wo); one thread per cols element.
+//   im2col_v2   adds a 2-D grid and 32-bit index math: blockIdx.y walks the cols rows
+//               (c, i, j), decoded once per row, and threads walk the columns q = (n, oy,
+//               ox) with two 32-bit divisions each, instead of one 64-bit division and
+//               six 32-bit ones per element (a 64-bit division alone is ~70 instructions
+//               on a GPU). THE DEFAULT.
 //   col2im_v1   cols -> x, scatter: one thread per cols element, atomicAdd into x
 //               (x must be zeroed first).
 //   col2im_v2   cols -> x, gather: one thread per x element, summing the cols entries
-//               of the windows that cover it; no atomics, no zero fill. THE DEFAULT.
+//               of the windows that cover it; no atomics, no zero fill.
+//   col2im_v3   v2 with a 2-D grid and 32-bit index math: blockIdx.y walks the (n, c)
+//               planes, threads the plane's pixels. THE DEFAULT.
+// 32-bit versions need every index below 2^31: cols and x below 2^31 elements, which
+// the launchers check on the host (ValueError naming the sizes); v1 and v2 index in 64
+// bits but split an element into row and column with 32-bit parts, so they need the
+// column count N*Ho*Wo below 2^31 (checked likewise). The k4 s2 p1 transposed conv no
+// longer runs through col2im (ops/conv.py: phase-split GEMMs).
 //
 // Column layout (cganraw/ops/conv.py): row r = (c*k + i)*k + j, column q = (n*Ho + oy)*Wo + ox
 // holds x[n, c, oy*s + i - p, ox*s + j - p], zero where that falls in the padding.
@@ -116,5 +128,60 @@ extern "C" __global__ void col2im_v2(const float* cols, float* x,
             }
         }
         x[e] = acc;
+    }
+}
+
+// ---------------------------------------------------------------- 32-bit, 2-D grid versions
+
+// x (N, C, H, W) -> cols (C*k*k, N*Ho*Wo). grid (x: column blocks, y: rows), both grid-strided.
+// Requires C*k*k*N*Ho*Wo < 2^31 and N*C*H*W < 2^31 (host-checked).
+extern "C" __global__ void im2col_v2(const float* x, float* cols,
+                                     int N, int C, int H, int W, int k, int s, int p,
+                                     int Ho, int Wo)
+{
+    const int L = N * Ho * Wo;
+    const int R = C * k * k;
+    for (int r = blockIdx.y; r < R; r += gridDim.y) {
+        const int j = r % k, i = (r / k) % k, c = r / (k * k);      // once per row
+        float* row = cols + r * L;
+        for (int q = blockIdx.x * blockDim.x + threadIdx.x; q < L; q += gridDim.x * blockDim.x) {
+            const int t = q / Wo;
+            const int ox = q - t * Wo;
+            const int n = t / Ho;
+            const int oy = t - n * Ho;
+            const int yy = oy * s + i - p, xx = ox * s + j - p;
+            row[q] = (yy >= 0 && yy < H && xx >= 0 && xx < W) ? x[((n * C + c) * H + yy) * W + xx] : 0.0f;
+        }
+    }
+}
+
+// cols (C*k*k, N*Ho*Wo) -> x (N, C, H, W), gather as col2im_v2. grid (x: pixel blocks,
+// y: planes n*C + c), both grid-strided. Same 32-bit requirements as im2col_v2.
+extern "C" __global__ void col2im_v3(const float* cols, float* x,
+                                     int N, int C, int H, int W, int k, int s, int p,
+                                     int Ho, int Wo)
+{
+    const int L = N * Ho * Wo;
+    const int HW = H * W;
+    for (int plane = blockIdx.y; plane < N * C; plane += gridDim.y) {
+        const int c = plane % C, n = plane / C;                      // once per plane
+        for (int pix = blockIdx.x * blockDim.x + threadIdx.x; pix < HW; pix += gridDim.x * blockDim.x) {
+            const int y = pix / W;
+            const int xo = pix - y * W;
+            const int py = y + p, px = xo + p;
+            float acc = 0.0f;
+            for (int i = py % s; i < k; i += s) {
+                if (py - i < 0) break;
+                const int oy = (py - i) / s;
+                if (oy >= Ho) continue;
+                for (int jj = px % s; jj < k; jj += s) {
+                    if (px - jj < 0) break;
+                    const int ox = (px - jj) / s;
+                    if (ox >= Wo) continue;
+                    acc += cols[((c * k + i) * k + jj) * L + (n * Ho + oy) * Wo + ox];
+                }
+            }
+            x[plane * HW + pix] = acc;
+        }
     }
 }

@@ -6,6 +6,11 @@ import pytest
 
 # Tests run on the NumPy reference backend unless a test switches explicitly.
 os.environ.setdefault("CGANRAW_BACKEND", "numpy")
+# Kernels run under strict barriers: a barrier released while some threads of the block have
+# returned is a KernelError (PTX would release it; a kernel that relies on that is one edit
+# away from a hang). Strict mode only adds errors to the lenient one, so a suite that passes
+# strict passes lenient too; tests/emu/test_sync_bugs.py covers both modes explicitly.
+os.environ.setdefault("EMU_STRICT_BARRIERS", "1")
 
 SHARED_MNIST = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "mnist")
 # $CGANRAW_DATA_DIR as the session started (tests clear it to isolate themselves)

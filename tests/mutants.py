@@ -8,7 +8,8 @@ test caught.
     python tests/mutants.py --tests-ref main     # the same bugs against another commit's tests
 
 Each mutant is a list of (file, old text, new text) edits; the old text must occur exactly
-once (in the file, or in all the .py files under a folder given as `dir/`), so a mutant that no longer applies (the code moved on) is an error, never a silent
+once (in the file, or in all the .py files under a folder given as `dir/`), so a mutant
+that no longer applies (the code moved on) is an error, never a silent
 survivor. Before the mutants, the chosen tests run once on the unmutated copy and must
 pass (--no-baseline skips that). Tests run with `-x` and stop at the first failure; a
 mutant is caught when pytest fails, errors or crashes. When a test suite changes
@@ -115,7 +116,7 @@ MUTANTS = [
     one("schedule-lr-d-ignored", "schedule", "--lr-d ignored by the schedule: D runs at --lr", TRAIN,
         "self.opt_d.lr = (self.cfg[\"lr_d\"] or self.cfg[\"lr\"]) * scale", "self.opt_d.lr = self.cfg[\"lr\"] * scale"),
     one("schedule-d-constant", "schedule", "D's rate never decays", TRAIN,
-        "self.opt_d.lr = (self.cfg[\"lr_d\"] or self.cfg[\"lr\"]) * scale", "self.opt_d.lr = (self.cfg[\"lr_d\"] or self.cfg[\"lr\"])"),
+        "self.opt_d.lr = (self.cfg[\"lr_d\"] or self.cfg[\"lr\"]) * scale", "self.opt_d.lr = (self.cfg[\"lr_d\"] or self.cfg[\"lr\"])"),  # noqa: E501
     # --- ops and kernels ------------------------------------------------------------
     one("op-leaky-relu-slope", "op-activation", "LeakyReLU's backward uses 1 - slope", "cganraw/ops/activation.py",
         "return xp.where(x > 0, dy, dy * dy.dtype.type(negative_slope))",

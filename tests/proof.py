@@ -11,7 +11,6 @@ import numpy as np
 
 from cganraw import backend, models, train
 
-
 # ------------------------------------------------------------------ recorders ------
 
 class DrawRecorder:

@@ -54,7 +54,7 @@ def test_case_ids_are_unique_and_every_suite_has_cases():
     adam = [c for c in full if c.spec.family == "adam"]
     assert adam and all(c.batch is None and not c.id.endswith(("-b64", "-b128")) for c in adam)
     assert {c.impl for c in full if c.spec.suite == "gemm"} == {"numpy", "cuda:cublas", "cuda:v1", "cuda:v2",
-                                                                "cuda:v3"}
+                                                                "cuda:v3", "cuda:v4"}
     assert {c.backend for c in full} == {"numpy", "cuda"}
 
 
@@ -198,7 +198,8 @@ def test_cli_lists_cases(capsys):
     assert bench_main(["--list", "--smoke", "--filter", "gemm-G.fc_fwd"]) == 0
     assert capsys.readouterr().out.split() == [
         "gemm-G.fc_fwd-numpy-b2", "gemm-G.fc_fwd-cuda-cublas-b2", "gemm-G.fc_fwd-cuda-v1-b2",
-        "gemm-G.fc_fwd-cuda-v2-b2", "gemm-G.fc_fwd-cuda-v3-b2"]
+        "gemm-G.fc_fwd-cuda-v2-b2", "gemm-G.fc_fwd-cuda-v3-b2",
+        "gemm-G.fc_fwd-cuda-v4-b2"]
 
 
 def test_cli_redraws_from_json(tmp_path, capsys):

@@ -82,6 +82,10 @@ def world(tmp_path_factory):
     (root / "ro" / "old.png").write_bytes(b"not replaced")
     os.chmod(root / "ro", 0o555)
     (root / "cwd").mkdir()
+    # matplotlib builds its font cache on first use, and says so on stderr when that takes
+    # over 5 s (a loaded machine): build it now, not inside a case
+    subprocess.run([sys.executable, "-c", "import matplotlib.font_manager"], env=_env(p), check=True,
+                   capture_output=True, timeout=300)
     p.update({k: str(v) for k, v in {
         "good": ck / "good.npz", "nan": ck / "nan.npz", "exploded": ck / "exploded.npz",
         "uncond": ck / "uncond.npz", "trunc": ck / "truncated.npz", "garbage": ck / "garbage.npz",
@@ -289,7 +293,7 @@ def test_the_good_inputs_work(world, tmp_path):
     """The same world with nothing wrong: each command succeeds, so the cases above fail
     for the reason they name."""
     env = _env(world)
-    run = lambda module, *argv: subprocess.run(  # noqa: E731
+    run = lambda module, *argv: subprocess.run(
         [sys.executable, "-m", f"cganraw.{module}", *argv], env=env, capture_output=True, text=True, timeout=300)
     r = run("sample", "--checkpoint", world["good"], "--labels", "3,1", "--out", str(tmp_path / "s.npz"))
     assert r.returncode == 0 and "wrote" in r.stderr, r.stderr

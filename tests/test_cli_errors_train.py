@@ -77,6 +77,7 @@ CASES = [
     ("checkpoint-every", ["--checkpoint-every", "0"], USAGE, "--checkpoint-every: expected a positive integer"),
     ("sample-every", ["--sample-every", "-1"], USAGE, "--sample-every: expected a positive integer"),
     ("eval-every", ["--eval-every", "0"], USAGE, "--eval-every: expected a positive integer"),
+    ("eval-every-steps", ["--eval-every-steps", "0"], USAGE, "--eval-every-steps: expected a positive integer"),
     ("backend", ["--backend", "tpu"], USAGE, "invalid choice: 'tpu'"),
     ("unknown-flag", ["--learning-rate", "1"], USAGE, "unrecognized arguments: --learning-rate"),
     # resume: conflicts are usage errors, unreadable or unhealthy checkpoints runtime ones
@@ -98,7 +99,8 @@ CASES = [
     ("out-proc", ["--out", "/proc/cganraw-run"], RUNTIME, "cannot write the run folder /proc/cganraw-run"),
     ("out-holds-run", ["--out", "{root}/run"], RUNTIME, "{root}/run already holds a run: pass --resume"),
     # data and the machine
-    ("data-dir-missing", ["--data-dir", "{root}/no-such-dir"], RUNTIME, "the data folder {root}/no-such-dir (data_dir / --data-dir) does not exist"),
+    ("data-dir-missing", ["--data-dir", "{root}/no-such-dir"], RUNTIME,
+     "the data folder {root}/no-such-dir (data_dir / --data-dir) does not exist"),
     ("data-dir-empty", ["--data-dir", "{root}/empty"], RUNTIME, "emnist-letters"),
     ("batch-over-data", ["--batch-size", "1000"], RUNTIME, "--batch-size 1000 exceeds the 48 training images"),
     ("env-backend", ["--env", "CGANRAW_BACKEND=tpu"], RUNTIME, "CGANRAW_BACKEND='tpu' is not a backend"),

@@ -20,10 +20,21 @@ import numpy as np
 import pytest
 
 from cganraw import data as D
-from tests.synthetic import BALANCED_CHARS, mapping_text, upright_images, write_emnist  # noqa: F401
-from cganraw.data import (DATASETS, BatchIterator, DataError, MissingDataError, cache_dir, load,
-                          read_idx, resolve_name, to_float, to_uint8, write_idx)
+from cganraw.data import (
+    DATASETS,
+    BatchIterator,
+    DataError,
+    MissingDataError,
+    cache_dir,
+    load,
+    read_idx,
+    resolve_name,
+    to_float,
+    to_uint8,
+    write_idx,
+)
 from cganraw.data.idx import IDX_CODES
+from tests.synthetic import BALANCED_CHARS, mapping_text, upright_images, write_emnist  # noqa: F401
 
 MNIST_FILES = ["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
                "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"]

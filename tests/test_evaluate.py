@@ -242,7 +242,7 @@ def test_second_evaluation_neither_reloads_nor_reembeds_the_real_test_set(counte
 
 def test_real_feature_cache_follows_the_classifier_weights_and_the_data(counted, rng):
     G, clf, fake, calls = counted
-    run = lambda: evaluate.evaluate_generator(G, DIGITS, clf, n_per_class=2, cas=False,  # noqa: E731
+    run = lambda: evaluate.evaluate_generator(G, DIGITS, clf, n_per_class=2, cas=False,
                                               data_dir=fake, log=None)
     first = run()
     clf.head.weight.data *= 2          # other weights, other features: embedded again

@@ -53,6 +53,14 @@ def test_kernel_dir_prefers_the_source_tree(monkeypatch):
     assert _launch.kernel_dir() == Path("/somewhere/else")
 
 
+def test_the_page_and_the_shipped_model_ship_as_package_data():
+    patterns = _setuptools_config()["package-data"]["cganraw"]
+    files = [p.relative_to(ROOT / "cganraw").as_posix()
+             for folder in ("web", "pretrained") for p in (ROOT / "cganraw" / folder).iterdir() if p.is_file()]
+    unshipped = [f for f in files if not any(Path(f).match(pat) for pat in patterns)]
+    assert "web/index.html" in files and "pretrained/digits.npz" in files and not unshipped, unshipped
+
+
 def test_every_command_line_has_a_console_script():
     scripts = _pyproject()["project"]["scripts"]
     targets = set(scripts.values())
@@ -131,6 +139,8 @@ def test_a_wheel_install_in_a_fresh_venv_runs_the_benchmarks(tmp_path):
     shipped = {p.name for p in Path(files[1]).iterdir()}
     missing = [p.name for p in (ROOT / "kernels").glob("*.cu*") if p.name not in shipped]
     assert not missing, f"kernel sources the wheel left out: {missing}"
+    package = Path(files[0]).parent
+    assert (package / "web" / "index.html").is_file() and (package / "pretrained" / "digits.npz").is_file()
     run = subprocess.run([str(py), "-m", "cganraw.bench", "--quick", "--smoke", "--out", "out",
                           "--filter", "bias_add_fwd and numpy and 1x28x28"],
                          capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
@@ -139,3 +149,13 @@ def test_a_wheel_install_in_a_fresh_venv_runs_the_benchmarks(tmp_path):
     listed = subprocess.run([str(venv / "bin" / "cganraw-bench"), "--list", "--filter", "adam and numpy"],
                             capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
     assert listed.returncode == 0 and "adam-G.fc.weight-numpy" in listed.stdout.split(), listed.stderr
+
+
+def test_emulator_headers_ship_as_package_data():
+    # cuda_emu.h and the stand-in toolkit headers (include/mma.h) the emulator compiles with
+    patterns = _setuptools_config()["package-data"]["cganraw.cuda_emu"]
+    emu = ROOT / "cganraw" / "cuda_emu"
+    headers = sorted(str(p.relative_to(emu)) for p in emu.rglob("*.h"))
+    shipped = {str(p.relative_to(emu)) for pat in patterns for p in emu.glob(pat)}   # setuptools' globs
+    unshipped = [h for h in headers if h not in shipped]
+    assert "include/mma.h" in headers and not unshipped, f"emulator headers the wheel would leave out: {unshipped}"

@@ -5,10 +5,9 @@ import os
 import numpy as np
 import pytest
 
-from cganraw import checkpoint, load, models, train
+from cganraw import checkpoint, load, models, sample, train
 from cganraw.losses import mode_seeking
 from cganraw.optim import Adam
-from cganraw import sample
 from tests.synthetic import write_emnist
 
 TINY = ["--width", "4", "--batch-size", "8", "--log-every", "1", "--quiet", "--no-download"]
@@ -19,17 +18,6 @@ def letters_dir(tmp_path):
     d = tmp_path / "data"
     write_emnist(d, "letters", np.random.default_rng(0), n=(48, 16))
     return d
-
-
-@pytest.fixture(autouse=True)
-def _drop_cli_log_handler():
-    """train.main installs a stderr handler on the `cganraw` logger once per process; it
-    would keep writing to the stream of the test that installed it."""
-    yield
-    import logging
-    logger = logging.getLogger("cganraw")
-    for h in [h for h in logger.handlers if getattr(h, "_cganraw_cli", False)]:
-        logger.removeHandler(h)
 
 
 def run_cli(*argv):
@@ -63,7 +51,7 @@ def test_g_step_leaves_d_weights_and_d_step_leaves_g(monkeypatch):
     opt_g, opt_d = Adam(G.parameters()), Adam(D.parameters())
     snapshots = {}
     real_step_g, real_step_d = opt_g.step, opt_d.step
-    params = lambda m: {k: p.data.copy() for k, p in m.named_parameters()}  # noqa: E731
+    params = lambda m: {k: p.data.copy() for k, p in m.named_parameters()}
 
     def step_d():
         snapshots["d_grads_at_d_step"] = [p.grad.copy() for p in D.parameters()]
@@ -71,7 +59,8 @@ def test_g_step_leaves_d_weights_and_d_step_leaves_g(monkeypatch):
         snapshots["g_after_d_step"] = params(G)
         snapshots["d_after_d_step"] = params(D)
     monkeypatch.setattr(opt_d, "step", step_d)
-    monkeypatch.setattr(opt_g, "step", lambda: (snapshots.setdefault("d_grads", [p.grad.copy() for p in D.parameters()]), real_step_g()))
+    monkeypatch.setattr(opt_g, "step", lambda: (
+        snapshots.setdefault("d_grads", [p.grad.copy() for p in D.parameters()]), real_step_g()))
     g0, d0 = params(G), params(D)
     train.train_step(G, D, opt_g, opt_d, rng.uniform(-1, 1, (4, 1, 28, 28)).astype(np.float32), rng.integers(0, 10, 4), rng)
     assert all(np.array_equal(g0[k], v) for k, v in snapshots["g_after_d_step"].items())
@@ -347,6 +336,23 @@ def test_eval_every_logs_label_accuracy(letters_dir, tmp_path, monkeypatch):
                    "--eval-every", 1, *TINY) == 0
     evals = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if "label_accuracy" in line]
     assert len(evals) == 1 and 0.0 <= evals[0]["label_accuracy"] <= 1.0 and evals[0]["epoch"] == 1
+
+
+def test_eval_every_steps_evaluates_within_epochs_once_per_step(letters_dir, tmp_path, monkeypatch):
+    from cganraw import classifier, data
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    ds = data.load("emnist", data_dir=letters_dir)
+    clf, _ = classifier.fit_classifier(ds.images, ds.labels, ds.class_names, dataset="emnist-letters",
+                                       epochs=1, log=lambda *a: None, channels=(4, 4, 8), features=16)
+    clf.save(classifier.default_path("emnist-letters"))
+    out = tmp_path / "run"
+    # 48 images, batch 8: 6 steps an epoch; step 6 is due for both and is evaluated once
+    assert run_cli("--dataset", "emnist", "--data-dir", letters_dir, "--out", out, "--max-steps", 9,
+                   "--eval-every-steps", 3, "--eval-every", 1, *TINY) == 0
+    evals = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if "label_accuracy" in line]
+    assert [(e["step"], e["epoch"]) for e in evals] == [(3, 0.5), (6, 1), (9, 1.5)]
+    assert all("fid" in e and 0.0 <= e["label_accuracy"] <= 1.0 for e in evals)
+    assert json.loads((out / "config.json").read_text())["eval_every_steps"] == 3
 
 
 def test_lr_schedule_is_constant_then_linear_to_zero():

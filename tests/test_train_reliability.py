@@ -31,17 +31,6 @@ def data_dirs(tmp_path_factory):
     return root / "small", root / "large"
 
 
-@pytest.fixture(autouse=True)
-def _drop_cli_log_handler():
-    """train.main installs a stderr handler on the `cganraw` logger once per process; it
-    would keep writing to the stream of the test that installed it."""
-    yield
-    import logging
-    logger = logging.getLogger("cganraw")
-    for h in [h for h in logger.handlers if getattr(h, "_cganraw_cli", False)]:
-        logger.removeHandler(h)
-
-
 def cmd(*argv):
     return [sys.executable, "-m", "cganraw.train", *map(str, argv)]
 

@@ -13,10 +13,18 @@ fibers switching at __syncthreads and warp operations, in a selectable order
 before launch. See README.md beside this file for semantics and limits.
 """
 from ._compile import CompileError, cache_dir
-from ._module import (KernelError, RawKernel, RawModule, current_settings, order, set_order,
-                      set_strict_barriers, set_workers, settings)
-from ._tools import (asan_library, nvrtc_check, nvrtc_library, ptxas_report, run_under_asan,
-                     NvrtcError)
+from ._module import (
+                      KernelError,
+                      RawKernel,
+                      RawModule,
+                      current_settings,
+                      order,
+                      set_order,
+                      set_strict_barriers,
+                      set_workers,
+                      settings,
+)
+from ._tools import NvrtcError, asan_library, nvrtc_check, nvrtc_library, ptxas_report, run_under_asan
 
 __all__ = [
     "RawModule", "RawKernel", "KernelError", "CompileError", "NvrtcError",

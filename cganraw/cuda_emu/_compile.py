@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 HEADER = os.path.join(HERE, "cuda_emu.h")
+# stand-ins for toolkit headers (<mma.h>) whose contents cuda_emu.h defines; searched first
+SHIM_INCLUDE = os.path.join(HERE, "include")
 CXX = os.environ.get("CUDA_EMU_CXX", "g++")
 BASE_FLAGS = ["-std=c++20", "-O1", "-shared", "-fPIC", "-pthread", "-fvisibility=hidden",
               "-fvisibility-inlines-hidden", "-w"]
@@ -26,7 +28,7 @@ ASAN_FLAGS = ["-fsanitize=address", "-fno-omit-frame-pointer", "-g"]
 # Seen by both the preprocessing scan and the compile, so #if blocks agree.
 DEFINES = ["-D__CUDACC__", "-D__CUDACC_RTC__", "-D__CUDA_ARCH__=800", "-DCUDA_EMU=1"]
 SYNC_RE = re.compile(r"\b(__syncthreads\w*|__syncwarp|__shfl\w*|__ballot_sync|__any_sync|__all_sync"
-                     r"|__match_\w+_sync|__reduce_\w+_sync|__activemask)\b")
+                     r"|__match_\w+_sync|__reduce_\w+_sync|__activemask|mma_sync)\b")
 IDENT_RE = re.compile(r"[A-Za-z_]\w*")
 CONTROL = {"if", "for", "while", "switch", "catch", "return", "sizeof", "decltype", "alignof",
            "__attribute__", "__launch_bounds__", "__align__", "alignas", "defined"}
@@ -356,7 +358,7 @@ def cache_dir() -> str:
     return d
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _compiler_id() -> str:
     try:
         return subprocess.run([CXX, "--version"], capture_output=True, text=True, check=True).stdout
@@ -364,7 +366,7 @@ def _compiler_id() -> str:
         raise CompileError(f"cuda_emu needs a C++20 compiler ({CXX}): {e}") from e
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _read(path: str, mtime: float) -> str:
     with open(path, encoding="utf-8") as f:
         return f.read()
@@ -486,7 +488,8 @@ def load(source: str, filename: str, options=(), name_expressions=None) -> Libra
     incl = local_includes(source, src_dir, incs)
     with open(__file__, "rb") as f:
         me = f.read()
-    key_parts = [read_text(HEADER), source, filename, "\0".join(flags), "\0".join(incs), repr(names),
+    shims = [read_text(os.path.join(SHIM_INCLUDE, n)) for n in sorted(os.listdir(SHIM_INCLUDE))]
+    key_parts = [read_text(HEADER), *shims, source, filename, "\0".join(flags), "\0".join(incs), repr(names),
                  repr(force), _compiler_id(), me.decode()] + [p + "\0" + t for p, t in incl]
     key = hashlib.sha256("\0\1".join(key_parts).encode()).hexdigest()[:24]
     with _lock:
@@ -518,7 +521,7 @@ def _run(cmd: list[str], stdin: str, what: str, filename: str) -> str:
 def _build(source, filename, src_dir, incs, flags, names, force, so) -> None:
     rewritten, hook = rewrite_shared(source)
     text = f"#line 1 {_c_str(filename)}\n{rewritten}\n"
-    inc_flags = ["-iquote", src_dir] + [f"-I{d}" for d in incs]
+    inc_flags = ["-iquote", src_dir, f"-I{SHIM_INCLUDE}"] + [f"-I{d}" for d in incs]
     pp = _run([CXX, "-E", "-std=c++20", *[f for f in flags if f.startswith(("-D", "-U"))],
                *inc_flags, "-x", "c++", "-"], text, "preprocess", filename)
     kernels, sync = find_kernels(pp)

@@ -36,7 +36,8 @@ class _LaunchCfg(ctypes.Structure):  # mirrors __emu::LaunchCfg in cuda_emu.h
 
 # ---------------------------------------------------------------- settings
 # Precedence: per-call keyword > `with settings(...)` > set_*() > environment > default.
-_ctx: contextvars.ContextVar[dict] = contextvars.ContextVar("cuda_emu_settings", default={})
+# the default is only ever read and copied, never mutated: settings() sets a new dict
+_ctx: contextvars.ContextVar[dict] = contextvars.ContextVar("cuda_emu_settings", default={})  # noqa: B039
 _global: dict = {}
 
 
@@ -140,7 +141,7 @@ class RawModule:
     def kernel_names(self) -> list[str]:
         return list(self._lib.kernels)
 
-    def get_function(self, name: str) -> "RawKernel":
+    def get_function(self, name: str) -> RawKernel:
         k = self._kernels.get(name)
         if k is None:
             if name not in self._lib.kernels:
@@ -158,7 +159,7 @@ class RawKernel:
         self.__dict__.update(mod.get_function(name).__dict__)
 
     @classmethod
-    def _from_library(cls, lib: _compile.Library, name: str) -> "RawKernel":
+    def _from_library(cls, lib: _compile.Library, name: str) -> RawKernel:
         self = cls.__new__(cls)
         self.name = name
         self._lib = lib

@@ -22,7 +22,7 @@ PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(_
 
 
 # ---------------------------------------------------------------- AddressSanitizer
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def asan_library() -> str:
     """Path of gcc's libasan.so, for LD_PRELOAD."""
     try:
@@ -65,7 +65,7 @@ def _site_dirs() -> list[str]:
     return list(dict.fromkeys(d for d in dirs if os.path.isdir(d)))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def nvrtc_library() -> str | None:
     """Path of a libnvrtc.so: $CGANRAW_NVRTC, a pip wheel (nvidia-cuda-nvrtc-cu12 or the
     CUDA 13 wheel), a CUDA toolkit, or the loader's search path. None if there is none."""
@@ -82,7 +82,7 @@ def nvrtc_library() -> str | None:
     return ctypes.util.find_library("nvrtc")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _nvrtc():
     path = nvrtc_library()
     if path is None:

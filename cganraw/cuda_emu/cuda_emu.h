@@ -157,6 +157,8 @@ struct Fiber {
     int width, arg, pred, res2;
     uint64_t val, res;
     void* fake_stack;  // ASan bookkeeping
+    const float* wmma_a;  // fragments a lane publishes to its warp inside wmma::mma_sync
+    const float* wmma_b;
 };
 
 typedef void (*Body)(void**);
@@ -549,6 +551,7 @@ static void run_fibers(Worker* w) {
         f.state = READY;
         init_context(w, f.ctx, stack_of(w, k));
         f.fake_stack = nullptr;
+        f.wmma_a = f.wmma_b = nullptr;
     }
     int waiting_barrier = 0;
     for (;;) {
@@ -1056,3 +1059,176 @@ static inline double min(float a, double b) { return fmin(a, b); }
 static inline double max(float a, double b) { return fmax(a, b); }
 static inline double min(double a, float b) { return fmin(a, b); }
 static inline double max(double a, float b) { return fmax(a, b); }
+
+// ---------------------------------------------------------------- WMMA (nvcuda::wmma of <mma.h>)
+// Tensor-core fragments for TF32 inputs with FP32 accumulation, shape m16n16k8 (sm_80+).
+// `#include <mma.h>` finds an empty stand-in in cuda_emu/include, so a .cu file compiles
+// unchanged. A fragment is opaque on a GPU; here lane l holds the elements e*32 + l
+// (e < num_elements) of the logical tile in row-major order (a: 16x8 m x k, b: 8x16
+// k x n, accumulator: 16x16 m x n), so elementwise work on frag.x[] (the TF32
+// conversion, a scale) is per lane, as CUDA allows, and only mma_sync talks across lanes.
+//   load_matrix_sync / store_matrix_sync  per lane; the pointer must be 256-bit aligned
+//                                         and ldm a multiple of 4 floats (16 bytes), as
+//                                         on a GPU (violations are KernelErrors here)
+//   mma_sync                              warp-collective: all 32 lanes publish their a
+//                                         and b fragments, meet (as __syncwarp), each
+//                                         computes its own d elements, and meet again.
+//                                         A partial warp, an exited lane or lanes at
+//                                         different mma_sync calls are KernelErrors.
+// TF32: __float_to_tf32 rounds to nearest, ties away from zero (cvt.rna.tf32.f32), to a
+// 10-bit mantissa; mma_sync reads its inputs as TF32 by dropping the 13 low mantissa
+// bits, as the tensor cores do with unconverted values. Products of TF32 values are
+// exact in FP32; they are added to c in k order with FP32 rounding (a GPU's order is
+// unspecified: compare with tolerances).
+namespace nvcuda {
+namespace wmma {
+
+struct row_major {};
+struct col_major {};
+struct matrix_a {};
+struct matrix_b {};
+struct accumulator {};
+namespace precision { struct tf32 {}; }
+enum layout_t { mem_row_major, mem_col_major };
+
+static inline float __float_to_tf32(float v) {
+    uint32_t b = ::__emu::from_bits<uint32_t>(::__emu::to_bits(v));
+    if ((b & 0x7f800000u) != 0x7f800000u) {  // finite: round the 13 dropped bits, ties away
+        b += 0x1000u;                         // may carry into the exponent (up to inf): as PTX
+        b &= 0xffffe000u;
+    }
+    return ::__emu::from_bits<float>(b);
+}
+
+namespace __detail {
+template <class Use, int M, int N, int K> struct shape;
+template <int M, int N, int K> struct shape<matrix_a, M, N, K> { static constexpr int rows = M, cols = K; };
+template <int M, int N, int K> struct shape<matrix_b, M, N, K> { static constexpr int rows = K, cols = N; };
+template <int M, int N, int K> struct shape<accumulator, M, N, K> { static constexpr int rows = M, cols = N; };
+template <class T> struct storage { using type = T; };
+template <> struct storage<precision::tf32> { using type = float; };
+
+static inline int lane() {
+    unsigned linear = threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z);
+    return (int)(linear & 31u);
+}
+static inline float tf32_bits(float v) {  // what a tensor core reads of an FP32 register
+    uint32_t b = ::__emu::from_bits<uint32_t>(::__emu::to_bits(v));
+    if ((b & 0x7f800000u) != 0x7f800000u) b &= 0xffffe000u;
+    return ::__emu::from_bits<float>(b);
+}
+static inline void check_ptr(const char* what, const void* p, unsigned ldm, const char* file, int line) {
+    if (reinterpret_cast<uintptr_t>(p) & 31u)
+        ::__emu::fail("nvcuda::wmma::%s at %s:%d: pointer %p is not 256-bit (32-byte) aligned", what, file, line, p);
+    if (ldm % 4u)
+        ::__emu::fail("nvcuda::wmma::%s at %s:%d: ldm %u is not a multiple of 4 floats (16 bytes)", what, file,
+                      line, ldm);
+}
+template <class Layout> struct is_col : std::false_type {};
+template <> struct is_col<col_major> : std::true_type {};
+}  // namespace __detail
+
+template <class Use, int M, int N, int K, class T, class Layout = void>
+class fragment {
+    static_assert(M == 16 && N == 16 && K == 8,
+                  "cuda_emu: WMMA is emulated for the TF32 shape m16n16k8 only");
+    static_assert(std::is_same_v<Use, accumulator> ? std::is_same_v<T, float> : std::is_same_v<T, precision::tf32>,
+                  "cuda_emu: WMMA is emulated for tf32 a/b fragments and float accumulators only");
+    static_assert(std::is_same_v<Use, accumulator> == std::is_void_v<Layout>,
+                  "a/b fragments take row_major or col_major; accumulators take no layout");
+    using S = __detail::shape<Use, M, N, K>;
+
+public:
+    using element_type = typename __detail::storage<T>::type;
+    using storage_element_type = element_type;
+    static constexpr int num_elements = S::rows * S::cols / 32;
+    static constexpr int rows = S::rows, cols = S::cols;
+    element_type x[num_elements];
+};
+
+template <class Use, int M, int N, int K, class T, class Layout>
+static inline void fill_fragment(fragment<Use, M, N, K, T, Layout>& f, typename fragment<Use, M, N, K, T, Layout>::element_type v) {
+    for (int e = 0; e < f.num_elements; e++) f.x[e] = v;
+}
+
+// a or b fragment, layout from its type: row_major (r, c) at p[r*ldm + c], col_major at p[c*ldm + r]
+template <class Use, int M, int N, int K, class T, class Layout>
+static inline void load_matrix_sync(fragment<Use, M, N, K, T, Layout>& f, const float* p, unsigned ldm,
+                                    const char* file = __builtin_FILE(), int line = __builtin_LINE()) {
+    static_assert(!std::is_void_v<Layout>, "an accumulator load takes a layout_t argument");
+    __detail::check_ptr("load_matrix_sync", p, ldm, file, line);
+    const int l = __detail::lane();
+    for (int e = 0; e < f.num_elements; e++) {
+        int idx = e * 32 + l, r = idx / f.cols, c = idx % f.cols;
+        f.x[e] = __detail::is_col<Layout>::value ? p[(size_t)c * ldm + r] : p[(size_t)r * ldm + c];
+    }
+}
+
+template <int M, int N, int K>
+static inline void load_matrix_sync(fragment<accumulator, M, N, K, float>& f, const float* p, unsigned ldm,
+                                    layout_t layout, const char* file = __builtin_FILE(), int line = __builtin_LINE()) {
+    __detail::check_ptr("load_matrix_sync", p, ldm, file, line);
+    const int l = __detail::lane();
+    for (int e = 0; e < f.num_elements; e++) {
+        int idx = e * 32 + l, r = idx / f.cols, c = idx % f.cols;
+        f.x[e] = layout == mem_col_major ? p[(size_t)c * ldm + r] : p[(size_t)r * ldm + c];
+    }
+}
+
+template <int M, int N, int K>
+static inline void store_matrix_sync(float* p, const fragment<accumulator, M, N, K, float>& f, unsigned ldm,
+                                     layout_t layout, const char* file = __builtin_FILE(), int line = __builtin_LINE()) {
+    __detail::check_ptr("store_matrix_sync", p, ldm, file, line);
+    const int l = __detail::lane();
+    for (int e = 0; e < f.num_elements; e++) {
+        int idx = e * 32 + l, r = idx / f.cols, c = idx % f.cols;
+        (layout == mem_col_major ? p[(size_t)c * ldm + r] : p[(size_t)r * ldm + c]) = f.x[e];
+    }
+}
+
+// d = a b + c over the warp (d may be c)
+template <class LA, class LB>
+static inline void mma_sync(fragment<accumulator, 16, 16, 8, float>& d,
+                            const fragment<matrix_a, 16, 16, 8, precision::tf32, LA>& a,
+                            const fragment<matrix_b, 16, 16, 8, precision::tf32, LB>& b,
+                            const fragment<accumulator, 16, 16, 8, float>& c,
+                            const char* file = __builtin_FILE(), int line = __builtin_LINE()) {
+    using namespace ::__emu;
+    Worker* w = fiber_worker("nvcuda::wmma::mma_sync", file, line);
+    const int me = w->cur, base = me & ~31, lane = me & 31;
+    w->f[me].wmma_a = a.x;
+    w->f[me].wmma_b = b.x;
+    syncwarp(file, line);  // every lane has published its fragments
+    float A[16][8], B[8][16];
+    for (int l = 0; l < 32; l++) {
+        const int k = base + l;
+        if (k >= w->n)
+            fail("nvcuda::wmma::mma_sync at %s:%d: the warp of thread %d has only %d threads; WMMA needs all 32 lanes",
+                 file, line, me, w->n - base);
+        const Fiber& o = w->f[k];
+        if (o.state == EXITED || !o.wmma_a)
+            fail("nvcuda::wmma::mma_sync at %s:%d: lane %d of the warp of thread %d %s; WMMA needs all 32 lanes",
+                 file, line, l, me, o.state == EXITED ? "has exited" : "did not call it");
+        if (o.line != line || strcmp(o.file, file))
+            fail("nvcuda::wmma::mma_sync at %s:%d: lane %d of the warp of thread %d waits at %s:%d instead (divergent WMMA)",
+                 file, line, l, me, o.file, o.line);
+        for (int e = 0; e < 4; e++) {
+            int idx = e * 32 + l;
+            A[idx / 8][idx % 8] = __detail::tf32_bits(o.wmma_a[e]);
+            B[idx / 16][idx % 16] = __detail::tf32_bits(o.wmma_b[e]);
+        }
+    }
+    float out[8];
+    for (int e = 0; e < 8; e++) {
+        int idx = e * 32 + lane, r = idx / 16, col = idx % 16;
+        float s = c.x[e];
+        for (int k = 0; k < 8; k++) s += A[r][k] * B[k][col];
+        out[e] = s;
+    }
+    syncwarp(file, line);  // every lane has read the others' fragments
+    w->f[me].wmma_a = w->f[me].wmma_b = nullptr;
+    for (int e = 0; e < 8; e++) d.x[e] = out[e];
+}
+
+}  // namespace wmma
+}  // namespace nvcuda

@@ -32,12 +32,31 @@ from __future__ import annotations
 
 from ..images import to_float, to_uint8
 from .batches import BatchIterator
-from .datasets import (ALIASES, DATASETS, ENV_DATA_DIR, IMAGE_SHAPE, SPLITS, Dataset, DatasetSpec,
-                       download, load, locate, read_mapping, resolve_name)
+from .datasets import (
+    ALIASES,
+    DATASETS,
+    ENV_DATA_DIR,
+    IMAGE_SHAPE,
+    SPLITS,
+    Dataset,
+    DatasetSpec,
+    download,
+    load,
+    locate,
+    read_mapping,
+    resolve_name,
+)
 from .errors import DataError, MissingDataError
 from .idx import read_idx, write_idx
-from .sources import (EMNIST_ARCHIVE, EMNIST_ARCHIVE_MD5, EMNIST_ARCHIVE_SIZE, EMNIST_COUNTS,
-                      EMNIST_URL, MNIST_MIRRORS, cache_dir)
+from .sources import (
+    EMNIST_ARCHIVE,
+    EMNIST_ARCHIVE_MD5,
+    EMNIST_ARCHIVE_SIZE,
+    EMNIST_COUNTS,
+    EMNIST_URL,
+    MNIST_MIRRORS,
+    cache_dir,
+)
 
 __all__ = [
     "DATASETS", "DataError", "MissingDataError", "Dataset", "DatasetSpec", "BatchIterator",

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import copy
 import operator
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -38,7 +38,8 @@ class BatchIterator:
 
     STATE_VERSION = 1
 
-    def __init__(self, images, labels, batch_size, rng, drop_last: bool = True, shuffle: bool = True):
+    def __init__(self, images, labels, batch_size, rng, drop_last: bool = True, shuffle: bool = True,
+                 variable_size: bool = False):
         if not isinstance(images, np.ndarray) or images.dtype != np.uint8:
             got = images.dtype if isinstance(images, np.ndarray) else type(images).__name__
             raise TypeError(f"images must be a uint8 numpy array (converted per batch), got {got}")
@@ -71,6 +72,9 @@ class BatchIterator:
         self.batch_size = batch_size
         self.drop_last = bool(drop_last)
         self.shuffle = bool(shuffle)
+        # variable_size: next_batch(size, next_size) draws batches of changing sizes (a rising
+        # batch size); positions are then any sample count, not multiples of batch_size
+        self.variable_size = bool(variable_size)
         self._rng = np.random.default_rng(seed)        # PCG64: its state is plain ints
         self.epoch = 0
         self._pos = 0                                  # samples of the permutation handed out
@@ -96,18 +100,35 @@ class BatchIterator:
         n = self.num_samples
         self._perm = self._rng.permutation(n) if self.shuffle else np.arange(n)
 
-    def next_batch(self) -> tuple[np.ndarray, np.ndarray]:
-        """The next batch, starting a new epoch when the current one is done."""
+    def next_batch(self, size: int | None = None, next_size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The next batch, starting a new epoch when the current one is done. With
+        variable_size, `size` is this batch's size and `next_size` the next one's (it
+        decides whether this epoch has room for another batch); both default to batch_size.
+        The batches are a function of the state and the sizes asked, so a resumed iterator
+        asked the same sizes yields the same batches."""
+        n = self.num_samples
+        if size is not None or next_size is not None:
+            if not self.variable_size:
+                raise ValueError("next_batch(size=...) needs BatchIterator(..., variable_size=True)")
+            for v in (size, next_size):
+                if v is not None and not 0 < int(v) <= n:
+                    raise ValueError(f"batch size {v} outside 1..{n}")
+        b = self.batch_size if size is None else int(size)
+        b_next = b if next_size is None else int(next_size)
+        if self.variable_size and self.drop_last and self._perm is not None and self._pos + b > n:
+            # a larger batch than the previous call's next_size promised: the epoch is over
+            self.epoch += 1
+            self._pos = 0
+            self._perm = None
         if self._perm is None:
             self._start_epoch()
-        n, b = self.num_samples, self.batch_size
         lo = self._pos
         hi = min(lo + b, n)
         idx = self._perm[lo:hi]
         x = to_float(self.images[idx])                 # gathers and converts this batch only
         y = self.labels[idx]
         self._pos = hi
-        if hi + (b if self.drop_last else 1) > n:      # no batch left in this epoch
+        if hi + (b_next if self.drop_last else 1) > n:  # no batch left in this epoch
             self.epoch += 1
             self._pos = 0
             self._perm = None
@@ -135,6 +156,7 @@ class BatchIterator:
             "batch_size": self.batch_size,
             "drop_last": self.drop_last,
             "shuffle": self.shuffle,
+            **({"variable_size": True} if self.variable_size else {}),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -148,9 +170,13 @@ class BatchIterator:
             if state[key] != getattr(self, key):
                 raise ValueError(f"BatchIterator state is for {key}={state[key]!r}, this iterator has "
                                  f"{key}={getattr(self, key)!r}")
+        if bool(state.get("variable_size", False)) != self.variable_size:
+            raise ValueError(f"BatchIterator state is for variable_size={state.get('variable_size', False)!r}, "
+                             f"this iterator has variable_size={self.variable_size!r}")
         pos, epoch = int(state["position"]), int(state["epoch"])
-        last_start = self.num_samples - (self.batch_size if self.drop_last else 1)
-        if epoch < 0 or pos < 0 or pos > last_start or pos % self.batch_size:
+        last_start = self.num_samples - (1 if self.drop_last and self.variable_size else
+                                         self.batch_size if self.drop_last else 1)
+        if epoch < 0 or pos < 0 or pos > last_start or (pos % self.batch_size and not self.variable_size):
             raise ValueError(f"BatchIterator state has an impossible position {pos} (epoch {epoch})")
         try:
             self._rng.bit_generator.state = copy.deepcopy(state["rng_state"])

@@ -93,7 +93,7 @@ class DownloadError(MissingDataError):
 # cganraw.data for a training run does not load an HTTP stack.
 
 def _network_errors() -> tuple[type[BaseException], ...]:
-    import requests     # pooch's HTTP client
+    import requests  # pooch's HTTP client
     return (requests.exceptions.RequestException,)
 
 

@@ -1,5 +1,8 @@
 """Layers with parameters and a forward cache, named and laid out as torch.nn."""
-from cganraw.nn import init
+from cganraw.nn import (
+           init,
+           utils,
+)
 from cganraw.nn.activation import LeakyReLU, ReLU, Sigmoid, Tanh
 from cganraw.nn.batchnorm import BatchNorm1d, BatchNorm2d
 from cganraw.nn.conv import Conv2d, ConvTranspose2d
@@ -12,7 +15,6 @@ from cganraw.nn.minibatch_std import MinibatchStdDev
 from cganraw.nn.module import Module, Parameter, Sequential
 from cganraw.nn.pooling import AvgPool2d, Upsample
 from cganraw.nn.shape import Concat, Flatten, Reshape
-from cganraw.nn import utils  # noqa: E402  (spectral_norm needs the layers above)
 
 __all__ = ["init", "utils", "Module", "Parameter", "Sequential", "Linear", "Conv2d", "ConvTranspose2d",
            "Embedding", "BatchNorm1d", "BatchNorm2d", "InstanceNorm2d", "LeakyReLU", "ReLU", "Tanh", "Sigmoid",

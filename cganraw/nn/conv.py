@@ -12,8 +12,13 @@ import numpy as np
 from cganraw.nn import init
 from cganraw.nn._check import accumulates_in_place, check_float_input, check_same_shape
 from cganraw.nn.module import Module, Parameter
-from cganraw.ops.conv import (conv2d_backward, conv2d_forward, conv_output_size,
-                              conv_transpose2d_backward, conv_transpose2d_forward)
+from cganraw.ops.conv import (
+    conv2d_backward,
+    conv2d_forward,
+    conv_output_size,
+    conv_transpose2d_backward,
+    conv_transpose2d_forward,
+)
 
 
 def _square(name, what, v):

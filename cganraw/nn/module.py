@@ -245,14 +245,19 @@ class Module:
 
 class Sequential(Module):
     """Layers applied in order; backward runs them in reverse. Children are named
-    0, 1, 2, ... as in torch.nn.Sequential."""
+    0, 1, 2, ... as in torch.nn.Sequential.
 
-    def __init__(self, *layers):
+    fuse (default True): a layer followed by LeakyReLU runs as one fused op where one
+    exists (cganraw.nn.fused: BatchNorm, Linear, Conv2d, ConvTranspose2d); the modules and
+    their state-dict names are unchanged, and the numpy backend gives the same bits."""
+
+    def __init__(self, *layers, fuse=True):
         super().__init__()
         for i, layer in enumerate(layers):
             if not isinstance(layer, Module):
                 raise TypeError(f"Sequential: item {i} is {type(layer).__name__}, not a Module")
             setattr(self, str(i), layer)
+        self.fuse = bool(fuse)
 
     def __len__(self):
         return len(self._modules)
@@ -264,11 +269,28 @@ class Sequential(Module):
         return iter(self._modules.values())
 
     def forward(self, x):
-        for layer in self._modules.values():
-            x = layer(x)
+        from cganraw.nn import fused
+        layers = list(self._modules.values())
+        steps = fused.plan(layers, self.fuse)
+        pair_caches = {}
+        for step in steps:
+            if len(step) == 1:
+                x = layers[step[0]](x)
+            else:
+                x, pair_caches[step] = fused.forward(layers[step[0]], layers[step[1]], x)
+        self._save((steps, pair_caches))
         return x
 
     def backward(self, dy):
-        for layer in reversed(self._modules.values()):
-            dy = layer.backward(dy)
+        from cganraw.nn import fused
+        layers = list(self._modules.values())
+        steps, pair_caches = self._pop_cache()
+        for step in reversed(steps):
+            if len(step) == 1:
+                dy = layers[step[0]].backward(dy)
+            else:
+                dy = fused.backward(layers[step[0]], layers[step[1]], dy, pair_caches[step])
         return dy
+
+    def extra_repr(self):
+        return "" if self.fuse else "fuse=False"

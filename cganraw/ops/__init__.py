@@ -15,7 +15,9 @@ leaky_relu, relu,       activation.cu                  nn.LeakyReLU, ReLU, Tanh,
   tanh, sigmoid
 dropout                 dropout.cu                     nn.Dropout
 bias_add                bias.cu                        nn.Linear, Conv2d, ConvTranspose2d
+bias_leaky_relu         bias.cu (fused)                nn.Sequential: Linear/Conv + LeakyReLU
 batchnorm               batchnorm.cu                   nn.BatchNorm1d, BatchNorm2d
+batchnorm_leaky_relu    batchnorm.cu (fused)           nn.Sequential: BatchNorm + LeakyReLU
 embedding               embedding.cu                   nn.Embedding
 maxpool2d               maxpool.cu                     nn.MaxPool2d
 avgpool2d               avgpool.cu                     nn.AvgPool2d
@@ -28,24 +30,48 @@ gemm                    gemm.cu (or cuBLAS)            nn.Linear, Conv2d, ConvTr
 im2col, col2im          im2col.cu                      nn.Conv2d, ConvTranspose2d
 linear                  none: gemm + bias_add          nn.Linear
 conv2d,                 none: im2col/col2im + gemm     nn.Conv2d, ConvTranspose2d
-  conv_transpose2d        + bias_add
+  conv_transpose2d        + bias_add (k4 s2 p1: phase-split GEMMs, no col2im)
 bce_with_logits         bce.cu                         losses.bce_with_logits
 softmax_cross_entropy   cross_entropy.cu               losses.softmax_cross_entropy
 adam_update             adam.cu                        optim.Adam
 """
-from cganraw.ops.activation import (leaky_relu_backward, leaky_relu_forward, relu_backward,
-                                    relu_forward, sigmoid_backward, sigmoid_forward,
-                                    tanh_backward, tanh_forward)
+from cganraw.ops.activation import (
+                                    leaky_relu_backward,
+                                    leaky_relu_forward,
+                                    relu_backward,
+                                    relu_forward,
+                                    sigmoid_backward,
+                                    sigmoid_forward,
+                                    tanh_backward,
+                                    tanh_forward,
+)
 from cganraw.ops.adam import adam_update
 from cganraw.ops.avgpool import avgpool2d_backward, avgpool2d_forward
-from cganraw.ops.batchnorm import batchnorm_backward, batchnorm_forward, batchnorm_running_update
+from cganraw.ops.batchnorm import (
+                                    batchnorm_backward,
+                                    batchnorm_forward,
+                                    batchnorm_leaky_relu_backward,
+                                    batchnorm_leaky_relu_forward,
+                                    batchnorm_running_update,
+)
 from cganraw.ops.bce import bce_with_logits_backward, bce_with_logits_forward
-from cganraw.ops.bias import bias_add_backward, bias_add_forward
-from cganraw.ops.conv import (col2im, conv2d_backward, conv2d_forward, conv_output_size,
-                              conv_transpose2d_backward, conv_transpose2d_forward,
-                              conv_transpose_output_size, im2col)
-from cganraw.ops.cross_entropy import (log_softmax, softmax, softmax_cross_entropy_backward,
-                                       softmax_cross_entropy_forward)
+from cganraw.ops.bias import bias_add_backward, bias_add_forward, bias_leaky_relu_backward, bias_leaky_relu_forward
+from cganraw.ops.conv import (
+                                    col2im,
+                                    conv2d_backward,
+                                    conv2d_forward,
+                                    conv_output_size,
+                                    conv_transpose2d_backward,
+                                    conv_transpose2d_forward,
+                                    conv_transpose_output_size,
+                                    im2col,
+)
+from cganraw.ops.cross_entropy import (
+                                    log_softmax,
+                                    softmax,
+                                    softmax_cross_entropy_backward,
+                                    softmax_cross_entropy_forward,
+)
 from cganraw.ops.dropout import dropout_backward, dropout_forward
 from cganraw.ops.embedding import embedding_backward, embedding_forward
 from cganraw.ops.gemm import gemm

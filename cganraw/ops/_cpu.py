@@ -16,7 +16,7 @@ def numba():
         _numba = False
         if os.environ.get("CGANRAW_NUMBA", "1") != "0":
             try:
-                import numba as nb  # noqa: PLC0415
+                import numba as nb
                 _numba = nb
             except ImportError:
                 pass

@@ -19,7 +19,10 @@ puts the pass before the version (`batchnorm_forward_stats_v2`).
 """
 from __future__ import annotations
 
+import functools
+import glob
 import os
+import sys
 from collections import OrderedDict
 from pathlib import Path
 
@@ -56,8 +59,27 @@ def kernel_path(family: str) -> Path:
 
 def compile_options() -> tuple:
     """Options for every kernel file, alike on CuPy, the emulator and the NVRTC check:
-    the C++ standard, and the kernels folder for shared headers (reduce.cuh)."""
-    return (NVRTC_STD, f"-I{kernel_dir()}")
+    the C++ standard, the kernels folder for shared headers (reduce.cuh), and a CUDA
+    toolkit's include folder where one is found (for <mma.h>: gemm_v4). The emulator
+    finds its own <mma.h> first."""
+    inc = toolkit_include_dir()
+    return (NVRTC_STD, f"-I{kernel_dir()}") + ((f"-I{inc}",) if inc else ())
+
+
+@functools.cache
+def toolkit_include_dir():
+    """A CUDA include folder holding <mma.h> and the crt/mma.h it includes (NVRTC has
+    neither built in): $CUDA_PATH or $CUDA_HOME, pip's CUDA wheels, /usr/local/cuda*.
+    None if there is none (then kernels/gemm.cu compiles without gemm_v4)."""
+    cands = [os.path.join(os.environ[v], "include") for v in ("CUDA_PATH", "CUDA_HOME") if os.environ.get(v)]
+    for site_dir in sys.path:
+        if site_dir.endswith("site-packages"):
+            cands += sorted(glob.glob(os.path.join(site_dir, "nvidia", "*", "include")))
+    cands += ["/usr/local/cuda/include"] + sorted(glob.glob("/usr/local/cuda-*/include"), reverse=True)
+    for d in cands:
+        if os.path.isfile(os.path.join(d, "mma.h")) and os.path.isfile(os.path.join(d, "crt", "mma.h")):
+            return os.path.abspath(d)
+    return None
 
 
 def module(family: str):
@@ -71,7 +93,7 @@ def module(family: str):
             cp = backend.cupy()
             mod = cp.RawModule(code=path.read_text(), options=compile_options())
         elif bk == "emu":
-            from cganraw import cuda_emu  # noqa: PLC0415  (g++ and ctypes only when asked for)
+            from cganraw import cuda_emu
             mod = cuda_emu.RawModule(path=str(path), options=compile_options())
         else:
             raise RuntimeError(f"kernels need the 'cuda' or 'emu' backend, not {bk!r}")
@@ -158,6 +180,30 @@ def arg(a, dtype=np.float32, name="array"):
     if backend.array_module(a) is not xp:
         raise TypeError(f"{name}: array lives on the wrong device for backend {backend.current()!r}")
     return contiguous(a)
+
+
+def row_strided(a, name="array"):
+    """(span, ld) for a 2-D array whose rows are contiguous and evenly spaced, as a
+    C-contiguous array or a column slice of one is: span, a 1-D C-contiguous view of the
+    memory from its first element to its last (what a kernel's pointer takes), and ld, its
+    row stride in elements. None for any other layout (or an empty array)."""
+    if a.ndim != 2 or a.size == 0:
+        return None
+    if backend.array_module(a) is not backend.get_xp():
+        raise TypeError(f"{name}: array lives on the wrong device for backend {backend.current()!r}")
+    rows, cols = (int(v) for v in a.shape)
+    it = a.itemsize
+    s0, s1 = a.strides
+    if cols > 1 and s1 != it:
+        return None
+    ld = cols
+    if rows > 1:
+        if s0 % it or s0 < cols * it:
+            return None
+        ld = s0 // it
+    xp = backend.array_module(a)
+    span = xp.lib.stride_tricks.as_strided(a, shape=((rows - 1) * ld + cols,), strides=(it,))
+    return span, ld
 
 
 # ---------------------------------------------------------------- array operations
@@ -272,6 +318,30 @@ def thread_per_row_launch(family, op, version, rows, args):
     if rows > 0:
         grid, block = grid_for(rows)
         function(family, f"{op}_v{version}")(grid, block, args)
+
+
+# ---------------------------------------------------------------- split channel reductions
+# kernels/channels.cuh: a (channels x splits) grid of CHANNEL_THREADS-thread blocks. Splits
+# are picked from the shape alone (never the device), so results are the same everywhere:
+# enough blocks to fill an H100 (4 per SM), each with at least CHANNEL_MIN_VALUES values.
+CHANNEL_THREADS = 256
+CHANNEL_ROW_CHANNELS = 128     # HW == 1: channels per block (32 lanes x 4)
+CHANNEL_TARGET_BLOCKS = 528
+CHANNEL_MIN_VALUES = 2048
+CHANNEL_MAX_SPLITS = 64
+CHANNEL_MAX_GRID_X = 65535     # the kernels grid-stride over channels past this
+
+
+def channel_split_launch(n, c, hw, splits=None):
+    """(grid, block, splits) for a channels.cuh kernel over an (n, c, hw) tensor; splits
+    None picks by shape, an int forces it (at least 1; at most n rows when hw == 1)."""
+    gx = c if hw > 1 else -(-c // CHANNEL_ROW_CHANNELS)
+    if splits is None:
+        per_block = n * hw if hw > 1 else n * min(c, CHANNEL_ROW_CHANNELS)
+        splits = min(CHANNEL_MAX_SPLITS, -(-CHANNEL_TARGET_BLOCKS // max(gx, 1)),
+                     per_block // CHANNEL_MIN_VALUES)
+    splits = int(max(1, min(int(splits), n if hw == 1 else n * hw, CHANNEL_MAX_SPLITS)))
+    return (max(1, min(gx, CHANNEL_MAX_GRID_X)), splits), (CHANNEL_THREADS,), splits
 
 
 # ---------------------------------------------------------------- operands

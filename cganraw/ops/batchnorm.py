@@ -5,10 +5,18 @@ Training normalises with the batch's biased variance and reports the unbiased on
 for the running statistics, as PyTorch does; eval normalises with the running ones.
 
 Ops and faces (kernels in kernels/batchnorm.cu):
-    batchnorm_forward           _numpy, _cuda: batchnorm_forward_stats_v1/v2 (training)
-                                or batchnorm_forward_invstd_v1 (eval), then batchnorm_forward_v1/v2
-    batchnorm_backward          _numpy, _cuda: batchnorm_backward_v1/v2
+    batchnorm_forward           _numpy, _cuda: batchnorm_forward_stats_v1/v2/v3 (+ _stats_centered_v3)
+                                (training) or batchnorm_forward_invstd_v1 (eval), then batchnorm_forward_v1/v2/v3
+    batchnorm_backward          _numpy, _cuda: batchnorm_backward_v1/v2, or
+                                batchnorm_backward_partial_v3 + batchnorm_backward_v3 (the default)
     batchnorm_running_update    _numpy, _cuda: batchnorm_running_update_v1 (in place)
+    batchnorm_leaky_relu_forward    BatchNorm then LeakyReLU, fused: _numpy, _cuda: batchnorm_forward_stats_v3
+                                + _stats_centered_v3 + batchnorm_leaky_relu_forward_v1
+    batchnorm_leaky_relu_backward   _numpy, _cuda: batchnorm_leaky_relu_backward_partial_v1 +
+                                batchnorm_leaky_relu_backward_v1 (the activation's gradient
+                                recomputed from xhat, folded into both passes)
+The fused pair is what BatchNorm + LeakyReLU run as inside nn.Sequential (cganraw.nn.fused);
+its reference is exactly the unfused arithmetic, so the numpy backend gives the same bits.
 """
 from __future__ import annotations
 
@@ -69,6 +77,32 @@ def batchnorm_backward_numpy(dy, cache):
     return dx, dgamma, dbeta
 
 
+def _preactivation(xhat, gamma, beta):
+    # xhat * gamma + beta as batchnorm_forward_numpy computes it (same operations, same bits)
+    y = xhat * _channel_view(gamma, xhat.ndim)
+    y += _channel_view(beta, xhat.ndim)
+    return y
+
+
+def batchnorm_leaky_relu_forward_numpy(x, gamma, beta, mean=None, var=None, eps=1e-5, negative_slope=0.2):
+    """leaky_relu(batchnorm(x)) with the arithmetic of batchnorm_forward_numpy then
+    leaky_relu_forward_numpy (the activation in place). Returns y, cache (xhat, invstd,
+    gamma, beta, training, negative_slope), batch mean and unbiased variance (training)."""
+    y, (xhat, invstd, gamma, training), mean_out, var_unbiased = batchnorm_forward_numpy(x, gamma, beta, mean, var, eps)
+    xp = backend.array_module(y)
+    xp.multiply(y, y.dtype.type(negative_slope), out=y, where=~(y > 0))
+    return y, (xhat, invstd, gamma, beta, training, negative_slope), mean_out, var_unbiased
+
+
+def batchnorm_leaky_relu_backward_numpy(dy, cache):
+    """dy -> dx, dgamma, dbeta: LeakyReLU's gradient (its mask recomputed from xhat, gamma,
+    beta exactly as the forward computed the pre-activation), then batchnorm_backward_numpy."""
+    xhat, invstd, gamma, beta, training, negative_slope = cache
+    xp = backend.array_module(dy)
+    dpre = xp.where(_preactivation(xhat, gamma, beta) > 0, dy, dy * dy.dtype.type(negative_slope))
+    return batchnorm_backward_numpy(dpre, (xhat, invstd, gamma, training))
+
+
 def batchnorm_running_update_numpy(running_mean, running_var, mean, var_unbiased, momentum):
     f = running_mean.dtype.type
     running_mean *= f(1 - momentum)
@@ -105,10 +139,18 @@ def _channel_launch(kernel, version, c, count, args):
         fn((min(c, MAX_CHANNEL_BLOCKS),), (_launch.warp_block(count),), args)
 
 
-def batchnorm_forward_cuda(x, gamma, beta, mean=None, var=None, eps=1e-5, version=None):
+VERSIONS = (1, 2, 3)
+
+
+def batchnorm_forward_cuda(x, gamma, beta, mean=None, var=None, eps=1e-5, version=None, splits=None):
     """As batchnorm_forward_numpy: y, (xhat, invstd, gamma, training), batch mean and
-    unbiased variance (training), or the given mean and None (eval)."""
+    unbiased variance (training), or the given mean and None (eval). version None is 3 (split
+    reductions, float4); 1 and 2 pick their pass kernels by shape as before."""
     op = "batchnorm_forward"
+    if (3 if version is None else version) == 3:
+        y, (xhat, invstd, gc, _, training, _), out_mean, out_var = _forward_v3(
+            op, x, gamma, beta, mean, var, eps, None, splits)
+        return y, (xhat, invstd, gc, training), out_mean, out_var
     n, c, hw = _launch.split_channels(x, op, "x")
     xc = _launch.arg(x, np.float32, f"{op}: x")
     total = _launch.element_count(xc.size, op)
@@ -118,7 +160,7 @@ def batchnorm_forward_cuda(x, gamma, beta, mean=None, var=None, eps=1e-5, versio
     invstd = _launch.empty((c,))
     training = mean is None
     if training:
-        v = _launch.pick_version(op, version, 2 if hw > 1 else 1)
+        v = _launch.pick_version(op, version, 2 if hw > 1 else 1, VERSIONS)
         batch_mean, var_unbiased = _launch.empty((c,)), _launch.empty((c,))
         if c:
             _channel_launch("batchnorm_forward_stats", v, c, count,
@@ -137,7 +179,7 @@ def batchnorm_forward_cuda(x, gamma, beta, mean=None, var=None, eps=1e-5, versio
         out_mean, out_var = mean, None
     y, xhat = _launch.empty(xc.shape), _launch.empty(xc.shape)
     if xc.size:
-        v = _launch.pick_version(op, version, 2 if hw >= 32 else 1)
+        v = _launch.pick_version(op, version, 2 if hw >= 32 else 1, VERSIONS)
         if v == 1:
             grid, block = _launch.grid_for(xc.size)
             _launch.function("batchnorm", "batchnorm_forward_v1")(
@@ -150,10 +192,71 @@ def batchnorm_forward_cuda(x, gamma, beta, mean=None, var=None, eps=1e-5, versio
     return y, (xhat, invstd, gc, training), out_mean, out_var
 
 
-def batchnorm_backward_cuda(dy, cache, version=None):
-    """As batchnorm_backward_numpy: dy -> dx, dgamma, dbeta."""
+def batchnorm_backward_cuda(dy, cache, version=None, splits=None):
+    """As batchnorm_backward_numpy: dy -> dx, dgamma, dbeta. version None is 3."""
     op = "batchnorm_backward"
     xhat, invstd, gamma, training = cache
+    if (3 if version is None else version) == 3:
+        return _backward_v3(op, dy, (xhat, invstd, gamma, None, training, None), splits)
+    n, c, hw, dyc, xc, gc, ic, dx, dgamma, dbeta = _backward_args(op, dy, xhat, gamma, invstd)
+    if c:
+        v = _launch.pick_version(op, version, 2 if hw > 1 else 1, VERSIONS)
+        _channel_launch("batchnorm_backward", v, c, n * hw,
+                        (dx, dgamma, dbeta, dyc, xc, gc, ic, _launch.i32(1 if training else 0),
+                         _launch.i32(n), _launch.i32(c), _launch.i32(hw)))
+    return dx, dgamma, dbeta
+
+
+def _forward_v3(op, x, gamma, beta, mean, var, eps, negative_slope, splits):
+    """batchnorm_forward_stats_v3 (training) and batchnorm_forward_v3, or with a slope
+    batchnorm_leaky_relu_forward_v1. Returns y, the fused cache (xhat, invstd, gamma, beta,
+    training, slope), the mean and the unbiased variance (training) or None."""
+    n, c, hw = _launch.split_channels(x, op, "x")
+    xc = _launch.arg(x, np.float32, f"{op}: x")
+    _launch.element_count(xc.size, op)
+    gc = _per_channel(gamma, c, op, "gamma")
+    bc = _per_channel(beta, c, op, "beta")
+    training = mean is None
+    count = n * hw
+    y, xhat, invstd = _launch.empty(xc.shape), _launch.empty(xc.shape), _launch.empty((c,))
+    if training:
+        norm_mean, var_unbiased = _launch.empty((c,)), _launch.empty((c,))
+    else:
+        if var is None:
+            raise ValueError(f"{op}: eval mode needs both mean and var")
+        norm_mean = _per_channel(mean, c, op, "mean")
+        vc = _per_channel(var, c, op, "var")
+        var_unbiased = _launch.empty((1,))                      # not written in eval
+        if c:
+            grid, block = _launch.grid_for(c)
+            _launch.function("batchnorm", "batchnorm_forward_invstd_v1")(
+                grid, block, (invstd, vc, _launch.f32(eps), _launch.i32(c)))
+    if xc.size:
+        grid, block, s = _launch.channel_split_launch(n, c, hw, splits)
+        i32 = _launch.i32
+        shape = (i32(n), i32(c), i32(hw), i32(s))
+        if training:
+            partials = _launch.empty((2, s, c))      # [0] sums of x, [1] sums of squared deviations
+            _launch.function("batchnorm", "batchnorm_forward_stats_v3")(grid, block, (partials, xc) + shape)
+            _launch.function("batchnorm", "batchnorm_forward_stats_centered_v3")(grid, block, (partials, xc) + shape)
+        else:
+            partials = _launch.empty((1,))                      # not read in eval
+        head = (y, xhat, norm_mean, var_unbiased, invstd, xc, partials, gc, bc, _launch.f32(eps),
+                _launch.f32(count / max(count - 1, 1)))
+        if negative_slope is None:
+            _launch.function("batchnorm", "batchnorm_forward_v3")(grid, block, head + (i32(int(training)),) + shape)
+        else:
+            _launch.function("batchnorm", "batchnorm_leaky_relu_forward_v1")(
+                grid, block, head + (_launch.f32(negative_slope), i32(int(training))) + shape)
+    cache = (xhat, invstd, gc, bc, training, negative_slope)
+    if training:
+        return y, cache, norm_mean, var_unbiased
+    return y, cache, mean, None
+
+
+def _backward_args(op, dy, xhat, gamma, invstd):
+    """The checked kernel arguments of a backward launch and its outputs:
+    (n, c, hw, dy, xhat, gamma, invstd, dx, dgamma, dbeta), dy and xhat (N, C, HW) float32."""
     n, c, hw = _launch.split_channels(dy, op, "dy")
     dyc = _launch.arg(dy, np.float32, f"{op}: dy")
     xc = _launch.arg(xhat, np.float32, f"{op}: xhat")
@@ -162,13 +265,45 @@ def batchnorm_backward_cuda(dy, cache, version=None):
     _launch.element_count(dyc.size, op)
     gc = _per_channel(gamma, c, op, "gamma")
     ic = _per_channel(invstd, c, op, "invstd")
-    dx, dgamma, dbeta = _launch.empty(dyc.shape), _launch.empty((c,)), _launch.empty((c,))
-    if c:
-        v = _launch.pick_version(op, version, 2 if hw > 1 else 1)
-        _channel_launch("batchnorm_backward", v, c, n * hw,
-                        (dx, dgamma, dbeta, dyc, xc, gc, ic, _launch.i32(1 if training else 0),
-                         _launch.i32(n), _launch.i32(c), _launch.i32(hw)))
+    return n, c, hw, dyc, xc, gc, ic, _launch.empty(dyc.shape), _launch.empty((c,)), _launch.empty((c,))
+
+
+def _backward_v3(op, dy, cache, splits):
+    """The two v3 passes (or the fused ones when the cache holds a slope)."""
+    xhat, invstd, gamma, beta, training, negative_slope = cache
+    n, c, hw, dyc, xc, gc, ic, dx, dgamma, dbeta = _backward_args(op, dy, xhat, gamma, invstd)
+    if dyc.size == 0:
+        dgamma.fill(0)
+        dbeta.fill(0)
+        return dx, dgamma, dbeta
+    grid, block, s = _launch.channel_split_launch(n, c, hw, splits)
+    i32 = _launch.i32
+    shape = (i32(n), i32(c), i32(hw), i32(s))
+    partials = _launch.empty((2, s, c))
+    if negative_slope is None:
+        _launch.function("batchnorm", "batchnorm_backward_partial_v3")(grid, block, (partials, dyc, xc) + shape)
+        _launch.function("batchnorm", "batchnorm_backward_v3")(
+            grid, block, (dx, dgamma, dbeta, partials, dyc, xc, gc, ic, i32(int(training))) + shape)
+    else:
+        bc = _per_channel(beta, c, op, "beta")
+        slope = _launch.f32(negative_slope)
+        _launch.function("batchnorm", "batchnorm_leaky_relu_backward_partial_v1")(
+            grid, block, (partials, dyc, xc, gc, bc, slope) + shape)
+        _launch.function("batchnorm", "batchnorm_leaky_relu_backward_v1")(
+            grid, block, (dx, dgamma, dbeta, partials, dyc, xc, gc, bc, ic, slope, i32(int(training))) + shape)
     return dx, dgamma, dbeta
+
+
+def batchnorm_leaky_relu_forward_cuda(x, gamma, beta, mean=None, var=None, eps=1e-5, negative_slope=0.2,
+                                      splits=None):
+    """As batchnorm_leaky_relu_forward_numpy, through batchnorm_forward_stats_v3 (training)
+    and batchnorm_leaky_relu_forward_v1."""
+    return _forward_v3("batchnorm_leaky_relu_forward", x, gamma, beta, mean, var, eps, float(negative_slope), splits)
+
+
+def batchnorm_leaky_relu_backward_cuda(dy, cache, splits=None):
+    """As batchnorm_leaky_relu_backward_numpy: dy -> dx, dgamma, dbeta."""
+    return _backward_v3("batchnorm_leaky_relu_backward", dy, cache, splits)
 
 
 def batchnorm_running_update_cuda(running_mean, running_var, mean, var_unbiased, momentum):
@@ -210,3 +345,17 @@ def batchnorm_running_update(running_mean, running_var, mean, var_unbiased, mome
         batchnorm_running_update_cuda(running_mean, running_var, mean, var_unbiased, momentum)
         return
     batchnorm_running_update_numpy(running_mean, running_var, mean, var_unbiased, momentum)
+
+
+def batchnorm_leaky_relu_forward(x, gamma, beta, mean=None, var=None, eps=1e-5, negative_slope=0.2):
+    """leaky_relu(batchnorm(x)): y, cache, batch mean, batch unbiased variance (None in eval)."""
+    if backend.uses_kernels():
+        return batchnorm_leaky_relu_forward_cuda(x, gamma, beta, mean, var, eps, negative_slope)
+    return batchnorm_leaky_relu_forward_numpy(x, gamma, beta, mean, var, eps, negative_slope)
+
+
+def batchnorm_leaky_relu_backward(dy, cache):
+    """dy (gradient of the activated output) -> dx, dgamma, dbeta."""
+    if backend.uses_kernels():
+        return batchnorm_leaky_relu_backward_cuda(dy, cache)
+    return batchnorm_leaky_relu_backward_numpy(dy, cache)

@@ -2,8 +2,14 @@
 the layers Linear, Conv2d and ConvTranspose2d (cganraw.nn.linear, cganraw.nn.conv).
 
     bias_add_forward    y += b along axis 1, in place    _numpy, _cuda: bias_add_forward_v1/v2
-    bias_add_backward   db = dy summed over all but C     _numpy, _cuda: bias_add_backward_v1/v2
-Kernels in kernels/bias.cu.
+    bias_add_backward   db = dy summed over all but C     _numpy, _cuda: bias_add_backward_v1/v2,
+                                                          _partial_v3 + _reduce_v3 (the default)
+    bias_leaky_relu_forward    y = leaky_relu(y + b), in place      _numpy, _cuda: bias_leaky_relu_forward_v1
+    bias_leaky_relu_backward   dpre = leaky_relu'(y) dy, db = sum dpre   _numpy, _cuda:
+                               bias_leaky_relu_backward_partial_v1 + bias_add_backward_reduce_v3
+Kernels in kernels/bias.cu. The fused pair is what a Linear/Conv2d/ConvTranspose2d followed by
+LeakyReLU runs inside nn.Sequential (cganraw.nn.fused); its reference is exactly the unfused
+bias_add + leaky_relu arithmetic, so the numpy backend gives the same bits either way.
 """
 from __future__ import annotations
 
@@ -29,6 +35,32 @@ def bias_add_backward_numpy(dy):
         return dy.sum(axis=0)
     n, c = dy.shape[:2]
     return dy.reshape(n, c, -1).sum(axis=(0, 2))
+
+
+def _check_slope(op, negative_slope):
+    # the backward reads the mask from the output: y > 0 iff y + b > 0 needs slope >= 0
+    if not negative_slope >= 0:
+        raise ValueError(f"{op}: the fused bias + LeakyReLU needs negative_slope >= 0, got {negative_slope}")
+
+
+def bias_leaky_relu_forward_numpy(y, b, negative_slope):
+    """In place: y = leaky_relu(y + b) with the arithmetic of bias_add_forward_numpy then
+    leaky_relu_forward_numpy. Returns y, cache (y, negative_slope)."""
+    _check_slope("bias_leaky_relu_forward", negative_slope)
+    xp = backend.array_module(y)
+    if b is not None:
+        bias_add_forward_numpy(y, b)
+    xp.multiply(y, y.dtype.type(negative_slope), out=y, where=~(y > 0))
+    return y, (y, negative_slope)
+
+
+def bias_leaky_relu_backward_numpy(dy, cache, need_db=True):
+    """dy -> dpre = dy where y > 0 else slope * dy (leaky_relu_backward_numpy's values), and
+    db = bias_add_backward_numpy(dpre) (None unless need_db)."""
+    y, negative_slope = cache
+    xp = backend.array_module(dy)
+    dpre = xp.where(y > 0, dy, dy * dy.dtype.type(negative_slope))
+    return dpre, (bias_add_backward_numpy(dpre) if need_db else None)
 
 
 # ---------------------------------------------------------------- CUDA kernels (kernels/bias.cu)
@@ -61,18 +93,40 @@ def bias_add_forward_cuda(y, b, version=None):
     return y
 
 
-def bias_add_backward_cuda(dy, version=None):
-    """As bias_add_backward_numpy. version None picks 2 (a block per channel) for conv maps
-    and 1 (a thread per channel) for (N, C), where the channels alone give the parallelism."""
+BACKWARD_VERSIONS = (1, 2, 3)
+
+
+def _reduce_partials(partials, c, splits):
+    """db (C,) from the (splits, C) partial sums, summed in split order."""
+    db = _launch.empty((c,))
+    grid, block = _launch.grid_for(c)
+    _launch.function("bias", "bias_add_backward_reduce_v3")(
+        grid, block, (db, partials, _launch.i32(c), _launch.i32(splits)))
+    return db
+
+
+def bias_add_backward_cuda(dy, version=None, splits=None):
+    """As bias_add_backward_numpy. version None is 3: a (channels x splits) grid of partial
+    sums (float4 loads where aligned) and an ordered reduction of the splits, for any
+    shape; 2 a block per channel, 1 a thread per channel. splits forces v3's split count."""
     op = "bias_add_backward"
     n, c, hw = _launch.split_channels(dy, op, "dy")
     dyc = _launch.arg(dy, np.float32, f"{op}: dy")
     _launch.element_count(dyc.size, op)
-    version = _launch.pick_version(op, version, 2 if hw > 1 else 1)
+    version = _launch.pick_version(op, version, 3, BACKWARD_VERSIONS)
     db = _launch.empty((c,))
     if c == 0:
         return db
+    if n * hw == 0:
+        db.fill(0)
+        return db
     args = (db, dyc, _launch.i32(n), _launch.i32(c), _launch.i32(hw))
+    if version == 3:
+        grid, block, s = _launch.channel_split_launch(n, c, hw, splits)
+        partials = _launch.empty((s, c))
+        _launch.function("bias", "bias_add_backward_partial_v3")(
+            grid, block, (partials, dyc, _launch.i32(n), _launch.i32(c), _launch.i32(hw), _launch.i32(s)))
+        return _reduce_partials(partials, c, s)
     if version == 1:
         grid, block = _launch.grid_for(c)
         _launch.function("bias", "bias_add_backward_v1")(grid, block, args)
@@ -80,6 +134,48 @@ def bias_add_backward_cuda(dy, version=None):
         _launch.function("bias", "bias_add_backward_v2")(
             (min(c, MAX_ROW_BLOCKS),), (_launch.warp_block(n * hw),), args)
     return db
+
+
+def bias_leaky_relu_forward_cuda(y, b, negative_slope, splits=None):
+    """In place, as bias_leaky_relu_forward_numpy (kernels/bias.cu bias_leaky_relu_forward_v1;
+    b None: a zero bias). Returns y, cache (y, negative_slope)."""
+    op = "bias_leaky_relu_forward"
+    _check_slope(op, negative_slope)
+    n, c, hw = _launch.split_channels(y, op, "y")
+    yc = _launch.writable(y, op, "y")
+    bc = _launch.zeros((c,)) if b is None else _launch.arg(b, np.float32, f"{op}: b")
+    if tuple(bc.shape) != (c,):
+        raise ValueError(f"{op}: b has shape {tuple(bc.shape)}, expected ({c},) for y of shape {tuple(y.shape)}")
+    _launch.element_count(yc.size, op)
+    if yc.size:
+        grid, block, s = _launch.channel_split_launch(n, c, hw, splits)
+        _launch.function("bias", "bias_leaky_relu_forward_v1")(
+            grid, block, (yc, bc, _launch.f32(negative_slope), _launch.i32(n), _launch.i32(c), _launch.i32(hw),
+                          _launch.i32(s)))
+    _launch.write_back(y, yc)
+    return y, (y, negative_slope)
+
+
+def bias_leaky_relu_backward_cuda(dy, cache, need_db=True, splits=None):
+    """As bias_leaky_relu_backward_numpy: one pass writes dpre and the partial sums of db,
+    bias_add_backward_reduce_v3 adds them up (skipped when not need_db)."""
+    op = "bias_leaky_relu_backward"
+    y, negative_slope = cache
+    n, c, hw = _launch.split_channels(dy, op, "dy")
+    dyc = _launch.arg(dy, np.float32, f"{op}: dy")
+    yc = _launch.arg(y, np.float32, f"{op}: y")
+    if tuple(yc.shape) != tuple(dyc.shape):
+        raise ValueError(f"{op}: dy has shape {tuple(dyc.shape)}, the forward's output {tuple(yc.shape)}")
+    _launch.element_count(dyc.size, op)
+    dpre = _launch.empty(dyc.shape)
+    if dyc.size == 0:
+        return dpre, (_launch.zeros((c,)) if need_db else None)
+    grid, block, s = _launch.channel_split_launch(n, c, hw, splits)
+    partials = _launch.empty((s, c))
+    _launch.function("bias", "bias_leaky_relu_backward_partial_v1")(
+        grid, block, (dpre, partials, dyc, yc, _launch.f32(negative_slope), _launch.i32(n), _launch.i32(c),
+                      _launch.i32(hw), _launch.i32(s)))
+    return dpre, (_reduce_partials(partials, c, s) if need_db else None)
 
 
 # ---------------------------------------------------------------- public ops: dispatch
@@ -97,3 +193,18 @@ def bias_add_backward(dy):
     if backend.uses_kernels():
         return bias_add_backward_cuda(dy)
     return bias_add_backward_numpy(dy)
+
+
+def bias_leaky_relu_forward(y, b, negative_slope):
+    """In place: y (N, C[, H, W]) = leaky_relu(y + b) (b None: no bias). Returns y and the
+    cache (y itself and the slope: the backward's mask is y > 0). negative_slope >= 0."""
+    if backend.uses_kernels():
+        return bias_leaky_relu_forward_cuda(y, b, negative_slope)
+    return bias_leaky_relu_forward_numpy(y, b, negative_slope)
+
+
+def bias_leaky_relu_backward(dy, cache, need_db=True):
+    """dy -> dpre (the gradient before the activation), db (C,) or None."""
+    if backend.uses_kernels():
+        return bias_leaky_relu_backward_cuda(dy, cache, need_db)
+    return bias_leaky_relu_backward_numpy(dy, cache, need_db)

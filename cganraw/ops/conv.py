@@ -123,11 +123,34 @@ def _col2im_numba(nb, parallel):
 
 
 # ---------------------------------------------------------------- CUDA kernels (kernels/im2col.cu)
-IM2COL_VERSIONS = (1,)
-COL2IM_VERSIONS = (1, 2)
-COL2IM_DEFAULT = 2      # gather: no atomics, no zero fill (reasoning in kernels/im2col.cu)
+IM2COL_VERSIONS = (1, 2)
+IM2COL_DEFAULT = 2      # 2-D grid, 32-bit index math
+COL2IM_VERSIONS = (1, 2, 3)
+COL2IM_DEFAULT = 3      # gather (no atomics, no zero fill), 2-D grid, 32-bit index math
 _CONV_BLOCK = 256
 _CONV_MAX_BLOCKS = 8192  # the kernels grid-stride past this (2M threads fill any GPU)
+_MAX_GRID_Y = 65535
+_INT32_LIMIT = 2 ** 31
+
+
+def _check_index_range(op, n, c, h, w, k, ho, wo, all_32bit):
+    """Every index the kernel computes fits its integer type, else a clear ValueError:
+    the column count always (every version splits an element into 32-bit row and column),
+    and with all_32bit (im2col_v2, col2im_v3) the element counts of cols and the image."""
+    sizes = {"N*Ho*Wo (columns of cols)": n * ho * wo}
+    if all_32bit:
+        sizes["C*k*k*N*Ho*Wo (cols elements)"] = c * k * k * n * ho * wo
+        sizes["N*C*H*W (image elements)"] = n * c * h * w
+    for what, v in sizes.items():
+        if v >= _INT32_LIMIT:
+            raise ValueError(f"{op}: {what} = {v} does not fit the kernel's 32-bit indices (< 2^31); "
+                             f"use a smaller batch" + (", or version=1 (64-bit element indices)" if all_32bit else ""))
+
+
+def _grid_2d(cols, rows):
+    """(grid, block) of a 2-D launch: x over `cols` threads, y over `rows` (both grid-strided)."""
+    bx = max(1, min(-(-cols // _CONV_BLOCK), _CONV_MAX_BLOCKS))
+    return (bx, max(1, min(rows, _MAX_GRID_Y))), (_CONV_BLOCK,)
 
 
 def _conv_geometry(op, shape, kernel_size, stride, padding, out_hw):
@@ -169,31 +192,38 @@ def _float32(op, name, a):
 
 
 def im2col_cuda(x, kernel_size, stride=1, padding=0, out_hw=None, version=None):
-    """kernels/im2col.cu im2col_v1: x (N, C, H, W) float32 -> cols (C*k*k, N*Ho*Wo) on
-    the active kernel backend. A non-contiguous x is made contiguous; other dtypes are a
-    TypeError."""
+    """kernels/im2col.cu im2col_v<version> (2, the default: 2-D grid, 32-bit indices; 1: a
+    flat grid): x (N, C, H, W) float32 -> cols (C*k*k, N*Ho*Wo) on the active kernel
+    backend. A non-contiguous x is made contiguous; other dtypes are a TypeError; sizes
+    whose indices would overflow the kernel's integers are a ValueError."""
     op = "im2col_cuda"
-    version = _launch.pick_version(op, version, 1, IM2COL_VERSIONS)
+    version = _launch.pick_version(op, version, IM2COL_DEFAULT, IM2COL_VERSIONS)
     if not backend.is_array(x) or x.ndim != 4:
         raise ValueError(f"{op}: x must be an (N, C, H, W) array, got "
                          f"{tuple(x.shape) if backend.is_array(x) else type(x).__name__}")
     x = _float32(op, "x", x)
     n, c, h, w, k, s, p, ho, wo = _conv_geometry(op, x.shape, kernel_size, stride, padding, out_hw)
+    _check_index_range(op, n, c, h, w, k, ho, wo, version == 2)
     cols = _launch.empty((c * k * k, n * ho * wo))
     if cols.size:
-        grid, block = _launch.grid_for(cols.size, _CONV_BLOCK, _CONV_MAX_BLOCKS)
+        if version == 1:
+            grid, block = _launch.grid_for(cols.size, _CONV_BLOCK, _CONV_MAX_BLOCKS)
+        else:
+            grid, block = _grid_2d(n * ho * wo, c * k * k)
         _launch.function("im2col", f"im2col_v{version}")(
             grid, block, (x, cols, *_conv_args(n, c, h, w, k, s, p, ho, wo)))
     return cols
 
 
 def col2im_cuda(cols, x_shape, kernel_size, stride=1, padding=0, out_hw=None, version=None):
-    """kernels/im2col.cu col2im_v<version> (1 scatter with atomics, 2 gather, the default):
-    cols (C*k*k, N*Ho*Wo) float32 -> x (N, C, H, W), summing overlapping windows."""
+    """kernels/im2col.cu col2im_v<version> (1 scatter with atomics, 2 gather, 3 gather
+    with a 2-D grid and 32-bit indices, the default): cols (C*k*k, N*Ho*Wo) float32 -> x
+    (N, C, H, W), summing overlapping windows."""
     version = _launch.pick_version("col2im_cuda", version, COL2IM_DEFAULT, COL2IM_VERSIONS)
     op = f"col2im_cuda(version={version})"
     n, c, h, w, k, s, p, ho, wo = _conv_geometry(op, x_shape, kernel_size, stride, padding, out_hw)
     _check_cols(op, cols, x_shape, k, s, p, ho, wo)
+    _check_index_range(op, n, c, h, w, k, ho, wo, version == 3)
     cols = _float32(op, "cols", cols)
     if version == 1:
         x = _launch.zeros((n, c, h, w))          # the scatter accumulates into x
@@ -201,7 +231,10 @@ def col2im_cuda(cols, x_shape, kernel_size, stride=1, padding=0, out_hw=None, ve
     else:
         x = _launch.empty((n, c, h, w))          # the gather writes every pixel
         total = x.size
-    if total:
+    if total and version == 3:
+        grid, block = _grid_2d(h * w, n * c)
+        _launch.function("im2col", "col2im_v3")(grid, block, (cols, x, *_conv_args(n, c, h, w, k, s, p, ho, wo)))
+    elif total:
         grid, block = _launch.grid_for(total, _CONV_BLOCK, _CONV_MAX_BLOCKS)
         _launch.function("im2col", f"col2im_v{version}")(
             grid, block, (cols, x, *_conv_args(n, c, h, w, k, s, p, ho, wo)))
@@ -306,9 +339,107 @@ def conv2d_backward(dy, cache, need_dx=True, need_dW=True, dW_out=None):
     return dx, dW, db
 
 
+# ---------------------------------------------------------------- phase-split transposed conv
+# ConvTranspose2d(k=4, s=2, p=1) (both cGAN generators' and DCGAN's upsampling) writes
+# output pixel (2a + q, 2b + r) from input pixels (a + di, b + dj) through kernel taps
+# (i, j) only: for each output phase (q, r) it is a stride-1 2x2 convolution, and
+#   q = 0: (i, di) = (1, 0), (3, -1);   q = 1: (i, di) = (0, 1), (2, 0)     (likewise r, j, dj)
+# So the forward is 16 GEMMs W[:, :, i, j]^T (Cout, Cin) @ x shifted by (di, dj), four per
+# phase accumulating (beta = 1), instead of one (Cout*16, N*H*W) column matrix and col2im.
+# The shift is a column offset into the input laid out channel-major with a one-pixel zero
+# border, flattened to (Cin, N*(H+2)*(W+2)): the GEMM operands are views of it (no copies,
+# rows strided), and the phase results land in a (Cout, N*(H+2)*(W+2)) buffer whose border
+# columns are scratch. The data gradient is the same 16 GEMMs the other way (W[:, :, i, j]
+# @ the bordered dy phase shifted by (-di, -dj)), the weight gradient 16 GEMMs x-shift @
+# dy-phase^T over the same flat range. No matrix is bigger than the input or the output.
+PHASE_TAPS = {0: ((1, 0), (3, -1)), 1: ((0, 1), (2, 0))}   # output parity -> (kernel index, input shift)
+
+
+def uses_phase_split(kernel_size, stride, padding, output_padding=0):
+    """True for the geometry the phase-split transposed conv handles: k4, s2, p1, no output padding."""
+    return (kernel_size, stride, padding, output_padding) == (4, 2, 1, 0)
+
+
+def _phase_taps(q, r):
+    return [(i, di, j, dj) for i, di in PHASE_TAPS[q] for j, dj in PHASE_TAPS[r]]
+
+
+def _bordered(a):
+    """(N, C, H, W) -> (C, N*(H+2)*(W+2)): channel-major with a zero border, flattened."""
+    n, c, h, w = a.shape
+    out = _launch.zeros((c, n, h + 2, w + 2), a.dtype)
+    _launch.copy_into(out[:, :, 1:h + 1, 1:w + 1], a.transpose(1, 0, 2, 3))
+    return out.reshape(c, n * (h + 2) * (w + 2))
+
+
+def _phase_range(n, h, w):
+    """(first, length) of the flat columns that cover every interior pixel, and the row pitch."""
+    wp = w + 2
+    first = wp + 1
+    return first, n * (h + 2) * wp - 2 * first, wp
+
+
+def conv_transpose2d_phase_forward(x, W):
+    """ConvTranspose2d(k4, s2, p1) without bias: x (N, Cin, H, W), W (Cin, Cout, 4, 4) ->
+    (y (N, Cout, 2H, 2W), xf the bordered flat input for the backward)."""
+    n, cin, h, w = x.shape
+    cout = W.shape[1]
+    xf = _bordered(x)
+    first, length, wp = _phase_range(n, h, w)
+    Wt = _launch.contiguous(W.transpose(2, 3, 1, 0))           # (4, 4, Cout, Cin)
+    y = _launch.empty((n, cout, 2 * h, 2 * w), x.dtype)
+    y6 = y.reshape(n, cout, h, 2, w, 2)
+    buf = _launch.empty((cout, xf.shape[1]), x.dtype)          # one phase; border columns are scratch
+    acc = buf[:, first:first + length]
+    for q in (0, 1):
+        for r in (0, 1):
+            for t, (i, di, j, dj) in enumerate(_phase_taps(q, r)):
+                off = first + di * wp + dj
+                gemm(Wt[i, j], xf[:, off:off + length], beta=0.0 if t == 0 else 1.0, out=acc)
+            _launch.copy_into(y6[:, :, :, q, :, r],
+                              buf.reshape(cout, n, h + 2, wp)[:, :, 1:h + 1, 1:w + 1].transpose(1, 0, 2, 3))
+    return y, xf
+
+
+def conv_transpose2d_phase_backward(dy, xf, x_shape, W, need_dx=True, need_dW=True):
+    """dy (N, Cout, 2H, 2W) -> dx (N, Cin, H, W) and dW (Cin, Cout, 4, 4) (None where not needed)."""
+    n, cin, h, w = x_shape
+    cout = W.shape[1]
+    first, length, wp = _phase_range(n, h, w)
+    dy6 = dy.reshape(n, cout, h, 2, w, 2)
+    phases = {(q, r): _bordered(dy6[:, :, :, q, :, r]) for q in (0, 1) for r in (0, 1)}   # (Cout, flat) each
+    dx = dW = None
+    if need_dW:
+        dWt = _launch.empty((4, 4, cin, cout), dy.dtype)
+        for (q, r), dyf in phases.items():
+            for i, di, j, dj in _phase_taps(q, r):
+                off = first + di * wp + dj
+                gemm(xf[:, off:off + length], dyf[:, first:first + length], trans_b=True, out=dWt[i, j])
+        dW = _launch.contiguous(dWt.transpose(2, 3, 0, 1))
+    if need_dx:
+        Wd = _launch.contiguous(W.transpose(2, 3, 0, 1))      # (4, 4, Cin, Cout)
+        buf = _launch.empty((cin, xf.shape[1]), dy.dtype)
+        acc = buf[:, first:first + length]
+        t = 0
+        for (q, r), dyf in phases.items():
+            for i, di, j, dj in _phase_taps(q, r):
+                off = first - di * wp - dj
+                gemm(Wd[i, j], dyf[:, off:off + length], beta=0.0 if t == 0 else 1.0, out=acc)
+                t += 1
+        dx = _launch.contiguous(buf.reshape(cin, n, h + 2, wp)[:, :, 1:h + 1, 1:w + 1].transpose(1, 0, 2, 3))
+    return dx, dW
+
+
 def conv_transpose2d_forward(x, W, b=None, stride=1, padding=0, output_padding=0):
     """x (N, Cin, H, W), W (Cin, Cout, k, k), b (Cout,) -> y (N, Cout, Ho, Wo),
-    Ho = (H - 1) s - 2p + k + output_padding (PyTorch's size)."""
+    Ho = (H - 1) s - 2p + k + output_padding (PyTorch's size). k4 s2 p1 runs phase-split
+    (conv_transpose2d_phase_forward), any other geometry as GEMM + col2im."""
+    k = W.shape[2]
+    if uses_phase_split(k, stride, padding, output_padding):
+        y, xf = conv_transpose2d_phase_forward(x, W)
+        if b is not None:
+            bias_add_forward(y, b)
+        return y, ("phase", (xf, x.shape, W, b is not None))
     n, cin, h, w = x.shape
     _, cout, k, _ = W.shape
     ho = conv_transpose_output_size(h, k, stride, padding, output_padding)
@@ -318,12 +449,19 @@ def conv_transpose2d_forward(x, W, b=None, stride=1, padding=0, output_padding=0
     y = col2im(cols, (n, cout, ho, wo), k, stride, padding, out_hw=(h, w))
     if b is not None:
         bias_add_forward(y, b)
-    return y, (x2, x.shape, W, stride, padding, b is not None)
+    return y, ("col2im", (x2, x.shape, W, stride, padding, b is not None))
 
 
 def conv_transpose2d_backward(dy, cache, need_dx=True, need_dW=True, dW_out=None):
-    """dy (N, Cout, Ho, Wo) -> dx (N, Cin, H, W), dW (Cin, Cout, k, k), db (Cout,); dW_out as
-    for conv2d_backward."""
+    """dy (N, Cout, Ho, Wo) -> dx (N, Cin, H, W), dW (Cin, Cout, k, k), db (Cout,). With dW_out
+    (the weight's contiguous .grad) the col2im path's GEMM adds dW into it (beta = 1) and
+    returns dW None; the phase-split path returns dW."""
+    mode, cache = cache
+    if mode == "phase":
+        xf, x_shape, W, has_bias = cache
+        dx, dW = conv_transpose2d_phase_backward(dy, xf, x_shape, W, need_dx, need_dW)
+        db = bias_add_backward(dy) if (has_bias and need_dW) else None
+        return dx, dW, db
     x2, x_shape, W, stride, padding, has_bias = cache
     n, cin, h, w = x_shape
     _, cout, k, _ = W.shape

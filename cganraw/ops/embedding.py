@@ -2,7 +2,8 @@
 cganraw.nn.Embedding.
 
     embedding_forward    _numpy, _cuda: kernels/embedding.cu embedding_forward_v1
-    embedding_backward   _numpy, _cuda: kernels/embedding.cu embedding_backward_v1
+    embedding_backward   _numpy, _cuda: kernels/embedding.cu embedding_backward_v1 (atomics),
+                         embedding_backward_v2 (segmented by label, deterministic: the default)
 """
 from __future__ import annotations
 
@@ -30,9 +31,11 @@ def embedding_backward_numpy(dy, cache, out=None):
 # ---------------------------------------------------------------- CUDA kernels (kernels/embedding.cu)
 # Labels arrive as int64 (any integer dtype is taken). The launcher checks they lie in
 # [0, K) on the host and hands the kernels int32 (_launch.labels_arg). The cache keeps
-# the int32 labels. One version each.
+# the int32 labels. The backward's default, v2, gives the same bits every run.
 
 VERSIONS = (1,)
+BACKWARD_VERSIONS = (1, 2)
+_MAX_ROW_BLOCKS = 65535
 
 def embedding_forward_cuda(indices, W, version=None):
     """As embedding_forward_numpy: indices (N,), W (K, D) -> y (N, D), cache."""
@@ -55,10 +58,10 @@ def embedding_forward_cuda(indices, W, version=None):
 
 def embedding_backward_cuda(dy, cache, version=None, out=None):
     """As embedding_backward_numpy: dy (N, D) -> dW (K, D), repeated labels adding up; with
-    out (a contiguous float32 (K, D) array) the kernel adds into it: no zeroed array, no
-    second pass to accumulate."""
+    out (a contiguous float32 (K, D) array) dW is added into it: by v1's scatter-add itself
+    (no zeroed array), or after v2 by one add."""
     op = "embedding_backward"
-    version = _launch.pick_version(op, version, 1, VERSIONS)
+    version = _launch.pick_version(op, version, 2, BACKWARD_VERSIONS)
     indices, w_shape = cache
     k, d = (int(s) for s in w_shape)
     idx = _launch.cached_labels_arg(indices, k, op)
@@ -67,16 +70,21 @@ def embedding_backward_cuda(dy, cache, version=None, out=None):
     if tuple(dyc.shape) != (n, d):
         raise ValueError(f"{op}: dy has shape {tuple(dyc.shape)}, expected ({n}, {d})")
     _launch.element_count(n * d, op)
-    if out is None:
-        dW = _launch.zeros((k, d))
-    else:
-        dW = _launch.arg(out, np.float32, f"{op}: out")
-        if dW is not out or tuple(dW.shape) != (k, d):
+    if out is not None:
+        out_arr = _launch.arg(out, np.float32, f"{op}: out")
+        if out_arr is not out or tuple(out_arr.shape) != (k, d):
             raise ValueError(f"{op}: out must be a contiguous ({k}, {d}) array, added to in place")
+    args = (idx, dyc, _launch.i32(n), _launch.i32(k), _launch.i32(d))
+    if version == 2:
+        dW = _launch.empty((k, d))                     # every element written
+        if k * d:
+            _launch.function("embedding", "embedding_backward_v2")(
+                (min(k, _MAX_ROW_BLOCKS),), (_launch.warp_block(d),), (dW,) + args)
+        return dW if out is None else _launch.add_into(out, dW)
+    dW = _launch.zeros((k, d)) if out is None else out      # v1 scatter-adds: straight into out
     if n * d:
         grid, block = _launch.grid_for(n * d)
-        _launch.function("embedding", f"embedding_backward_v{version}")(
-            grid, block, (dW, idx, dyc, _launch.i32(n), _launch.i32(k), _launch.i32(d)))
+        _launch.function("embedding", "embedding_backward_v1")(grid, block, (dW,) + args)
     return dW
 
 

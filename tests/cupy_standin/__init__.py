@@ -556,9 +556,29 @@ runtime = _module("cupy.cuda.runtime", {
     "getDeviceProperties": lambda device: dict(_PROPERTIES), "deviceSynchronize": lambda: _log("sync", "sync")})
 cuda = _module("cupy.cuda", {"runtime": runtime, "Device": _Device, "is_available": lambda: True})
 cublas = _module("cupy.cublas", {"gemm": _gemm})
+COMPUTE_TYPE = {"float32": "default"}     # set_compute_type's record (the stand-in computes in FP32)
+
+
+def _set_compute_type(dtype, compute_type):
+    COMPUTE_TYPE[np.dtype(dtype).name] = compute_type
+
+
+_routines_linalg = _module("cupy._core._routines_linalg", {
+    "COMPUTE_TYPE_DEFAULT": "default", "COMPUTE_TYPE_TF32": "tf32", "COMPUTE_TYPE_PEDANTIC": "pedantic",
+    "set_compute_type": _set_compute_type})
+_core = _module("cupy._core", {"_routines_linalg": _routines_linalg})
+
+
+def _as_strided(x, shape=None, strides=None):
+    return ndarray._wrap(np.lib.stride_tricks.as_strided(_dev(x), shape=shape, strides=strides))
+
+
+stride_tricks = _module("cupy.lib.stride_tricks", {"as_strided": _as_strided})
+lib = _module("cupy.lib", {"stride_tricks": stride_tricks})
 __version__ = "13.0.0+standin"
 
-_SUBMODULES = {"cupy.cuda": cuda, "cupy.cuda.runtime": runtime, "cupy.cublas": cublas}
+_SUBMODULES = {"cupy.cuda": cuda, "cupy.cuda.runtime": runtime, "cupy.cublas": cublas, "cupy._core": _core,
+               "cupy._core._routines_linalg": _routines_linalg, "cupy.lib": lib, "cupy.lib.stride_tricks": stride_tricks}
 
 
 @contextlib.contextmanager

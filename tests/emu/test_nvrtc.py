@@ -23,6 +23,18 @@ def test_fixtures_compile_with_nvrtc(nvrtc, name, arch):
     assert r.options[-3:] == ("-ftz=true", "--device-as-default-execution-space", f"-arch={arch}")
 
 
+@pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
+def test_wmma_fixture_compiles_against_the_real_mma_h(nvrtc, arch):
+    # the emulator's nvcuda::wmma accepts exactly what the toolkit's <mma.h> accepts
+    from cganraw.ops import _launch
+    inc = _launch.toolkit_include_dir()
+    if inc is None:
+        pytest.skip("no CUDA toolkit include folder with <mma.h> (set CUDA_PATH)")
+    r = cuda_emu.nvrtc_check(os.path.join(FIX, "wmma.cu"), arch=arch, options=(f"-I{inc}",))
+    for name in (b"mma_rr", b"mma_cc", b"to_tf32", b"fill_store_col"):
+        assert name + b"\x00" in r.binary
+
+
 def test_nvrtc_error_names_the_line(nvrtc, tmp_path):
     src = tmp_path / "bad_gpu.cu"
     src.write_text('extern "C" __global__ void k(float* x)\n{\n    x[0] = nope;\n}\n')

@@ -43,7 +43,8 @@ def test_barrier_with_exited_threads(divergent):
     this runs; strict mode reports the threads that exited."""
     x = np.zeros(32, f32)
     k = divergent.get_function("barrier_some_exit")
-    k((1,), (32,), (x,))
+    with cuda_emu.settings(strict=False):        # the tests' default is strict (tests/conftest.py)
+        k((1,), (32,), (x,))
     assert (x[:16] == 1).all() and (x[16:] == 0).all()
     with cuda_emu.settings(strict=True), pytest.raises(RuntimeError) as e:
         k((1,), (32,), (x,))

@@ -181,7 +181,7 @@ def assert_close(got, ref, atol, rtol, what=""):
 def launches(monkeypatch):
     """The names of the kernels looked up through _launch.function during a test, to
     prove that a public op dispatched to its kernel on the emu backend."""
-    from cganraw.ops import _launch  # noqa: PLC0415
+    from cganraw.ops import _launch
 
     names = []
     original = _launch.function

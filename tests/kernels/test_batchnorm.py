@@ -10,7 +10,7 @@ from cganraw import backend, nn
 from cganraw.ops import batchnorm as BN
 from tests.kernels.conftest import assert_close
 
-VERSIONS = (1, 2)
+VERSIONS = (1, 2, 3)
 
 # (N, C) and (N, C, H, W): tiny and odd sizes (17*33*15, 45*7*129 values), batch 1, then
 # the conv cGAN's BatchNorm2d inputs (width 128, batch 3: after each ConvT, and D-sized
@@ -76,6 +76,14 @@ def test_train_forward_backward_v2(shape, all_orders, rng):
     label = f"v2 train {shape} ({all_orders} order)"
     *_, cache = _check_forward_train(shape, 2, rng, label)
     _check_backward(shape, 2, cache, rng, label)
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=_ids(SHAPES))
+def test_train_forward_backward_v3(shape, all_orders, rng):
+    # v3's own split choice (1 split for most of these small shapes); forced splits: test_reductions.py
+    label = f"v3 train {shape} ({all_orders} order)"
+    *_, cache = _check_forward_train(shape, 3, rng, label)
+    _check_backward(shape, 3, cache, rng, label)
 
 
 @pytest.mark.parametrize("shape", [(2, 7), (17, 33, 3, 5), (1, 128, 7, 7), (3, 128, 14, 14), (3, 256)],
@@ -147,8 +155,11 @@ def test_public_ops_dispatch_to_the_kernels(launches, rng):
     BN.batchnorm_running_update(np.zeros(128, np.float32), np.ones(128, np.float32), mean, var_u, 0.1)
     BN.batchnorm_backward(np.ones_like(y), cache)
     BN.batchnorm_forward(x[:, :, 0, 0].copy(), gamma, beta, mean, var_u)
-    assert launches == ["batchnorm_forward_stats_v2", "batchnorm_forward_v2", "batchnorm_running_update_v1",
-                        "batchnorm_backward_v2", "batchnorm_forward_invstd_v1", "batchnorm_forward_v1"]
+    # v3 throughout: the split statistics and their ordered finish inside the normalise pass
+    assert launches == ["batchnorm_forward_stats_v3", "batchnorm_forward_stats_centered_v3", "batchnorm_forward_v3",
+                        "batchnorm_running_update_v1",
+                        "batchnorm_backward_partial_v3", "batchnorm_backward_v3", "batchnorm_forward_invstd_v1",
+                        "batchnorm_forward_v3"]
 
 
 @pytest.mark.parametrize("layer_cls, shape", [(nn.BatchNorm2d, (3, 128, 7, 7)), (nn.BatchNorm1d, (3, 256))])

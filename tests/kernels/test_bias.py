@@ -80,8 +80,11 @@ def test_public_ops_dispatch_to_the_kernels(launches, rng):
     B.bias_add_forward(y4, b4)
     B.bias_add_forward(y2, b2)
     db4, db2 = B.bias_add_backward(y4), B.bias_add_backward(y2)
-    # conv maps take the row / block-per-channel kernels, Linear outputs the thread-per-channel ones
-    assert launches == ["bias_add_forward_v2", "bias_add_forward_v1", "bias_add_backward_v2", "bias_add_backward_v1"]
+    # the add: conv maps take the row kernel, Linear outputs the thread-per-element one; the
+    # gradient: the split reduction (partials, then the ordered reduction) for both
+    assert launches == ["bias_add_forward_v2", "bias_add_forward_v1",
+                        "bias_add_backward_partial_v3", "bias_add_backward_reduce_v3",
+                        "bias_add_backward_partial_v3", "bias_add_backward_reduce_v3"]
     assert_close(y4, ref4, 1e-7, 1e-6, "public bias_add 4-D")
     assert_close(y2, ref2, 1e-7, 1e-6, "public bias_add 2-D")
     assert_close(db4, B.bias_add_backward_numpy(ref4), 1e-4, 1e-5, "public bias_add_backward 4-D")
@@ -95,7 +98,7 @@ def test_linear_layer_op_runs_through_the_bias_kernels(launches, rng):
     dy = rng.standard_normal((3, 784)).astype(np.float32)
     y, cache = L.linear_forward(x, W, b)
     _, _, db = L.linear_backward(dy, cache)
-    assert "bias_add_forward_v1" in launches and "bias_add_backward_v1" in launches
+    assert "bias_add_forward_v1" in launches and "bias_add_backward_partial_v3" in launches
     assert_close(y, x @ W.T + b, 1e-4, 1e-5, "linear forward")
     assert_close(db, dy.sum(axis=0), 1e-5, 1e-5, "linear bias gradient")
 
@@ -127,3 +130,5 @@ def test_bad_inputs_are_rejected_or_made_contiguous(version, rng):
                  "grad of a view")
     with pytest.raises(ValueError, match="version"):
         B.bias_add_backward_cuda(view, version=0)
+    with pytest.raises(ValueError, match="version"):
+        B.bias_add_forward_cuda(view, b, version=3)

@@ -1,4 +1,4 @@
-"""kernels/im2col.cu (im2col_v1, col2im_v1 scatter, col2im_v2 gather) through
+"""kernels/im2col.cu (im2col_v1/v2, col2im_v1 scatter, col2im_v2/v3 gather) through
 the emulator against NumPy references, and the Conv2d / ConvTranspose2d layers on the
 emu backend against the numpy backend.
 
@@ -12,8 +12,7 @@ import pytest
 
 from cganraw import backend, cuda_emu, nn
 from cganraw.ops import _launch
-from cganraw.ops.conv import (col2im, col2im_cuda, col2im_numpy, conv_output_size, im2col,
-                              im2col_cuda, im2col_numpy)
+from cganraw.ops.conv import col2im, col2im_cuda, col2im_numpy, conv_output_size, im2col, im2col_cuda, im2col_numpy
 
 from .conftest import assert_close
 
@@ -75,16 +74,17 @@ def _tap_tol(k, s):
     return dict(atol=2e-6 * (-(-k // s)) ** 2, rtol=1e-5)
 
 
+@pytest.mark.parametrize("version", [1, 2])
 @pytest.mark.parametrize("shape,k,s,p,out_hw", CASES, ids=IDS)
-def test_im2col_v1(shape, k, s, p, out_hw, rng):
+def test_im2col(version, shape, k, s, p, out_hw, rng):
     x = rng.standard_normal(shape).astype(np.float32)
-    got = im2col_cuda(x, k, s, p, out_hw)
+    got = im2col_cuda(x, k, s, p, out_hw, version=version)
     assert_close(got, im2col_ref(x, k, s, p, out_hw), atol=0, rtol=0, what="im2col (a copy: exact)")
 
 
-@pytest.mark.parametrize("version", [1, 2])
+@pytest.mark.parametrize("version", [1, 2, 3])
 @pytest.mark.parametrize("shape,k,s,p,out_hw", CASES, ids=IDS)
-def test_col2im_v1_v2(version, shape, k, s, p, out_hw, rng):
+def test_col2im(version, shape, k, s, p, out_hw, rng):
     _, _, _, _, ho, wo, _, _ = _geometry(shape, k, s, p, out_hw)
     cols = rng.standard_normal((shape[1] * k * k, shape[0] * ho * wo)).astype(np.float32)
     got = col2im_cuda(cols, shape, k, s, p, out_hw, version=version)
@@ -95,7 +95,7 @@ def test_col2im_v1_v2(version, shape, k, s, p, out_hw, rng):
         assert_close(got, col2im_numpy(cols, shape, k, s, p, out_hw), **_tap_tol(k, s), what="vs col2im_numpy")
 
 
-@pytest.mark.parametrize("version", [1, 2])
+@pytest.mark.parametrize("version", [1, 2, 3])
 def test_col2im_scatter_and_gather_under_block_orders(version, order, rng):
     # no barriers, but the block order changes the atomics' order in v1
     shape, k, s, p = (2, 3, 9, 9), 7, 1, 3
@@ -111,7 +111,7 @@ def test_col2im_is_the_adjoint_of_im2col(rng):
     cols = im2col_cuda(x, k, s, p)
     c = rng.standard_normal(cols.shape).astype(np.float32)
     lhs = float((cols.astype(np.float64) * c).sum())
-    for v in (1, 2):
+    for v in (1, 2, 3):
         rhs = float((x.astype(np.float64) * col2im_cuda(c, shape, k, s, p, version=v)).sum())
         assert abs(lhs - rhs) <= 1e-4 * (1 + abs(lhs))
 
@@ -134,7 +134,8 @@ def test_real_layer_shapes_batch3(what, shape, k, s, p, out_hw, rng):
     assert_close(cols, im2col_numpy(x, k, s, p, out_hw), atol=0, rtol=0, what=f"{what}: im2col")
     dcols = rng.standard_normal(cols.shape).astype(np.float32)
     ref = col2im_numpy(dcols, shape, k, s, p, out_hw)  # conv data gradient / convT forward
-    for v in (1, 2):
+    assert_close(im2col_cuda(x, k, s, p, out_hw, version=1), cols, atol=0, rtol=0, what=f"{what}: im2col v1")
+    for v in (1, 2, 3):
         assert_close(col2im_cuda(dcols, shape, k, s, p, out_hw, version=v), ref,
                      **_tap_tol(k, s), what=f"{what}: col2im v{v}")
 
@@ -168,7 +169,30 @@ def test_shape_errors_are_clear(rng):
     with pytest.raises(ValueError, match="stride"):
         im2col_cuda(np.zeros((1, 1, 5, 5), np.float32), 3, 0)
     with pytest.raises(ValueError, match="version"):
-        col2im_cuda(np.zeros((9, 25), np.float32), (1, 1, 5, 5), 3, 1, 1, version=3)
+        col2im_cuda(np.zeros((9, 25), np.float32), (1, 1, 5, 5), 3, 1, 1, version=4)
+    with pytest.raises(ValueError, match="version"):
+        im2col_cuda(np.zeros((1, 1, 5, 5), np.float32), 3, version=3)
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_index_range_is_checked_on_the_host(version, monkeypatch):
+    # the 32-bit limits, lowered so that small arrays cross them: a clear error, no launch
+    x = np.zeros((2, 3, 5, 5), np.float32)
+    cols = np.zeros((27, 50), np.float32)
+    monkeypatch.setattr(conv_mod, "_INT32_LIMIT", 50)        # the column count N*Ho*Wo = 50
+    with pytest.raises(ValueError, match=r"im2col_cuda: N\*Ho\*Wo \(columns of cols\) = 50 does not fit"):
+        im2col_cuda(x, 3, 1, 1, version=version)
+    with pytest.raises(ValueError, match=r"col2im_cuda\(version=3\): N\*Ho\*Wo"):
+        col2im_cuda(cols, x.shape, 3, 1, 1, version=3)
+    monkeypatch.setattr(conv_mod, "_INT32_LIMIT", 51)        # columns fit; elements (1350) do not in v2/v3
+    if version == 2:
+        with pytest.raises(ValueError, match=r"cols elements\) = 1350 does not fit.*version=1"):
+            im2col_cuda(x, 3, 1, 1, version=2)
+        with pytest.raises(ValueError, match=r"cols elements"):
+            col2im_cuda(cols, x.shape, 3, 1, 1, version=3)
+    else:
+        assert im2col_cuda(x, 3, 1, 1, version=1).shape == (27, 50)
+        assert col2im_cuda(cols, x.shape, 3, 1, 1, version=2).shape == x.shape
 
 
 def test_non_contiguous_inputs_are_made_contiguous(rng):
@@ -177,7 +201,7 @@ def test_non_contiguous_inputs_are_made_contiguous(rng):
     assert_close(im2col_cuda(x, 3, 2, 1), im2col_ref(x, 3, 2, 1), atol=0, rtol=0, what="strided x")
     cols = rng.standard_normal((36 * 2, 48)).astype(np.float32)[::2]           # (36, 48) view
     assert not cols.flags.c_contiguous
-    for v in (1, 2):
+    for v in (1, 2, 3):
         assert_close(col2im_cuda(cols, (3, 4, 4, 4), 3, 1, 1, version=v), col2im_ref(cols, (3, 4, 4, 4), 3, 1, 1),
                      **_tap_tol(3, 1), what="strided cols")
 
@@ -191,7 +215,7 @@ def test_dispatch_takes_the_kernels_on_emu(monkeypatch, rng):
     cols = im2col(x, 3, 1, 1)
     col2im(cols, x.shape, 3, 1, 1)
     assert seen == ["im2col_cuda", "col2im_cuda"]
-    assert conv_mod.COL2IM_DEFAULT == 2
+    assert conv_mod.COL2IM_DEFAULT == 3 and conv_mod.IM2COL_DEFAULT == 2
 
 
 # ---------------------------------------------------------------- layers: emu == numpy
@@ -264,5 +288,33 @@ def test_layers_really_launch_the_conv_kernels(monkeypatch, rng):
     layer = nn.Conv2d(2, 3, 3, 2, 1, rng=np.random.default_rng(0))
     layer(rng.standard_normal((1, 2, 5, 5)).astype(np.float32))
     layer.backward(np.ones((1, 3, 3, 3), np.float32))
-    assert {"im2col_v1", "col2im_v2"} <= set(calls)
+    assert {"im2col_v2", "col2im_v3"} <= set(calls)
     assert isinstance(_launch.module("im2col"), cuda_emu.RawModule)
+
+
+# ---------------------------------------------------------------- phase-split transposed conv
+@pytest.mark.parametrize("n,cin,cout,h,w", [(1, 1, 1, 1, 1), (2, 3, 5, 3, 4), (3, 4, 2, 7, 7), (1, 2, 3, 2, 6)])
+@pytest.mark.parametrize("bias", [True, False])
+def test_phase_split_conv_transpose2d_emu_equals_numpy(n, cin, cout, h, w, bias, rng):
+    layer = nn.ConvTranspose2d(cin, cout, 4, 2, 1, bias=bias, rng=np.random.default_rng(2))
+    layer.weight.data *= 50
+    if bias:
+        layer.bias.data[:] = rng.standard_normal(cout)
+    _compare_layer(layer, (n, cin, h, w), rng, f"phase-split ConvTranspose2d n{n} {cin}->{cout} {h}x{w}")
+
+
+def test_phase_split_runs_no_col2im_and_no_large_matrix(monkeypatch, rng):
+    # k4 s2 p1: 16 GEMMs per direction on views, each operand at most the bordered input or output
+    n, cin, cout, h, w = 2, 6, 5, 7, 7
+    x = rng.standard_normal((n, cin, h, w)).astype(np.float32)
+    launched, shapes = [], []
+    real_fn, real_gemm = _launch.function, conv_mod.gemm
+    monkeypatch.setattr(_launch, "function", lambda fam, name: launched.append(name) or real_fn(fam, name))
+    monkeypatch.setattr(conv_mod, "gemm", lambda a, b, *args, **kw: shapes.append((a.size, b.size)) or
+                        real_gemm(a, b, *args, **kw))
+    layer = nn.ConvTranspose2d(cin, cout, 4, 2, 1, rng=np.random.default_rng(0))
+    y = layer(x)
+    layer.backward(np.ones_like(y))
+    assert len(shapes) == 48 and not any(name.startswith(("col2im", "im2col")) for name in launched)
+    biggest = max(n * cin * (h + 2) * (w + 2), n * cout * (h + 2) * (w + 2))
+    assert max(max(s) for s in shapes) <= biggest

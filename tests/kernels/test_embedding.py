@@ -1,7 +1,8 @@
 """kernels/embedding.cu against cganraw.ops.embedding's NumPy reference, through the
-emulator: the gather forward and the atomicAdd scatter backward, on odd sizes, a batch of
-1, the cGAN's label embeddings (K classes, D = 50) at batch 3, and batches whose labels
-all repeat (every thread adds into one row)."""
+emulator: the gather forward, the atomicAdd scatter backward (v1) and the deterministic
+segmented backward (v2, the default), on odd sizes, a batch of 1, the cGAN's label
+embeddings (K classes, D = 50) at batch 3, and batches whose labels all repeat (every
+thread adds into one row)."""
 import numpy as np
 import pytest
 
@@ -27,13 +28,15 @@ def test_embedding_kernels_match_reference(n, k, d, rng):
     y, cache = E.embedding_forward_cuda(labels, W)
     y_r, cache_r = E.embedding_forward_numpy(labels, W)
     assert_close(y, y_r, 0, 1e-7, f"embedding_forward_v1 {n, k, d}")
-    # float32 sums of repeated labels in atomic order vs NumPy's add.at order
-    assert_close(E.embedding_backward_cuda(dy, cache), E.embedding_backward_numpy(dy, cache_r), 1e-5, 1e-5,
-                 f"embedding_backward_v1 {n, k, d}")
+    # float32 sums of repeated labels in atomic (v1) or batch (v2) order vs NumPy's add.at order
+    for v in (1, 2):
+        assert_close(E.embedding_backward_cuda(dy, cache, version=v), E.embedding_backward_numpy(dy, cache_r),
+                     1e-5, 1e-5, f"embedding_backward_v{v} {n, k, d}")
 
 
+@pytest.mark.parametrize("version", [1, 2])
 @pytest.mark.parametrize("workers", [1, 2])
-def test_backward_all_labels_repeated(workers, rng):
+def test_backward_all_labels_repeated(workers, version, rng):
     # most rows add into one row of dW. With 2 workers the emulator runs blocks on two OS
     # threads at once, so the atomics really contend (a plain += could lose updates there,
     # though only by chance of timing: ThreadSanitizer is the sure check)
@@ -43,8 +46,8 @@ def test_backward_all_labels_repeated(workers, rng):
     dy = rng.standard_normal((n, d)).astype(np.float32)
     _, cache = E.embedding_forward_cuda(labels, rng.standard_normal((k, d)).astype(np.float32))
     with cuda_emu.settings(workers=workers):
-        dW = E.embedding_backward_cuda(dy, cache)
-        counts = E.embedding_backward_cuda(np.ones((n, d), np.float32), cache)
+        dW = E.embedding_backward_cuda(dy, cache, version=version)
+        counts = E.embedding_backward_cuda(np.ones((n, d), np.float32), cache, version=version)
     ref = E.embedding_backward_numpy(dy, (labels, (k, d)))
     assert_close(dW, ref, 1e-3, 1e-5, f"scatter-add of repeated labels ({workers} workers)")
     # sums of ones are exact in float32: any lost update shows
@@ -74,7 +77,7 @@ def test_public_ops_and_layer_dispatch_to_the_kernels(launches, rng):
         layer.backward(dy)
         results[name] = (y, layer.weight.grad.copy())
     backend.use("emu")
-    assert launches == ["embedding_forward_v1", "embedding_backward_v1"]
+    assert launches == ["embedding_forward_v1", "embedding_backward_v2"]
     assert_close(results["emu"][0], results["numpy"][0], 0, 1e-7, "layer forward emu vs numpy")
     assert_close(results["emu"][1], results["numpy"][1], 1e-6, 1e-6, "layer weight gradient emu vs numpy")
 
@@ -106,3 +109,22 @@ def test_bad_inputs(rng):
     y, cache = E.embedding_forward_cuda(np.zeros(0, np.int64), W)
     assert y.shape == (0, 4)
     assert np.all(E.embedding_backward_cuda(np.zeros((0, 4), np.float32), cache) == 0)
+
+
+def test_v2_backward_is_deterministic_and_in_batch_order(all_orders, rng):
+    # the same bits in every thread order and with parallel blocks; the sum runs over the
+    # batch in order, exactly as a float32 loop does; D > the block (two d passes), 1500
+    # labels (two shared-memory chunks)
+    n, k, d = 1500, 6, 300
+    labels = rng.integers(0, k, n)
+    dy = rng.standard_normal((n, d)).astype(np.float32)
+    _, cache = E.embedding_forward_cuda(labels, rng.standard_normal((k, d)).astype(np.float32))
+    runs = []
+    for workers in (1, 2):
+        with cuda_emu.settings(workers=workers):
+            runs.append(E.embedding_backward_cuda(dy, cache, version=2))
+    assert np.array_equal(runs[0], runs[1])
+    want = np.zeros((k, d), np.float32)
+    for i in range(n):
+        want[labels[i]] += dy[i]
+    assert np.array_equal(runs[0], want)

@@ -1,4 +1,5 @@
-"""kernels/gemm.cu (gemm_v1, gemm_v2, gemm_v3) through the emulator against float64 NumPy.
+"""kernels/gemm.cu (gemm_v1, gemm_v2, gemm_v3) through the emulator against float64 NumPy
+(gemm_v4, split-K and TF32: test_gemm_v4.py).
 
 Shapes break every tile (1, 7, 17x33x15, 45x7x129), all four transpose combinations,
 alpha/beta, and the conv cGAN's real layer GEMMs at batch 3 and 1 (width 128).
@@ -82,8 +83,9 @@ def test_sgemm_any_grid_works(version, rng):
     block = {1: (32, 8), 2: (32, 32), 3: (256,)}[version]
     fn = _launch.function("gemm", f"gemm_v{version}")
     i32, f32 = _launch.i32, _launch.f32
+    k_chunk = (i32(k),) if version == 3 else ()     # v3: one split covering K
     fn((1, 1), block, (a, b, c, i32(m), i32(n), i32(k), i32(k), i32(k), i32(n),
-                       i32(0), i32(1), f32(1.0), f32(0.0)))
+                       i32(0), i32(1), f32(1.0), f32(0.0)) + k_chunk)
     assert_close(c, _reference(a, b, False, True), **_tol(k), what=f"v{version} grid (1, 1)")
 
 
@@ -165,7 +167,9 @@ def test_shape_errors_name_the_op_and_shapes(rng):
     with pytest.raises(TypeError, match="C-contiguous"):
         gemm_cuda(a, np.ones((5, 3), np.float32), out=np.zeros((3, 4), np.float32).T)
     with pytest.raises(ValueError, match="version"):
-        gemm_cuda(a, np.ones((5, 3), np.float32), version=4)
+        gemm_cuda(a, np.ones((5, 3), np.float32), version=5)
+    with pytest.raises(ValueError, match="split-K needs version 3 or 4"):
+        gemm_cuda(a, np.ones((5, 3), np.float32), version=2, splits=2)
 
 
 @pytest.mark.parametrize("version", [1, 3])
@@ -196,6 +200,7 @@ def restore_gemm_impl():
 
 def test_gemm_dispatch_on_emu_defaults_to_v3(restore_gemm_impl, monkeypatch, rng):
     monkeypatch.setattr(gemm_mod, "_gemm_env", None)       # as if CGANRAW_GEMM were unset
+    monkeypatch.setattr(gemm_mod, "_tf32_override", False)
     assert gemm_impl() == 3
     calls = []
     real = gemm_mod.gemm_cuda

@@ -90,7 +90,7 @@ def test_public_op_dispatch(launches, rng):
     IN.instancenorm_forward(x, gamma, beta, np.zeros(5, np.float32), np.ones(5, np.float32))   # BatchNorm's eval
     assert launches == ["instancenorm_forward_v2", "instancenorm_backward_v2", "instancenorm_backward_param_grad_v1",
                         "instancenorm_running_update_v1", "instancenorm_forward_v1",
-                        "batchnorm_forward_invstd_v1", "batchnorm_forward_v2"]
+                        "batchnorm_forward_invstd_v1", "batchnorm_forward_v3"]
 
 
 @pytest.mark.parametrize("affine,track", [(False, False), (True, False), (False, True), (True, True)])

@@ -9,9 +9,9 @@ from cganraw.optim import Adam
 LR = 2e-4
 
 
-def one_step(name, bk):
+def one_step(name, bk, batchnorm=False):
     backend.use(bk)
-    G, D = models.build(name, 10, width=8, seed=3)
+    G, D = models.build(name, 10, width=8, seed=3, batchnorm=batchnorm)
     opt_g, opt_d = Adam(G.parameters(), lr=LR), Adam(D.parameters(), lr=LR)
     grads = {}
     for tag, opt, mod in (("G", opt_g, G), ("D", opt_d, D)):
@@ -30,14 +30,19 @@ def one_step(name, bk):
     return stats, grads, params
 
 
-@pytest.mark.parametrize("name", ["cgan-conv", "cgan-mlp"])
-def test_train_step_emu_equals_numpy(name, launches):
-    ref_stats, ref_grads, ref_params = one_step(name, "numpy")
+@pytest.mark.parametrize("name,batchnorm", [("cgan-conv", False), ("cgan-conv", True), ("cgan-mlp", False)])
+def test_train_step_emu_equals_numpy(name, batchnorm, launches):
+    ref_stats, ref_grads, ref_params = one_step(name, "numpy", batchnorm)
     launches.clear()
-    stats, grads, params = one_step(name, "emu")
+    stats, grads, params = one_step(name, "emu", batchnorm)
     assert {"gemm_v3", "adam_update_v2"} <= set(launches), launches
+    # the fused layer + LeakyReLU pairs run their kernels (D's Linear/Conv2d pairs)
+    assert {"bias_leaky_relu_forward_v1", "bias_leaky_relu_backward_partial_v1"} <= set(launches)
     if name == "cgan-conv":
-        assert "im2col_v1" in launches and any(n.startswith("col2im") for n in launches)
+        # D's convolutions: im2col_v2 and col2im_v3; G's ConvT(k4, s2, p1): phase-split GEMMs
+        assert "im2col_v2" in launches and "col2im_v3" in launches
+    if batchnorm:
+        assert {"batchnorm_leaky_relu_forward_v1", "batchnorm_leaky_relu_backward_v1"} <= set(launches)
     for k in ("d_loss", "g_loss"):
         assert stats[k] == pytest.approx(ref_stats[k], rel=1e-4, abs=1e-5)
     # tolerances scale with the model's largest gradient: a bias in front of a BatchNorm

@@ -1,0 +1,144 @@
+"""Layer + LeakyReLU pairs run as one fused op inside nn.Sequential, with unchanged modules
+and state dicts.
+
+A Sequential whose child i is one of the layers below and child i + 1 a LeakyReLU with
+negative_slope >= 0 runs the pair through a fused op (`Sequential(..., fuse=False)` or
+`seq.fuse = False` turns it off):
+
+    pattern                                      ops (forward / backward)
+    BatchNorm1d/2d + LeakyReLU                   batchnorm_leaky_relu_forward / _backward
+    Linear + LeakyReLU                           gemm + bias_leaky_relu_forward /
+    Conv2d + LeakyReLU                           bias_leaky_relu_backward + the layer's
+    ConvTranspose2d + LeakyReLU                  GEMMs (the bias and the activation in one
+                                                 pass each way)
+
+The modules stay where they are, so parameter names, checkpoints and PyTorch ports are
+the same as unfused. On the numpy backend the fused ops repeat the unfused arithmetic
+operation by operation: outputs and gradients are bit-identical (so a resumed run stays
+bit-exact); on the kernel backends they save one pass over the activations each way.
+The pair's forward cache lives in the Sequential (the pair's own modules keep none, so
+calling their backward directly is the usual "backward without a forward" error).
+"""
+from __future__ import annotations
+
+from cganraw.nn._check import check_float_input, check_same_shape
+from cganraw.nn.activation import LeakyReLU
+from cganraw.nn.batchnorm import _BatchNorm
+from cganraw.nn.conv import Conv2d, ConvTranspose2d
+from cganraw.nn.linear import Linear
+from cganraw.ops.batchnorm import batchnorm_leaky_relu_backward, batchnorm_leaky_relu_forward, batchnorm_running_update
+from cganraw.ops.bias import bias_leaky_relu_backward, bias_leaky_relu_forward
+from cganraw.ops.conv import (
+    conv2d_backward,
+    conv2d_forward,
+    conv_output_size,
+    conv_transpose2d_backward,
+    conv_transpose2d_forward,
+)
+from cganraw.ops.linear import linear_backward, linear_forward
+
+
+def _plain(module):
+    # no instance-level forward/backward (nn.utils.spectral_norm wraps a layer that way):
+    # the fused op would skip the wrapper, so such a layer runs unfused
+    return "forward" not in vars(module) and "backward" not in vars(module)
+
+
+def fusible(layer, act):
+    """True when (layer, act) has a fused op: a supported layer (with a bias, for the
+    GEMM layers) followed by a LeakyReLU whose slope is >= 0, neither wrapped by
+    instance-level forward/backward (spectral norm)."""
+    if type(act) is not LeakyReLU or not act.negative_slope >= 0 or not (_plain(layer) and _plain(act)):
+        return False
+    if isinstance(layer, _BatchNorm):
+        return True
+    return type(layer) in (Linear, Conv2d, ConvTranspose2d) and layer.bias is not None
+
+
+def plan(layers, fuse=True):
+    """The steps a Sequential runs: (index,) for a single layer, (index, index + 1) for a
+    fused pair, in order."""
+    steps, i = [], 0
+    while i < len(layers):
+        if fuse and i + 1 < len(layers) and fusible(layers[i], layers[i + 1]):
+            steps.append((i, i + 1))
+            i += 2
+        else:
+            steps.append((i,))
+            i += 1
+    return steps
+
+
+# ---------------------------------------------------------------- forward / backward of a pair
+
+def forward(layer, act, x):
+    """LeakyReLU(layer(x)) through the fused op: (y, cache for `backward`)."""
+    slope = act.negative_slope
+    if isinstance(layer, _BatchNorm):
+        return _batchnorm_forward(layer, x, slope)
+    if type(layer) is Linear:
+        check_float_input(layer, x, 2, dtype=layer.weight.dtype)
+        if x.shape[1] != layer.in_features:
+            raise ValueError(f"Linear: expected input of shape (N, {layer.in_features}), got shape {tuple(x.shape)}")
+        y, cache = linear_forward(x, layer.weight.data, None)
+    elif type(layer) is Conv2d:
+        layer._check(x)
+        h, w = x.shape[2:]
+        if min(conv_output_size(h, layer.kernel_size, layer.stride, layer.padding),
+               conv_output_size(w, layer.kernel_size, layer.stride, layer.padding)) <= 0:
+            raise ValueError(f"Conv2d: input of spatial size {h}x{w} is smaller than the kernel "
+                             f"({layer.kernel_size}) with padding {layer.padding}")
+        y, cache = conv2d_forward(x, layer.weight.data, None, layer.stride, layer.padding)
+    else:
+        layer._check(x)
+        y, cache = conv_transpose2d_forward(x, layer.weight.data, None, layer.stride, layer.padding,
+                                            layer.output_padding)
+        if min(y.shape[2:]) <= 0:
+            raise ValueError(f"ConvTranspose2d: output size {tuple(y.shape[2:])} is not positive")
+    y, act_cache = bias_leaky_relu_forward(y, layer.bias.data, slope)
+    return y, (cache, act_cache, y.shape)
+
+
+def backward(layer, act, dy, cache):
+    """dy (gradient of the activated output) -> dx; accumulates the layer's gradients."""
+    if isinstance(layer, _BatchNorm):
+        return _batchnorm_backward(layer, dy, cache)
+    layer_cache, act_cache, shape = cache
+    check_same_shape(layer, dy, shape)
+    need_dW = layer.weight.requires_grad
+    dpre, db = bias_leaky_relu_backward(dy, act_cache, need_db=need_dW)
+    if type(layer) is Linear:
+        dx, dW, _ = linear_backward(dpre, layer_cache, need_dW=need_dW)
+    elif type(layer) is Conv2d:
+        dx, dW, _ = conv2d_backward(dpre, layer_cache, need_dW=need_dW)
+    else:
+        dx, dW, _ = conv_transpose2d_backward(dpre, layer_cache, need_dW=need_dW)
+    layer.weight.accumulate(dW)
+    layer.bias.accumulate(db)
+    return dx
+
+
+def _batchnorm_forward(layer, x, slope):
+    # as _BatchNorm.forward, through the fused op
+    check_float_input(layer, x, layer.ndim, channels=layer.num_features, dtype=layer.weight.dtype)
+    if layer.training:
+        if x.size // layer.num_features < 2:
+            raise ValueError(f"{type(layer).__name__}: training needs more than one value per channel, "
+                             f"got input of shape {tuple(x.shape)}")
+        y, cache, mean, var_unbiased = batchnorm_leaky_relu_forward(
+            x, layer.weight.data, layer.bias.data, eps=layer.eps, negative_slope=slope)
+        batchnorm_running_update(layer.running_mean, layer.running_var, mean, var_unbiased, layer.momentum)
+        layer.num_batches_tracked += 1
+    else:
+        y, cache, _, _ = batchnorm_leaky_relu_forward(x, layer.weight.data, layer.bias.data, layer.running_mean,
+                                                      layer.running_var, layer.eps, slope)
+    return y, (cache, y.shape)
+
+
+def _batchnorm_backward(layer, dy, cache):
+    cache, shape = cache
+    check_same_shape(layer, dy, shape)
+    dx, dgamma, dbeta = batchnorm_leaky_relu_backward(dy, cache)
+    layer.weight.accumulate(dgamma)
+    layer.bias.accumulate(dbeta)
+    return dx

@@ -1,0 +1,5 @@
+import sys
+
+from cganraw.tune.command import main
+
+sys.exit(main())
