@@ -103,7 +103,7 @@ def cupy():
 
 def cublas():
     """cupy.cublas (cuBLAS with alpha and beta), for cganraw.ops.gemm on the cuda backend."""
-    import importlib  # noqa: PLC0415
+    import importlib
     _import_cupy()
     return importlib.import_module("cupy.cublas")
 

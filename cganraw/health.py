@@ -68,12 +68,12 @@ class LossFlag:
     sync, so the trainer reads it only at log steps and before checkpoints."""
 
     def __init__(self):
-        from cganraw.ops import _launch  # noqa: PLC0415  (ops import this module's bounds)
+        from cganraw.ops import _launch
         self.array = _launch.zeros((4,), np.int32)
 
     def check(self):
         """HealthError for the first bad step recorded, naming its loss and value."""
-        from cganraw.ops.stats import HEALTH_NONFINITE, STAT_NAMES  # noqa: PLC0415
+        from cganraw.ops.stats import HEALTH_NONFINITE, STAT_NAMES
         code, step, index, bits = (int(v) for v in backend.to_host(self.array))
         if code == 0:
             return

@@ -13,7 +13,6 @@ from collections import OrderedDict
 import numpy as np
 
 from cganraw import backend
-from cganraw.ops import _launch
 from cganraw.ops.bce import bce_with_logits_backward, bce_with_logits_forward
 
 _TARGETS_KEPT = 16
@@ -100,7 +99,7 @@ def mode_seeking(images, z, eps=1e-5):
     float32 array on the images' backend, dimages with the shape of images); z is noise, so
     it gets no gradient. Op: mode_seeking (cganraw.ops.mode_seeking).
     """
-    from cganraw.ops.mode_seeking import mode_seeking_backward, mode_seeking_forward  # noqa: PLC0415
+    from cganraw.ops.mode_seeking import mode_seeking_backward, mode_seeking_forward
     for name, a in (("images", images), ("z", z)):
         if not backend.is_array(a) or a.dtype.kind != "f":
             raise TypeError(f"mode_seeking: {name} must be a floating-point array, got "

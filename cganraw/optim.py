@@ -62,7 +62,7 @@ class FlatParams:
         return all(p.data is d and (g is None or p.grad is g) for p, (d, g) in zip(self.params, self._views))
 
 
-_packs: "weakref.WeakValueDictionary[int, FlatParams]" = weakref.WeakValueDictionary()
+_packs: weakref.WeakValueDictionary[int, FlatParams] = weakref.WeakValueDictionary()
 
 
 def packable(params):

@@ -84,7 +84,7 @@ def _main(args) -> int:
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if "--census" in argv:     # the step census (cganraw.bench.census): counted, not timed
-        from cganraw.bench import census  # noqa: PLC0415
+        from cganraw.bench import census
         return census.main([a for a in argv if a != "--census"])
     parser = build_parser()
     args = parser.parse_args(argv)

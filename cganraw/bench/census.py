@@ -157,10 +157,10 @@ def run_census(model="cgan-conv", width=128, batch_size=128, num_classes=10, gpu
     """Census of one training step on the active backend (cuda or emu). Settings not given
     are the trainer's defaults (cganraw.settings.DEFAULTS). measure > 0 also times that many
     steps after the census (wall clock, synchronised at the end)."""
-    from cganraw import settings  # noqa: PLC0415  (argparse and the data package: only here)
-    from cganraw.ops.philox import Key  # noqa: PLC0415
-    from cganraw.optim import Adam  # noqa: PLC0415
-    from cganraw.step import ema_decay_at, train_step, update_ema, upload_batch  # noqa: PLC0415
+    from cganraw import settings
+    from cganraw.ops.philox import Key
+    from cganraw.optim import Adam
+    from cganraw.step import ema_decay_at, train_step, update_ema, upload_batch
 
     if backend.current() not in ("cuda", "emu"):
         raise ValueError(f"the census counts kernel launches: use the cuda or emu backend, not {backend.current()!r}")
@@ -220,7 +220,7 @@ def run_census(model="cgan-conv", width=128, batch_size=128, num_classes=10, gpu
 
 
 def build_parser():
-    from cganraw import settings  # noqa: PLC0415
+    from cganraw import settings
     p = argparse.ArgumentParser(prog="python -m cganraw.bench --census",
                                 description="Count one training step's launches, copies and syncs, and estimate "
                                             "its time on a GPU.")
@@ -257,7 +257,7 @@ def _main(args):
                    args.log_step, args.measure, mismatch=args.mismatch, mode_seeking=args.mode_seeking,
                    ema_decay=args.ema_decay, g_batchnorm=args.g_batchnorm)
     if args.json:
-        from cganraw.fileio import atomic_write  # noqa: PLC0415
+        from cganraw.fileio import atomic_write
         atomic_write(args.json, json.dumps(c.to_json(), indent=1).encode())
     print(c.report())
     return 0

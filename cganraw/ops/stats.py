@@ -25,22 +25,24 @@ def bounded_mask(names):
     return sum(1 << STAT_NAMES.index(n) for n in names)
 
 
-def _sigmoid_mean(x):
-    x = np.asarray(x, np.float32).reshape(-1)
+def _sigmoid_mean(x, f=np.float32):
+    x = np.asarray(x, f).reshape(-1)
     e = np.exp(-np.abs(x))
-    s = np.where(x >= 0, np.float32(1) / (np.float32(1) + e), e / (np.float32(1) + e))
-    return np.float32(s.sum(dtype=np.float32) / np.float32(max(x.size, 1))) if x.size else np.float32(0)
+    s = np.where(x >= 0, f(1) / (f(1) + e), e / (f(1) + e))
+    return f(s.sum(dtype=f) / f(max(x.size, 1))) if x.size else f(0)
 
 
 def step_stats_numpy(loss_real, loss_fake, loss_mismatch, loss_g, loss_ms, mismatch_weight, logits_real,
                      logits_fake, health, step, bound, bounded):
-    """The losses (0-d arrays, or None for an absent term) -> stats (8,) float32; health
+    """The losses (0-d arrays, or None for an absent term) -> stats (8,), float32 (float64
+    when the losses or logits are: a double-precision model keeps its precision); health
     (int32 (4,)) updated in place as the kernel does."""
-    f = np.float32
+    f = np.result_type(np.float32, *(np.asarray(a).dtype for a in (loss_real, loss_fake, loss_g, logits_real)
+                                     if a is not None)).type
     mm = f(0) if loss_mismatch is None else f(loss_mismatch)
     v = np.array([(f(loss_real) + f(loss_fake)) + f(mismatch_weight) * mm, f(loss_real), f(loss_fake), mm,
-                  f(loss_g), f(0) if loss_ms is None else f(loss_ms), _sigmoid_mean(logits_real),
-                  _sigmoid_mean(logits_fake)], dtype=np.float32)
+                  f(loss_g), f(0) if loss_ms is None else f(loss_ms), _sigmoid_mean(logits_real, f),
+                  _sigmoid_mean(logits_fake, f)], dtype=f)
     if health[0] == HEALTH_OK:
         bad = np.flatnonzero(~np.isfinite(v))
         code = HEALTH_NONFINITE
@@ -49,7 +51,7 @@ def step_stats_numpy(loss_real, loss_fake, loss_mismatch, loss_g, loss_ms, misma
             code = HEALTH_PAST_BOUND
         if len(bad):
             i = int(bad[0])
-            health[:] = (code, int(step), i, int(v[i:i + 1].view(np.int32)[0]))
+            health[:] = (code, int(step), i, int(v[i:i + 1].astype(np.float32).view(np.int32)[0]))
     return v
 
 

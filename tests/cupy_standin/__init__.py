@@ -397,7 +397,7 @@ for _uf in (np.add, np.subtract, np.multiply, np.divide, np.true_divide, np.nega
             np.isnan, np.isfinite, np.isinf, np.less, np.greater, np.equal, np.logical_and, np.logical_or,
             np.logical_not, np.remainder, np.floor_divide, np.power, np.sin, np.cos):
     globals()[_uf.__name__] = _ufunc(_uf)
-abs = globals()["absolute"]   # noqa: A001  (cupy.abs)
+abs = globals()["absolute"]
 
 
 def where(condition, x, y):
@@ -585,8 +585,8 @@ _SUBMODULES = {"cupy.cuda": cuda, "cupy.cuda.runtime": runtime, "cupy.cublas": c
 def installed():
     """`import cupy` gives this stand-in inside the block; cganraw's backend and kernel caches
     are reset on the way in and out, and the previous backend restored."""
-    from cganraw import backend  # noqa: PLC0415
-    from cganraw.ops import _launch  # noqa: PLC0415
+    from cganraw import backend
+    from cganraw.ops import _launch
 
     saved_modules = {k: sys.modules.get(k) for k in ("cupy", *_SUBMODULES)}
     saved_state = (backend._cupy, backend._gpu_usable, backend._name, backend.xp)
