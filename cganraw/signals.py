@@ -55,6 +55,8 @@ class StopSignals:
         return self
 
     def __exit__(self, *exc):
+        # after a stop signal the run only reports and exits: a late second signal must not
+        # kill it between its message and its exit code, so it is ignored from here on
         for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
+            signal.signal(sig, signal.SIG_IGN if self.received is not None else handler)
         self._previous.clear()
