@@ -18,6 +18,8 @@ its forward is GEMM + col2im and its data gradient im2col + GEMM.
 """
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from cganraw import backend
@@ -355,9 +357,48 @@ def conv2d_backward(dy, cache, need_dx=True, need_dW=True, dW_out=None):
 PHASE_TAPS = {0: ((1, 0), (3, -1)), 1: ((0, 1), (2, 0))}   # output parity -> (kernel index, input shift)
 
 
+# Which of the two runs that geometry, by backend: the phase split on numpy (no column
+# matrix, kind to a CPU's caches and memory), GEMM + col2im on the kernel backends, where a
+# layer's pass is then 1-2 GEMMs and 1-2 kernels instead of 16-32 GEMMs and their border
+# copies (the step census, cganraw.bench.census: 170 launches and an estimated 2.7 ms per
+# H100 step against 290 and 3.3 ms). $CGANRAW_CONV_TRANSPOSE (or set_transpose_impl) picks
+# one on every backend: "phase" or "col2im".
+TRANSPOSE_ENV = "CGANRAW_CONV_TRANSPOSE"
+TRANSPOSE_IMPLS = ("phase", "col2im")
+_transpose_override = None  # set_transpose_impl's choice, or None
+
+
+def _check_transpose_impl(name, where):
+    key = str(name).strip().lower()
+    if key not in TRANSPOSE_IMPLS:
+        raise ValueError(f"{where}: {name!r} is not a transposed-conv choice; use one of {', '.join(TRANSPOSE_IMPLS)}")
+    return key
+
+
+def set_transpose_impl(name):
+    """Override $CGANRAW_CONV_TRANSPOSE for this process ("phase", "col2im", or None for the
+    environment and the backend's default). Returns the previous override."""
+    global _transpose_override
+    if name is not None:
+        name = _check_transpose_impl(name, "set_transpose_impl")
+    prev, _transpose_override = _transpose_override, name
+    return prev
+
+
+def transpose_impl():
+    """How ConvTranspose2d(k4, s2, p1) runs on the active backend: "phase" or "col2im"."""
+    if _transpose_override is not None:
+        return _transpose_override
+    env = os.environ.get(TRANSPOSE_ENV, "").strip()
+    if env:
+        return _check_transpose_impl(env, TRANSPOSE_ENV)
+    return "phase" if backend.current() == "numpy" else "col2im"
+
+
 def uses_phase_split(kernel_size, stride, padding, output_padding=0):
-    """True for the geometry the phase-split transposed conv handles: k4, s2, p1, no output padding."""
-    return (kernel_size, stride, padding, output_padding) == (4, 2, 1, 0)
+    """True where a transposed conv runs phase-split: the geometry it handles (k4, s2, p1, no
+    output padding) and transpose_impl() "phase"."""
+    return (kernel_size, stride, padding, output_padding) == (4, 2, 1, 0) and transpose_impl() == "phase"
 
 
 def _phase_taps(q, r):
@@ -433,7 +474,8 @@ def conv_transpose2d_phase_backward(dy, xf, x_shape, W, need_dx=True, need_dW=Tr
 def conv_transpose2d_forward(x, W, b=None, stride=1, padding=0, output_padding=0):
     """x (N, Cin, H, W), W (Cin, Cout, k, k), b (Cout,) -> y (N, Cout, Ho, Wo),
     Ho = (H - 1) s - 2p + k + output_padding (PyTorch's size). k4 s2 p1 runs phase-split
-    (conv_transpose2d_phase_forward), any other geometry as GEMM + col2im."""
+    (conv_transpose2d_phase_forward) where uses_phase_split says so, everything else as GEMM
+    + col2im."""
     k = W.shape[2]
     if uses_phase_split(k, stride, padding, output_padding):
         y, xf = conv_transpose2d_phase_forward(x, W)
