@@ -16,6 +16,8 @@ import warnings
 
 import numpy as np
 
+from cganraw import devicelog
+
 BACKENDS = ("numpy", "cuda", "emu")
 ENV_VAR = "CGANRAW_BACKEND"
 
@@ -99,6 +101,13 @@ def cupy():
     return _import_cupy()
 
 
+def cublas():
+    """cupy.cublas (cuBLAS with alpha and beta), for cganraw.ops.gemm on the cuda backend."""
+    import importlib
+    _import_cupy()
+    return importlib.import_module("cupy.cublas")
+
+
 def asnumpy(a):
     """A NumPy array of `a`, copying from the GPU when needed."""
     if isinstance(a, np.ndarray):
@@ -112,6 +121,23 @@ def asnumpy(a):
 def asarray(a, dtype=None):
     """`a` as an array of the active backend."""
     return get_xp().asarray(a, dtype=dtype)
+
+
+def to_device(host, dtype=None):
+    """A host array on the active backend's device: the one upload path of the training
+    step, so the step census (cganraw.devicelog) counts it. On numpy, `host` itself."""
+    out = get_xp().asarray(host, dtype=dtype)
+    if current() != "numpy":
+        devicelog.h2d(out.nbytes)
+    return out
+
+
+def to_host(a):
+    """A device array as a NumPy array: a copy and a sync on a GPU (also counted on emu,
+    whose arrays stand for a device's). The one download path of the training step."""
+    if current() != "numpy":
+        devicelog.d2h(getattr(a, "nbytes", 0))
+    return asnumpy(a)
 
 
 def is_array(a) -> bool:

@@ -1,7 +1,9 @@
 """Is a run healthy? Non-finite values or values past a bound in losses, parameters,
-optimiser state and buffers. The trainer checks its losses after every step and its whole
-state before every checkpoint (so a bad one is never written); sample/evaluate refuse a
-checkpoint that fails.
+optimiser state and buffers. Every training step records its losses' health on the device
+(LossFlag, set by cganraw.ops.stats without the host waiting for it); the trainer reads that
+flag every --log-every steps and before every checkpoint, and checks its whole state before
+every checkpoint too (so a bad one is never written); sample/evaluate refuse a checkpoint
+that fails.
 
 The bounds, on |value|:
     LOSS_BOUND   1e4   the BCE losses (d_loss and its parts, g_loss). A healthy GAN's stay
@@ -57,6 +59,29 @@ def check(named_arrays, what, bound=None):
     found = first_bad(named_arrays, bound)
     if found is not None:
         raise HealthError(f"{what}: {found[0]} has {found[1]}")
+
+
+class LossFlag:
+    """The device's record of the first step whose losses went bad (non-finite, or one of
+    BOUNDED_LOSSES past LOSS_BOUND): an int32 (4,) array (code, step, index, value bits)
+    that cganraw.ops.stats.step_stats updates every step. Reading it is one copy and one
+    sync, so the trainer reads it only at log steps and before checkpoints."""
+
+    def __init__(self):
+        from cganraw.ops import _launch
+        self.array = _launch.zeros((4,), np.int32)
+
+    def check(self):
+        """HealthError for the first bad step recorded, naming its loss and value."""
+        from cganraw.ops.stats import HEALTH_NONFINITE, STAT_NAMES
+        code, step, index, bits = (int(v) for v in backend.to_host(self.array))
+        if code == 0:
+            return
+        name = STAT_NAMES[index] if 0 <= index < len(STAT_NAMES) else f"statistic {index}"
+        value = float(np.array([bits], np.int32).view(np.float32)[0])
+        if code == HEALTH_NONFINITE:
+            raise HealthError(f"at step {step}: {name} is {value}")
+        raise HealthError(f"at step {step}: {name} is {value:.3g}, past the bound {LOSS_BOUND:.0e}")
 
 
 def check_losses(stats, what):

@@ -111,7 +111,8 @@ def torch_classes() -> SimpleNamespace:
             self.label_fc = tnn.Linear(models.LABEL_EMBED_DIM, 49)
 
             def up(cin):
-                layers = [tnn.ConvTranspose2d(cin, w, 4, 2, 1), tnn.LeakyReLU(0.2)]
+                # no bias before a norm, as in cganraw.models (the norm cancels it)
+                layers = [tnn.ConvTranspose2d(cin, w, 4, 2, 1, bias=norm == "none"), tnn.LeakyReLU(0.2)]
                 if norm != "none":
                     layers.insert(1, tnn.BatchNorm2d(w) if norm == "batch" else tnn.InstanceNorm2d(w, affine=True))
                 return layers
@@ -179,7 +180,7 @@ def torch_classes() -> SimpleNamespace:
             return self.net(h)
 
     def g_block(i, o, bn):
-        return [tnn.Linear(i, o)] + ([tnn.BatchNorm1d(o), tnn.ReLU()] if bn else [tnn.LeakyReLU(0.2)])
+        return [tnn.Linear(i, o, bias=not bn)] + ([tnn.BatchNorm1d(o), tnn.ReLU()] if bn else [tnn.LeakyReLU(0.2)])
 
     def d_block(i, o, p):
         return [tnn.Linear(i, o), tnn.LeakyReLU(0.2), tnn.Dropout(p)]
@@ -220,7 +221,7 @@ def torch_classes() -> SimpleNamespace:
             super().__init__({"model": "dcgan", "role": "G", "latent_dim": latent_dim, "width": width})
             w, h = width, max(width // 2, 1)
             self.net = tnn.Sequential(tnn.Linear(latent_dim, w * 49), Reshape(w, 7, 7), tnn.BatchNorm2d(w),
-                                      tnn.ReLU(), tnn.ConvTranspose2d(w, h, 4, 2, 1), tnn.BatchNorm2d(h), tnn.ReLU(),
+                                      tnn.ReLU(), tnn.ConvTranspose2d(w, h, 4, 2, 1, bias=False), tnn.BatchNorm2d(h), tnn.ReLU(),
                                       tnn.ConvTranspose2d(h, 1, 4, 2, 1), tnn.Tanh())
 
         def forward(self, z, labels=None):
@@ -230,7 +231,7 @@ def torch_classes() -> SimpleNamespace:
         def __init__(self, width=128):
             super().__init__({"model": "dcgan", "role": "D", "width": width})
             w, h = width, max(width // 2, 1)
-            self.net = tnn.Sequential(tnn.Conv2d(1, h, 4, 2, 1), tnn.LeakyReLU(0.2), tnn.Conv2d(h, w, 4, 2, 1),
+            self.net = tnn.Sequential(tnn.Conv2d(1, h, 4, 2, 1), tnn.LeakyReLU(0.2), tnn.Conv2d(h, w, 4, 2, 1, bias=False),
                                       tnn.BatchNorm2d(w), tnn.LeakyReLU(0.2), tnn.Flatten(), tnn.Linear(w * 49, 1))
 
         def forward(self, x, labels=None):

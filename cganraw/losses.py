@@ -1,33 +1,66 @@
 """Losses as (loss, dlogits) pairs: the value and the gradient of the mean loss.
 
+The GAN losses stay on the device: bce_with_logits and mode_seeking return the loss as a
+0-d array of the logits' backend, never a Python float, so a training step does not wait
+for the GPU (float(loss) reads it when needed; cganraw.step gathers a step's losses into one
+vector that the trainer reads every --log-every steps).
+
 Ops: bce_with_logits (cganraw.ops.bce), softmax_cross_entropy (cganraw.ops.cross_entropy)."""
 from __future__ import annotations
+
+from collections import OrderedDict
+
+import numpy as np
 
 from cganraw import backend
 from cganraw.ops.bce import bce_with_logits_backward, bce_with_logits_forward
 
+_TARGETS_KEPT = 16
+_targets: OrderedDict = OrderedDict()   # (backend, shape, dtype, value) -> a constant target array
 
-def bce_with_logits(logits, targets):
+
+def _constant_targets(value, shape, dtype, xp):
+    """A target array filled with `value`, made once per shape and kept: a scalar target
+    costs no upload and no fill at later steps. Callers never write into it."""
+    key = (backend.current(), id(xp), tuple(shape), np.dtype(dtype).str, float(value))
+    t = _targets.get(key)
+    if t is None:
+        t = np.full(shape, value, dtype=dtype)
+        if xp is not np or backend.current() != "numpy":
+            t = backend.to_device(t)
+        _targets[key] = t
+        while len(_targets) > _TARGETS_KEPT:
+            _targets.popitem(last=False)
+    else:
+        _targets.move_to_end(key)
+    return t
+
+
+def bce_with_logits(logits, targets, weight=1.0, out=None):
     """Mean binary cross-entropy of logits against (possibly soft) targets in [0, 1].
 
-    logits: floating array (N, ...); targets: scalar or array broadcastable to it.
-    Returns (loss as a Python float, dlogits with the shape of logits).
+    logits: floating array (N, ...); targets: a number, or an array broadcastable to it.
+    Returns (loss as a 0-d array on the logits' backend, d(weight * loss)/dlogits with the
+    shape of logits, written into `out` when given): `weight` scales the gradient only.
     """
     if not backend.is_array(logits) or logits.dtype.kind != "f":
         raise TypeError(f"bce_with_logits: logits must be a floating-point array, got "
                         f"{getattr(logits, 'dtype', type(logits).__name__)}")
-    xp = backend.array_module(logits)
-    t = xp.asarray(targets, dtype=logits.dtype)
-    if t.shape != logits.shape:
-        try:
-            t = xp.broadcast_to(t, logits.shape)
-        except ValueError:
-            raise ValueError(f"bce_with_logits: targets of shape {tuple(t.shape)} do not match logits of "
-                             f"shape {tuple(logits.shape)}") from None
     if logits.size == 0:
         raise ValueError("bce_with_logits: empty logits")
+    xp = backend.array_module(logits)
+    if isinstance(targets, (int, float, np.floating, np.integer)):
+        t = _constant_targets(targets, logits.shape, logits.dtype, xp)
+    else:
+        t = xp.asarray(targets, dtype=logits.dtype)
+        if t.shape != logits.shape:
+            try:
+                t = xp.broadcast_to(t, logits.shape)
+            except ValueError:
+                raise ValueError(f"bce_with_logits: targets of shape {tuple(t.shape)} do not match logits of "
+                                 f"shape {tuple(logits.shape)}") from None
     loss, cache = bce_with_logits_forward(logits, t)
-    return float(loss), bce_with_logits_backward(1.0, cache)
+    return xp.asarray(loss), bce_with_logits_backward(float(weight), cache, out=out)
 
 
 def softmax_cross_entropy(logits, labels):
@@ -62,9 +95,11 @@ def mode_seeking(images, z, eps=1e-5):
 
         ratio = mean |x_a - x_b| / mean |z_a - z_b|,   loss = 1 / (ratio + eps)
 
-    images (2M, ...) and z (2M, L): row i pairs with row M + i. Returns (loss as a Python
-    float, dimages with the shape of images); z is noise, so it gets no gradient.
+    images (2M, ...) and z (2M, L): row i pairs with row M + i. Returns (loss as a 0-d
+    float32 array on the images' backend, dimages with the shape of images); z is noise, so
+    it gets no gradient. Op: mode_seeking (cganraw.ops.mode_seeking).
     """
+    from cganraw.ops.mode_seeking import mode_seeking_backward, mode_seeking_forward
     for name, a in (("images", images), ("z", z)):
         if not backend.is_array(a) or a.dtype.kind != "f":
             raise TypeError(f"mode_seeking: {name} must be a floating-point array, got "
@@ -73,12 +108,5 @@ def mode_seeking(images, z, eps=1e-5):
     if n < 2 or n % 2 or z.shape[0] != n:
         raise ValueError(f"mode_seeking: need an even batch of at least 2 images with one noise row "
                          f"each, got images {tuple(images.shape)} and z {tuple(z.shape)}")
-    xp = backend.array_module(images)
-    m = n // 2
-    diff = images[:m] - images[m:]                      # (M, ...)
-    z_dist = float(xp.abs(z[:m] - z[m:]).mean())
-    ratio = float(xp.abs(diff).mean()) / z_dist
-    loss = 1.0 / (ratio + eps)
-    # d loss / d x_a = -loss^2 / z_dist * sign(x_a - x_b) / diff.size, and its negative for x_b
-    d_a = xp.sign(diff) * images.dtype.type(-loss * loss / (z_dist * diff.size))
-    return loss, xp.concatenate([d_a, -d_a])
+    loss, cache = mode_seeking_forward(images, z, eps)
+    return loss, mode_seeking_backward(cache)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import numpy as np
 
 from cganraw import backend, nn
+from cganraw.ops.embedding import embedding_forward
 
 IMAGE_SHAPE = (1, 28, 28)
 IMAGE_SIZE = 28 * 28
@@ -68,9 +69,19 @@ def _check_labels(model, labels, n):
         raise ValueError(f"{type(model).__name__}: expected labels of shape ({n},), got shape {tuple(labels.shape)}")
 
 
+_identities: dict = {}
+
+
 def one_hot(labels, num_classes, dtype=np.float32):
-    """labels (N,) int -> (N, K) float one-hot, on the labels' backend."""
+    """labels (N,) int -> (N, K) float one-hot, on the labels' backend. With kernels it is
+    the embedding gather from an identity matrix (made once): one launch."""
     xp = backend.array_module(labels)
+    if backend.uses_kernels() and np.dtype(dtype) == np.float32:
+        key = (backend.current(), int(num_classes))
+        eye = _identities.get(key)
+        if eye is None:
+            eye = _identities[key] = backend.to_device(np.eye(num_classes, dtype=np.float32))
+        return embedding_forward(labels, eye)[0]
     out = xp.zeros((labels.shape[0], num_classes), dtype=dtype)
     out[xp.arange(labels.shape[0]), labels] = 1
     return out
@@ -89,6 +100,66 @@ def init_label_path(emb, fc, rng):
     nn.init.normal_(fc.weight, std=1.0 / np.sqrt(fc.in_features), rng=rng)
 
 
+NORMS_CANCELLING_BIAS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.InstanceNorm2d)
+
+
+def biases_folded_into_norms(module):
+    """(layer key, norm key) for every Linear/Conv2d/ConvTranspose2d built without a bias
+    because a BatchNorm or InstanceNorm follows it directly: the norm subtracts each
+    channel's mean, which cancels a per-channel bias exactly, so the bias would cost two
+    launches a pass for nothing."""
+    pairs = []
+    for prefix, mod in module.named_modules():
+        if not isinstance(mod, nn.Sequential):
+            continue
+        names = list(mod._modules)
+        for a, b in zip(names, names[1:]):
+            layer, norm = mod._modules[a], mod._modules[b]
+            if isinstance(layer, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)) and layer.bias is None and \
+                    isinstance(norm, NORMS_CANCELLING_BIAS):
+                pairs.append((f"{prefix}.{a}" if prefix else a, f"{prefix}.{b}" if prefix else b))
+    return pairs
+
+
+def legacy_bias_keys(module, state):
+    """The keys of `state` that are biases this model no longer has (biases_folded_into_norms)."""
+    return [f"{layer}.bias" for layer, _ in biases_folded_into_norms(module) if f"{layer}.bias" in state]
+
+
+def upgrade_state_dict(module, state):
+    """A state dict saved before the biases in front of the norms were dropped, as this model
+    takes it: each such bias b is folded into the norm's running mean (rm - b; an
+    InstanceNorm keeps none), which leaves the outputs unchanged in both modes, and removed."""
+    pairs = [(layer, norm) for layer, norm in biases_folded_into_norms(module) if f"{layer}.bias" in state]
+    if not pairs:
+        return state
+    state = dict(state)
+    for layer, norm in pairs:
+        bias = np.asarray(backend.asnumpy(state.pop(f"{layer}.bias")))
+        key = f"{norm}.running_mean"
+        if key in state:
+            state[key] = np.asarray(backend.asnumpy(state[key])) - bias.astype(np.asarray(state[key]).dtype)
+    return state
+
+
+def upgrade_optimizer_state(module, module_state, opt_state):
+    """Adam's state saved alongside `module_state` (an old state dict, see upgrade_state_dict),
+    renumbered to this model's parameters: the moments of dropped biases are left out."""
+    dropped = set(legacy_bias_keys(module, module_state))
+    if not dropped:
+        return opt_state
+    own = [name for name, _ in module.named_parameters()]
+    old = [k for k in module_state if k in dropped or k in own]     # the old parameter order
+    out = {k: v for k, v in opt_state.items() if not k.startswith(("m.", "v."))}
+    for j, name in enumerate(own):
+        if name not in old:
+            raise KeyError(f"optimiser state has no entry for {name}")
+        i = old.index(name)
+        for part in ("m", "v"):
+            out[f"{part}.{j}"] = opt_state[f"{part}.{i}"]
+    return out
+
+
 class _GAN(nn.Module):
     """Common attributes of both halves."""
 
@@ -100,6 +171,11 @@ class _GAN(nn.Module):
     @property
     def conditional(self):
         return self.num_classes is not None
+
+    def load_state_dict(self, state, strict: bool = True):
+        """Module.load_state_dict, taking old state dicts with the biases now dropped in
+        front of the norms too (upgrade_state_dict)."""
+        return super().load_state_dict(upgrade_state_dict(self, state), strict)
 
 
 # ---------------------------------------------------------------- cgan-conv ------
@@ -118,8 +194,9 @@ def _up_blocks(w, norm, rng):
     """G's two upsampling blocks [ConvT(w+1, w, 4, 2, 1), (norm), LeakyReLU] and [ConvT(w, w,
     4, 2, 1), (norm), LeakyReLU]: 7x7 -> 14x14 -> 28x28. Both transposed convolutions draw
     their weights before the norms, as the original model did (same seed, same weights)."""
-    up1 = [nn.ConvTranspose2d(w + 1, w, 4, 2, 1, rng=rng), nn.LeakyReLU(0.2)]
-    up2 = [nn.ConvTranspose2d(w, w, 4, 2, 1, rng=rng), nn.LeakyReLU(0.2)]
+    bias = norm not in ("batch", "instance")         # a norm right after would cancel it
+    up1 = [nn.ConvTranspose2d(w + 1, w, 4, 2, 1, bias=bias, rng=rng), nn.LeakyReLU(0.2)]
+    up2 = [nn.ConvTranspose2d(w, w, 4, 2, 1, bias=bias, rng=rng), nn.LeakyReLU(0.2)]
     for block in (up1, up2):
         layer = _g_norm(norm, w, rng)
         if layer is not None:
@@ -227,7 +304,7 @@ def _d_head(w, dropout, rng, dropout_seed, minibatch_std):
     conv = nn.Conv2d(w, w, 3, 2, 1, rng=rng)
     mbstd = [nn.MinibatchStdDev(MINIBATCH_STD_GROUP)] if minibatch_std else []
     features = (w + (1 if minibatch_std else 0)) * 7 * 7
-    return [conv, nn.LeakyReLU(0.2), *mbstd, nn.Flatten(), nn.Dropout(dropout, rng=dropout_seed),
+    return [conv, nn.LeakyReLU(0.2), *mbstd, nn.Flatten(), nn.Dropout(dropout, seed=dropout_seed, layer_id=0),
             nn.Linear(features, 1, rng=rng)]
 
 
@@ -406,15 +483,15 @@ class ProgressiveConvCGANDiscriminator(ConvCGANDiscriminator):
 # ---------------------------------------------------------------- MLP models -----
 
 def _mlp_block_g(n_in, n_out, rng, batchnorm):
-    layers = [nn.Linear(n_in, n_out, rng=rng)]
+    layers = [nn.Linear(n_in, n_out, bias=not batchnorm, rng=rng)]
     if batchnorm:
         layers.append(nn.BatchNorm1d(n_out, rng=rng))
     layers.append(nn.ReLU() if batchnorm else nn.LeakyReLU(0.2))
     return layers
 
 
-def _mlp_block_d(n_in, n_out, rng, dropout, dropout_seed):
-    return [nn.Linear(n_in, n_out, rng=rng), nn.LeakyReLU(0.2), nn.Dropout(dropout, rng=dropout_seed)]
+def _mlp_block_d(n_in, n_out, rng, dropout, dropout_seed, layer_id):
+    return [nn.Linear(n_in, n_out, rng=rng), nn.LeakyReLU(0.2), nn.Dropout(dropout, seed=dropout_seed, layer_id=layer_id)]
 
 
 class MLPGenerator(_GAN):
@@ -452,14 +529,14 @@ class MLPDiscriminator(_GAN):
     def __init__(self, num_classes=None, dropout=0.3, rng=None, dropout_seed=None):
         super().__init__(0, num_classes)
         k = num_classes or 0
-        seeds = (dropout_seed if isinstance(dropout_seed, np.random.SeedSequence)
-                 else np.random.SeedSequence(dropout_seed)).spawn(3)
+        # one seed, three layer ids: three independent Philox mask streams
+        seed = dropout_seed if isinstance(dropout_seed, np.random.SeedSequence) else np.random.SeedSequence(dropout_seed)
         self.flatten = nn.Flatten()
         self.concat = nn.Concat(axis=1)
         self.net = nn.Sequential(
-            *_mlp_block_d(IMAGE_SIZE + k, 1024, rng, dropout, np.random.default_rng(seeds[0])),
-            *_mlp_block_d(1024, 512, rng, dropout, np.random.default_rng(seeds[1])),
-            *_mlp_block_d(512, 256, rng, dropout, np.random.default_rng(seeds[2])),
+            *_mlp_block_d(IMAGE_SIZE + k, 1024, rng, dropout, seed, 0),
+            *_mlp_block_d(1024, 512, rng, dropout, seed, 1),
+            *_mlp_block_d(512, 256, rng, dropout, seed, 2),
             nn.Linear(256, 1, rng=rng))
 
     def forward(self, x, labels=None):
@@ -489,7 +566,7 @@ class DCGANGenerator(_GAN):
         self.width = w
         self.net = nn.Sequential(
             nn.Linear(latent_dim, w * 7 * 7, rng=rng), nn.Reshape(w, 7, 7), nn.BatchNorm2d(w, rng=rng), nn.ReLU(),
-            nn.ConvTranspose2d(w, h, 4, 2, 1, rng=rng), nn.BatchNorm2d(h, rng=rng), nn.ReLU(),
+            nn.ConvTranspose2d(w, h, 4, 2, 1, bias=False, rng=rng), nn.BatchNorm2d(h, rng=rng), nn.ReLU(),
             nn.ConvTranspose2d(h, 1, 4, 2, 1, rng=rng), nn.Tanh())
 
     def forward(self, z, labels=None):
@@ -510,7 +587,7 @@ class DCGANDiscriminator(_GAN):
         self.width = w
         self.net = nn.Sequential(
             nn.Conv2d(1, h, 4, 2, 1, rng=rng), nn.LeakyReLU(0.2),
-            nn.Conv2d(h, w, 4, 2, 1, rng=rng), nn.BatchNorm2d(w, rng=rng), nn.LeakyReLU(0.2),
+            nn.Conv2d(h, w, 4, 2, 1, bias=False, rng=rng), nn.BatchNorm2d(w, rng=rng), nn.LeakyReLU(0.2),
             nn.Flatten(), nn.Linear(w * 7 * 7, 1, rng=rng))
 
     def forward(self, x, labels=None):
@@ -609,5 +686,5 @@ def generate(G, labels=None, z=None, n=None, seed=0, batch=256):
 
 
 def dropout_layers(module):
-    """The Dropout layers of a model, in order: their generators go into checkpoints."""
+    """The Dropout layers of a model, in order (their masks are Philox streams of the step)."""
     return [m for _, m in module.named_modules() if isinstance(m, nn.Dropout)]

@@ -1,7 +1,10 @@
 """A training run's state: the networks, their optimisers, the moving average of G, the
-data order, every random generator and the counters. It saves to and restores from one
-checkpoint, exactly: on the NumPy backend a resumed run is bit-identical to one that was
-never interrupted. The loop that advances it lives in cganraw.train."""
+data order, the seeds and the counters. It saves to and restores from one checkpoint,
+exactly: a resumed run is bit-identical to one that was never interrupted (on the NumPy
+backend; on a GPU as far as its kernels are deterministic). Every random number of a step
+(noise, labels, dropout masks) is a Philox stream of the run's seed and the step number
+(cganraw.ops.philox), so the step, which the checkpoint holds, is all the random state
+there is. The loop that advances it lives in cganraw.train."""
 from __future__ import annotations
 
 import numpy as np
@@ -9,6 +12,7 @@ import numpy as np
 import cganraw
 from cganraw import backend, checkpoint, data, health, load, models
 from cganraw.cli import CLIError
+from cganraw.ops.philox import Key, seed_from
 from cganraw.optim import Adam
 from cganraw.step import ema_decay_at, lr_scale, update_ema
 
@@ -63,7 +67,8 @@ class Run:
         self.opt_d = Adam(D.parameters(), lr=lr_d, betas=betas)
         ss = np.random.SeedSequence(cfg["seed"])
         s_data, s_step, s_fixed = ss.spawn(3)
-        self.rng_step = np.random.default_rng(s_step)
+        self.step_seed = seed_from(s_step)          # names every random number of every step
+        self.loss_flag = health.LossFlag()          # the first bad loss, recorded on the device
         self.rising_batch = cfg.get("batch_size_final") is not None
         self.batches = data.BatchIterator(train_set.images, train_set.labels, cfg["batch_size"],
                                           np.random.default_rng(s_data), variable_size=self.rising_batch)
@@ -115,6 +120,10 @@ class Run:
         if self.G_ema is not None:
             update_ema(self.G_ema, self.G, ema_decay_at(self.step, self.cfg["ema_decay"]))
 
+    def key(self):
+        """The random streams of the next step: the run's seed and the number of steps done."""
+        return Key(self.step_seed, self.step)
+
     def fraction_done(self, planned_steps):
         """fraction_done(step, elapsed, planned_steps, --max-minutes) of this run."""
         return fraction_done(self.step, self.elapsed, planned_steps, self.cfg.get("max_minutes"))
@@ -131,6 +140,11 @@ class Run:
 
     # ------------------------------------------------------------- health and files ---
 
+    def check_losses(self):
+        """HealthError naming the first step whose losses went bad, as the device recorded it
+        (one read of the flag: a sync on a GPU)."""
+        self.loss_flag.check()
+
     def check_health(self, what):
         """HealthError naming the first non-finite or exploded weight, buffer or optimiser
         moment (bounds in cganraw.health)."""
@@ -140,11 +154,9 @@ class Run:
         health.check_training_state(modules, {"opt_g": (self.opt_g, self.G), "opt_d": (self.opt_d, self.D)}, what)
 
     def rngs(self):
-        gens = {"step": self.rng_step}
-        for prefix, mod in (("D", self.D), ("G", self.G)):
-            for i, layer in enumerate(models.dropout_layers(mod)):
-                gens[f"{prefix}.dropout{i}"] = layer.rng
-        return gens
+        """NumPy generators to checkpoint: none, since the step names every random number
+        (checkpoints of earlier versions hold some; restore ignores them)."""
+        return {}
 
     def meta(self):
         ds = self.train_set
@@ -156,8 +168,9 @@ class Run:
                 "batches": self.batches.state_dict()}
 
     def save(self, path):
-        """Check the state's health (HealthError: nothing is written), then write the
-        checkpoint atomically."""
+        """Check the losses' flag and the state's health (HealthError: nothing is written),
+        then write the checkpoint atomically."""
+        self.check_losses()
         self.check_health(f"in the state at step {self.step}")
         checkpoint.save(path, self.G, self.D, self.opt_g, self.opt_d, self.rngs(), self.meta(), self.G_ema)
 
@@ -171,8 +184,10 @@ class Run:
         try:
             self.G.load_state_dict(ckpt["G"])
             self.D.load_state_dict(ckpt["D"])
-            self.opt_g.load_state_dict(ckpt["opt_g"])
-            self.opt_d.load_state_dict(ckpt["opt_d"])
+            # checkpoints from before the biases in front of BatchNorms were dropped: their
+            # moments are left out (the models fold the biases themselves)
+            self.opt_g.load_state_dict(models.upgrade_optimizer_state(self.G, ckpt["G"], ckpt["opt_g"]))
+            self.opt_d.load_state_dict(models.upgrade_optimizer_state(self.D, ckpt["D"], ckpt["opt_d"]))
             if self.G_ema is not None:
                 self.G_ema.load_state_dict(ckpt["G_ema"] or ckpt["G"])
         except (KeyError, ValueError) as e:

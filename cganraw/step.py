@@ -1,17 +1,98 @@
 """One training step of a (conditional) GAN, and the state that evolves with the steps:
 the generator's moving average and the learning-rate schedule. Pure functions of their
-arguments: the trainer (cganraw.train) owns the loop, the files and the clock."""
+arguments: the trainer (cganraw.train) owns the loop, the files and the clock.
+
+A step never waits for the device. Its random numbers (noise, labels, dropout masks) are
+Philox streams named by the run's seed and the step (cganraw.ops.philox), drawn where the
+data lives; its losses stay on the device, gathered into one vector (StepStats) with a
+health flag (cganraw.health.LossFlag) that the trainer reads every --log-every steps; the
+batch's labels are checked on the host before their upload (upload_batch).
+"""
 from __future__ import annotations
+
+import weakref
+from collections.abc import Mapping
 
 import numpy as np
 
-from cganraw import backend
+from cganraw import backend, health, models, nn, optim
 from cganraw.losses import bce_with_logits
 from cganraw.losses import mode_seeking as mode_seeking_loss
+from cganraw.nn.dropout import set_step as set_dropout_step
+from cganraw.ops import _launch
+from cganraw.ops.ema import ema_update
+from cganraw.ops.philox import (
+    FAKE_LABELS,
+    NOISE,
+    WRONG_LABELS,
+    Key,
+    philox_integers,
+    philox_normal,
+    philox_shift_labels,
+)
+from cganraw.ops.stats import STAT_NAMES, bounded_mask, step_stats
+
+BOUNDED = bounded_mask(health.BOUNDED_LOSSES)
+
+# Layers that treat every sample alone: a D built only of these gives, on a batch of real,
+# wrong-label and fake samples together, exactly the per-sample values and summed gradients
+# of three separate passes, in one forward and one backward. (BatchNorm, minibatch
+# statistics or any layer not listed here keeps the three passes.)
+PER_SAMPLE_LAYERS = (nn.Linear, nn.Conv2d, nn.ConvTranspose2d, nn.Embedding, nn.LeakyReLU, nn.ReLU, nn.Tanh,
+                     nn.Sigmoid, nn.Dropout, nn.Flatten, nn.Reshape, nn.Concat, nn.MaxPool2d, nn.Sequential,
+                     models.ConvCGANDiscriminator, models.MLPDiscriminator)
+
+
+def per_sample(module):
+    """True when every part of `module` is one of PER_SAMPLE_LAYERS (exactly those types), with
+    its own forward and backward (spectral norm's hooks, or a test's spy, replace them)."""
+    return all(type(m) in PER_SAMPLE_LAYERS and "forward" not in m.__dict__ and "backward" not in m.__dict__
+               for _, m in module.named_modules())
+
+
+class StepStats(Mapping):
+    """A step's losses and mean D outputs (STAT_NAMES), as one vector on the device: indexing
+    gives a 0-d device array (float() of one reads it back: a sync); `fetch()` reads all of
+    them in one copy."""
+
+    def __init__(self, vector, flag):
+        self.vector, self.flag = vector, flag
+
+    def __getitem__(self, name):
+        i = STAT_NAMES.index(name)
+        return self.vector[i:i + 1].reshape(())      # a 0-d view on every backend
+
+    def __iter__(self):
+        return iter(STAT_NAMES)
+
+    def __len__(self):
+        return len(STAT_NAMES)
+
+    def fetch(self):
+        """name -> float, read back in one copy (one sync on a GPU)."""
+        return dict(zip(STAT_NAMES, (float(v) for v in backend.to_host(self.vector))))
+
+
+def upload_batch(images, labels=None, num_classes=None):
+    """A host batch on the active device: images (N, 1, 28, 28) float32 and labels (N,) as
+    int32. The labels are checked to lie in [0, num_classes) here, on the host, once, and
+    marked as checked, so no layer checks them again on the device (which would be a sync)."""
+    images = backend.to_device(np.ascontiguousarray(images, dtype=np.float32))
+    if labels is None:
+        return images, None
+    labels = np.asarray(labels)
+    if labels.dtype.kind not in "iu" or labels.ndim != 1:
+        raise TypeError(f"upload_batch: labels must be integers of shape (N,), got {labels.dtype} {labels.shape}")
+    if num_classes is not None:
+        _launch.check_labels_range(labels, int(num_classes), "upload_batch: labels")
+    labels = backend.to_device(labels.astype(np.int32))
+    if num_classes is not None:
+        _launch.mark_labels_checked(labels, int(num_classes))
+    return images, labels
 
 
 def train_step(G, D, opt_g, opt_d, real_images, real_labels, rng, label_smoothing=0.0, mismatch=0.0,
-               mode_seeking=0.0):
+               mode_seeking=0.0, *, flag=None):
     """One D step then one G step, in the standard order:
     D on real, D on fake (detached: G gets no gradient), then G with the
     non-saturating loss -log D(G(z)) through the updated D. All BCE-with-logits.
@@ -21,42 +102,57 @@ def train_step(G, D, opt_g, opt_d, real_images, real_labels, rng, label_smoothin
     2016): D must then read the label from the first step, instead of only once G's
     images look real, which is what makes a cGAN draw the character it is asked for.
 
+    When D treats every sample alone (per_sample), its real, wrong-label and fake terms run
+    as one batch: one forward and one backward instead of three, the same values and
+    gradients up to the order of float sums.
+
     mode_seeking > 0 adds to G's loss the mode-seeking term of MSGAN, weighted by
     `mode_seeking`: the fakes come in pairs (i, M + i) with one label and two noise
     vectors, and G is pushed to make each pair differ, which keeps it from collapsing
     to a single image per label.
 
-    real_images (N, 1, 28, 28) float in [-1, 1]; real_labels (N,) int or None;
-    rng: numpy Generator for z and the fake labels. Returns floats: d_loss,
-    d_loss_real, d_loss_fake, d_loss_mismatch, g_loss (the adversarial part),
-    g_loss_mode_seeking, d_real, d_fake (mean sigmoid outputs).
+    real_images (N, 1, 28, 28) float in [-1, 1] and real_labels (N,) int or None, on the
+    device (upload_batch); rng: a cganraw.ops.philox.Key (the run's seed and the step, as the
+    trainer passes), or a NumPy Generator to draw a fresh key from. z, the fake labels, the
+    wrong labels and D's dropout masks are Philox streams of the key. flag: a
+    health.LossFlag to record the first bad loss in (a fresh one by default).
+    Returns StepStats: d_loss, d_loss_real, d_loss_fake, d_loss_mismatch, g_loss (the
+    adversarial part), g_loss_mode_seeking, d_real, d_fake (mean sigmoid outputs), on the device.
     """
-    xp = backend.array_module(real_images)
+    key = rng if isinstance(rng, Key) else Key.from_generator(rng)
+    set_dropout_step(D, key.step)
+    set_dropout_step(G, key.step)
     n = real_images.shape[0]
     # drawn in float32 always (the same noise at any precision), then in the images' dtype
-    z = xp.asarray(rng.standard_normal((n, G.latent_dim), dtype=np.float32).astype(real_images.dtype, copy=False))
+    z = philox_normal((n, G.latent_dim), key.stream(NOISE))
+    if z.dtype != real_images.dtype:
+        z = z.astype(real_images.dtype)
     pairs = n // 2 if mode_seeking > 0 else 0       # rows i and pairs + i share a label
     fake_labels = None
     if G.conditional:
-        drawn = rng.integers(0, G.num_classes, n - pairs)
-        fake_labels = xp.asarray(np.concatenate([drawn[:pairs], drawn]))
+        fake_labels = philox_integers(n, 0, G.num_classes, key.stream(FAKE_LABELS), fold=pairs)
     real_target = 1.0 - label_smoothing  # one-sided: only the real targets are smoothed
 
     # --- D step ---------------------------------------------------------------------
     opt_d.zero_grad()
-    logits_real = D(real_images, real_labels)
-    loss_real, dlogits = bce_with_logits(logits_real, real_target)
-    D.backward(dlogits)
-    loss_mismatch = 0.0
-    if mismatch > 0 and G.conditional:
-        # every label moved by 1..K-1 places: a wrong label for every image
-        wrong = (real_labels + xp.asarray(rng.integers(1, G.num_classes, n))) % G.num_classes
-        loss_mismatch, dlogits = bce_with_logits(D(real_images, wrong), 0.0)
-        D.backward(dlogits * dlogits.dtype.type(mismatch))
-    fake = G(z, fake_labels)            # G keeps its cache for its own step below
-    logits_fake = D(fake, fake_labels)
-    loss_fake, dlogits = bce_with_logits(logits_fake, 0.0)
-    D.backward(dlogits)                 # the input gradient is dropped: fake is detached
+    with_mismatch = mismatch > 0 and G.conditional
+    if per_sample(D):
+        loss_real, loss_mismatch, loss_fake, logits_real, logits_fake, fake = _d_step_one_batch(
+            G, D, z, real_images, real_labels, fake_labels, key, real_target, mismatch if with_mismatch else 0.0)
+    else:
+        logits_real = D(real_images, real_labels)
+        loss_real, dlogits = bce_with_logits(logits_real, real_target)
+        D.backward(dlogits)
+        loss_mismatch = None
+        if with_mismatch:
+            # every label moved by 1..K-1 places: a wrong label for every image
+            wrong = philox_shift_labels(real_labels, G.num_classes, key.stream(WRONG_LABELS))
+            loss_mismatch, dlogits = bce_with_logits(D(real_images, wrong), 0.0, weight=mismatch)
+            D.backward(dlogits)
+        fake = G(z, fake_labels)            # G keeps its cache for its own step below
+        logits_fake = D(fake, fake_labels)
+        loss_fake, dlogits = bce_with_logits(logits_fake, 0.0)
+        D.backward(dlogits)                 # the input gradient is dropped: fake is detached
     opt_d.step()
 
     # --- G step: D frozen, so its weight gradients are not even computed -------------
@@ -68,18 +164,51 @@ def train_step(G, D, opt_g, opt_d, real_images, real_labels, rng, label_smoothin
         dfake = D.backward(dlogits)
     finally:
         D.requires_grad_(True)
-    loss_ms = 0.0
+    loss_ms = None
     if pairs:
         loss_ms, dms = mode_seeking_loss(fake[:2 * pairs], z[:2 * pairs])
-        dfake[:2 * pairs] += dms * dms.dtype.type(mode_seeking)
+        _launch.add_into(dfake[:2 * pairs], dms * dms.dtype.type(mode_seeking))
     G.backward(dfake)
     opt_g.step()
 
-    sig = lambda a: float(backend.asnumpy(1.0 / (1.0 + np.exp(-np.clip(backend.asnumpy(a), -60, 60)))).mean())  # noqa: E731
-    return {"d_loss": loss_real + loss_fake + mismatch * loss_mismatch, "d_loss_real": loss_real,
-            "d_loss_fake": loss_fake, "d_loss_mismatch": loss_mismatch,
-            "g_loss": loss_g, "g_loss_mode_seeking": loss_ms,
-            "d_real": sig(logits_real), "d_fake": sig(logits_fake)}
+    flag = flag if flag is not None else health.LossFlag()
+    vector = step_stats(loss_real, loss_fake, loss_mismatch, loss_g, loss_ms, mismatch, logits_real, logits_fake,
+                        flag.array, key.step + 1, health.LOSS_BOUND, BOUNDED)
+    return StepStats(vector, flag)
+
+
+def _d_step_one_batch(G, D, z, real_images, real_labels, fake_labels, key, real_target, mismatch):
+    """D's real, wrong-label (mismatch > 0) and fake terms as one batch [real | wrong | fake]:
+    one forward, one backward. Returns the three losses (None for an absent mismatch term),
+    the real and fake logits and G's images (G keeps its cache for its own step)."""
+    n = real_images.shape[0]
+    parts = 3 if mismatch > 0 else 2
+    images = _launch.empty((parts * n,) + tuple(real_images.shape[1:]), real_images.dtype)
+    _launch.copy_into(images[:n], real_images)
+    labels = None
+    if G.conditional:
+        k = G.num_classes
+        labels = _launch.empty((parts * n,), np.int32)
+        _launch.copy_into(labels[:n], real_labels)
+        if mismatch > 0:
+            _launch.copy_into(images[n:2 * n], real_images)
+            # every label moved by 1..K-1 places: a wrong label for every image
+            philox_shift_labels(real_labels, k, key.stream(WRONG_LABELS), out=labels[n:2 * n])
+        _launch.copy_into(labels[(parts - 1) * n:], fake_labels)
+        if _launch.labels_checked(real_labels, k):      # the drawn ones are in range by construction
+            _launch.mark_labels_checked(labels, k)
+    fake = G(z, fake_labels)
+    _launch.copy_into(images[(parts - 1) * n:], fake)
+    logits = D(images, labels)
+    dlogits = _launch.empty(logits.shape, logits.dtype)
+    seg = lambda a, i: a[i * n:(i + 1) * n]  # noqa: E731  (contiguous rows of one term)
+    loss_real, _ = bce_with_logits(seg(logits, 0), real_target, out=seg(dlogits, 0))
+    loss_fake, _ = bce_with_logits(seg(logits, parts - 1), 0.0, out=seg(dlogits, parts - 1))
+    loss_mismatch = None
+    if mismatch > 0:
+        loss_mismatch, _ = bce_with_logits(seg(logits, 1), 0.0, weight=mismatch, out=seg(dlogits, 1))
+    D.backward(dlogits)                 # the input gradient is dropped: fake is detached
+    return loss_real, loss_mismatch, loss_fake, seg(logits, 0), seg(logits, parts - 1), fake
 
 
 def ema_decay_at(step, decay):
@@ -88,13 +217,74 @@ def ema_decay_at(step, decay):
     return min(float(decay), (1 + step) / (10 + step))
 
 
+class _FlatBuffers:
+    """A module's floating buffers as views into one flat array (the BatchNorm running
+    statistics), so the moving average copies them in one launch."""
+
+    def __init__(self, module):
+        self.entries = [(mod, name) for _, mod in module.named_modules() for name, b in mod._buffers.items()
+                        if b.dtype.kind == "f" and b.ndim > 0]
+        arrays = [mod._buffers[name] for mod, name in self.entries]
+        self.data = None
+        if arrays and len({a.dtype for a in arrays}) == 1 and len({id(backend.array_module(a)) for a in arrays}) == 1:
+            total = sum(a.size for a in arrays)
+            self.data = _launch.zeros((total,), arrays[0].dtype)
+            off = 0
+            for (mod, name), a in zip(self.entries, arrays):
+                view = self.data[off:off + a.size].reshape(a.shape)
+                _launch.copy_into(view, a)
+                mod.register_buffer(name, view)
+                off += a.size
+        self.views = [mod._buffers[name] for mod, name in self.entries]
+
+    def intact(self):
+        return self.data is not None and all(mod._buffers[name] is v for (mod, name), v in zip(self.entries, self.views))
+
+
+_ema_packs: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _ema_pack(G_ema, G):
+    """(G_ema's FlatParams, G's and G_ema's _FlatBuffers) when G's parameters are packed
+    (its Adam did it) and both models have the same layout, else None. Made once per G_ema."""
+    g_flat = optim.flat_of(G.parameters())
+    if g_flat is None:
+        return None
+    pack = _ema_packs.get(G_ema)
+    if pack is not None and pack[0].intact(G_ema.parameters()) and pack[0].layout == g_flat.layout \
+            and pack[1].intact() and pack[2].intact():
+        return pack
+    params = G_ema.parameters()
+    if not optim.packable(params) or [tuple(p.shape) for p in params] != [tuple(p.shape) for p in G.parameters()]:
+        return None
+    pack = (optim.flatten(params, grads=False), _FlatBuffers(G), _FlatBuffers(G_ema))
+    if pack[0].layout != g_flat.layout or pack[1].data is None or pack[2].data is None \
+            or pack[1].data.shape != pack[2].data.shape:
+        return None
+    _ema_packs[G_ema] = pack
+    return pack
+
+
 def update_ema(G_ema, G, decay):
     """G_ema <- decay * G_ema + (1 - decay) * G for every parameter; buffers (BatchNorm's
-    running statistics) are copied from G."""
-    for p_ema, p in zip(G_ema.parameters(), G.parameters()):
-        p_ema.data -= p_ema.data.dtype.type(1 - decay) * (p_ema.data - p.data)
+    running statistics) are copied from G. When G's parameters are packed (by its Adam) this
+    is one ema_update launch over all of them and one copy of the buffers."""
+    pack = _ema_pack(G_ema, G)
+    if pack is not None:
+        ema_update(pack[0].data, optim.flat_of(G.parameters()).data, decay)
+        _launch.copy_into(pack[2].data, pack[1].data)
+        packed = {id(v) for v in pack[2].views}
+    else:
+        for p_ema, p in zip(G_ema.parameters(), G.parameters()):
+            ema_update(p_ema.data, p.data, decay)
+        packed = set()
     for (_, b_ema), (_, b) in zip(G_ema.named_buffers(), G.named_buffers()):
-        b_ema[...] = b
+        if id(b_ema) in packed:
+            continue
+        if b.dtype.kind == "f":
+            _launch.copy_into(b_ema, b)
+        else:
+            b_ema[...] = b          # a host counter (num_batches_tracked)
 
 
 def lr_scale(frac, decay_start):

@@ -42,7 +42,7 @@ from cganraw.settings import (  # noqa: F401
     resumed_config,
 )
 from cganraw.signals import Aborted, StopSignals
-from cganraw.step import ema_decay_at, lr_scale, train_step, update_ema  # noqa: F401  (the API)
+from cganraw.step import ema_decay_at, lr_scale, train_step, update_ema, upload_batch  # noqa: F401  (the API)
 
 log = logging.getLogger("cganraw.train")   # not __name__: that is __main__ under python -m
 EVAL_N_PER_CLASS = 100   # images per class of an --eval-every(-steps) evaluation
@@ -171,7 +171,6 @@ def _train(args, log, stop, saved):
 
 
 def _loop(run, cfg, args, out, metrics, stop, saved, log):
-    xp = backend.get_xp()
     G, D = run.G, run.D
     planned_steps = run.planned_steps
     steps_per_epoch = planned_steps / cfg["epochs"]     # on average, with a rising batch size
@@ -186,6 +185,7 @@ def _loop(run, cfg, args, out, metrics, stop, saved, log):
     run.exit_code = 0
 
     stop.graceful = True   # from here a first signal stops after the step, with a checkpoint
+    text = ""              # the bar's losses, refreshed at log steps (reading them is a sync)
     with Progress(total_steps, run.step, every=cfg["log_every"], enabled=not args.quiet) as bar:
         while run.step < total_steps:
             if stop.received:
@@ -199,15 +199,11 @@ def _loop(run, cfg, args, out, metrics, stop, saved, log):
             run.set_growth(frac)
             epoch_before = run.batches.epoch
             x, labels = run.next_batch()
-            x = xp.asarray(x)
-            labels = xp.asarray(labels) if G.conditional else None
-            with np.errstate(all="ignore"):   # overflow is reported by the health check below
-                stats = train_step(G, D, run.opt_g, run.opt_d, x, labels, run.rng_step, cfg["label_smoothing"],
-                                   cfg.get("mismatch", 0.0), cfg.get("mode_seeking", 0.0))
-            try:
-                health.check_losses(stats, f"at step {run.step + 1}")
-            except health.HealthError as e:
-                raise _diverged(e, saved) from None
+            # labels checked on the host, then uploaded: no layer checks them on the device
+            x, labels = upload_batch(x, labels if G.conditional else None, G.num_classes)
+            with np.errstate(all="ignore"):   # a bad loss is recorded on the device, read below
+                stats = train_step(G, D, run.opt_g, run.opt_d, x, labels, run.key(), cfg["label_smoothing"],
+                                   cfg.get("mismatch", 0.0), cfg.get("mode_seeking", 0.0), flag=run.loss_flag)
             run.step += 1
             run.update_ema()
             now = time.monotonic()
@@ -217,18 +213,25 @@ def _loop(run, cfg, args, out, metrics, stop, saved, log):
             epoch_done = run.batches.epoch > epoch_before
             epochs_done = run.step / steps_per_epoch
 
-            if run.step % cfg["log_every"] == 0 or run.step == total_steps or epoch_done:
-                metrics.write({"step": run.step, "epoch": round(epochs_done, 6),
-                               **{k: round(float(v), 6) for k, v in stats.items()},
-                               "images_per_s": round(window_imgs / max(now - window_t, 1e-9), 2),
-                               "elapsed_s": round(run.elapsed, 2), **run.schedule_record(x.shape[0])})
-                window_t, window_imgs = now, 0
             rate = (run.step - step0) / max(now - t_start, 1e-9)
             eta = (total_steps - run.step) / rate
             if deadline is not None:
                 eta = min(eta, max(deadline - now, 0.0))
-            bar.update(run.step, f"epoch {epochs_done:.2f}/{cfg['epochs']} D {stats['d_loss']:.3f} "
-                                 f"G {stats['g_loss']:.3f} D(x) {stats['d_real']:.2f} D(G(z)) {stats['d_fake']:.2f} "
+            if run.step % cfg["log_every"] == 0 or run.step == total_steps or epoch_done:
+                # the only reads of the device in the loop: the loss flag, then the stats
+                try:
+                    run.check_losses()
+                except health.HealthError as e:
+                    raise _diverged(e, saved) from None
+                values = stats.fetch()
+                metrics.write({"step": run.step, "epoch": round(epochs_done, 6),
+                               **{k: round(v, 6) for k, v in values.items()},
+                               "images_per_s": round(window_imgs / max(now - window_t, 1e-9), 2),
+                               "elapsed_s": round(run.elapsed, 2), **run.schedule_record(x.shape[0])})
+                window_t, window_imgs = now, 0
+                text = (f"D {values['d_loss']:.3f} G {values['g_loss']:.3f} D(x) {values['d_real']:.2f} "
+                        f"D(G(z)) {values['d_fake']:.2f}")
+            bar.update(run.step, f"epoch {epochs_done:.2f}/{cfg['epochs']} {text} "
                                  f"{session_imgs / max(now - t_start, 1e-9):.0f} img/s ETA {format_eta(eta)}",
                        force=epoch_done)
             if evaluator and cfg.get("eval_every_steps") and run.step % cfg["eval_every_steps"] == 0 \

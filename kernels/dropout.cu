@@ -6,9 +6,7 @@
 //   dropout_backward_v1/v2  dx = (dy * keep) * scale
 // scale = 1 / (1 - p), computed on the host in float32 exactly as the NumPy op does.
 //
-// The mask is drawn on the CPU by the layer's own NumPy generator and uploaded as bytes
-// (0 or 1), so the "cuda" and "emu" backends drop exactly the elements the "numpy"
-// backend drops, and a checkpointed generator resumes the same mask sequence anywhere.
+// v1/v2 take the mask as bytes (0 or 1) from the caller; v3 draws it itself (below).
 // The product keeps NumPy's order of operations, (v * keep) * scale, so results match the
 // reference bit for bit, NaN and -0 included (a dropped NaN stays NaN, as in NumPy).
 //
@@ -17,8 +15,16 @@
 //   v2  adds a grid-stride loop over a bounded grid; float4 values and uchar4 mask bytes
 //       when the pointers are 16- and 4-byte aligned, then a scalar tail for the n % 4
 //       rest; a misaligned pointer (a view into an array) takes the scalar loop throughout.
+//   v3  adds the mask drawn in the kernel: no mask array at all. Element e is kept iff
+//       (word >> 8) >= threshold, word e & 3 of Philox4x32-10 block e >> 2 of the layer's
+//       stream (philox.cuh); the backward draws the same words again, so it needs only the
+//       stream. One thread per block of four elements, grid-stride; cganraw.ops.philox's
+//       keep_mask_numpy is the reference. Every backend drops the same elements, and a
+//       resumed run draws the masks it would have drawn (they depend on the step alone).
 //
 // in, keep, out: (n,) contiguous; in == out is allowed (each element read before written).
+
+#include "philox.cuh"
 
 __device__ __forceinline__ bool aligned_to(const void* p, unsigned long long bytes)
 {
@@ -79,4 +85,36 @@ extern "C" __global__ void dropout_backward_v1(float* dx, const float* dy, const
 extern "C" __global__ void dropout_backward_v2(float* dx, const float* dy, const unsigned char* keep, float scale, int n)
 {
     dropout_v2(dx, dy, keep, scale, n);
+}
+
+// ---------------------------------------------------------------- v3: the mask from Philox
+
+__device__ __forceinline__ void dropout_v3(float* out, const float* in, unsigned int threshold, float scale, int n,
+                                           unsigned int seed_lo, unsigned int seed_hi, unsigned int stream,
+                                           unsigned int step, unsigned int call)
+{
+    int blocks = (n + 3) / 4;
+    for (int b = blockIdx.x * blockDim.x + threadIdx.x; b < blocks; b += gridDim.x * blockDim.x) {
+        philox_words r = philox_block((unsigned int)b, seed_lo, seed_hi, stream, step, call);
+        for (int j = 0; j < 4; ++j) {
+            int e = 4 * b + j;
+            if (e < n) out[e] = drop(in[e], philox_keep(r.w[j], threshold) ? 1 : 0, scale);
+        }
+    }
+}
+
+// x, y: (n,); threshold = ceil(p 2^24); the stream names the mask
+extern "C" __global__ void dropout_forward_v3(float* y, const float* x, unsigned int threshold, float scale, int n,
+                                              unsigned int seed_lo, unsigned int seed_hi, unsigned int stream,
+                                              unsigned int step, unsigned int call)
+{
+    dropout_v3(y, x, threshold, scale, n, seed_lo, seed_hi, stream, step, call);
+}
+
+// dy, dx: (n,); the forward's threshold and stream give back its mask
+extern "C" __global__ void dropout_backward_v3(float* dx, const float* dy, unsigned int threshold, float scale, int n,
+                                               unsigned int seed_lo, unsigned int seed_hi, unsigned int stream,
+                                               unsigned int step, unsigned int call)
+{
+    dropout_v3(dx, dy, threshold, scale, n, seed_lo, seed_hi, stream, step, call);
 }

@@ -64,50 +64,56 @@ def one(name, area, what, path, old, new):
 # a folder (ending in /) means: wherever in it the text is (the trainer's modules and the
 # kernel files get split and renamed)
 STEP, LOSSES, TRAIN, KERNELS = "cganraw/step.py", "cganraw/losses.py", "cganraw/", "kernels/"
+MODE_SEEKING = "cganraw/ops/mode_seeking.py"
 MUTANTS = [
     # --- the training step ----------------------------------------------------------
     one("step-g-target-zero", "step", "G trains towards target 0: it learns to look fake", STEP,
         "loss_g, dlogits = bce_with_logits(logits_gen, 1.0)", "loss_g, dlogits = bce_with_logits(logits_gen, 0.0)"),
     one("step-smoothing-ignored", "step", "label smoothing ignored", STEP,
         "real_target = 1.0 - label_smoothing", "real_target = 1.0"),
-    one("step-fake-target-one", "step", "D scores fakes against target 1", STEP,
-        "loss_fake, dlogits = bce_with_logits(logits_fake, 0.0)", "loss_fake, dlogits = bce_with_logits(logits_fake, 1.0)"),
-    one("step-mismatch-weight-ignored", "step", "the mismatch term's gradient is not weighted", STEP,
-        "D.backward(dlogits * dlogits.dtype.type(mismatch))", "D.backward(dlogits)"),
-    one("step-mismatch-weight-squared", "step", "the mismatch term weighted by w^2", STEP,
-        "dlogits.dtype.type(mismatch))", "dlogits.dtype.type(mismatch * mismatch))"),
-    one("step-mismatch-true-labels", "step", "some 'wrong' labels are the true ones (shift 0 allowed)", STEP,
-        "rng.integers(1, G.num_classes, n)", "rng.integers(0, G.num_classes, n)"),
+    # (D's terms run as one batch when D is per-sample, else as three passes: both paths)
+    Mutant("step-fake-target-one", "step", "D scores fakes against target 1", (
+        (STEP, "loss_fake, dlogits = bce_with_logits(logits_fake, 0.0)", "loss_fake, dlogits = bce_with_logits(logits_fake, 1.0)"),
+        (STEP, "bce_with_logits(seg(logits, parts - 1), 0.0,", "bce_with_logits(seg(logits, parts - 1), 1.0,"))),
+    Mutant("step-mismatch-weight-ignored", "step", "the mismatch term's gradient is not weighted", (
+        (STEP, "0.0, weight=mismatch, out=", "0.0, out="), (STEP, "0.0, weight=mismatch)", "0.0)"))),
+    Mutant("step-mismatch-weight-squared", "step", "the mismatch term weighted by w^2", (
+        (STEP, "weight=mismatch, out=", "weight=mismatch * mismatch, out="),
+        (STEP, "weight=mismatch)", "weight=mismatch * mismatch)"))),
+    Mutant("step-mismatch-true-labels", "step", "some 'wrong' labels are the true ones (shift 0 allowed)", (
+        ("cganraw/ops/philox.py", "shift = 1 + _below(stream_words_numpy(stream, labels.shape[0]), int(k) - 1)",
+         "shift = _below(stream_words_numpy(stream, labels.shape[0]), int(k))"),
+        (KERNELS, "int shift = 1 + (int)philox_below(r.w[i & 3], (unsigned int)(k - 1));",
+         "int shift = (int)philox_below(r.w[i & 3], (unsigned int)k);"))),
     one("step-mode-seeking-sign", "step", "the mode-seeking gradient pulls pairs together", STEP,
-        "dfake[:2 * pairs] += dms", "dfake[:2 * pairs] -= dms"),
+        "_launch.add_into(dfake[:2 * pairs], dms", "_launch.add_into(dfake[:2 * pairs], -dms"),
     one("step-mode-seeking-weight-ignored", "step", "the mode-seeking term is not weighted", STEP,
-        "dfake[:2 * pairs] += dms * dms.dtype.type(mode_seeking)", "dfake[:2 * pairs] += dms"),
+        "_launch.add_into(dfake[:2 * pairs], dms * dms.dtype.type(mode_seeking))", "_launch.add_into(dfake[:2 * pairs], dms)"),
     one("step-mode-seeking-off-below-1", "step", "mode seeking silently off for weights <= 1", STEP,
         "pairs = n // 2 if mode_seeking > 0 else 0", "pairs = n // 2 if mode_seeking > 1 else 0"),
     Mutant("step-g-through-stale-d", "step", "G's step goes through D before D's update", (
-        (STEP, ("    D.backward(dlogits)                 # the input gradient is dropped: fake is detached\n"
-                "    opt_d.step()\n"),
-         "    D.backward(dlogits)                 # the input gradient is dropped: fake is detached\n"),
+        (STEP, "    opt_d.step()\n\n    # --- G step", "\n    # --- G step"),
         (STEP, "    G.backward(dfake)\n    opt_g.step()\n", "    G.backward(dfake)\n    opt_g.step()\n    opt_d.step()\n"))),
     one("step-d-not-frozen", "step", "the G step accumulates D's weight gradients", STEP,
         "D.requires_grad_(False)", "D.requires_grad_(True)"),
     # --- losses ---------------------------------------------------------------------
-    one("losses-mode-seeking-grad-sign", "losses", "mode_seeking returns the gradient's negative", LOSSES,
-        "images.dtype.type(-loss * loss / (z_dist * diff.size))", "images.dtype.type(loss * loss / (z_dist * diff.size))"),
-    one("losses-mode-seeking-z-sum", "losses", "mode_seeking's noise distance summed, not averaged", LOSSES,
-        "z_dist = float(xp.abs(z[:m] - z[m:]).mean())", "z_dist = float(xp.abs(z[:m] - z[m:]).sum())"),
+    one("losses-mode-seeking-grad-sign", "losses", "mode_seeking returns the gradient's negative", MODE_SEEKING,
+        "scale = -loss * loss / (z_dist * f(diff.size))", "scale = loss * loss / (z_dist * f(diff.size))"),
+    one("losses-mode-seeking-z-sum", "losses", "mode_seeking's noise distance summed, not averaged", MODE_SEEKING,
+        "z_dist = xp.abs(z[:m] - z[m:]).mean(dtype=images.dtype)", "z_dist = xp.abs(z[:m] - z[m:]).sum(dtype=images.dtype)"),
     # --- the optimiser --------------------------------------------------------------
     one("adam-no-bias-correction", "adam", "Adam's first moment not bias-corrected", "cganraw/ops/adam.py",
         "step_size = lr / (1 - beta1 ** step)", "step_size = lr"),
     one("adam-beta-swap", "adam", "Adam's betas swapped", "cganraw/optim.py",
         "b1, b2 = self.betas", "b2, b1 = self.betas"),
     # --- the moving average ---------------------------------------------------------
-    one("ema-decay-swapped", "ema", "the EMA keeps 1 - d of the old average, not d", STEP,
-        "p_ema.data -= p_ema.data.dtype.type(1 - decay)", "p_ema.data -= p_ema.data.dtype.type(decay)"),
+    one("ema-decay-swapped", "ema", "the EMA keeps 1 - d of the old average, not d", "cganraw/ops/ema.py",
+        "avg -= avg.dtype.type(1 - decay) * (avg - value)", "avg -= avg.dtype.type(decay) * (avg - value)"),
     one("ema-no-warmup", "ema", "no warm-up ramp: the full decay from step 1", STEP,
         "return min(float(decay), (1 + step) / (10 + step))", "return float(decay)"),
-    one("ema-buffers-not-copied", "ema", "BatchNorm's running statistics not copied into the EMA", STEP,
-        "b_ema[...] = b", "b_ema[...] = b_ema"),
+    Mutant("ema-buffers-not-copied", "ema", "BatchNorm's running statistics not copied into the EMA", (
+        (STEP, "_launch.copy_into(pack[2].data, pack[1].data)", "_launch.copy_into(pack[2].data, pack[2].data)"),
+        (STEP, "_launch.copy_into(b_ema, b)", "_launch.copy_into(b_ema, b_ema)"))),
     one("ema-step-off-by-one", "ema", "the trainer ramps the decay one step late", TRAIN,
         "ema_decay_at(self.step, self.cfg[\"ema_decay\"])", "ema_decay_at(self.step - 1, self.cfg[\"ema_decay\"])"),
     # --- the schedule ---------------------------------------------------------------

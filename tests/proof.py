@@ -52,14 +52,16 @@ def load_params(module, values):
 
 
 def dropout_states(*modules):
-    return [layer.rng.bit_generator.state for m in modules for layer in models.dropout_layers(m)]
+    """Where each Dropout's mask stream stands: (step, call) (cganraw.nn.Dropout's Philox
+    masks are named by them, so setting them back replays the masks)."""
+    return [(layer.step, layer.call) for m in modules for layer in models.dropout_layers(m)]
 
 
 def set_dropout_states(modules, states):
     layers = [layer for m in modules for layer in models.dropout_layers(m)]
     assert len(layers) == len(states)
-    for layer, state in zip(layers, states):
-        layer.rng.bit_generator.state = state
+    for layer, (step, call) in zip(layers, states):
+        layer.step, layer.call = step, call
 
 
 class RecordingOptimizer:

@@ -9,6 +9,7 @@ import pytest
 from cganraw import checkpoint, load, models, settings, train
 from cganraw.data import BatchIterator
 from cganraw.losses import bce_with_logits
+from cganraw.ops import philox
 from cganraw.run import batch_size_at, growth_at, planned_steps
 from cganraw.step import train_step
 from tests.synthetic import write_emnist
@@ -248,12 +249,12 @@ def test_train_step_gradients_at_mid_fade_match_finite_differences(g_norm):
     x = rng.uniform(-1, 1, (n, 1, 28, 28))
     y = rng.integers(0, K, n)
     opt_g, opt_d = _Recorder(G.parameters()), _Recorder(D.parameters())
-    train_step(G, D, opt_g, opt_d, x, y, np.random.default_rng(11), label_smoothing=0.1, mismatch=mismatch)
-    # the draws train_step makes, in its order
-    r = np.random.default_rng(11)
-    z = r.standard_normal((n, G.latent_dim), dtype=np.float32).astype(np.float64)
-    fake_labels = r.integers(0, K, n)
-    wrong = (y + r.integers(1, K, n)) % K
+    key = philox.Key(11, 0)
+    train_step(G, D, opt_g, opt_d, x, y, key, label_smoothing=0.1, mismatch=mismatch)
+    # the draws train_step makes: Philox streams of its key, by their NumPy twins
+    z = philox.philox_normal_numpy((n, G.latent_dim), key.stream(philox.NOISE)).astype(np.float64)
+    fake_labels = philox.philox_integers_numpy(n, 0, K, key.stream(philox.FAKE_LABELS))
+    wrong = philox.philox_shift_labels_numpy(y, K, key.stream(philox.WRONG_LABELS))
 
     def d_loss():      # G's fake is its training-mode forward, as in train_step
         fake = G(z, fake_labels)

@@ -10,17 +10,21 @@ with s the label smoothing, w the mismatch weight (conditional models only), m t
 mode-seeking weight (rows i and M + i of the batch share a label), and D' the
 discriminator after its own update. The gradients train_step hands to each optimiser
 are captured (a recording optimiser) and compared with central differences of these
-functions; the loss values it reports, with the functions' values. Dropout masks are
-replayed from the layers' generator states; BatchNorm runs in training mode, as in
-training. Every option of train_step is covered alone and all together.
+functions; the loss values it reports, with the functions' values. The draws (z, the fake
+and wrong labels) are Philox streams of the step's key, recomputed here by their NumPy
+twins; dropout masks are replayed from the layers' (step, call). When D treats every sample
+alone, train_step runs D's three terms as one batch (one forward, one set of masks), and so
+does the objective here; BatchNorm runs in training mode, as in training. Every option of
+train_step is covered alone and all together.
 """
 import numpy as np
 import pytest
 
 from cganraw import models
+from cganraw.ops import philox
 from cganraw.optim import Adam
-from cganraw.step import train_step
-from tests.proof import DrawRecorder, RecordingOptimizer, check_gradient, load_params, params_of, set_dropout_states
+from cganraw.step import per_sample, train_step
+from tests.proof import RecordingOptimizer, check_gradient, dropout_states, load_params, params_of, set_dropout_states
 
 K = 3              # classes
 LATENT = 4
@@ -66,46 +70,47 @@ class Step:
         self.x = data.uniform(-1, 1, (N, 1, 28, 28))
         self.y = data.integers(0, K, N) if G.conditional else None
         self.G0, self.D0 = params_of(G), params_of(D)
-        self.dropout0 = [layer.rng.bit_generator.state for layer in models.dropout_layers(D)]
-        self.rng = DrawRecorder(1000 + seed)
+        self.key = philox.Key(1000 + seed, 1)
+        self.batched = per_sample(D)
         order = []
         watch = {"G": G, "D": D}
         self.opt_g = RecordingOptimizer("G", Adam(G.parameters(), lr=LR), G, watch, order)
         self.opt_d = RecordingOptimizer("D", Adam(D.parameters(), lr=LR), D, watch, order)
-        self.stats = train_step(G, D, self.opt_g, self.opt_d, self.x, self.y, self.rng, **self.options)
+        self.stats = train_step(G, D, self.opt_g, self.opt_d, self.x, self.y, self.key, **self.options).fetch()
+        self.dropout0 = [(self.key.step, 0)] * len(models.dropout_layers(D))   # the D step's first masks
         self.order = order
         self._draws()
 
     def _draws(self):
-        """z, the fake labels and the wrong labels, from the recorded draws."""
-        (self.z,) = self.rng.of("standard_normal")
-        assert self.z.shape == (N, LATENT)
-        ints = self.rng.of("integers")
+        """z, the fake labels and the wrong labels: the key's Philox streams, by the NumPy twins."""
+        key = self.key
+        self.z = philox.philox_normal_numpy((N, LATENT), key.stream(philox.NOISE)).astype(np.float64)
         self.pairs = N // 2 if self.options["mode_seeking"] > 0 else 0
         self.fake_labels = self.wrong_labels = None
         if not self.G.conditional:
-            assert ints == []
             return
-        drawn = ints[0]                      # then, with the mismatch term, the label shifts
-        assert drawn.shape == (N - self.pairs,)
         # rows i and pairs + i share a label (MSGAN's pairs); the rest are independent
-        self.fake_labels = np.concatenate([drawn[:self.pairs], drawn])
+        self.fake_labels = philox.philox_integers_numpy(N, 0, K, key.stream(philox.FAKE_LABELS), fold=self.pairs)
+        np.testing.assert_array_equal(self.fake_labels[self.pairs:2 * self.pairs], self.fake_labels[:self.pairs])
         if self.options["mismatch"] > 0:
-            (shift,) = ints[1:]
-            self.wrong_labels = (self.y + shift) % K
+            self.wrong_labels = philox.philox_shift_labels_numpy(self.y, K, key.stream(philox.WRONG_LABELS))
             assert np.all(self.wrong_labels != self.y), "a mismatched pair kept its true label"
-        else:
-            assert len(ints) == 1
 
     # -- the objective, as an explicit function of the current parameters -------------
     def d_loss_parts(self, fake):
         """D's three terms at D's current parameters; `fake` is a constant (detached)."""
         set_dropout_states([self.D], self.dropout0)          # the masks the D step drew
-        parts = {"d_loss_real": bce(self.D(self.x, self.y), 1.0 - self.options["label_smoothing"])}
+        real_target = 1.0 - self.options["label_smoothing"]
+        terms = [("d_loss_real", self.x, self.y, real_target)]
         if self.wrong_labels is not None:
-            parts["d_loss_mismatch"] = bce(self.D(self.x, self.wrong_labels), 0.0)
-        parts["d_loss_fake"] = bce(self.D(fake, self.fake_labels), 0.0)
-        return parts
+            terms.append(("d_loss_mismatch", self.x, self.wrong_labels, 0.0))
+        terms.append(("d_loss_fake", fake, self.fake_labels, 0.0))
+        if not self.batched:
+            return {name: bce(self.D(x, y), t) for name, x, y, t in terms}
+        # one forward over [real | wrong | fake], as train_step runs a per-sample D
+        labels = None if self.y is None else np.concatenate([y for _, _, y, _ in terms])
+        logits = np.asarray(self.D(np.concatenate([x for _, x, _, _ in terms]), labels))
+        return {name: bce(logits[i * N:(i + 1) * N], t) for i, (name, _, _, t) in enumerate(terms)}
 
     def d_loss(self, fake):
         parts = self.d_loss_parts(fake)
@@ -127,7 +132,7 @@ class Step:
         """The D masks' generator states once the D step's forwards have drawn theirs."""
         load_params(self.G, self.G0)
         self.d_loss(self.G(self.z, self.fake_labels))
-        return [layer.rng.bit_generator.state for layer in models.dropout_layers(self.D)]
+        return dropout_states(self.D)
 
 
 @pytest.fixture(scope="module", params=CASES, ids=[f"{n}-{m}" for n, m in CASES])
@@ -195,7 +200,9 @@ def test_every_train_step_option_is_covered():
     # a new keyword of train_step must get its own objective term and case here
     import inspect
     params = inspect.signature(train_step).parameters
-    options = {k for k, p in params.items() if p.default is not inspect.Parameter.empty}
+    # (the keyword-only `flag` is the loss flag's plumbing, not a term of the objective)
+    options = {k for k, p in params.items() if p.default is not inspect.Parameter.empty
+               and p.kind is not inspect.Parameter.KEYWORD_ONLY}
     assert options == {"label_smoothing", "mismatch", "mode_seeking"}, (
         f"train_step's options are now {sorted(options)}: give each new one its term in Step")
     assert {k for mode in MODES.values() for k in mode} == options

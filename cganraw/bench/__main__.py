@@ -5,6 +5,7 @@
     python -m cganraw.bench --filter "gemm and numpy" --out /tmp/b
     python -m cganraw.bench --list --filter conv   # the case ids, nothing timed
     python -m cganraw.bench --from-json bench/results/results.json   # redraw a report
+    python -m cganraw.bench --census --backend emu --width 128 --batch-size 128   # the step census
 
 The output folder (default bench/results under the current folder) is checked before any
 benchmark runs; it receives results.md, results.json and throughput.png.
@@ -81,6 +82,10 @@ def _main(args) -> int:
 
 
 def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--census" in argv:     # the step census (cganraw.bench.census): counted, not timed
+        from cganraw.bench import census
+        return census.main([a for a in argv if a != "--census"])
     parser = build_parser()
     args = parser.parse_args(argv)
     if not args.out.strip():

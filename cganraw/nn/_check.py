@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from cganraw import backend
+from cganraw.ops import _launch
 
 
 def _describe(x):
@@ -32,7 +33,11 @@ def expected_shape(ndim, channels):
 
 
 def check_index_input(layer, idx, num_embeddings):
-    """idx must be an integer array (N,) with values in [0, num_embeddings)."""
+    """idx must be an integer array (N,) with values in [0, num_embeddings). The range check
+    is skipped for labels already known to be in range (checked on the host before their
+    upload, or drawn in range on the device: cganraw.ops._launch.mark_labels_checked); for
+    other device arrays it reads back their min and max, a sync, so the training step never
+    passes such labels."""
     name = type(layer).__name__
     if not backend.is_array(idx):
         raise TypeError(f"{name}: expected an integer array of labels, got {type(idx).__name__}")
@@ -40,10 +45,15 @@ def check_index_input(layer, idx, num_embeddings):
         raise TypeError(f"{name}: expected integer labels, got {_describe(idx)}")
     if idx.ndim != 1:
         raise ValueError(f"{name}: expected labels of shape (N,), got {_describe(idx)}")
-    if idx.size:
-        lo, hi = int(idx.min()), int(idx.max())
-        if lo < 0 or hi >= num_embeddings:
-            raise ValueError(f"{name}: labels must lie in [0, {num_embeddings}), got values from {lo} to {hi}")
+    _launch.check_labels_range(idx, num_embeddings, f"{name}: labels")
+
+
+def accumulates_in_place(param, dy):
+    """Whether a GEMM may add a weight gradient straight into param.grad (beta = 1): the
+    parameter trains, and its .grad is a contiguous array of dy's dtype and backend."""
+    g = param.grad
+    return (param.requires_grad and g is not None and g.dtype == dy.dtype and g.flags.c_contiguous
+            and backend.array_module(g) is backend.array_module(dy))
 
 
 def check_same_shape(layer, dy, shape, what="gradient"):

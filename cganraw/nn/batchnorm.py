@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from cganraw import backend
 from cganraw.nn import init
 from cganraw.nn._check import check_float_input, check_same_shape
 from cganraw.nn.module import Module, Parameter
@@ -33,7 +32,8 @@ class _BatchNorm(Module):
             self.weight.requires_grad = self.bias.requires_grad = False
         self.register_buffer("running_mean", init.zeros((c,), dtype))
         self.register_buffer("running_var", init.ones((c,), dtype))
-        self.register_buffer("num_batches_tracked", backend.get_xp().zeros((), dtype=np.int64))
+        # a counter only the host reads: kept on the host, so counting costs no launch
+        self.register_buffer("num_batches_tracked", np.zeros((), dtype=np.int64))
 
     def forward(self, x):
         check_float_input(self, x, self.ndim, channels=self.num_features, dtype=self.weight.dtype)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from cganraw.nn import init
-from cganraw.nn._check import check_float_input, check_same_shape
+from cganraw.nn._check import accumulates_in_place, check_float_input, check_same_shape
 from cganraw.nn.module import Module, Parameter
 from cganraw.ops.conv import (
     conv2d_backward,
@@ -48,6 +48,10 @@ class _ConvBase(Module):
     def _check(self, x):
         check_float_input(self, x, 4, channels=self.in_channels, dtype=self.weight.dtype)
 
+    def _dW_out(self, dy):
+        """The weight's .grad for the GEMM to add into (beta = 1), or None."""
+        return self.weight.grad if accumulates_in_place(self.weight, dy) else None
+
     def _accumulate(self, dW, db):
         self.weight.accumulate(dW)
         if self.bias is not None:
@@ -79,7 +83,7 @@ class Conv2d(_ConvBase):
     def backward(self, dy):
         cache, y_shape = self._pop_cache()
         check_same_shape(self, dy, y_shape)
-        dx, dW, db = conv2d_backward(dy, cache, need_dW=self.weight.requires_grad)
+        dx, dW, db = conv2d_backward(dy, cache, need_dW=self.weight.requires_grad, dW_out=self._dW_out(dy))
         self._accumulate(dW, db)
         return dx
 
@@ -105,7 +109,8 @@ class ConvTranspose2d(_ConvBase):
     def backward(self, dy):
         cache, y_shape = self._pop_cache()
         check_same_shape(self, dy, y_shape)
-        dx, dW, db = conv_transpose2d_backward(dy, cache, need_dW=self.weight.requires_grad)
+        dx, dW, db = conv_transpose2d_backward(dy, cache, need_dW=self.weight.requires_grad,
+                                               dW_out=self._dW_out(dy))
         self._accumulate(dW, db)
         return dx
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from cganraw.nn import init
-from cganraw.nn._check import check_index_input, check_same_shape
+from cganraw.nn._check import accumulates_in_place, check_index_input, check_same_shape
 from cganraw.nn.module import Module, Parameter
 from cganraw.ops.embedding import embedding_backward, embedding_forward
 
@@ -20,6 +20,7 @@ class Embedding(Module):
         self.weight = Parameter(init.normal((self.num_embeddings, self.embedding_dim), rng=rng, dtype=dtype))
 
     def forward(self, labels):
+        # the range check is free for labels checked before upload or drawn on the device
         check_index_input(self, labels, self.num_embeddings)
         y, cache = embedding_forward(labels, self.weight.data)
         self._save((cache, y.shape))
@@ -29,7 +30,9 @@ class Embedding(Module):
         """Accumulates the weight gradient; labels have no gradient, so returns None."""
         cache, shape = self._pop_cache()
         check_same_shape(self, dy, shape)
-        if self.weight.requires_grad:
+        if accumulates_in_place(self.weight, dy):
+            embedding_backward(dy, cache, out=self.weight.grad)     # scatter-added in place
+        elif self.weight.requires_grad:
             self.weight.accumulate(embedding_backward(dy, cache))
         return None
 

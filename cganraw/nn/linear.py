@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from cganraw.nn import init
-from cganraw.nn._check import check_float_input, check_same_shape
+from cganraw.nn._check import accumulates_in_place, check_float_input, check_same_shape
 from cganraw.nn.module import Module, Parameter
 from cganraw.ops.linear import linear_backward, linear_forward
 
@@ -33,7 +33,8 @@ class Linear(Module):
     def backward(self, dy):
         cache, y_shape = self._pop_cache()
         check_same_shape(self, dy, y_shape)
-        dx, dW, db = linear_backward(dy, cache, need_dW=self.weight.requires_grad)
+        dx, dW, db = linear_backward(dy, cache, need_dW=self.weight.requires_grad,
+                                     dW_out=self.weight.grad if accumulates_in_place(self.weight, dy) else None)
         self.weight.accumulate(dW)
         if self.bias is not None:
             self.bias.accumulate(db)

@@ -15,6 +15,7 @@ from collections import OrderedDict
 import numpy as np
 
 from cganraw import backend
+from cganraw.ops import _launch
 
 
 class Parameter:
@@ -37,12 +38,12 @@ class Parameter:
         return self.data.dtype
 
     def zero_grad(self):
-        self.grad.fill(0)
+        _launch.fill_zero(self.grad)
 
     def accumulate(self, g):
         """grad += g, skipped when the parameter is frozen or g is None."""
         if g is not None and self.requires_grad:
-            self.grad += g
+            _launch.add_into(self.grad, g)
 
     def __repr__(self):
         return f"Parameter({self.name or '?'}, shape={tuple(self.shape)}, dtype={self.dtype})"

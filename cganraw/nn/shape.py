@@ -4,6 +4,7 @@ from __future__ import annotations
 from cganraw import backend
 from cganraw.nn._check import check_same_shape
 from cganraw.nn.module import Module
+from cganraw.ops import _launch
 
 
 class Flatten(Module):
@@ -71,8 +72,7 @@ class Concat(Module):
                     any(a != b for d, (a, b) in enumerate(zip(x.shape, ref.shape)) if d != self.axis % ref.ndim):
                 raise ValueError(f"Concat: input {i} has shape {tuple(x.shape)} dtype {x.dtype}, which does not "
                                  f"match input 0 ({tuple(ref.shape)}, {ref.dtype}) off axis {self.axis}")
-        xp = backend.array_module(ref)
-        y = xp.concatenate(xs, axis=self.axis)
+        y = _launch.concatenate(xs, axis=self.axis)
         self._save(([x.shape[self.axis] for x in xs], y.shape))
         return y
 

@@ -34,6 +34,7 @@ from cganraw import backend
 from cganraw.nn import init
 from cganraw.nn.conv import ConvTranspose2d
 from cganraw.nn.module import Module, Parameter
+from cganraw.ops import _launch
 from cganraw.ops.spectral_norm import matrix_dims, spectral_norm_backward, spectral_norm_forward
 
 _HOOKS = "_spectral_norm_hooks"
@@ -54,14 +55,14 @@ class SpectralNorm:
         w_sn, u_new, v_new, cache = spectral_norm_forward(orig.data, u, v, self.dim, self.n_power_iterations,
                                                           self.eps, power_iteration)
         if power_iteration:
-            u[...] = u_new
-            v[...] = v_new
+            _launch.copy_into(u, u_new)
+            _launch.copy_into(v, v_new)
         used = module.__dict__[self.name]
         if used.grad.shape != w_sn.shape or used.grad.dtype != w_sn.dtype \
                 or backend.array_module(used.grad) is not backend.array_module(w_sn):
-            used.grad = backend.array_module(w_sn).zeros_like(w_sn)
+            used.grad = _launch.zeros(w_sn.shape, w_sn.dtype)
         else:
-            used.grad.fill(0)
+            _launch.fill_zero(used.grad)
         used.data = w_sn
         used.requires_grad = orig.requires_grad
         return cache

@@ -7,6 +7,12 @@ Kernels take float32 pointers and int/float scalars, so every launcher passes ar
 through `arg` (contiguous, exact dtype, else a TypeError: CuPy would not check) and
 scalars through `i32`/`f32`.
 
+Kernel objects are looked up once per (backend, file, name) and cached: CuPy builds a new
+kernel object on every RawModule.get_function. Each launch goes through a thin wrapper that
+reports it to cganraw.devicelog while a census records. The few array operations the layers
+need besides kernels (zeroing, copies, concatenation, in-place adds) are here too, so that
+every device operation of a training step passes through this module and is counted.
+
 Kernel names: the op's dispatch function plus the version, `<op>_forward_v1`,
 `<op>_backward_v2`, `adam_update_v2`; a kernel that is one pass of a multi-pass launch
 puts the pass before the version (`batchnorm_forward_stats_v2`).
@@ -17,17 +23,19 @@ import functools
 import glob
 import os
 import sys
+from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
 
-from cganraw import backend
+from cganraw import backend, devicelog
 
 DEFAULT_BLOCK = 256
 MAX_GRID_X = 2 ** 31 - 1
 NVRTC_STD = "-std=c++17"
 
 _modules: dict = {}
+_functions: dict = {}
 
 
 def kernel_dir() -> Path:
@@ -93,8 +101,46 @@ def module(family: str):
     return mod
 
 
+class Kernel:
+    """A compiled kernel, called as CuPy's: fn(grid, block, args, shared_mem=0). Reports each
+    launch to cganraw.devicelog; any other attribute is the underlying kernel's."""
+
+    __slots__ = ("raw", "name")
+
+    def __init__(self, raw, name):
+        object.__setattr__(self, "raw", raw)
+        object.__setattr__(self, "name", name)
+
+    def __call__(self, grid, block, args, **kwargs):
+        if devicelog._active is not None:
+            devicelog.kernel(self.name, grid, block, args)
+        return self.raw(grid, block, args, **kwargs)
+
+    def __getattr__(self, attr):
+        return getattr(self.raw, attr)
+
+    def __setattr__(self, attr, value):
+        setattr(self.raw, attr, value)
+
+    def __repr__(self):
+        return f"<Kernel {self.name} of {self.raw!r}>"
+
+
 def function(family: str, name: str):
-    return module(family).get_function(name)
+    """The kernel `name` of kernels/<family>.cu on the active backend, looked up once."""
+    key = (backend.current(), family, name)
+    fn = _functions.get(key)
+    if fn is None:
+        fn = _functions[key] = Kernel(module(family).get_function(name), name)
+    return fn
+
+
+def forget_modules(backend_name=None):
+    """Drop the compiled modules and kernels of one backend (all when None): a new CuPy or
+    kernel folder is picked up on the next launch."""
+    for cache in (_modules, _functions):
+        for key in [k for k in cache if backend_name is None or k[0] == backend_name]:
+            del cache[key]
 
 
 def grid_for(n: int, block: int = DEFAULT_BLOCK, max_blocks: int | None = None):
@@ -116,6 +162,13 @@ def f32(v) -> np.float32:
     return np.float32(v)
 
 
+def u32(v) -> np.uint32:
+    v = int(v)
+    if not 0 <= v < 2 ** 32:
+        raise OverflowError(f"{v} does not fit a kernel's unsigned argument")
+    return np.uint32(v)
+
+
 def arg(a, dtype=np.float32, name="array"):
     """`a` as a C-contiguous array of exactly `dtype` on the active backend. A view is
     made contiguous (a copy); a different dtype is an error, never a silent cast."""
@@ -126,7 +179,7 @@ def arg(a, dtype=np.float32, name="array"):
         raise TypeError(f"{name}: kernels take {np.dtype(dtype)}, got {a.dtype}")
     if backend.array_module(a) is not xp:
         raise TypeError(f"{name}: array lives on the wrong device for backend {backend.current()!r}")
-    return xp.ascontiguousarray(a)
+    return contiguous(a)
 
 
 def row_strided(a, name="array"):
@@ -153,12 +206,55 @@ def row_strided(a, name="array"):
     return span, ld
 
 
+# ---------------------------------------------------------------- array operations
+# Each is one device operation on a GPU (a CuPy kernel or a memset), reported to devicelog.
+
 def empty(shape, dtype=np.float32):
     return backend.get_xp().empty(shape, dtype=dtype)
 
 
 def zeros(shape, dtype=np.float32):
-    return backend.get_xp().zeros(shape, dtype=dtype)
+    out = backend.get_xp().zeros(shape, dtype=dtype)
+    devicelog.memset(out.nbytes)
+    return out
+
+
+def fill_zero(a):
+    """a[...] = 0 in place (a memset)."""
+    a.fill(0)
+    devicelog.memset(a.nbytes)
+    return a
+
+
+def contiguous(a):
+    """`a` itself when C-contiguous, else a contiguous copy (one copy kernel)."""
+    if a.flags.c_contiguous:
+        return a
+    out = backend.array_module(a).ascontiguousarray(a)
+    devicelog.copy(out.nbytes)
+    return out
+
+
+def copy_into(dst, src):
+    """dst[...] = src (one copy kernel)."""
+    dst[...] = src
+    devicelog.copy(dst.nbytes)
+    return dst
+
+
+def concatenate(arrays, axis=0):
+    """The arrays joined along `axis`: one copy per array, as CuPy does for up to 8."""
+    out = backend.array_module(arrays[0]).concatenate(arrays, axis=axis)
+    for a in arrays:
+        devicelog.copy(a.nbytes)
+    return out
+
+
+def add_into(dst, src):
+    """dst += src in place (one elementwise kernel)."""
+    dst += src
+    devicelog.add(dst.nbytes)
+    return dst
 
 
 # ---------------------------------------------------------------- versions and sizes
@@ -270,16 +366,51 @@ def write_back(a, ac):
         a[...] = ac
 
 
+# Label arrays known to lie in [0, k): checked on the host before their upload, or drawn in
+# range on the device (cganraw.ops.philox). A layer or launcher given one of them skips the
+# range check, which on a device array would be a min, a max and a sync. Kept by identity
+# (the array object itself), a few at a time.
+_CHECKED_KEPT = 64
+_checked_labels: OrderedDict = OrderedDict()
+
+
+def mark_labels_checked(labels, k):
+    """Record that every value of `labels` lies in [0, k). Returns labels."""
+    _checked_labels[id(labels)] = (labels, int(k))
+    _checked_labels.move_to_end(id(labels))
+    while len(_checked_labels) > _CHECKED_KEPT:
+        _checked_labels.popitem(last=False)
+    return labels
+
+
+def labels_checked(labels, k):
+    """True when `labels` itself was marked as lying in [0, k') with k' <= k."""
+    entry = _checked_labels.get(id(labels))
+    return entry is not None and entry[0] is labels and entry[1] <= int(k)
+
+
+def check_labels_range(labels, k, what):
+    """ValueError unless every label lies in [0, k); on a device array this reads back a min
+    and a max (a sync), so marked arrays skip it."""
+    if labels.size and not labels_checked(labels, k):
+        lo, hi = int(labels.min()), int(labels.max())
+        if lo < 0 or hi >= k:
+            raise ValueError(f"{what} must lie in [0, {k}), got values from {lo} to {hi}")
+
+
 def labels_arg(indices, k, op):
     """Integer labels (N,) in [0, k) as contiguous int32 for a kernel. The range is checked
     on the host (unlike NumPy indexing, a negative label is an error, not a row from the
-    end); a batch of labels is tiny, so the copy is free, and the kernels index with int."""
+    end), unless the labels were marked checked (mark_labels_checked); a batch of labels is
+    tiny, and the kernels index with int."""
     if not backend.is_array(indices):
         raise TypeError(f"{op}: indices must be an integer array, got {type(indices).__name__}")
     if indices.dtype.kind not in "iu":
         raise TypeError(f"{op}: indices must be integers, got {indices.dtype}")
     if indices.ndim != 1:
         raise ValueError(f"{op}: indices must have shape (N,), got {tuple(indices.shape)}")
+    if indices.size and labels_checked(indices, k) and indices.dtype == np.int32:
+        return arg(indices, np.int32, f"{op}: indices")
     if indices.size:
         lo, hi = int(indices.min()), int(indices.max())
         if lo < 0 or hi >= k:

@@ -64,15 +64,21 @@ def bce_with_logits_forward_cuda(logits, targets, version=None):
     return loss.reshape(()), (xc, tc)
 
 
-def bce_with_logits_backward_cuda(dloss, cache, version=None):
-    """As bce_with_logits_backward_numpy: dx = (sigmoid(x) - t) * dloss / N."""
+def bce_with_logits_backward_cuda(dloss, cache, version=None, out=None):
+    """As bce_with_logits_backward_numpy: dx = (sigmoid(x) - t) * dloss / N, written into
+    `out` (a contiguous float32 array of the logits' shape) when given."""
     op = "bce_with_logits_backward"
     x, t = cache
     xc = _launch.arg(x, np.float32, f"{op}: logits")
     tc = _launch.arg(t, np.float32, f"{op}: targets")
     if tuple(tc.shape) != tuple(xc.shape):
         raise ValueError(f"{op}: targets have shape {tuple(tc.shape)}, logits {tuple(xc.shape)}")
-    dx = _launch.empty(xc.shape)
+    if out is None:
+        dx = _launch.empty(xc.shape)
+    else:
+        dx = _launch.arg(out, np.float32, f"{op}: out")
+        if dx is not out or tuple(dx.shape) != tuple(xc.shape):
+            raise ValueError(f"{op}: out must be a contiguous array of shape {tuple(xc.shape)}")
     # float(): dloss may be a Python number, a NumPy scalar or a 0-d array of either backend
     _launch.elementwise_launch("bce", op, _launch.pick_version(op, version, 2), xc.size,
                                (dx, xc, tc, _launch.f32(float(dloss) / max(xc.size, 1)),
@@ -89,7 +95,12 @@ def bce_with_logits_forward(logits, targets):
     return bce_with_logits_forward_numpy(logits, targets)
 
 
-def bce_with_logits_backward(dloss, cache):
+def bce_with_logits_backward(dloss, cache, out=None):
+    """dlogits, written into `out` when given (and returned)."""
     if backend.uses_kernels():
-        return bce_with_logits_backward_cuda(dloss, cache)
-    return bce_with_logits_backward_numpy(dloss, cache)
+        return bce_with_logits_backward_cuda(dloss, cache, out=out)
+    dx = bce_with_logits_backward_numpy(dloss, cache)
+    if out is None:
+        return dx
+    out[...] = dx
+    return out

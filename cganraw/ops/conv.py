@@ -18,6 +18,8 @@ its forward is GEMM + col2im and its data gradient im2col + GEMM.
 """
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from cganraw import backend
@@ -272,16 +274,15 @@ def col2im(cols, x_shape, kernel_size, stride=1, padding=0, out_hw=None):
 
 
 def _to_channel_major(a):
-    # (N, C, H, W) -> (C, N*H*W): the GEMM operand layout of `cols`
+    # (N, C, H, W) -> (C, N*H*W): the GEMM operand layout of `cols` (a copy unless N == 1)
     n, c, h, w = a.shape
-    return a.transpose(1, 0, 2, 3).reshape(c, n * h * w)
+    return _launch.contiguous(a.transpose(1, 0, 2, 3)).reshape(c, n * h * w)
 
 
 def _from_channel_major(a2, n, h, w):
     # (C, N*H*W) -> contiguous (N, C, H, W)
     c = a2.shape[0]
-    xp = backend.array_module(a2)
-    return xp.ascontiguousarray(a2.reshape(c, n, h, w).transpose(1, 0, 2, 3))
+    return _launch.contiguous(a2.reshape(c, n, h, w).transpose(1, 0, 2, 3))
 
 
 def _as_transposed_kernel(W):
@@ -304,8 +305,7 @@ def conv2d_forward(x, W, b=None, stride=1, padding=0):
     o, c, k, _ = W.shape
     if _expand_outputs(W, stride, padding):
         Wt = _as_transposed_kernel(W)
-        xp = backend.array_module(W)
-        y, cache = conv_transpose2d_forward(x, xp.ascontiguousarray(Wt), b, 1, k - 1 - padding)
+        y, cache = conv_transpose2d_forward(x, _launch.contiguous(Wt), b, 1, k - 1 - padding)
         return y, ("expand_outputs", cache)
     ho, wo = conv_output_size(h, k, stride, padding), conv_output_size(w, k, stride, padding)
     cols = im2col(x, k, stride, padding)                      # (C*k*k, N*Ho*Wo)
@@ -316,19 +316,24 @@ def conv2d_forward(x, W, b=None, stride=1, padding=0):
     return y, ("im2col", (cols, x.shape, W, stride, padding, b is not None))
 
 
-def conv2d_backward(dy, cache, need_dx=True, need_dW=True):
-    """dy (N, O, Ho, Wo) -> dx (N, C, H, W), dW (O, C, k, k), db (O,)."""
+def conv2d_backward(dy, cache, need_dx=True, need_dW=True, dW_out=None):
+    """dy (N, O, Ho, Wo) -> dx (N, C, H, W), dW (O, C, k, k), db (O,). With dW_out (the
+    weight's contiguous .grad) the GEMM adds dW into it (beta = 1) and returns dW None,
+    except on the expanded-outputs path, whose dW is a flipped transpose."""
     mode, cache = cache
     if mode == "expand_outputs":
         dx, dWt, db = conv_transpose2d_backward(dy, cache, need_dx, need_dW)
-        dW = None if dWt is None else backend.array_module(dWt).ascontiguousarray(_as_transposed_kernel(dWt))
+        dW = None if dWt is None else _launch.contiguous(_as_transposed_kernel(dWt))
         return dx, dW, db
     cols, x_shape, W, stride, padding, has_bias = cache
     o, c, k, _ = W.shape
     dy2 = _to_channel_major(dy)                                # (O, N*Ho*Wo)
     dW = db = dx = None
     if need_dW:
-        dW = gemm(dy2, cols, trans_b=True).reshape(W.shape)   # (O, C*k*k)
+        if dW_out is not None:
+            gemm(dy2, cols, trans_b=True, beta=1.0, out=dW_out.reshape(o, c * k * k))
+        else:
+            dW = gemm(dy2, cols, trans_b=True).reshape(W.shape)   # (O, C*k*k)
         db = bias_add_backward(dy) if has_bias else None
     if need_dx:
         dcols = gemm(W.reshape(o, c * k * k), dy2, trans_a=True)   # (C*k*k, N*Ho*Wo)
@@ -352,9 +357,48 @@ def conv2d_backward(dy, cache, need_dx=True, need_dW=True):
 PHASE_TAPS = {0: ((1, 0), (3, -1)), 1: ((0, 1), (2, 0))}   # output parity -> (kernel index, input shift)
 
 
+# Which of the two runs that geometry, by backend: the phase split on numpy (no column
+# matrix, kind to a CPU's caches and memory), GEMM + col2im on the kernel backends, where a
+# layer's pass is then 1-2 GEMMs and 1-2 kernels instead of 16-32 GEMMs and their border
+# copies (the step census, cganraw.bench.census: 170 launches and an estimated 2.7 ms per
+# H100 step against 290 and 3.3 ms). $CGANRAW_CONV_TRANSPOSE (or set_transpose_impl) picks
+# one on every backend: "phase" or "col2im".
+TRANSPOSE_ENV = "CGANRAW_CONV_TRANSPOSE"
+TRANSPOSE_IMPLS = ("phase", "col2im")
+_transpose_override = None  # set_transpose_impl's choice, or None
+
+
+def _check_transpose_impl(name, where):
+    key = str(name).strip().lower()
+    if key not in TRANSPOSE_IMPLS:
+        raise ValueError(f"{where}: {name!r} is not a transposed-conv choice; use one of {', '.join(TRANSPOSE_IMPLS)}")
+    return key
+
+
+def set_transpose_impl(name):
+    """Override $CGANRAW_CONV_TRANSPOSE for this process ("phase", "col2im", or None for the
+    environment and the backend's default). Returns the previous override."""
+    global _transpose_override
+    if name is not None:
+        name = _check_transpose_impl(name, "set_transpose_impl")
+    prev, _transpose_override = _transpose_override, name
+    return prev
+
+
+def transpose_impl():
+    """How ConvTranspose2d(k4, s2, p1) runs on the active backend: "phase" or "col2im"."""
+    if _transpose_override is not None:
+        return _transpose_override
+    env = os.environ.get(TRANSPOSE_ENV, "").strip()
+    if env:
+        return _check_transpose_impl(env, TRANSPOSE_ENV)
+    return "phase" if backend.current() == "numpy" else "col2im"
+
+
 def uses_phase_split(kernel_size, stride, padding, output_padding=0):
-    """True for the geometry the phase-split transposed conv handles: k4, s2, p1, no output padding."""
-    return (kernel_size, stride, padding, output_padding) == (4, 2, 1, 0)
+    """True where a transposed conv runs phase-split: the geometry it handles (k4, s2, p1, no
+    output padding) and transpose_impl() "phase"."""
+    return (kernel_size, stride, padding, output_padding) == (4, 2, 1, 0) and transpose_impl() == "phase"
 
 
 def _phase_taps(q, r):
@@ -363,10 +407,9 @@ def _phase_taps(q, r):
 
 def _bordered(a):
     """(N, C, H, W) -> (C, N*(H+2)*(W+2)): channel-major with a zero border, flattened."""
-    xp = backend.array_module(a)
     n, c, h, w = a.shape
-    out = xp.zeros((c, n, h + 2, w + 2), dtype=a.dtype)
-    out[:, :, 1:h + 1, 1:w + 1] = a.transpose(1, 0, 2, 3)
+    out = _launch.zeros((c, n, h + 2, w + 2), a.dtype)
+    _launch.copy_into(out[:, :, 1:h + 1, 1:w + 1], a.transpose(1, 0, 2, 3))
     return out.reshape(c, n * (h + 2) * (w + 2))
 
 
@@ -380,28 +423,27 @@ def _phase_range(n, h, w):
 def conv_transpose2d_phase_forward(x, W):
     """ConvTranspose2d(k4, s2, p1) without bias: x (N, Cin, H, W), W (Cin, Cout, 4, 4) ->
     (y (N, Cout, 2H, 2W), xf the bordered flat input for the backward)."""
-    xp = backend.array_module(x)
     n, cin, h, w = x.shape
     cout = W.shape[1]
     xf = _bordered(x)
     first, length, wp = _phase_range(n, h, w)
-    Wt = xp.ascontiguousarray(W.transpose(2, 3, 1, 0))          # (4, 4, Cout, Cin)
-    y = xp.empty((n, cout, 2 * h, 2 * w), dtype=x.dtype)
+    Wt = _launch.contiguous(W.transpose(2, 3, 1, 0))           # (4, 4, Cout, Cin)
+    y = _launch.empty((n, cout, 2 * h, 2 * w), x.dtype)
     y6 = y.reshape(n, cout, h, 2, w, 2)
-    buf = xp.empty((cout, xf.shape[1]), dtype=x.dtype)         # one phase; border columns are scratch
+    buf = _launch.empty((cout, xf.shape[1]), x.dtype)          # one phase; border columns are scratch
     acc = buf[:, first:first + length]
     for q in (0, 1):
         for r in (0, 1):
             for t, (i, di, j, dj) in enumerate(_phase_taps(q, r)):
                 off = first + di * wp + dj
                 gemm(Wt[i, j], xf[:, off:off + length], beta=0.0 if t == 0 else 1.0, out=acc)
-            y6[:, :, :, q, :, r] = buf.reshape(cout, n, h + 2, wp)[:, :, 1:h + 1, 1:w + 1].transpose(1, 0, 2, 3)
+            _launch.copy_into(y6[:, :, :, q, :, r],
+                              buf.reshape(cout, n, h + 2, wp)[:, :, 1:h + 1, 1:w + 1].transpose(1, 0, 2, 3))
     return y, xf
 
 
 def conv_transpose2d_phase_backward(dy, xf, x_shape, W, need_dx=True, need_dW=True):
     """dy (N, Cout, 2H, 2W) -> dx (N, Cin, H, W) and dW (Cin, Cout, 4, 4) (None where not needed)."""
-    xp = backend.array_module(dy)
     n, cin, h, w = x_shape
     cout = W.shape[1]
     first, length, wp = _phase_range(n, h, w)
@@ -409,15 +451,15 @@ def conv_transpose2d_phase_backward(dy, xf, x_shape, W, need_dx=True, need_dW=Tr
     phases = {(q, r): _bordered(dy6[:, :, :, q, :, r]) for q in (0, 1) for r in (0, 1)}   # (Cout, flat) each
     dx = dW = None
     if need_dW:
-        dWt = xp.empty((4, 4, cin, cout), dtype=dy.dtype)
+        dWt = _launch.empty((4, 4, cin, cout), dy.dtype)
         for (q, r), dyf in phases.items():
             for i, di, j, dj in _phase_taps(q, r):
                 off = first + di * wp + dj
                 gemm(xf[:, off:off + length], dyf[:, first:first + length], trans_b=True, out=dWt[i, j])
-        dW = xp.ascontiguousarray(dWt.transpose(2, 3, 0, 1))
+        dW = _launch.contiguous(dWt.transpose(2, 3, 0, 1))
     if need_dx:
-        Wd = xp.ascontiguousarray(W.transpose(2, 3, 0, 1))     # (4, 4, Cin, Cout)
-        buf = xp.empty((cin, xf.shape[1]), dtype=dy.dtype)
+        Wd = _launch.contiguous(W.transpose(2, 3, 0, 1))      # (4, 4, Cin, Cout)
+        buf = _launch.empty((cin, xf.shape[1]), dy.dtype)
         acc = buf[:, first:first + length]
         t = 0
         for (q, r), dyf in phases.items():
@@ -425,14 +467,15 @@ def conv_transpose2d_phase_backward(dy, xf, x_shape, W, need_dx=True, need_dW=Tr
                 off = first - di * wp - dj
                 gemm(Wd[i, j], dyf[:, off:off + length], beta=0.0 if t == 0 else 1.0, out=acc)
                 t += 1
-        dx = xp.ascontiguousarray(buf.reshape(cin, n, h + 2, wp)[:, :, 1:h + 1, 1:w + 1].transpose(1, 0, 2, 3))
+        dx = _launch.contiguous(buf.reshape(cin, n, h + 2, wp)[:, :, 1:h + 1, 1:w + 1].transpose(1, 0, 2, 3))
     return dx, dW
 
 
 def conv_transpose2d_forward(x, W, b=None, stride=1, padding=0, output_padding=0):
     """x (N, Cin, H, W), W (Cin, Cout, k, k), b (Cout,) -> y (N, Cout, Ho, Wo),
     Ho = (H - 1) s - 2p + k + output_padding (PyTorch's size). k4 s2 p1 runs phase-split
-    (conv_transpose2d_phase_forward), any other geometry as GEMM + col2im."""
+    (conv_transpose2d_phase_forward) where uses_phase_split says so, everything else as GEMM
+    + col2im."""
     k = W.shape[2]
     if uses_phase_split(k, stride, padding, output_padding):
         y, xf = conv_transpose2d_phase_forward(x, W)
@@ -451,8 +494,10 @@ def conv_transpose2d_forward(x, W, b=None, stride=1, padding=0, output_padding=0
     return y, ("col2im", (x2, x.shape, W, stride, padding, b is not None))
 
 
-def conv_transpose2d_backward(dy, cache, need_dx=True, need_dW=True):
-    """dy (N, Cout, Ho, Wo) -> dx (N, Cin, H, W), dW (Cin, Cout, k, k), db (Cout,)."""
+def conv_transpose2d_backward(dy, cache, need_dx=True, need_dW=True, dW_out=None):
+    """dy (N, Cout, Ho, Wo) -> dx (N, Cin, H, W), dW (Cin, Cout, k, k), db (Cout,). With dW_out
+    (the weight's contiguous .grad) the col2im path's GEMM adds dW into it (beta = 1) and
+    returns dW None; the phase-split path returns dW."""
     mode, cache = cache
     if mode == "phase":
         xf, x_shape, W, has_bias = cache
@@ -465,7 +510,10 @@ def conv_transpose2d_backward(dy, cache, need_dx=True, need_dW=True):
     dcols = im2col(dy, k, stride, padding, out_hw=(h, w))  # (Cout*k*k, N*H*W)
     dW = db = dx = None
     if need_dW:
-        dW = gemm(x2, dcols, trans_b=True).reshape(W.shape)   # (Cin, Cout*k*k)
+        if dW_out is not None:
+            gemm(x2, dcols, trans_b=True, beta=1.0, out=dW_out.reshape(cin, cout * k * k))
+        else:
+            dW = gemm(x2, dcols, trans_b=True).reshape(W.shape)   # (Cin, Cout*k*k)
         db = bias_add_backward(dy) if has_bias else None
     if need_dx:
         dx2 = gemm(W.reshape(cin, cout * k * k), dcols)       # (Cin, N*H*W)

@@ -18,11 +18,12 @@ def embedding_forward_numpy(indices, W):
     return W[indices], (indices, W.shape)
 
 
-def embedding_backward_numpy(dy, cache):
-    """dy (N, D) -> dW (K, D); repeated indices add up."""
+def embedding_backward_numpy(dy, cache, out=None):
+    """dy (N, D) -> dW (K, D); repeated indices add up. With out (K, D) the rows are added
+    into it instead (a weight's .grad), and out is returned."""
     indices, w_shape = cache
     xp = backend.array_module(dy)
-    dW = xp.zeros(w_shape, dtype=dy.dtype)
+    dW = xp.zeros(w_shape, dtype=dy.dtype) if out is None else out
     xp.add.at(dW, indices, dy)
     return dW
 
@@ -55,8 +56,10 @@ def embedding_forward_cuda(indices, W, version=None):
     return y, (idx, W.shape)
 
 
-def embedding_backward_cuda(dy, cache, version=None):
-    """As embedding_backward_numpy: dy (N, D) -> dW (K, D), repeated labels adding up."""
+def embedding_backward_cuda(dy, cache, version=None, out=None):
+    """As embedding_backward_numpy: dy (N, D) -> dW (K, D), repeated labels adding up; with
+    out (a contiguous float32 (K, D) array) dW is added into it: by v1's scatter-add itself
+    (no zeroed array), or after v2 by one add."""
     op = "embedding_backward"
     version = _launch.pick_version(op, version, 2, BACKWARD_VERSIONS)
     indices, w_shape = cache
@@ -67,14 +70,18 @@ def embedding_backward_cuda(dy, cache, version=None):
     if tuple(dyc.shape) != (n, d):
         raise ValueError(f"{op}: dy has shape {tuple(dyc.shape)}, expected ({n}, {d})")
     _launch.element_count(n * d, op)
+    if out is not None:
+        out_arr = _launch.arg(out, np.float32, f"{op}: out")
+        if out_arr is not out or tuple(out_arr.shape) != (k, d):
+            raise ValueError(f"{op}: out must be a contiguous ({k}, {d}) array, added to in place")
     args = (idx, dyc, _launch.i32(n), _launch.i32(k), _launch.i32(d))
     if version == 2:
         dW = _launch.empty((k, d))                     # every element written
         if k * d:
             _launch.function("embedding", "embedding_backward_v2")(
                 (min(k, _MAX_ROW_BLOCKS),), (_launch.warp_block(d),), (dW,) + args)
-        return dW
-    dW = _launch.zeros((k, d))
+        return dW if out is None else _launch.add_into(out, dW)
+    dW = _launch.zeros((k, d)) if out is None else out      # v1 scatter-adds: straight into out
     if n * d:
         grid, block = _launch.grid_for(n * d)
         _launch.function("embedding", "embedding_backward_v1")(grid, block, (dW,) + args)
@@ -89,7 +96,8 @@ def embedding_forward(indices, W):
     return embedding_forward_numpy(indices, W)
 
 
-def embedding_backward(dy, cache):
+def embedding_backward(dy, cache, out=None):
+    """dW (K, D), or with out: out += dW, returned."""
     if backend.uses_kernels():
-        return embedding_backward_cuda(dy, cache)
-    return embedding_backward_numpy(dy, cache)
+        return embedding_backward_cuda(dy, cache, out=out)
+    return embedding_backward_numpy(dy, cache, out)

@@ -22,12 +22,16 @@ import os
 
 import numpy as np
 
-from cganraw import backend
+from cganraw import backend, devicelog
 from cganraw.ops import _launch
 
 
 def gemm_numpy(a, b, trans_a=False, trans_b=False, alpha=1.0, beta=0.0, out=None):
     xp = backend.array_module(a)
+    if xp is not np and out is not None:
+        # cuBLAS's own alpha and beta: one call, C accumulated in place
+        return backend.cublas().gemm("T" if trans_a else "N", "T" if trans_b else "N", a, b, out=out,
+                                     alpha=alpha, beta=beta)
     opa = a.T if trans_a else a
     opb = b.T if trans_b else b
     if out is None or beta == 0.0:
@@ -283,5 +287,9 @@ def gemm(a, b, trans_a=False, trans_b=False, alpha=1.0, beta=0.0, out=None):
     if impl == "library":
         if backend.current() == "cuda":
             _sync_cublas_tf32()
+        if devicelog._active is not None and backend.current() != "numpy":
+            m, k = (a.shape[1], a.shape[0]) if trans_a else a.shape
+            devicelog.gemm(int(m), int(b.shape[0] if trans_b else b.shape[1]), int(k),
+                           beta if out is not None else 0.0, a.dtype.itemsize)
         return gemm_numpy(a, b, trans_a, trans_b, alpha, beta, out)
     return gemm_cuda(a, b, trans_a, trans_b, alpha, beta, out, version=impl)

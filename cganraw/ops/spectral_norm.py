@@ -122,7 +122,8 @@ def spectral_norm_forward_cuda(weight, u, v, dim=0, n_power_iterations=1, eps=1e
         for _ in range(int(n_power_iterations)):
             vc = _normalize(_matvec_t(wc, uc, outer, h, inner), eps)
             uc = _normalize(_matvec(wc, vc, outer, h, inner, mv_version), eps)
-    uc, vc = uc.copy(), vc.copy()
+    uc = _launch.copy_into(_launch.empty(uc.shape), uc)      # the cache's own u, v: the
+    vc = _launch.copy_into(_launch.empty(vc.shape), vc)      # caller stores them in its buffers
     sigma = _launch.empty((1,))
     _single_block("spectral_norm_dot_v1", (sigma, uc, _matvec(wc, vc, outer, h, inner, mv_version), _launch.i32(h)))
     w_sn = _launch.empty(wc.shape)

@@ -293,18 +293,67 @@ def test_layers_really_launch_the_conv_kernels(monkeypatch, rng):
 
 
 # ---------------------------------------------------------------- phase-split transposed conv
+@pytest.fixture
+def transpose_impl():
+    """set_transpose_impl for one test, restored after it."""
+    prev = conv_mod.set_transpose_impl(None)
+    yield conv_mod.set_transpose_impl
+    conv_mod.set_transpose_impl(prev)
+
+
 @pytest.mark.parametrize("n,cin,cout,h,w", [(1, 1, 1, 1, 1), (2, 3, 5, 3, 4), (3, 4, 2, 7, 7), (1, 2, 3, 2, 6)])
 @pytest.mark.parametrize("bias", [True, False])
-def test_phase_split_conv_transpose2d_emu_equals_numpy(n, cin, cout, h, w, bias, rng):
+@pytest.mark.parametrize("impl", ["phase", "col2im", None], ids=["phase", "col2im", "by-backend"])
+def test_phase_split_conv_transpose2d_emu_equals_numpy(n, cin, cout, h, w, bias, impl, rng, transpose_impl):
+    # both strategies on both backends, and each backend's default (numpy phase, emu col2im)
+    transpose_impl(impl)
     layer = nn.ConvTranspose2d(cin, cout, 4, 2, 1, bias=bias, rng=np.random.default_rng(2))
     layer.weight.data *= 50
     if bias:
         layer.bias.data[:] = rng.standard_normal(cout)
-    _compare_layer(layer, (n, cin, h, w), rng, f"phase-split ConvTranspose2d n{n} {cin}->{cout} {h}x{w}")
+    _compare_layer(layer, (n, cin, h, w), rng, f"{impl} ConvTranspose2d k4s2p1 n{n} {cin}->{cout} {h}x{w}")
 
 
-def test_phase_split_runs_no_col2im_and_no_large_matrix(monkeypatch, rng):
+def test_transpose_impl_by_backend_environment_and_override(monkeypatch, transpose_impl):
+    monkeypatch.delenv(conv_mod.TRANSPOSE_ENV, raising=False)
+    prev = backend.current()
+    try:
+        got = {}
+        for bk in ("numpy", "emu"):
+            backend.use(bk)
+            got[bk] = conv_mod.transpose_impl()
+        assert got == {"numpy": "phase", "emu": "col2im"}
+        monkeypatch.setenv(conv_mod.TRANSPOSE_ENV, " Phase ")
+        assert conv_mod.transpose_impl() == "phase" and conv_mod.uses_phase_split(4, 2, 1)
+        assert not conv_mod.uses_phase_split(4, 2, 1, 1) and not conv_mod.uses_phase_split(3, 2, 1)
+        transpose_impl("col2im")                       # the override beats the environment
+        assert conv_mod.transpose_impl() == "col2im" and not conv_mod.uses_phase_split(4, 2, 1)
+        with pytest.raises(ValueError, match="'fft' is not a transposed-conv choice; use one of phase, col2im"):
+            transpose_impl("fft")
+        transpose_impl(None)
+        monkeypatch.setenv(conv_mod.TRANSPOSE_ENV, "fft")
+        with pytest.raises(ValueError, match="CGANRAW_CONV_TRANSPOSE: 'fft' is not"):
+            conv_mod.transpose_impl()
+    finally:
+        backend.use(prev)
+
+
+def test_col2im_transpose_by_default_on_the_kernel_backends(monkeypatch, rng):
+    # k4 s2 p1 on emu/cuda: one GEMM + col2im forward, im2col + two GEMMs backward
+    monkeypatch.delenv(conv_mod.TRANSPOSE_ENV, raising=False)
+    launched, gemms = [], []
+    real_fn, real_gemm = _launch.function, conv_mod.gemm
+    monkeypatch.setattr(_launch, "function", lambda fam, name: launched.append(name) or real_fn(fam, name))
+    monkeypatch.setattr(conv_mod, "gemm", lambda *args, **kw: gemms.append(1) or real_gemm(*args, **kw))
+    layer = nn.ConvTranspose2d(3, 2, 4, 2, 1, rng=np.random.default_rng(0))
+    y = layer(rng.standard_normal((2, 3, 5, 5)).astype(np.float32))
+    layer.backward(np.ones_like(y))
+    assert len(gemms) == 3 and {"col2im_v3", "im2col_v2"} <= set(launched)
+
+
+def test_phase_split_runs_no_col2im_and_no_large_matrix(monkeypatch, rng, transpose_impl):
     # k4 s2 p1: 16 GEMMs per direction on views, each operand at most the bordered input or output
+    transpose_impl("phase")
     n, cin, cout, h, w = 2, 6, 5, 7, 7
     x = rng.standard_normal((n, cin, h, w)).astype(np.float32)
     launched, shapes = [], []

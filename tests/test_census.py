@@ -1,0 +1,125 @@
+"""The step census (cganraw.census) counts exactly: on a tiny model, the launches, copies and
+syncs it records on the emu backend equal what a CuPy that counts every call sees when the
+cuda backend's code runs the same step (tests/cupy_standin). No timing is asserted."""
+import contextlib
+import importlib
+import re
+
+import pytest
+
+from cganraw import backend, devicelog
+from cganraw.bench import census
+from tests import cupy_standin
+
+TINY = dict(model="cgan-conv", width=4, batch_size=3, num_classes=5)
+
+
+@pytest.fixture
+def restore_backend():
+    prev = backend.current()
+    yield
+    backend.use(prev)
+
+
+def _census_with_standin_log(monkeypatch, **kw):
+    """run_census on the active backend; the stand-in's log covers exactly the recorded step."""
+    real = devicelog.recording
+
+    @contextlib.contextmanager
+    def recording():
+        cupy_standin.reset()
+        with real() as log:
+            yield log
+        snapshot.extend(cupy_standin.LOG)
+    snapshot = []
+    monkeypatch.setattr(devicelog, "recording", recording)
+    c = census.run_census(**kw)
+    return c, snapshot
+
+
+@pytest.mark.parametrize("options", [dict(), dict(log_step=True), dict(mismatch=0.0, ema_decay=0.0),
+                                     dict(model="cgan-mlp"), dict(model="dcgan", width=4)],
+                         ids=["defaults", "log-step", "plain", "cgan-mlp", "dcgan"])
+def test_counts_equal_a_counting_cupy(options, monkeypatch, restore_backend):
+    kw = {**TINY, **options}
+    backend.use("emu")
+    emu = census.run_census(**kw)
+    with cupy_standin.installed():
+        backend.use("cuda")
+        cuda, standin_log = _census_with_standin_log(monkeypatch, **kw)
+    standin = {}
+    for kind, name, *_ in standin_log:
+        standin[(kind, name)] = standin.get((kind, name), 0) + 1
+    assert dict(emu.log.counts()) == standin, "the census missed or invented device work"
+    assert dict(cuda.log.counts()) == standin
+    # bytes and FLOPs are the same on both backends too
+    assert [(e.kind, e.name, e.bytes, e.flops) for e in emu.log.events] == \
+           [(e.kind, e.name, e.bytes, e.flops) for e in cuda.log.events]
+
+
+def test_a_step_between_log_steps_never_waits(restore_backend):
+    backend.use("emu")
+    c = census.run_census(**TINY)
+    assert c.syncs == 0
+    assert [e.kind for e in c.log.copies] == ["h2d", "h2d"]       # the batch's images and labels
+    logged = census.run_census(**TINY, log_step=True)
+    assert logged.syncs == 2 and [e.kind for e in logged.log.copies] == ["h2d", "h2d", "d2h", "d2h"]
+    names = c.log.launches_by_name()
+    assert names["adam_update_v2"] == 2 and names["ema_update_v2"] == 1
+    # the default D has a minibatch-stddev layer (a score depends on the batch) and spectral
+    # norm (each forward steps the power iteration), so its real, wrong-label and fake
+    # terms run as three batches, then D runs for G
+    assert names["step_stats_v1"] == 1 and names["dropout_forward_v3"] == 4
+    # a per-sample D runs its real, wrong-label and fake terms as one batch, then for G
+    names = census.run_census(**TINY, minibatch_std=False, d_norm="none").log.launches_by_name()
+    assert names["dropout_forward_v3"] == 2
+
+
+def test_report_ends_with_the_summary_line(restore_backend):
+    backend.use("emu")
+    c = census.run_census(**TINY)
+    last = c.report().splitlines()[-1]
+    m = re.fullmatch(r"census: launches=(\d+) syncs=(\d+) copies=(\d+) est_step_ms=(\d+\.\d+) \(gpu=h100\)", last)
+    assert m, last
+    assert int(m[1]) == c.launches == len(c.log.launches) and int(m[2]) == 0 and int(m[3]) == 2
+    # the estimate is the sum of its parts
+    gpu = census.GPUS["h100"]
+    assert float(m[4]) == pytest.approx(sum(census.estimate_us(e, gpu) for e in c.log.events) / 1e3, abs=1e-3)
+
+
+def test_estimate_model():
+    gpu = census.GPUS["h100"]
+    gemm = devicelog.Event("gemm", "cublas_sgemm", bytes=3 * 4 * 1024 * 1024, flops=2 * 1024 ** 3)
+    assert census.estimate_us(gemm, gpu) == pytest.approx(2 * 1024 ** 3 / 67e12 * 1e6 + census.LAUNCH_US)
+    assert census.estimate_us(gemm, gpu, tf32=True) == pytest.approx(
+        max(3 * 4 * 1024 ** 2 / 3.35e12, 2 * 1024 ** 3 / 495e12) * 1e6 + census.LAUNCH_US)
+    copy = devicelog.Event("copy", "copy", bytes=3_350_000)
+    assert census.estimate_us(copy, gpu, launch_us=0) == pytest.approx(1.0)
+    assert census.estimate_us(devicelog.Event("sync", "sync"), gpu) == census.SYNC_US
+
+
+def test_cli(tmp_path, capsys, restore_backend):
+    bench = importlib.import_module("cganraw.bench.__main__")
+    out = tmp_path / "census.json"
+    assert bench.main(["--census", "--backend", "emu", "--model", "cgan-conv", "--width", "4", "--batch-size", "2",
+                       "--json", str(out), "--quiet"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-1].startswith("census: launches=") and lines[-1].endswith("(gpu=h100)")
+    import json
+    data = json.loads(out.read_text())
+    assert data["syncs"] == 0 and data["launches"] == sum(r["count"] for r in data["rows"]
+                                                          if r["kind"] in devicelog.LAUNCH_KINDS)
+
+
+def test_cli_errors(capsys):
+    with pytest.raises(SystemExit) as e:
+        census.main(["--gpu", "tpu"])
+    assert e.value.code == 2 and "invalid choice: 'tpu'" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="use the cuda or emu backend"):
+        prev = backend.current()
+        backend.use("numpy")
+        try:
+            census.run_census(**TINY)
+        finally:
+            backend.use(prev)
+    assert census.GPUS["h100"] == census.GPU("H100 SXM (HBM3)", 3.35e12, 67e12, 495e12)
