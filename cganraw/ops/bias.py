@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from cganraw import backend
-from cganraw.ops import _launch
+from cganraw.ops import _cpu, _launch
 
 
 def _channel_view(b, ndim):
@@ -61,6 +61,96 @@ def bias_leaky_relu_backward_numpy(dy, cache, need_db=True):
     xp = backend.array_module(dy)
     dpre = xp.where(y > 0, dy, dy * dy.dtype.type(negative_slope))
     return dpre, (bias_add_backward_numpy(dpre) if need_db else None)
+
+
+# ---------------------------------------------------------------- Numba CPU paths (cganraw.ops._cpu)
+# One pass each way over (N, C, HW): the forward adds the bias and applies the slope in
+# place (the reference's operations on float32 values: the same bits); the backward writes
+# dpre and sums it per channel in float64 (one channel per task, n then pixel order: the
+# same bits at any thread count; the reference's float32 reduction differs from it only by
+# float32 rounding). bias_add_backward sums the same way, so a fused and an unfused layer
+# still agree bit for bit.
+
+@_cpu.kernel
+def _bias_leaky_forward_numba(nb, parallel):
+    @nb.njit(parallel=parallel, cache=True)
+    def forward(y3, b, slope):  # y3 (N, C, HW) in place; b (C,) or empty for no bias
+        n, c, hw = y3.shape
+        has_bias = b.size > 0
+        for nc in nb.prange(n * c):
+            row = y3[nc // c, nc % c]
+            bias = b[nc % c] if has_bias else y3.dtype.type(0)
+            for p in range(hw):
+                v = row[p] + bias if has_bias else row[p]
+                row[p] = v if v > 0 else v * slope
+    return forward
+
+
+@_cpu.kernel
+def _bias_leaky_backward_numba(nb, parallel):
+    @nb.njit(parallel=parallel, cache=True)
+    def backward(dy3, y3, slope, dpre3, db):  # db (C,) float64, or empty: no sums
+        n, c, hw = dy3.shape
+        sums = db.size > 0
+        for ch in nb.prange(c):
+            acc = 0.0
+            for i in range(n):
+                for p in range(hw):
+                    g = dy3[i, ch, p]
+                    d = g if y3[i, ch, p] > 0 else g * slope
+                    dpre3[i, ch, p] = d
+                    acc += d
+            if sums:
+                db[ch] = acc
+    return backward
+
+
+@_cpu.kernel
+def _channel_sum_numba(nb, parallel):
+    @nb.njit(parallel=parallel, cache=True)
+    def channel_sum(dy3, db):  # db[c] = sum of dy3[:, c, :] in float64, as the backward above
+        n, c, hw = dy3.shape
+        for ch in nb.prange(c):
+            acc = 0.0
+            for i in range(n):
+                for p in range(hw):
+                    acc += dy3[i, ch, p]
+            db[ch] = acc
+    return channel_sum
+
+
+def _numba_ok(*arrays):
+    return _cpu.enabled() and all(type(a) is np.ndarray and a.flags.c_contiguous and a.ndim in (2, 4)
+                                  and a.dtype in (np.float32, np.float64) for a in arrays)
+
+
+def _as3(a):
+    # (N, C) or (N, C, H, W) -> (N, C, HW), a view
+    return a.reshape(a.shape[0], a.shape[1], -1)
+
+
+def bias_add_backward_numba(dy):
+    """As bias_add_backward_numpy, summed per channel in float64 (see above)."""
+    db = np.empty(dy.shape[1], dtype=np.float64)
+    _channel_sum_numba(_as3(dy), db, work=dy.size)
+    return db.astype(dy.dtype)
+
+
+def bias_leaky_relu_forward_numba(y, b, negative_slope):
+    """In place, bit-identical to bias_leaky_relu_forward_numpy."""
+    _check_slope("bias_leaky_relu_forward", negative_slope)
+    bias = np.empty(0, dtype=y.dtype) if b is None else np.ascontiguousarray(b, dtype=y.dtype)
+    _bias_leaky_forward_numba(_as3(y), bias, y.dtype.type(negative_slope), work=y.size)
+    return y, (y, negative_slope)
+
+
+def bias_leaky_relu_backward_numba(dy, cache, need_db=True):
+    """As bias_leaky_relu_backward_numpy: dpre bit-identical, db = bias_add_backward_numba(dpre)."""
+    y, negative_slope = cache
+    dpre = np.empty_like(dy)
+    db = np.empty(dy.shape[1] if need_db else 0, dtype=np.float64)
+    _bias_leaky_backward_numba(_as3(dy), _as3(y), dy.dtype.type(negative_slope), _as3(dpre), db, work=dy.size)
+    return dpre, (db.astype(dy.dtype) if need_db else None)
 
 
 # ---------------------------------------------------------------- CUDA kernels (kernels/bias.cu)
@@ -192,6 +282,8 @@ def bias_add_backward(dy):
     """dy (N, C[, H, W]) -> db (C,)."""
     if backend.uses_kernels():
         return bias_add_backward_cuda(dy)
+    if _numba_ok(dy):
+        return bias_add_backward_numba(dy)
     return bias_add_backward_numpy(dy)
 
 
@@ -200,6 +292,8 @@ def bias_leaky_relu_forward(y, b, negative_slope):
     cache (y itself and the slope: the backward's mask is y > 0). negative_slope >= 0."""
     if backend.uses_kernels():
         return bias_leaky_relu_forward_cuda(y, b, negative_slope)
+    if _numba_ok(y) and y.flags.writeable and (b is None or b.dtype == y.dtype):
+        return bias_leaky_relu_forward_numba(y, b, negative_slope)
     return bias_leaky_relu_forward_numpy(y, b, negative_slope)
 
 
@@ -207,4 +301,6 @@ def bias_leaky_relu_backward(dy, cache, need_db=True):
     """dy -> dpre (the gradient before the activation), db (C,) or None."""
     if backend.uses_kernels():
         return bias_leaky_relu_backward_cuda(dy, cache, need_db)
+    if _numba_ok(dy, cache[0]) and dy.dtype == cache[0].dtype and dy.shape == cache[0].shape:
+        return bias_leaky_relu_backward_numba(dy, cache, need_db)
     return bias_leaky_relu_backward_numpy(dy, cache, need_db)
