@@ -127,7 +127,8 @@ def test_bias_leaky_relu_dispatch_takes_numba_and_parallel_twin_agrees(rng, monk
 @pytest.mark.parametrize("trans_a", [False, True])
 @pytest.mark.parametrize("trans_b", [False, True])
 def test_cblas_gemm_into_strided_views(dtype, trans_a, trans_b, rng):
-    from cganraw.ops import _blas, gemm
+    from cganraw.ops import _blas
+    from cganraw.ops.gemm import gemm
     if not _blas.available(dtype):
         pytest.skip("no OpenBLAS CBLAS found in this process")
     m, n, k = 13, 31, 7
@@ -151,7 +152,7 @@ def test_cblas_gemm_into_strided_views(dtype, trans_a, trans_b, rng):
     np.testing.assert_array_equal(out, np.matmul(opa, opb))
     # through gemm's public face, accumulating
     acc = c0[:, :n].copy()
-    gemm.gemm(a, b, trans_a, trans_b, beta=1.0, out=acc)
+    gemm(a, b, trans_a, trans_b, beta=1.0, out=acc)
     np.testing.assert_allclose(acc, c0[:, :n] + opa.astype(np.float64) @ opb, rtol=1e-5, atol=1e-5)
 
 
