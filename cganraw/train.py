@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 import cganraw
-from cganraw import backend, checkpoint, cli, data, health, load, models, rundir  # noqa: F401
+from cganraw import backend, checkpoint, cli, data, health, load, models, rundir, threads  # noqa: F401
 from cganraw.cli import CLIError  # noqa: F401  (re-exported: the errors of this command)
 from cganraw.ops.gemm import set_tf32
 from cganraw.progress import Progress, format_eta
@@ -116,6 +116,8 @@ def run_training(args, log=log):
 def _train(args, log, stop, saved):
     bk = _use_backend(args.backend)
     set_tf32(True if args.tf32 else None)
+    thread_record = threads.apply(args.threads) if bk != "cuda" else {"requested": args.threads or "auto",
+                                                                      "skipped": "cuda backend"}
     ckpt, changes = None, {}
     if args.resume is not None:
         ckpt, out, cfg, changes = resume_settings(args)
@@ -158,7 +160,7 @@ def _train(args, log, stop, saved):
         metrics.truncate_to(run.step)
         (out / "samples").mkdir(exist_ok=True)
         (out / "checkpoints").mkdir(exist_ok=True)
-        rundir.write_json(out / "config.json", config_doc(cfg, run, out, changes))
+        rundir.write_json(out / "config.json", {**config_doc(cfg, run, out, changes), "threads": thread_record})
         log.info("cganraw %s: training %s on %s (%d images, %d classes), backend %s, out %s%s",
                  cganraw.__version__, cfg["model"], cfg["dataset"], len(train_set.labels), train_set.num_classes,
                  bk, out, f", resumed at step {run.step}" if ckpt else "")

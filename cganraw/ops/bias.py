@@ -119,13 +119,20 @@ def _channel_sum_numba(nb, parallel):
     return channel_sum
 
 
+def _planes(a):
+    # (N, C) or (N, C, H, W) whose H*W pixels lie contiguous: NCHW or channel-major
+    if a.ndim == 2:
+        return True
+    return a.ndim == 4 and a.strides[3] == a.itemsize and a.strides[2] == a.shape[3] * a.itemsize
+
+
 def _numba_ok(*arrays):
-    return _cpu.enabled() and all(type(a) is np.ndarray and a.flags.c_contiguous and a.ndim in (2, 4)
-                                  and a.dtype in (np.float32, np.float64) for a in arrays)
+    return _cpu.enabled() and all(type(a) is np.ndarray and _planes(a) and a.dtype in (np.float32, np.float64)
+                                  for a in arrays)
 
 
 def _as3(a):
-    # (N, C) or (N, C, H, W) -> (N, C, HW), a view
+    # (N, C) or (N, C, H, W) -> (N, C, HW), a view (any layout _planes accepts)
     return a.reshape(a.shape[0], a.shape[1], -1)
 
 
@@ -140,14 +147,17 @@ def bias_leaky_relu_forward_numba(y, b, negative_slope):
     """In place, bit-identical to bias_leaky_relu_forward_numpy."""
     _check_slope("bias_leaky_relu_forward", negative_slope)
     bias = np.empty(0, dtype=y.dtype) if b is None else np.ascontiguousarray(b, dtype=y.dtype)
-    _bias_leaky_forward_numba(_as3(y), bias, y.dtype.type(negative_slope), work=y.size)
+    y3 = _as3(y)
+    if not np.may_share_memory(y3, y):   # a layout _planes let through by mistake: stay in place
+        return bias_leaky_relu_forward_numpy(y, b, negative_slope)
+    _bias_leaky_forward_numba(y3, bias, y.dtype.type(negative_slope), work=y.size)
     return y, (y, negative_slope)
 
 
 def bias_leaky_relu_backward_numba(dy, cache, need_db=True):
     """As bias_leaky_relu_backward_numpy: dpre bit-identical, db = bias_add_backward_numba(dpre)."""
     y, negative_slope = cache
-    dpre = np.empty_like(dy)
+    dpre = np.empty_like(y)     # in the layer's own output layout: the GEMMs below take it as it is
     db = np.empty(dy.shape[1] if need_db else 0, dtype=np.float64)
     _bias_leaky_backward_numba(_as3(dy), _as3(y), dy.dtype.type(negative_slope), _as3(dpre), db, work=dy.size)
     return dpre, (db.astype(dy.dtype) if need_db else None)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 
 from cganraw import backend
-from cganraw.ops import _cpu, _launch
+from cganraw.ops import _cpu, _launch, _layout
 from cganraw.ops.bias import bias_add_backward, bias_add_forward
 from cganraw.ops.gemm import gemm
 
@@ -101,10 +101,12 @@ def _im2col_numba(nb, parallel):
 def _col2im_numba(nb, parallel):
     @nb.njit(parallel=parallel, cache=True)
     def col2im(cols, k, s, p, ho, wo, out):
-        # one (n, c) output plane per task: its k*k scatters never race with another task
+        # one (n, c) output plane per task: its k*k scatters never race with another task;
+        # channel-major task order, so that neighbouring tasks read neighbouring columns of
+        # the same k*k rows of cols
         n_img, c_out, h, w = out.shape
-        for nc in nb.prange(n_img * c_out):
-            n, c = nc // c_out, nc % c_out
+        for cn in nb.prange(n_img * c_out):
+            c, n = cn // n_img, cn % n_img
             plane = out[n, c]
             plane[:, :] = 0
             for i in range(k):
@@ -253,7 +255,7 @@ def im2col(x, kernel_size, stride=1, padding=0, out_hw=None):
     if _use_numba(x):
         n, c, h, w, k, _, _, ho, wo = _conv_geometry("im2col", x.shape, kernel_size, stride, padding, out_hw)
         cols = np.empty((c * k * k, n * ho * wo), dtype=x.dtype)
-        _im2col_numba(np.ascontiguousarray(x), k, stride, padding, ho, wo, cols, work=cols.size)
+        _im2col_numba(x, k, stride, padding, ho, wo, cols, work=cols.size)     # any strides
         return cols
     return im2col_numpy(x, kernel_size, stride, padding, out_hw)
 
@@ -265,7 +267,7 @@ def col2im(cols, x_shape, kernel_size, stride=1, padding=0, out_hw=None):
     if _use_numba(cols):
         n, c, h, w, k, _, _, ho, wo = _conv_geometry("col2im", x_shape, kernel_size, stride, padding, out_hw)
         _check_cols("col2im", cols, x_shape, k, stride, padding, ho, wo)
-        out = np.empty(x_shape, dtype=cols.dtype)
+        out = np.empty((c, n, h, w), dtype=cols.dtype).transpose(1, 0, 2, 3)   # channel-major
         _col2im_numba(np.ascontiguousarray(cols), k, stride, padding, ho, wo, out, work=cols.size)
         return out
     return col2im_numpy(cols, x_shape, kernel_size, stride, padding, out_hw)
@@ -278,7 +280,10 @@ def _to_channel_major(a):
 
 
 def _from_channel_major(a2, n, h, w):
-    # (C, N*H*W) -> contiguous (N, C, H, W)
+    # (C, N*H*W) -> (N, C, H, W): on the NumPy backend a channel-major view (ops._layout),
+    # else a contiguous copy (the kernels take NCHW)
+    if type(a2) is np.ndarray:
+        return _layout.channel_major_view(a2, n, h, w)
     c = a2.shape[0]
     xp = backend.array_module(a2)
     return xp.ascontiguousarray(a2.reshape(c, n, h, w).transpose(1, 0, 2, 3))
@@ -363,8 +368,10 @@ def _phase_taps(q, r):
 
 def _bordered(a):
     """(N, C, H, W) -> (C, N*(H+2)*(W+2)): channel-major with a zero border, flattened."""
-    xp = backend.array_module(a)
     n, c, h, w = a.shape
+    if type(a) is np.ndarray:
+        return _layout.bordered_gather(a, h, w)
+    xp = backend.array_module(a)
     out = xp.zeros((c, n, h + 2, w + 2), dtype=a.dtype)
     out[:, :, 1:h + 1, 1:w + 1] = a.transpose(1, 0, 2, 3)
     return out.reshape(c, n * (h + 2) * (w + 2))
@@ -386,16 +393,26 @@ def conv_transpose2d_phase_forward(x, W):
     xf = _bordered(x)
     first, length, wp = _phase_range(n, h, w)
     Wt = xp.ascontiguousarray(W.transpose(2, 3, 1, 0))          # (4, 4, Cout, Cin)
-    y = xp.empty((n, cout, 2 * h, 2 * w), dtype=x.dtype)
-    y6 = y.reshape(n, cout, h, 2, w, 2)
-    buf = xp.empty((cout, xf.shape[1]), dtype=x.dtype)         # one phase; border columns are scratch
-    acc = buf[:, first:first + length]
+    numpy_out = type(x) is np.ndarray     # NumPy: a channel-major output, scattered in one pass per phase
+    if numpy_out:
+        y = np.empty((cout, n, 2 * h, 2 * w), dtype=x.dtype).transpose(1, 0, 2, 3)
+    else:
+        y = xp.empty((n, cout, 2 * h, 2 * w), dtype=x.dtype)
+        y6 = y.reshape(n, cout, h, 2, w, 2)
+    # one bordered buffer per phase (NumPy: all four, interleaved into y in one pass at the
+    # end; else one, copied out after each phase); border columns are scratch
+    bufs = xp.empty((4 if numpy_out else 1, cout, xf.shape[1]), dtype=x.dtype)
     for q in (0, 1):
         for r in (0, 1):
+            buf = bufs[2 * q + r if numpy_out else 0]
+            acc = buf[:, first:first + length]
             for t, (i, di, j, dj) in enumerate(_phase_taps(q, r)):
                 off = first + di * wp + dj
                 gemm(Wt[i, j], xf[:, off:off + length], beta=0.0 if t == 0 else 1.0, out=acc)
-            y6[:, :, :, q, :, r] = buf.reshape(cout, n, h + 2, wp)[:, :, 1:h + 1, 1:w + 1].transpose(1, 0, 2, 3)
+            if not numpy_out:
+                y6[:, :, :, q, :, r] = buf.reshape(cout, n, h + 2, wp)[:, :, 1:h + 1, 1:w + 1].transpose(1, 0, 2, 3)
+    if numpy_out:
+        _layout.phases_scatter(bufs.reshape(4, cout, n, h + 2, wp), y)
     return y, xf
 
 
@@ -405,8 +422,12 @@ def conv_transpose2d_phase_backward(dy, xf, x_shape, W, need_dx=True, need_dW=Tr
     n, cin, h, w = x_shape
     cout = W.shape[1]
     first, length, wp = _phase_range(n, h, w)
-    dy6 = dy.reshape(n, cout, h, 2, w, 2)
-    phases = {(q, r): _bordered(dy6[:, :, :, q, :, r]) for q in (0, 1) for r in (0, 1)}   # (Cout, flat) each
+    if type(dy) is np.ndarray:
+        stacked = _layout.phases_gather(dy, h, w)                  # (4, Cout, flat), one pass over dy
+        phases = {(q, r): stacked[2 * q + r] for q in (0, 1) for r in (0, 1)}
+    else:
+        dy6 = dy.reshape(n, cout, h, 2, w, 2)
+        phases = {(q, r): _bordered(dy6[:, :, :, q, :, r]) for q in (0, 1) for r in (0, 1)}   # (Cout, flat) each
     dx = dW = None
     if need_dW:
         dWt = xp.empty((4, 4, cin, cout), dtype=dy.dtype)
@@ -425,7 +446,11 @@ def conv_transpose2d_phase_backward(dy, xf, x_shape, W, need_dx=True, need_dW=Tr
                 off = first - di * wp - dj
                 gemm(Wd[i, j], dyf[:, off:off + length], beta=0.0 if t == 0 else 1.0, out=acc)
                 t += 1
-        dx = xp.ascontiguousarray(buf.reshape(cin, n, h + 2, wp)[:, :, 1:h + 1, 1:w + 1].transpose(1, 0, 2, 3))
+        if type(dy) is np.ndarray:
+            dx = _layout.bordered_scatter(buf.reshape(cin, n, h + 2, wp),
+                                          np.empty((cin, n, h, w), dtype=dy.dtype).transpose(1, 0, 2, 3))
+        else:
+            dx = xp.ascontiguousarray(buf.reshape(cin, n, h + 2, wp)[:, :, 1:h + 1, 1:w + 1].transpose(1, 0, 2, 3))
     return dx, dW
 
 
