@@ -40,10 +40,10 @@ def test_parallel_twins_match_numpy(shape, rng):
     x = rng.normal(size=(n, c, h, w)).astype(np.float32)
     ref = conv.im2col_numpy(x, k, s, p, out_hw)
     cols = np.empty_like(ref)
-    conv._im2col_numba(x, k, s, p, ho, wo, cols, work=None)
+    conv._im2col_numba(x, False, k, s, p, ho, wo, cols, work=None)
     np.testing.assert_array_equal(cols, ref)
     out = np.empty_like(x)
-    conv._col2im_numba(ref, k, s, p, ho, wo, out, work=None)
+    conv._col2im_numba(ref, k, s, p, ho, wo, out, False, work=None)
     np.testing.assert_allclose(out, conv.col2im_numpy(ref, x.shape, k, s, p, out_hw), rtol=1e-6, atol=1e-6)
 
 
@@ -164,3 +164,63 @@ def test_cblas_gemm_into_declines_what_blas_cannot_address(rng):
     assert not _blas.gemm_into(a, a.T.astype(np.float64), out)               # mixed dtypes
     with pytest.raises(ValueError, match="do not give out"):
         _blas.gemm_into(a, a, out)
+
+
+# ---------------------------------------------------------------- layout moves (ops._layout)
+def _channel_major_copy(a):
+    return np.ascontiguousarray(a.transpose(1, 0, 2, 3)).transpose(1, 0, 2, 3)
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 2, 2), (3, 5, 6, 4), (2, 3, 14, 10)])
+@pytest.mark.parametrize("layout", ["nchw", "channel_major"])
+def test_phase_gather_and_scatter_match_numpy(shape, layout, rng, monkeypatch):
+    from cganraw.ops import _layout
+    n, c, hh, ww = shape
+    h, w = hh // 2, ww // 2
+    a = rng.normal(size=shape).astype(np.float32)
+    if layout == "channel_major":
+        a = _channel_major_copy(a)
+    fast = _layout.phases_gather(a, h, w)
+    singles = [_layout.bordered_gather(a, h, w, 2, q, r) for q in (0, 1) for r in (0, 1)]
+    with monkeypatch.context() as m:
+        m.setattr(_layout, "_numba_ok", lambda *arrays: False)
+        ref = _layout.phases_gather(a, h, w)
+        ref_single = _layout.bordered_gather(a, h, w)
+        y_ref = _layout.phases_scatter(ref.reshape(4, c, n, h + 2, w + 2), np.zeros(shape, np.float32))
+    np.testing.assert_array_equal(fast, ref)
+    np.testing.assert_array_equal(np.stack(singles), ref)
+    np.testing.assert_array_equal(_layout.bordered_gather(a, h, w), ref_single)
+    assert (ref.reshape(4, c, n, h + 2, w + 2)[:, :, :, [0, -1]] == 0).all()   # the zero border
+    np.testing.assert_array_equal(y_ref, a[:, :, :2 * h, :2 * w])
+    y = np.full(shape, np.nan, np.float32)[:, :, :2 * h, :2 * w]
+    if layout == "channel_major":
+        y = _channel_major_copy(np.full((n, c, 2 * h, 2 * w), np.nan, np.float32))
+    np.testing.assert_array_equal(_layout.phases_scatter(fast.reshape(4, c, n, h + 2, w + 2), y),
+                                  a[:, :, :2 * h, :2 * w])
+    back = np.full((n, c, h, w), np.nan, np.float32)
+    np.testing.assert_array_equal(_layout.bordered_scatter(ref_single.reshape(c, n, h + 2, w + 2), back), a[:, :, :h, :w])
+
+
+@pytest.mark.parametrize("shape", [(3, 4, 7, 7), (2, 6, 9, 5)])
+def test_channel_major_activations_give_the_same_values(shape, rng):
+    # a conv layer's channel-major output is its NCHW output in other strides; the ops after it
+    # (fused bias + LeakyReLU, the next conv, their backward) give the same bits from either
+    from cganraw.ops import bias as B
+    x = rng.normal(size=shape).astype(np.float32)
+    W = rng.normal(size=(5, shape[1], 3, 3)).astype(np.float32)
+    b = rng.normal(size=5).astype(np.float32)
+    y, cache = conv.conv2d_forward(x, W, b, 2, 1)
+    assert y.transpose(1, 0, 2, 3).flags.c_contiguous                  # channel-major on NumPy
+    y_nchw = np.ascontiguousarray(y)
+    act, act_cache = B.bias_leaky_relu_forward(y, None, 0.2)
+    act_ref, _ = B.bias_leaky_relu_forward_numpy(y_nchw.copy(), None, 0.2)
+    np.testing.assert_array_equal(act, act_ref)
+    dy = rng.normal(size=y.shape).astype(np.float32)
+    dpre, db = B.bias_leaky_relu_backward(dy, act_cache)
+    dpre_ref, db_ref = B.bias_leaky_relu_backward(dy, (np.ascontiguousarray(act), 0.2))
+    np.testing.assert_array_equal(dpre, dpre_ref)
+    np.testing.assert_array_equal(db, db_ref)
+    dx, dW, _ = conv.conv2d_backward(dpre, cache)
+    dx_ref, dW_ref, _ = conv.conv2d_backward(np.ascontiguousarray(dpre_ref), cache)
+    np.testing.assert_array_equal(dx, dx_ref)
+    np.testing.assert_array_equal(dW, dW_ref)

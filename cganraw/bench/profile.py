@@ -46,6 +46,8 @@ def _category(filename: str, name: str) -> str:
     where = f"{path.parent.name}/{path.name}"
     if name in ("_timed_matmul", "_timed_gemm_into") or where == "ops/_blas.py":
         return "matrix products (BLAS)"
+    if where == "ops/_layout.py":
+        return "layout copies (transpose, reshape, concatenate)"
     if "im2col" in name and where == "ops/conv.py":
         return "im2col"
     if "col2im" in name and where == "ops/conv.py":

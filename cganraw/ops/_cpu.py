@@ -46,3 +46,17 @@ def kernel(builder):
         return fn(*args)
     call.__name__ = builder.__name__
     return call
+
+
+def physical(a):
+    """(array, channel_major) for a 4-D (N, C, H, W) array: the array itself (False) when it
+    is C-contiguous, its (C, N, H, W) transpose (True) when that is, else a C-contiguous
+    copy (False). Kernels take the first, C-contiguous, and index a plane as
+    `a[c, n] if channel_major else a[n, c]`: contiguous rows, so the loops vectorise."""
+    import numpy as np
+    if a.flags.c_contiguous:
+        return a, False
+    t = a.transpose(1, 0, 2, 3)
+    if t.flags.c_contiguous:
+        return t, True
+    return np.ascontiguousarray(a), False

@@ -27,6 +27,11 @@ def _numba_ok(*arrays):
     return _cpu.enabled() and all(type(a) is np.ndarray for a in arrays)
 
 
+def _in_place(y):
+    # the kernels write y through its physical form: NCHW or channel-major, not a copy
+    return y.flags.c_contiguous or y.transpose(1, 0, 2, 3).flags.c_contiguous
+
+
 def channel_major_view(a2, n, h, w):
     """(C, N*H*W) -> an (N, C, H, W) view of the same memory."""
     return a2.reshape(a2.shape[0], n, h, w).transpose(1, 0, 2, 3)
@@ -41,7 +46,7 @@ def as_channel_major(a):
 @_cpu.kernel
 def _gather_numba(nb, parallel):
     @nb.njit(parallel=parallel, cache=True)
-    def gather(a, s, q, r, out):  # out (C, N, h+2, w+2)
+    def gather(a, a_cm, s, q, r, out):  # a as cganraw.ops._cpu.physical gives it; out (C, N, h+2, w+2)
         c_in, n_img, hp, wp = out.shape
         h, w = hp - 2, wp - 2
         for cn in nb.prange(c_in * n_img):
@@ -53,7 +58,7 @@ def _gather_numba(nb, parallel):
             for y in range(h):
                 plane[y + 1, 0] = 0
                 plane[y + 1, wp - 1] = 0
-                src = a[n, c, s * y + q]
+                src = a[c, n, s * y + q] if a_cm else a[n, c, s * y + q]
                 for x in range(w):
                     plane[y + 1, x + 1] = src[s * x + r]
     return gather
@@ -62,14 +67,14 @@ def _gather_numba(nb, parallel):
 @_cpu.kernel
 def _scatter_numba(nb, parallel):
     @nb.njit(parallel=parallel, cache=True)
-    def scatter(buf, s, q, r, y):  # buf (C, N, h+2, w+2)
+    def scatter(buf, s, q, r, y, y_cm):  # buf (C, N, h+2, w+2); y physical, as in gather
         c_out, n_img, hp, wp = buf.shape
         h, w = hp - 2, wp - 2
         for cn in nb.prange(c_out * n_img):
             c, n = cn // n_img, cn % n_img
             plane = buf[c, n]
             for yy in range(h):
-                dst = y[n, c, s * yy + q]
+                dst = y[c, n, s * yy + q] if y_cm else y[n, c, s * yy + q]
                 for x in range(w):
                     dst[s * x + r] = plane[yy + 1, x + 1]
     return scatter
@@ -81,7 +86,7 @@ def bordered_gather(a, h, w, stride=1, q=0, r=0):
     n, c = a.shape[:2]
     if _numba_ok(a):
         out = np.empty((c, n, h + 2, w + 2), dtype=a.dtype)
-        _gather_numba(a, stride, q, r, out, work=out.size)
+        _gather_numba(*_cpu.physical(a), stride, q, r, out, work=out.size)
         return out.reshape(c, -1)
     from cganraw import backend
     xp = backend.array_module(a)
@@ -93,8 +98,8 @@ def bordered_gather(a, h, w, stride=1, q=0, r=0):
 def bordered_scatter(buf4, y, stride=1, q=0, r=0):
     """y[n, c, s*a+q, s*b+r] = buf4[c, n, 1+a, 1+b] for the interior of buf4 (C, N, h+2, w+2)."""
     h, w = buf4.shape[2] - 2, buf4.shape[3] - 2
-    if _numba_ok(buf4, y):
-        _scatter_numba(buf4, stride, q, r, y, work=buf4.size)
+    if _numba_ok(buf4, y) and _in_place(y):
+        _scatter_numba(np.ascontiguousarray(buf4), stride, q, r, *_cpu.physical(y), work=buf4.size)
         return y
     y[:, :, q:q + stride * h:stride, r:r + stride * w:stride] = buf4[:, :, 1:h + 1, 1:w + 1].transpose(1, 0, 2, 3)
     return y
@@ -103,7 +108,7 @@ def bordered_scatter(buf4, y, stride=1, q=0, r=0):
 @_cpu.kernel
 def _phases_gather_numba(nb, parallel):
     @nb.njit(parallel=parallel, cache=True)
-    def gather(a, out):  # a (N, C, 2h, 2w) -> out (4, C, N, h+2, w+2), phase index 2q + r
+    def gather(a, a_cm, out):  # a (N, C, 2h, 2w) physical -> out (4, C, N, h+2, w+2), phase 2q + r
         _, c_in, n_img, hp, wp = out.shape
         h, w = hp - 2, wp - 2
         for cn in nb.prange(c_in * n_img):
@@ -117,7 +122,7 @@ def _phases_gather_numba(nb, parallel):
                     plane[y + 1, 0] = 0
                     plane[y + 1, wp - 1] = 0
             for yy in range(2 * h):
-                src = a[n, c, yy]
+                src = a[c, n, yy] if a_cm else a[n, c, yy]
                 q, y = yy % 2, yy // 2
                 p0, p1 = out[2 * q, c, n, y + 1], out[2 * q + 1, c, n, y + 1]
                 for x in range(w):
@@ -129,13 +134,13 @@ def _phases_gather_numba(nb, parallel):
 @_cpu.kernel
 def _phases_scatter_numba(nb, parallel):
     @nb.njit(parallel=parallel, cache=True)
-    def scatter(bufs, y):  # bufs (4, C, N, h+2, w+2) -> y (N, C, 2h, 2w)
+    def scatter(bufs, y, y_cm):  # bufs (4, C, N, h+2, w+2) -> y (N, C, 2h, 2w) physical
         _, c_out, n_img, hp, wp = bufs.shape
         h, w = hp - 2, wp - 2
         for cn in nb.prange(c_out * n_img):
             c, n = cn // n_img, cn % n_img
             for yy in range(2 * h):
-                dst = y[n, c, yy]
+                dst = y[c, n, yy] if y_cm else y[n, c, yy]
                 q, row = yy % 2, yy // 2 + 1
                 p0, p1 = bufs[2 * q, c, n, row], bufs[2 * q + 1, c, n, row]
                 for x in range(w):
@@ -150,7 +155,7 @@ def phases_gather(a, h, w):
     n, c = a.shape[:2]
     if _numba_ok(a):
         out = np.empty((4, c, n, h + 2, w + 2), dtype=a.dtype)
-        _phases_gather_numba(a, out, work=out.size)
+        _phases_gather_numba(*_cpu.physical(a), out, work=out.size)
         return out.reshape(4, c, -1)
     from cganraw import backend
     xp = backend.array_module(a)
@@ -159,8 +164,8 @@ def phases_gather(a, h, w):
 
 def phases_scatter(bufs, y):
     """y (N, C, 2h, 2w) from the four bordered phases bufs (4, C, N, h+2, w+2)."""
-    if _numba_ok(bufs, y):
-        _phases_scatter_numba(bufs, y, work=y.size)
+    if _numba_ok(bufs, y) and _in_place(y):
+        _phases_scatter_numba(np.ascontiguousarray(bufs), *_cpu.physical(y), work=y.size)
         return y
     for q in (0, 1):
         for r in (0, 1):

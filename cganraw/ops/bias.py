@@ -74,12 +74,16 @@ def bias_leaky_relu_backward_numpy(dy, cache, need_db=True):
 @_cpu.kernel
 def _bias_leaky_forward_numba(nb, parallel):
     @nb.njit(parallel=parallel, cache=True)
-    def forward(y3, b, slope):  # y3 (N, C, HW) in place; b (C,) or empty for no bias
-        n, c, hw = y3.shape
+    def forward(y, y_cm, b, slope):  # y (N, C, HW), or (C, N, HW) when y_cm, in place; b (C,) or empty
+        if y_cm:
+            c, n, hw = y.shape
+        else:
+            n, c, hw = y.shape
         has_bias = b.size > 0
-        for nc in nb.prange(n * c):
-            row = y3[nc // c, nc % c]
-            bias = b[nc % c] if has_bias else y3.dtype.type(0)
+        for task in nb.prange(n * c):
+            ch, i = task // n, task % n
+            row = y[ch, i] if y_cm else y[i, ch]
+            bias = b[ch] if has_bias else y.dtype.type(0)
             for p in range(hw):
                 v = row[p] + bias if has_bias else row[p]
                 row[p] = v if v > 0 else v * slope
@@ -89,17 +93,22 @@ def _bias_leaky_forward_numba(nb, parallel):
 @_cpu.kernel
 def _bias_leaky_backward_numba(nb, parallel):
     @nb.njit(parallel=parallel, cache=True)
-    def backward(dy3, y3, slope, dpre3, db):  # db (C,) float64, or empty: no sums
-        n, c, hw = dy3.shape
+    def backward(dy, dy_cm, y, y_cm, slope, dpre, db):  # dpre in y's layout; db (C,) float64 or empty
+        if y_cm:
+            c, n, hw = y.shape
+        else:
+            n, c, hw = y.shape
         sums = db.size > 0
         for ch in nb.prange(c):
             acc = 0.0
             for i in range(n):
+                g = dy[ch, i] if dy_cm else dy[i, ch]
+                yr = y[ch, i] if y_cm else y[i, ch]
+                d = dpre[ch, i] if y_cm else dpre[i, ch]
                 for p in range(hw):
-                    g = dy3[i, ch, p]
-                    d = g if y3[i, ch, p] > 0 else g * slope
-                    dpre3[i, ch, p] = d
-                    acc += d
+                    v = g[p] if yr[p] > 0 else g[p] * slope
+                    d[p] = v
+                    acc += v
             if sums:
                 db[ch] = acc
     return backward
@@ -108,38 +117,39 @@ def _bias_leaky_backward_numba(nb, parallel):
 @_cpu.kernel
 def _channel_sum_numba(nb, parallel):
     @nb.njit(parallel=parallel, cache=True)
-    def channel_sum(dy3, db):  # db[c] = sum of dy3[:, c, :] in float64, as the backward above
-        n, c, hw = dy3.shape
+    def channel_sum(dy, dy_cm, db):  # db[c] = sum of channel c in float64, in the backward's order
+        if dy_cm:
+            c, n, hw = dy.shape
+        else:
+            n, c, hw = dy.shape
         for ch in nb.prange(c):
             acc = 0.0
             for i in range(n):
+                g = dy[ch, i] if dy_cm else dy[i, ch]
                 for p in range(hw):
-                    acc += dy3[i, ch, p]
+                    acc += g[p]
             db[ch] = acc
     return channel_sum
 
 
-def _planes(a):
-    # (N, C) or (N, C, H, W) whose H*W pixels lie contiguous: NCHW or channel-major
-    if a.ndim == 2:
-        return True
-    return a.ndim == 4 and a.strides[3] == a.itemsize and a.strides[2] == a.shape[3] * a.itemsize
-
-
 def _numba_ok(*arrays):
-    return _cpu.enabled() and all(type(a) is np.ndarray and _planes(a) and a.dtype in (np.float32, np.float64)
+    return _cpu.enabled() and all(type(a) is np.ndarray and a.ndim in (2, 4) and a.dtype in (np.float32, np.float64)
                                   for a in arrays)
 
 
-def _as3(a):
-    # (N, C) or (N, C, H, W) -> (N, C, HW), a view (any layout _planes accepts)
-    return a.reshape(a.shape[0], a.shape[1], -1)
+def _physical3(a):
+    """(N, C) or (N, C, H, W) -> (C-contiguous (N, C, HW) or (C, N, HW), channel_major): a view
+    of an NCHW or channel-major array, a copy of any other layout (cganraw.ops._cpu.physical)."""
+    if a.ndim == 2:
+        return np.ascontiguousarray(a).reshape(a.shape[0], a.shape[1], 1), False
+    p, cm = _cpu.physical(a)
+    return p.reshape(p.shape[0], p.shape[1], -1), cm
 
 
 def bias_add_backward_numba(dy):
     """As bias_add_backward_numpy, summed per channel in float64 (see above)."""
     db = np.empty(dy.shape[1], dtype=np.float64)
-    _channel_sum_numba(_as3(dy), db, work=dy.size)
+    _channel_sum_numba(*_physical3(dy), db, work=dy.size)
     return db.astype(dy.dtype)
 
 
@@ -147,19 +157,25 @@ def bias_leaky_relu_forward_numba(y, b, negative_slope):
     """In place, bit-identical to bias_leaky_relu_forward_numpy."""
     _check_slope("bias_leaky_relu_forward", negative_slope)
     bias = np.empty(0, dtype=y.dtype) if b is None else np.ascontiguousarray(b, dtype=y.dtype)
-    y3 = _as3(y)
-    if not np.may_share_memory(y3, y):   # a layout _planes let through by mistake: stay in place
+    y3, cm = _physical3(y)
+    if not np.may_share_memory(y3, y):   # a layout that needed a copy: stay in place instead
         return bias_leaky_relu_forward_numpy(y, b, negative_slope)
-    _bias_leaky_forward_numba(y3, bias, y.dtype.type(negative_slope), work=y.size)
+    _bias_leaky_forward_numba(y3, cm, bias, y.dtype.type(negative_slope), work=y.size)
     return y, (y, negative_slope)
 
 
 def bias_leaky_relu_backward_numba(dy, cache, need_db=True):
     """As bias_leaky_relu_backward_numpy: dpre bit-identical, db = bias_add_backward_numba(dpre)."""
     y, negative_slope = cache
-    dpre = np.empty_like(y)     # in the layer's own output layout: the GEMMs below take it as it is
+    y3, y_cm = _physical3(y)
+    dpre3 = np.empty_like(y3)   # in the layer's own output layout: the GEMMs after take it as it is
     db = np.empty(dy.shape[1] if need_db else 0, dtype=np.float64)
-    _bias_leaky_backward_numba(_as3(dy), _as3(y), dy.dtype.type(negative_slope), _as3(dpre), db, work=dy.size)
+    _bias_leaky_backward_numba(*_physical3(dy), y3, y_cm, dy.dtype.type(negative_slope), dpre3, db, work=dy.size)
+    if y.ndim == 2:
+        dpre = dpre3.reshape(y.shape)
+    else:
+        n, c, h, w = y.shape
+        dpre = dpre3.reshape(c, n, h, w).transpose(1, 0, 2, 3) if y_cm else dpre3.reshape(n, c, h, w)
     return dpre, (db.astype(dy.dtype) if need_db else None)
 
 

@@ -79,9 +79,13 @@ def col2im_numpy(cols, x_shape, kernel_size, stride, padding, out_hw=None):
 @_cpu.kernel
 def _im2col_numba(nb, parallel):
     @nb.njit(parallel=parallel, cache=True)
-    def im2col(x, k, s, p, ho, wo, cols):
-        # one row (c, i, j) of cols per task; padding handled by bounds, not a padded copy
-        n_img, c_in, h, w = x.shape
+    def im2col(x, x_cm, k, s, p, ho, wo, cols):
+        # one row (c, i, j) of cols per task; padding handled by bounds, not a padded copy;
+        # x NCHW, or (C, N, H, W) when x_cm (cganraw.ops._cpu.physical)
+        if x_cm:
+            c_in, n_img, h, w = x.shape
+        else:
+            n_img, c_in, h, w = x.shape
         for r in nb.prange(c_in * k * k):
             c, i, j = r // (k * k), (r // k) % k, r % k
             for n in range(n_img):
@@ -91,23 +95,27 @@ def _im2col_numba(nb, parallel):
                     if yy < 0 or yy >= h:
                         cols[r, dst:dst + wo] = 0
                         continue
+                    src = x[c, n, yy] if x_cm else x[n, c, yy]
                     for ox in range(wo):
                         xx = ox * s + j - p
-                        cols[r, dst + ox] = x[n, c, yy, xx] if 0 <= xx < w else 0
+                        cols[r, dst + ox] = src[xx] if 0 <= xx < w else 0
     return im2col
 
 
 @_cpu.kernel
 def _col2im_numba(nb, parallel):
     @nb.njit(parallel=parallel, cache=True)
-    def col2im(cols, k, s, p, ho, wo, out):
+    def col2im(cols, k, s, p, ho, wo, out, out_cm):  # out (N, C, H, W), or (C, N, H, W) when out_cm
         # one (n, c) output plane per task: its k*k scatters never race with another task;
         # channel-major task order, so that neighbouring tasks read neighbouring columns of
         # the same k*k rows of cols
-        n_img, c_out, h, w = out.shape
+        if out_cm:
+            c_out, n_img, h, w = out.shape
+        else:
+            n_img, c_out, h, w = out.shape
         for cn in nb.prange(n_img * c_out):
             c, n = cn // n_img, cn % n_img
-            plane = out[n, c]
+            plane = out[c, n] if out_cm else out[n, c]
             plane[:, :] = 0
             for i in range(k):
                 for j in range(k):
@@ -255,7 +263,7 @@ def im2col(x, kernel_size, stride=1, padding=0, out_hw=None):
     if _use_numba(x):
         n, c, h, w, k, _, _, ho, wo = _conv_geometry("im2col", x.shape, kernel_size, stride, padding, out_hw)
         cols = np.empty((c * k * k, n * ho * wo), dtype=x.dtype)
-        _im2col_numba(x, k, stride, padding, ho, wo, cols, work=cols.size)     # any strides
+        _im2col_numba(*_cpu.physical(x), k, stride, padding, ho, wo, cols, work=cols.size)
         return cols
     return im2col_numpy(x, kernel_size, stride, padding, out_hw)
 
@@ -267,9 +275,9 @@ def col2im(cols, x_shape, kernel_size, stride=1, padding=0, out_hw=None):
     if _use_numba(cols):
         n, c, h, w, k, _, _, ho, wo = _conv_geometry("col2im", x_shape, kernel_size, stride, padding, out_hw)
         _check_cols("col2im", cols, x_shape, k, stride, padding, ho, wo)
-        out = np.empty((c, n, h, w), dtype=cols.dtype).transpose(1, 0, 2, 3)   # channel-major
-        _col2im_numba(np.ascontiguousarray(cols), k, stride, padding, ho, wo, out, work=cols.size)
-        return out
+        out = np.empty((c, n, h, w), dtype=cols.dtype)          # channel-major (ops._layout)
+        _col2im_numba(np.ascontiguousarray(cols), k, stride, padding, ho, wo, out, True, work=cols.size)
+        return out.transpose(1, 0, 2, 3)
     return col2im_numpy(cols, x_shape, kernel_size, stride, padding, out_hw)
 
 
