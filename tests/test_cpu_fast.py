@@ -171,34 +171,40 @@ def _channel_major_copy(a):
     return np.ascontiguousarray(a.transpose(1, 0, 2, 3)).transpose(1, 0, 2, 3)
 
 
-@pytest.mark.parametrize("shape", [(1, 1, 2, 2), (3, 5, 6, 4), (2, 3, 14, 10)])
+@pytest.mark.parametrize("shape", [(1, 1, 2, 2), (3, 5, 6, 4), (2, 3, 14, 10), (2, 2, 7, 9)])
 @pytest.mark.parametrize("layout", ["nchw", "channel_major"])
-def test_phase_gather_and_scatter_match_numpy(shape, layout, rng, monkeypatch):
+def test_padded_gather_and_scatter_match_numpy(shape, layout, rng, monkeypatch):
     from cganraw.ops import _layout
     n, c, hh, ww = shape
     h, w = hh // 2, ww // 2
+    first, length, pitch = _layout.padded_layout(n, h, w)
     a = rng.normal(size=shape).astype(np.float32)
     if layout == "channel_major":
         a = _channel_major_copy(a)
     fast = _layout.phases_gather(a, h, w)
-    singles = [_layout.bordered_gather(a, h, w, 2, q, r) for q in (0, 1) for r in (0, 1)]
+    singles = [_layout.padded_gather(a, h, w, 2, q, r) for q in (0, 1) for r in (0, 1)]
     with monkeypatch.context() as m:
         m.setattr(_layout, "_numba_ok", lambda *arrays: False)
         ref = _layout.phases_gather(a, h, w)
-        ref_single = _layout.bordered_gather(a, h, w)
-        y_ref = _layout.phases_scatter(ref.reshape(4, c, n, h + 2, w + 2), np.zeros(shape, np.float32))
+        ref_full = _layout.padded_gather(a, hh, ww)
+        y_ref = _layout.phases_scatter(ref, np.zeros((n, c, 2 * h, 2 * w), np.float32), h, w)
+    assert fast.shape == (4, c, length + 2 * first)
     np.testing.assert_array_equal(fast, ref)
     np.testing.assert_array_equal(np.stack(singles), ref)
-    np.testing.assert_array_equal(_layout.bordered_gather(a, h, w), ref_single)
-    assert (ref.reshape(4, c, n, h + 2, w + 2)[:, :, :, [0, -1]] == 0).all()   # the zero border
+    full = _layout.padded_gather(a, hh, ww)
+    np.testing.assert_array_equal(full, ref_full)
+    # pixel (n, y, x) at first + n*(h+1)*pitch + y*pitch + x; every other column is a zero
+    f0, _, p0 = _layout.padded_layout(n, hh, ww)
+    cols = np.array([f0 + i * (hh + 1) * p0 + y * p0 + x for i in range(n) for y in range(hh) for x in range(ww)])
+    np.testing.assert_array_equal(full[:, cols], a.transpose(1, 0, 2, 3).reshape(c, -1))
+    assert (np.delete(full, cols, axis=1) == 0).all()
     np.testing.assert_array_equal(y_ref, a[:, :, :2 * h, :2 * w])
-    y = np.full(shape, np.nan, np.float32)[:, :, :2 * h, :2 * w]
+    y = np.full((n, c, 2 * h, 2 * w), np.nan, np.float32)
     if layout == "channel_major":
-        y = _channel_major_copy(np.full((n, c, 2 * h, 2 * w), np.nan, np.float32))
-    np.testing.assert_array_equal(_layout.phases_scatter(fast.reshape(4, c, n, h + 2, w + 2), y),
-                                  a[:, :, :2 * h, :2 * w])
-    back = np.full((n, c, h, w), np.nan, np.float32)
-    np.testing.assert_array_equal(_layout.bordered_scatter(ref_single.reshape(c, n, h + 2, w + 2), back), a[:, :, :h, :w])
+        y = _channel_major_copy(y)
+    np.testing.assert_array_equal(_layout.phases_scatter(fast, y, h, w), a[:, :, :2 * h, :2 * w])
+    back = np.full((n, c, hh, ww), np.nan, np.float32)
+    np.testing.assert_array_equal(_layout.padded_scatter(full, back, hh, ww), a)
 
 
 @pytest.mark.parametrize("shape", [(3, 4, 7, 7), (2, 6, 9, 5)])

@@ -79,7 +79,7 @@ def compare(width: int, batch: int, rounds: int, torch, seed: int = 0) -> Compar
     return Comparison(width, batch, ours_s, torch_s)
 
 
-def run(rounds: int = 5, threads: int | None = None, shapes=SHAPES) -> dict:
+def run(rounds: int = 5, threads: int | None = None, shapes=None) -> dict:
     """Every shape compared; threads for BLAS, Numba and PyTorch alike. Raises
     ModuleNotFoundError(TORCH_MISSING) without PyTorch."""
     torch = train_cases._torch()
@@ -89,7 +89,7 @@ def run(rounds: int = 5, threads: int | None = None, shapes=SHAPES) -> dict:
     harness.set_threads(threads)
     torch.set_num_threads(threads)
     from cganraw.bench.machine import machine_info
-    results = [compare(w, b, rounds, torch) for w, b in shapes]
+    results = [compare(w, b, rounds, torch) for w, b in (shapes or SHAPES)]
     return {"model": MODEL, "rounds": rounds, "threads": threads, "torch_version": torch.__version__,
             "machine": machine_info(threads), "results": [c.as_dict() for c in results]}
 

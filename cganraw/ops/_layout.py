@@ -8,18 +8,29 @@ copying it into NCHW order, and the next GEMM takes it back as (C, N*H*W) for fr
 accepts any strides (the elementwise Numba kernels work on (N, C, H*W) views, which
 both layouts have).
 
-    bordered_gather   a (N, C, H', W') -> (C, N*(h+2)*(w+2)): the sub-grid a[:, :, s*y+q, s*x+r]
-                      (y < h, x < w) channel-major inside a one-pixel zero border
-    bordered_scatter  the inverse: y[n, c, s*a+q, s*b+r] = buf[c, n, 1+a, 1+b]
-    phases_gather     the four stride-2 phases (q, r) of a (N, C, 2h, 2w) map, bordered as
-                      above, in one pass over the map: (4, C, N*(h+2)*(w+2))
-    phases_scatter    the inverse: the four bordered phases interleaved into (N, C, 2h, 2w),
-                      each output row written once
+The padded flat layout of the phase-split transposed convolution (cganraw.ops.conv):
+channel-major rows (C, total) in which image n's pixel (y, x) sits at column
+first + n*(h+1)*(w+1) + y*(w+1) + x. Each image row is followed by one zero column and each
+image by one zero row, shared with the next row and image; `first` = w + 2 zero columns
+lead and trail. So the neighbour (y + dy, x + dx), |dy|, |dx| <= 1, of every pixel is a fixed
+column offset dy*(w+1) + dx away and reads a zero off the image: a shifted 2x2 conv is a
+GEMM on a view. Sharing the pads keeps the padding waste to (h+1)(w+1)/(hw) - 1 (a
+one-pixel border all round would cost (h+2)(w+2)/(hw) - 1: 65% more columns at 7x7).
+
+    padded_layout     (first, length, pitch): the pixel columns are [first, first + length)
+    padded_gather     a (N, C, H', W') -> (C, total): the sub-grid a[:, :, s*y+q, s*x+r]
+                      (y < h, x < w) in the padded layout
+    padded_scatter    the inverse: y[n, c, s*y'+q, s*x'+r] from the padded layout
+    phases_gather     the four stride-2 phases (q, r) of a (N, C, 2h, 2w) map in one pass
+                      over it: (4, C, total), phase 2q + r
+    phases_scatter    the inverse: four padded phases interleaved into (N, C, 2h, 2w), each
+                      output row written once
 """
 from __future__ import annotations
 
 import numpy as np
 
+from cganraw import backend
 from cganraw.ops import _cpu
 
 
@@ -43,131 +54,159 @@ def as_channel_major(a):
     return a.transpose(1, 0, 2, 3).reshape(c, n * h * w)
 
 
+def padded_layout(n, h, w):
+    """(first, length, pitch) of the padded layout of n images of h x w: the columns
+    [first, first + length) hold every pixel and its pads; the array has length + 2*first."""
+    pitch = w + 1
+    return pitch + 1, n * (h + 1) * pitch, pitch
+
+
+def _interior(flat, n, h, w):
+    # (C, total) -> (C, N, h, w) view of the pixels
+    first, length, pitch = padded_layout(n, h, w)
+    return flat[:, first:first + length].reshape(flat.shape[0], n, h + 1, pitch)[:, :, :h, :w]
+
+
 @_cpu.kernel
 def _gather_numba(nb, parallel):
     @nb.njit(parallel=parallel, cache=True)
-    def gather(a, a_cm, s, q, r, out):  # a as cganraw.ops._cpu.physical gives it; out (C, N, h+2, w+2)
-        c_in, n_img, hp, wp = out.shape
-        h, w = hp - 2, wp - 2
+    def gather(a, a_cm, s, q, r, h, w, out):  # a as cganraw.ops._cpu.physical gives it; out (C, total)
+        c_in, total = out.shape
+        n_img = a.shape[1] if a_cm else a.shape[0]
+        pitch = w + 1
+        size, first = (h + 1) * pitch, pitch + 1
         for cn in nb.prange(c_in * n_img):
             c, n = cn // n_img, cn % n_img
-            plane = out[c, n]
-            for x in range(wp):
-                plane[0, x] = 0
-                plane[hp - 1, x] = 0
+            row = out[c]
+            base = first + n * size
+            if n == 0:
+                row[:first] = 0
+            if n == n_img - 1:
+                row[base + size:] = 0
             for y in range(h):
-                plane[y + 1, 0] = 0
-                plane[y + 1, wp - 1] = 0
                 src = a[c, n, s * y + q] if a_cm else a[n, c, s * y + q]
+                o = base + y * pitch
                 for x in range(w):
-                    plane[y + 1, x + 1] = src[s * x + r]
+                    row[o + x] = src[s * x + r]
+                row[o + w] = 0
+            row[base + h * pitch:base + size] = 0
     return gather
 
 
 @_cpu.kernel
 def _scatter_numba(nb, parallel):
     @nb.njit(parallel=parallel, cache=True)
-    def scatter(buf, s, q, r, y, y_cm):  # buf (C, N, h+2, w+2); y physical, as in gather
-        c_out, n_img, hp, wp = buf.shape
-        h, w = hp - 2, wp - 2
+    def scatter(flat, s, q, r, h, w, y, y_cm):  # flat (C, total) padded; y physical, as in gather
+        c_out = flat.shape[0]
+        n_img = y.shape[1] if y_cm else y.shape[0]
+        pitch = w + 1
+        size, first = (h + 1) * pitch, pitch + 1
         for cn in nb.prange(c_out * n_img):
             c, n = cn // n_img, cn % n_img
-            plane = buf[c, n]
+            row = flat[c]
+            base = first + n * size
             for yy in range(h):
                 dst = y[c, n, s * yy + q] if y_cm else y[n, c, s * yy + q]
+                o = base + yy * pitch
                 for x in range(w):
-                    dst[s * x + r] = plane[yy + 1, x + 1]
+                    dst[s * x + r] = row[o + x]
     return scatter
-
-
-def bordered_gather(a, h, w, stride=1, q=0, r=0):
-    """a (N, C, H', W') -> (C, N*(h+2)*(w+2)): a[n, c, s*y+q, s*x+r] at (c, n, 1+y, 1+x),
-    zeros on the border."""
-    n, c = a.shape[:2]
-    if _numba_ok(a):
-        out = np.empty((c, n, h + 2, w + 2), dtype=a.dtype)
-        _gather_numba(*_cpu.physical(a), stride, q, r, out, work=out.size)
-        return out.reshape(c, -1)
-    from cganraw import backend
-    xp = backend.array_module(a)
-    out = xp.zeros((c, n, h + 2, w + 2), dtype=a.dtype)
-    out[:, :, 1:h + 1, 1:w + 1] = a[:, :, q:q + stride * h:stride, r:r + stride * w:stride].transpose(1, 0, 2, 3)
-    return out.reshape(c, -1)
-
-
-def bordered_scatter(buf4, y, stride=1, q=0, r=0):
-    """y[n, c, s*a+q, s*b+r] = buf4[c, n, 1+a, 1+b] for the interior of buf4 (C, N, h+2, w+2)."""
-    h, w = buf4.shape[2] - 2, buf4.shape[3] - 2
-    if _numba_ok(buf4, y) and _in_place(y):
-        _scatter_numba(np.ascontiguousarray(buf4), stride, q, r, *_cpu.physical(y), work=buf4.size)
-        return y
-    y[:, :, q:q + stride * h:stride, r:r + stride * w:stride] = buf4[:, :, 1:h + 1, 1:w + 1].transpose(1, 0, 2, 3)
-    return y
 
 
 @_cpu.kernel
 def _phases_gather_numba(nb, parallel):
     @nb.njit(parallel=parallel, cache=True)
-    def gather(a, a_cm, out):  # a (N, C, 2h, 2w) physical -> out (4, C, N, h+2, w+2), phase 2q + r
-        _, c_in, n_img, hp, wp = out.shape
-        h, w = hp - 2, wp - 2
+    def gather(a, a_cm, h, w, out):  # a (N, C, 2h, 2w) physical -> out (4, C, total), phase 2q + r
+        _, c_in, total = out.shape
+        n_img = a.shape[1] if a_cm else a.shape[0]
+        pitch = w + 1
+        size, first = (h + 1) * pitch, pitch + 1
         for cn in nb.prange(c_in * n_img):
             c, n = cn // n_img, cn % n_img
+            base = first + n * size
             for ph in range(4):
-                plane = out[ph, c, n]
-                for x in range(wp):
-                    plane[0, x] = 0
-                    plane[hp - 1, x] = 0
+                row = out[ph, c]
+                if n == 0:
+                    row[:first] = 0
+                if n == n_img - 1:
+                    row[base + size:] = 0
                 for y in range(h):
-                    plane[y + 1, 0] = 0
-                    plane[y + 1, wp - 1] = 0
+                    row[base + y * pitch + w] = 0
+                row[base + h * pitch:base + size] = 0
             for yy in range(2 * h):
                 src = a[c, n, yy] if a_cm else a[n, c, yy]
-                q, y = yy % 2, yy // 2
-                p0, p1 = out[2 * q, c, n, y + 1], out[2 * q + 1, c, n, y + 1]
+                q, o = yy % 2, base + (yy // 2) * pitch
+                p0, p1 = out[2 * q, c], out[2 * q + 1, c]
                 for x in range(w):
-                    p0[x + 1] = src[2 * x]
-                    p1[x + 1] = src[2 * x + 1]
+                    p0[o + x] = src[2 * x]
+                    p1[o + x] = src[2 * x + 1]
     return gather
 
 
 @_cpu.kernel
 def _phases_scatter_numba(nb, parallel):
     @nb.njit(parallel=parallel, cache=True)
-    def scatter(bufs, y, y_cm):  # bufs (4, C, N, h+2, w+2) -> y (N, C, 2h, 2w) physical
-        _, c_out, n_img, hp, wp = bufs.shape
-        h, w = hp - 2, wp - 2
+    def scatter(flats, h, w, y, y_cm):  # flats (4, C, total) -> y (N, C, 2h, 2w) physical
+        c_out = flats.shape[1]
+        n_img = y.shape[1] if y_cm else y.shape[0]
+        pitch = w + 1
+        size, first = (h + 1) * pitch, pitch + 1
         for cn in nb.prange(c_out * n_img):
             c, n = cn // n_img, cn % n_img
+            base = first + n * size
             for yy in range(2 * h):
                 dst = y[c, n, yy] if y_cm else y[n, c, yy]
-                q, row = yy % 2, yy // 2 + 1
-                p0, p1 = bufs[2 * q, c, n, row], bufs[2 * q + 1, c, n, row]
+                q, o = yy % 2, base + (yy // 2) * pitch
+                p0, p1 = flats[2 * q, c], flats[2 * q + 1, c]
                 for x in range(w):
-                    dst[2 * x] = p0[x + 1]
-                    dst[2 * x + 1] = p1[x + 1]
+                    dst[2 * x] = p0[o + x]
+                    dst[2 * x + 1] = p1[o + x]
     return scatter
 
 
+def padded_gather(a, h, w, stride=1, q=0, r=0):
+    """a (N, C, H', W') -> (C, total): a[n, c, s*y+q, s*x+r] (y < h, x < w) in the padded layout."""
+    n, c = a.shape[:2]
+    first, length, _ = padded_layout(n, h, w)
+    if _numba_ok(a):
+        out = np.empty((c, length + 2 * first), dtype=a.dtype)
+        _gather_numba(*_cpu.physical(a), stride, q, r, h, w, out, work=out.size)
+        return out
+    xp = backend.array_module(a)
+    out = xp.zeros((c, length + 2 * first), dtype=a.dtype)
+    _interior(out, n, h, w)[...] = a[:, :, q:q + stride * h:stride, r:r + stride * w:stride].transpose(1, 0, 2, 3)
+    return out
+
+
+def padded_scatter(flat, y, h, w, stride=1, q=0, r=0):
+    """y[n, c, s*y'+q, s*x'+r] = pixel (y', x') of image n, channel c, of flat (C, total); returns y."""
+    n = y.shape[0]
+    if _numba_ok(flat, y) and _in_place(y):
+        _scatter_numba(np.ascontiguousarray(flat), stride, q, r, h, w, *_cpu.physical(y), work=n * flat.shape[0] * h * w)
+        return y
+    y[:, :, q:q + stride * h:stride, r:r + stride * w:stride] = _interior(flat, n, h, w).transpose(1, 0, 2, 3)
+    return y
+
+
 def phases_gather(a, h, w):
-    """a (N, C, 2h, 2w) -> (4, C, N*(h+2)*(w+2)): phase (q, r) = a[:, :, q::2, r::2] at index
-    2q + r, each channel-major inside a zero border (bordered_gather of each phase)."""
+    """a (N, C, 2h, 2w) -> (4, C, total): phase (q, r) = a[:, :, q::2, r::2] at index 2q + r,
+    each in the padded layout (padded_gather of each phase, in one pass over a)."""
     n, c = a.shape[:2]
     if _numba_ok(a):
-        out = np.empty((4, c, n, h + 2, w + 2), dtype=a.dtype)
-        _phases_gather_numba(*_cpu.physical(a), out, work=out.size)
-        return out.reshape(4, c, -1)
-    from cganraw import backend
+        first, length, _ = padded_layout(n, h, w)
+        out = np.empty((4, c, length + 2 * first), dtype=a.dtype)
+        _phases_gather_numba(*_cpu.physical(a), h, w, out, work=out.size)
+        return out
     xp = backend.array_module(a)
-    return xp.stack([bordered_gather(a, h, w, 2, q, r) for q in (0, 1) for r in (0, 1)])
+    return xp.stack([padded_gather(a, h, w, 2, q, r) for q in (0, 1) for r in (0, 1)])
 
 
-def phases_scatter(bufs, y):
-    """y (N, C, 2h, 2w) from the four bordered phases bufs (4, C, N, h+2, w+2)."""
-    if _numba_ok(bufs, y) and _in_place(y):
-        _phases_scatter_numba(np.ascontiguousarray(bufs), *_cpu.physical(y), work=y.size)
+def phases_scatter(flats, y, h, w):
+    """y (N, C, 2h, 2w) from its four phases in the padded layout, flats (4, C, total); returns y."""
+    if _numba_ok(flats, y) and _in_place(y):
+        _phases_scatter_numba(np.ascontiguousarray(flats), h, w, *_cpu.physical(y), work=y.size)
         return y
     for q in (0, 1):
         for r in (0, 1):
-            bordered_scatter(bufs[2 * q + r], y, 2, q, r)
+            padded_scatter(flats[2 * q + r], y, h, w, 2, q, r)
     return y

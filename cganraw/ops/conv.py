@@ -356,12 +356,15 @@ def conv2d_backward(dy, cache, need_dx=True, need_dW=True):
 #   q = 0: (i, di) = (1, 0), (3, -1);   q = 1: (i, di) = (0, 1), (2, 0)     (likewise r, j, dj)
 # So the forward is 16 GEMMs W[:, :, i, j]^T (Cout, Cin) @ x shifted by (di, dj), four per
 # phase accumulating (beta = 1), instead of one (Cout*16, N*H*W) column matrix and col2im.
-# The shift is a column offset into the input laid out channel-major with a one-pixel zero
-# border, flattened to (Cin, N*(H+2)*(W+2)): the GEMM operands are views of it (no copies,
-# rows strided), and the phase results land in a (Cout, N*(H+2)*(W+2)) buffer whose border
-# columns are scratch. The data gradient is the same 16 GEMMs the other way (W[:, :, i, j]
-# @ the bordered dy phase shifted by (-di, -dj)), the weight gradient 16 GEMMs x-shift @
-# dy-phase^T over the same flat range. No matrix is bigger than the input or the output.
+# The shift is a column offset into the input in the padded flat layout of ops._layout
+# (channel-major, a zero column after each image row and a zero row after each image,
+# shared with the next): (Cin, total), whose pixel (n, y, x) has a fixed column and whose
+# neighbours are fixed offsets away. The GEMM operands are views of it (no copies, rows
+# strided), and the phase results land in the same layout, (Cout, total), pad columns
+# scratch. The data gradient is the same 16 GEMMs the other way (W[:, :, i, j] @ the padded
+# dy phase shifted by (-di, -dj)), the weight gradient 16 GEMMs x-shift @ dy-phase^T over
+# the same column range (dy's pads are zeros). No matrix is bigger than the input or the
+# output (plus their pads).
 PHASE_TAPS = {0: ((1, 0), (3, -1)), 1: ((0, 1), (2, 0))}   # output parity -> (kernel index, input shift)
 
 
@@ -374,53 +377,32 @@ def _phase_taps(q, r):
     return [(i, di, j, dj) for i, di in PHASE_TAPS[q] for j, dj in PHASE_TAPS[r]]
 
 
-def _bordered(a):
-    """(N, C, H, W) -> (C, N*(H+2)*(W+2)): channel-major with a zero border, flattened."""
-    n, c, h, w = a.shape
-    if type(a) is np.ndarray:
-        return _layout.bordered_gather(a, h, w)
-    xp = backend.array_module(a)
-    out = xp.zeros((c, n, h + 2, w + 2), dtype=a.dtype)
-    out[:, :, 1:h + 1, 1:w + 1] = a.transpose(1, 0, 2, 3)
-    return out.reshape(c, n * (h + 2) * (w + 2))
-
-
-def _phase_range(n, h, w):
-    """(first, length) of the flat columns that cover every interior pixel, and the row pitch."""
-    wp = w + 2
-    first = wp + 1
-    return first, n * (h + 2) * wp - 2 * first, wp
-
-
 def conv_transpose2d_phase_forward(x, W):
     """ConvTranspose2d(k4, s2, p1) without bias: x (N, Cin, H, W), W (Cin, Cout, 4, 4) ->
-    (y (N, Cout, 2H, 2W), xf the bordered flat input for the backward)."""
+    (y (N, Cout, 2H, 2W), xf the padded flat input for the backward)."""
     xp = backend.array_module(x)
     n, cin, h, w = x.shape
     cout = W.shape[1]
-    xf = _bordered(x)
-    first, length, wp = _phase_range(n, h, w)
+    xf = _layout.padded_gather(x, h, w)                         # (Cin, total)
+    first, length, pitch = _layout.padded_layout(n, h, w)
     Wt = xp.ascontiguousarray(W.transpose(2, 3, 1, 0))          # (4, 4, Cout, Cin)
-    numpy_out = type(x) is np.ndarray     # NumPy: a channel-major output, scattered in one pass per phase
-    if numpy_out:
+    numpy_out = type(x) is np.ndarray
+    if numpy_out:       # channel-major output (ops._layout), the four phases interleaved in one pass
         y = np.empty((cout, n, 2 * h, 2 * w), dtype=x.dtype).transpose(1, 0, 2, 3)
     else:
         y = xp.empty((n, cout, 2 * h, 2 * w), dtype=x.dtype)
-        y6 = y.reshape(n, cout, h, 2, w, 2)
-    # one bordered buffer per phase (NumPy: all four, interleaved into y in one pass at the
-    # end; else one, copied out after each phase); border columns are scratch
-    bufs = xp.empty((4 if numpy_out else 1, cout, xf.shape[1]), dtype=x.dtype)
+    flats = xp.empty((4 if numpy_out else 1, cout, xf.shape[1]), dtype=x.dtype)
     for q in (0, 1):
         for r in (0, 1):
-            buf = bufs[2 * q + r if numpy_out else 0]
-            acc = buf[:, first:first + length]
+            flat = flats[2 * q + r if numpy_out else 0]
+            acc = flat[:, first:first + length]
             for t, (i, di, j, dj) in enumerate(_phase_taps(q, r)):
-                off = first + di * wp + dj
+                off = first + di * pitch + dj
                 gemm(Wt[i, j], xf[:, off:off + length], beta=0.0 if t == 0 else 1.0, out=acc)
             if not numpy_out:
-                y6[:, :, :, q, :, r] = buf.reshape(cout, n, h + 2, wp)[:, :, 1:h + 1, 1:w + 1].transpose(1, 0, 2, 3)
+                _layout.padded_scatter(flat, y, h, w, 2, q, r)
     if numpy_out:
-        _layout.phases_scatter(bufs.reshape(4, cout, n, h + 2, wp), y)
+        _layout.phases_scatter(flats, y, h, w)
     return y, xf
 
 
@@ -428,37 +410,32 @@ def conv_transpose2d_phase_backward(dy, xf, x_shape, W, need_dx=True, need_dW=Tr
     """dy (N, Cout, 2H, 2W) -> dx (N, Cin, H, W) and dW (Cin, Cout, 4, 4) (None where not needed)."""
     xp = backend.array_module(dy)
     n, cin, h, w = x_shape
-    cout = W.shape[1]
-    first, length, wp = _phase_range(n, h, w)
-    if type(dy) is np.ndarray:
-        stacked = _layout.phases_gather(dy, h, w)                  # (4, Cout, flat), one pass over dy
-        phases = {(q, r): stacked[2 * q + r] for q in (0, 1) for r in (0, 1)}
-    else:
-        dy6 = dy.reshape(n, cout, h, 2, w, 2)
-        phases = {(q, r): _bordered(dy6[:, :, :, q, :, r]) for q in (0, 1) for r in (0, 1)}   # (Cout, flat) each
+    first, length, pitch = _layout.padded_layout(n, h, w)
+    stacked = _layout.phases_gather(dy, h, w)                   # (4, Cout, total), one pass over dy
+    phases = {(q, r): stacked[2 * q + r] for q in (0, 1) for r in (0, 1)}
     dx = dW = None
     if need_dW:
-        dWt = xp.empty((4, 4, cin, cout), dtype=dy.dtype)
+        dWt = xp.empty((4, 4, cin, W.shape[1]), dtype=dy.dtype)
         for (q, r), dyf in phases.items():
             for i, di, j, dj in _phase_taps(q, r):
-                off = first + di * wp + dj
+                off = first + di * pitch + dj
                 gemm(xf[:, off:off + length], dyf[:, first:first + length], trans_b=True, out=dWt[i, j])
         dW = xp.ascontiguousarray(dWt.transpose(2, 3, 0, 1))
     if need_dx:
         Wd = xp.ascontiguousarray(W.transpose(2, 3, 0, 1))     # (4, 4, Cin, Cout)
-        buf = xp.empty((cin, xf.shape[1]), dtype=dy.dtype)
-        acc = buf[:, first:first + length]
+        flat = xp.empty((cin, xf.shape[1]), dtype=dy.dtype)
+        acc = flat[:, first:first + length]
         t = 0
         for (q, r), dyf in phases.items():
             for i, di, j, dj in _phase_taps(q, r):
-                off = first - di * wp - dj
+                off = first - di * pitch - dj
                 gemm(Wd[i, j], dyf[:, off:off + length], beta=0.0 if t == 0 else 1.0, out=acc)
                 t += 1
-        if type(dy) is np.ndarray:
-            dx = _layout.bordered_scatter(buf.reshape(cin, n, h + 2, wp),
-                                          np.empty((cin, n, h, w), dtype=dy.dtype).transpose(1, 0, 2, 3))
+        if type(dy) is np.ndarray:      # channel-major
+            dx = np.empty((cin, n, h, w), dtype=dy.dtype).transpose(1, 0, 2, 3)
         else:
-            dx = xp.ascontiguousarray(buf.reshape(cin, n, h + 2, wp)[:, :, 1:h + 1, 1:w + 1].transpose(1, 0, 2, 3))
+            dx = xp.empty((n, cin, h, w), dtype=dy.dtype)
+        _layout.padded_scatter(flat, dx, h, w)
     return dx, dW
 
 
