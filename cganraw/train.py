@@ -11,6 +11,7 @@ SIGTERM cganraw.signals, divergence cganraw.health, the display cganraw.progress
 """
 from __future__ import annotations
 
+import json
 import logging
 import math
 import sys
@@ -113,16 +114,31 @@ def run_training(args, log=log):
             raise
 
 
+def _set_threads(args, bk, resumed_out):
+    """BLAS and Numba threads (cganraw.threads): --threads, else on a resume the count the run
+    used (some BLAS results depend on it, and a resume is bit-exact only at the same count),
+    else the fastest by measurement. Returns config.json's record."""
+    if bk == "cuda":
+        return {"requested": args.threads or "auto", "skipped": "cuda backend"}
+    if not args.threads and resumed_out is not None:
+        try:
+            kept = json.loads((resumed_out / "config.json").read_text())["threads"]["blas"]
+        except (OSError, ValueError, KeyError, TypeError):
+            kept = None
+        if isinstance(kept, int) and kept > 0:
+            return {**threads.apply(kept), "requested": "auto", "kept_from_run": kept}
+    return threads.apply(args.threads)
+
+
 def _train(args, log, stop, saved):
     bk = _use_backend(args.backend)
     set_tf32(True if args.tf32 else None)
-    thread_record = threads.apply(args.threads) if bk != "cuda" else {"requested": args.threads or "auto",
-                                                                      "skipped": "cuda backend"}
     ckpt, changes = None, {}
     if args.resume is not None:
         ckpt, out, cfg, changes = resume_settings(args)
     else:
         cfg, out = new_config(args)
+    thread_record = _set_threads(args, bk, out if ckpt is not None else None)
     last_path = out / "checkpoints" / "last.npz"
     saved.path = last_path
     if ckpt is None and last_path.exists():

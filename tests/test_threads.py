@@ -61,3 +61,19 @@ def test_trainer_rejects_negative_threads(capsys):
     with pytest.raises(SystemExit) as e:
         train.main(["--threads", "-1"])
     assert e.value.code == 2 and "--threads" in capsys.readouterr().err
+
+
+def test_resume_keeps_the_runs_thread_count(tmp_path, restore_threads):
+    # some BLAS results depend on the thread count: a resume without --threads keeps the run's
+    data = tmp_path / "data"
+    write_emnist(data, "letters", __import__("numpy").random.default_rng(0), n=(16, 8))
+    out = tmp_path / "run"
+    common = ["--quiet", "--no-download", "--data-dir", str(data)]
+    assert train.main(["--dataset", "emnist", "--out", str(out), "--max-steps", "1", "--width", "4",
+                       "--batch-size", "8", "--threads", "1", *common]) == 0
+    assert train.main(["--resume", str(out), "--max-steps", "2", *common]) == 0
+    rec = json.loads((out / "config.json").read_text())["threads"]
+    assert rec["requested"] == "auto" and rec["kept_from_run"] == 1 and rec["blas"] == 1
+    assert train.main(["--resume", str(out), "--max-steps", "3", "--threads", "2", *common]) == 0
+    rec = json.loads((out / "config.json").read_text())["threads"]
+    assert rec["requested"] == 2 and "kept_from_run" not in rec
