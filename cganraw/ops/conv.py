@@ -88,17 +88,21 @@ def _im2col_numba(nb, parallel):
             n_img, c_in, h, w = x.shape
         for r in nb.prange(c_in * k * k):
             c, i, j = r // (k * k), (r // k) % k, r % k
+            # the windows ox whose column ox*s + j - p lies on the image: [lo, hi)
+            lo = max(0, (p - j + s - 1) // s)
+            hi = max(lo, min(wo, (w - 1 + p - j) // s + 1))
             for n in range(n_img):
                 for oy in range(ho):
                     yy = oy * s + i - p
-                    dst = (n * ho + oy) * wo
+                    row = cols[r, (n * ho + oy) * wo:(n * ho + oy + 1) * wo]
                     if yy < 0 or yy >= h:
-                        cols[r, dst:dst + wo] = 0
+                        row[:] = 0
                         continue
                     src = x[c, n, yy] if x_cm else x[n, c, yy]
-                    for ox in range(wo):
-                        xx = ox * s + j - p
-                        cols[r, dst + ox] = src[xx] if 0 <= xx < w else 0
+                    row[:lo] = 0
+                    for ox in range(lo, hi):       # branch-free interior
+                        row[ox] = src[ox * s + j - p]
+                    row[hi:] = 0
     return im2col
 
 
@@ -120,15 +124,16 @@ def _col2im_numba(nb, parallel):
             for i in range(k):
                 for j in range(k):
                     r = (c * k + i) * k + j
+                    lo = max(0, (p - j + s - 1) // s)      # windows on the image, as in im2col
+                    hi = max(lo, min(wo, (w - 1 + p - j) // s + 1))
                     for oy in range(ho):
                         yy = oy * s + i - p
                         if yy < 0 or yy >= h:
                             continue
-                        src = (n * ho + oy) * wo
-                        for ox in range(wo):
-                            xx = ox * s + j - p
-                            if 0 <= xx < w:
-                                plane[yy, xx] += cols[r, src + ox]
+                        src = cols[r, (n * ho + oy) * wo:(n * ho + oy + 1) * wo]
+                        dst = plane[yy]
+                        for ox in range(lo, hi):
+                            dst[ox * s + j - p] += src[ox]
     return col2im
 
 
