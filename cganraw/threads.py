@@ -101,7 +101,7 @@ def apply(requested: int | None) -> dict:
     else:
         chosen, times = pick()
         record["probe_ms"] = {str(c): round(t * 1e3, 3) for c, t in times.items()}
-        log.info("threads: %d (GEMM probe %s)", chosen,
+        log.debug("threads: %d (GEMM probe %s)", chosen,
                  ", ".join(f"{c}: {t * 1e3:.1f} ms" for c, t in times.items()))
     record.update(set_threads(chosen))
     return record

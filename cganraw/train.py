@@ -138,7 +138,6 @@ def _train(args, log, stop, saved):
         ckpt, out, cfg, changes = resume_settings(args)
     else:
         cfg, out = new_config(args)
-    thread_record = _set_threads(args, bk, out if ckpt is not None else None)
     last_path = out / "checkpoints" / "last.npz"
     saved.path = last_path
     if ckpt is None and last_path.exists():
@@ -152,6 +151,8 @@ def _train(args, log, stop, saved):
     for key in ("batch_size", "batch_size_final"):
         if (cfg.get(key) or 0) > len(train_set.labels):
             raise TrainingError(f"{flag_name(key)} {cfg[key]} exceeds the {len(train_set.labels)} training images")
+
+    thread_record = _set_threads(args, bk, out if ckpt is not None else None)   # after the checks: no output
 
     def fresh_run(ckpt):
         G, D = load.build_from_config(cfg, train_set.num_classes, seed=cfg["seed"])
