@@ -93,5 +93,5 @@ def write(path, images, z, labels, row_names, col_names, kind, title):
         rows = list(row_names)
     else:
         rows = [f"z{r}" for r in range(u8.shape[0])]
-        title = f"{title}; columns: {''.join(col_names)}"
+        title = f"{title}\ncolumns: {''.join(col_names)}"
     return save_grid(path, u8.reshape(-1, *u8.shape[2:]), row_labels=rows, cols=u8.shape[1], title=title)

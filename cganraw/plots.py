@@ -66,8 +66,11 @@ def save_grid(path, images_u8, row_labels=None, cols=None, title=None):
         rows = int(np.ceil(n / cols))
     img = mosaic(images_u8, rows, cols)
     scale = 0.32
-    fig = new_figure(max(cols * scale + 0.8, 2.5), rows * scale + (0.5 if title else 0.2))
-    ax = fig.add_axes([0.6 / (cols * scale + 0.8), 0.02, 1 - 0.7 / (cols * scale + 0.8), 0.96 if not title else 0.9])
+    title_h = 0.3 * (title.count("\n") + 1) + 0.1 if title else 0.1     # inches above the grid
+    height = rows * scale + 0.1 + title_h
+    fig = new_figure(max(cols * scale + 0.8, 2.5), height)
+    ax = fig.add_axes([0.6 / (cols * scale + 0.8), 0.05 / height, 1 - 0.7 / (cols * scale + 0.8),
+                       rows * scale / height])
     ax.imshow(img, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
     ax.set_xticks([])
     if row_labels is not None:

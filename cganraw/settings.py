@@ -16,19 +16,39 @@ from cganraw import backend, checkpoint, cli, data, health, models
 from cganraw.cli import CLIError
 from cganraw.ops.gemm import tf32_enabled
 
-# Defaults tuned so that cgan-conv on MNIST reaches the label-accuracy bar on a
-# 2-core CPU in 20 minutes (see README); the literature's are batch 64, lr 2e-4.
+# The defaults of every model; MODEL_DEFAULTS overrides some per model.
 DEFAULTS = dict(model="cgan-conv", width=64, epochs=None, batch_size=64, lr=1e-4, lr_d=None, beta1=0.5,
                 beta2=0.999, latent_dim=100, seed=0, label_smoothing=0.0, mismatch=1.0, mode_seeking=0.0,
                 ema_decay=0.9995, lr_decay_start=1.0, g_batchnorm=True, g_norm="batch", d_norm="none",
                 minibatch_std=False, progressive=False, grow_at=0.5, fade=0.25, batch_size_final=None)
+# cgan-conv's, chosen by the ablation in the README (MNIST, 20 minutes of a 2-core CPU):
+# spectral norm and minibatch stddev in D, D at 4x G's learning rate (TTUR), the
+# matching-aware term at weight 2, and both rates falling over the second half of the
+# run. They turn a G that draws one shape per digit (FID 50, CAS 74%) into one with
+# variety (FID 19, CAS 88%). Ten epochs are more than 20 minutes of that CPU (about
+# three), so --max-minutes ends such a run and the schedule follows the clock.
+MODEL_DEFAULTS = {"cgan-conv": dict(lr_d=4e-4, mismatch=2.0, lr_decay_start=0.5, d_norm="spectral",
+                                    minibatch_std=True, epochs=10),
+                  "dcgan": dict(epochs=2), "cgan-mlp": dict(epochs=20), "gan-mlp": dict(epochs=20)}
+PER_MODEL = ("lr_d", "mismatch", "lr_decay_start", "d_norm", "minibatch_std")   # flags whose default is per model
 # what a config saved before these settings existed means by them: today's model
-UPGRADE_DEFAULTS = dict(d_norm="none", minibatch_std=False, progressive=False, grow_at=DEFAULTS["grow_at"],
-                        fade=DEFAULTS["fade"], batch_size_final=None)
-# Epochs when --epochs is not given. The conv cGAN (BatchNorm in G) draws the asked-for
-# digit 99.9% of the time after two epochs of MNIST; without BatchNorm it peaks there too
-# (96-98%) and then grows speckle artefacts (92% after four). The MLP keeps improving for twenty.
-DEFAULT_EPOCHS = {"cgan-conv": 2, "dcgan": 2, "cgan-mlp": 20, "gan-mlp": 20}
+UPGRADE_DEFAULTS = dict(d_norm="none", minibatch_std=False, progressive=False,
+                        grow_at=DEFAULTS["grow_at"], fade=DEFAULTS["fade"], batch_size_final=None)
+DEFAULT_EPOCHS = {name: d["epochs"] for name, d in MODEL_DEFAULTS.items()}
+
+
+def model_default(model, key):
+    """The default of setting `key` for `model`."""
+    return MODEL_DEFAULTS.get(model, {}).get(key, DEFAULTS[key])
+
+
+def _per_model_help(key, show=str):
+    """'(default: X for cgan-conv, Y otherwise)' for a per-model default."""
+    special = {m: d[key] for m, d in MODEL_DEFAULTS.items() if key in d}
+    return "(default: " + ", ".join(f"{show(v)} for {m}" for m, v in special.items()) + \
+        f", {show(DEFAULTS[key])} otherwise)"
+
+
 KEEP_EPOCH_CHECKPOINTS = 3
 
 # what config.json and a checkpoint's meta record of a run
@@ -97,6 +117,9 @@ def _validate(parser, ns):
     if "g_norm" in given and "g_batchnorm" in given and ns.g_batchnorm != (ns.g_norm == "batch"):
         parser.error(f"--{'' if ns.g_batchnorm else 'no-'}g-batchnorm contradicts --g-norm {ns.g_norm} "
                      "(--g-batchnorm is the old name of --g-norm batch; give only --g-norm)")
+    for key in PER_MODEL:
+        if getattr(ns, key) is None:
+            setattr(ns, key, model_default(ns.model, key))
     if ns.g_norm is None:
         ns.g_norm = "batch" if ns.g_batchnorm else "none"
     ns.g_batchnorm = ns.g_norm == "batch"
@@ -134,11 +157,12 @@ def build_parser(record_given=True):
     p.add_argument("--g-norm", choices=("none", "batch", "instance"), default=None,
                    help="normalisation after G's transposed convs (cgan-conv): BatchNorm2d, InstanceNorm2d "
                         "(affine) or none (default: batch, or what --g-batchnorm says)")
-    p.add_argument("--d-norm", choices=("none", "spectral"), default=DEFAULTS["d_norm"],
-                   help="spectral normalisation on every conv and linear layer of D's image path (cgan-conv)")
-    p.add_argument("--minibatch-std", action="store_true", default=DEFAULTS["minibatch_std"],
-                   help="ProGAN's minibatch standard deviation channel before D's last layer "
-                        "(cgan-conv; default: off)")
+    p.add_argument("--d-norm", choices=("none", "spectral"), default=None,
+                   help="spectral normalisation on every conv and linear layer of D's image path (cgan-conv) "
+                        + _per_model_help("d_norm"))
+    p.add_argument("--minibatch-std", action=argparse.BooleanOptionalAction, default=None,
+                   help="ProGAN's minibatch standard deviation channel before D's last layer (cgan-conv) "
+                        + _per_model_help("minibatch_std", lambda v: "on" if v else "off"))
     p.add_argument("--progressive", action="store_true", default=DEFAULTS["progressive"],
                    help="grow G and D from 14x14 to 28x28 (cgan-conv; default: off): 14x14 until "
                         "--grow-at, then the 28x28 head fades in over --fade")
@@ -156,7 +180,8 @@ def build_parser(record_given=True):
                    help="rise linearly from --batch-size to N images per step over the planned steps "
                         "(default: constant --batch-size); --epochs then counts images, not steps")
     p.add_argument("--lr", type=cli.positive_float, default=DEFAULTS["lr"], help="Adam learning rate of G (and D)")
-    p.add_argument("--lr-d", type=cli.positive_float, default=None, help="D's learning rate (default: --lr)")
+    p.add_argument("--lr-d", type=cli.positive_float, default=None,
+                   help="D's learning rate " + _per_model_help("lr_d", lambda v: "--lr" if v is None else f"{v:g}"))
     p.add_argument("--beta1", type=cli.unit_float, default=DEFAULTS["beta1"], help="Adam's beta1")
     p.add_argument("--beta2", type=cli.unit_float, default=DEFAULTS["beta2"], help="Adam's beta2")
     p.add_argument("--latent-dim", type=_latent, default=DEFAULTS["latent_dim"], help="size of G's noise vector")
@@ -164,15 +189,17 @@ def build_parser(record_given=True):
                    help="seeds the weights, the data order and the noise")
     p.add_argument("--label-smoothing", type=cli.unit_float, default=DEFAULTS["label_smoothing"],
                    help="one-sided: real targets become 1 - s")
-    p.add_argument("--mismatch", type=cli.nonneg_float, default=DEFAULTS["mismatch"],
-                   help="weight of the D term that scores real images with wrong labels as fake")
+    p.add_argument("--mismatch", type=cli.nonneg_float, default=None,
+                   help="weight of the D term that scores real images with wrong labels as fake "
+                        + _per_model_help("mismatch", lambda v: f"{v:g}"))
     p.add_argument("--mode-seeking", type=cli.nonneg_float, default=DEFAULTS["mode_seeking"],
                    help="weight of MSGAN's mode-seeking term in G's loss (against one image per label)")
     p.add_argument("--ema-decay", type=cli.unit_float, default=DEFAULTS["ema_decay"],
                    help="keep an exponential moving average of G's weights for sampling (0: off)")
-    p.add_argument("--lr-decay-start", type=cli.unit_interval, default=DEFAULTS["lr_decay_start"],
+    p.add_argument("--lr-decay-start", type=cli.unit_interval, default=None,
                    help="fraction of the run (steps, or --max-minutes) after which both learning "
-                        "rates fall linearly to 0 at its end (1: constant)")
+                        "rates fall linearly to 0 at its end (1: constant) "
+                        + _per_model_help("lr_decay_start", lambda v: f"{v:g}"))
     p.add_argument("--out", default=None, help="run folder (default: runs/<dataset>-<model>-<time>)")
     p.add_argument("--resume", nargs="?", const="", default=None, metavar="RUN_OR_CHECKPOINT",
                    help="continue a run from its last checkpoint (default: start a new run; "

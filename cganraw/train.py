@@ -31,6 +31,7 @@ from cganraw.settings import (  # noqa: F401
     DEFAULT_EPOCHS,
     DEFAULTS,
     KEEP_EPOCH_CHECKPOINTS,
+    MODEL_DEFAULTS,
     RESUMABLE_OVERRIDES,
     TrainingError,
     UsageError,

@@ -127,7 +127,7 @@ def test_a_run_stopped_mid_fade_resumes_bit_exactly(letters_dir, tmp_path):
 def test_resuming_with_architecture_flags_names_them(letters_dir, tmp_path, capsys):
     out = tmp_path / "run"
     assert run_cli("--dataset", "emnist", "--data-dir", letters_dir, "--out", out, "--max-steps", 2,
-                   "--batch-size", 8, "--progressive", *TINY) == 0
+                   "--batch-size", 8, "--progressive", "--d-norm", "none", *TINY) == 0
     capsys.readouterr()
     code = run_cli("--resume", out, "--d-norm", "spectral", "--g-norm", "instance", "--grow-at", 0.3,
                    "--batch-size-final", 16, "--quiet", "--data-dir", letters_dir, "--no-download")
@@ -144,7 +144,7 @@ def test_resuming_with_architecture_flags_names_them(letters_dir, tmp_path, caps
 def test_a_config_from_before_the_options_resumes_as_the_original_model(letters_dir, tmp_path):
     out = tmp_path / "run"
     assert run_cli("--dataset", "emnist", "--data-dir", letters_dir, "--out", out, "--max-steps", 2,
-                   "--batch-size", 8, "--no-g-batchnorm", *TINY) == 0
+                   "--batch-size", 8, "--no-g-batchnorm", "--d-norm", "none", "--no-minibatch-std", *TINY) == 0
     path = out / "checkpoints" / "last.npz"
     ck = checkpoint.load(path)
     old = {k: v for k, v in ck["meta"]["config"].items()
@@ -173,9 +173,9 @@ def test_default_flags_build_todays_model(letters_dir, tmp_path):
                    "--batch-size", 8, *TINY) == 0
     cfg = json.loads((out / "config.json").read_text())
     assert (cfg["g_norm"], cfg["g_batchnorm"], cfg["d_norm"], cfg["minibatch_std"], cfg["progressive"],
-            cfg["batch_size_final"]) == ("batch", True, "none", False, False, None)
+            cfg["batch_size_final"]) == ("batch", True, "spectral", True, False, None)
     G, D = load.build_from_config(cfg, 26, seed=0)
-    G0, D0 = models.build("cgan-conv", 26, width=3, seed=0, batchnorm=True)
+    G0, D0 = models.build("cgan-conv", 26, width=3, seed=0, batchnorm=True, d_norm="spectral", minibatch_std=True)
     for ours, theirs in ((G, G0), (D, D0)):
         assert type(ours) is type(theirs)
         a, b = ours.state_dict(), theirs.state_dict()

@@ -258,7 +258,7 @@ def test_resume_may_change_the_allowed_flags_and_records_them(small_run, data_di
 
 def test_lr_1e6_stops_with_a_message_and_no_checkpoint(data_dirs, tmp_path):
     out = tmp_path / "run"
-    r = run(*TINY, "--data-dir", data_dirs[0], "--out", out, "--lr", "1e6", "--max-steps", 20)
+    r = run(*TINY, "--data-dir", data_dirs[0], "--out", out, "--lr", "1e6", "--lr-d", "1e6", "--max-steps", 20)
     assert r.returncode == 1
     lines = r.stderr.splitlines()
     assert lines[-1].startswith("error: training diverged at step ") and "past the bound 1e+04" in lines[-1]
@@ -366,7 +366,7 @@ def test_progress_on_a_terminal_is_a_live_bar(data_dirs, tmp_path):
         out += chunk
     assert proc.wait(timeout=120) == 0
     text = out.decode(errors="replace")
-    assert "3/3 steps, epoch 0.50/2 D " in text and " ETA " in text and "\r" in text
+    assert f"3/3 steps, epoch 0.50/{train.DEFAULT_EPOCHS['cgan-conv']} D " in text and " ETA " in text and "\r" in text
     assert "finished" not in text and "reached --max-steps 3 at step 3" in text
 
 

@@ -128,8 +128,13 @@ def test_ema_after_k_steps_is_its_closed_form(scheduled_run):
         np.testing.assert_array_equal(ck["G_ema"][k], ck["G"][k], err_msg=f"G_ema buffer {k}")
 
 
-def test_lr_d_defaults_to_lr(tmp_path, data_dir):
-    named, _, _ = observed_run(tmp_path / "plain", data_dir, "--max-steps", 2, "--lr", 5e-4)
+def test_lr_d_defaults_per_model(tmp_path, data_dir):
+    # cgan-conv's D has its own rate (TTUR, settings.MODEL_DEFAULTS); the other models' follows --lr
+    named, _, _ = observed_run(tmp_path / "conv", data_dir, "--max-steps", 2, "--lr", 5e-4)
+    np.testing.assert_allclose(effective_rates(named["G"]), [5e-4, 5e-4], rtol=1e-3, err_msg="G")
+    lr_d = train.MODEL_DEFAULTS["cgan-conv"]["lr_d"]
+    np.testing.assert_allclose(effective_rates(named["D"]), [lr_d, lr_d], rtol=1e-3, err_msg="D")
+    named, _, _ = observed_run(tmp_path / "mlp", data_dir, "--max-steps", 2, "--lr", 5e-4, "--model", "cgan-mlp")
     for who in ("G", "D"):
         np.testing.assert_allclose(effective_rates(named[who]), [5e-4, 5e-4], rtol=1e-3, err_msg=who)
 
