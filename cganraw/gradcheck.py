@@ -111,7 +111,7 @@ def check_backward(forward, backward, inputs, params=(), grad_output=None, *, ep
 
 def _check_elementwise(name, arrays, originals, loss, xp, eps, atol, rtol):
     for (label, a, g), a0 in zip(arrays, originals):
-        numeric = np.empty_like(g)
+        numeric = np.empty(g.shape, dtype=g.dtype)   # C order: g may be a strided (channel-major) gradient
         flat = a.reshape(-1)  # a view: arrays passed in are contiguous copies or parameters
         for idx in range(a.size):
             v = a0.reshape(-1)[idx]

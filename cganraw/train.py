@@ -11,6 +11,7 @@ SIGTERM cganraw.signals, divergence cganraw.health, the display cganraw.progress
 """
 from __future__ import annotations
 
+import json
 import logging
 import math
 import sys
@@ -20,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 import cganraw
-from cganraw import backend, checkpoint, cli, data, health, load, models, rundir  # noqa: F401
+from cganraw import backend, checkpoint, cli, data, health, load, models, rundir, threads  # noqa: F401
 from cganraw.cli import CLIError  # noqa: F401  (re-exported: the errors of this command)
 from cganraw.ops.gemm import set_tf32
 from cganraw.progress import Progress, format_eta
@@ -114,6 +115,22 @@ def run_training(args, log=log):
             raise
 
 
+def _set_threads(args, bk, resumed_out):
+    """BLAS and Numba threads (cganraw.threads): --threads, else on a resume the count the run
+    used (some BLAS results depend on it, and a resume is bit-exact only at the same count),
+    else the fastest by measurement. Returns config.json's record."""
+    if bk == "cuda":
+        return {"requested": args.threads or "auto", "skipped": "cuda backend"}
+    if not args.threads and resumed_out is not None:
+        try:
+            kept = json.loads((resumed_out / "config.json").read_text())["threads"]["blas"]
+        except (OSError, ValueError, KeyError, TypeError):
+            kept = None
+        if isinstance(kept, int) and kept > 0:
+            return {**threads.apply(kept), "requested": "auto", "kept_from_run": kept}
+    return threads.apply(args.threads)
+
+
 def _train(args, log, stop, saved):
     bk = _use_backend(args.backend)
     set_tf32(True if args.tf32 else None)
@@ -135,6 +152,8 @@ def _train(args, log, stop, saved):
     for key in ("batch_size", "batch_size_final"):
         if (cfg.get(key) or 0) > len(train_set.labels):
             raise TrainingError(f"{flag_name(key)} {cfg[key]} exceeds the {len(train_set.labels)} training images")
+
+    thread_record = _set_threads(args, bk, out if ckpt is not None else None)   # after the checks: no output
 
     def fresh_run(ckpt):
         G, D = load.build_from_config(cfg, train_set.num_classes, seed=cfg["seed"])
@@ -159,7 +178,7 @@ def _train(args, log, stop, saved):
         metrics.truncate_to(run.step)
         (out / "samples").mkdir(exist_ok=True)
         (out / "checkpoints").mkdir(exist_ok=True)
-        rundir.write_json(out / "config.json", config_doc(cfg, run, out, changes))
+        rundir.write_json(out / "config.json", {**config_doc(cfg, run, out, changes), "threads": thread_record})
         log.info("cganraw %s: training %s on %s (%d images, %d classes), backend %s, out %s%s",
                  cganraw.__version__, cfg["model"], cfg["dataset"], len(train_set.labels), train_set.num_classes,
                  bk, out, f", resumed at step {run.step}" if ckpt else "")

@@ -235,3 +235,34 @@ def test_profile_cli(tmp_path):
                            "--steps", "1", "--no-ceiling", "--quiet"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.startswith("gan-mlp, batch 4: ") and "\nmatrix products: " in proc.stdout
+
+
+# ---------------------------------------------------------------- --vs-torch
+def test_vs_torch_says_clearly_when_torch_is_missing(tmp_path, monkeypatch, capsys):
+    from cganraw.bench import train_cases
+    monkeypatch.setattr(train_cases, "_torch", lambda: None)
+    assert bench_main(["--vs-torch", "--out", str(tmp_path / "o"), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert "PyTorch is not installed" in err and "Traceback" not in err
+    assert not (tmp_path / "o" / "vs_torch.json").exists()
+
+
+def test_vs_torch_compares_interleaved_rounds(tmp_path, monkeypatch, capsys):
+    torch = pytest.importorskip("torch")
+    from cganraw.bench import vs_torch
+    threads = torch.get_num_threads()
+    monkeypatch.setattr(vs_torch, "SHAPES", ((4, 3), (2, 2)))      # tiny: checks the pipeline only
+    monkeypatch.setattr(vs_torch, "WARMUP", 1)
+    try:
+        assert bench_main(["--vs-torch", "--rounds", "2", "--threads", "1", "--out", str(tmp_path), "--quiet"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+        harness.set_threads(harness.bench_threads())
+    out = capsys.readouterr().out
+    assert "ours / PyTorch" in out and "ratio" in out
+    data = json.loads((tmp_path / "vs_torch.json").read_text())
+    assert [(r["width"], r["batch"]) for r in data["results"]] == [(4, 3), (2, 2)]
+    for r in data["results"]:
+        assert len(r["ours_s"]) == len(r["torch_s"]) == 2 and all(t > 0 for t in r["ours_s"] + r["torch_s"])
+        assert r["ratio"] == pytest.approx(r["ours_median_s"] / r["torch_median_s"])
+    assert data["rounds"] == 2 and data["threads"] == 1 and data["machine"]["cpu"]

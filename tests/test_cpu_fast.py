@@ -40,10 +40,10 @@ def test_parallel_twins_match_numpy(shape, rng):
     x = rng.normal(size=(n, c, h, w)).astype(np.float32)
     ref = conv.im2col_numpy(x, k, s, p, out_hw)
     cols = np.empty_like(ref)
-    conv._im2col_numba(x, k, s, p, ho, wo, cols, work=None)
+    conv._im2col_numba(x, False, k, s, p, ho, wo, cols, work=None)
     np.testing.assert_array_equal(cols, ref)
     out = np.empty_like(x)
-    conv._col2im_numba(ref, k, s, p, ho, wo, out, work=None)
+    conv._col2im_numba(ref, k, s, p, ho, wo, out, False, work=None)
     np.testing.assert_allclose(out, conv.col2im_numpy(ref, x.shape, k, s, p, out_hw), rtol=1e-6, atol=1e-6)
 
 
@@ -77,3 +77,156 @@ def test_serial_and_parallel_twins_agree(shape, k, s, p, rng, monkeypatch):
     monkeypatch.setattr(_cpu, "PARALLEL_MIN_WORK", 1 << 40)   # everything serial
     np.testing.assert_array_equal(conv.im2col(x, k, s, p), par)
     np.testing.assert_array_equal(conv.col2im(cols, x.shape, k, s, p), par_back)
+
+
+# ---------------------------------------------------------------- fused bias + LeakyReLU, channel sums
+BIAS_SHAPES = [(1, 1, 1, 1), (3, 5, 7, 7), (2, 130, 33, 17), (7, 5), (1, 3)]
+
+
+@pytest.mark.parametrize("shape", BIAS_SHAPES)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_bias_leaky_relu_numba_matches_numpy(shape, dtype, with_bias, rng):
+    from cganraw.ops import bias as B
+    y = rng.normal(size=shape).astype(dtype)
+    y.reshape(-1)[0] = 0.0
+    b = rng.normal(size=shape[1]).astype(dtype) if with_bias else None
+    dy = rng.normal(size=shape).astype(dtype)
+    want, want_cache = B.bias_leaky_relu_forward_numpy(y.copy(), b, 0.2)
+    got, cache = B.bias_leaky_relu_forward_numba(y.copy(), b, 0.2)
+    np.testing.assert_array_equal(got, want)                     # same operations: same bits
+    want_dpre, want_db = B.bias_leaky_relu_backward_numpy(dy, want_cache)
+    dpre, db = B.bias_leaky_relu_backward_numba(dy, cache)
+    np.testing.assert_array_equal(dpre, want_dpre)
+    tol = 1e-5 if dtype == np.float32 else 1e-12                 # a float64 sum against float32's pairwise one
+    np.testing.assert_allclose(db, want_db, rtol=tol, atol=tol * np.abs(dpre).sum(axis=0).max())
+    assert db.dtype == dtype
+    np.testing.assert_array_equal(B.bias_add_backward_numba(dpre), db)   # fused and unfused agree bit for bit
+    assert B.bias_leaky_relu_backward_numba(dy, cache, need_db=False)[1] is None
+
+
+def test_bias_leaky_relu_dispatch_takes_numba_and_parallel_twin_agrees(rng, monkeypatch):
+    from cganraw.ops import bias as B
+    shape = (8, 64, 48, 48)                                       # above PARALLEL_MIN_WORK
+    y = rng.normal(size=shape).astype(np.float32)
+    b = rng.normal(size=64).astype(np.float32)
+    dy = rng.normal(size=shape).astype(np.float32)
+    par, cache = B.bias_leaky_relu_forward(y.copy(), b, 0.2)
+    dpre, db = B.bias_leaky_relu_backward(dy, cache)
+    monkeypatch.setattr(_cpu, "PARALLEL_MIN_WORK", 1 << 40)
+    ser, cache2 = B.bias_leaky_relu_forward_numba(y.copy(), b, 0.2)
+    np.testing.assert_array_equal(par, ser)
+    dpre2, db2 = B.bias_leaky_relu_backward_numba(dy, cache2)
+    np.testing.assert_array_equal(dpre, dpre2)
+    np.testing.assert_array_equal(db, db2)                        # one channel per task: thread count free
+    np.testing.assert_array_equal(B.bias_add_backward(dpre), db)
+
+
+# ---------------------------------------------------------------- accumulating GEMM through CBLAS
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("trans_a", [False, True])
+@pytest.mark.parametrize("trans_b", [False, True])
+def test_cblas_gemm_into_strided_views(dtype, trans_a, trans_b, rng):
+    from cganraw.ops import _blas
+    from cganraw.ops.gemm import gemm
+    if not _blas.available(dtype):
+        pytest.skip("no OpenBLAS CBLAS found in this process")
+    m, n, k = 13, 31, 7
+    a = rng.normal(size=(k + 3, m + 9) if trans_a else (m + 2, k + 5)).astype(dtype)
+    a = a[1:1 + k, 2:2 + m] if trans_a else a[1:1 + m, 3:3 + k]      # row-strided views
+    b = rng.normal(size=(n + 1, k + 4) if trans_b else (k + 1, n + 6)).astype(dtype)
+    b = b[:n, 2:2 + k] if trans_b else b[1:, 4:4 + n]
+    c0 = rng.normal(size=(m, n + 5)).astype(dtype)
+    opa, opb = (a.T if trans_a else a), (b.T if trans_b else b)
+    for alpha, beta in ((1.0, 1.0), (0.5, 2.0), (1.0, 0.0)):
+        c = c0.copy()
+        out = c[:, 2:2 + n]
+        assert _blas.gemm_into(a, b, out, trans_a, trans_b, alpha, beta)
+        want = alpha * (opa.astype(np.float64) @ opb) + beta * c0[:, 2:2 + n]
+        np.testing.assert_allclose(out, want, rtol=1e-5 if dtype == np.float32 else 1e-12, atol=1e-5)
+        np.testing.assert_array_equal(c[:, :2], c0[:, :2])           # nothing outside the view touched
+        np.testing.assert_array_equal(c[:, 2 + n:], c0[:, 2 + n:])
+    # beta = 0 is matmul's own BLAS call: the same bits
+    out = np.empty((m, n), dtype)
+    assert _blas.gemm_into(a, b, out, trans_a, trans_b)
+    np.testing.assert_array_equal(out, np.matmul(opa, opb))
+    # through gemm's public face, accumulating
+    acc = c0[:, :n].copy()
+    gemm(a, b, trans_a, trans_b, beta=1.0, out=acc)
+    np.testing.assert_allclose(acc, c0[:, :n] + opa.astype(np.float64) @ opb, rtol=1e-5, atol=1e-5)
+
+
+def test_cblas_gemm_into_declines_what_blas_cannot_address(rng):
+    from cganraw.ops import _blas
+    a = rng.normal(size=(4, 6)).astype(np.float32)
+    out = np.zeros((4, 4), np.float32)
+    assert not _blas.gemm_into(a[:, ::2], a[:, :4].T.copy(), out)            # column stride != 1
+    assert not _blas.gemm_into(a, a.T.astype(np.float64), out)               # mixed dtypes
+    with pytest.raises(ValueError, match="do not give out"):
+        _blas.gemm_into(a, a, out)
+
+
+# ---------------------------------------------------------------- layout moves (ops._layout)
+def _channel_major_copy(a):
+    return np.ascontiguousarray(a.transpose(1, 0, 2, 3)).transpose(1, 0, 2, 3)
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 2, 2), (3, 5, 6, 4), (2, 3, 14, 10), (2, 2, 7, 9)])
+@pytest.mark.parametrize("layout", ["nchw", "channel_major"])
+def test_padded_gather_and_scatter_match_numpy(shape, layout, rng, monkeypatch):
+    from cganraw.ops import _layout
+    n, c, hh, ww = shape
+    h, w = hh // 2, ww // 2
+    first, length, pitch = _layout.padded_layout(n, h, w)
+    a = rng.normal(size=shape).astype(np.float32)
+    if layout == "channel_major":
+        a = _channel_major_copy(a)
+    fast = _layout.phases_gather(a, h, w)
+    singles = [_layout.padded_gather(a, h, w, 2, q, r) for q in (0, 1) for r in (0, 1)]
+    with monkeypatch.context() as m:
+        m.setattr(_layout, "_numba_ok", lambda *arrays: False)
+        ref = _layout.phases_gather(a, h, w)
+        ref_full = _layout.padded_gather(a, hh, ww)
+        y_ref = _layout.phases_scatter(ref, np.zeros((n, c, 2 * h, 2 * w), np.float32), h, w)
+    assert fast.shape == (4, c, length + 2 * first)
+    np.testing.assert_array_equal(fast, ref)
+    np.testing.assert_array_equal(np.stack(singles), ref)
+    full = _layout.padded_gather(a, hh, ww)
+    np.testing.assert_array_equal(full, ref_full)
+    # pixel (n, y, x) at first + n*(h+1)*pitch + y*pitch + x; every other column is a zero
+    f0, _, p0 = _layout.padded_layout(n, hh, ww)
+    cols = np.array([f0 + i * (hh + 1) * p0 + y * p0 + x for i in range(n) for y in range(hh) for x in range(ww)])
+    np.testing.assert_array_equal(full[:, cols], a.transpose(1, 0, 2, 3).reshape(c, -1))
+    assert (np.delete(full, cols, axis=1) == 0).all()
+    np.testing.assert_array_equal(y_ref, a[:, :, :2 * h, :2 * w])
+    y = np.full((n, c, 2 * h, 2 * w), np.nan, np.float32)
+    if layout == "channel_major":
+        y = _channel_major_copy(y)
+    np.testing.assert_array_equal(_layout.phases_scatter(fast, y, h, w), a[:, :, :2 * h, :2 * w])
+    back = np.full((n, c, hh, ww), np.nan, np.float32)
+    np.testing.assert_array_equal(_layout.padded_scatter(full, back, hh, ww), a)
+
+
+@pytest.mark.parametrize("shape", [(3, 4, 7, 7), (2, 6, 9, 5)])
+def test_channel_major_activations_give_the_same_values(shape, rng):
+    # a conv layer's channel-major output is its NCHW output in other strides; the ops after it
+    # (fused bias + LeakyReLU, the next conv, their backward) give the same bits from either
+    from cganraw.ops import bias as B
+    x = rng.normal(size=shape).astype(np.float32)
+    W = rng.normal(size=(5, shape[1], 3, 3)).astype(np.float32)
+    b = rng.normal(size=5).astype(np.float32)
+    y, cache = conv.conv2d_forward(x, W, b, 2, 1)
+    assert y.transpose(1, 0, 2, 3).flags.c_contiguous                  # channel-major on NumPy
+    y_nchw = np.ascontiguousarray(y)
+    act, act_cache = B.bias_leaky_relu_forward(y, None, 0.2)
+    act_ref, _ = B.bias_leaky_relu_forward_numpy(y_nchw.copy(), None, 0.2)
+    np.testing.assert_array_equal(act, act_ref)
+    dy = rng.normal(size=y.shape).astype(np.float32)
+    dpre, db = B.bias_leaky_relu_backward(dy, act_cache)
+    dpre_ref, db_ref = B.bias_leaky_relu_backward(dy, (np.ascontiguousarray(act), 0.2))
+    np.testing.assert_array_equal(dpre, dpre_ref)
+    np.testing.assert_array_equal(db, db_ref)
+    dx, dW, _ = conv.conv2d_backward(dpre, cache)
+    dx_ref, dW_ref, _ = conv.conv2d_backward(np.ascontiguousarray(dpre_ref), cache)
+    np.testing.assert_array_equal(dx, dx_ref)
+    np.testing.assert_array_equal(dW, dW_ref)

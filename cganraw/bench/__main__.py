@@ -6,9 +6,11 @@
     python -m cganraw.bench --list --filter conv   # the case ids, nothing timed
     python -m cganraw.bench --from-json bench/results/results.json   # redraw a report
     python -m cganraw.bench --census --backend emu --width 128 --batch-size 128   # the step census
+    python -m cganraw.bench --vs-torch --rounds 5   # conv cGAN step, ours vs PyTorch side by side
 
 The output folder (default bench/results under the current folder) is checked before any
-benchmark runs; it receives results.md, results.json and throughput.png.
+benchmark runs; it receives results.md, results.json and throughput.png (--vs-torch:
+vs_torch.json, the medians and ratios printed).
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ import logging
 import sys
 from pathlib import Path
 
-from cganraw import cli
+from cganraw import cli, fileio
 from cganraw.bench import cases as C
 from cganraw.bench import report, runner
 
@@ -38,6 +40,10 @@ def build_parser():
     p.add_argument("--threads", type=cli.positive_int, default=None,
                    help="threads for BLAS, Numba and PyTorch (default: $CGANRAW_BENCH_THREADS, else the CPUs "
                         "this process may use)")
+    p.add_argument("--vs-torch", action="store_true",
+                   help="only the conv cGAN training step at (width 128, batch 128) and (64, 64), ours against "
+                        "PyTorch in this process, interleaved; prints each median and the ratio (needs torch)")
+    p.add_argument("--rounds", type=cli.positive_int, default=5, help="--vs-torch: interleaved rounds per shape")
     p.add_argument("--from-json", default=None, metavar="FILE",
                    help="only redraw the report from a results.json written earlier")
     return cli.add_common_flags(p)
@@ -53,8 +59,24 @@ def _read_results(path):
         raise cli.CLIError(f"--from-json {path}: not a results.json written by cganraw.bench") from None
 
 
+def _vs_torch(args) -> int:
+    from cganraw.bench import vs_torch
+    out = cli.check_output_dir(args.out, "benchmark output folder")
+    try:
+        data = vs_torch.run(args.rounds, args.threads)
+    except ModuleNotFoundError as e:
+        if str(e) != vs_torch.TORCH_MISSING:
+            raise
+        raise cli.CLIError(vs_torch.TORCH_MISSING) from None
+    print(vs_torch.format_results(data))
+    print(fileio.atomic_write(out / "vs_torch.json", json.dumps(data, indent=1, default=str).encode()))
+    return 0
+
+
 def _main(args) -> int:
     cli.setup_logging(args)
+    if args.vs_torch:
+        return _vs_torch(args)
     mode = "smoke" if args.smoke else "quick" if args.quick else "full"
     selected = C.select(C.all_cases(mode), args.filter)
     if args.list:

@@ -4,29 +4,16 @@ from __future__ import annotations
 
 import ctypes
 import datetime as _dt
-import importlib
 import os
 import platform
 from importlib import metadata
 
+from cganraw.ops._blas import openblas
+
 
 def _openblas():
     """(ctypes library, (prefix, suffix)) of the OpenBLAS this process loaded, or (None, None)."""
-    importlib.import_module("numpy")   # loads BLAS into this process
-    try:
-        with open("/proc/self/maps") as f:
-            paths = sorted({line.split()[-1] for line in f if "openblas" in line.lower() and ".so" in line})
-    except OSError:
-        return None, None
-    for path in paths:
-        try:
-            lib = ctypes.CDLL(path)
-        except OSError:
-            continue
-        for prefix, suffix in (("scipy_openblas_", "64_"), ("openblas_", ""), ("scipy_openblas_", "")):
-            if hasattr(lib, f"{prefix}get_num_threads{suffix}"):
-                return lib, (prefix, suffix)
-    return None, None
+    return openblas()
 
 
 def blas_runtime() -> dict:

@@ -24,6 +24,7 @@ import numpy as np
 
 from cganraw import cli, models
 from cganraw.bench import harness, train_cases
+from cganraw.ops import _blas
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +44,10 @@ def _category(filename: str, name: str) -> str:
     """The category of a function's own time, from its file and name."""
     path = PurePath(filename)
     where = f"{path.parent.name}/{path.name}"
-    if name == "_timed_matmul":
+    if name in ("_timed_matmul", "_timed_gemm_into") or where == "ops/_blas.py":
         return "matrix products (BLAS)"
+    if where == "ops/_layout.py":
+        return "layout copies (transpose, reshape, concatenate)"
     if "im2col" in name and where == "ops/conv.py":
         return "im2col"
     if "col2im" in name and where == "ops/conv.py":
@@ -81,31 +84,44 @@ class StepProfile:
 
 
 class _MatmulTimer:
-    """numpy.matmul replaced, for the duration of a with block, by a wrapper that times each
-    call by (M, N, K, layout): every GEMM of the NumPy backend goes through it."""
+    """numpy.matmul and cganraw.ops._blas.gemm_into (the accumulating GEMMs) replaced, for the
+    duration of a with block, by wrappers that time each call by (M, N, K, layout): every
+    GEMM of the NumPy backend goes through one of them."""
 
     def __init__(self):
         self.seconds = collections.defaultdict(float)
         self.calls = collections.Counter()
 
+    def _record(self, a, b, dt):
+        if a.ndim == 2 and b.ndim == 2:
+            layout = ("N" if a.flags.c_contiguous else "T") + ("N" if b.flags.c_contiguous else "T")
+            key = (a.shape[0], b.shape[1], a.shape[1], layout)
+            self.seconds[key] += dt
+            self.calls[key] += 1
+
     def __enter__(self):
         self._original = original = np.matmul
+        self._original_into = original_into = _blas.gemm_into
 
         def _timed_matmul(a, b, *args, **kwargs):
             t = time.perf_counter()
             out = original(a, b, *args, **kwargs)
-            dt = time.perf_counter() - t
-            if a.ndim == 2 and b.ndim == 2:
-                layout = ("N" if a.flags.c_contiguous else "T") + ("N" if b.flags.c_contiguous else "T")
-                key = (a.shape[0], b.shape[1], a.shape[1], layout)
-                self.seconds[key] += dt
-                self.calls[key] += 1
+            self._record(a, b, time.perf_counter() - t)
             return out
+
+        def _timed_gemm_into(a, b, out, trans_a=False, trans_b=False, *args, **kwargs):
+            t = time.perf_counter()
+            done = original_into(a, b, out, trans_a, trans_b, *args, **kwargs)
+            if done:
+                self._record(a.T if trans_a else a, b.T if trans_b else b, time.perf_counter() - t)
+            return done
         np.matmul = _timed_matmul
+        _blas.gemm_into = _timed_gemm_into
         return self
 
     def __exit__(self, *exc):
         np.matmul = self._original
+        _blas.gemm_into = self._original_into
 
 
 def profile_step(model="cgan-conv", batch=128, width=128, steps=3, seed=0) -> StepProfile:

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
+
 _numba = None
 
 
@@ -27,6 +29,14 @@ def enabled() -> bool:
     return numba() is not None
 
 
+def host_arrays(*arrays) -> bool:
+    """True when the CPU fast paths apply: NumPy arrays on the numpy backend. The emu
+    backend's arrays are NumPy arrays too, but it must take the cuda backend's path, launch
+    for launch (the census and the CuPy stand-in compare the two)."""
+    from cganraw import backend
+    return not backend.uses_kernels() and all(type(a) is np.ndarray for a in arrays)
+
+
 # Below this many elements a kernel runs on one thread: waking the other core's thread
 # costs more than it saves, and on a busy machine a parallel region can stall for a
 # whole scheduler tick (milliseconds) waiting for it.
@@ -46,3 +56,17 @@ def kernel(builder):
         return fn(*args)
     call.__name__ = builder.__name__
     return call
+
+
+def physical(a):
+    """(array, channel_major) for a 4-D (N, C, H, W) array: the array itself (False) when it
+    is C-contiguous, its (C, N, H, W) transpose (True) when that is, else a C-contiguous
+    copy (False). Kernels take the first, C-contiguous, and index a plane as
+    `a[c, n] if channel_major else a[n, c]`: contiguous rows, so the loops vectorise."""
+    import numpy as np
+    if a.flags.c_contiguous:
+        return a, False
+    t = a.transpose(1, 0, 2, 3)
+    if t.flags.c_contiguous:
+        return t, True
+    return np.ascontiguousarray(a), False

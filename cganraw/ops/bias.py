@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from cganraw import backend
-from cganraw.ops import _launch
+from cganraw.ops import _cpu, _launch
 
 
 def _channel_view(b, ndim):
@@ -61,6 +61,122 @@ def bias_leaky_relu_backward_numpy(dy, cache, need_db=True):
     xp = backend.array_module(dy)
     dpre = xp.where(y > 0, dy, dy * dy.dtype.type(negative_slope))
     return dpre, (bias_add_backward_numpy(dpre) if need_db else None)
+
+
+# ---------------------------------------------------------------- Numba CPU paths (cganraw.ops._cpu)
+# One pass each way over (N, C, HW): the forward adds the bias and applies the slope in
+# place (the reference's operations on float32 values: the same bits); the backward writes
+# dpre and sums it per channel in float64 (one channel per task, n then pixel order: the
+# same bits at any thread count; the reference's float32 reduction differs from it only by
+# float32 rounding). bias_add_backward sums the same way, so a fused and an unfused layer
+# still agree bit for bit.
+
+@_cpu.kernel
+def _bias_leaky_forward_numba(nb, parallel):
+    @nb.njit(parallel=parallel, cache=True)
+    def forward(y, y_cm, b, slope):  # y (N, C, HW), or (C, N, HW) when y_cm, in place; b (C,) or empty
+        if y_cm:
+            c, n, hw = y.shape
+        else:
+            n, c, hw = y.shape
+        has_bias = b.size > 0
+        for task in nb.prange(n * c):
+            ch, i = task // n, task % n
+            row = y[ch, i] if y_cm else y[i, ch]
+            bias = b[ch] if has_bias else y.dtype.type(0)
+            for p in range(hw):
+                v = row[p] + bias if has_bias else row[p]
+                row[p] = v if v > 0 else v * slope
+    return forward
+
+
+@_cpu.kernel
+def _bias_leaky_backward_numba(nb, parallel):
+    @nb.njit(parallel=parallel, cache=True)
+    def backward(dy, dy_cm, y, y_cm, slope, dpre, db):  # dpre in y's layout; db (C,) float64 or empty
+        if y_cm:
+            c, n, hw = y.shape
+        else:
+            n, c, hw = y.shape
+        sums = db.size > 0
+        for ch in nb.prange(c):
+            acc = 0.0
+            for i in range(n):
+                g = dy[ch, i] if dy_cm else dy[i, ch]
+                yr = y[ch, i] if y_cm else y[i, ch]
+                d = dpre[ch, i] if y_cm else dpre[i, ch]
+                for p in range(hw):
+                    v = g[p] if yr[p] > 0 else g[p] * slope
+                    d[p] = v
+                    acc += v
+            if sums:
+                db[ch] = acc
+    return backward
+
+
+@_cpu.kernel
+def _channel_sum_numba(nb, parallel):
+    @nb.njit(parallel=parallel, cache=True)
+    def channel_sum(dy, dy_cm, db):  # db[c] = sum of channel c in float64, in the backward's order
+        if dy_cm:
+            c, n, hw = dy.shape
+        else:
+            n, c, hw = dy.shape
+        for ch in nb.prange(c):
+            acc = 0.0
+            for i in range(n):
+                g = dy[ch, i] if dy_cm else dy[i, ch]
+                for p in range(hw):
+                    acc += g[p]
+            db[ch] = acc
+    return channel_sum
+
+
+def _numba_ok(*arrays):
+    return _cpu.enabled() and _cpu.host_arrays(*arrays) and all(a.ndim in (2, 4) and a.dtype in (np.float32, np.float64)
+                                  for a in arrays)
+
+
+def _physical3(a):
+    """(N, C) or (N, C, H, W) -> (C-contiguous (N, C, HW) or (C, N, HW), channel_major): a view
+    of an NCHW or channel-major array, a copy of any other layout (cganraw.ops._cpu.physical)."""
+    if a.ndim == 2:
+        return np.ascontiguousarray(a).reshape(a.shape[0], a.shape[1], 1), False
+    p, cm = _cpu.physical(a)
+    return p.reshape(p.shape[0], p.shape[1], -1), cm
+
+
+def bias_add_backward_numba(dy):
+    """As bias_add_backward_numpy, summed per channel in float64 (see above)."""
+    db = np.empty(dy.shape[1], dtype=np.float64)
+    _channel_sum_numba(*_physical3(dy), db, work=dy.size)
+    return db.astype(dy.dtype)
+
+
+def bias_leaky_relu_forward_numba(y, b, negative_slope):
+    """In place, bit-identical to bias_leaky_relu_forward_numpy."""
+    _check_slope("bias_leaky_relu_forward", negative_slope)
+    bias = np.empty(0, dtype=y.dtype) if b is None else np.ascontiguousarray(b, dtype=y.dtype)
+    y3, cm = _physical3(y)
+    if not np.may_share_memory(y3, y):   # a layout that needed a copy: stay in place instead
+        return bias_leaky_relu_forward_numpy(y, b, negative_slope)
+    _bias_leaky_forward_numba(y3, cm, bias, y.dtype.type(negative_slope), work=y.size)
+    return y, (y, negative_slope)
+
+
+def bias_leaky_relu_backward_numba(dy, cache, need_db=True):
+    """As bias_leaky_relu_backward_numpy: dpre bit-identical, db = bias_add_backward_numba(dpre)."""
+    y, negative_slope = cache
+    y3, y_cm = _physical3(y)
+    dpre3 = np.empty_like(y3)   # in the layer's own output layout: the GEMMs after take it as it is
+    db = np.empty(dy.shape[1] if need_db else 0, dtype=np.float64)
+    _bias_leaky_backward_numba(*_physical3(dy), y3, y_cm, dy.dtype.type(negative_slope), dpre3, db, work=dy.size)
+    if y.ndim == 2:
+        dpre = dpre3.reshape(y.shape)
+    else:
+        n, c, h, w = y.shape
+        dpre = dpre3.reshape(c, n, h, w).transpose(1, 0, 2, 3) if y_cm else dpre3.reshape(n, c, h, w)
+    return dpre, (db.astype(dy.dtype) if need_db else None)
 
 
 # ---------------------------------------------------------------- CUDA kernels (kernels/bias.cu)
@@ -192,6 +308,8 @@ def bias_add_backward(dy):
     """dy (N, C[, H, W]) -> db (C,)."""
     if backend.uses_kernels():
         return bias_add_backward_cuda(dy)
+    if _numba_ok(dy):
+        return bias_add_backward_numba(dy)
     return bias_add_backward_numpy(dy)
 
 
@@ -200,6 +318,8 @@ def bias_leaky_relu_forward(y, b, negative_slope):
     cache (y itself and the slope: the backward's mask is y > 0). negative_slope >= 0."""
     if backend.uses_kernels():
         return bias_leaky_relu_forward_cuda(y, b, negative_slope)
+    if _numba_ok(y) and y.flags.writeable and (b is None or b.dtype == y.dtype):
+        return bias_leaky_relu_forward_numba(y, b, negative_slope)
     return bias_leaky_relu_forward_numpy(y, b, negative_slope)
 
 
@@ -207,4 +327,6 @@ def bias_leaky_relu_backward(dy, cache, need_db=True):
     """dy -> dpre (the gradient before the activation), db (C,) or None."""
     if backend.uses_kernels():
         return bias_leaky_relu_backward_cuda(dy, cache, need_db)
+    if _numba_ok(dy, cache[0]) and dy.dtype == cache[0].dtype and dy.shape == cache[0].shape:
+        return bias_leaky_relu_backward_numba(dy, cache, need_db)
     return bias_leaky_relu_backward_numpy(dy, cache, need_db)

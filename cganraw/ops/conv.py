@@ -23,7 +23,7 @@ import os
 import numpy as np
 
 from cganraw import backend
-from cganraw.ops import _cpu, _launch
+from cganraw.ops import _cpu, _launch, _layout
 from cganraw.ops.bias import bias_add_backward, bias_add_forward
 from cganraw.ops.gemm import gemm
 
@@ -81,46 +81,61 @@ def col2im_numpy(cols, x_shape, kernel_size, stride, padding, out_hw=None):
 @_cpu.kernel
 def _im2col_numba(nb, parallel):
     @nb.njit(parallel=parallel, cache=True)
-    def im2col(x, k, s, p, ho, wo, cols):
-        # one row (c, i, j) of cols per task; padding handled by bounds, not a padded copy
-        n_img, c_in, h, w = x.shape
+    def im2col(x, x_cm, k, s, p, ho, wo, cols):
+        # one row (c, i, j) of cols per task; padding handled by bounds, not a padded copy;
+        # x NCHW, or (C, N, H, W) when x_cm (cganraw.ops._cpu.physical)
+        if x_cm:
+            c_in, n_img, h, w = x.shape
+        else:
+            n_img, c_in, h, w = x.shape
         for r in nb.prange(c_in * k * k):
             c, i, j = r // (k * k), (r // k) % k, r % k
+            # the windows ox whose column ox*s + j - p lies on the image: [lo, hi)
+            lo = max(0, (p - j + s - 1) // s)
+            hi = max(lo, min(wo, (w - 1 + p - j) // s + 1))
             for n in range(n_img):
                 for oy in range(ho):
                     yy = oy * s + i - p
-                    dst = (n * ho + oy) * wo
+                    row = cols[r, (n * ho + oy) * wo:(n * ho + oy + 1) * wo]
                     if yy < 0 or yy >= h:
-                        cols[r, dst:dst + wo] = 0
+                        row[:] = 0
                         continue
-                    for ox in range(wo):
-                        xx = ox * s + j - p
-                        cols[r, dst + ox] = x[n, c, yy, xx] if 0 <= xx < w else 0
+                    src = x[c, n, yy] if x_cm else x[n, c, yy]
+                    row[:lo] = 0
+                    for ox in range(lo, hi):       # branch-free interior
+                        row[ox] = src[ox * s + j - p]
+                    row[hi:] = 0
     return im2col
 
 
 @_cpu.kernel
 def _col2im_numba(nb, parallel):
     @nb.njit(parallel=parallel, cache=True)
-    def col2im(cols, k, s, p, ho, wo, out):
-        # one (n, c) output plane per task: its k*k scatters never race with another task
-        n_img, c_out, h, w = out.shape
-        for nc in nb.prange(n_img * c_out):
-            n, c = nc // c_out, nc % c_out
-            plane = out[n, c]
+    def col2im(cols, k, s, p, ho, wo, out, out_cm):  # out (N, C, H, W), or (C, N, H, W) when out_cm
+        # one (n, c) output plane per task: its k*k scatters never race with another task;
+        # channel-major task order, so that neighbouring tasks read neighbouring columns of
+        # the same k*k rows of cols
+        if out_cm:
+            c_out, n_img, h, w = out.shape
+        else:
+            n_img, c_out, h, w = out.shape
+        for cn in nb.prange(n_img * c_out):
+            c, n = cn // n_img, cn % n_img
+            plane = out[c, n] if out_cm else out[n, c]
             plane[:, :] = 0
             for i in range(k):
                 for j in range(k):
                     r = (c * k + i) * k + j
+                    lo = max(0, (p - j + s - 1) // s)      # windows on the image, as in im2col
+                    hi = max(lo, min(wo, (w - 1 + p - j) // s + 1))
                     for oy in range(ho):
                         yy = oy * s + i - p
                         if yy < 0 or yy >= h:
                             continue
-                        src = (n * ho + oy) * wo
-                        for ox in range(wo):
-                            xx = ox * s + j - p
-                            if 0 <= xx < w:
-                                plane[yy, xx] += cols[r, src + ox]
+                        src = cols[r, (n * ho + oy) * wo:(n * ho + oy + 1) * wo]
+                        dst = plane[yy]
+                        for ox in range(lo, hi):
+                            dst[ox * s + j - p] += src[ox]
     return col2im
 
 
@@ -255,7 +270,7 @@ def im2col(x, kernel_size, stride=1, padding=0, out_hw=None):
     if _use_numba(x):
         n, c, h, w, k, _, _, ho, wo = _conv_geometry("im2col", x.shape, kernel_size, stride, padding, out_hw)
         cols = np.empty((c * k * k, n * ho * wo), dtype=x.dtype)
-        _im2col_numba(np.ascontiguousarray(x), k, stride, padding, ho, wo, cols, work=cols.size)
+        _im2col_numba(*_cpu.physical(x), k, stride, padding, ho, wo, cols, work=cols.size)
         return cols
     return im2col_numpy(x, kernel_size, stride, padding, out_hw)
 
@@ -267,9 +282,9 @@ def col2im(cols, x_shape, kernel_size, stride=1, padding=0, out_hw=None):
     if _use_numba(cols):
         n, c, h, w, k, _, _, ho, wo = _conv_geometry("col2im", x_shape, kernel_size, stride, padding, out_hw)
         _check_cols("col2im", cols, x_shape, k, stride, padding, ho, wo)
-        out = np.empty(x_shape, dtype=cols.dtype)
-        _col2im_numba(np.ascontiguousarray(cols), k, stride, padding, ho, wo, out, work=cols.size)
-        return out
+        out = np.empty((c, n, h, w), dtype=cols.dtype)          # channel-major (ops._layout)
+        _col2im_numba(np.ascontiguousarray(cols), k, stride, padding, ho, wo, out, True, work=cols.size)
+        return out.transpose(1, 0, 2, 3)
     return col2im_numpy(cols, x_shape, kernel_size, stride, padding, out_hw)
 
 
@@ -280,7 +295,10 @@ def _to_channel_major(a):
 
 
 def _from_channel_major(a2, n, h, w):
-    # (C, N*H*W) -> contiguous (N, C, H, W)
+    # (C, N*H*W) -> (N, C, H, W): on the NumPy backend a channel-major view (ops._layout),
+    # else a contiguous copy (the kernels take NCHW)
+    if _cpu.host_arrays(a2):
+        return _layout.channel_major_view(a2, n, h, w)
     c = a2.shape[0]
     return _launch.contiguous(a2.reshape(c, n, h, w).transpose(1, 0, 2, 3))
 
@@ -348,12 +366,15 @@ def conv2d_backward(dy, cache, need_dx=True, need_dW=True, dW_out=None):
 #   q = 0: (i, di) = (1, 0), (3, -1);   q = 1: (i, di) = (0, 1), (2, 0)     (likewise r, j, dj)
 # So the forward is 16 GEMMs W[:, :, i, j]^T (Cout, Cin) @ x shifted by (di, dj), four per
 # phase accumulating (beta = 1), instead of one (Cout*16, N*H*W) column matrix and col2im.
-# The shift is a column offset into the input laid out channel-major with a one-pixel zero
-# border, flattened to (Cin, N*(H+2)*(W+2)): the GEMM operands are views of it (no copies,
-# rows strided), and the phase results land in a (Cout, N*(H+2)*(W+2)) buffer whose border
-# columns are scratch. The data gradient is the same 16 GEMMs the other way (W[:, :, i, j]
-# @ the bordered dy phase shifted by (-di, -dj)), the weight gradient 16 GEMMs x-shift @
-# dy-phase^T over the same flat range. No matrix is bigger than the input or the output.
+# The shift is a column offset into the input in the padded flat layout of ops._layout
+# (channel-major, a zero column after each image row and a zero row after each image,
+# shared with the next): (Cin, total), whose pixel (n, y, x) has a fixed column and whose
+# neighbours are fixed offsets away. The GEMM operands are views of it (no copies, rows
+# strided), and the phase results land in the same layout, (Cout, total), pad columns
+# scratch. The data gradient is the same 16 GEMMs the other way (W[:, :, i, j] @ the padded
+# dy phase shifted by (-di, -dj)), the weight gradient 16 GEMMs x-shift @ dy-phase^T over
+# the same column range (dy's pads are zeros). No matrix is bigger than the input or the
+# output (plus their pads).
 PHASE_TAPS = {0: ((1, 0), (3, -1)), 1: ((0, 1), (2, 0))}   # output parity -> (kernel index, input shift)
 
 
@@ -405,69 +426,63 @@ def _phase_taps(q, r):
     return [(i, di, j, dj) for i, di in PHASE_TAPS[q] for j, dj in PHASE_TAPS[r]]
 
 
-def _bordered(a):
-    """(N, C, H, W) -> (C, N*(H+2)*(W+2)): channel-major with a zero border, flattened."""
-    n, c, h, w = a.shape
-    out = _launch.zeros((c, n, h + 2, w + 2), a.dtype)
-    _launch.copy_into(out[:, :, 1:h + 1, 1:w + 1], a.transpose(1, 0, 2, 3))
-    return out.reshape(c, n * (h + 2) * (w + 2))
-
-
-def _phase_range(n, h, w):
-    """(first, length) of the flat columns that cover every interior pixel, and the row pitch."""
-    wp = w + 2
-    first = wp + 1
-    return first, n * (h + 2) * wp - 2 * first, wp
-
-
 def conv_transpose2d_phase_forward(x, W):
     """ConvTranspose2d(k4, s2, p1) without bias: x (N, Cin, H, W), W (Cin, Cout, 4, 4) ->
-    (y (N, Cout, 2H, 2W), xf the bordered flat input for the backward)."""
+    (y (N, Cout, 2H, 2W), xf the padded flat input for the backward)."""
     n, cin, h, w = x.shape
     cout = W.shape[1]
-    xf = _bordered(x)
-    first, length, wp = _phase_range(n, h, w)
-    Wt = _launch.contiguous(W.transpose(2, 3, 1, 0))           # (4, 4, Cout, Cin)
-    y = _launch.empty((n, cout, 2 * h, 2 * w), x.dtype)
-    y6 = y.reshape(n, cout, h, 2, w, 2)
-    buf = _launch.empty((cout, xf.shape[1]), x.dtype)          # one phase; border columns are scratch
-    acc = buf[:, first:first + length]
+    xf = _layout.padded_gather(x, h, w)                         # (Cin, total)
+    first, length, pitch = _layout.padded_layout(n, h, w)
+    Wt = _launch.contiguous(W.transpose(2, 3, 1, 0))            # (4, 4, Cout, Cin)
+    numpy_out = _cpu.host_arrays(x)
+    if numpy_out:       # channel-major output (ops._layout), the four phases interleaved in one pass
+        y = np.empty((cout, n, 2 * h, 2 * w), dtype=x.dtype).transpose(1, 0, 2, 3)
+    else:
+        y = _launch.empty((n, cout, 2 * h, 2 * w), x.dtype)
+    flats = _launch.empty((4 if numpy_out else 1, cout, xf.shape[1]), x.dtype)
     for q in (0, 1):
         for r in (0, 1):
+            flat = flats[2 * q + r if numpy_out else 0]
+            acc = flat[:, first:first + length]
             for t, (i, di, j, dj) in enumerate(_phase_taps(q, r)):
-                off = first + di * wp + dj
+                off = first + di * pitch + dj
                 gemm(Wt[i, j], xf[:, off:off + length], beta=0.0 if t == 0 else 1.0, out=acc)
-            _launch.copy_into(y6[:, :, :, q, :, r],
-                              buf.reshape(cout, n, h + 2, wp)[:, :, 1:h + 1, 1:w + 1].transpose(1, 0, 2, 3))
+            if not numpy_out:
+                _layout.padded_scatter(flat, y, h, w, 2, q, r)
+    if numpy_out:
+        _layout.phases_scatter(flats, y, h, w)
     return y, xf
 
 
 def conv_transpose2d_phase_backward(dy, xf, x_shape, W, need_dx=True, need_dW=True):
     """dy (N, Cout, 2H, 2W) -> dx (N, Cin, H, W) and dW (Cin, Cout, 4, 4) (None where not needed)."""
     n, cin, h, w = x_shape
-    cout = W.shape[1]
-    first, length, wp = _phase_range(n, h, w)
-    dy6 = dy.reshape(n, cout, h, 2, w, 2)
-    phases = {(q, r): _bordered(dy6[:, :, :, q, :, r]) for q in (0, 1) for r in (0, 1)}   # (Cout, flat) each
+    first, length, pitch = _layout.padded_layout(n, h, w)
+    stacked = _layout.phases_gather(dy, h, w)                   # (4, Cout, total), one pass over dy
+    phases = {(q, r): stacked[2 * q + r] for q in (0, 1) for r in (0, 1)}
     dx = dW = None
     if need_dW:
-        dWt = _launch.empty((4, 4, cin, cout), dy.dtype)
+        dWt = _launch.empty((4, 4, cin, W.shape[1]), dy.dtype)
         for (q, r), dyf in phases.items():
             for i, di, j, dj in _phase_taps(q, r):
-                off = first + di * wp + dj
+                off = first + di * pitch + dj
                 gemm(xf[:, off:off + length], dyf[:, first:first + length], trans_b=True, out=dWt[i, j])
         dW = _launch.contiguous(dWt.transpose(2, 3, 0, 1))
     if need_dx:
-        Wd = _launch.contiguous(W.transpose(2, 3, 0, 1))      # (4, 4, Cin, Cout)
-        buf = _launch.empty((cin, xf.shape[1]), dy.dtype)
-        acc = buf[:, first:first + length]
+        Wd = _launch.contiguous(W.transpose(2, 3, 0, 1))       # (4, 4, Cin, Cout)
+        flat = _launch.empty((cin, xf.shape[1]), dy.dtype)
+        acc = flat[:, first:first + length]
         t = 0
         for (q, r), dyf in phases.items():
             for i, di, j, dj in _phase_taps(q, r):
-                off = first - di * wp - dj
+                off = first - di * pitch - dj
                 gemm(Wd[i, j], dyf[:, off:off + length], beta=0.0 if t == 0 else 1.0, out=acc)
                 t += 1
-        dx = _launch.contiguous(buf.reshape(cin, n, h + 2, wp)[:, :, 1:h + 1, 1:w + 1].transpose(1, 0, 2, 3))
+        if _cpu.host_arrays(dy):        # channel-major
+            dx = np.empty((cin, n, h, w), dtype=dy.dtype).transpose(1, 0, 2, 3)
+        else:
+            dx = _launch.empty((n, cin, h, w), dy.dtype)
+        _layout.padded_scatter(flat, dx, h, w)
     return dx, dW
 
 

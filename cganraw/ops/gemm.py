@@ -23,10 +23,12 @@ import os
 import numpy as np
 
 from cganraw import backend, devicelog
-from cganraw.ops import _launch
+from cganraw.ops import _blas, _launch
 
 
 def gemm_numpy(a, b, trans_a=False, trans_b=False, alpha=1.0, beta=0.0, out=None):
+    if out is not None and beta != 0.0 and _blas.gemm_into(a, b, out, trans_a, trans_b, alpha, beta):
+        return out      # accumulated by BLAS itself: no temporary product, no second pass
     xp = backend.array_module(a)
     if xp is not np and out is not None:
         # cuBLAS's own alpha and beta: one call, C accumulated in place

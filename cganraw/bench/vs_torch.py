@@ -1,0 +1,105 @@
+"""Our NumPy conv cGAN training step against PyTorch's, side by side in one process:
+`python -m cganraw.bench --vs-torch`.
+
+For each (width, batch) in SHAPES, the same architecture and step order (D on real, D on
+fake, G through the updated D, Adam on both; cganraw.bench.train_cases) runs as ours and
+as PyTorch's (cganraw.interop.torch_models), after warm-up steps, interleaved one step
+each per round, the one going first alternating from round to round so that a drift in
+the machine's load falls on both alike. The result is each side's median step time and
+their ratio ours / PyTorch (< 1: ours is faster). PyTorch is not a dependency: without it
+the comparison cannot run, and says so.
+"""
+from __future__ import annotations
+
+import logging
+import statistics
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from cganraw.bench import harness, train_cases
+
+log = logging.getLogger(__name__)
+
+MODEL = "cgan-conv"
+SHAPES = ((128, 128), (64, 64))      # (width, batch)
+WARMUP = 2
+TORCH_MISSING = "PyTorch is not installed (pip install torch): --vs-torch has nothing to compare against"
+
+
+@dataclass
+class Comparison:
+    width: int
+    batch: int
+    ours_s: list
+    torch_s: list
+
+    @property
+    def ours_median(self) -> float:
+        return statistics.median(self.ours_s)
+
+    @property
+    def torch_median(self) -> float:
+        return statistics.median(self.torch_s)
+
+    @property
+    def ratio(self) -> float:
+        return self.ours_median / self.torch_median
+
+    def as_dict(self) -> dict:
+        return {**asdict(self), "ours_median_s": self.ours_median, "torch_median_s": self.torch_median,
+                "ratio": self.ratio}
+
+
+def _timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def compare(width: int, batch: int, rounds: int, torch, seed: int = 0) -> Comparison:
+    """`rounds` interleaved steps of ours and of PyTorch's at (width, batch)."""
+    x, y = train_cases.fake_batch(batch, conditional=True, seed=seed)
+    with harness.backend_ctx("numpy") as xp:
+        ours = train_cases.our_step(MODEL, batch, width, xp, x, y, seed)
+        peer = train_cases.torch_step(torch, MODEL, batch, width, x, y, seed)
+        for _ in range(WARMUP):
+            stats = ours()
+            losses = peer()
+        if not (np.isfinite(stats["d_loss"]) and all(np.isfinite(losses))):
+            raise RuntimeError(f"non-finite losses in the warm-up: ours {stats}, PyTorch's {losses}")
+        ours_s, torch_s = [], []
+        for r in range(rounds):
+            pair = ((ours, ours_s), (peer, torch_s))
+            for fn, times in (pair if r % 2 == 0 else pair[::-1]):
+                times.append(_timed(fn))
+            log.info("width %d batch %d round %d/%d: ours %.1f ms, PyTorch %.1f ms", width, batch, r + 1, rounds,
+                     ours_s[-1] * 1e3, torch_s[-1] * 1e3)
+    return Comparison(width, batch, ours_s, torch_s)
+
+
+def run(rounds: int = 5, threads: int | None = None, shapes=None) -> dict:
+    """Every shape compared; threads for BLAS, Numba and PyTorch alike. Raises
+    ModuleNotFoundError(TORCH_MISSING) without PyTorch."""
+    torch = train_cases._torch()
+    if torch is None:
+        raise ModuleNotFoundError(TORCH_MISSING)
+    threads = threads or harness.bench_threads()
+    harness.set_threads(threads)
+    torch.set_num_threads(threads)
+    from cganraw.bench.machine import machine_info
+    results = [compare(w, b, rounds, torch) for w, b in (shapes or SHAPES)]
+    return {"model": MODEL, "rounds": rounds, "threads": threads, "torch_version": torch.__version__,
+            "machine": machine_info(threads), "results": [c.as_dict() for c in results]}
+
+
+def format_results(data: dict) -> str:
+    lines = [f"{data['model']} training step, ours (NumPy) vs PyTorch {data['torch_version']}: median of "
+             f"{data['rounds']} interleaved rounds, {data['threads']} thread(s)",
+             f"{'width':>6} {'batch':>6} {'ours ms':>10} {'PyTorch ms':>11} {'ratio':>7}"]
+    for r in data["results"]:
+        lines.append(f"{r['width']:>6} {r['batch']:>6} {r['ours_median_s'] * 1e3:>10.1f} "
+                     f"{r['torch_median_s'] * 1e3:>11.1f} {r['ratio']:>7.3f}")
+    lines.append("ratio = ours / PyTorch (below 1: ours is faster)")
+    return "\n".join(lines)

@@ -1,0 +1,107 @@
+"""CPU threads of a training run on the NumPy backend: BLAS (through threadpoolctl) and
+Numba get one count, given (`--threads N`) or picked by measurement (`--threads 0`, the
+default): a GEMM of the conv cGAN's shapes is timed at 1, 2, 4, ... threads up to the
+CPUs this process may use, and the fastest count wins. On a shared machine more threads
+can be slower than one (a busy core stalls every parallel region), which is why it is
+measured and not assumed. `apply` returns what was set, for the run's config.json.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+_limiter = None        # the threadpoolctl limit in force (kept alive: it holds the setting)
+PROBE_SHAPE = (128, 128, 4096)   # M, K, N: a phase GEMM of a transposed convolution, cut short
+PROBE_REPEATS = 2
+
+
+def available_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:   # not Linux
+        return os.cpu_count() or 1
+
+
+def candidates(cpus: int | None = None) -> list:
+    """1, 2, 4, ... up to `cpus`, and `cpus` itself."""
+    cpus = cpus or available_cpus()
+    out, n = [], 1
+    while n < cpus:
+        out.append(n)
+        n *= 2
+    return out + [cpus]
+
+
+def set_threads(n: int) -> dict:
+    """BLAS and Numba to `n` threads (each capped at what it can run). Returns
+    {"blas": count or None, "numba": count or None} (None: that library is not loaded)."""
+    global _limiter
+    done = {"blas": None, "numba": None}
+    try:
+        from threadpoolctl import threadpool_info, threadpool_limits
+        _limiter = threadpool_limits(limits=int(n), user_api="blas")
+        counts = [p["num_threads"] for p in threadpool_info() if p.get("user_api") == "blas"]
+        done["blas"] = min(counts) if counts else None
+    except ImportError:
+        log.warning("threadpoolctl is missing: BLAS keeps its own thread count")
+    try:
+        import numba
+        numba.set_num_threads(max(1, min(int(n), numba.config.NUMBA_NUM_THREADS)))
+        done["numba"] = numba.get_num_threads()
+    except Exception:   # numba missing, or a threading layer that cannot start
+        pass
+    return done
+
+
+def _probe_seconds(n, a, b, out) -> float:
+    set_threads(n)
+    np.matmul(a, b, out=out)                       # wakes the threads
+    best = float("inf")
+    for _ in range(PROBE_REPEATS):
+        start = time.perf_counter()
+        np.matmul(a, b, out=out)
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+_picked = {}           # cpus -> pick()'s answer: measured once per process, so that every run
+                      # of one process (a test session, a tuning study) uses the same count
+
+
+def pick(cpus: int | None = None) -> tuple:
+    """(fastest thread count, {count: probe seconds}) over candidates(cpus), measured on
+    the first call of this process and remembered."""
+    cpus = cpus or available_cpus()
+    if cpus not in _picked:
+        _picked[cpus] = _measure(cpus)
+    return _picked[cpus]
+
+
+def _measure(cpus):
+    m, k, n = PROBE_SHAPE
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((m, k), dtype=np.float32)
+    b = rng.standard_normal((k, n), dtype=np.float32)
+    out = np.empty((m, n), np.float32)
+    times = {c: _probe_seconds(c, a, b, out) for c in candidates(cpus)}
+    return min(times, key=times.get), times
+
+
+def apply(requested: int | None) -> dict:
+    """Set the run's threads: `requested` > 0 as given, 0 or None picked by pick(). Returns
+    the record for config.json: requested, blas, numba, and the probe times when measured."""
+    record = {"requested": requested or "auto"}
+    if requested:
+        chosen = int(requested)
+    else:
+        chosen, times = pick()
+        record["probe_ms"] = {str(c): round(t * 1e3, 3) for c, t in times.items()}
+        log.debug("threads: %d (GEMM probe %s)", chosen,
+                 ", ".join(f"{c}: {t * 1e3:.1f} ms" for c, t in times.items()))
+    record.update(set_threads(chosen))
+    return record

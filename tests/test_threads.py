@@ -1,0 +1,79 @@
+"""cganraw.threads: BLAS and Numba thread counts, given or picked by a GEMM probe, and the
+trainer's --threads flag recorded in config.json."""
+import json
+
+import pytest
+
+from cganraw import threads, train
+from tests.synthetic import write_emnist
+
+
+@pytest.fixture
+def restore_threads():
+    before = threads.available_cpus()
+    yield
+    threads.set_threads(before)
+
+
+def test_candidates_double_up_to_the_cpus():
+    assert threads.candidates(1) == [1]
+    assert threads.candidates(2) == [1, 2]
+    assert threads.candidates(6) == [1, 2, 4, 6]
+    assert threads.candidates(8) == [1, 2, 4, 8]
+
+
+def test_set_threads_reaches_blas_and_numba(restore_threads):
+    import numpy as np
+    np.ones((2, 2)) @ np.ones((2, 2))         # BLAS loaded
+    got = threads.set_threads(1)
+    assert got["blas"] == 1
+    try:
+        import numba
+    except ImportError:
+        assert got["numba"] is None
+    else:
+        assert got["numba"] == numba.get_num_threads() == 1
+
+
+def test_apply_given_and_picked(restore_threads):
+    rec = threads.apply(1)
+    assert rec["requested"] == 1 and rec["blas"] == 1 and "probe_ms" not in rec
+    rec = threads.apply(0)
+    cands = threads.candidates()
+    assert rec["requested"] == "auto"
+    assert sorted(map(int, rec["probe_ms"])) == cands and all(t > 0 for t in rec["probe_ms"].values())
+    best = min(rec["probe_ms"], key=rec["probe_ms"].get)
+    assert rec["blas"] == int(best)
+    assert threads.apply(0)["probe_ms"] == rec["probe_ms"]          # measured once per process
+
+
+def test_trainer_records_threads_in_config(tmp_path, restore_threads):
+    data = tmp_path / "data"
+    write_emnist(data, "letters", __import__("numpy").random.default_rng(0), n=(16, 8))
+    out = tmp_path / "run"
+    assert train.main(["--dataset", "emnist", "--data-dir", str(data), "--out", str(out), "--max-steps", "2",
+                       "--width", "4", "--batch-size", "8", "--quiet", "--no-download", "--threads", "1"]) == 0
+    rec = json.loads((out / "config.json").read_text())["threads"]
+    assert rec["requested"] == 1 and rec["blas"] == 1
+
+
+def test_trainer_rejects_negative_threads(capsys):
+    with pytest.raises(SystemExit) as e:
+        train.main(["--threads", "-1"])
+    assert e.value.code == 2 and "--threads" in capsys.readouterr().err
+
+
+def test_resume_keeps_the_runs_thread_count(tmp_path, restore_threads):
+    # some BLAS results depend on the thread count: a resume without --threads keeps the run's
+    data = tmp_path / "data"
+    write_emnist(data, "letters", __import__("numpy").random.default_rng(0), n=(16, 8))
+    out = tmp_path / "run"
+    common = ["--quiet", "--no-download", "--data-dir", str(data)]
+    assert train.main(["--dataset", "emnist", "--out", str(out), "--max-steps", "1", "--width", "4",
+                       "--batch-size", "8", "--threads", "1", *common]) == 0
+    assert train.main(["--resume", str(out), "--max-steps", "2", *common]) == 0
+    rec = json.loads((out / "config.json").read_text())["threads"]
+    assert rec["requested"] == "auto" and rec["kept_from_run"] == 1 and rec["blas"] == 1
+    assert train.main(["--resume", str(out), "--max-steps", "3", "--threads", "2", *common]) == 0
+    rec = json.loads((out / "config.json").read_text())["threads"]
+    assert rec["requested"] == 2 and "kept_from_run" not in rec
