@@ -39,8 +39,16 @@ def run(*argv, **kw):
     return subprocess.run(cmd(*argv), env=ENV, capture_output=True, text=True, timeout=300, **kw)
 
 
+def _default_sigint():
+    # a run from a terminal: pytest may itself run as a background job of a non-interactive
+    # shell, which starts it with SIGINT ignored, and a child inherits that (the trainer then,
+    # rightly, leaves SIGINT ignored, as under nohup)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start(*argv):
-    return subprocess.Popen(cmd(*argv), env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(cmd(*argv), env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_default_sigint)
 
 
 def steps_logged(out):
