@@ -21,7 +21,7 @@ DEFAULTS = dict(model="cgan-conv", width=64, epochs=None, batch_size=64, lr=1e-4
                 beta2=0.999, latent_dim=100, seed=0, label_smoothing=0.0, mismatch=1.0, mode_seeking=0.0,
                 ema_decay=0.9995, lr_decay_start=1.0, g_batchnorm=True, g_norm="batch", d_norm="none",
                 minibatch_std=False, progressive=False, grow_at=0.5, fade=0.25, batch_size_final=None)
-# cgan-conv's, chosen by the ablation in the README (MNIST, 20 minutes of a 2-core CPU):
+# cgan-conv's, chosen by the ablation in docs/ablation.md (MNIST, 20 minutes of a 2-core CPU):
 # spectral norm and minibatch stddev in D, D at 4x G's learning rate (TTUR), the
 # matching-aware term at weight 2, and both rates falling over the second half of the
 # run. They turn a G that draws one shape per digit (FID 50, CAS 74%) into one with
