@@ -92,6 +92,14 @@ class Param:
             return trial.suggest_int(self.name, self.low, self.high, step=self.step or 1, log=self.log)
         return trial.suggest_float(self.name, self.low, self.high, step=self.step, log=self.log)
 
+    def contains(self, value):
+        """Whether Optuna could draw `value` for this parameter."""
+        if self.kind == "choice":
+            return value in self.choices
+        if self.kind in ("int", "float"):
+            return isinstance(value, (int, float)) and not isinstance(value, bool) and self.low <= value <= self.high
+        return value == self.value
+
     def argv(self, value):
         """The trainer's command-line words for `value`."""
         a = self.action
@@ -214,6 +222,13 @@ class Space:
 
     def searched(self):
         return [p for p in self.params if p.kind != "fixed"]
+
+    def trainer_defaults(self, model):
+        """{name: value} of the searched flags as `python -m cganraw.train --model MODEL` sets
+        them when not given (per-model defaults included): the study's baseline trial."""
+        from cganraw import settings
+        return {p.name: settings.model_default(model, p.name) if p.name in settings.DEFAULTS else p.action.default
+                for p in self.searched()}
 
     def describe(self):
         return [p.describe() for p in self.params]
