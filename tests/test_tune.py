@@ -194,6 +194,9 @@ def test_two_workers_finish_four_distinct_trials(env, tmp_path, capsys):
         folder = study_dir / t.user_attrs["run_dir"]
         assert (folder / "metrics.jsonl").is_file() and list((folder / "samples").glob("*.png"))
         assert (folder / "checkpoints" / "last.npz").exists() == (t.number == best[0].number)
+        # cores / workers BLAS threads each, given to the trainer (its own pick would oversubscribe)
+        threads = json.loads((folder / "config.json").read_text())["threads"]
+        assert threads["requested"] == max(1, (os.cpu_count() or 1) // 2) == threads["blas"]
     for name in ("summary.md", "history.png", "parallel_coordinate.png", "param_importances.png", "best_command.txt"):
         assert (study_dir / name).is_file(), name
     out = capsys.readouterr().out.strip().splitlines()
