@@ -176,6 +176,15 @@ def remove_spectral_norm(module, name="weight"):
     return module
 
 
+def only_spectral_norm_wraps(module):
+    """True when `module` has no instance-level forward/backward, or only spectral norm's."""
+    hooks = module.__dict__.get(_HOOKS) if isinstance(module, Module) else None
+    own = {k: module.__dict__[k] for k in ("forward", "backward") if k in module.__dict__}
+    if not own:
+        return True
+    return hooks is not None and own.get("forward") == hooks.forward and own.get("backward") == hooks.backward
+
+
 def is_spectrally_normalised(module, name="weight"):
     hooks = module.__dict__.get(_HOOKS) if isinstance(module, Module) else None
     return hooks is not None and name in hooks.norms
