@@ -90,20 +90,31 @@ class _SpectralNormHooks:
         self.norms = OrderedDict()
         self.caches = None
 
-    def forward(self, *args, **kwargs):
+    def prepare(self):
+        """Before the layer's own forward: the normalised weights (and the power iteration in
+        training mode). Returns their caches (None when the module keeps no caches)."""
         m = self.module
         caches = [fn.compute(m, power_iteration=m.training) for fn in self.norms.values()]
-        self.caches = caches if m._caching else None
+        return caches if m._caching else None
+
+    def finish(self, caches):
+        """After the layer's own backward: the raw weights' gradients from the normalised ones."""
+        m = self.module
+        if caches is None:
+            raise RuntimeError(f"{type(m).__name__}.backward: the spectral norm has no forward cache")
+        for fn, cache in zip(self.norms.values(), caches):
+            fn.backward(m, cache)
+
+    def forward(self, *args, **kwargs):
+        m = self.module
+        self.caches = self.prepare()
         return type(m).forward(m, *args, **kwargs)
 
     def backward(self, dy):
         m = self.module
         caches, self.caches = self.caches, None
         dx = type(m).backward(m, dy)        # raises first when there was no forward
-        if caches is None:
-            raise RuntimeError(f"{type(m).__name__}.backward: the spectral norm has no forward cache")
-        for fn, cache in zip(self.norms.values(), caches):
-            fn.backward(m, cache)
+        self.finish(caches)
         return dx
 
 
@@ -189,6 +200,11 @@ def only_spectral_norm_wraps(module):
     if not own:
         return True
     return hooks is not None and own.get("forward") == hooks.forward and own.get("backward") == hooks.backward
+
+
+def spectral_norm_hooks(module):
+    """The module's _SpectralNormHooks (prepare/finish), or None when it has none."""
+    return module.__dict__.get(_HOOKS) if isinstance(module, Module) else None
 
 
 def is_spectrally_normalised(module, name="weight"):
