@@ -6,6 +6,8 @@
 //   bias_add_forward_v1/v2    y[n, c, p] += b[c]          in place
 //   bias_add_backward_v1/v2   db[c] = sum_{n, p} dy[n, c, p]
 //   bias_add_backward_partial_v3 + bias_add_backward_reduce_v3   the same in two passes
+//   bias_add_backward_reduce_v4   as reduce_v3, adding the total into db (the bias's .grad)
+//                                 instead of writing it: no separate gradient add
 //   bias_leaky_relu_forward_v1            y = leaky_relu(y + b[c]), in place (fused)
 //   bias_leaky_relu_backward_partial_v1   dpre = y > 0 ? dy : slope * dy (written), and
 //                                         its per-channel partial sums; then
@@ -129,6 +131,13 @@ extern "C" __global__ void bias_add_backward_reduce_v3(float* db, const float* p
 {
     for (int c = blockIdx.x * blockDim.x + threadIdx.x; c < C; c += gridDim.x * blockDim.x)
         db[c] = ch_total(partials, 0, splits, C, c);
+}
+
+// partials: (splits, C) -> db: (C,) += their total, one thread per channel
+extern "C" __global__ void bias_add_backward_reduce_v4(float* db, const float* partials, int C, int splits)
+{
+    for (int c = blockIdx.x * blockDim.x + threadIdx.x; c < C; c += gridDim.x * blockDim.x)
+        db[c] += ch_total(partials, 0, splits, C, c);
 }
 
 // ---------------------------------------------------------------- fused bias + LeakyReLU

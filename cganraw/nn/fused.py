@@ -119,7 +119,8 @@ def backward(layer, act, dy, cache):
     layer_cache, act_cache, shape, sn_caches = cache
     check_same_shape(layer, dy, shape)
     need_dW = layer.weight.requires_grad
-    dpre, db = bias_leaky_relu_backward(dy, act_cache, need_db=need_dW)
+    db_out = layer.bias.grad if accumulates_in_place(layer.bias, dy) else None
+    dpre, db = bias_leaky_relu_backward(dy, act_cache, need_db=need_dW, out=db_out)
     # the weight GEMM adds into .grad (beta = 1) where it can, as the unfused layers do
     dW_out = layer.weight.grad if accumulates_in_place(layer.weight, dpre) else None
     if type(layer) is Linear:
@@ -156,7 +157,10 @@ def _batchnorm_forward(layer, x, slope):
 def _batchnorm_backward(layer, dy, cache):
     cache, shape = cache
     check_same_shape(layer, dy, shape)
-    dx, dgamma, dbeta = batchnorm_leaky_relu_backward(dy, cache)
+    # the kernel adds dgamma, dbeta into .grad where both can take it
+    into = accumulates_in_place(layer.weight, dy) and accumulates_in_place(layer.bias, dy)
+    dx, dgamma, dbeta = batchnorm_leaky_relu_backward(dy, cache, out=(layer.weight.grad, layer.bias.grad)
+                                                      if into else None)
     layer.weight.accumulate(dgamma)
     layer.bias.accumulate(dbeta)
     return dx

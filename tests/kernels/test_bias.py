@@ -132,3 +132,44 @@ def test_bad_inputs_are_rejected_or_made_contiguous(version, rng):
         B.bias_add_backward_cuda(view, version=0)
     with pytest.raises(ValueError, match="version"):
         B.bias_add_forward_cuda(view, b, version=3)
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=_ids(SHAPES))
+def test_reduce_v4_adds_into_out_as_v3_then_an_add(shape, launches, rng):
+    # with out (the bias's .grad) the ordered reduction adds its total in: the bits of v3's
+    # db added to it, for the plain and the fused (LeakyReLU) backward; v1 and v2 add after
+    dy = rng.standard_normal(shape).astype(np.float32)
+    c = shape[1]
+    before = rng.standard_normal(c).astype(np.float32)
+    got = before.copy()
+    assert B.bias_add_backward_cuda(dy, out=got) is None
+    np.testing.assert_array_equal(got, before + B.bias_add_backward_cuda(dy))
+    assert "bias_add_backward_reduce_v4" in launches
+    for version in (1, 2):
+        got = before.copy()
+        assert B.bias_add_backward_cuda(dy, version=version, out=got) is None
+        np.testing.assert_array_equal(got, before + B.bias_add_backward_cuda(dy, version=version))
+    y = rng.standard_normal(shape).astype(np.float32)
+    y, cache = B.bias_leaky_relu_forward_cuda(y, rng.standard_normal(c).astype(np.float32), 0.2)
+    dpre_ref, db_ref = B.bias_leaky_relu_backward_cuda(dy, cache)
+    got = before.copy()
+    dpre, db = B.bias_leaky_relu_backward_cuda(dy, cache, out=got)
+    assert db is None
+    np.testing.assert_array_equal(dpre, dpre_ref)
+    np.testing.assert_array_equal(got, before + db_ref)
+    # the CPU dispatch: the same accumulation
+    backend.use("numpy")
+    try:
+        got = before.copy()
+        assert B.bias_add_backward(dy, out=got) is None
+        np.testing.assert_array_equal(got, before + B.bias_add_backward(dy))
+    finally:
+        backend.use("emu")
+
+
+def test_out_must_fit(rng):
+    dy = rng.standard_normal((3, 4)).astype(np.float32)
+    with pytest.raises(ValueError, match=r"bias_add_backward: out must be a contiguous float32 array of shape \(4,\)"):
+        B.bias_add_backward_cuda(dy, out=np.zeros(5, np.float32))
+    with pytest.raises(ValueError, match="bias_leaky_relu_backward: out must be"):
+        B.bias_leaky_relu_backward_cuda(dy, (dy, 0.2), out=np.zeros(8, np.float32)[::2])
