@@ -34,12 +34,11 @@ from cganraw.nn.utils import only_spectral_norm_wraps, spectral_norm_hooks
 from cganraw.ops.batchnorm import batchnorm_leaky_relu_backward, batchnorm_leaky_relu_forward, batchnorm_running_update
 from cganraw.ops.bias import bias_leaky_relu_backward, bias_leaky_relu_forward
 from cganraw.ops.conv import (
-    conv2d_backward,
-    conv2d_forward,
     conv_output_size,
     conv_transpose2d_backward,
     conv_transpose2d_forward,
 )
+from cganraw.ops.conv_leaky import conv2d_bias_leaky_relu_backward, conv2d_bias_leaky_relu_forward
 from cganraw.ops.linear import linear_backward, linear_forward
 
 
@@ -101,7 +100,10 @@ def _gemm_forward(layer, x, slope):
                conv_output_size(w, layer.kernel_size, layer.stride, layer.padding)) <= 0:
             raise ValueError(f"Conv2d: input of spatial size {h}x{w} is smaller than the kernel "
                              f"({layer.kernel_size}) with padding {layer.padding}")
-        y, cache = conv2d_forward(x, layer.weight.data, None, layer.stride, layer.padding)
+        # the bias and activation in the kernels that also turn the GEMM's layout
+        y, cache = conv2d_bias_leaky_relu_forward(x, layer.weight.data, layer.bias.data, layer.stride,
+                                                  layer.padding, slope)
+        return y, (cache, None, y.shape)
     else:
         layer._check(x)
         y, cache = conv_transpose2d_forward(x, layer.weight.data, None, layer.stride, layer.padding,
@@ -120,15 +122,14 @@ def backward(layer, act, dy, cache):
     check_same_shape(layer, dy, shape)
     need_dW = layer.weight.requires_grad
     db_out = layer.bias.grad if accumulates_in_place(layer.bias, dy) else None
-    dpre, db = bias_leaky_relu_backward(dy, act_cache, need_db=need_dW, out=db_out)
     # the weight GEMM adds into .grad (beta = 1) where it can, as the unfused layers do
-    dW_out = layer.weight.grad if accumulates_in_place(layer.weight, dpre) else None
-    if type(layer) is Linear:
-        dx, dW, _ = linear_backward(dpre, layer_cache, need_dW=need_dW, dW_out=dW_out)
-    elif type(layer) is Conv2d:
-        dx, dW, _ = conv2d_backward(dpre, layer_cache, need_dW=need_dW, dW_out=dW_out)
+    dW_out = layer.weight.grad if accumulates_in_place(layer.weight, dy) else None
+    if type(layer) is Conv2d:       # the activation's gradient comes out in the GEMMs' layout
+        dx, dW, db = conv2d_bias_leaky_relu_backward(dy, layer_cache, need_dW=need_dW, dW_out=dW_out, db_out=db_out)
     else:
-        dx, dW, _ = conv_transpose2d_backward(dpre, layer_cache, need_dW=need_dW, dW_out=dW_out)
+        dpre, db = bias_leaky_relu_backward(dy, act_cache, need_db=need_dW, out=db_out)
+        backward_op = linear_backward if type(layer) is Linear else conv_transpose2d_backward
+        dx, dW, _ = backward_op(dpre, layer_cache, need_dW=need_dW, dW_out=dW_out)
     layer.weight.accumulate(dW)
     layer.bias.accumulate(db)
     hooks = spectral_norm_hooks(layer)

@@ -313,6 +313,53 @@ def bias_leaky_relu_backward_cuda(dy, cache, need_db=True, splits=None, out=None
     return dpre, (_reduce_partials(partials, c, s, out) if need_db else None)
 
 
+def bias_leaky_relu_forward_from_channel_major_cuda(y_cm, n, h, w, b, negative_slope):
+    """leaky_relu(y + b) as bias_leaky_relu_forward_numpy, for a pre-activation y held
+    channel-major, y_cm (C, N*H*W) (a conv GEMM's output): bias_leaky_relu_forward_v2 writes
+    the result (N, C, H, W) in one pass, with no layout copy. Returns y, cache (y, slope)."""
+    op = "bias_leaky_relu_forward"
+    _check_slope(op, negative_slope)
+    yc = _launch.arg(y_cm, np.float32, f"{op}: y_cm")
+    c = int(yc.shape[0]) if yc.ndim == 2 else -1
+    if yc.ndim != 2 or yc.shape[1] != n * h * w:
+        raise ValueError(f"{op}: y_cm must have shape (C, {n * h * w}), got {tuple(yc.shape)}")
+    bc = _launch.arg(b, np.float32, f"{op}: b")
+    if tuple(bc.shape) != (c,):
+        raise ValueError(f"{op}: b has shape {tuple(bc.shape)}, expected ({c},)")
+    y = _launch.empty((n, c, h, w))
+    total = _launch.element_count(y.size, op)
+    if y.size:
+        grid, block = _launch.grid_for(y.size, max_blocks=_launch.ELEMENTWISE_MAX_BLOCKS)
+        _launch.function("bias", "bias_leaky_relu_forward_v2")(
+            grid, block, (y, yc, bc, _launch.f32(negative_slope), _launch.i32(n), _launch.i32(c), _launch.i32(h * w),
+                          total))
+    return y, (y, negative_slope)
+
+
+def bias_leaky_relu_backward_to_channel_major_cuda(dy, cache, need_db=True, splits=None, out=None):
+    """As bias_leaky_relu_backward_cuda, with dpre written channel-major (C, N*H*W), the
+    layout a conv's weight and input GEMMs take (bias_leaky_relu_backward_partial_v2): no
+    layout copy. Returns dpre_cm, db (None without need_db, or with `out`, added into it)."""
+    op = "bias_leaky_relu_backward"
+    y, negative_slope = cache
+    n, c, hw = _launch.split_channels(dy, op, "dy")
+    _check_out(out, c, op)
+    dyc = _launch.arg(dy, np.float32, f"{op}: dy")
+    yc = _launch.arg(y, np.float32, f"{op}: y")
+    if tuple(yc.shape) != tuple(dyc.shape):
+        raise ValueError(f"{op}: dy has shape {tuple(dyc.shape)}, the forward's output {tuple(yc.shape)}")
+    _launch.element_count(dyc.size, op)
+    dpre = _launch.empty((c, n * hw))
+    if dyc.size == 0:
+        return dpre, (_launch.zeros((c,)) if need_db and out is None else None)
+    grid, block, s = _launch.channel_split_launch(n, c, hw, splits)
+    partials = _launch.empty((s, c))
+    _launch.function("bias", "bias_leaky_relu_backward_partial_v2")(
+        grid, block, (dpre, partials, dyc, yc, _launch.f32(negative_slope), _launch.i32(n), _launch.i32(c),
+                      _launch.i32(hw), _launch.i32(s)))
+    return dpre, (_reduce_partials(partials, c, s, out) if need_db else None)
+
+
 # ---------------------------------------------------------------- public ops: dispatch
 
 def bias_add_forward(y, b):

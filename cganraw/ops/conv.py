@@ -334,19 +334,22 @@ def conv2d_forward(x, W, b=None, stride=1, padding=0):
     return y, ("im2col", (cols, x.shape, W, stride, padding, b is not None))
 
 
-def conv2d_backward(dy, cache, need_dx=True, need_dW=True, dW_out=None, db_out=None):
+def conv2d_backward(dy, cache, need_dx=True, need_dW=True, dW_out=None, db_out=None, dy_channel_major=None):
     """dy (N, O, Ho, Wo) -> dx (N, C, H, W), dW (O, C, k, k), db (O,). With dW_out (the
     weight's contiguous .grad) the GEMM adds dW into it (beta = 1) and returns dW None,
     except on the expanded-outputs path, whose dW is a flipped transpose. With db_out (the
-    bias's .grad) db is added into it and returned None."""
+    bias's .grad) db is added into it and returned None. dy_channel_major: dy already as
+    (O, N*Ho*Wo) (the im2col path of a layer without bias; dy is then None)."""
     mode, cache = cache
+    if dy_channel_major is not None and (mode != "im2col" or cache[5]):
+        raise ValueError("conv2d_backward: dy_channel_major needs the im2col path of a layer without bias")
     if mode == "expand_outputs":
         dx, dWt, db = conv_transpose2d_backward(dy, cache, need_dx, need_dW, db_out=db_out)
         dW = None if dWt is None else _launch.contiguous(_as_transposed_kernel(dWt))
         return dx, dW, db
     cols, x_shape, W, stride, padding, has_bias = cache
     o, c, k, _ = W.shape
-    dy2 = _to_channel_major(dy)                                # (O, N*Ho*Wo)
+    dy2 = _to_channel_major(dy) if dy_channel_major is None else dy_channel_major    # (O, N*Ho*Wo)
     dW = db = dx = None
     if need_dW:
         if dW_out is not None:

@@ -173,3 +173,50 @@ def test_out_must_fit(rng):
         B.bias_add_backward_cuda(dy, out=np.zeros(5, np.float32))
     with pytest.raises(ValueError, match="bias_leaky_relu_backward: out must be"):
         B.bias_leaky_relu_backward_cuda(dy, (dy, 0.2), out=np.zeros(8, np.float32)[::2])
+
+
+# (N, C, H, W): the conv layouts (7x7 and 14x14 maps, odd batches, channel counts that are
+# not multiples of 4), HW % 4 == 0 (the float4 path), HW == 1 (the rows path)
+CM_SHAPES = [(3, 5, 7, 7), (1, 1, 1, 1), (2, 7, 4, 4), (5, 6, 14, 14), (4, 9, 1, 1), (3, 130, 1, 1),
+             (2, 3, 3, 5)]
+
+
+@pytest.mark.parametrize("shape", CM_SHAPES, ids=_ids(CM_SHAPES))
+def test_channel_major_fused_kernels(shape, all_orders, rng):
+    # v2 reads (forward) or writes (backward) the pre-activation channel-major (C, N*HW):
+    # the v1 results, with the layout turned
+    n, c, h, w = shape
+    pre = rng.standard_normal(shape).astype(np.float32)
+    b = rng.standard_normal(c).astype(np.float32)
+    pre_cm = np.ascontiguousarray(pre.transpose(1, 0, 2, 3)).reshape(c, n * h * w)
+    y, cache = B.bias_leaky_relu_forward_from_channel_major_cuda(pre_cm, n, h, w, b, 0.2)
+    y_ref, cache_ref = B.bias_leaky_relu_forward_numpy(pre.copy(), b, 0.2)
+    np.testing.assert_array_equal(y, y_ref)
+    dy = rng.standard_normal(shape).astype(np.float32)
+    dpre_ref, db_ref = B.bias_leaky_relu_backward_numpy(dy, cache_ref)
+    for splits in (None, 2):
+        dpre_cm, db = B.bias_leaky_relu_backward_to_channel_major_cuda(dy, cache, splits=splits)
+        np.testing.assert_array_equal(dpre_cm.reshape(c, n, h, w).transpose(1, 0, 2, 3), dpre_ref)
+        assert_close(db, db_ref, 1e-5, 1e-5, f"db {shape} splits={splits} ({all_orders} order)")
+        before = rng.standard_normal(c).astype(np.float32)
+        got = before.copy()
+        _, none = B.bias_leaky_relu_backward_to_channel_major_cuda(dy, cache, splits=splits, out=got)
+        assert none is None
+        np.testing.assert_array_equal(got, before + db)
+    _, none = B.bias_leaky_relu_backward_to_channel_major_cuda(dy, cache, need_db=False)
+    assert none is None
+
+
+def test_conv_pair_takes_no_layout_copies(rng):
+    # D's Conv2d + LeakyReLU on the kernel backends: im2col, the GEMM and the fused kernel
+    # forward; the fused kernel, the reduction, two GEMMs and col2im backward; no copies
+    from cganraw import devicelog, nn
+    seq = nn.Sequential(nn.Conv2d(3, 5, 3, 2, 1, rng=rng), nn.LeakyReLU(0.2))
+    x = rng.standard_normal((3, 3, 7, 7)).astype(np.float32)
+    with devicelog.recording() as log:
+        y = seq(x)
+        seq.backward(np.ones_like(y))
+    gemm = {"gemm"} | {e.name for e in log.launches if e.name.startswith("gemm_")}   # cuBLAS or our kernels
+    assert ["gemm" if e.name in gemm or e.kind == "gemm" else e.name for e in log.launches] == [
+        "im2col_v2", "gemm", "bias_leaky_relu_forward_v2", "bias_leaky_relu_backward_partial_v2",
+        "bias_add_backward_reduce_v4", "gemm", "gemm", "col2im_v3"]
