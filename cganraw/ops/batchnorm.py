@@ -284,11 +284,9 @@ def _backward_v3(op, dy, cache, splits, out=None):
     n, c, hw, dyc, xc, gc, ic, dx, dgamma, dbeta = _backward_args(op, dy, xhat, gamma, invstd)
     _check_grads_out(out, c, op)
     if dyc.size == 0:
-        if out is not None:
-            return dx, None, None
         dgamma.fill(0)
         dbeta.fill(0)
-        return dx, dgamma, dbeta
+        return (dx, dgamma, dbeta) if out is None else (dx, None, None)
     grid, block, s = _launch.channel_split_launch(n, c, hw, splits)
     i32 = _launch.i32
     shape = (i32(n), i32(c), i32(hw), i32(s))

@@ -220,3 +220,13 @@ def test_conv_pair_takes_no_layout_copies(rng):
     assert ["gemm" if e.name in gemm or e.kind == "gemm" else e.name for e in log.launches] == [
         "im2col_v2", "gemm", "bias_leaky_relu_forward_v2", "bias_leaky_relu_backward_partial_v2",
         "bias_add_backward_reduce_v4", "gemm", "gemm", "col2im_v3"]
+
+
+def test_channel_major_fused_kernels_on_an_empty_batch():
+    b = np.ones(3, np.float32)
+    y, cache = B.bias_leaky_relu_forward_from_channel_major_cuda(np.zeros((3, 0), np.float32), 0, 2, 2, b, 0.2)
+    assert y.shape == (0, 3, 2, 2)
+    dpre, db = B.bias_leaky_relu_backward_to_channel_major_cuda(np.zeros((0, 3, 2, 2), np.float32), cache)
+    assert dpre.shape == (3, 0) and np.array_equal(db, np.zeros(3, np.float32))
+    with pytest.raises(ValueError, match=r"y_cm must have shape \(C, 8\)"):
+        B.bias_leaky_relu_forward_from_channel_major_cuda(np.zeros((3, 5), np.float32), 2, 2, 2, b, 0.2)
