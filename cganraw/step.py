@@ -204,14 +204,14 @@ def _d_step_one_batch(G, D, z, real_images, real_labels, fake_labels, key, real_
     n = real_images.shape[0]
     parts = 3 if mismatch > 0 else 2
     images = _launch.empty((parts * n,) + tuple(real_images.shape[1:]), real_images.dtype)
-    _launch.copy_into(images[:n], real_images)
+    # the real images in the real and the wrong-label rows: one broadcasting copy
+    _launch.copy_into(images[:(parts - 1) * n].reshape((parts - 1, n) + tuple(real_images.shape[1:])), real_images)
     labels = None
     if G.conditional:
         k = G.num_classes
         labels = _launch.empty((parts * n,), np.int32)
         _launch.copy_into(labels[:n], real_labels)
         if mismatch > 0:
-            _launch.copy_into(images[n:2 * n], real_images)
             # every label moved by 1..K-1 places: a wrong label for every image
             philox_shift_labels(real_labels, k, key.stream(WRONG_LABELS), out=labels[n:2 * n])
         _launch.copy_into(labels[(parts - 1) * n:], fake_labels)
