@@ -288,7 +288,11 @@ class ConvCGANDiscriminator(_GAN):
 
     def _with_label_backward(self, d):
         dx, dlab = self.concat.backward(d)
-        self.label_emb.backward(self.label_fc.backward(self.label_map.backward(dlab)))
+        if any(p.requires_grad for m in (self.label_emb, self.label_fc) for p in m.parameters()):
+            self.label_emb.backward(self.label_fc.backward(self.label_map.backward(dlab)))
+        else:       # a frozen label path (D during G's step): its gradients would be dropped
+            for m in (self.label_map, self.label_fc, self.label_emb):
+                m.drop_caches()
         return dx
 
     def forward(self, x, labels):

@@ -50,6 +50,25 @@ def per_sample(module):
                for _, m in module.named_modules())
 
 
+def batchable(module):
+    """True when D's real, wrong-label and fake terms may run as one batch [real | wrong | fake]
+    with the same values and summed gradients as three passes (up to the order of float sums):
+    every part is one of PER_SAMPLE_LAYERS or a MinibatchStdDev, and nothing but spectral
+    norm wraps a layer's forward/backward.
+
+    - MinibatchStdDev runs segmented (nn.minibatch_std.segmented): each term is grouped on its
+      own, as in its own pass, whatever the group size and batch size, so its statistics and
+      gradients are exactly those of three passes.
+    - Spectral norm is per weight, not per sample. In one batch its power iteration runs once
+      per D step for D's terms (one training forward), where three passes ran it once per
+      term: the three terms then share one sigma, from u and v after one step of the
+      iteration (then one more for the G step's forward of D, as before). That is torch's
+      semantics for a D that takes the three terms as one batch, as BigGAN's does."""
+    return all((type(m) in PER_SAMPLE_LAYERS and "forward" not in m.__dict__ and "backward" not in m.__dict__)
+               or (type(m) in PER_SAMPLE_LAYERS + (nn.MinibatchStdDev,) and nn.utils.only_spectral_norm_wraps(m))
+               for _, m in module.named_modules())
+
+
 class StepStats(Mapping):
     """A step's losses and mean D outputs (STAT_NAMES), as one vector on the device: indexing
     gives a 0-d device array (float() of one reads it back: a sync); `fetch()` reads all of
@@ -102,9 +121,10 @@ def train_step(G, D, opt_g, opt_d, real_images, real_labels, rng, label_smoothin
     2016): D must then read the label from the first step, instead of only once G's
     images look real, which is what makes a cGAN draw the character it is asked for.
 
-    When D treats every sample alone (per_sample), its real, wrong-label and fake terms run
-    as one batch: one forward and one backward instead of three, the same values and
-    gradients up to the order of float sums.
+    When D allows it (batchable: per-sample layers, a MinibatchStdDev run segmented, spectral
+    norm), its real, wrong-label and fake terms run as one batch: one forward and one
+    backward instead of three, the same values and gradients up to the order of float sums
+    (with spectral norm, one power-iteration step for the three terms: see batchable).
 
     mode_seeking > 0 adds to G's loss the mode-seeking term of MSGAN, weighted by
     `mode_seeking`: the fakes come in pairs (i, M + i) with one label and two noise
@@ -136,7 +156,7 @@ def train_step(G, D, opt_g, opt_d, real_images, real_labels, rng, label_smoothin
     # --- D step ---------------------------------------------------------------------
     opt_d.zero_grad()
     with_mismatch = mismatch > 0 and G.conditional
-    if per_sample(D):
+    if batchable(D):
         loss_real, loss_mismatch, loss_fake, logits_real, logits_fake, fake = _d_step_one_batch(
             G, D, z, real_images, real_labels, fake_labels, key, real_target, mismatch if with_mismatch else 0.0)
     else:
@@ -184,14 +204,14 @@ def _d_step_one_batch(G, D, z, real_images, real_labels, fake_labels, key, real_
     n = real_images.shape[0]
     parts = 3 if mismatch > 0 else 2
     images = _launch.empty((parts * n,) + tuple(real_images.shape[1:]), real_images.dtype)
-    _launch.copy_into(images[:n], real_images)
+    # the real images in the real and the wrong-label rows: one broadcasting copy
+    _launch.copy_into(images[:(parts - 1) * n].reshape((parts - 1, n) + tuple(real_images.shape[1:])), real_images)
     labels = None
     if G.conditional:
         k = G.num_classes
         labels = _launch.empty((parts * n,), np.int32)
         _launch.copy_into(labels[:n], real_labels)
         if mismatch > 0:
-            _launch.copy_into(images[n:2 * n], real_images)
             # every label moved by 1..K-1 places: a wrong label for every image
             philox_shift_labels(real_labels, k, key.stream(WRONG_LABELS), out=labels[n:2 * n])
         _launch.copy_into(labels[(parts - 1) * n:], fake_labels)
@@ -199,7 +219,8 @@ def _d_step_one_batch(G, D, z, real_images, real_labels, fake_labels, key, real_
             _launch.mark_labels_checked(labels, k)
     fake = G(z, fake_labels)
     _launch.copy_into(images[(parts - 1) * n:], fake)
-    logits = D(images, labels)
+    with nn.minibatch_std.segmented(D, parts):      # each term grouped on its own
+        logits = D(images, labels)
     dlogits = _launch.empty(logits.shape, logits.dtype)
     seg = lambda a, i: a[i * n:(i + 1) * n]  # noqa: E731  (contiguous rows of one term)
     loss_real, _ = bce_with_logits(seg(logits, 0), real_target, out=seg(dlogits, 0))

@@ -31,6 +31,9 @@
 //   batchnorm_leaky_relu_backward_v1         beta > 0, else slope * dy, recomputed from
 //                                            xhat: the activation's gradient costs no pass
 //                                            and no stored mask
+//   batchnorm_leaky_relu_backward_v2         as _v1, adding dgamma, dbeta into the arrays
+//                                            given (the parameters' .grad) instead of
+//                                            writing them: no separate gradient adds
 //
 // Shapes: x, y, xhat, dy, dx (N, C, HW) contiguous, HW = H*W (1 for (N, C));
 // gamma, beta, mean, invstd, var, dgamma, dbeta (C,); count = N*HW values per channel.
@@ -484,11 +487,15 @@ struct BnGradApply {
     float slope;
     int training, N, C, HW, splits;
     bool vec;
+    bool accumulate;     // dgamma, dbeta += the sums (else =)
     __device__ BnGradChannel consts(int c, bool write) const
     {
         const float sum_dy = ch_total(partials, 0, splits, C, c);
         const float sum_dy_xhat = ch_total(partials, 1, splits, C, c);
-        if (write) {
+        if (write && accumulate) {
+            dbeta[c] += sum_dy;
+            dgamma[c] += sum_dy_xhat;
+        } else if (write) {
             dbeta[c] = sum_dy;
             dgamma[c] = sum_dy_xhat;
         }
@@ -530,10 +537,11 @@ template <bool ACT>
 __device__ __forceinline__ void bn_backward_apply(float* dx, float* dgamma, float* dbeta, const float* partials,
                                                   const float* dy, const float* xhat, const float* gamma,
                                                   const float* beta, const float* invstd, float slope,
-                                                  int training, int N, int C, int HW, int splits)
+                                                  int training, int N, int C, int HW, int splits,
+                                                  bool accumulate = false)
 {
     BnGradApply<ACT> op{dx, dgamma, dbeta, partials, dy, xhat, gamma, beta, invstd, slope, training, N, C, HW,
-                        splits, ch_aligned16(dx) && ch_aligned16(dy) && ch_aligned16(xhat)};
+                        splits, ch_aligned16(dx) && ch_aligned16(dy) && ch_aligned16(xhat), accumulate};
     ch_apply(op, N, C, HW, splits);
 }
 
@@ -572,4 +580,15 @@ extern "C" __global__ void batchnorm_leaky_relu_backward_v1(float* dx, float* dg
 {
     bn_backward_apply<true>(dx, dgamma, dbeta, partials, dy, xhat, gamma, beta, invstd, slope, training,
                             N, C, HW, splits);
+}
+
+// as batchnorm_leaky_relu_backward_v1, adding dgamma and dbeta into the arrays given
+extern "C" __global__ void batchnorm_leaky_relu_backward_v2(float* dx, float* dgamma, float* dbeta,
+                                                            const float* partials, const float* dy,
+                                                            const float* xhat, const float* gamma, const float* beta,
+                                                            const float* invstd, float slope, int training,
+                                                            int N, int C, int HW, int splits)
+{
+    bn_backward_apply<true>(dx, dgamma, dbeta, partials, dy, xhat, gamma, beta, invstd, slope, training,
+                            N, C, HW, splits, true);
 }

@@ -6,10 +6,18 @@
 //   bias_add_forward_v1/v2    y[n, c, p] += b[c]          in place
 //   bias_add_backward_v1/v2   db[c] = sum_{n, p} dy[n, c, p]
 //   bias_add_backward_partial_v3 + bias_add_backward_reduce_v3   the same in two passes
+//   bias_add_backward_reduce_v4   as reduce_v3, adding the total into db (the bias's .grad)
+//                                 instead of writing it: no separate gradient add
 //   bias_leaky_relu_forward_v1            y = leaky_relu(y + b[c]), in place (fused)
 //   bias_leaky_relu_backward_partial_v1   dpre = y > 0 ? dy : slope * dy (written), and
 //                                         its per-channel partial sums; then
 //                                         bias_add_backward_reduce_v3 gives db
+//   bias_leaky_relu_forward_v2            as v1, reading the pre-activation channel-major
+//                                         (C, N*HW), the conv GEMM's output, and writing y
+//                                         (N, C, HW): the layout copy folded in
+//   bias_leaky_relu_backward_partial_v2   as v1, writing dpre channel-major (C, N*HW),
+//                                         the layout the conv's weight and input GEMMs
+//                                         take: the layout copy folded in
 // Shapes: y, dy, dpre (N, C, HW) contiguous, HW = H*W (1 for a Linear layer's (N, C));
 // b, db (C,); partials (splits, C).
 //
@@ -131,6 +139,13 @@ extern "C" __global__ void bias_add_backward_reduce_v3(float* db, const float* p
         db[c] = ch_total(partials, 0, splits, C, c);
 }
 
+// partials: (splits, C) -> db: (C,) += their total, one thread per channel
+extern "C" __global__ void bias_add_backward_reduce_v4(float* db, const float* partials, int C, int splits)
+{
+    for (int c = blockIdx.x * blockDim.x + threadIdx.x; c < C; c += gridDim.x * blockDim.x)
+        db[c] += ch_total(partials, 0, splits, C, c);
+}
+
 // ---------------------------------------------------------------- fused bias + LeakyReLU
 
 struct BiasLeaky {     // y = leaky(y + b[c]) in place
@@ -192,5 +207,63 @@ extern "C" __global__ void bias_leaky_relu_backward_partial_v1(float* dpre, floa
                                                                int N, int C, int HW, int splits)
 {
     BiasLeakyGradSum op{dpre, dy, y, slope, ch_aligned16(dpre) && ch_aligned16(dy) && ch_aligned16(y)};
+    ch_partials<1>(op, partials, N, C, HW, splits);
+}
+
+// ---------------------------------------------------------------- fused, channel-major side (v2)
+
+// offset in a channel-major (C, N*HW) array of element i of an (N, C, HW) array, channel c
+__device__ __forceinline__ long long cm_offset(long long i, int c, int N, int C, int HW)
+{
+    const long long n = i / ((long long)C * HW);
+    const long long p = i % HW;
+    return ((long long)c * N + n) * HW + p;
+}
+
+// y_cm: (C, N*HW) -> y: (N, C, HW) = leaky(y_cm + b[c]); grid-strided over y
+extern "C" __global__ void bias_leaky_relu_forward_v2(float* y, const float* y_cm, const float* b, float slope,
+                                                      int N, int C, int HW, int total)
+{
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < total; i += gridDim.x * blockDim.x) {
+        const int c = (i / HW) % C;
+        float v = y_cm[cm_offset(i, c, N, C, HW)] + b[c];
+        y[i] = v > 0.0f ? v : v * slope;
+    }
+}
+
+struct BiasLeakyGradSumCM {   // as BiasLeakyGradSum, dpre stored channel-major
+    static const int NV = 1;
+    float* dpre_cm;
+    const float* dy;
+    const float* y;
+    float slope;
+    int N, C, HW;
+    bool vec;
+    __device__ float g(float d, float out) const { return out > 0.0f ? d : d * slope; }
+    __device__ void at(long long i, int c, float* out) const
+    {
+        const float d = g(dy[i], y[i]);
+        dpre_cm[cm_offset(i, c, N, C, HW)] = d;
+        out[0] = d;
+    }
+    // elements i..i+3, channels c + k*cstep (cstep 0: four pixels of one channel)
+    __device__ void at4(long long i, int c, int cstep, float (*out)[1]) const
+    {
+        const float4 d = *reinterpret_cast<const float4*>(dy + i);
+        const float4 o = *reinterpret_cast<const float4*>(y + i);
+        const float r[4] = {g(d.x, o.x), g(d.y, o.y), g(d.z, o.z), g(d.w, o.w)};
+        for (int k = 0; k < 4; ++k) {
+            dpre_cm[cm_offset(i + k, c + k * cstep, N, C, HW)] = r[k];
+            out[k][0] = r[k];
+        }
+    }
+};
+
+// dy, y: (N, C, HW) -> dpre_cm: (C, N*HW), partials: (splits, C)
+extern "C" __global__ void bias_leaky_relu_backward_partial_v2(float* dpre_cm, float* partials, const float* dy,
+                                                               const float* y, float slope,
+                                                               int N, int C, int HW, int splits)
+{
+    BiasLeakyGradSumCM op{dpre_cm, dy, y, slope, N, C, HW, ch_aligned16(dy) && ch_aligned16(y)};
     ch_partials<1>(op, partials, N, C, HW, splits);
 }

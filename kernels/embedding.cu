@@ -13,6 +13,8 @@
 //                          embedding (K <= 62 classes, N = a batch); a large vocabulary would
 //                          want the labels sorted first (a radix sort and segment offsets),
 //                          which this project does not need.
+//   embedding_backward_v3  as v2, adding each sum into dW (the weight's .grad) instead of
+//                          writing it: no separate gradient add. The default with `out`.
 //
 // Shapes: idx (N,) int32, W and dW (K, D), y and dy (N, D), all contiguous.
 // Labels: the layers hold int64 labels; the launcher checks their range on the host and
@@ -52,7 +54,8 @@ extern "C" __global__ void embedding_backward_v1(float* dW, const int* idx, cons
 
 // idx: (N,), dy: (N, D) -> dW: (K, D), every element written. grid: rows k (grid-strided),
 // block: threads along d (any size; loops over d in blockDim.x steps)
-extern "C" __global__ void embedding_backward_v2(float* dW, const int* idx, const float* dy, int N, int K, int D)
+template <bool ACCUMULATE>
+__device__ __forceinline__ void embedding_backward_rows(float* dW, const int* idx, const float* dy, int N, int K, int D)
 {
     __shared__ int labels[EMB_LABEL_CHUNK];
     for (int k = blockIdx.x; k < K; k += gridDim.x) {              // uniform: barriers are safe
@@ -68,7 +71,21 @@ extern "C" __global__ void embedding_backward_v2(float* dW, const int* idx, cons
                     for (int t = 0; t < cnt; ++t)
                         if (labels[t] == k) acc += dy[(long long)(n0 + t) * D + d];
             }
-            if (d < D) dW[(long long)k * D + d] = acc;
+            if (d < D) {
+                if (ACCUMULATE) dW[(long long)k * D + d] += acc;
+                else dW[(long long)k * D + d] = acc;
+            }
         }
     }
+}
+
+extern "C" __global__ void embedding_backward_v2(float* dW, const int* idx, const float* dy, int N, int K, int D)
+{
+    embedding_backward_rows<false>(dW, idx, dy, N, K, D);
+}
+
+// as v2, dW += the sums
+extern "C" __global__ void embedding_backward_v3(float* dW, const int* idx, const float* dy, int N, int K, int D)
+{
+    embedding_backward_rows<true>(dW, idx, dy, N, K, D);
 }

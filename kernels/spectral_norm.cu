@@ -28,6 +28,22 @@
 //                                       - (gw / (sigma sigma)) (u[i] v[j]), gw = <dW_sn, W>
 //   spectral_norm_backward_v2           as v1 in a bounded grid that grid-strides
 //
+// Fused (the launcher's default: two launches a forward, two a backward):
+//   spectral_norm_power_v1              one block: the whole power iteration and sigma.
+//                                       u_out, v_out = u, v; `iterations` times
+//                                       v_out = normalize(Wm^T u_out) (a thread per column),
+//                                       rows = Wm v_out (a warp per row), u_out = normalize(rows);
+//                                       (no iteration: rows = Wm v_out); sigma = u_out . rows.
+//                                       With iterations > 0 and write_back it also writes u_out,
+//                                       v_out into u, v (the module's buffers). rows: H floats of
+//                                       scratch. The same arithmetic as the unfused kernels,
+//                                       sums in another order.
+//   spectral_norm_forward_v3            as v2, and zeroes `zero` (the normalised weight's
+//                                       gradient accumulator, the weight's size), into
+//                                       which the layer's GEMM then adds (beta = 1)
+//   spectral_norm_backward_v3           as v2, adding into dW (the raw weight's .grad)
+//                                       instead of writing it
+//
 // sigma and gw stay on the device (one-float arrays): no host round trip between kernels.
 // blockDim.x of the block kernels: a multiple of 32, at most 1024. total: the weight's
 // element count, below 2^31 minus a grid (checked by the launcher).
@@ -142,4 +158,88 @@ extern "C" __global__ void spectral_norm_backward_v2(float* dW, const float* dw_
     float coef = gw[0] / (s * s);
     for (int k = blockIdx.x * blockDim.x + threadIdx.x; k < total; k += gridDim.x * blockDim.x)
         dW[k] = weight_grad(dw_sn, u, v, s, coef, k, H, inner);
+}
+
+// ---------------------------------------------------------------- fused (launched as one block)
+
+// rows = Wm x: a warp per row, lanes over the columns. Ends with a barrier.
+__device__ void rows_times(float* rows, const float* W, const float* x, int H, int cols, int inner)
+{
+    int lane = threadIdx.x % 32, warp = threadIdx.x / 32, nwarps = blockDim.x / 32;
+    for (int i = warp; i < H; i += nwarps) {       // uniform in the warp: the shuffles are safe
+        float acc = 0.0f;
+        for (int j = lane; j < cols; j += 32) acc += W[matrix_at(i, j, H, inner)] * x[j];
+        acc = warp_sum(acc);
+        if (lane == 0) rows[i] = acc;
+    }
+    __syncthreads();
+}
+
+// out = x / max(||x||, eps), out and x may be the same array. Ends with a barrier.
+__device__ void normalize_into(float* out, const float* x, int n, float eps, float* partials, float* denom)
+{
+    float sq = 0.0f;
+    for (int k = threadIdx.x; k < n; k += blockDim.x) sq += x[k] * x[k];
+    sq = block_sum(sq, partials);
+    if (threadIdx.x == 0) {
+        float norm = sqrtf(sq);
+        *denom = norm > eps ? norm : eps;
+    }
+    __syncthreads();
+    float d = *denom;
+    for (int k = threadIdx.x; k < n; k += blockDim.x) out[k] = x[k] / d;
+    __syncthreads();
+}
+
+extern "C" __global__ void spectral_norm_power_v1(float* u, float* v, float* u_out, float* v_out, float* rows,
+                                                  float* sigma, const float* W, int outer, int H, int inner,
+                                                  int iterations, int write_back, float eps)
+{
+    __shared__ float partials[32];
+    __shared__ float denom;
+    int cols = outer * inner;
+    for (int k = threadIdx.x; k < H; k += blockDim.x) u_out[k] = u[k];
+    for (int k = threadIdx.x; k < cols; k += blockDim.x) v_out[k] = v[k];
+    __syncthreads();
+    for (int it = 0; it < iterations; it++) {
+        // v_out = normalize(Wm^T u_out): a thread per column, the rows in order
+        for (int j = threadIdx.x; j < cols; j += blockDim.x) {
+            float acc = 0.0f;
+            for (int i = 0; i < H; i++) acc += W[matrix_at(i, j, H, inner)] * u_out[i];
+            v_out[j] = acc;
+        }
+        __syncthreads();
+        normalize_into(v_out, v_out, cols, eps, partials, &denom);
+        rows_times(rows, W, v_out, H, cols, inner);
+        normalize_into(u_out, rows, H, eps, partials, &denom);
+    }
+    if (iterations == 0) rows_times(rows, W, v_out, H, cols, inner);
+    // rows = Wm v_out here either way: sigma = u . (Wm v)
+    float acc = 0.0f;
+    for (int i = threadIdx.x; i < H; i += blockDim.x) acc += u_out[i] * rows[i];
+    acc = block_sum(acc, partials);
+    if (threadIdx.x == 0) sigma[0] = acc;
+    if (iterations > 0 && write_back) {
+        for (int k = threadIdx.x; k < H; k += blockDim.x) u[k] = u_out[k];
+        for (int k = threadIdx.x; k < cols; k += blockDim.x) v[k] = v_out[k];
+    }
+}
+
+extern "C" __global__ void spectral_norm_forward_v3(float* w_sn, float* zero, const float* W, const float* sigma,
+                                                    int total)
+{
+    float s = sigma[0];
+    for (int k = blockIdx.x * blockDim.x + threadIdx.x; k < total; k += gridDim.x * blockDim.x) {
+        w_sn[k] = W[k] / s;
+        zero[k] = 0.0f;
+    }
+}
+
+extern "C" __global__ void spectral_norm_backward_v3(float* dW, const float* dw_sn, const float* u, const float* v,
+                                                     const float* sigma, const float* gw, int H, int inner, int total)
+{
+    float s = sigma[0];
+    float coef = gw[0] / (s * s);
+    for (int k = blockIdx.x * blockDim.x + threadIdx.x; k < total; k += gridDim.x * blockDim.x)
+        dW[k] += weight_grad(dw_sn, u, v, s, coef, k, H, inner);
 }

@@ -66,10 +66,16 @@ def test_a_step_between_log_steps_never_waits(restore_backend):
     assert logged.syncs == 2 and [e.kind for e in logged.log.copies] == ["h2d", "h2d", "d2h", "d2h"]
     names = c.log.launches_by_name()
     assert names["adam_update_v2"] == 2 and names["ema_update_v2"] == 1
-    # the default D has a minibatch-stddev layer (a score depends on the batch) and spectral
-    # norm (each forward steps the power iteration), so its real, wrong-label and fake
-    # terms run as three batches, then D runs for G
-    assert names["step_stats_v1"] == 1 and names["dropout_forward_v3"] == 4
+    # the default D (spectral norm, minibatch stddev run segmented) runs its real,
+    # wrong-label and fake terms as one batch, then for G: two forwards, each with one
+    # fused power iteration per normalised layer (3), one backward with weight gradients
+    assert names["step_stats_v1"] == 1 and names["dropout_forward_v3"] == 2
+    assert names["spectral_norm_power_v1"] == 6 and names["spectral_norm_forward_v3"] == 6
+    assert names["spectral_norm_backward_v3"] == 3 and names["minibatch_std_forward_v3"] == 1
+    assert names["minibatch_std_forward_v2"] == 1            # D for G: one term, unsegmented
+    # no separate gradient adds but the expanded-outputs conv's flipped weight gradient (G's
+    # last Conv2d), no layout copies around D's convolutions
+    assert c.log.launches_by_name()["add"] == 1
     # a per-sample D runs its real, wrong-label and fake terms as one batch, then for G
     names = census.run_census(**TINY, minibatch_std=False, d_norm="none").log.launches_by_name()
     assert names["dropout_forward_v3"] == 2

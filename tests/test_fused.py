@@ -161,9 +161,51 @@ def test_batchnorm_leaky_relu_reference_is_the_unfused_chain(rng):
     assert np.array_equal(dx, wdx) and np.array_equal(dg, wdg) and np.array_equal(db, wdb)
 
 
-def test_spectrally_normalised_layers_run_unfused(rng):
-    # nn.utils.spectral_norm wraps the layer's own forward/backward on the instance: a fused
-    # op would skip the wrapper, so the pair stays two steps (and matches the unfused result)
+def test_spectrally_normalised_layers_fuse_bit_identically(rng):
+    # the fused pair runs the spectral norm's own steps around the fused op: outputs, input
+    # gradients, the raw weight's and the bias's gradients and the power iteration's u, v
+    # are the unfused ones, bit for bit, over two training steps and in eval mode
     conv = nn.utils.spectral_norm(nn.Conv2d(2, 3, 3, rng=rng), rng=np.random.default_rng(0))
+    seq = nn.Sequential(conv, nn.LeakyReLU(0.2), nn.Linear(3, 2, rng=rng), nn.LeakyReLU(0.2))
+    assert fused.plan(list(seq), True) == [(0, 1), (2, 3)]
+    for name in ("linear", "conv2d", "conv_transpose2d"):
+        layer, shape = _pairs(rng)[name]
+        _randomise(layer, rng)
+        nn.utils.spectral_norm(layer, rng=np.random.default_rng(1))
+        seq = nn.Sequential(layer, nn.LeakyReLU(0.2))
+        xs = [rng.normal(size=shape).astype(np.float32) for _ in range(3)]
+        state = {k: v.copy() for k, v in seq.state_dict().items()}
+        results = []
+        for fuse in (True, False):
+            seq.fuse = fuse
+            seq.load_state_dict(state)
+            seq.train()
+            seq.zero_grad()
+            out = []
+            for i, x in enumerate(xs):
+                if i == 2:
+                    seq.eval()
+                y = seq(x)
+                out += [y, seq.backward(np.cos(y)), layer.weight_orig.grad.copy(), layer.bias.grad.copy(),
+                        layer.weight_u.copy(), layer.weight_v.copy()]
+            results.append(out)
+        assert fused.plan(list(seq), True) == [(0, 1)]
+        for i, (a, b) in enumerate(zip(*results)):
+            assert np.array_equal(a, b), f"{name}: result {i} differs fused/unfused"
+
+
+def test_spectrally_normalised_pair_gradcheck_float64(rng):
+    layer = nn.Conv2d(2, 3, 3, 2, 1, rng=rng, dtype=np.float64)
+    _randomise(layer, rng)
+    nn.utils.spectral_norm(layer, rng=np.random.default_rng(2))
+    seq = nn.Sequential(layer, nn.LeakyReLU(0.2)).eval()     # eval: u, v fixed, sigma depends on W alone
+    assert fused.plan(list(seq), True) == [(0, 1)]
+    check_module(seq, away_from_zero(rng, (2, 2, 7, 7)))
+
+
+def test_other_wrapped_layers_run_unfused(rng):
+    # an instance-level forward that is not spectral norm's (a spy): the fused op would skip it
+    conv = nn.Conv2d(2, 3, 3, rng=rng)
+    conv.forward = lambda x: nn.Conv2d.forward(conv, x)
     seq = nn.Sequential(conv, nn.LeakyReLU(0.2), nn.Linear(3, 2, rng=rng), nn.LeakyReLU(0.2))
     assert fused.plan(list(seq), True) == [(0,), (1,), (2, 3)]

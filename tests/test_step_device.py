@@ -99,7 +99,7 @@ def _grads_after_d_step(batched, monkeypatch):
     captured = {}
     opt_g, opt_d = optim.Adam(G.parameters()), optim.Adam(D.parameters())
     opt_d.step = lambda: captured.update({k: p.grad.copy() for k, p in D.named_parameters()})
-    monkeypatch.setattr(step, "per_sample", lambda module: batched)
+    monkeypatch.setattr(step, "batchable", lambda module: batched)
     rng = np.random.default_rng(0)
     x, y = rng.uniform(-1, 1, (4, 1, 28, 28)).astype(np.float32), np.array([0, 4, 2, 2])
     stats = step.train_step(G, D, opt_g, opt_d, x, y, Key(3, 7), 0.1, 0.7, 0.0)
@@ -116,6 +116,51 @@ def test_batched_d_terms_equal_three_passes(monkeypatch):
         np.testing.assert_allclose(one[k], three[k], rtol=1e-4, atol=1e-5 * scale, err_msg=k)
     for k in s3:
         assert s1[k] == pytest.approx(s3[k], rel=1e-6, abs=1e-7), k
+
+
+def _default_d_step(batched, n, monkeypatch):
+    """D's gradients, losses and power-iteration vectors after the D step of the trainer's
+    default D (spectral norm, minibatch stddev), its terms batched or in three passes."""
+    G, D = models.build("cgan-conv", 5, width=4, seed=3, batchnorm=True, d_norm="spectral", minibatch_std=True)
+    for m in models.dropout_layers(D):
+        m.p = 0.0                                   # the masks differ between the layouts
+    assert step.batchable(D) and not step.per_sample(D)
+    monkeypatch.setattr(step, "batchable", lambda module: batched)
+    if not batched:
+        # three passes step the power iteration once per term; one batch steps it once for
+        # the three (step.batchable): the first training forward of each layer only, here
+        ran = set()
+        compute = nn.utils.SpectralNorm.compute
+
+        def once(fn, module, power_iteration):
+            first = (id(fn), id(module)) not in ran
+            ran.add((id(fn), id(module)))
+            return compute(fn, module, power_iteration and first)
+        monkeypatch.setattr(nn.utils.SpectralNorm, "compute", once)
+    captured = {}
+    opt_g, opt_d = optim.Adam(G.parameters()), optim.Adam(D.parameters())
+
+    def capture():
+        captured.update({k: p.grad.copy() for k, p in D.named_parameters()})
+        captured.update({k: np.array(b) for k, b in D.named_buffers() if k.endswith(("_u", "_v"))})
+    opt_d.step = capture
+    rng = np.random.default_rng(n)
+    x, y = rng.uniform(-1, 1, (n, 1, 28, 28)).astype(np.float32), rng.integers(0, 5, n)
+    stats = step.train_step(G, D, opt_g, opt_d, x, y, Key(3, 7), 0.1, 2.0, 0.0).fetch()
+    return captured, {k: v for k, v in stats.items() if k.startswith("d_")}
+
+
+@pytest.mark.parametrize("n", [8, 5, 2])       # 5: the group size (4) does not divide a term
+def test_default_d_batches_its_terms_as_three_passes(n, monkeypatch):
+    one, s1 = _default_d_step(True, n, monkeypatch)
+    monkeypatch.undo()
+    three, s3 = _default_d_step(False, n, monkeypatch)
+    assert set(one) == set(three) and any(k.endswith("weight_u") for k in one)
+    for k in three:   # the same sums, in another order: float32 rounding apart
+        scale = np.abs(three[k]).max()
+        np.testing.assert_allclose(one[k], three[k], rtol=1e-4, atol=1e-5 * scale, err_msg=k)
+    for k in s3:
+        assert s1[k] == pytest.approx(s3[k], rel=1e-5, abs=1e-7), k
 
 
 def test_loss_flag_names_the_first_bad_step():

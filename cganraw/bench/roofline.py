@@ -70,6 +70,10 @@ INFLIGHT = {
     "gemm_splitk_reduce_v1": 32,
 }
 INFLIGHT.update({"bias_add_backward_reduce_v3": 16})   # the split partials load independently
+INFLIGHT.update({"bias_add_backward_reduce_v4": 16, "batchnorm_leaky_relu_backward_v2": 32,
+                 "embedding_backward_v3": 4,
+                 "bias_leaky_relu_forward_v2": 4,              # a scalar gather from the channel-major side
+                 "bias_leaky_relu_backward_partial_v2": 32})   # v1's loads, scalar stores
 # integer index work per element of the kernels dominated by it (instructions per thread
 # and element: a 64-bit division is ~70 instructions on a GPU, a 32-bit one ~20), and the
 # element each counts (argument index of the array whose size is the loop's trip count)

@@ -52,6 +52,10 @@ class _ConvBase(Module):
         """The weight's .grad for the GEMM to add into (beta = 1), or None."""
         return self.weight.grad if accumulates_in_place(self.weight, dy) else None
 
+    def _db_out(self, dy):
+        """The bias's .grad for the bias reduction to add into, or None."""
+        return self.bias.grad if self.bias is not None and accumulates_in_place(self.bias, dy) else None
+
     def _accumulate(self, dW, db):
         self.weight.accumulate(dW)
         if self.bias is not None:
@@ -83,7 +87,8 @@ class Conv2d(_ConvBase):
     def backward(self, dy):
         cache, y_shape = self._pop_cache()
         check_same_shape(self, dy, y_shape)
-        dx, dW, db = conv2d_backward(dy, cache, need_dW=self.weight.requires_grad, dW_out=self._dW_out(dy))
+        dx, dW, db = conv2d_backward(dy, cache, need_dW=self.weight.requires_grad, dW_out=self._dW_out(dy),
+                                     db_out=self._db_out(dy))
         self._accumulate(dW, db)
         return dx
 
@@ -110,7 +115,7 @@ class ConvTranspose2d(_ConvBase):
         cache, y_shape = self._pop_cache()
         check_same_shape(self, dy, y_shape)
         dx, dW, db = conv_transpose2d_backward(dy, cache, need_dW=self.weight.requires_grad,
-                                               dW_out=self._dW_out(dy))
+                                               dW_out=self._dW_out(dy), db_out=self._db_out(dy))
         self._accumulate(dW, db)
         return dx
 

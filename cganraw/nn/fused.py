@@ -12,6 +12,10 @@ negative_slope >= 0 runs the pair through a fused op (`Sequential(..., fuse=Fals
     ConvTranspose2d + LeakyReLU                  GEMMs (the bias and the activation in one
                                                  pass each way)
 
+A spectrally normalised layer (nn.utils.spectral_norm) fuses too: the pair runs the spectral
+norm's own steps around the fused op (prepare: W / sigma before the forward; finish: the raw
+weight's gradient after the backward), exactly as its wrapped forward and backward do.
+
 The modules stay where they are, so parameter names, checkpoints and PyTorch ports are
 the same as unfused. On the numpy backend the fused ops repeat the unfused arithmetic
 operation by operation: outputs and gradients are bit-identical (so a resumed run stays
@@ -21,34 +25,35 @@ calling their backward directly is the usual "backward without a forward" error)
 """
 from __future__ import annotations
 
-from cganraw.nn._check import check_float_input, check_same_shape
+from cganraw.nn._check import accumulates_in_place, check_float_input, check_same_shape
 from cganraw.nn.activation import LeakyReLU
 from cganraw.nn.batchnorm import _BatchNorm
 from cganraw.nn.conv import Conv2d, ConvTranspose2d
 from cganraw.nn.linear import Linear
+from cganraw.nn.utils import only_spectral_norm_wraps, spectral_norm_hooks
 from cganraw.ops.batchnorm import batchnorm_leaky_relu_backward, batchnorm_leaky_relu_forward, batchnorm_running_update
 from cganraw.ops.bias import bias_leaky_relu_backward, bias_leaky_relu_forward
 from cganraw.ops.conv import (
-    conv2d_backward,
-    conv2d_forward,
     conv_output_size,
     conv_transpose2d_backward,
     conv_transpose2d_forward,
 )
+from cganraw.ops.conv_leaky import conv2d_bias_leaky_relu_backward, conv2d_bias_leaky_relu_forward
 from cganraw.ops.linear import linear_backward, linear_forward
 
 
 def _plain(module):
-    # no instance-level forward/backward (nn.utils.spectral_norm wraps a layer that way):
-    # the fused op would skip the wrapper, so such a layer runs unfused
+    # no instance-level forward/backward (a test's spy, say): the fused op would skip it
     return "forward" not in vars(module) and "backward" not in vars(module)
 
 
 def fusible(layer, act):
     """True when (layer, act) has a fused op: a supported layer (with a bias, for the
     GEMM layers) followed by a LeakyReLU whose slope is >= 0, neither wrapped by
-    instance-level forward/backward (spectral norm)."""
-    if type(act) is not LeakyReLU or not act.negative_slope >= 0 or not (_plain(layer) and _plain(act)):
+    instance-level forward/backward other than spectral norm's (on the layer)."""
+    if type(act) is not LeakyReLU or not act.negative_slope >= 0 or not _plain(act):
+        return False
+    if not (_plain(layer) or (type(layer) in (Linear, Conv2d, ConvTranspose2d) and only_spectral_norm_wraps(layer))):
         return False
     if isinstance(layer, _BatchNorm):
         return True
@@ -76,6 +81,13 @@ def forward(layer, act, x):
     slope = act.negative_slope
     if isinstance(layer, _BatchNorm):
         return _batchnorm_forward(layer, x, slope)
+    hooks = spectral_norm_hooks(layer)
+    sn_caches = hooks.prepare() if hooks is not None else None
+    y, cache = _gemm_forward(layer, x, slope)
+    return y, cache + (sn_caches,)
+
+
+def _gemm_forward(layer, x, slope):
     if type(layer) is Linear:
         check_float_input(layer, x, 2, dtype=layer.weight.dtype)
         if x.shape[1] != layer.in_features:
@@ -88,7 +100,10 @@ def forward(layer, act, x):
                conv_output_size(w, layer.kernel_size, layer.stride, layer.padding)) <= 0:
             raise ValueError(f"Conv2d: input of spatial size {h}x{w} is smaller than the kernel "
                              f"({layer.kernel_size}) with padding {layer.padding}")
-        y, cache = conv2d_forward(x, layer.weight.data, None, layer.stride, layer.padding)
+        # the bias and activation in the kernels that also turn the GEMM's layout
+        y, cache = conv2d_bias_leaky_relu_forward(x, layer.weight.data, layer.bias.data, layer.stride,
+                                                  layer.padding, slope)
+        return y, (cache, None, y.shape)
     else:
         layer._check(x)
         y, cache = conv_transpose2d_forward(x, layer.weight.data, None, layer.stride, layer.padding,
@@ -103,18 +118,23 @@ def backward(layer, act, dy, cache):
     """dy (gradient of the activated output) -> dx; accumulates the layer's gradients."""
     if isinstance(layer, _BatchNorm):
         return _batchnorm_backward(layer, dy, cache)
-    layer_cache, act_cache, shape = cache
+    layer_cache, act_cache, shape, sn_caches = cache
     check_same_shape(layer, dy, shape)
     need_dW = layer.weight.requires_grad
-    dpre, db = bias_leaky_relu_backward(dy, act_cache, need_db=need_dW)
-    if type(layer) is Linear:
-        dx, dW, _ = linear_backward(dpre, layer_cache, need_dW=need_dW)
-    elif type(layer) is Conv2d:
-        dx, dW, _ = conv2d_backward(dpre, layer_cache, need_dW=need_dW)
+    db_out = layer.bias.grad if accumulates_in_place(layer.bias, dy) else None
+    # the weight GEMM adds into .grad (beta = 1) where it can, as the unfused layers do
+    dW_out = layer.weight.grad if accumulates_in_place(layer.weight, dy) else None
+    if type(layer) is Conv2d:       # the activation's gradient comes out in the GEMMs' layout
+        dx, dW, db = conv2d_bias_leaky_relu_backward(dy, layer_cache, need_dW=need_dW, dW_out=dW_out, db_out=db_out)
     else:
-        dx, dW, _ = conv_transpose2d_backward(dpre, layer_cache, need_dW=need_dW)
+        dpre, db = bias_leaky_relu_backward(dy, act_cache, need_db=need_dW, out=db_out)
+        backward_op = linear_backward if type(layer) is Linear else conv_transpose2d_backward
+        dx, dW, _ = backward_op(dpre, layer_cache, need_dW=need_dW, dW_out=dW_out)
     layer.weight.accumulate(dW)
     layer.bias.accumulate(db)
+    hooks = spectral_norm_hooks(layer)
+    if hooks is not None:
+        hooks.finish(sn_caches)
     return dx
 
 
@@ -138,7 +158,10 @@ def _batchnorm_forward(layer, x, slope):
 def _batchnorm_backward(layer, dy, cache):
     cache, shape = cache
     check_same_shape(layer, dy, shape)
-    dx, dgamma, dbeta = batchnorm_leaky_relu_backward(dy, cache)
+    # the kernel adds dgamma, dbeta into .grad where both can take it
+    into = accumulates_in_place(layer.weight, dy) and accumulates_in_place(layer.bias, dy)
+    dx, dgamma, dbeta = batchnorm_leaky_relu_backward(dy, cache, out=(layer.weight.grad, layer.bias.grad)
+                                                      if into else None)
     layer.weight.accumulate(dgamma)
     layer.bias.accumulate(dbeta)
     return dx

@@ -34,7 +34,9 @@ class Linear(Module):
         cache, y_shape = self._pop_cache()
         check_same_shape(self, dy, y_shape)
         dx, dW, db = linear_backward(dy, cache, need_dW=self.weight.requires_grad,
-                                     dW_out=self.weight.grad if accumulates_in_place(self.weight, dy) else None)
+                                     dW_out=self.weight.grad if accumulates_in_place(self.weight, dy) else None,
+                                     db_out=self.bias.grad if self.bias is not None
+                                     and accumulates_in_place(self.bias, dy) else None)
         self.weight.accumulate(dW)
         if self.bias is not None:
             self.bias.accumulate(db)

@@ -9,6 +9,8 @@ Ops: minibatch_std_forward, minibatch_std_backward (cganraw.ops.minibatch_std).
 """
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 
 from cganraw.nn._check import check_float_input, check_same_shape
@@ -24,16 +26,17 @@ class MinibatchStdDev(Module):
         if not eps > 0:
             raise ValueError(f"MinibatchStdDev: eps must be positive, got {eps}")
         self.group_size, self.eps = int(group_size), float(eps)
+        self.segments = 1
 
     def group_for(self, n):
-        """The group size a batch of n samples uses."""
-        return effective_group_size(n, self.group_size)
+        """The group size a batch of n samples uses (a segment of n, when segmented)."""
+        return effective_group_size(n // self.segments, self.group_size)
 
     def forward(self, x):
         check_float_input(self, x, 4)
         if x.shape[0] == 0:
             raise ValueError("MinibatchStdDev: the batch is empty")
-        y, cache = minibatch_std_forward(x, self.group_size, self.eps)
+        y, cache = minibatch_std_forward(x, self.group_size, self.eps, self.segments)
         self._save((cache, y.shape))
         return y
 
@@ -44,3 +47,18 @@ class MinibatchStdDev(Module):
 
     def extra_repr(self):
         return f"group_size={self.group_size}"
+
+
+@contextlib.contextmanager
+def segmented(module, segments):
+    """Every MinibatchStdDev in `module` treats its batch as `segments` equal segments
+    inside the block (each forward's cache keeps the count for its backward)."""
+    layers = [m for _, m in module.named_modules() if isinstance(m, MinibatchStdDev)]
+    before = [m.segments for m in layers]
+    for m in layers:
+        m.segments = int(segments)
+    try:
+        yield
+    finally:
+        for m, s in zip(layers, before):
+            m.segments = s

@@ -32,6 +32,7 @@ import numpy as np
 
 from cganraw import backend
 from cganraw.nn import init
+from cganraw.nn._check import accumulates_in_place
 from cganraw.nn.conv import ConvTranspose2d
 from cganraw.nn.module import Module, Parameter
 from cganraw.ops import _launch
@@ -52,17 +53,17 @@ class SpectralNorm:
         power iteration ran, and returns the cache for `backward`."""
         orig = module._parameters[self.name + "_orig"]
         u, v = module._buffers[self.name + "_u"], module._buffers[self.name + "_v"]
-        w_sn, u_new, v_new, cache = spectral_norm_forward(orig.data, u, v, self.dim, self.n_power_iterations,
-                                                          self.eps, power_iteration)
-        if power_iteration:
-            _launch.copy_into(u, u_new)
-            _launch.copy_into(v, v_new)
         used = module.__dict__[self.name]
-        if used.grad.shape != w_sn.shape or used.grad.dtype != w_sn.dtype \
-                or backend.array_module(used.grad) is not backend.array_module(w_sn):
+        w = orig.data
+        reuse = used.grad is not None and used.grad.shape == w.shape and used.grad.dtype == w.dtype \
+            and used.grad.flags.c_contiguous and backend.array_module(used.grad) is backend.array_module(w)
+        # the new u, v go straight into the buffers, and the gradient accumulator is zeroed
+        # in the same pass as W / sigma (on the kernel backends: two launches in all)
+        w_sn, _, _, cache = spectral_norm_forward(w, u, v, self.dim, self.n_power_iterations, self.eps,
+                                                  power_iteration, in_place=True,
+                                                  zero=used.grad if reuse else None)
+        if not reuse:
             used.grad = _launch.zeros(w_sn.shape, w_sn.dtype)
-        else:
-            _launch.fill_zero(used.grad)
         used.data = w_sn
         used.requires_grad = orig.requires_grad
         return cache
@@ -70,8 +71,13 @@ class SpectralNorm:
     def backward(self, module, cache):
         """Adds the raw weight's gradient, from the normalised weight's the layer left."""
         orig = module._parameters[self.name + "_orig"]
-        if orig.requires_grad:
-            orig.accumulate(spectral_norm_backward(module.__dict__[self.name].grad, cache))
+        if not orig.requires_grad:
+            return
+        dw_sn = module.__dict__[self.name].grad
+        if accumulates_in_place(orig, dw_sn):
+            spectral_norm_backward(dw_sn, cache, out=orig.grad)     # added into .grad in the same pass
+        else:
+            orig.accumulate(spectral_norm_backward(dw_sn, cache))
 
 
 class _SpectralNormHooks:
@@ -84,20 +90,31 @@ class _SpectralNormHooks:
         self.norms = OrderedDict()
         self.caches = None
 
-    def forward(self, *args, **kwargs):
+    def prepare(self):
+        """Before the layer's own forward: the normalised weights (and the power iteration in
+        training mode). Returns their caches (None when the module keeps no caches)."""
         m = self.module
         caches = [fn.compute(m, power_iteration=m.training) for fn in self.norms.values()]
-        self.caches = caches if m._caching else None
+        return caches if m._caching else None
+
+    def finish(self, caches):
+        """After the layer's own backward: the raw weights' gradients from the normalised ones."""
+        m = self.module
+        if caches is None:
+            raise RuntimeError(f"{type(m).__name__}.backward: the spectral norm has no forward cache")
+        for fn, cache in zip(self.norms.values(), caches):
+            fn.backward(m, cache)
+
+    def forward(self, *args, **kwargs):
+        m = self.module
+        self.caches = self.prepare()
         return type(m).forward(m, *args, **kwargs)
 
     def backward(self, dy):
         m = self.module
         caches, self.caches = self.caches, None
         dx = type(m).backward(m, dy)        # raises first when there was no forward
-        if caches is None:
-            raise RuntimeError(f"{type(m).__name__}.backward: the spectral norm has no forward cache")
-        for fn, cache in zip(self.norms.values(), caches):
-            fn.backward(m, cache)
+        self.finish(caches)
         return dx
 
 
@@ -174,6 +191,20 @@ def remove_spectral_norm(module, name="weight"):
         for attr in (_HOOKS, "forward", "backward"):
             module.__dict__.pop(attr, None)
     return module
+
+
+def only_spectral_norm_wraps(module):
+    """True when `module` has no instance-level forward/backward, or only spectral norm's."""
+    hooks = module.__dict__.get(_HOOKS) if isinstance(module, Module) else None
+    own = {k: module.__dict__[k] for k in ("forward", "backward") if k in module.__dict__}
+    if not own:
+        return True
+    return hooks is not None and own.get("forward") == hooks.forward and own.get("backward") == hooks.backward
+
+
+def spectral_norm_hooks(module):
+    """The module's _SpectralNormHooks (prepare/finish), or None when it has none."""
+    return module.__dict__.get(_HOOKS) if isinstance(module, Module) else None
 
 
 def is_spectrally_normalised(module, name="weight"):

@@ -268,14 +268,25 @@ def _backward_args(op, dy, xhat, gamma, invstd):
     return n, c, hw, dyc, xc, gc, ic, _launch.empty(dyc.shape), _launch.empty((c,)), _launch.empty((c,))
 
 
-def _backward_v3(op, dy, cache, splits):
-    """The two v3 passes (or the fused ones when the cache holds a slope)."""
+def _check_grads_out(out, c, op):
+    if out is None:
+        return
+    for name, a in zip(("dgamma", "dbeta"), out):
+        if tuple(a.shape) != (c,) or a.dtype != np.float32 or not a.flags.c_contiguous \
+                or backend.array_module(a) is not backend.get_xp():
+            raise ValueError(f"{op}: out's {name} must be a contiguous float32 array of shape ({c},) on the device")
+
+
+def _backward_v3(op, dy, cache, splits, out=None):
+    """The two v3 passes (or the fused ones when the cache holds a slope). out: (dgamma,
+    dbeta) arrays to add the parameters' gradients into (the fused pass only), returned None."""
     xhat, invstd, gamma, beta, training, negative_slope = cache
     n, c, hw, dyc, xc, gc, ic, dx, dgamma, dbeta = _backward_args(op, dy, xhat, gamma, invstd)
+    _check_grads_out(out, c, op)
     if dyc.size == 0:
         dgamma.fill(0)
         dbeta.fill(0)
-        return dx, dgamma, dbeta
+        return (dx, dgamma, dbeta) if out is None else (dx, None, None)
     grid, block, s = _launch.channel_split_launch(n, c, hw, splits)
     i32 = _launch.i32
     shape = (i32(n), i32(c), i32(hw), i32(s))
@@ -289,8 +300,12 @@ def _backward_v3(op, dy, cache, splits):
         slope = _launch.f32(negative_slope)
         _launch.function("batchnorm", "batchnorm_leaky_relu_backward_partial_v1")(
             grid, block, (partials, dyc, xc, gc, bc, slope) + shape)
-        _launch.function("batchnorm", "batchnorm_leaky_relu_backward_v1")(
+        kernel, (dgamma, dbeta) = (("batchnorm_leaky_relu_backward_v1", (dgamma, dbeta)) if out is None
+                                   else ("batchnorm_leaky_relu_backward_v2", out))
+        _launch.function("batchnorm", kernel)(
             grid, block, (dx, dgamma, dbeta, partials, dyc, xc, gc, bc, ic, slope, i32(int(training))) + shape)
+        if out is not None:
+            return dx, None, None
     return dx, dgamma, dbeta
 
 
@@ -301,9 +316,11 @@ def batchnorm_leaky_relu_forward_cuda(x, gamma, beta, mean=None, var=None, eps=1
     return _forward_v3("batchnorm_leaky_relu_forward", x, gamma, beta, mean, var, eps, float(negative_slope), splits)
 
 
-def batchnorm_leaky_relu_backward_cuda(dy, cache, splits=None):
-    """As batchnorm_leaky_relu_backward_numpy: dy -> dx, dgamma, dbeta."""
-    return _backward_v3("batchnorm_leaky_relu_backward", dy, cache, splits)
+def batchnorm_leaky_relu_backward_cuda(dy, cache, splits=None, out=None):
+    """As batchnorm_leaky_relu_backward_numpy: dy -> dx, dgamma, dbeta; with out = (dgamma,
+    dbeta arrays, the parameters' .grad) the gradients are added into them
+    (batchnorm_leaky_relu_backward_v2) and come back None."""
+    return _backward_v3("batchnorm_leaky_relu_backward", dy, cache, splits, out)
 
 
 def batchnorm_running_update_cuda(running_mean, running_var, mean, var_unbiased, momentum):
@@ -354,8 +371,15 @@ def batchnorm_leaky_relu_forward(x, gamma, beta, mean=None, var=None, eps=1e-5, 
     return batchnorm_leaky_relu_forward_numpy(x, gamma, beta, mean, var, eps, negative_slope)
 
 
-def batchnorm_leaky_relu_backward(dy, cache):
-    """dy (gradient of the activated output) -> dx, dgamma, dbeta."""
+def batchnorm_leaky_relu_backward(dy, cache, out=None):
+    """dy (gradient of the activated output) -> dx, dgamma, dbeta; with out = (dgamma, dbeta
+    arrays, the parameters' .grad) the gradients are added into them and come back None."""
     if backend.uses_kernels():
-        return batchnorm_leaky_relu_backward_cuda(dy, cache)
-    return batchnorm_leaky_relu_backward_numpy(dy, cache)
+        return batchnorm_leaky_relu_backward_cuda(dy, cache, out=out)
+    dx, dgamma, dbeta = batchnorm_leaky_relu_backward_numpy(dy, cache)
+    if out is None:
+        return dx, dgamma, dbeta
+    gamma_grad, beta_grad = out
+    gamma_grad += dgamma        # grad += g, as Parameter.accumulate does (the same bits)
+    beta_grad += dbeta
+    return dx, None, None

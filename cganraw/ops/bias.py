@@ -212,27 +212,41 @@ def bias_add_forward_cuda(y, b, version=None):
 BACKWARD_VERSIONS = (1, 2, 3)
 
 
-def _reduce_partials(partials, c, splits):
-    """db (C,) from the (splits, C) partial sums, summed in split order."""
-    db = _launch.empty((c,))
+def _check_out(out, c, op):
+    if out is not None and (tuple(out.shape) != (c,) or out.dtype != np.float32 or not out.flags.c_contiguous
+                            or backend.array_module(out) is not backend.get_xp()):
+        raise ValueError(f"{op}: out must be a contiguous float32 array of shape ({c},) on the device")
+
+
+def _reduce_partials(partials, c, splits, out=None):
+    """db (C,) from the (splits, C) partial sums, summed in split order; with `out`, the
+    total is added into it (bias_add_backward_reduce_v4) and None returned."""
     grid, block = _launch.grid_for(c)
+    if out is not None:
+        _launch.function("bias", "bias_add_backward_reduce_v4")(
+            grid, block, (out, partials, _launch.i32(c), _launch.i32(splits)))
+        return None
+    db = _launch.empty((c,))
     _launch.function("bias", "bias_add_backward_reduce_v3")(
         grid, block, (db, partials, _launch.i32(c), _launch.i32(splits)))
     return db
 
 
-def bias_add_backward_cuda(dy, version=None, splits=None):
+def bias_add_backward_cuda(dy, version=None, splits=None, out=None):
     """As bias_add_backward_numpy. version None is 3: a (channels x splits) grid of partial
     sums (float4 loads where aligned) and an ordered reduction of the splits, for any
-    shape; 2 a block per channel, 1 a thread per channel. splits forces v3's split count."""
+    shape; 2 a block per channel, 1 a thread per channel. splits forces v3's split count.
+    out: db is added into it (the bias's .grad; v3 in its reduction, else one add) and
+    None returned."""
     op = "bias_add_backward"
     n, c, hw = _launch.split_channels(dy, op, "dy")
     dyc = _launch.arg(dy, np.float32, f"{op}: dy")
     _launch.element_count(dyc.size, op)
+    _check_out(out, c, op)
     version = _launch.pick_version(op, version, 3, BACKWARD_VERSIONS)
+    if c == 0 or (n * hw == 0 and out is not None):
+        return None if out is not None else _launch.empty((c,))
     db = _launch.empty((c,))
-    if c == 0:
-        return db
     if n * hw == 0:
         db.fill(0)
         return db
@@ -242,13 +256,16 @@ def bias_add_backward_cuda(dy, version=None, splits=None):
         partials = _launch.empty((s, c))
         _launch.function("bias", "bias_add_backward_partial_v3")(
             grid, block, (partials, dyc, _launch.i32(n), _launch.i32(c), _launch.i32(hw), _launch.i32(s)))
-        return _reduce_partials(partials, c, s)
+        return _reduce_partials(partials, c, s, out)
     if version == 1:
         grid, block = _launch.grid_for(c)
         _launch.function("bias", "bias_add_backward_v1")(grid, block, args)
     else:
         _launch.function("bias", "bias_add_backward_v2")(
             (min(c, MAX_ROW_BLOCKS),), (_launch.warp_block(n * hw),), args)
+    if out is not None:
+        _launch.add_into(out, db)
+        return None
     return db
 
 
@@ -272,12 +289,14 @@ def bias_leaky_relu_forward_cuda(y, b, negative_slope, splits=None):
     return y, (y, negative_slope)
 
 
-def bias_leaky_relu_backward_cuda(dy, cache, need_db=True, splits=None):
+def bias_leaky_relu_backward_cuda(dy, cache, need_db=True, splits=None, out=None):
     """As bias_leaky_relu_backward_numpy: one pass writes dpre and the partial sums of db,
-    bias_add_backward_reduce_v3 adds them up (skipped when not need_db)."""
+    bias_add_backward_reduce_v3 adds them up (skipped when not need_db; with `out`,
+    bias_add_backward_reduce_v4 adds them into it and db comes back None)."""
     op = "bias_leaky_relu_backward"
     y, negative_slope = cache
     n, c, hw = _launch.split_channels(dy, op, "dy")
+    _check_out(out, c, op)
     dyc = _launch.arg(dy, np.float32, f"{op}: dy")
     yc = _launch.arg(y, np.float32, f"{op}: y")
     if tuple(yc.shape) != tuple(dyc.shape):
@@ -285,13 +304,60 @@ def bias_leaky_relu_backward_cuda(dy, cache, need_db=True, splits=None):
     _launch.element_count(dyc.size, op)
     dpre = _launch.empty(dyc.shape)
     if dyc.size == 0:
-        return dpre, (_launch.zeros((c,)) if need_db else None)
+        return dpre, (_launch.zeros((c,)) if need_db and out is None else None)
     grid, block, s = _launch.channel_split_launch(n, c, hw, splits)
     partials = _launch.empty((s, c))
     _launch.function("bias", "bias_leaky_relu_backward_partial_v1")(
         grid, block, (dpre, partials, dyc, yc, _launch.f32(negative_slope), _launch.i32(n), _launch.i32(c),
                       _launch.i32(hw), _launch.i32(s)))
-    return dpre, (_reduce_partials(partials, c, s) if need_db else None)
+    return dpre, (_reduce_partials(partials, c, s, out) if need_db else None)
+
+
+def bias_leaky_relu_forward_from_channel_major_cuda(y_cm, n, h, w, b, negative_slope):
+    """leaky_relu(y + b) as bias_leaky_relu_forward_numpy, for a pre-activation y held
+    channel-major, y_cm (C, N*H*W) (a conv GEMM's output): bias_leaky_relu_forward_v2 writes
+    the result (N, C, H, W) in one pass, with no layout copy. Returns y, cache (y, slope)."""
+    op = "bias_leaky_relu_forward"
+    _check_slope(op, negative_slope)
+    yc = _launch.arg(y_cm, np.float32, f"{op}: y_cm")
+    c = int(yc.shape[0]) if yc.ndim == 2 else -1
+    if yc.ndim != 2 or yc.shape[1] != n * h * w:
+        raise ValueError(f"{op}: y_cm must have shape (C, {n * h * w}), got {tuple(yc.shape)}")
+    bc = _launch.arg(b, np.float32, f"{op}: b")
+    if tuple(bc.shape) != (c,):
+        raise ValueError(f"{op}: b has shape {tuple(bc.shape)}, expected ({c},)")
+    y = _launch.empty((n, c, h, w))
+    total = _launch.element_count(y.size, op)
+    if y.size:
+        grid, block = _launch.grid_for(y.size, max_blocks=_launch.ELEMENTWISE_MAX_BLOCKS)
+        _launch.function("bias", "bias_leaky_relu_forward_v2")(
+            grid, block, (y, yc, bc, _launch.f32(negative_slope), _launch.i32(n), _launch.i32(c), _launch.i32(h * w),
+                          total))
+    return y, (y, negative_slope)
+
+
+def bias_leaky_relu_backward_to_channel_major_cuda(dy, cache, need_db=True, splits=None, out=None):
+    """As bias_leaky_relu_backward_cuda, with dpre written channel-major (C, N*H*W), the
+    layout a conv's weight and input GEMMs take (bias_leaky_relu_backward_partial_v2): no
+    layout copy. Returns dpre_cm, db (None without need_db, or with `out`, added into it)."""
+    op = "bias_leaky_relu_backward"
+    y, negative_slope = cache
+    n, c, hw = _launch.split_channels(dy, op, "dy")
+    _check_out(out, c, op)
+    dyc = _launch.arg(dy, np.float32, f"{op}: dy")
+    yc = _launch.arg(y, np.float32, f"{op}: y")
+    if tuple(yc.shape) != tuple(dyc.shape):
+        raise ValueError(f"{op}: dy has shape {tuple(dyc.shape)}, the forward's output {tuple(yc.shape)}")
+    _launch.element_count(dyc.size, op)
+    dpre = _launch.empty((c, n * hw))
+    if dyc.size == 0:
+        return dpre, (_launch.zeros((c,)) if need_db and out is None else None)
+    grid, block, s = _launch.channel_split_launch(n, c, hw, splits)
+    partials = _launch.empty((s, c))
+    _launch.function("bias", "bias_leaky_relu_backward_partial_v2")(
+        grid, block, (dpre, partials, dyc, yc, _launch.f32(negative_slope), _launch.i32(n), _launch.i32(c),
+                      _launch.i32(hw), _launch.i32(s)))
+    return dpre, (_reduce_partials(partials, c, s, out) if need_db else None)
 
 
 # ---------------------------------------------------------------- public ops: dispatch
@@ -304,13 +370,22 @@ def bias_add_forward(y, b):
     return bias_add_forward_numpy(y, b)
 
 
-def bias_add_backward(dy):
-    """dy (N, C[, H, W]) -> db (C,)."""
+def _accumulate(out, db):
+    # the CPU backends: grad += db, as Parameter.accumulate does (the same bits)
+    if out is None or db is None:
+        return db
+    out += db
+    return None
+
+
+def bias_add_backward(dy, out=None):
+    """dy (N, C[, H, W]) -> db (C,); with `out` (the bias's .grad) db is added into it and
+    None returned."""
     if backend.uses_kernels():
-        return bias_add_backward_cuda(dy)
+        return bias_add_backward_cuda(dy, out=out)
     if _numba_ok(dy):
-        return bias_add_backward_numba(dy)
-    return bias_add_backward_numpy(dy)
+        return _accumulate(out, bias_add_backward_numba(dy))
+    return _accumulate(out, bias_add_backward_numpy(dy))
 
 
 def bias_leaky_relu_forward(y, b, negative_slope):
@@ -323,10 +398,13 @@ def bias_leaky_relu_forward(y, b, negative_slope):
     return bias_leaky_relu_forward_numpy(y, b, negative_slope)
 
 
-def bias_leaky_relu_backward(dy, cache, need_db=True):
-    """dy -> dpre (the gradient before the activation), db (C,) or None."""
+def bias_leaky_relu_backward(dy, cache, need_db=True, out=None):
+    """dy -> dpre (the gradient before the activation), db (C,) or None; with `out` (the
+    bias's .grad) db is added into it and comes back None."""
     if backend.uses_kernels():
-        return bias_leaky_relu_backward_cuda(dy, cache, need_db)
+        return bias_leaky_relu_backward_cuda(dy, cache, need_db, out=out)
     if _numba_ok(dy, cache[0]) and dy.dtype == cache[0].dtype and dy.shape == cache[0].shape:
-        return bias_leaky_relu_backward_numba(dy, cache, need_db)
-    return bias_leaky_relu_backward_numpy(dy, cache, need_db)
+        dpre, db = bias_leaky_relu_backward_numba(dy, cache, need_db)
+    else:
+        dpre, db = bias_leaky_relu_backward_numpy(dy, cache, need_db)
+    return dpre, _accumulate(out, db)

@@ -334,25 +334,29 @@ def conv2d_forward(x, W, b=None, stride=1, padding=0):
     return y, ("im2col", (cols, x.shape, W, stride, padding, b is not None))
 
 
-def conv2d_backward(dy, cache, need_dx=True, need_dW=True, dW_out=None):
+def conv2d_backward(dy, cache, need_dx=True, need_dW=True, dW_out=None, db_out=None, dy_channel_major=None):
     """dy (N, O, Ho, Wo) -> dx (N, C, H, W), dW (O, C, k, k), db (O,). With dW_out (the
     weight's contiguous .grad) the GEMM adds dW into it (beta = 1) and returns dW None,
-    except on the expanded-outputs path, whose dW is a flipped transpose."""
+    except on the expanded-outputs path, whose dW is a flipped transpose. With db_out (the
+    bias's .grad) db is added into it and returned None. dy_channel_major: dy already as
+    (O, N*Ho*Wo) (the im2col path of a layer without bias; dy is then None)."""
     mode, cache = cache
+    if dy_channel_major is not None and (mode != "im2col" or cache[5]):
+        raise ValueError("conv2d_backward: dy_channel_major needs the im2col path of a layer without bias")
     if mode == "expand_outputs":
-        dx, dWt, db = conv_transpose2d_backward(dy, cache, need_dx, need_dW)
+        dx, dWt, db = conv_transpose2d_backward(dy, cache, need_dx, need_dW, db_out=db_out)
         dW = None if dWt is None else _launch.contiguous(_as_transposed_kernel(dWt))
         return dx, dW, db
     cols, x_shape, W, stride, padding, has_bias = cache
     o, c, k, _ = W.shape
-    dy2 = _to_channel_major(dy)                                # (O, N*Ho*Wo)
+    dy2 = _to_channel_major(dy) if dy_channel_major is None else dy_channel_major    # (O, N*Ho*Wo)
     dW = db = dx = None
     if need_dW:
         if dW_out is not None:
             gemm(dy2, cols, trans_b=True, beta=1.0, out=dW_out.reshape(o, c * k * k))
         else:
             dW = gemm(dy2, cols, trans_b=True).reshape(W.shape)   # (O, C*k*k)
-        db = bias_add_backward(dy) if has_bias else None
+        db = bias_add_backward(dy, out=db_out) if has_bias else None
     if need_dx:
         dcols = gemm(W.reshape(o, c * k * k), dy2, trans_a=True)   # (C*k*k, N*Ho*Wo)
         dx = col2im(dcols, x_shape, k, stride, padding)
@@ -509,15 +513,16 @@ def conv_transpose2d_forward(x, W, b=None, stride=1, padding=0, output_padding=0
     return y, ("col2im", (x2, x.shape, W, stride, padding, b is not None))
 
 
-def conv_transpose2d_backward(dy, cache, need_dx=True, need_dW=True, dW_out=None):
+def conv_transpose2d_backward(dy, cache, need_dx=True, need_dW=True, dW_out=None, db_out=None):
     """dy (N, Cout, Ho, Wo) -> dx (N, Cin, H, W), dW (Cin, Cout, k, k), db (Cout,). With dW_out
     (the weight's contiguous .grad) the col2im path's GEMM adds dW into it (beta = 1) and
-    returns dW None; the phase-split path returns dW."""
+    returns dW None; the phase-split path returns dW. With db_out (the bias's .grad) db is
+    added into it and returned None."""
     mode, cache = cache
     if mode == "phase":
         xf, x_shape, W, has_bias = cache
         dx, dW = conv_transpose2d_phase_backward(dy, xf, x_shape, W, need_dx, need_dW)
-        db = bias_add_backward(dy) if (has_bias and need_dW) else None
+        db = bias_add_backward(dy, out=db_out) if (has_bias and need_dW) else None
         return dx, dW, db
     x2, x_shape, W, stride, padding, has_bias = cache
     n, cin, h, w = x_shape
@@ -529,7 +534,7 @@ def conv_transpose2d_backward(dy, cache, need_dx=True, need_dW=True, dW_out=None
             gemm(x2, dcols, trans_b=True, beta=1.0, out=dW_out.reshape(cin, cout * k * k))
         else:
             dW = gemm(x2, dcols, trans_b=True).reshape(W.shape)   # (Cin, Cout*k*k)
-        db = bias_add_backward(dy) if has_bias else None
+        db = bias_add_backward(dy, out=db_out) if has_bias else None
     if need_dx:
         dx2 = gemm(W.reshape(cin, cout * k * k), dcols)       # (Cin, N*H*W)
         dx = _from_channel_major(dx2, n, h, w)

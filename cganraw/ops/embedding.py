@@ -34,7 +34,7 @@ def embedding_backward_numpy(dy, cache, out=None):
 # the int32 labels. The backward's default, v2, gives the same bits every run.
 
 VERSIONS = (1,)
-BACKWARD_VERSIONS = (1, 2)
+BACKWARD_VERSIONS = (1, 2, 3)
 _MAX_ROW_BLOCKS = 65535
 
 def embedding_forward_cuda(indices, W, version=None):
@@ -59,9 +59,11 @@ def embedding_forward_cuda(indices, W, version=None):
 def embedding_backward_cuda(dy, cache, version=None, out=None):
     """As embedding_backward_numpy: dy (N, D) -> dW (K, D), repeated labels adding up; with
     out (a contiguous float32 (K, D) array) dW is added into it: by v1's scatter-add itself
-    (no zeroed array), or after v2 by one add."""
+    (no zeroed array), after v2 by one add, or by v3's sums themselves (the default with out)."""
     op = "embedding_backward"
-    version = _launch.pick_version(op, version, 2, BACKWARD_VERSIONS)
+    version = _launch.pick_version(op, version, 3 if out is not None else 2, BACKWARD_VERSIONS)
+    if version == 3 and out is None:
+        raise ValueError(f"{op}: kernel version 3 adds into `out`: give one")
     indices, w_shape = cache
     k, d = (int(s) for s in w_shape)
     idx = _launch.cached_labels_arg(indices, k, op)
@@ -81,6 +83,11 @@ def embedding_backward_cuda(dy, cache, version=None, out=None):
             _launch.function("embedding", "embedding_backward_v2")(
                 (min(k, _MAX_ROW_BLOCKS),), (_launch.warp_block(d),), (dW,) + args)
         return dW if out is None else _launch.add_into(out, dW)
+    if version == 3:
+        if k * d:
+            _launch.function("embedding", "embedding_backward_v3")(
+                (min(k, _MAX_ROW_BLOCKS),), (_launch.warp_block(d),), (out,) + args)
+        return out
     dW = _launch.zeros((k, d)) if out is None else out      # v1 scatter-adds: straight into out
     if n * d:
         grid, block = _launch.grid_for(n * d)

@@ -22,10 +22,11 @@ def linear_forward(x, W, b=None):
     return y, (x, W, b is not None)
 
 
-def linear_backward(dy, cache, need_dx=True, need_dW=True, dW_out=None):
+def linear_backward(dy, cache, need_dx=True, need_dW=True, dW_out=None, db_out=None):
     """dy (N, out) -> dx (N, in), dW (out, in), db (out,) (None where not needed/absent).
     With dW_out (a C-contiguous (out, in) array, the weight's .grad) the GEMM adds dW into
-    it (beta = 1) and dW is returned as None."""
+    it (beta = 1) and dW is returned as None; with db_out (the bias's .grad) the bias
+    reduction adds db into it, and db is None."""
     x, W, has_bias = cache
     dx = gemm(dy, W) if need_dx else None
     if need_dW and dW_out is not None:
@@ -33,5 +34,5 @@ def linear_backward(dy, cache, need_dx=True, need_dW=True, dW_out=None):
         dW = None
     else:
         dW = gemm(dy, x, trans_a=True) if need_dW else None
-    db = bias_add_backward(dy) if (has_bias and need_dW) else None
+    db = bias_add_backward(dy, out=db_out) if (has_bias and need_dW) else None
     return dx, dW, db

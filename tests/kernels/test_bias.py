@@ -132,3 +132,102 @@ def test_bad_inputs_are_rejected_or_made_contiguous(version, rng):
         B.bias_add_backward_cuda(view, version=0)
     with pytest.raises(ValueError, match="version"):
         B.bias_add_forward_cuda(view, b, version=3)
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=_ids(SHAPES))
+def test_reduce_v4_adds_into_out_as_v3_then_an_add(shape, launches, rng):
+    # with out (the bias's .grad) the ordered reduction adds its total in: the bits of v3's
+    # db added to it, for the plain and the fused (LeakyReLU) backward; v1 and v2 add after
+    dy = rng.standard_normal(shape).astype(np.float32)
+    c = shape[1]
+    before = rng.standard_normal(c).astype(np.float32)
+    got = before.copy()
+    assert B.bias_add_backward_cuda(dy, out=got) is None
+    np.testing.assert_array_equal(got, before + B.bias_add_backward_cuda(dy))
+    assert "bias_add_backward_reduce_v4" in launches
+    for version in (1, 2):
+        got = before.copy()
+        assert B.bias_add_backward_cuda(dy, version=version, out=got) is None
+        np.testing.assert_array_equal(got, before + B.bias_add_backward_cuda(dy, version=version))
+    y = rng.standard_normal(shape).astype(np.float32)
+    y, cache = B.bias_leaky_relu_forward_cuda(y, rng.standard_normal(c).astype(np.float32), 0.2)
+    dpre_ref, db_ref = B.bias_leaky_relu_backward_cuda(dy, cache)
+    got = before.copy()
+    dpre, db = B.bias_leaky_relu_backward_cuda(dy, cache, out=got)
+    assert db is None
+    np.testing.assert_array_equal(dpre, dpre_ref)
+    np.testing.assert_array_equal(got, before + db_ref)
+    # the CPU dispatch: the same accumulation
+    prev = backend.current()
+    backend.use("numpy")
+    try:
+        got = before.copy()
+        assert B.bias_add_backward(dy, out=got) is None
+        np.testing.assert_array_equal(got, before + B.bias_add_backward(dy))
+    finally:
+        backend.use(prev)
+
+
+def test_out_must_fit(rng):
+    dy = rng.standard_normal((3, 4)).astype(np.float32)
+    with pytest.raises(ValueError, match=r"bias_add_backward: out must be a contiguous float32 array of shape \(4,\)"):
+        B.bias_add_backward_cuda(dy, out=np.zeros(5, np.float32))
+    with pytest.raises(ValueError, match="bias_leaky_relu_backward: out must be"):
+        B.bias_leaky_relu_backward_cuda(dy, (dy, 0.2), out=np.zeros(5, np.float32))
+
+
+# (N, C, H, W): the conv layouts (7x7 and 14x14 maps, odd batches, channel counts that are
+# not multiples of 4), HW % 4 == 0 (the float4 path), HW == 1 (the rows path)
+CM_SHAPES = [(3, 5, 7, 7), (1, 1, 1, 1), (2, 7, 4, 4), (5, 6, 14, 14), (4, 9, 1, 1), (3, 130, 1, 1),
+             (2, 3, 3, 5)]
+
+
+@pytest.mark.parametrize("shape", CM_SHAPES, ids=_ids(CM_SHAPES))
+def test_channel_major_fused_kernels(shape, all_orders, rng):
+    # v2 reads (forward) or writes (backward) the pre-activation channel-major (C, N*HW):
+    # the v1 results, with the layout turned
+    n, c, h, w = shape
+    pre = rng.standard_normal(shape).astype(np.float32)
+    b = rng.standard_normal(c).astype(np.float32)
+    pre_cm = np.ascontiguousarray(pre.transpose(1, 0, 2, 3)).reshape(c, n * h * w)
+    y, cache = B.bias_leaky_relu_forward_from_channel_major_cuda(pre_cm, n, h, w, b, 0.2)
+    y_ref, cache_ref = B.bias_leaky_relu_forward_numpy(pre.copy(), b, 0.2)
+    np.testing.assert_array_equal(y, y_ref)
+    dy = rng.standard_normal(shape).astype(np.float32)
+    dpre_ref, db_ref = B.bias_leaky_relu_backward_numpy(dy, cache_ref)
+    for splits in (None, 2):
+        dpre_cm, db = B.bias_leaky_relu_backward_to_channel_major_cuda(dy, cache, splits=splits)
+        np.testing.assert_array_equal(dpre_cm.reshape(c, n, h, w).transpose(1, 0, 2, 3), dpre_ref)
+        assert_close(db, db_ref, 1e-5, 1e-5, f"db {shape} splits={splits} ({all_orders} order)")
+        before = rng.standard_normal(c).astype(np.float32)
+        got = before.copy()
+        _, none = B.bias_leaky_relu_backward_to_channel_major_cuda(dy, cache, splits=splits, out=got)
+        assert none is None
+        np.testing.assert_array_equal(got, before + db)
+    _, none = B.bias_leaky_relu_backward_to_channel_major_cuda(dy, cache, need_db=False)
+    assert none is None
+
+
+def test_conv_pair_takes_no_layout_copies(rng):
+    # D's Conv2d + LeakyReLU on the kernel backends: im2col, the GEMM and the fused kernel
+    # forward; the fused kernel, the reduction, two GEMMs and col2im backward; no copies
+    from cganraw import devicelog, nn
+    seq = nn.Sequential(nn.Conv2d(3, 5, 3, 2, 1, rng=rng), nn.LeakyReLU(0.2))
+    x = rng.standard_normal((3, 3, 7, 7)).astype(np.float32)
+    with devicelog.recording() as log:
+        y = seq(x)
+        seq.backward(np.ones_like(y))
+    gemm = {"gemm"} | {e.name for e in log.launches if e.name.startswith("gemm_")}   # cuBLAS or our kernels
+    assert ["gemm" if e.name in gemm or e.kind == "gemm" else e.name for e in log.launches] == [
+        "im2col_v2", "gemm", "bias_leaky_relu_forward_v2", "bias_leaky_relu_backward_partial_v2",
+        "bias_add_backward_reduce_v4", "gemm", "gemm", "col2im_v3"]
+
+
+def test_channel_major_fused_kernels_on_an_empty_batch():
+    b = np.ones(3, np.float32)
+    y, cache = B.bias_leaky_relu_forward_from_channel_major_cuda(np.zeros((3, 0), np.float32), 0, 2, 2, b, 0.2)
+    assert y.shape == (0, 3, 2, 2)
+    dpre, db = B.bias_leaky_relu_backward_to_channel_major_cuda(np.zeros((0, 3, 2, 2), np.float32), cache)
+    assert dpre.shape == (3, 0) and np.array_equal(db, np.zeros(3, np.float32))
+    with pytest.raises(ValueError, match=r"y_cm must have shape \(C, 8\)"):
+        B.bias_leaky_relu_forward_from_channel_major_cuda(np.zeros((3, 5), np.float32), 2, 2, 2, b, 0.2)

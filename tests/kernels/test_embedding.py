@@ -77,7 +77,7 @@ def test_public_ops_and_layer_dispatch_to_the_kernels(launches, rng):
         layer.backward(dy)
         results[name] = (y, layer.weight.grad.copy())
     backend.use("emu")
-    assert launches == ["embedding_forward_v1", "embedding_backward_v2"]
+    assert launches == ["embedding_forward_v1", "embedding_backward_v3"]     # v3 adds into .grad
     assert_close(results["emu"][0], results["numpy"][0], 0, 1e-7, "layer forward emu vs numpy")
     assert_close(results["emu"][1], results["numpy"][1], 1e-6, 1e-6, "layer weight gradient emu vs numpy")
 
@@ -128,3 +128,17 @@ def test_v2_backward_is_deterministic_and_in_batch_order(all_orders, rng):
     for i in range(n):
         want[labels[i]] += dy[i]
     assert np.array_equal(runs[0], want)
+
+
+@pytest.mark.parametrize("n, k, d", CASES, ids=_ids(CASES))
+def test_v3_adds_into_out_as_v2_then_an_add(n, k, d, all_orders, rng):
+    # v3 adds each row's sum into the gradient given: the bits of v2's dW added to it
+    labels = rng.integers(0, k, n)
+    dy = rng.standard_normal((n, d)).astype(np.float32)
+    _, cache = E.embedding_forward_cuda(labels, rng.standard_normal((k, d)).astype(np.float32))
+    before = rng.standard_normal((k, d)).astype(np.float32)
+    got = before.copy()
+    assert E.embedding_backward_cuda(dy, cache, out=got) is got           # v3, the default with out
+    np.testing.assert_array_equal(got, before + E.embedding_backward_cuda(dy, cache, version=2))
+    with pytest.raises(ValueError, match="kernel version 3 adds into `out`: give one"):
+        E.embedding_backward_cuda(dy, cache, version=3)

@@ -56,7 +56,7 @@ def test_forward_backward_emu_equals_numpy(opts, launches):
     if opts.get("g_norm") == "instance":
         assert "instancenorm_forward_v2" in names and "instancenorm_backward_v2" in names
     if opts.get("d_norm") == "spectral":
-        assert {"spectral_norm_forward_matvec_v2", "spectral_norm_backward_v2"} <= names
+        assert {"spectral_norm_power_v1", "spectral_norm_forward_v3", "spectral_norm_backward_v3"} <= names
     if opts.get("minibatch_std"):
         assert {"minibatch_std_forward_stat_v2", "minibatch_std_backward_v2"} <= names
     if opts.get("progressive"):

@@ -131,6 +131,15 @@ def test_batchnorm_leaky_relu(shape, training, all_orders, rng):
         assert_close(db, db_r, 1e-4, 1e-5, f"{label} dbeta")
         assert_close(dg, dg_r, 1e-4, 1e-5, f"{label} dgamma")
         assert_close(dx, dx_r, 5e-5, 1e-4, f"{label} dx")
+        # batchnorm_leaky_relu_backward_v2: dgamma, dbeta added into the parameters' .grad,
+        # the bits of v1's added to them; dx unchanged
+        before = rng.standard_normal((2, c)).astype(np.float32)
+        out = (before[0].copy(), before[1].copy())
+        dx2, dg2, db2 = BN.batchnorm_leaky_relu_backward_cuda(dy, cache, splits=splits, out=out)
+        assert dg2 is None and db2 is None
+        np.testing.assert_array_equal(dx2, dx)
+        np.testing.assert_array_equal(out[0], before[0] + dg)
+        np.testing.assert_array_equal(out[1], before[1] + db)
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=_ids(SHAPES))

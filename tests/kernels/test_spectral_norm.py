@@ -1,6 +1,7 @@
 """kernels/spectral_norm.cu against cganraw.ops.spectral_norm's NumPy reference, through the
 emulator: the power iteration (u, v), sigma, the normalised weight and the weight gradient,
-both versions, for weights read along dim 0 (Linear, Conv2d, Embedding) and dim 1
+every version (v3: the fused power iteration, W / sigma with the gradient accumulator
+zeroed, the gradient added into .grad), for weights read along dim 0 (Linear, Conv2d, Embedding) and dim 1
 (ConvTranspose2d), with row counts and lengths that are not multiples of a warp, and the
 conv cGAN's D layers at width 64."""
 import numpy as np
@@ -35,7 +36,11 @@ def _check(shape, dim, version, n_iter, rng, label):
     assert SN.sigma_of(cache) == pytest.approx(SN.sigma_of(cache_r), rel=1e-5)
     assert_close(w_sn, w_sn_r, 1e-6, 1e-5, f"{label} W / sigma")
     g = rng.standard_normal(shape).astype(np.float32)
-    dw = SN.spectral_norm_backward_cuda(g, cache, version=version)
+    if version == 3:        # adds into .grad
+        before = rng.standard_normal(shape).astype(np.float32)
+        dw = SN.spectral_norm_backward_cuda(g, cache, out=before.copy(), version=version) - before
+    else:
+        dw = SN.spectral_norm_backward_cuda(g, cache, version=version)
     assert_close(dw, SN.spectral_norm_backward_numpy(g, cache), 1e-5, 1e-4, f"{label} dW")
     # eval: no power iteration, u and v come back unchanged
     _, u2, v2, _ = SN.spectral_norm_forward_cuda(w, u, v, dim, n_iter, power_iteration=False, version=version)
@@ -51,6 +56,41 @@ def test_v1(case, rng):
 @pytest.mark.parametrize("case", CASES, ids=_ids(CASES))
 def test_v2(case, order, rng):
     _check(*case, 2, 2, rng, f"spectral_norm v2 {case} ({order} order)")
+
+
+@pytest.mark.parametrize("case", CASES, ids=_ids(CASES))
+def test_v3_fused(case, all_orders, rng):
+    _check(*case, 3, 1, rng, f"spectral_norm v3 {case} ({all_orders} order)")
+
+
+@pytest.mark.parametrize("n_iter", [2, 3])
+def test_v3_several_iterations(n_iter, rng):
+    for shape, dim in [((37, 45), 0), ((5, 70, 3, 3), 1)]:
+        _check(shape, dim, 3, n_iter, rng, f"spectral_norm v3 {shape} x{n_iter}")
+
+
+@pytest.mark.parametrize("version", [1, 2, 3])
+def test_in_place_and_zero(version, rng):
+    # the new u, v written into the buffers given, the gradient accumulator zeroed
+    for shape, dim, power in [((33, 20), 0, True), ((4, 9, 3, 3), 1, True), ((6, 5), 0, False)]:
+        w = rng.standard_normal(shape).astype(np.float32)
+        u, v = _vectors(rng, shape, dim)
+        bu, bv, zero = u.copy(), v.copy(), np.ones(shape, np.float32)
+        w_sn, u1, v1, _ = SN.spectral_norm_forward_cuda(w, bu, bv, dim, 1, power_iteration=power, in_place=True,
+                                                        zero=zero, version=version)
+        ru, rv, rzero = u.copy(), v.copy(), np.ones(shape, np.float32)
+        w_sn_r, u1_r, _, _ = SN.spectral_norm_forward_numpy(w, ru, rv, dim, 1, power_iteration=power, in_place=True,
+                                                            zero=rzero)
+        assert not zero.any() and not rzero.any()
+        np.testing.assert_array_equal(bu, u1)
+        np.testing.assert_array_equal(bv, v1)
+        np.testing.assert_array_equal(ru, u1_r)
+        assert_close(bu, ru, 1e-5, 1e-4, f"v{version} {shape} buffer u")
+        assert_close(bv, rv, 1e-5, 1e-4, f"v{version} {shape} buffer v")
+        if not power:
+            np.testing.assert_array_equal(bu, u)
+        assert_close(w_sn, w_sn_r, 1e-6, 1e-5, f"v{version} {shape} W / sigma")
+        assert u1 is not bu and v1 is not bv      # the cache keeps its own vectors
 
 
 def test_v2_block_strides_over_rows(monkeypatch, all_orders, rng):
@@ -92,11 +132,15 @@ def test_public_op_dispatch(launches, rng):
     launches.clear()
     y = layer(rng.standard_normal((2, 40)).astype(np.float32))
     layer.backward(np.ones_like(y))
-    assert launches[:6] == ["spectral_norm_forward_matvec_t_v1", "spectral_norm_forward_normalize_v1",
-                            "spectral_norm_forward_matvec_v2", "spectral_norm_forward_normalize_v1",
-                            "spectral_norm_forward_matvec_v2", "spectral_norm_dot_v1"]
-    assert launches[6] == "spectral_norm_forward_v2"
-    assert launches[-2:] == ["spectral_norm_dot_v1", "spectral_norm_backward_v2"]
+    # the fused kernels: two launches a forward, two a backward (the second adds into .grad)
+    assert launches[:2] == ["spectral_norm_power_v1", "spectral_norm_forward_v3"]
+    assert launches[-2:] == ["spectral_norm_dot_v1", "spectral_norm_backward_v3"]
+    from cganraw import devicelog
+    x = rng.standard_normal((2, 40)).astype(np.float32)
+    with devicelog.recording() as log:
+        nn.utils.SpectralNorm.compute(layer._spectral_norm_hooks.norms["weight"], layer, power_iteration=True)
+    assert [e.name for e in log.launches] == ["spectral_norm_power_v1", "spectral_norm_forward_v3"]
+    assert layer(x).shape == (2, 3)
 
 
 def test_bad_inputs(rng):
@@ -111,3 +155,7 @@ def test_bad_inputs(rng):
     _, _, _, cache = SN.spectral_norm_forward_cuda(w, u, v, 0)
     with pytest.raises(ValueError, match="spectral_norm_backward: dw_sn has shape"):
         SN.spectral_norm_backward_cuda(np.ones((4, 3), np.float32), cache)
+    with pytest.raises(ValueError, match="kernel version 3 adds into `out`: give one"):
+        SN.spectral_norm_backward_cuda(w, cache, version=3)
+    with pytest.raises(ValueError, match=r"zero must have the weight's shape \(3, 4\)"):
+        SN.spectral_norm_forward_cuda(w, u, v, 0, zero=np.zeros((4, 3), np.float32))

@@ -9,9 +9,13 @@ from cganraw.optim import Adam
 LR = 2e-4
 
 
-def one_step(name, bk, batchnorm=False):
+# the trainer's default D for cgan-conv (settings.MODEL_DEFAULTS): its terms run as one batch
+DEFAULT_D = {"d_norm": "spectral", "minibatch_std": True}
+
+
+def one_step(name, bk, batchnorm=False, d_opts=None):
     backend.use(bk)
-    G, D = models.build(name, 10, width=8, seed=3, batchnorm=batchnorm)
+    G, D = models.build(name, 10, width=8, seed=3, batchnorm=batchnorm, **(d_opts or {}))
     opt_g, opt_d = Adam(G.parameters(), lr=LR), Adam(D.parameters(), lr=LR)
     grads = {}
     for tag, opt, mod in (("G", opt_g, G), ("D", opt_d, D)):
@@ -22,27 +26,36 @@ def one_step(name, bk, batchnorm=False):
             step()
         opt.step = capture
     rng = np.random.default_rng(11)
-    x = rng.uniform(-1, 1, (3, 1, 28, 28)).astype(np.float32)
-    labels = rng.integers(0, 10, 3)
+    x = rng.uniform(-1, 1, (5 if d_opts else 3, 1, 28, 28)).astype(np.float32)
+    labels = rng.integers(0, 10, 5 if d_opts else 3)
     stats = train.train_step(G, D, opt_g, opt_d, x, labels, np.random.default_rng(5), mismatch=1.0)
     params = {f"G.{k}": v for k, v in G.state_dict().items()}
     params.update({f"D.{k}": v for k, v in D.state_dict().items()})
     return stats, grads, params
 
 
-@pytest.mark.parametrize("name,batchnorm", [("cgan-conv", False), ("cgan-conv", True), ("cgan-mlp", False)])
-def test_train_step_emu_equals_numpy(name, batchnorm, launches):
-    ref_stats, ref_grads, ref_params = one_step(name, "numpy", batchnorm)
+@pytest.mark.parametrize("name,batchnorm,d_opts", [("cgan-conv", False, None), ("cgan-conv", True, None),
+                                                   ("cgan-conv", True, DEFAULT_D), ("cgan-mlp", False, None)],
+                         ids=["cgan-conv", "cgan-conv-bn", "cgan-conv-default-d", "cgan-mlp"])
+def test_train_step_emu_equals_numpy(name, batchnorm, d_opts, launches):
+    ref_stats, ref_grads, ref_params = one_step(name, "numpy", batchnorm, d_opts)
     launches.clear()
-    stats, grads, params = one_step(name, "emu", batchnorm)
+    stats, grads, params = one_step(name, "emu", batchnorm, d_opts)
     assert {"gemm_v3", "adam_update_v2"} <= set(launches), launches
-    # the fused layer + LeakyReLU pairs run their kernels (D's Linear/Conv2d pairs)
-    assert {"bias_leaky_relu_forward_v1", "bias_leaky_relu_backward_partial_v1"} <= set(launches)
+    # the fused layer + LeakyReLU pairs run their kernels: D's Conv2d pairs the ones that also
+    # turn the GEMMs' layout, the other pairs (the MLPs' Linear, G's ConvT without a norm) v1
+    if name == "cgan-conv":
+        assert {"bias_leaky_relu_forward_v2", "bias_leaky_relu_backward_partial_v2"} <= set(launches)
+    if not batchnorm:
+        assert {"bias_leaky_relu_forward_v1", "bias_leaky_relu_backward_partial_v1"} <= set(launches)
     if name == "cgan-conv":
         # D's convolutions: im2col_v2 and col2im_v3; G's ConvT(k4, s2, p1): phase-split GEMMs
         assert "im2col_v2" in launches and "col2im_v3" in launches
     if batchnorm:
-        assert {"batchnorm_leaky_relu_forward_v1", "batchnorm_leaky_relu_backward_v1"} <= set(launches)
+        assert {"batchnorm_leaky_relu_forward_v1", "batchnorm_leaky_relu_backward_v2"} <= set(launches)
+    if d_opts:
+        # one batch of real, wrong-label and fake terms (5 each: the group of 4 does not divide)
+        assert {"spectral_norm_power_v1", "minibatch_std_forward_stat_v3"} <= set(launches)
     for k in ("d_loss", "g_loss"):
         assert stats[k] == pytest.approx(ref_stats[k], rel=1e-4, abs=1e-5)
     # tolerances scale with the model's largest gradient: a bias in front of a BatchNorm
