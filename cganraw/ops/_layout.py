@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from cganraw.ops import _cpu, _launch
+from cganraw.ops import _cpu, _launch, _workspace
 
 
 def _numba_ok(*arrays):
@@ -168,7 +168,7 @@ def padded_gather(a, h, w, stride=1, q=0, r=0):
     n, c = a.shape[:2]
     first, length, _ = padded_layout(n, h, w)
     if _numba_ok(a):
-        out = np.empty((c, length + 2 * first), dtype=a.dtype)
+        out = _workspace.empty((c, length + 2 * first), a.dtype)
         _gather_numba(*_cpu.physical(a), stride, q, r, h, w, out, work=out.size)
         return out
     out = _launch.zeros((c, length + 2 * first), a.dtype)       # a memset and a copy (counted on a GPU)
@@ -192,7 +192,7 @@ def phases_gather(a, h, w):
     n, c = a.shape[:2]
     if _numba_ok(a):
         first, length, _ = padded_layout(n, h, w)
-        out = np.empty((4, c, length + 2 * first), dtype=a.dtype)
+        out = _workspace.empty((4, c, length + 2 * first), a.dtype)
         _phases_gather_numba(*_cpu.physical(a), h, w, out, work=out.size)
         return out
     first, length, _ = padded_layout(n, h, w)

@@ -23,7 +23,7 @@ import os
 import numpy as np
 
 from cganraw import backend
-from cganraw.ops import _cpu, _launch, _layout
+from cganraw.ops import _cpu, _launch, _layout, _workspace
 from cganraw.ops.bias import bias_add_backward, bias_add_forward
 from cganraw.ops.gemm import gemm
 
@@ -269,7 +269,7 @@ def im2col(x, kernel_size, stride=1, padding=0, out_hw=None):
         return im2col_cuda(x, kernel_size, stride, padding, out_hw)
     if _use_numba(x):
         n, c, h, w, k, _, _, ho, wo = _conv_geometry("im2col", x.shape, kernel_size, stride, padding, out_hw)
-        cols = np.empty((c * k * k, n * ho * wo), dtype=x.dtype)
+        cols = _workspace.empty((c * k * k, n * ho * wo), x.dtype)
         _im2col_numba(*_cpu.physical(x), k, stride, padding, ho, wo, cols, work=cols.size)
         return cols
     return im2col_numpy(x, kernel_size, stride, padding, out_hw)
@@ -282,7 +282,7 @@ def col2im(cols, x_shape, kernel_size, stride=1, padding=0, out_hw=None):
     if _use_numba(cols):
         n, c, h, w, k, _, _, ho, wo = _conv_geometry("col2im", x_shape, kernel_size, stride, padding, out_hw)
         _check_cols("col2im", cols, x_shape, k, stride, padding, ho, wo)
-        out = np.empty((c, n, h, w), dtype=cols.dtype)          # channel-major (ops._layout)
+        out = _workspace.empty((c, n, h, w), cols.dtype)        # channel-major (ops._layout)
         _col2im_numba(np.ascontiguousarray(cols), k, stride, padding, ho, wo, out, True, work=cols.size)
         return out.transpose(1, 0, 2, 3)
     return col2im_numpy(cols, x_shape, kernel_size, stride, padding, out_hw)
@@ -436,7 +436,7 @@ def conv_transpose2d_phase_forward(x, W):
     Wt = _launch.contiguous(W.transpose(2, 3, 1, 0))            # (4, 4, Cout, Cin)
     numpy_out = _cpu.host_arrays(x)
     if numpy_out:       # channel-major output (ops._layout), the four phases interleaved in one pass
-        y = np.empty((cout, n, 2 * h, 2 * w), dtype=x.dtype).transpose(1, 0, 2, 3)
+        y = _workspace.empty((cout, n, 2 * h, 2 * w), x.dtype).transpose(1, 0, 2, 3)
     else:
         y = _launch.empty((n, cout, 2 * h, 2 * w), x.dtype)
     flats = _launch.empty((4 if numpy_out else 1, cout, xf.shape[1]), x.dtype)
@@ -479,7 +479,7 @@ def conv_transpose2d_phase_backward(dy, xf, x_shape, W, need_dx=True, need_dW=Tr
                 gemm(Wd[i, j], dyf[:, off:off + length], beta=0.0 if t == 0 else 1.0, out=acc)
                 t += 1
         if _cpu.host_arrays(dy):        # channel-major
-            dx = np.empty((cin, n, h, w), dtype=dy.dtype).transpose(1, 0, 2, 3)
+            dx = _workspace.empty((cin, n, h, w), dy.dtype).transpose(1, 0, 2, 3)
         else:
             dx = _launch.empty((n, cin, h, w), dy.dtype)
         _layout.padded_scatter(flat, dx, h, w)
