@@ -1,7 +1,8 @@
 """CPU threads of a training run on the NumPy backend: BLAS (through threadpoolctl) and
 Numba get one count, given (`--threads N`) or picked by measurement (`--threads 0`, the
 default): a GEMM of the conv cGAN's shapes is timed at 1, 2, 4, ... threads up to the
-CPUs this process may use, and the fastest count wins. On a shared machine more threads
+CPUs this process may use (or fewer, when $OMP_NUM_THREADS, $OPENBLAS_NUM_THREADS or
+$MKL_NUM_THREADS asks for fewer), and the fastest count wins. On a shared machine more threads
 can be slower than one (a busy core stalls every parallel region), which is why it is
 measured and not assumed. `apply` returns what was set, for the run's config.json.
 """
@@ -27,9 +28,31 @@ def available_cpus() -> int:
         return os.cpu_count() or 1
 
 
+# variables by which a user caps a process's threads; the measured pick stays within them
+LIMIT_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def environment_limit() -> int | None:
+    """The smallest positive thread count the environment asks for, or None."""
+    limits = []
+    for var in LIMIT_VARS:
+        try:
+            n = int(os.environ.get(var, ""))
+        except ValueError:
+            continue
+        if n > 0:
+            limits.append(n)
+    return min(limits) if limits else None
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may use, capped by the environment's thread limit."""
+    return min(available_cpus(), environment_limit() or available_cpus())
+
+
 def candidates(cpus: int | None = None) -> list:
     """1, 2, 4, ... up to `cpus`, and `cpus` itself."""
-    cpus = cpus or available_cpus()
+    cpus = cpus or usable_cpus()
     out, n = [], 1
     while n < cpus:
         out.append(n)
@@ -75,8 +98,9 @@ _picked = {}           # cpus -> pick()'s answer: measured once per process, so 
 
 def pick(cpus: int | None = None) -> tuple:
     """(fastest thread count, {count: probe seconds}) over candidates(cpus), measured on
-    the first call of this process and remembered."""
-    cpus = cpus or available_cpus()
+    the first call of this process and remembered. `cpus` defaults to the CPUs this process
+    may use, capped by $OMP_NUM_THREADS / $OPENBLAS_NUM_THREADS / $MKL_NUM_THREADS."""
+    cpus = cpus or usable_cpus()
     if cpus not in _picked:
         _picked[cpus] = _measure(cpus)
     return _picked[cpus]

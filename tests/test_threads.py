@@ -22,6 +22,21 @@ def test_candidates_double_up_to_the_cpus():
     assert threads.candidates(8) == [1, 2, 4, 8]
 
 
+def test_the_environment_caps_the_measured_pick(monkeypatch):
+    for var in threads.LIMIT_VARS:
+        monkeypatch.delenv(var, raising=False)
+    assert threads.environment_limit() is None and threads.usable_cpus() == threads.available_cpus()
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "3")
+    monkeypatch.setenv("OMP_NUM_THREADS", "junk")          # not a count: ignored
+    monkeypatch.setenv("MKL_NUM_THREADS", "0")             # not positive: ignored
+    assert threads.environment_limit() == 3
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert threads.environment_limit() == 1 and threads.usable_cpus() == 1
+    monkeypatch.setattr(threads, "_picked", {})
+    chosen, times = threads.pick()
+    assert chosen == 1 and list(times) == [1]              # one thread asked for: nothing else is tried
+
+
 def test_set_threads_reaches_blas_and_numba(restore_threads):
     import numpy as np
     np.ones((2, 2)) @ np.ones((2, 2))         # BLAS loaded

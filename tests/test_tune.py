@@ -194,6 +194,9 @@ def test_two_workers_finish_four_distinct_trials(env, tmp_path, capsys):
         folder = study_dir / t.user_attrs["run_dir"]
         assert (folder / "metrics.jsonl").is_file() and list((folder / "samples").glob("*.png"))
         assert (folder / "checkpoints" / "last.npz").exists() == (t.number == best[0].number)
+        # cores / workers BLAS threads each, given to the trainer (its own pick would oversubscribe)
+        threads = json.loads((folder / "config.json").read_text())["threads"]
+        assert threads["requested"] == max(1, (os.cpu_count() or 1) // 2) == threads["blas"]
     for name in ("summary.md", "history.png", "parallel_coordinate.png", "param_importances.png", "best_command.txt"):
         assert (study_dir / name).is_file(), name
     out = capsys.readouterr().out.strip().splitlines()
@@ -268,3 +271,28 @@ def test_a_killed_worker_does_not_wedge_the_study(env, tmp_path):
     assert retried[0].params == trials[0].params and retried[0].user_attrs["seed"] == trials[0].user_attrs["seed"]
     assert sum(st.counts_toward_total(t) for t in trials) == 2
     assert not (study_dir / "trial_0000" / "checkpoints").exists()       # a failed trial keeps no checkpoint
+
+
+def test_the_first_trial_is_the_trainers_defaults(env, tmp_path, capsys):
+    # a space that holds the trainer's defaults for cgan-conv (lr 1e-4, d-norm none, mismatch 2 per model)
+    space = tmp_path / "space.json"
+    space.write_text(json.dumps({"lr": {"low": 1e-4, "high": 1e-3, "log": True}, "d-norm": {"choices": ["none", "spectral"]},
+                                 "mismatch": {"low": 0.0, "high": 2.0}, "batch-size": 8, "width": 4, "ema-decay": 0.0}))
+    study_dir = tmp_path / "base"
+    args = argv(env, study_dir, "--trials", 2, "--trial-steps", 3, "--pruner", "none", "--sampler", "random")
+    args[args.index("--space") + 1] = str(space)
+    assert command.main(args) == 0
+    t0, t1 = load(study_dir).get_trials()
+    assert t0.params == {"lr": 1e-4, "d_norm": "spectral", "mismatch": 2.0} and t0.user_attrs["baseline"]
+    assert "baseline" not in t1.user_attrs and t1.params != t0.params
+    out = capsys.readouterr().out
+    assert "0 (defaults)" in out and "The trainer's defaults (trial 0, the baseline): rank" in out
+
+
+def test_no_baseline_when_the_space_excludes_a_default(env, tmp_path, caplog):
+    # SPACE searches --batch-size in {4, 8}: the default 64 cannot be a trial of it
+    s = command.settings_from(command.build_parser().parse_args(argv(env, tmp_path)))
+    study = st.open_study(s, create=True)
+    with caplog.at_level("INFO", logger="cganraw.tune"):
+        command.queue_baseline(study, s)
+    assert not study.get_trials() and "does not hold the trainer's default --batch-size 64" in caplog.text

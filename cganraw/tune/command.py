@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -75,6 +76,9 @@ def build_parser():
                    help="the constraint: a trial is feasible when its label accuracy is at least this (default: 0.98)")
     p.add_argument("--space", default=None, metavar="FILE",
                    help="search space as JSON or YAML (default: the built-in space; see below)")
+    p.add_argument("--baseline", action=argparse.BooleanOptionalAction, default=True,
+                   help="make the study's first trial the trainer's own defaults, so that the summary "
+                        "shows whether the search beat them at the same budget (default: yes)")
     p.add_argument("--seed", type=cli.nonneg_int, default=0,
                    help="trial N trains with seed + N; also seeds the samplers (default: 0)")
     p.add_argument("--heartbeat", type=cli.positive_int, default=60, metavar="SECONDS",
@@ -109,9 +113,10 @@ def settings_from(args):
         data_dir=args.data_dir, download=args.download, backend=args.backend)
 
 
-def prepare(s: st.Settings):
+def prepare(s: st.Settings, baseline=True):
     """Before any trial: the study (made or checked), the data and the evaluation classifier
-    (trained once here, not by every trial at the same time)."""
+    (trained once here, not by every trial at the same time); with `baseline`, a new study's
+    first trial is queued with the trainer's defaults."""
     cli.check_output_dir(s.study_dir, "study folder")
     study = st.open_study(s, create=True)
     if not study.get_trials(deepcopy=False) and any(s.study_dir.glob("trial_*/metrics.jsonl")):
@@ -121,7 +126,21 @@ def prepare(s: st.Settings):
         data.load(s.dataset, split, data_dir=s.data_dir, download=s.download)
     from cganraw import classifier
     classifier.load_or_train(s.dataset, data_dir=s.data_dir, log=log.info)
+    if baseline and not study.get_trials(deepcopy=False):
+        queue_baseline(study, s)
     return study
+
+
+def queue_baseline(study, s: st.Settings):
+    """Queue the trainer's defaults as the next trial, when the space holds every one of them."""
+    defaults = s.space.trainer_defaults(s.model)
+    outside = [f"{p.flag} {defaults[p.name]}" for p in s.space.searched() if not p.contains(defaults[p.name])]
+    if outside:
+        log.info("no baseline trial: the space does not hold the trainer's default %s", ", ".join(outside))
+        return
+    study.enqueue_trial(defaults, user_attrs={"baseline": True})
+    log.info("the first trial is the baseline, the trainer's defaults: %s",
+             " ".join(shlex.join(p.argv(defaults[p.name])) for p in s.space.searched()) or "(nothing searched)")
 
 
 def _worker_argv(argv, index):
@@ -200,7 +219,7 @@ def study_command(args, argv):
     if args.worker_index is not None:               # one of the processes of --workers
         worker.run_worker(s, args.worker_index, f"[worker {args.worker_index}] ")
         return 0
-    study = prepare(s)
+    study = prepare(s, baseline=args.baseline)
     done, running = worker.finished(study)
     log.info("study %s in %s: %d of %d trials finished, %d running; %d workers here; space: %s",
              s.study_name, st.shown_url(s.storage_url), done, s.trials, running, args.workers,

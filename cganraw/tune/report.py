@@ -38,7 +38,8 @@ def summary_lines(study, s: st.Settings, top=10):
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join([" ---: "] * len(head)) + "|"]
     for rank, t in enumerate(order[:top], 1):
         a = t.user_attrs
-        row = [str(rank), str(t.number), _fmt(a.get("fid"), ".3f"), _fmt(100 * a["label_accuracy"], ".2f") + "%",
+        name = f"{t.number} (defaults)" if a.get("baseline") else str(t.number)
+        row = [str(rank), name, _fmt(a.get("fid"), ".3f"), _fmt(100 * a["label_accuracy"], ".2f") + "%",
                "yes" if st.feasible(t, s) else "no", str(a.get("steps", "")), _fmt(a.get("minutes"), ".1f"),
                *(_param(t.params[n]) if n in t.params else "" for n in searched)]
         if s.multi_objective:
@@ -46,10 +47,31 @@ def summary_lines(study, s: st.Settings, top=10):
         lines.append("| " + " | ".join(row) + " |")
     counts = state_counts(trials)
     lines.append("")
+    lines += baseline_lines(trials, order, s)
     lines.append(f"{len(trials)} trials: " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
                  + f"; {sum(st.feasible(t, s) for t in order)} of {len(order)} complete trials meet the "
                  f"label-accuracy bar of {100 * s.min_label_accuracy:g}%")
     return lines
+
+
+def baseline_lines(trials, order, s: st.Settings):
+    """Where the trainer's defaults (the baseline trial, if the study has one) stand."""
+    base = [t for t in trials if t.user_attrs.get("baseline")]
+    if not base:
+        return []
+    t, a = base[0], base[0].user_attrs
+    if t in order:
+        where = (f"rank {order.index(t) + 1} of {len(order)} complete trials: FID {_fmt(a.get('fid'), '.3f')}, "
+                 f"label accuracy {_fmt(100 * a['label_accuracy'], '.2f')}%")
+        if order.index(t) > 0:
+            b = order[0].user_attrs
+            where += (f"; the best trial ({order[0].number}) has FID {_fmt(b.get('fid'), '.3f')}, "
+                      f"label accuracy {_fmt(100 * b['label_accuracy'], '.2f')}%")
+    elif t.state.name == "PRUNED":
+        where = f"pruned at step {a.get('pruned_at_step', '?')} (FID {_fmt(a.get('fid'), '.3f')} there)"
+    else:
+        where = t.state.name.lower()
+    return [f"The trainer's defaults (trial {t.number}, the baseline): {where}.", ""]
 
 
 def best_command(study, s: st.Settings):

@@ -51,7 +51,7 @@ RESERVED = {
     "out": "--study-dir", "resume": "nothing: a trial is one fresh run",
     "max_minutes": "--trial-minutes", "max_steps": "--trial-steps", "epochs": "--trial-minutes",
     "eval_every": "--eval-every-steps", "eval_every_steps": "--eval-every-steps",
-    "backend": "--backend", "data_dir": "--data-dir", "download": "--download",
+    "backend": "--backend", "threads": "--threads", "data_dir": "--data-dir", "download": "--download",
     "quiet": "nothing", "debug": "nothing", "help": "nothing", "log_every": "nothing",
     "checkpoint_every": "nothing", "sample_every": "--eval-every-steps",
 }
@@ -91,6 +91,14 @@ class Param:
         if self.kind == "int":
             return trial.suggest_int(self.name, self.low, self.high, step=self.step or 1, log=self.log)
         return trial.suggest_float(self.name, self.low, self.high, step=self.step, log=self.log)
+
+    def contains(self, value):
+        """Whether Optuna could draw `value` for this parameter."""
+        if self.kind == "choice":
+            return value in self.choices
+        if self.kind in ("int", "float"):
+            return isinstance(value, (int, float)) and not isinstance(value, bool) and self.low <= value <= self.high
+        return value == self.value
 
     def argv(self, value):
         """The trainer's command-line words for `value`."""
@@ -214,6 +222,13 @@ class Space:
 
     def searched(self):
         return [p for p in self.params if p.kind != "fixed"]
+
+    def trainer_defaults(self, model):
+        """{name: value} of the searched flags as `python -m cganraw.train --model MODEL` sets
+        them when not given (per-model defaults included): the study's baseline trial."""
+        from cganraw import settings
+        return {p.name: settings.model_default(model, p.name) if p.name in settings.DEFAULTS else p.action.default
+                for p in self.searched()}
 
     def describe(self):
         return [p.describe() for p in self.params]

@@ -135,6 +135,8 @@ class Objective:
             args += ["--data-dir", str(s.data_dir)]
         if s.backend:
             args += ["--backend", s.backend]
+        if s.threads:   # the trainer's own pick would measure while the other workers train
+            args += ["--threads", str(s.threads)]
         return args + s.space.argv(values)
 
     def env(self):
