@@ -374,7 +374,8 @@ def conv2d_backward(dy, cache, need_dx=True, need_dW=True, dW_out=None):
 # scratch. The data gradient is the same 16 GEMMs the other way (W[:, :, i, j] @ the padded
 # dy phase shifted by (-di, -dj)), the weight gradient 16 GEMMs x-shift @ dy-phase^T over
 # the same column range (dy's pads are zeros). No matrix is bigger than the input or the
-# output (plus their pads).
+# output (plus their pads). On the host the taps sharing a shift run as one GEMM over the
+# stacked phases (SHIFT_GROUPS: 10 GEMMs a direction, with 2-4 times the rows or depth).
 PHASE_TAPS = {0: ((1, 0), (3, -1)), 1: ((0, 1), (2, 0))}   # output parity -> (kernel index, input shift)
 
 
