@@ -69,6 +69,24 @@ def test_free_blocks_stay_within_the_bound_and_zero_turns_the_cache_off(cache):
     assert cache.stats()["slabs"] == 0
 
 
+def test_copies_and_joins_equal_numpys(cache, rng):
+    a = rng.normal(size=(3, 4, 5)).astype(np.float32)
+    t = a.transpose(2, 0, 1)
+    got = cache.ascontiguousarray(t)
+    assert got.flags.c_contiguous and not np.shares_memory(got, a)
+    np.testing.assert_array_equal(got, np.ascontiguousarray(t))
+    assert cache.ascontiguousarray(a) is a
+    b = rng.normal(size=(3, 2, 5)).astype(np.float32)
+    for axis in (1, -2):
+        np.testing.assert_array_equal(cache.concatenate([a, b], axis), np.concatenate([a, b], axis))
+    mixed = cache.concatenate([a, b.astype(np.float64)], 1)          # numpy's own promotion
+    assert mixed.dtype == np.float64
+    with pytest.raises(np.exceptions.AxisError):
+        cache.concatenate([a, b], 3)
+    with pytest.raises(ValueError):
+        cache.concatenate([a, b], 0)
+
+
 def _two_steps(width, batch):
     from cganraw import models, optim
     from cganraw.bench import harness, train_cases

@@ -237,11 +237,7 @@ def contiguous(a):
     if a.flags.c_contiguous:
         return a
     xp = backend.array_module(a)
-    if xp is np:
-        out = _workspace.empty(a.shape, a.dtype)
-        np.copyto(out, a)
-    else:
-        out = xp.ascontiguousarray(a)
+    out = _workspace.ascontiguousarray(a) if xp is np else xp.ascontiguousarray(a)
     devicelog.copy(out.nbytes)
     return out
 
@@ -256,14 +252,7 @@ def copy_into(dst, src):
 def concatenate(arrays, axis=0):
     """The arrays joined along `axis`: one copy per array, as CuPy does for up to 8."""
     xp = backend.array_module(arrays[0])
-    if xp is np and all(type(a) is np.ndarray and a.dtype == arrays[0].dtype and a.ndim == arrays[0].ndim
-                        for a in arrays) and arrays[0].ndim:
-        ax = axis % arrays[0].ndim
-        shape = list(arrays[0].shape)
-        shape[ax] = sum(a.shape[ax] for a in arrays)
-        out = np.concatenate(arrays, axis=ax, out=_workspace.empty(shape, arrays[0].dtype))
-    else:
-        out = xp.concatenate(arrays, axis=axis)
+    out = _workspace.concatenate(arrays, axis) if xp is np else xp.concatenate(arrays, axis=axis)
     for a in arrays:
         devicelog.copy(a.nbytes)
     return out

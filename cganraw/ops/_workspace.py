@@ -134,6 +134,29 @@ def zeros(shape, dtype=np.float32):
     return out
 
 
+def ascontiguousarray(a):
+    """numpy.ascontiguousarray(a) (a itself when already C-contiguous), a copy into a cached block."""
+    a = np.asarray(a)
+    if a.flags.c_contiguous:
+        return a
+    out = empty(a.shape, a.dtype)
+    np.copyto(out, a)
+    return out
+
+
+def concatenate(arrays, axis=0):
+    """numpy.concatenate(arrays, axis) into a cached block (arrays of one dtype and rank;
+    anything else as numpy does it)."""
+    arrays = [np.asarray(a) for a in arrays]
+    first = arrays[0]
+    if not -first.ndim <= axis < first.ndim or any(a.dtype != first.dtype or a.ndim != first.ndim for a in arrays):
+        return np.concatenate(arrays, axis=axis)
+    ax = axis % first.ndim
+    shape = list(first.shape)
+    shape[ax] = sum(a.shape[ax] for a in arrays)
+    return np.concatenate(arrays, axis=ax, out=empty(shape, first.dtype))
+
+
 def stats() -> dict:
     """{"slabs", "in_use", "bytes", "free_bytes"} of the cache now."""
     with _lock:

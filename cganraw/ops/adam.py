@@ -12,7 +12,7 @@ import math
 import numpy as np
 
 from cganraw import backend
-from cganraw.ops import _launch
+from cganraw.ops import _launch, _workspace
 
 
 def adam_update_numpy(param, grad, m, v, lr, beta1, beta2, eps, step, weight_decay=0.0):
@@ -22,7 +22,7 @@ def adam_update_numpy(param, grad, m, v, lr, beta1, beta2, eps, step, weight_dec
         grad = grad + f(weight_decay) * param
     # one scratch array for every temporary (the same operations, so the same bits, as
     # m += (1 - b1) g; v += (1 - b2) (g g); param -= step_size (m / denom))
-    t = _launch.empty(param.shape, param.dtype) if xp is np and param.shape == grad.shape else None
+    t = _workspace.empty(param.shape, param.dtype) if xp is np and param.shape == grad.shape else None
     m *= f(beta1)
     m += xp.multiply(f(1 - beta1), grad, out=t)
     v *= f(beta2)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from cganraw import backend
-from cganraw.ops import _launch
+from cganraw.ops import _launch, _workspace
 from cganraw.ops.philox import Stream, keep_mask_numpy, keep_threshold
 
 
@@ -41,7 +41,7 @@ def dropout_backward_numpy(dy, cache):
 def _times_mask(a, keep):
     # a * keep, into a reused host buffer where both are host arrays of one shape
     if type(a) is np.ndarray and type(keep) is np.ndarray and a.shape == keep.shape:
-        return np.multiply(a, keep, out=_launch.empty(a.shape, np.result_type(a, keep)))
+        return np.multiply(a, keep, out=_workspace.empty(a.shape, np.result_type(a, keep)))
     return a * keep
 
 
