@@ -265,4 +265,6 @@ def test_vs_torch_compares_interleaved_rounds(tmp_path, monkeypatch, capsys):
     for r in data["results"]:
         assert len(r["ours_s"]) == len(r["torch_s"]) == 2 and all(t > 0 for t in r["ours_s"] + r["torch_s"])
         assert r["ratio"] == pytest.approx(r["ours_median_s"] / r["torch_median_s"])
+        assert len(r["ours_cpu_s"]) == len(r["torch_cpu_s"]) == 2 and all(t >= 0 for t in r["ours_cpu_s"] + r["torch_cpu_s"])
+        assert r["cpu_ratio"] == pytest.approx(r["ours_cpu_median_s"] / r["torch_cpu_median_s"])
     assert data["rounds"] == 2 and data["threads"] == 1 and data["machine"]["cpu"]

@@ -182,7 +182,7 @@ def test_padded_gather_and_scatter_match_numpy(shape, layout, rng, monkeypatch):
     if layout == "channel_major":
         a = _channel_major_copy(a)
     fast = _layout.phases_gather(a, h, w)
-    singles = [_layout.padded_gather(a, h, w, 2, q, r) for q in (0, 1) for r in (0, 1)]
+    singles = [_layout.padded_gather(a, h, w, 2, q, r) for q, r in _layout.PHASE_ORDER]   # in slot order
     with monkeypatch.context() as m:
         m.setattr(_layout, "_numba_ok", lambda *arrays: False)
         ref = _layout.phases_gather(a, h, w)

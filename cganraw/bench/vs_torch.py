@@ -6,8 +6,11 @@ fake, G through the updated D, Adam on both; cganraw.bench.train_cases) runs as 
 as PyTorch's (cganraw.interop.torch_models), after warm-up steps, interleaved one step
 each per round, the one going first alternating from round to round so that a drift in
 the machine's load falls on both alike. The result is each side's median step time and
-their ratio ours / PyTorch (< 1: ours is faster). PyTorch is not a dependency: without it
-the comparison cannot run, and says so.
+their ratio ours / PyTorch (< 1: ours is faster). Each step's CPU time (the process's, all
+threads) is recorded beside its wall time: at one thread on a machine that other work keeps
+busy, the wall time also counts the time this process waited for a core, and the CPU-time
+ratio is the steadier figure. PyTorch is not a dependency: without it the comparison cannot
+run, and says so.
 """
 from __future__ import annotations
 
@@ -34,6 +37,8 @@ class Comparison:
     batch: int
     ours_s: list
     torch_s: list
+    ours_cpu_s: list
+    torch_cpu_s: list
 
     @property
     def ours_median(self) -> float:
@@ -47,15 +52,21 @@ class Comparison:
     def ratio(self) -> float:
         return self.ours_median / self.torch_median
 
+    @property
+    def cpu_ratio(self) -> float:
+        return statistics.median(self.ours_cpu_s) / statistics.median(self.torch_cpu_s)
+
     def as_dict(self) -> dict:
         return {**asdict(self), "ours_median_s": self.ours_median, "torch_median_s": self.torch_median,
-                "ratio": self.ratio}
+                "ratio": self.ratio, "ours_cpu_median_s": statistics.median(self.ours_cpu_s),
+                "torch_cpu_median_s": statistics.median(self.torch_cpu_s), "cpu_ratio": self.cpu_ratio}
 
 
-def _timed(fn) -> float:
-    start = time.perf_counter()
+def _timed(fn) -> tuple:
+    """(wall seconds, process CPU seconds) of one call."""
+    start, cpu = time.perf_counter(), time.process_time()
     fn()
-    return time.perf_counter() - start
+    return time.perf_counter() - start, time.process_time() - cpu
 
 
 def compare(width: int, batch: int, rounds: int, torch, seed: int = 0) -> Comparison:
@@ -69,14 +80,16 @@ def compare(width: int, batch: int, rounds: int, torch, seed: int = 0) -> Compar
             losses = peer()
         if not (np.isfinite(stats["d_loss"]) and all(np.isfinite(losses))):
             raise RuntimeError(f"non-finite losses in the warm-up: ours {stats}, PyTorch's {losses}")
-        ours_s, torch_s = [], []
+        ours_s, torch_s, ours_cpu, torch_cpu = [], [], [], []
         for r in range(rounds):
-            pair = ((ours, ours_s), (peer, torch_s))
-            for fn, times in (pair if r % 2 == 0 else pair[::-1]):
-                times.append(_timed(fn))
-            log.info("width %d batch %d round %d/%d: ours %.1f ms, PyTorch %.1f ms", width, batch, r + 1, rounds,
-                     ours_s[-1] * 1e3, torch_s[-1] * 1e3)
-    return Comparison(width, batch, ours_s, torch_s)
+            pair = ((ours, ours_s, ours_cpu), (peer, torch_s, torch_cpu))
+            for fn, times, cpu in (pair if r % 2 == 0 else pair[::-1]):
+                wall, used = _timed(fn)
+                times.append(wall)
+                cpu.append(used)
+            log.info("width %d batch %d round %d/%d: ours %.1f ms (CPU %.1f), PyTorch %.1f ms (CPU %.1f)", width,
+                     batch, r + 1, rounds, ours_s[-1] * 1e3, ours_cpu[-1] * 1e3, torch_s[-1] * 1e3, torch_cpu[-1] * 1e3)
+    return Comparison(width, batch, ours_s, torch_s, ours_cpu, torch_cpu)
 
 
 def run(rounds: int = 5, threads: int | None = None, shapes=None) -> dict:
@@ -97,9 +110,12 @@ def run(rounds: int = 5, threads: int | None = None, shapes=None) -> dict:
 def format_results(data: dict) -> str:
     lines = [f"{data['model']} training step, ours (NumPy) vs PyTorch {data['torch_version']}: median of "
              f"{data['rounds']} interleaved rounds, {data['threads']} thread(s)",
-             f"{'width':>6} {'batch':>6} {'ours ms':>10} {'PyTorch ms':>11} {'ratio':>7}"]
+             f"{'width':>6} {'batch':>6} {'ours ms':>10} {'PyTorch ms':>11} {'ratio':>7}   "
+             f"{'CPU: ours ms':>12} {'PyTorch ms':>11} {'ratio':>7}"]
     for r in data["results"]:
         lines.append(f"{r['width']:>6} {r['batch']:>6} {r['ours_median_s'] * 1e3:>10.1f} "
-                     f"{r['torch_median_s'] * 1e3:>11.1f} {r['ratio']:>7.3f}")
-    lines.append("ratio = ours / PyTorch (below 1: ours is faster)")
+                     f"{r['torch_median_s'] * 1e3:>11.1f} {r['ratio']:>7.3f}   {r['ours_cpu_median_s'] * 1e3:>12.1f} "
+                     f"{r['torch_cpu_median_s'] * 1e3:>11.1f} {r['cpu_ratio']:>7.3f}")
+    lines.append("ratio = ours / PyTorch (below 1: ours is faster); CPU: the process's CPU time per step, "
+                 "the steadier figure at one thread on a busy machine")
     return "\n".join(lines)

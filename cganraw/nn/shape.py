@@ -1,6 +1,8 @@
 """Shape layers: Flatten, Reshape, and a differentiable channel Concat."""
 from __future__ import annotations
 
+import numpy as np
+
 from cganraw import backend
 from cganraw.nn._check import check_same_shape
 from cganraw.nn.module import Module
@@ -14,6 +16,8 @@ class Flatten(Module):
         if not backend.is_array(x) or x.ndim < 2:
             raise ValueError(f"Flatten: expected an array of shape (N, ...), got {getattr(x, 'shape', type(x).__name__)}")
         self._save(x.shape)
+        if type(x) is np.ndarray and not x.flags.c_contiguous:
+            x = _launch.contiguous(x)       # a channel-major conv output: one copy, into reused memory
         return x.reshape(x.shape[0], -1)
 
     def backward(self, dy):

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from cganraw import backend, devicelog
+from cganraw.ops import _workspace
 
 DEFAULT_BLOCK = 256
 MAX_GRID_X = 2 ** 31 - 1
@@ -209,12 +210,17 @@ def row_strided(a, name="array"):
 # ---------------------------------------------------------------- array operations
 # Each is one device operation on a GPU (a CuPy kernel or a memset), reported to devicelog.
 
+# Host arrays come from the workspace cache (cganraw.ops._workspace): the same sizes every
+# step, so their memory is reused instead of page-faulted in afresh.
+
 def empty(shape, dtype=np.float32):
-    return backend.get_xp().empty(shape, dtype=dtype)
+    xp = backend.get_xp()
+    return _workspace.empty(shape, dtype) if xp is np else xp.empty(shape, dtype=dtype)
 
 
 def zeros(shape, dtype=np.float32):
-    out = backend.get_xp().zeros(shape, dtype=dtype)
+    xp = backend.get_xp()
+    out = _workspace.zeros(shape, dtype) if xp is np else xp.zeros(shape, dtype=dtype)
     devicelog.memset(out.nbytes)
     return out
 
@@ -230,7 +236,8 @@ def contiguous(a):
     """`a` itself when C-contiguous, else a contiguous copy (one copy kernel)."""
     if a.flags.c_contiguous:
         return a
-    out = backend.array_module(a).ascontiguousarray(a)
+    xp = backend.array_module(a)
+    out = _workspace.ascontiguousarray(a) if xp is np else xp.ascontiguousarray(a)
     devicelog.copy(out.nbytes)
     return out
 
@@ -244,7 +251,8 @@ def copy_into(dst, src):
 
 def concatenate(arrays, axis=0):
     """The arrays joined along `axis`: one copy per array, as CuPy does for up to 8."""
-    out = backend.array_module(arrays[0]).concatenate(arrays, axis=axis)
+    xp = backend.array_module(arrays[0])
+    out = _workspace.concatenate(arrays, axis) if xp is np else xp.concatenate(arrays, axis=axis)
     for a in arrays:
         devicelog.copy(a.nbytes)
     return out

@@ -22,15 +22,22 @@ one-pixel border all round would cost (h+2)(w+2)/(hw) - 1: 65% more columns at 7
                       (y < h, x < w) in the padded layout
     padded_scatter    the inverse: y[n, c, s*y'+q, s*x'+r] from the padded layout
     phases_gather     the four stride-2 phases (q, r) of a (N, C, 2h, 2w) map in one pass
-                      over it: (4, C, total), phase 2q + r
+                      over it: (4, C, total), phase (q, r) at slot PHASE_SLOT[q, r]
     phases_scatter    the inverse: four padded phases interleaved into (N, C, 2h, 2w), each
                       output row written once
+
+The slots run (0, 0), (1, 0), (1, 1), (0, 1): round the square, so that three of the four
+pairs of phases that differ in one parity are neighbouring slots, and a GEMM can take
+such a pair (or all four) as one block of rows of the (4*C, total) stack (ops.conv).
 """
 from __future__ import annotations
 
 import numpy as np
 
-from cganraw.ops import _cpu, _launch
+from cganraw.ops import _cpu, _launch, _workspace
+
+PHASE_ORDER = ((0, 0), (1, 0), (1, 1), (0, 1))          # slot -> output parity (q, r)
+PHASE_SLOT = {qr: s for s, qr in enumerate(PHASE_ORDER)}  # (q, r) -> slot: (q, 0) -> q, (q, 1) -> 3 - q
 
 
 def _numba_ok(*arrays):
@@ -115,7 +122,7 @@ def _scatter_numba(nb, parallel):
 @_cpu.kernel
 def _phases_gather_numba(nb, parallel):
     @nb.njit(parallel=parallel, cache=True)
-    def gather(a, a_cm, h, w, out):  # a (N, C, 2h, 2w) physical -> out (4, C, total), phase 2q + r
+    def gather(a, a_cm, h, w, out):  # a (N, C, 2h, 2w) physical -> out (4, C, total), slots as PHASE_SLOT
         _, c_in, total = out.shape
         n_img = a.shape[1] if a_cm else a.shape[0]
         pitch = w + 1
@@ -135,7 +142,7 @@ def _phases_gather_numba(nb, parallel):
             for yy in range(2 * h):
                 src = a[c, n, yy] if a_cm else a[n, c, yy]
                 q, o = yy % 2, base + (yy // 2) * pitch
-                p0, p1 = out[2 * q, c], out[2 * q + 1, c]
+                p0, p1 = out[q, c], out[3 - q, c]           # slots of (q, 0) and (q, 1)
                 for x in range(w):
                     p0[o + x] = src[2 * x]
                     p1[o + x] = src[2 * x + 1]
@@ -156,7 +163,7 @@ def _phases_scatter_numba(nb, parallel):
             for yy in range(2 * h):
                 dst = y[c, n, yy] if y_cm else y[n, c, yy]
                 q, o = yy % 2, base + (yy // 2) * pitch
-                p0, p1 = flats[2 * q, c], flats[2 * q + 1, c]
+                p0, p1 = flats[q, c], flats[3 - q, c]       # slots of (q, 0) and (q, 1)
                 for x in range(w):
                     dst[2 * x] = p0[o + x]
                     dst[2 * x + 1] = p1[o + x]
@@ -168,7 +175,7 @@ def padded_gather(a, h, w, stride=1, q=0, r=0):
     n, c = a.shape[:2]
     first, length, _ = padded_layout(n, h, w)
     if _numba_ok(a):
-        out = np.empty((c, length + 2 * first), dtype=a.dtype)
+        out = _workspace.empty((c, length + 2 * first), a.dtype)
         _gather_numba(*_cpu.physical(a), stride, q, r, h, w, out, work=out.size)
         return out
     out = _launch.zeros((c, length + 2 * first), a.dtype)       # a memset and a copy (counted on a GPU)
@@ -187,19 +194,19 @@ def padded_scatter(flat, y, h, w, stride=1, q=0, r=0):
 
 
 def phases_gather(a, h, w):
-    """a (N, C, 2h, 2w) -> (4, C, total): phase (q, r) = a[:, :, q::2, r::2] at index 2q + r,
+    """a (N, C, 2h, 2w) -> (4, C, total): phase (q, r) = a[:, :, q::2, r::2] at slot PHASE_SLOT[q, r],
     each in the padded layout (padded_gather of each phase, in one pass over a)."""
     n, c = a.shape[:2]
     if _numba_ok(a):
         first, length, _ = padded_layout(n, h, w)
-        out = np.empty((4, c, length + 2 * first), dtype=a.dtype)
+        out = _workspace.empty((4, c, length + 2 * first), a.dtype)
         _phases_gather_numba(*_cpu.physical(a), h, w, out, work=out.size)
         return out
     first, length, _ = padded_layout(n, h, w)
     out = _launch.empty((4, c, length + 2 * first), a.dtype)
     for q in (0, 1):
         for r in (0, 1):
-            _launch.copy_into(out[2 * q + r], padded_gather(a, h, w, 2, q, r))
+            _launch.copy_into(out[PHASE_SLOT[q, r]], padded_gather(a, h, w, 2, q, r))
     return out
 
 
@@ -210,5 +217,5 @@ def phases_scatter(flats, y, h, w):
         return y
     for q in (0, 1):
         for r in (0, 1):
-            padded_scatter(flats[2 * q + r], y, h, w, 2, q, r)
+            padded_scatter(flats[PHASE_SLOT[q, r]], y, h, w, 2, q, r)
     return y

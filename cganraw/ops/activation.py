@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from cganraw import backend
-from cganraw.ops import _cpu, _launch
+from cganraw.ops import _cpu, _launch, _workspace
 
 
 def leaky_relu_forward_numpy(x, negative_slope):
@@ -161,7 +161,7 @@ def leaky_relu_forward(x, negative_slope=0.2):
     if backend.uses_kernels():
         return leaky_relu_forward_cuda(x, negative_slope)
     if _flat_numpy(x):
-        y = np.empty_like(x)
+        y = _workspace.empty_like(x)
         _leaky_relu_numba(x.reshape(-1), x.dtype.type(negative_slope), y.reshape(-1), work=x.size)
         return y, (x, negative_slope)
     return leaky_relu_forward_numpy(x, negative_slope)
@@ -172,7 +172,7 @@ def leaky_relu_backward(dy, cache):
         return leaky_relu_backward_cuda(dy, cache)
     x, negative_slope = cache
     if _flat_numpy(dy, x):
-        dx = np.empty_like(dy)
+        dx = _workspace.empty_like(dy)
         _leaky_relu_backward_numba(dy.reshape(-1), x.reshape(-1), dy.dtype.type(negative_slope), dx.reshape(-1),
                                    work=dy.size)
         return dx

@@ -12,7 +12,7 @@ import math
 import numpy as np
 
 from cganraw import backend
-from cganraw.ops import _launch
+from cganraw.ops import _launch, _workspace
 
 
 def adam_update_numpy(param, grad, m, v, lr, beta1, beta2, eps, step, weight_decay=0.0):
@@ -20,15 +20,21 @@ def adam_update_numpy(param, grad, m, v, lr, beta1, beta2, eps, step, weight_dec
     f = param.dtype.type
     if weight_decay:
         grad = grad + f(weight_decay) * param
+    # one scratch array for every temporary (the same operations, so the same bits, as
+    # m += (1 - b1) g; v += (1 - b2) (g g); param -= step_size (m / denom))
+    t = _workspace.empty(param.shape, param.dtype) if xp is np and param.shape == grad.shape else None
     m *= f(beta1)
-    m += f(1 - beta1) * grad
+    m += xp.multiply(f(1 - beta1), grad, out=t)
     v *= f(beta2)
-    v += f(1 - beta2) * (grad * grad)
+    if t is None:
+        v += f(1 - beta2) * (grad * grad)
+    else:
+        v += xp.multiply(f(1 - beta2), xp.multiply(grad, grad, out=t), out=t)
     step_size = lr / (1 - beta1 ** step)
-    denom = xp.sqrt(v)
+    denom = xp.sqrt(v) if t is None else xp.sqrt(v, out=t)
     denom /= f(math.sqrt(1 - beta2 ** step))
     denom += f(eps)
-    param -= f(step_size) * (m / denom)
+    param -= xp.multiply(f(step_size), xp.divide(m, denom, out=denom), out=denom)
 
 
 # ---------------------------------------------------------------- CUDA kernel (kernels/adam.cu)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from cganraw import backend
-from cganraw.ops import _cpu, _launch
+from cganraw.ops import _cpu, _launch, _workspace
 
 
 def _channel_view(b, ndim):
@@ -168,7 +168,7 @@ def bias_leaky_relu_backward_numba(dy, cache, need_db=True):
     """As bias_leaky_relu_backward_numpy: dpre bit-identical, db = bias_add_backward_numba(dpre)."""
     y, negative_slope = cache
     y3, y_cm = _physical3(y)
-    dpre3 = np.empty_like(y3)   # in the layer's own output layout: the GEMMs after take it as it is
+    dpre3 = _workspace.empty_like(y3)   # in the layer's own output layout: the GEMMs after take it as it is
     db = np.empty(dy.shape[1] if need_db else 0, dtype=np.float64)
     _bias_leaky_backward_numba(*_physical3(dy), y3, y_cm, dy.dtype.type(negative_slope), dpre3, db, work=dy.size)
     if y.ndim == 2:

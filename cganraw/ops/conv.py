@@ -23,7 +23,7 @@ import os
 import numpy as np
 
 from cganraw import backend
-from cganraw.ops import _cpu, _launch, _layout
+from cganraw.ops import _cpu, _launch, _layout, _workspace
 from cganraw.ops.bias import bias_add_backward, bias_add_forward
 from cganraw.ops.gemm import gemm
 
@@ -269,7 +269,7 @@ def im2col(x, kernel_size, stride=1, padding=0, out_hw=None):
         return im2col_cuda(x, kernel_size, stride, padding, out_hw)
     if _use_numba(x):
         n, c, h, w, k, _, _, ho, wo = _conv_geometry("im2col", x.shape, kernel_size, stride, padding, out_hw)
-        cols = np.empty((c * k * k, n * ho * wo), dtype=x.dtype)
+        cols = _workspace.empty((c * k * k, n * ho * wo), x.dtype)
         _im2col_numba(*_cpu.physical(x), k, stride, padding, ho, wo, cols, work=cols.size)
         return cols
     return im2col_numpy(x, kernel_size, stride, padding, out_hw)
@@ -282,7 +282,7 @@ def col2im(cols, x_shape, kernel_size, stride=1, padding=0, out_hw=None):
     if _use_numba(cols):
         n, c, h, w, k, _, _, ho, wo = _conv_geometry("col2im", x_shape, kernel_size, stride, padding, out_hw)
         _check_cols("col2im", cols, x_shape, k, stride, padding, ho, wo)
-        out = np.empty((c, n, h, w), dtype=cols.dtype)          # channel-major (ops._layout)
+        out = _workspace.empty((c, n, h, w), cols.dtype)        # channel-major (ops._layout)
         _col2im_numba(np.ascontiguousarray(cols), k, stride, padding, ho, wo, out, True, work=cols.size)
         return out.transpose(1, 0, 2, 3)
     return col2im_numpy(cols, x_shape, kernel_size, stride, padding, out_hw)
@@ -378,7 +378,8 @@ def conv2d_backward(dy, cache, need_dx=True, need_dW=True, dW_out=None, db_out=N
 # scratch. The data gradient is the same 16 GEMMs the other way (W[:, :, i, j] @ the padded
 # dy phase shifted by (-di, -dj)), the weight gradient 16 GEMMs x-shift @ dy-phase^T over
 # the same column range (dy's pads are zeros). No matrix is bigger than the input or the
-# output (plus their pads).
+# output (plus their pads). On the host the taps sharing a shift run as one GEMM over the
+# stacked phases (SHIFT_GROUPS: 10 GEMMs a direction, with 2-4 times the rows or depth).
 PHASE_TAPS = {0: ((1, 0), (3, -1)), 1: ((0, 1), (2, 0))}   # output parity -> (kernel index, input shift)
 
 
@@ -430,6 +431,41 @@ def _phase_taps(q, r):
     return [(i, di, j, dj) for i, di in PHASE_TAPS[q] for j, dj in PHASE_TAPS[r]]
 
 
+def _shift_groups():
+    """The 16 taps grouped for the host path: [(di, dj, slot0, [(i, j), ...])], one entry per
+    GEMM. The taps of one input shift (di, dj) act on the same shifted input and write
+    different output phases; those whose phases are neighbouring slots of the stack
+    (ops._layout.PHASE_ORDER) form one GEMM of 2 or 4 times the rows, (i, j) in slot order
+    from slot0. Shift (0, 0), used by every phase, comes first (it sets all four)."""
+    groups = []
+    for di in (0, -1, 1):
+        for dj in (0, -1, 1):
+            taps = sorted((_layout.PHASE_SLOT[q, r], i, j) for q in (0, 1) for i, d in PHASE_TAPS[q] if d == di
+                          for r in (0, 1) for j, e in PHASE_TAPS[r] if e == dj)
+            run = [taps[0]]
+            for t in taps[1:] + [None]:
+                if t is not None and t[0] == run[-1][0] + 1:
+                    run.append(t)
+                    continue
+                groups.append((di, dj, run[0][0], [(i, j) for _, i, j in run]))
+                run = [t]
+    return groups
+
+
+SHIFT_GROUPS = _shift_groups()     # 10 GEMMs: 4 phases at shift (0, 0), 2 at three edge shifts, 1 at the rest
+_GROUP_TAPS = [tap for *_, taps in SHIFT_GROUPS for tap in taps]   # (i, j) in group order
+_TAP_I = np.array([i for i, _ in _GROUP_TAPS])
+_TAP_J = np.array([j for _, j in _GROUP_TAPS])
+
+
+def _grouped_weights(W):
+    """W (Cin, Cout, 4, 4) -> (Cin, 16, Cout): tap (i, j) of group order at [:, t, :]."""
+    cin, cout = W.shape[:2]
+    out = _workspace.empty((cin, 16, cout), W.dtype)
+    np.copyto(out, W[:, :, _TAP_I, _TAP_J].transpose(0, 2, 1))
+    return out
+
+
 def conv_transpose2d_phase_forward(x, W):
     """ConvTranspose2d(k4, s2, p1) without bias: x (N, Cin, H, W), W (Cin, Cout, 4, 4) ->
     (y (N, Cout, 2H, 2W), xf the padded flat input for the backward)."""
@@ -437,33 +473,81 @@ def conv_transpose2d_phase_forward(x, W):
     cout = W.shape[1]
     xf = _layout.padded_gather(x, h, w)                         # (Cin, total)
     first, length, pitch = _layout.padded_layout(n, h, w)
+    if _cpu.host_arrays(x):
+        # one GEMM per shift group into the stacked phases (4*Cout, total), the phases
+        # interleaved into a channel-major y in one pass (ops._layout)
+        Wg = _grouped_weights(W)
+        At = Wg.reshape(cin, 16 * cout)                          # group g's rows of A = its columns, transposed
+        flats = _workspace.empty((4, cout, xf.shape[1]), x.dtype)
+        rows = flats.reshape(4 * cout, xf.shape[1])
+        t = 0
+        for g, (di, dj, slot0, taps) in enumerate(SHIFT_GROUPS):
+            off = first + di * pitch + dj
+            k = len(taps) * cout
+            gemm(At[:, t:t + k], xf[:, off:off + length], trans_a=True, beta=0.0 if g == 0 else 1.0,
+                 out=rows[slot0 * cout:slot0 * cout + k, first:first + length])
+            t += k
+        y = _workspace.empty((cout, n, 2 * h, 2 * w), x.dtype).transpose(1, 0, 2, 3)
+        _layout.phases_scatter(flats, y, h, w)
+        return y, xf
     Wt = _launch.contiguous(W.transpose(2, 3, 1, 0))            # (4, 4, Cout, Cin)
-    numpy_out = _cpu.host_arrays(x)
-    if numpy_out:       # channel-major output (ops._layout), the four phases interleaved in one pass
-        y = np.empty((cout, n, 2 * h, 2 * w), dtype=x.dtype).transpose(1, 0, 2, 3)
-    else:
-        y = _launch.empty((n, cout, 2 * h, 2 * w), x.dtype)
-    flats = _launch.empty((4 if numpy_out else 1, cout, xf.shape[1]), x.dtype)
+    y = _launch.empty((n, cout, 2 * h, 2 * w), x.dtype)
+    flat = _launch.empty((cout, xf.shape[1]), x.dtype)
+    acc = flat[:, first:first + length]
     for q in (0, 1):
         for r in (0, 1):
-            flat = flats[2 * q + r if numpy_out else 0]
-            acc = flat[:, first:first + length]
             for t, (i, di, j, dj) in enumerate(_phase_taps(q, r)):
                 off = first + di * pitch + dj
                 gemm(Wt[i, j], xf[:, off:off + length], beta=0.0 if t == 0 else 1.0, out=acc)
-            if not numpy_out:
-                _layout.padded_scatter(flat, y, h, w, 2, q, r)
-    if numpy_out:
-        _layout.phases_scatter(flats, y, h, w)
+            _layout.padded_scatter(flat, y, h, w, 2, q, r)
     return y, xf
+
+
+def _phase_backward_host(dy, xf, x_shape, W, need_dx, need_dW):
+    # the shift groups of the forward (SHIFT_GROUPS) the other way: the weight gradient of a
+    # group's taps is one GEMM with its phases' rows of dy stacked (M = 2 or 4 times Cout), the
+    # data gradient one GEMM with them stacked along K
+    n, cin, h, w = x_shape
+    cout = W.shape[1]
+    first, length, pitch = _layout.padded_layout(n, h, w)
+    stacked = _layout.phases_gather(dy, h, w)                   # (4, Cout, total), one pass over dy
+    rows = stacked.reshape(4 * cout, stacked.shape[2])
+    dx = dW = None
+    if need_dW:
+        dWg = _workspace.empty((16 * cout, cin), dy.dtype)      # (tap in group order, Cout) x Cin
+        t = 0
+        for di, dj, slot0, taps in SHIFT_GROUPS:
+            off = first + di * pitch + dj
+            k = len(taps) * cout
+            gemm(rows[slot0 * cout:slot0 * cout + k, first:first + length], xf[:, off:off + length],
+                 trans_b=True, out=dWg[t:t + k])
+            t += k
+        dW = _launch.empty(W.shape, dy.dtype)
+        dW[:, :, _TAP_I, _TAP_J] = dWg.reshape(16, cout, cin).transpose(2, 1, 0)
+    if need_dx:
+        Wg = _grouped_weights(W).reshape(cin, 16 * cout)
+        flat = _workspace.empty((cin, xf.shape[1]), dy.dtype)
+        acc = flat[:, first:first + length]
+        t = 0
+        for g, (di, dj, slot0, taps) in enumerate(SHIFT_GROUPS):
+            off = first - di * pitch - dj
+            k = len(taps) * cout
+            gemm(Wg[:, t:t + k], rows[slot0 * cout:slot0 * cout + k, off:off + length],
+                 beta=0.0 if g == 0 else 1.0, out=acc)
+            t += k
+        dx = _workspace.empty((cin, n, h, w), dy.dtype).transpose(1, 0, 2, 3)     # channel-major
+        _layout.padded_scatter(flat, dx, h, w)
+    return dx, dW
 
 
 def conv_transpose2d_phase_backward(dy, xf, x_shape, W, need_dx=True, need_dW=True):
     """dy (N, Cout, 2H, 2W) -> dx (N, Cin, H, W) and dW (Cin, Cout, 4, 4) (None where not needed)."""
+    if _cpu.host_arrays(dy):
+        return _phase_backward_host(dy, xf, x_shape, W, need_dx, need_dW)
     n, cin, h, w = x_shape
     first, length, pitch = _layout.padded_layout(n, h, w)
     stacked = _layout.phases_gather(dy, h, w)                   # (4, Cout, total), one pass over dy
-    phases = {(q, r): stacked[2 * q + r] for q in (0, 1) for r in (0, 1)}
+    phases = {(q, r): stacked[_layout.PHASE_SLOT[q, r]] for q in (0, 1) for r in (0, 1)}
     dx = dW = None
     if need_dW:
         dWt = _launch.empty((4, 4, cin, W.shape[1]), dy.dtype)
@@ -482,10 +566,7 @@ def conv_transpose2d_phase_backward(dy, xf, x_shape, W, need_dx=True, need_dW=Tr
                 off = first - di * pitch - dj
                 gemm(Wd[i, j], dyf[:, off:off + length], beta=0.0 if t == 0 else 1.0, out=acc)
                 t += 1
-        if _cpu.host_arrays(dy):        # channel-major
-            dx = np.empty((cin, n, h, w), dtype=dy.dtype).transpose(1, 0, 2, 3)
-        else:
-            dx = _launch.empty((n, cin, h, w), dy.dtype)
+        dx = _launch.empty((n, cin, h, w), dy.dtype)
         _layout.padded_scatter(flat, dx, h, w)
     return dx, dW
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from cganraw import backend
-from cganraw.ops import _launch
+from cganraw.ops import _launch, _workspace
 from cganraw.ops.philox import Stream, keep_mask_numpy, keep_threshold
 
 
@@ -26,16 +26,23 @@ def dropout_forward_numpy(x, keep, p):
     """x (any shape), keep (same shape, bool or uint8; or a philox.Stream) -> y."""
     if isinstance(keep, Stream):
         keep = keep_mask_numpy(x.shape, p, keep)
-    y = x * keep
+    y = _times_mask(x, keep)
     y *= _scale(p, x.dtype)
     return y, (keep, p)
 
 
 def dropout_backward_numpy(dy, cache):
     keep, p = cache
-    dx = dy * keep
+    dx = _times_mask(dy, keep)
     dx *= _scale(p, dy.dtype)
     return dx
+
+
+def _times_mask(a, keep):
+    # a * keep, into a reused host buffer where both are host arrays of one shape
+    if type(a) is np.ndarray and type(keep) is np.ndarray and a.shape == keep.shape:
+        return np.multiply(a, keep, out=_workspace.empty(a.shape, np.result_type(a, keep)))
+    return a * keep
 
 
 # ---------------------------------------------------------------- CUDA kernels (kernels/dropout.cu)

@@ -23,7 +23,7 @@ import os
 import numpy as np
 
 from cganraw import backend, devicelog
-from cganraw.ops import _blas, _launch
+from cganraw.ops import _blas, _launch, _workspace
 
 
 def gemm_numpy(a, b, trans_a=False, trans_b=False, alpha=1.0, beta=0.0, out=None):
@@ -36,6 +36,8 @@ def gemm_numpy(a, b, trans_a=False, trans_b=False, alpha=1.0, beta=0.0, out=None
                                      alpha=alpha, beta=beta)
     opa = a.T if trans_a else a
     opb = b.T if trans_b else b
+    if out is None and xp is np and opa.ndim == 2 and opb.ndim == 2 and a.dtype == b.dtype:
+        out = _workspace.empty((opa.shape[0], opb.shape[1]), a.dtype)    # the same BLAS call, reused memory
     if out is None or beta == 0.0:
         res = xp.matmul(opa, opb, out=out)
     else:

@@ -23,7 +23,7 @@ import dataclasses
 import numpy as np
 
 from cganraw import backend
-from cganraw.ops import _cpu, _launch
+from cganraw.ops import _cpu, _launch, _workspace
 
 M0, M1 = np.uint64(0xD2511F53), np.uint64(0xCD9E8D57)
 W0, W1 = 0x9E3779B9, 0xBB67AE85
@@ -128,7 +128,7 @@ def stream_words_numpy(stream, n, block0=0):
     n = int(n)
     lo, hi, sid, step, call = stream.words()
     if _cpu.enabled():
-        out = np.empty(n, np.uint32)
+        out = _workspace.empty(n, np.uint32)
         _stream_words_numba(np.uint32(lo), np.uint32(hi), np.uint32(sid), np.uint32(step), np.uint32(call),
                             np.uint32(_u32(block0, "block0")), out, work=n * 8)
         return out
@@ -182,7 +182,11 @@ def keep_threshold(p):
 def keep_mask_numpy(shape, p, stream):
     """Dropout's keep mask (bool, `shape`), as dropout_forward_v3 draws it."""
     n = int(np.prod(shape, dtype=np.int64))
-    return ((stream_words_numpy(stream, n) >> np.uint32(8)) >= np.uint32(keep_threshold(p))).reshape(shape)
+    words = stream_words_numpy(stream, n)
+    np.right_shift(words, np.uint32(8), out=words)                 # in place: no temporaries
+    keep = _workspace.empty(shape, np.bool_)
+    np.greater_equal(words.reshape(shape), np.uint32(keep_threshold(p)), out=keep)
+    return keep
 
 
 def _below(words, range_):
