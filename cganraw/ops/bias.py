@@ -293,6 +293,12 @@ def bias_leaky_relu_backward_cuda(dy, cache, need_db=True, splits=None, out=None
     """As bias_leaky_relu_backward_numpy: one pass writes dpre and the partial sums of db,
     bias_add_backward_reduce_v3 adds them up (skipped when not need_db; with `out`,
     bias_add_backward_reduce_v4 adds them into it and db comes back None)."""
+    return _bias_leaky_relu_backward_launch(dy, cache, need_db, splits, out, channel_major=False)
+
+
+def _bias_leaky_relu_backward_launch(dy, cache, need_db, splits, out, channel_major):
+    """dpre (N, C, H, W) (bias_leaky_relu_backward_partial_v1), or channel-major (C, N*H*W)
+    (partial_v2), and db from the per-split partial sums."""
     op = "bias_leaky_relu_backward"
     y, negative_slope = cache
     n, c, hw = _launch.split_channels(dy, op, "dy")
@@ -302,12 +308,12 @@ def bias_leaky_relu_backward_cuda(dy, cache, need_db=True, splits=None, out=None
     if tuple(yc.shape) != tuple(dyc.shape):
         raise ValueError(f"{op}: dy has shape {tuple(dyc.shape)}, the forward's output {tuple(yc.shape)}")
     _launch.element_count(dyc.size, op)
-    dpre = _launch.empty(dyc.shape)
+    dpre = _launch.empty((c, n * hw) if channel_major else dyc.shape)
     if dyc.size == 0:
         return dpre, (_launch.zeros((c,)) if need_db and out is None else None)
     grid, block, s = _launch.channel_split_launch(n, c, hw, splits)
     partials = _launch.empty((s, c))
-    _launch.function("bias", "bias_leaky_relu_backward_partial_v1")(
+    _launch.function("bias", f"bias_leaky_relu_backward_partial_v{2 if channel_major else 1}")(
         grid, block, (dpre, partials, dyc, yc, _launch.f32(negative_slope), _launch.i32(n), _launch.i32(c),
                       _launch.i32(hw), _launch.i32(s)))
     return dpre, (_reduce_partials(partials, c, s, out) if need_db else None)
@@ -340,24 +346,7 @@ def bias_leaky_relu_backward_to_channel_major_cuda(dy, cache, need_db=True, spli
     """As bias_leaky_relu_backward_cuda, with dpre written channel-major (C, N*H*W), the
     layout a conv's weight and input GEMMs take (bias_leaky_relu_backward_partial_v2): no
     layout copy. Returns dpre_cm, db (None without need_db, or with `out`, added into it)."""
-    op = "bias_leaky_relu_backward"
-    y, negative_slope = cache
-    n, c, hw = _launch.split_channels(dy, op, "dy")
-    _check_out(out, c, op)
-    dyc = _launch.arg(dy, np.float32, f"{op}: dy")
-    yc = _launch.arg(y, np.float32, f"{op}: y")
-    if tuple(yc.shape) != tuple(dyc.shape):
-        raise ValueError(f"{op}: dy has shape {tuple(dyc.shape)}, the forward's output {tuple(yc.shape)}")
-    _launch.element_count(dyc.size, op)
-    dpre = _launch.empty((c, n * hw))
-    if dyc.size == 0:
-        return dpre, (_launch.zeros((c,)) if need_db and out is None else None)
-    grid, block, s = _launch.channel_split_launch(n, c, hw, splits)
-    partials = _launch.empty((s, c))
-    _launch.function("bias", "bias_leaky_relu_backward_partial_v2")(
-        grid, block, (dpre, partials, dyc, yc, _launch.f32(negative_slope), _launch.i32(n), _launch.i32(c),
-                      _launch.i32(hw), _launch.i32(s)))
-    return dpre, (_reduce_partials(partials, c, s, out) if need_db else None)
+    return _bias_leaky_relu_backward_launch(dy, cache, need_db, splits, out, channel_major=True)
 
 
 # ---------------------------------------------------------------- public ops: dispatch
