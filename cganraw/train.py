@@ -38,6 +38,7 @@ from cganraw.settings import (  # noqa: F401
     build_parser,
     config_doc,
     flag_name,
+    model_default,
     new_config,
     resume_settings,
     resumed_config,
