@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 
 _limiter = None        # the threadpoolctl limit in force (kept alive: it holds the setting)
 PROBE_SHAPE = (128, 128, 4096)   # M, K, N: a phase GEMM of a transposed convolution, cut short
-PROBE_REPEATS = 2
+PROBE_REPEATS = 5       # best of: a step's time on two threads swings (68 to 136 ms seen at width 48)
 
 
 def available_cpus() -> int:
