@@ -240,13 +240,15 @@ def ema_decay_at(step, decay):
 
 class _FlatBuffers:
     """A module's floating buffers as views into one flat array (the BatchNorm running
-    statistics), so the moving average copies them in one launch."""
+    statistics), so the moving average copies them in one launch. A module with none
+    (instance norm keeps no running statistics) packs to `empty`: nothing to copy."""
 
     def __init__(self, module):
         self.entries = [(mod, name) for _, mod in module.named_modules() for name, b in mod._buffers.items()
                         if b.dtype.kind == "f" and b.ndim > 0]
         arrays = [mod._buffers[name] for mod, name in self.entries]
         self.data = None
+        self.empty = not arrays
         if arrays and len({a.dtype for a in arrays}) == 1 and len({id(backend.array_module(a)) for a in arrays}) == 1:
             total = sum(a.size for a in arrays)
             self.data = _launch.zeros((total,), arrays[0].dtype)
@@ -259,7 +261,8 @@ class _FlatBuffers:
         self.views = [mod._buffers[name] for mod, name in self.entries]
 
     def intact(self):
-        return self.data is not None and all(mod._buffers[name] is v for (mod, name), v in zip(self.entries, self.views))
+        return (self.empty or self.data is not None) and all(
+            mod._buffers[name] is v for (mod, name), v in zip(self.entries, self.views))
 
 
 _ema_packs: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -279,8 +282,9 @@ def _ema_pack(G_ema, G):
     if not optim.packable(params) or [tuple(p.shape) for p in params] != [tuple(p.shape) for p in G.parameters()]:
         return None
     pack = (optim.flatten(params, grads=False), _FlatBuffers(G), _FlatBuffers(G_ema))
-    if pack[0].layout != g_flat.layout or pack[1].data is None or pack[2].data is None \
-            or pack[1].data.shape != pack[2].data.shape:
+    if pack[0].layout != g_flat.layout or not pack[1].intact() or not pack[2].intact() \
+            or pack[1].empty != pack[2].empty \
+            or (not pack[1].empty and pack[1].data.shape != pack[2].data.shape):
         return None
     _ema_packs[G_ema] = pack
     return pack
@@ -293,7 +297,8 @@ def update_ema(G_ema, G, decay):
     pack = _ema_pack(G_ema, G)
     if pack is not None:
         ema_update(pack[0].data, optim.flat_of(G.parameters()).data, decay)
-        _launch.copy_into(pack[2].data, pack[1].data)
+        if not pack[1].empty:
+            _launch.copy_into(pack[2].data, pack[1].data)
         packed = {id(v) for v in pack[2].views}
     else:
         for p_ema, p in zip(G_ema.parameters(), G.parameters()):

@@ -81,6 +81,18 @@ def test_a_step_between_log_steps_never_waits(restore_backend):
     assert names["dropout_forward_v3"] == 2
 
 
+def test_instance_norm_g_packs_its_average(restore_backend):
+    # --g-norm instance (issue 12's G): one moving-average launch and no buffer copy, as G
+    # has no running statistics; the norm's own kernels instead of BatchNorm's
+    backend.use("emu")
+    c = census.run_census(**TINY, g_norm="instance")
+    names = c.log.launches_by_name()
+    assert c.config["g_norm"] == "instance" and not c.config["g_batchnorm"]
+    assert names["ema_update_v2"] == 1 and not any(n.startswith("batchnorm") for n in names)
+    assert names["instancenorm_forward_v2"] == 2
+    assert census.run_census(**TINY, g_batchnorm=False).config["g_norm"] == "none"
+
+
 def test_report_ends_with_the_summary_line(restore_backend):
     backend.use("emu")
     c = census.run_census(**TINY)
