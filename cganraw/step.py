@@ -16,7 +16,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from cganraw import backend, health, models, nn, optim
-from cganraw.losses import bce_with_logits
+from cganraw.losses import bce_with_logits, bce_with_logits_segments
 from cganraw.losses import mode_seeking as mode_seeking_loss
 from cganraw.nn.dropout import set_step as set_dropout_step
 from cganraw.ops import _launch
@@ -221,15 +221,17 @@ def _d_step_one_batch(G, D, z, real_images, real_labels, fake_labels, key, real_
     _launch.copy_into(images[(parts - 1) * n:], fake)
     with nn.minibatch_std.segmented(D, parts):      # each term grouped on its own
         logits = D(images, labels)
-    dlogits = _launch.empty(logits.shape, logits.dtype)
-    seg = lambda a, i: a[i * n:(i + 1) * n]  # noqa: E731  (contiguous rows of one term)
-    loss_real, _ = bce_with_logits(seg(logits, 0), real_target, out=seg(dlogits, 0))
-    loss_fake, _ = bce_with_logits(seg(logits, parts - 1), 0.0, out=seg(dlogits, parts - 1))
-    loss_mismatch = None
+    # the three terms' losses and gradients at once (one launch on a GPU): (target, weight)
+    # per segment of [real | wrong | fake]
+    terms = [(real_target, 1.0)]
     if mismatch > 0:
-        loss_mismatch, _ = bce_with_logits(seg(logits, 1), 0.0, weight=mismatch, out=seg(dlogits, 1))
+        terms.append((0.0, mismatch))
+    terms.append((0.0, 1.0))                # the fakes
+    losses, dlogits = bce_with_logits_segments(logits, terms)
+    loss_mismatch = losses[1] if mismatch > 0 else None
     D.backward(dlogits)                 # the input gradient is dropped: fake is detached
-    return loss_real, loss_mismatch, loss_fake, seg(logits, 0), seg(logits, parts - 1), fake
+    seg = lambda a, i: a[i * n:(i + 1) * n]  # noqa: E731  (contiguous rows of one term)
+    return losses[0], loss_mismatch, losses[-1], seg(logits, 0), seg(logits, parts - 1), fake
 
 
 def ema_decay_at(step, decay):

@@ -74,11 +74,11 @@ MUTANTS = [
     # (D's terms run as one batch when D is per-sample, else as three passes: both paths)
     Mutant("step-fake-target-one", "step", "D scores fakes against target 1", (
         (STEP, "loss_fake, dlogits = bce_with_logits(logits_fake, 0.0)", "loss_fake, dlogits = bce_with_logits(logits_fake, 1.0)"),
-        (STEP, "bce_with_logits(seg(logits, parts - 1), 0.0,", "bce_with_logits(seg(logits, parts - 1), 1.0,"))),
+        (STEP, "terms.append((0.0, 1.0))                # the fakes", "terms.append((1.0, 1.0))"))),
     Mutant("step-mismatch-weight-ignored", "step", "the mismatch term's gradient is not weighted", (
-        (STEP, "0.0, weight=mismatch, out=", "0.0, out="), (STEP, "0.0, weight=mismatch)", "0.0)"))),
+        (STEP, "terms.append((0.0, mismatch))", "terms.append((0.0, 1.0))"), (STEP, "0.0, weight=mismatch)", "0.0)"))),
     Mutant("step-mismatch-weight-squared", "step", "the mismatch term weighted by w^2", (
-        (STEP, "weight=mismatch, out=", "weight=mismatch * mismatch, out="),
+        (STEP, "terms.append((0.0, mismatch))", "terms.append((0.0, mismatch * mismatch))"),
         (STEP, "weight=mismatch)", "weight=mismatch * mismatch)"))),
     Mutant("step-mismatch-true-labels", "step", "some 'wrong' labels are the true ones (shift 0 allowed)", (
         ("cganraw/ops/philox.py", "shift = 1 + _below(stream_words_numpy(stream, labels.shape[0]), int(k) - 1)",
@@ -134,6 +134,8 @@ MUTANTS = [
         "return (t - sigmoid_numpy(x)) * x.dtype.type(dloss / x.size)"),
     one("kernel-bce-grad-sign", "kernel-bce", "the BCE kernel's gradient with the wrong sign", KERNELS,
         "if (i < n) dx[i] = (stable_sigmoid(x[i]) - t[i]) * scale;", "if (i < n) dx[i] = (t[i] - stable_sigmoid(x[i])) * scale;"),
+    one("kernel-bce-segments-grad-sign", "kernel-bce", "the one-launch BCE kernel's gradient with the wrong sign",
+        KERNELS, "dx[base + i] = (stable_sigmoid(xi) - t) * scale;", "dx[base + i] = (t - stable_sigmoid(xi)) * scale;"),
     one("kernel-im2col-bound", "kernel-conv", "im2col reads one column past the right edge", KERNELS,
         "if (yy < 0 || yy >= H || xx < 0 || xx >= W) return -1;", "if (yy < 0 || yy >= H || xx < 0 || xx > W) return -1;"),
 ]

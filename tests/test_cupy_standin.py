@@ -172,6 +172,25 @@ def _cases(xp_put, rng_seed=5):
                 *BI.bias_leaky_relu_backward_cuda(put(np.zeros((0, 4, 5, 5), np.float32)), cache0)]
     cases.append(("bias_leaky_relu", bias_leaky_relu))
 
+    def one_launch_reductions():
+        # the one-launch bias reductions (v5 on a channel slice, into .grad), their two-launch
+        # forms, and every loss term of a step in one BCE launch (into a given array too)
+        y, dy = f32(3, 4, 5, 7), put(f32(3, 4, 5, 5))
+        acc = put(np.ones(4, np.float32))
+        BI.bias_add_backward_cuda(put(y), version=3, out=acc)
+        BI.bias_add_backward_cuda(put(y), version=5, out=acc)
+        _, cache = BI.bias_leaky_relu_forward_cuda(put(f32(3, 4, 5, 5)), put(f32(4)), 0.2)
+        outs = [acc, BI.bias_add_backward_cuda(put(f32(3, 2, 6, 6))[:, 1:2]), BI.bias_add_backward_cuda(put(y), version=3),
+                *BI.bias_leaky_relu_backward_cuda(dy, cache, one_launch=False),
+                *BI.bias_leaky_relu_backward_to_channel_major_cuda(dy, cache, one_launch=False),
+                *BI.bias_leaky_relu_backward_to_channel_major_cuda(dy, cache)]
+        x = put(f32(9, 1))
+        losses, dx = BCE.bce_with_logits_segments_cuda(x, [0.9, 0.0, 0.0], [1.0, 2.0, 1.0])
+        into = put(np.zeros((9, 1), np.float32))
+        BCE.bce_with_logits_segments_cuda(x, [1.0], [0.5], out=into)
+        return outs + [losses, dx, into]
+    cases.append(("one-launch reductions", one_launch_reductions))
+
     def dropout_stream():
         x = f32(5, 9)
         dy = f32(5, 9)
