@@ -121,7 +121,8 @@ def _host_arrays_uploaded(monkeypatch):
 EMU_ONLY = ("emu", "test_layers_really_launch_the_conv_kernels", "test_spectral_norm.py::test_public_op_dispatch",
             "test_phase_split_runs_no_col2im_and_no_large_matrix", "test_v4_by_name_and_by_tf32_switch",
             "test_col2im_transpose_by_default_on_the_kernel_backends", "test_conv_pair_takes_no_layout_copies",
-            "test_bias_add_backward_v5_reads_a_channel_slice_in_place")
+            "test_bias_add_backward_v5_reads_a_channel_slice_in_place",
+            "test_conv_models_run_the_label_path_fused_on_the_kernel_backends")
 
 
 def pytest_collection_modifyitems(config, items):
