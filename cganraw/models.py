@@ -375,7 +375,11 @@ class ConvCGANDiscriminator(_GAN):
         return dx
 
     def forward(self, x, labels):
-        return self.net(self._with_label(x, labels))                   # (N, 1)
+        inp = self._with_label(x, labels)
+        group = nn.utils.spectral_norm_group(self)      # every normalised weight at once (kernel backends)
+        if group is not None:
+            group.prepare()
+        return self.net(inp)                                           # (N, 1)
 
     def backward(self, dy):
         return self._with_label_backward(self.net.backward(dy))

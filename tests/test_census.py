@@ -67,11 +67,17 @@ def test_a_step_between_log_steps_never_waits(restore_backend):
     names = c.log.launches_by_name()
     assert names["adam_update_v2"] == 2 and names["ema_update_v2"] == 1
     # the default D (spectral norm, minibatch stddev run segmented) runs its real,
-    # wrong-label and fake terms as one batch, then for G: two forwards, each with one
-    # fused power iteration per normalised layer (3), one backward with weight gradients
+    # wrong-label and fake terms as one batch, then for G: two forwards, each normalising
+    # its three layers together (every power iteration in one launch, every W / sigma in
+    # another), one backward with weight gradients (two launches for the three)
     assert names["step_stats_v1"] == 1 and names["dropout_forward_v3"] == 2
-    assert names["spectral_norm_power_v1"] == 6 and names["spectral_norm_forward_v3"] == 6
-    assert names["spectral_norm_backward_v3"] == 3 and names["minibatch_std_forward_v3"] == 1
+    assert names["spectral_norm_power_multi_v1"] == 2 and names["spectral_norm_forward_multi_v1"] == 2
+    assert names["spectral_norm_dot_multi_v1"] == 1 and names["spectral_norm_backward_multi_v1"] == 1
+    assert not [n for n in names if n.startswith("spectral_norm") and "multi" not in n]
+    assert names["minibatch_std_forward_v3"] == 1
+    # one launch for every loss term of D's step, one for G's; the label paths fused
+    assert names["bce_with_logits_segments_v1"] == 2
+    assert names["label_map_concat_forward_v1"] == 3 and names["label_map_concat_backward_v1"] == 3
     assert names["minibatch_std_forward_v2"] == 1            # D for G: one term, unsegmented
     # no separate gradient adds but the expanded-outputs conv's flipped weight gradient (G's
     # last Conv2d), no layout copies around D's convolutions

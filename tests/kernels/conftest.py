@@ -122,7 +122,8 @@ EMU_ONLY = ("emu", "test_layers_really_launch_the_conv_kernels", "test_spectral_
             "test_phase_split_runs_no_col2im_and_no_large_matrix", "test_v4_by_name_and_by_tf32_switch",
             "test_col2im_transpose_by_default_on_the_kernel_backends", "test_conv_pair_takes_no_layout_copies",
             "test_bias_add_backward_v5_reads_a_channel_slice_in_place",
-            "test_conv_models_run_the_label_path_fused_on_the_kernel_backends")
+            "test_conv_models_run_the_label_path_fused_on_the_kernel_backends",
+            "test_group_on_a_packed_d_equals_the_layers_one_by_one")
 
 
 def pytest_collection_modifyitems(config, items):
