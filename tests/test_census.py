@@ -95,7 +95,9 @@ def test_instance_norm_g_packs_its_average(restore_backend):
     names = c.log.launches_by_name()
     assert c.config["g_norm"] == "instance" and not c.config["g_batchnorm"]
     assert names["ema_update_v2"] == 1 and not any(n.startswith("batchnorm") for n in names)
-    assert names["instancenorm_forward_v2"] == 2
+    assert names["instancenorm_leaky_relu_forward_v1"] == 2 and names["instancenorm_leaky_relu_backward_v1"] == 2
+    # fused with its LeakyReLU: no activation pass, no gradient adds (the one add is G's last conv's)
+    assert names["add"] == 1 and "leaky_relu_backward_v2" not in names
     assert census.run_census(**TINY, g_batchnorm=False).config["g_norm"] == "none"
 
 
