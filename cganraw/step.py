@@ -148,17 +148,25 @@ def train_step(G, D, opt_g, opt_d, real_images, real_labels, rng, label_smoothin
     if z.dtype != real_images.dtype:
         z = z.astype(real_images.dtype)
     pairs = n // 2 if mode_seeking > 0 else 0       # rows i and pairs + i share a label
-    fake_labels = None
+    with_mismatch = mismatch > 0 and G.conditional
+    batched = batchable(D)
+    fake_labels = labels = None
     if G.conditional:
-        fake_labels = philox_integers(n, 0, G.num_classes, key.stream(FAKE_LABELS), fold=pairs)
+        into = None
+        if batched and backend.uses_kernels():
+            # the fake labels drawn straight into the tail of D's batch of labels (no copy)
+            parts = 3 if with_mismatch else 2
+            labels = _launch.empty((parts * n,), np.int32)
+            into = labels[(parts - 1) * n:]
+        fake_labels = philox_integers(n, 0, G.num_classes, key.stream(FAKE_LABELS), fold=pairs, out=into)
     real_target = 1.0 - label_smoothing  # one-sided: only the real targets are smoothed
 
     # --- D step ---------------------------------------------------------------------
     opt_d.zero_grad()
-    with_mismatch = mismatch > 0 and G.conditional
-    if batchable(D):
+    if batched:
         loss_real, loss_mismatch, loss_fake, logits_real, logits_fake, fake = _d_step_one_batch(
-            G, D, z, real_images, real_labels, fake_labels, key, real_target, mismatch if with_mismatch else 0.0)
+            G, D, z, real_images, real_labels, fake_labels, key, real_target, mismatch if with_mismatch else 0.0,
+            labels)
     else:
         logits_real = D(real_images, real_labels)
         loss_real, dlogits = bce_with_logits(logits_real, real_target)
@@ -197,24 +205,28 @@ def train_step(G, D, opt_g, opt_d, real_images, real_labels, rng, label_smoothin
     return StepStats(vector, flag)
 
 
-def _d_step_one_batch(G, D, z, real_images, real_labels, fake_labels, key, real_target, mismatch):
+def _d_step_one_batch(G, D, z, real_images, real_labels, fake_labels, key, real_target, mismatch, labels=None):
     """D's real, wrong-label (mismatch > 0) and fake terms as one batch [real | wrong | fake]:
     one forward, one backward. Returns the three losses (None for an absent mismatch term),
-    the real and fake logits and G's images (G keeps its cache for its own step)."""
+    the real and fake logits and G's images (G keeps its cache for its own step). labels: the
+    batch's label array with the fake labels already in its tail (fake_labels a view of it),
+    or None to make one here."""
     n = real_images.shape[0]
     parts = 3 if mismatch > 0 else 2
     images = _launch.empty((parts * n,) + tuple(real_images.shape[1:]), real_images.dtype)
     # the real images in the real and the wrong-label rows: one broadcasting copy
     _launch.copy_into(images[:(parts - 1) * n].reshape((parts - 1, n) + tuple(real_images.shape[1:])), real_images)
-    labels = None
     if G.conditional:
         k = G.num_classes
-        labels = _launch.empty((parts * n,), np.int32)
+        drawn_in_place = labels is not None
+        if not drawn_in_place:
+            labels = _launch.empty((parts * n,), np.int32)
         _launch.copy_into(labels[:n], real_labels)
         if mismatch > 0:
             # every label moved by 1..K-1 places: a wrong label for every image
             philox_shift_labels(real_labels, k, key.stream(WRONG_LABELS), out=labels[n:2 * n])
-        _launch.copy_into(labels[(parts - 1) * n:], fake_labels)
+        if not drawn_in_place:
+            _launch.copy_into(labels[(parts - 1) * n:], fake_labels)
         if _launch.labels_checked(real_labels, k):      # the drawn ones are in range by construction
             _launch.mark_labels_checked(labels, k)
     fake = G(z, fake_labels)
@@ -298,9 +310,9 @@ def update_ema(G_ema, G, decay):
     is one ema_update launch over all of them and one copy of the buffers."""
     pack = _ema_pack(G_ema, G)
     if pack is not None:
-        ema_update(pack[0].data, optim.flat_of(G.parameters()).data, decay)
-        if not pack[1].empty:
-            _launch.copy_into(pack[2].data, pack[1].data)
+        # the buffers (BatchNorm's running statistics) copied in the same launch
+        ema_update(pack[0].data, optim.flat_of(G.parameters()).data, decay,
+                   copy=None if pack[1].empty else (pack[2].data, pack[1].data))
         packed = {id(v) for v in pack[2].views}
     else:
         for p_ema, p in zip(G_ema.parameters(), G.parameters()):

@@ -112,7 +112,8 @@ MUTANTS = [
     one("ema-no-warmup", "ema", "no warm-up ramp: the full decay from step 1", STEP,
         "return min(float(decay), (1 + step) / (10 + step))", "return float(decay)"),
     Mutant("ema-buffers-not-copied", "ema", "BatchNorm's running statistics not copied into the EMA", (
-        (STEP, "_launch.copy_into(pack[2].data, pack[1].data)", "_launch.copy_into(pack[2].data, pack[2].data)"),
+        (STEP, "copy=None if pack[1].empty else (pack[2].data, pack[1].data))",
+         "copy=None if pack[1].empty else (pack[2].data, pack[2].data))"),
         (STEP, "_launch.copy_into(b_ema, b)", "_launch.copy_into(b_ema, b_ema)"))),
     one("ema-step-off-by-one", "ema", "the trainer ramps the decay one step late", TRAIN,
         "ema_decay_at(self.step, self.cfg[\"ema_decay\"])", "ema_decay_at(self.step - 1, self.cfg[\"ema_decay\"])"),

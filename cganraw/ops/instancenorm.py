@@ -188,9 +188,9 @@ def instancenorm_leaky_relu_backward_cuda(dy, cache, out=None):
     _launch.element_count(dyc.size, op)
     gc, bc = _per_channel(gamma, c, op, "gamma"), _per_channel(beta, c, op, "beta")
     if out is not None:
-        dgamma, dbeta = (_per_channel(a, c, op, name) for a, name in zip(out, ("out[0]", "out[1]")))
-        if dgamma is not out[0] or dbeta is not out[1]:
-            raise ValueError(f"{op}: out must be two contiguous float32 ({c},) arrays, added to in place")
+        dgamma, dbeta = (_launch.writable(a, op, name) for a, name in zip(out, ("out[0]", "out[1]")))
+        if tuple(dgamma.shape) != (c,) or tuple(dbeta.shape) != (c,):
+            raise ValueError(f"{op}: out must be two float32 ({c},) arrays, added to in place")
     else:
         dgamma, dbeta = _launch.empty((c,)), _launch.empty((c,))
     rows = n * c
@@ -203,7 +203,11 @@ def instancenorm_leaky_relu_backward_cuda(dy, cache, out=None):
     elif out is None:
         dgamma.fill(0)
         dbeta.fill(0)
-    return (dx, None, None) if out is not None else (dx, dgamma, dbeta)
+    if out is not None:
+        _launch.write_back(out[0], dgamma)
+        _launch.write_back(out[1], dbeta)
+        return dx, None, None
+    return dx, dgamma, dbeta
 
 
 def instancenorm_leaky_relu_forward(x, gamma, beta, eps=1e-5, negative_slope=0.2):
