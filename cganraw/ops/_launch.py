@@ -37,6 +37,7 @@ NVRTC_STD = "-std=c++17"
 
 _modules: dict = {}
 _functions: dict = {}
+_counters: dict = {}       # backend -> the block counter of the one-launch reductions (grid_counter)
 
 
 def kernel_dir() -> Path:
@@ -115,7 +116,13 @@ class Kernel:
     def __call__(self, grid, block, args, **kwargs):
         if devicelog._active is not None:
             devicelog.kernel(self.name, grid, block, args)
-        return self.raw(grid, block, args, **kwargs)
+        try:
+            return self.raw(grid, block, args, **kwargs)
+        except Exception:
+            # a launch that failed part-way (the emulator raises per kernel) may leave a
+            # one-launch reduction's block counter counted up: start the next one from 0
+            _counters.clear()
+            raise
 
     def __getattr__(self, attr):
         return getattr(self.raw, attr)
@@ -225,7 +232,6 @@ def zeros(shape, dtype=np.float32):
     return out
 
 
-_counters: dict = {}
 
 
 def grid_counter():

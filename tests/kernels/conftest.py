@@ -125,7 +125,8 @@ EMU_ONLY = ("emu", "test_layers_really_launch_the_conv_kernels", "test_spectral_
             "test_conv_models_run_the_label_path_fused_on_the_kernel_backends",
             "test_group_on_a_packed_d_equals_the_layers_one_by_one",
             "test_leaky_forward_v2_updates_the_running_statistics_in_its_pass",
-            "test_leaky_relu_fused_is_reproducible_and_the_pair_fuses_on_the_kernel_backends")
+            "test_leaky_relu_fused_is_reproducible_and_the_pair_fuses_on_the_kernel_backends",
+            "test_a_failed_launch_leaves_no_counted_up_block_counter")
 
 
 def pytest_collection_modifyitems(config, items):
