@@ -188,6 +188,10 @@ def _cases(xp_put, rng_seed=5):
         losses, dx = BCE.bce_with_logits_segments_cuda(x, [0.9, 0.0, 0.0], [1.0, 2.0, 1.0])
         into = put(np.zeros((9, 1), np.float32))
         BCE.bce_with_logits_segments_cuda(x, [1.0], [0.5], out=into)
+        # G's average with its buffers' copy in the same launch
+        avg, dst = put(f32(11)), put(np.zeros(4, np.float32))
+        OPS["ema"].ema_update_cuda(avg, put(f32(11)), 0.9, copy=(dst, put(f32(4))))
+        outs += [avg, dst]
         # the concatenation (the label paths no longer run one: fused) on its own
         both = _launch.concatenate([put(f32(2, 3)), put(f32(2, 1))], axis=1)
         return outs + [losses, dx, into, both]
