@@ -105,17 +105,20 @@ def training_command(cfg) -> str:
     for key in ("command", "argv"):
         if cfg.get(key):
             return cfg[key] if isinstance(cfg[key], str) else shlex.join(cfg[key])
-    from cganraw import train
+    from cganraw import settings, train
 
+    cfg = settings.upgrade_config(cfg)      # g_norm for --g-batchnorm, and what older runs meant
     parser = train.build_parser()
     words = ["python", "-m", "cganraw.train"]
     for action in parser._actions:
         dest = action.dest
-        if dest not in cfg or not action.option_strings or dest in ("out", "resume", "backend"):
+        if dest not in cfg or not action.option_strings or dest in ("out", "resume", "backend", "g_batchnorm"):
             continue
         value, default = cfg[dest], action.default
         if dest == "epochs":
             default = train.DEFAULT_EPOCHS.get(cfg.get("model"))
+        elif dest in settings.PER_MODEL:
+            default = settings.model_default(cfg.get("model"), dest)
         if value is None or value == default:
             continue
         if isinstance(action, argparse.BooleanOptionalAction):

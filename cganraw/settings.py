@@ -21,16 +21,19 @@ DEFAULTS = dict(model="cgan-conv", width=64, epochs=None, batch_size=64, lr=1e-4
                 beta2=0.999, latent_dim=100, seed=0, label_smoothing=0.0, mismatch=1.0, mode_seeking=0.0,
                 ema_decay=0.9995, lr_decay_start=1.0, g_batchnorm=True, g_norm="batch", d_norm="none",
                 minibatch_std=False, progressive=False, grow_at=0.5, fade=0.25, batch_size_final=None)
-# cgan-conv's, chosen by the ablation in docs/ablation.md (MNIST, 20 minutes of a 2-core CPU):
-# spectral norm and minibatch stddev in D, D at 4x G's learning rate (TTUR), the
-# matching-aware term at weight 2, and both rates falling over the second half of the
-# run. They turn a G that draws one shape per digit (FID 50, CAS 74%) into one with
-# variety (FID 19, CAS 88%). Ten epochs are more than 20 minutes of that CPU (about
-# three), so --max-minutes ends such a run and the schedule follows the clock.
-MODEL_DEFAULTS = {"cgan-conv": dict(lr_d=4e-4, mismatch=2.0, lr_decay_start=0.5, d_norm="spectral",
-                                    minibatch_std=True, epochs=10),
+# cgan-conv's, chosen by measurement (docs/ablation.md; MNIST, 20 minutes of a 2-core CPU):
+# spectral norm and minibatch stddev in D, instance norm in G, D at 2.4x G's learning rate
+# (TTUR) and both falling over the second half of the run; a small model (width 48) and
+# batch (32) that buy three times the steps of width 64 and batch 64; a moving average of
+# G; one-sided label smoothing; the matching-aware term at a light 0.5 (at 1.3 and 2 G draws
+# each digit too alike: CAS falls). Ten epochs are more than 20 minutes of that CPU, so
+# --max-minutes ends such a run and the schedule follows the clock.
+MODEL_DEFAULTS = {"cgan-conv": dict(width=48, batch_size=32, lr=1.1e-4, lr_d=2.6e-4, beta1=0.6, label_smoothing=0.13,
+                                    mismatch=0.5, ema_decay=0.999, lr_decay_start=0.5, g_norm="instance",
+                                    d_norm="spectral", minibatch_std=True, epochs=10),
                   "dcgan": dict(epochs=2), "cgan-mlp": dict(epochs=20), "gan-mlp": dict(epochs=20)}
-PER_MODEL = ("lr_d", "mismatch", "lr_decay_start", "d_norm", "minibatch_std")   # flags whose default is per model
+# the flags whose default is per model: argparse leaves them None, _validate fills them in
+PER_MODEL = tuple(sorted({k for d in MODEL_DEFAULTS.values() for k in d} - {"epochs"}))
 # what a config saved before these settings existed means by them: today's model
 UPGRADE_DEFAULTS = dict(d_norm="none", minibatch_std=False, progressive=False,
                         grow_at=DEFAULTS["grow_at"], fade=DEFAULTS["fade"], batch_size_final=None)
@@ -45,8 +48,22 @@ def model_default(model, key):
 def _per_model_help(key, show=str):
     """'(default: X for cgan-conv, Y otherwise)' for a per-model default."""
     special = {m: d[key] for m, d in MODEL_DEFAULTS.items() if key in d}
+    if not special:
+        return f"(default: {show(DEFAULTS[key])})"
     return "(default: " + ", ".join(f"{show(v)} for {m}" for m, v in special.items()) + \
         f", {show(DEFAULTS[key])} otherwise)"
+
+
+def _g(v):
+    return f"{v:g}"
+
+
+def _flag_default(key, text, show=str):
+    """add_argument's default= and help= for setting `key`: a per-model setting defaults to None
+    (filled in per model once --model is known) and its help names each model's default."""
+    if key in PER_MODEL:
+        return dict(default=None, help=f"{text} {_per_model_help(key, show)}")
+    return dict(default=DEFAULTS[key], help=text)
 
 
 KEEP_EPOCH_CHECKPOINTS = 3
@@ -117,11 +134,11 @@ def _validate(parser, ns):
     if "g_norm" in given and "g_batchnorm" in given and ns.g_batchnorm != (ns.g_norm == "batch"):
         parser.error(f"--{'' if ns.g_batchnorm else 'no-'}g-batchnorm contradicts --g-norm {ns.g_norm} "
                      "(--g-batchnorm is the old name of --g-norm batch; give only --g-norm)")
+    if "g_batchnorm" in given and "g_norm" not in given:
+        ns.g_norm = "batch" if ns.g_batchnorm else "none"
     for key in PER_MODEL:
         if getattr(ns, key) is None:
             setattr(ns, key, model_default(ns.model, key))
-    if ns.g_norm is None:
-        ns.g_norm = "batch" if ns.g_batchnorm else "none"
     ns.g_batchnorm = ns.g_norm == "batch"
     if ns.resume is not None:    # the saved run's settings apply; the conflict check covers changes
         return
@@ -151,18 +168,18 @@ def build_parser(record_given=True):
                 formatter_class=_HelpFormatter, record_given=record_given)
     p.add_argument("--dataset", default="mnist", choices=names, help="the training set; emnist means emnist-letters")
     p.add_argument("--model", default=DEFAULTS["model"], choices=models.MODELS, help="the GAN")
-    p.add_argument("--width", type=_width, default=DEFAULTS["width"], help="channels of the conv models")
-    p.add_argument("--g-batchnorm", action=argparse.BooleanOptionalAction, default=DEFAULTS["g_batchnorm"],
-                   help="old name of --g-norm batch (--no-g-batchnorm: --g-norm none)")
-    p.add_argument("--g-norm", choices=("none", "batch", "instance"), default=None,
-                   help="normalisation after G's transposed convs (cgan-conv): BatchNorm2d, InstanceNorm2d "
-                        "(affine) or none (default: batch, or what --g-batchnorm says)")
-    p.add_argument("--d-norm", choices=("none", "spectral"), default=None,
-                   help="spectral normalisation on every conv and linear layer of D's image path (cgan-conv) "
-                        + _per_model_help("d_norm"))
-    p.add_argument("--minibatch-std", action=argparse.BooleanOptionalAction, default=None,
-                   help="ProGAN's minibatch standard deviation channel before D's last layer (cgan-conv) "
-                        + _per_model_help("minibatch_std", lambda v: "on" if v else "off"))
+    p.add_argument("--width", type=_width, **_flag_default("width", "channels of the conv models"))
+    p.add_argument("--g-batchnorm", action=argparse.BooleanOptionalAction, default=None,
+                   help="old name of --g-norm batch (--no-g-batchnorm: --g-norm none; default: unset, "
+                        "--g-norm decides)")
+    p.add_argument("--g-norm", choices=("none", "batch", "instance"), **_flag_default(
+        "g_norm", "normalisation after G's transposed convs (cgan-conv): BatchNorm2d, InstanceNorm2d (affine) "
+        "or none"))
+    p.add_argument("--d-norm", choices=("none", "spectral"), **_flag_default(
+        "d_norm", "spectral normalisation on every conv and linear layer of D's image path (cgan-conv)"))
+    p.add_argument("--minibatch-std", action=argparse.BooleanOptionalAction, **_flag_default(
+        "minibatch_std", "ProGAN's minibatch standard deviation channel before D's last layer (cgan-conv)",
+        lambda v: "on" if v else "off"))
     p.add_argument("--progressive", action="store_true", default=DEFAULTS["progressive"],
                    help="grow G and D from 14x14 to 28x28 (cgan-conv; default: off): 14x14 until "
                         "--grow-at, then the 28x28 head fades in over --fade")
@@ -175,31 +192,29 @@ def build_parser(record_given=True):
     p.add_argument("--epochs", type=cli.positive_int, default=None,
                    help="epochs to train (default per model: "
                         + ", ".join(f"{k} {v}" for k, v in DEFAULT_EPOCHS.items()) + ")")
-    p.add_argument("--batch-size", type=cli.positive_int, default=DEFAULTS["batch_size"], help="images per step")
+    p.add_argument("--batch-size", type=cli.positive_int, **_flag_default("batch_size", "images per step"))
     p.add_argument("--batch-size-final", type=cli.positive_int, default=None, metavar="N",
                    help="rise linearly from --batch-size to N images per step over the planned steps "
                         "(default: constant --batch-size); --epochs then counts images, not steps")
-    p.add_argument("--lr", type=cli.positive_float, default=DEFAULTS["lr"], help="Adam learning rate of G (and D)")
+    p.add_argument("--lr", type=cli.positive_float, **_flag_default("lr", "Adam learning rate of G (and D)", _g))
     p.add_argument("--lr-d", type=cli.positive_float, default=None,
-                   help="D's learning rate " + _per_model_help("lr_d", lambda v: "--lr" if v is None else f"{v:g}"))
-    p.add_argument("--beta1", type=cli.unit_float, default=DEFAULTS["beta1"], help="Adam's beta1")
+                   help="D's learning rate " + _per_model_help("lr_d", lambda v: "--lr" if v is None else _g(v)))
+    p.add_argument("--beta1", type=cli.unit_float, **_flag_default("beta1", "Adam's beta1", _g))
     p.add_argument("--beta2", type=cli.unit_float, default=DEFAULTS["beta2"], help="Adam's beta2")
     p.add_argument("--latent-dim", type=_latent, default=DEFAULTS["latent_dim"], help="size of G's noise vector")
     p.add_argument("--seed", type=cli.nonneg_int, default=DEFAULTS["seed"],
                    help="seeds the weights, the data order and the noise")
-    p.add_argument("--label-smoothing", type=cli.unit_float, default=DEFAULTS["label_smoothing"],
-                   help="one-sided: real targets become 1 - s")
-    p.add_argument("--mismatch", type=cli.nonneg_float, default=None,
-                   help="weight of the D term that scores real images with wrong labels as fake "
-                        + _per_model_help("mismatch", lambda v: f"{v:g}"))
+    p.add_argument("--label-smoothing", type=cli.unit_float,
+                   **_flag_default("label_smoothing", "one-sided: real targets become 1 - s", _g))
+    p.add_argument("--mismatch", type=cli.nonneg_float, **_flag_default(
+        "mismatch", "weight of the D term that scores real images with wrong labels as fake", _g))
     p.add_argument("--mode-seeking", type=cli.nonneg_float, default=DEFAULTS["mode_seeking"],
                    help="weight of MSGAN's mode-seeking term in G's loss (against one image per label)")
-    p.add_argument("--ema-decay", type=cli.unit_float, default=DEFAULTS["ema_decay"],
-                   help="keep an exponential moving average of G's weights for sampling (0: off)")
-    p.add_argument("--lr-decay-start", type=cli.unit_interval, default=None,
-                   help="fraction of the run (steps, or --max-minutes) after which both learning "
-                        "rates fall linearly to 0 at its end (1: constant) "
-                        + _per_model_help("lr_decay_start", lambda v: f"{v:g}"))
+    p.add_argument("--ema-decay", type=cli.unit_float, **_flag_default(
+        "ema_decay", "keep an exponential moving average of G's weights for sampling (0: off)", _g))
+    p.add_argument("--lr-decay-start", type=cli.unit_interval, **_flag_default(
+        "lr_decay_start", "fraction of the run (steps, or --max-minutes) after which both learning "
+        "rates fall linearly to 0 at its end (1: constant)", _g))
     p.add_argument("--out", default=None, help="run folder (default: runs/<dataset>-<model>-<time>)")
     p.add_argument("--resume", nargs="?", const="", default=None, metavar="RUN_OR_CHECKPOINT",
                    help="continue a run from its last checkpoint (default: start a new run; "
@@ -276,6 +291,8 @@ def resumed_config(saved, args, run_dir):
     given = getattr(args, "given", frozenset())
     saved = upgrade_config(saved)
     asked = {k: getattr(args, k) for k in CONFIG_KEYS if k in given}
+    if "g_batchnorm" in asked:          # the old flag asks for a G norm: compare it as one
+        asked["g_norm"] = args.g_norm
     if "dataset" in asked:
         asked["dataset"] = data.resolve_name(asked["dataset"])
     conflicts = [f"{flag_name(k)}: was {_shown(saved.get(k))}, asked {_shown(v)}"

@@ -1,10 +1,13 @@
 """CPU threads of a training run on the NumPy backend: BLAS (through threadpoolctl) and
 Numba get one count, given (`--threads N`) or picked by measurement (`--threads 0`, the
-default): a GEMM of the conv cGAN's shapes is timed at 1, 2, 4, ... threads up to the
-CPUs this process may use (or fewer, when $OMP_NUM_THREADS, $OPENBLAS_NUM_THREADS or
-$MKL_NUM_THREADS asks for fewer), and the fastest count wins. On a shared machine more threads
-can be slower than one (a busy core stalls every parallel region), which is why it is
-measured and not assumed. `apply` returns what was set, for the run's config.json.
+default): the work itself (the trainer passes one training step of a throwaway copy of
+its models; without one, a GEMM of the conv cGAN's shapes) is timed at 1, 2, 4, ... threads
+up to the CPUs this process may use (or fewer, when $OMP_NUM_THREADS, $OPENBLAS_NUM_THREADS
+or $MKL_NUM_THREADS asks for fewer), and the fastest count wins. More threads can be slower
+than one: a busy core stalls every parallel region, and a small model's step is many short
+parallel regions whose spinning BLAS and Numba workers contend (a large GEMM scales while
+the step of width 48, batch 32 ran at 241 images/s on two threads against 400 on one).
+So it is measured on the step, not on a GEMM, and not assumed. `apply` returns what was set, for the run's config.json.
 """
 from __future__ import annotations
 
@@ -18,7 +21,7 @@ log = logging.getLogger(__name__)
 
 _limiter = None        # the threadpoolctl limit in force (kept alive: it holds the setting)
 PROBE_SHAPE = (128, 128, 4096)   # M, K, N: a phase GEMM of a transposed convolution, cut short
-PROBE_REPEATS = 2
+PROBE_REPEATS = 5       # best of: a step's time on two threads swings (68 to 136 ms seen at width 48)
 
 
 def available_cpus() -> int:
@@ -81,51 +84,60 @@ def set_threads(n: int) -> dict:
     return done
 
 
-def _probe_seconds(n, a, b, out) -> float:
+def _probe_seconds(n, work) -> float:
+    """The best of PROBE_REPEATS timings of work() at n threads, after one untimed call
+    (which wakes the threads and fills the caches)."""
     set_threads(n)
-    np.matmul(a, b, out=out)                       # wakes the threads
+    work()
     best = float("inf")
     for _ in range(PROBE_REPEATS):
         start = time.perf_counter()
-        np.matmul(a, b, out=out)
+        work()
         best = min(best, time.perf_counter() - start)
     return best
 
 
-_picked = {}           # cpus -> pick()'s answer: measured once per process, so that every run
-                      # of one process (a test session, a tuning study) uses the same count
-
-
-def pick(cpus: int | None = None) -> tuple:
-    """(fastest thread count, {count: probe seconds}) over candidates(cpus), measured on
-    the first call of this process and remembered. `cpus` defaults to the CPUs this process
-    may use, capped by $OMP_NUM_THREADS / $OPENBLAS_NUM_THREADS / $MKL_NUM_THREADS."""
-    cpus = cpus or usable_cpus()
-    if cpus not in _picked:
-        _picked[cpus] = _measure(cpus)
-    return _picked[cpus]
-
-
-def _measure(cpus):
+def gemm_probe():
+    """The work timed when none is given: one float32 GEMM of PROBE_SHAPE."""
     m, k, n = PROBE_SHAPE
     rng = np.random.default_rng(0)
     a = rng.standard_normal((m, k), dtype=np.float32)
     b = rng.standard_normal((k, n), dtype=np.float32)
     out = np.empty((m, n), np.float32)
-    times = {c: _probe_seconds(c, a, b, out) for c in candidates(cpus)}
-    return min(times, key=times.get), times
+    return lambda: np.matmul(a, b, out=out)
 
 
-def apply(requested: int | None) -> dict:
-    """Set the run's threads: `requested` > 0 as given, 0 or None picked by pick(). Returns
-    the record for config.json: requested, blas, numba, and the probe times when measured."""
+_picked = {}           # (cpus, work's key) -> pick()'s answer: measured once per process, so that
+                      # every run of one process with the same work (a test session, a study) gets one count
+
+
+def pick(cpus: int | None = None, make_work=None, key=None) -> tuple:
+    """(fastest thread count, {count: seconds}) over candidates(cpus), timing the work that
+    make_work() returns (a zero-argument callable; gemm_probe when make_work is None),
+    measured on the first call of this process for (cpus, key) and remembered: make_work is
+    called only then. `cpus` defaults to the CPUs this process may use, capped by
+    $OMP_NUM_THREADS / $OPENBLAS_NUM_THREADS / $MKL_NUM_THREADS."""
+    cpus = cpus or usable_cpus()
+    memo = (cpus, key if make_work is not None else "gemm")
+    if memo not in _picked:
+        work = (make_work or gemm_probe)()
+        times = {c: _probe_seconds(c, work) for c in candidates(cpus)}
+        _picked[memo] = min(times, key=times.get), times
+    return _picked[memo]
+
+
+def apply(requested: int | None, make_work=None, key=None, what="training step") -> dict:
+    """Set the run's threads: `requested` > 0 as given, 0 or None picked by pick(None,
+    make_work, key), `what` naming the timed work. Returns the record for config.json:
+    requested, blas, numba, and the probe with its times when measured."""
     record = {"requested": requested or "auto"}
     if requested:
         chosen = int(requested)
     else:
-        chosen, times = pick()
+        chosen, times = pick(None, make_work, key)
+        record["probe"] = what if make_work is not None else "GEMM"
         record["probe_ms"] = {str(c): round(t * 1e3, 3) for c, t in times.items()}
-        log.debug("threads: %d (GEMM probe %s)", chosen,
-                 ", ".join(f"{c}: {t * 1e3:.1f} ms" for c, t in times.items()))
+        log.debug("threads: %d (%s probe %s)", chosen, record["probe"],
+                  ", ".join(f"{c}: {t * 1e3:.1f} ms" for c, t in times.items()))
     record.update(set_threads(chosen))
     return record

@@ -38,6 +38,7 @@ from cganraw.settings import (  # noqa: F401
     build_parser,
     config_doc,
     flag_name,
+    model_default,
     new_config,
     resume_settings,
     resumed_config,
@@ -115,10 +116,28 @@ def run_training(args, log=log):
             raise
 
 
-def _set_threads(args, bk, resumed_out):
+def _step_work(cfg, train_set):
+    """One training step, with the moving average, of a throwaway copy of the run's models on
+    its first batch (a zero-argument callable): what --threads 0 times at each count. It draws
+    from the copy's own streams, so the run itself is untouched."""
+    G, D = load.build_from_config(cfg, train_set.num_classes, seed=cfg["seed"])
+    probe = Run(cfg, train_set, G, D)
+    x, labels = probe.next_batch()
+    x, labels = upload_batch(x, labels if G.conditional else None, G.num_classes)
+
+    def one_step():
+        with np.errstate(all="ignore"):
+            train_step(G, D, probe.opt_g, probe.opt_d, x, labels, probe.key(), cfg["label_smoothing"],
+                       cfg.get("mismatch", 0.0), cfg.get("mode_seeking", 0.0), flag=probe.loss_flag)
+        probe.step += 1
+        probe.update_ema()
+    return one_step
+
+
+def _set_threads(args, bk, resumed_out, cfg, train_set):
     """BLAS and Numba threads (cganraw.threads): --threads, else on a resume the count the run
     used (some BLAS results depend on it, and a resume is bit-exact only at the same count),
-    else the fastest by measurement. Returns config.json's record."""
+    else the fastest by measurement of this run's training step. Returns config.json's record."""
     if bk == "cuda":
         return {"requested": args.threads or "auto", "skipped": "cuda backend"}
     if not args.threads and resumed_out is not None:
@@ -128,7 +147,11 @@ def _set_threads(args, bk, resumed_out):
             kept = None
         if isinstance(kept, int) and kept > 0:
             return {**threads.apply(kept), "requested": "auto", "kept_from_run": kept}
-    return threads.apply(args.threads)
+    arch = tuple(cfg.get(k) for k in ("model", "width", "batch_size", "latent_dim", "g_norm", "d_norm",
+                                      "minibatch_std", "progressive", "mismatch", "mode_seeking", "ema_decay"))
+    if bk == "emu":      # a step in the emulator takes long and says nothing of numpy's: the GEMM probe
+        return threads.apply(args.threads)
+    return threads.apply(args.threads, lambda: _step_work(cfg, train_set), key=(arch, train_set.num_classes))
 
 
 def _train(args, log, stop, saved):
@@ -153,7 +176,7 @@ def _train(args, log, stop, saved):
         if (cfg.get(key) or 0) > len(train_set.labels):
             raise TrainingError(f"{flag_name(key)} {cfg[key]} exceeds the {len(train_set.labels)} training images")
 
-    thread_record = _set_threads(args, bk, out if ckpt is not None else None)   # after the checks: no output
+    thread_record = _set_threads(args, bk, out if ckpt is not None else None, cfg, train_set)   # after the checks
 
     def fresh_run(ckpt):
         G, D = load.build_from_config(cfg, train_set.num_classes, seed=cfg["seed"])

@@ -1,5 +1,5 @@
 """The generator and discriminator exactly as `python -m cganraw.train` builds them, by
-default (BatchNorm in G included) and with --model cgan-mlp, gradient-checked in
+default (G's norm layers included) and with --model cgan-mlp, gradient-checked in
 float64 in training mode, as they train: the trainer runs its own path from its parser
 and DEFAULTS up to its models.build call (tests.proof.trainer_build_call), only the
 width is made tiny, and the models are rebuilt from that very call. When a default
@@ -35,7 +35,8 @@ def test_the_default_generator_is_the_trainers_default(tmp_path, monkeypatch):
     G, D, args, _ = trainer_models("default", tmp_path, monkeypatch)
     assert args[0] == train.DEFAULTS["model"] and G.num_classes == 10
     if train.DEFAULTS["model"] == "cgan-conv":
-        assert has(G, nn.BatchNorm2d) == bool(train.DEFAULTS["g_batchnorm"])
+        norm = train.model_default("cgan-conv", "g_norm")
+        assert has(G, nn.BatchNorm2d) == (norm == "batch") and has(G, nn.InstanceNorm2d) == (norm == "instance")
         assert G.width == 4 and D.width == 4
 
 

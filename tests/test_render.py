@@ -275,7 +275,7 @@ def test_export_rebuilds_the_training_command_and_refuses_stale_metrics(tmp_path
     run = make_run(tmp_path / "r", LETTERS, step=9)
     assert export.training_command({"dataset": "emnist-letters", "model": "cgan-mlp", "epochs": 20, "lr": 2e-4,
                                     "g_batchnorm": False}) == \
-        "python -m cganraw.train --dataset emnist-letters --model cgan-mlp --no-g-batchnorm --lr 0.0002"
+        "python -m cganraw.train --dataset emnist-letters --model cgan-mlp --g-norm none --lr 0.0002"
     (run / "metrics.json").write_text(json.dumps({"label_accuracy": 0.5, "step": 3}))
     with pytest.raises(export.ExportError, match="scores step 3"):
         export.export(run, tmp_path / "x.npz")

@@ -1,5 +1,5 @@
-"""cganraw.threads: BLAS and Numba thread counts, given or picked by a GEMM probe, and the
-trainer's --threads flag recorded in config.json."""
+"""cganraw.threads: BLAS and Numba thread counts, given or picked by timing the work (a training
+step, or a GEMM), and the trainer's --threads flag recorded in config.json."""
 import json
 
 import pytest
@@ -92,3 +92,43 @@ def test_resume_keeps_the_runs_thread_count(tmp_path, restore_threads):
     assert train.main(["--resume", str(out), "--max-steps", "3", "--threads", "2", *common]) == 0
     rec = json.loads((out / "config.json").read_text())["threads"]
     assert rec["requested"] == 2 and "kept_from_run" not in rec
+
+
+def test_pick_times_the_given_work_once_per_key(monkeypatch, restore_threads):
+    # work that is slower on two threads than on one, as a small model's step can be
+    state, made = {}, []
+    monkeypatch.setattr(threads, "_picked", {})
+    monkeypatch.setattr(threads, "set_threads", lambda n: state.update(n=n) or {"blas": n, "numba": n})
+
+    def make_work():
+        made.append(1)
+        return lambda: __import__("time").sleep(0.002 if state["n"] == 1 else 0.02)
+
+    chosen, times = threads.pick(2, make_work, key="small step")
+    assert chosen == 1 and times[2] > times[1] and made == [1]
+    assert threads.pick(2, make_work, key="small step") == (chosen, times) and made == [1]   # remembered
+    threads.pick(2, make_work, key="another model")
+    assert made == [1, 1]                                   # another key: measured again
+    rec = threads.apply(0, make_work, key="small step")
+    assert rec["probe"] == "training step" and rec["blas"] == 1 and made == [1, 1]
+
+
+def test_the_measured_pick_leaves_the_run_as_a_given_count_would(tmp_path, restore_threads):
+    # --threads 0 times steps of a throwaway copy: the run itself must not see them
+    import numpy as np
+
+    from cganraw import checkpoint
+    data = tmp_path / "data"
+    write_emnist(data, "letters", np.random.default_rng(0), n=(16, 8))
+    common = ["--dataset", "emnist", "--data-dir", str(data), "--max-steps", "3", "--width", "4", "--batch-size", "8",
+              "--quiet", "--no-download", "--backend", "numpy"]
+    assert train.main([*common, "--out", str(tmp_path / "auto")]) == 0
+    rec = json.loads((tmp_path / "auto" / "config.json").read_text())["threads"]
+    assert rec["requested"] == "auto" and rec["probe"] == "training step"
+    assert sorted(map(int, rec["probe_ms"])) == threads.candidates()
+    assert train.main([*common, "--out", str(tmp_path / "given"), "--threads", str(rec["blas"])]) == 0
+    a, b = (checkpoint.load(tmp_path / d) for d in ("auto", "given"))
+    for part in ("G", "G_ema", "D", "opt_g", "opt_d"):
+        assert a[part].keys() == b[part].keys()
+        for k in a[part]:
+            np.testing.assert_array_equal(a[part][k], b[part][k], err_msg=f"{part}.{k}")

@@ -128,7 +128,7 @@ def test_a_run_stopped_mid_fade_resumes_bit_exactly(letters_dir, tmp_path):
 def test_resuming_with_architecture_flags_names_them(letters_dir, tmp_path, capsys):
     out = tmp_path / "run"
     assert run_cli("--dataset", "emnist", "--data-dir", letters_dir, "--out", out, "--max-steps", 2,
-                   "--batch-size", 8, "--progressive", "--d-norm", "none", *TINY) == 0
+                   "--batch-size", 8, "--progressive", "--d-norm", "none", "--g-norm", "batch", *TINY) == 0
     capsys.readouterr()
     code = run_cli("--resume", out, "--d-norm", "spectral", "--g-norm", "instance", "--grow-at", 0.3,
                    "--batch-size-final", 16, "--quiet", "--data-dir", letters_dir, "--no-download")
@@ -173,10 +173,12 @@ def test_default_flags_build_todays_model(letters_dir, tmp_path):
     assert run_cli("--dataset", "emnist", "--data-dir", letters_dir, "--out", out, "--max-steps", 1,
                    "--batch-size", 8, *TINY) == 0
     cfg = json.loads((out / "config.json").read_text())
+    want = {k: train.model_default("cgan-conv", k) for k in ("g_norm", "d_norm", "minibatch_std")}
     assert (cfg["g_norm"], cfg["g_batchnorm"], cfg["d_norm"], cfg["minibatch_std"], cfg["progressive"],
-            cfg["batch_size_final"]) == ("batch", True, "spectral", True, False, None)
+            cfg["batch_size_final"]) == (want["g_norm"], want["g_norm"] == "batch", want["d_norm"],
+                                         want["minibatch_std"], False, None)
     G, D = load.build_from_config(cfg, 26, seed=0)
-    G0, D0 = models.build("cgan-conv", 26, width=3, seed=0, batchnorm=True, d_norm="spectral", minibatch_std=True)
+    G0, D0 = models.build("cgan-conv", 26, width=3, seed=0, **want)
     for ours, theirs in ((G, G0), (D, D0)):
         assert type(ours) is type(theirs)
         a, b = ours.state_dict(), theirs.state_dict()

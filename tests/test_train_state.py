@@ -67,7 +67,8 @@ def observed_run(out, data_dir, *extra):
 def scheduled_run(tmp_path_factory, data_dir):
     out = tmp_path_factory.mktemp("runs") / "scheduled"
     return observed_run(out, data_dir, "--epochs", EPOCHS, "--lr", LR, "--lr-d", LR_D, "--ema-decay", EMA,
-                        "--lr-decay-start", DECAY_START, "--beta1", BETAS[0], "--beta2", BETAS[1])
+                        "--lr-decay-start", DECAY_START, "--beta1", BETAS[0], "--beta2", BETAS[1],
+                        "--g-norm", "batch")
 
 
 def effective_rates(records, betas=BETAS, eps=EPS):
@@ -121,20 +122,22 @@ def test_ema_after_k_steps_is_its_closed_form(scheduled_run):
     for name, want in zip(names, ema):
         np.testing.assert_allclose(ck["G_ema"][name], want, rtol=2e-5, atol=1e-6, err_msg=f"G_ema.{name}")
     assert any(not np.allclose(ck["G"][n], w, rtol=1e-2, atol=1e-6) for n, w in zip(names, ema))
-    # BatchNorm's running statistics are copied, not averaged (the default G has them)
+    # BatchNorm's running statistics are copied, not averaged (--g-norm batch: G has them)
     buffers = [k for k in ck["G"] if k not in names]
-    assert any("running_mean" in k for k in buffers) == train.DEFAULTS["g_batchnorm"]
+    assert any("running_mean" in k for k in buffers)
     for k in buffers:
         np.testing.assert_array_equal(ck["G_ema"][k], ck["G"][k], err_msg=f"G_ema buffer {k}")
 
 
 def test_lr_d_defaults_per_model(tmp_path, data_dir):
     # cgan-conv's D has its own rate (TTUR, settings.MODEL_DEFAULTS); the other models' follows --lr
-    named, _, _ = observed_run(tmp_path / "conv", data_dir, "--max-steps", 2, "--lr", 5e-4)
+    betas = ("--beta1", BETAS[0], "--beta2", BETAS[1])      # effective_rates replays Adam with these
+    named, _, _ = observed_run(tmp_path / "conv", data_dir, "--max-steps", 2, "--lr", 5e-4, *betas)
     np.testing.assert_allclose(effective_rates(named["G"]), [5e-4, 5e-4], rtol=1e-3, err_msg="G")
     lr_d = train.MODEL_DEFAULTS["cgan-conv"]["lr_d"]
     np.testing.assert_allclose(effective_rates(named["D"]), [lr_d, lr_d], rtol=1e-3, err_msg="D")
-    named, _, _ = observed_run(tmp_path / "mlp", data_dir, "--max-steps", 2, "--lr", 5e-4, "--model", "cgan-mlp")
+    named, _, _ = observed_run(tmp_path / "mlp", data_dir, "--max-steps", 2, "--lr", 5e-4, "--model", "cgan-mlp",
+                               *betas)
     for who in ("G", "D"):
         np.testing.assert_allclose(effective_rates(named[who]), [5e-4, 5e-4], rtol=1e-3, err_msg=who)
 

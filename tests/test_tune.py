@@ -274,7 +274,7 @@ def test_a_killed_worker_does_not_wedge_the_study(env, tmp_path):
 
 
 def test_the_first_trial_is_the_trainers_defaults(env, tmp_path, capsys):
-    # a space that holds the trainer's defaults for cgan-conv (lr 1e-4, d-norm none, mismatch 2 per model)
+    # a space that holds the trainer's defaults for cgan-conv (lr, d-norm and mismatch: per model)
     space = tmp_path / "space.json"
     space.write_text(json.dumps({"lr": {"low": 1e-4, "high": 1e-3, "log": True}, "d-norm": {"choices": ["none", "spectral"]},
                                  "mismatch": {"low": 0.0, "high": 2.0}, "batch-size": 8, "width": 4, "ema-decay": 0.0}))
@@ -283,16 +283,18 @@ def test_the_first_trial_is_the_trainers_defaults(env, tmp_path, capsys):
     args[args.index("--space") + 1] = str(space)
     assert command.main(args) == 0
     t0, t1 = load(study_dir).get_trials()
-    assert t0.params == {"lr": 1e-4, "d_norm": "spectral", "mismatch": 2.0} and t0.user_attrs["baseline"]
+    assert t0.params == {k: train.model_default("cgan-conv", k) for k in ("lr", "d_norm", "mismatch")}
+    assert t0.user_attrs["baseline"]
     assert "baseline" not in t1.user_attrs and t1.params != t0.params
     out = capsys.readouterr().out
     assert "0 (defaults)" in out and "The trainer's defaults (trial 0, the baseline): rank" in out
 
 
 def test_no_baseline_when_the_space_excludes_a_default(env, tmp_path, caplog):
-    # SPACE searches --batch-size in {4, 8}: the default 64 cannot be a trial of it
+    # SPACE searches --batch-size in {4, 8}: the default cannot be a trial of it
     s = command.settings_from(command.build_parser().parse_args(argv(env, tmp_path)))
     study = st.open_study(s, create=True)
     with caplog.at_level("INFO", logger="cganraw.tune"):
         command.queue_baseline(study, s)
-    assert not study.get_trials() and "does not hold the trainer's default --batch-size 64" in caplog.text
+    batch = train.model_default("cgan-conv", "batch_size")
+    assert not study.get_trials() and f"does not hold the trainer's default --batch-size {batch}" in caplog.text
