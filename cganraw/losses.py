@@ -13,9 +13,10 @@ from collections import OrderedDict
 import numpy as np
 
 from cganraw import backend
-from cganraw.ops.bce import bce_with_logits_backward, bce_with_logits_forward
+from cganraw.ops.bce import bce_with_logits_backward, bce_with_logits_forward, bce_with_logits_segments_cuda
 
 _TARGETS_KEPT = 16
+ONE_LAUNCH_MAX = 1 << 16     # logits up to this many: a constant-target loss in one launch (one block)
 _targets: OrderedDict = OrderedDict()   # (backend, shape, dtype, value) -> a constant target array
 
 
@@ -49,7 +50,12 @@ def bce_with_logits(logits, targets, weight=1.0, out=None):
     if logits.size == 0:
         raise ValueError("bce_with_logits: empty logits")
     xp = backend.array_module(logits)
-    if isinstance(targets, (int, float, np.floating, np.integer)):
+    scalar = isinstance(targets, (int, float, np.floating, np.integer))
+    if scalar and backend.uses_kernels() and logits.dtype == np.float32 and logits.size <= ONE_LAUNCH_MAX:
+        # a constant target: the loss and the gradient in one launch (one segment)
+        losses, dx = bce_with_logits_segments_cuda(logits, (float(targets),), (float(weight),), out=out)
+        return losses.reshape(()), dx
+    if scalar:
         t = _constant_targets(targets, logits.shape, logits.dtype, xp)
     else:
         t = xp.asarray(targets, dtype=logits.dtype)
@@ -61,6 +67,32 @@ def bce_with_logits(logits, targets, weight=1.0, out=None):
                                  f"shape {tuple(logits.shape)}") from None
     loss, cache = bce_with_logits_forward(logits, t)
     return xp.asarray(loss), bce_with_logits_backward(float(weight), cache, out=out)
+
+
+def bce_with_logits_segments(logits, terms, out=None):
+    """Several BCE terms on one logits array at once: logits (parts * n, ...) split along axis
+    0 into parts = len(terms) equal segments, segment s scored against the constant target
+    terms[s][0], its gradient weighted by terms[s][1] (D's [real | wrong | fake] batch).
+    Returns (the losses, a list of 0-d arrays on the logits' backend; dlogits, written into
+    `out` when given): on the kernel backends one launch for all terms; on NumPy, per segment,
+    bit for bit bce_with_logits(segment, target, weight)."""
+    if not backend.is_array(logits) or logits.dtype.kind != "f":
+        raise TypeError(f"bce_with_logits_segments: logits must be a floating-point array, got "
+                        f"{getattr(logits, 'dtype', type(logits).__name__)}")
+    targets, weights = [float(t) for t, _ in terms], [float(w) for _, w in terms]
+    if backend.uses_kernels():
+        losses, dx = bce_with_logits_segments_cuda(logits, targets, weights, out=out)
+        return [losses[s:s + 1].reshape(()) for s in range(len(terms))], dx
+    xp = backend.array_module(logits)
+    dx = out if out is not None else xp.empty_like(logits)
+    parts = len(terms)
+    if parts < 1 or logits.ndim < 1 or logits.shape[0] % parts or logits.size == 0:
+        raise ValueError(f"bce_with_logits_segments: logits of shape {tuple(logits.shape)} do not split into "
+                         f"{parts} equal, non-empty segments along axis 0")
+    n = logits.shape[0] // parts
+    losses = [bce_with_logits(logits[s * n:(s + 1) * n], t, weight=w, out=dx[s * n:(s + 1) * n])[0]
+              for s, (t, w) in enumerate(zip(targets, weights))]
+    return losses, dx
 
 
 def softmax_cross_entropy(logits, labels):

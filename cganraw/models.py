@@ -25,7 +25,9 @@ from __future__ import annotations
 import numpy as np
 
 from cganraw import backend, nn
-from cganraw.ops.embedding import embedding_forward
+from cganraw.nn._check import accumulates_in_place
+from cganraw.ops.embedding import embedding_forward, label_map_concat_backward, label_map_concat_forward
+from cganraw.ops.linear import linear_backward, linear_forward
 
 IMAGE_SHAPE = (1, 28, 28)
 IMAGE_SIZE = 28 * 28
@@ -178,6 +180,56 @@ class _GAN(nn.Module):
         return super().load_state_dict(upgrade_state_dict(self, state), strict)
 
 
+# ---------------------------------------------------------------- the label path, fused
+
+def _plain(module, cls):
+    # exactly that layer, its own forward and backward (no spectral norm, hook or spy)
+    return type(module) is cls and "forward" not in vars(module) and "backward" not in vars(module)
+
+
+def _label_path_fused(model, x):
+    """Whether the conv models run their label path (Embedding -> Linear -> Reshape -> Concat
+    after x; in G also the noise Linear's bias and LeakyReLU) as the fused op
+    label_map_concat (cganraw.ops.embedding): on the kernel backends, float32, plain layers.
+    The modules and state dicts are the same either way; on NumPy the layers run one by one
+    (the same arithmetic, bit for bit, as before the fusion existed)."""
+    if not backend.uses_kernels() or x.dtype != np.float32:
+        return False
+    parts = [(model.label_emb, nn.Embedding), (model.label_fc, nn.Linear), (model.label_map, nn.Reshape),
+             (model.concat, nn.Concat)]
+    if isinstance(model, ConvCGANGenerator):
+        parts += [(model.fc, nn.Linear), (model.fc_act, nn.LeakyReLU), (model.to_map, nn.Reshape)]
+        if model.fc.bias is None or not model.fc_act.negative_slope >= 0:
+            return False
+    return (all(_plain(m, cls) for m, cls in parts) and model.concat.axis == 1 and model.label_fc.bias is not None
+            and all(p.dtype == np.float32 for m, _ in parts for p in m.parameters()))
+
+
+_FUSED = "fused label path"
+
+
+def _fused_cache(model):
+    c = model.concat._cache
+    return isinstance(c, tuple) and len(c) > 1 and isinstance(c[0], str) and c[0] == _FUSED
+
+
+def _label_grads(model, d, cache, need_dx, x_bias=None):
+    """The fused label path's backward: the label path's parameters' gradients (and x_bias's,
+    G's noise Linear's bias), added into their .grad; returns the x part's gradient."""
+    emb, fc = model.label_emb.weight, model.label_fc
+    need_label = any(p.requires_grad for p in (emb, fc.weight, fc.bias))
+    outs = {}
+    for name, p in (("demb_out", emb), ("dfc_w_out", fc.weight), ("dfc_b_out", fc.bias), ("dx_bias_out", x_bias)):
+        if p is not None and accumulates_in_place(p, d):
+            outs[name] = p.grad
+    dx, dbx, demb, dw, db = label_map_concat_backward(d, cache, need_dx, need_label, **outs)
+    if x_bias is not None:
+        x_bias.accumulate(dbx)
+    for p, g in ((emb, demb), (fc.weight, dw), (fc.bias, db)):
+        p.accumulate(g)
+    return dx
+
+
 # ---------------------------------------------------------------- cgan-conv ------
 
 def _g_norm(kind, w, rng):
@@ -236,11 +288,28 @@ class ConvCGANGenerator(_GAN):
         """(N, w + 1, 7, 7): the noise map and the label map, concatenated."""
         _check_z(self, z)
         _check_labels(self, labels, z.shape[0])
+        if _label_path_fused(self, z):
+            # one GEMM for the noise Linear (its bias and LeakyReLU go into the fused op), one
+            # for the label table, one launch for the concatenation
+            raw, _ = linear_forward(z, self.fc.weight.data)              # (N, w*49), no bias yet
+            out, cache = label_map_concat_forward(raw, labels, self.label_emb.weight.data, self.label_fc.weight.data,
+                                                  self.label_fc.bias.data, self.fc.bias.data,
+                                                  self.fc_act.negative_slope)
+            self.concat._save((_FUSED, cache, z))       # in the concatenation's cache slot
+            return out.reshape(z.shape[0], self.width + 1, 7, 7)
         h = self.to_map(self.fc_act(self.fc(z)))                       # (N, w, 7, 7)
         lab = self.label_map(self.label_fc(self.label_emb(labels)))    # (N, 1, 7, 7)
         return self.concat(h, lab)
 
     def _seed_map_backward(self, d):
+        if _fused_cache(self):
+            _, cache, z = self.concat._pop_cache()
+            dpre = _label_grads(self, d.reshape(d.shape[0], -1), cache, True, x_bias=self.fc.bias)
+            w = self.fc.weight
+            dz, dW, _ = linear_backward(dpre, (z, w.data, False), need_dW=w.requires_grad,
+                                        dW_out=w.grad if accumulates_in_place(w, dpre) else None)
+            w.accumulate(dW)
+            return dz
         dh, dlab = self.concat.backward(d)
         self.label_emb.backward(self.label_fc.backward(self.label_map.backward(dlab)))
         return self.fc.backward(self.fc_act.backward(self.to_map.backward(dh)))
@@ -283,10 +352,20 @@ class ConvCGANDiscriminator(_GAN):
         """(N, 2, 28, 28): the image and the label map."""
         _check_images(self, x)
         _check_labels(self, labels, x.shape[0])
+        if _label_path_fused(self, x):
+            # one GEMM for the label table, one launch for the concatenation
+            out, cache = label_map_concat_forward(x.reshape(x.shape[0], -1), labels, self.label_emb.weight.data,
+                                                  self.label_fc.weight.data, self.label_fc.bias.data)
+            self.concat._save((_FUSED, cache))          # in the concatenation's cache slot
+            return out.reshape((x.shape[0], 2) + IMAGE_SHAPE[1:])
         lab = self.label_map(self.label_fc(self.label_emb(labels)))    # (N, 1, 28, 28)
         return self.concat(x, lab)
 
     def _with_label_backward(self, d):
+        if _fused_cache(self):
+            _, cache = self.concat._pop_cache()
+            dx = _label_grads(self, d.reshape(d.shape[0], -1), cache, True)
+            return dx.reshape((d.shape[0],) + IMAGE_SHAPE)
         dx, dlab = self.concat.backward(d)
         if any(p.requires_grad for m in (self.label_emb, self.label_fc) for p in m.parameters()):
             self.label_emb.backward(self.label_fc.backward(self.label_map.backward(dlab)))
@@ -296,7 +375,11 @@ class ConvCGANDiscriminator(_GAN):
         return dx
 
     def forward(self, x, labels):
-        return self.net(self._with_label(x, labels))                   # (N, 1)
+        inp = self._with_label(x, labels)
+        group = nn.utils.spectral_norm_group(self)      # every normalised weight at once (kernel backends)
+        if group is not None:
+            group.prepare()
+        return self.net(inp)                                           # (N, 1)
 
     def backward(self, dy):
         return self._with_label_backward(self.net.backward(dy))

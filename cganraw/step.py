@@ -16,7 +16,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from cganraw import backend, health, models, nn, optim
-from cganraw.losses import bce_with_logits
+from cganraw.losses import bce_with_logits, bce_with_logits_segments
 from cganraw.losses import mode_seeking as mode_seeking_loss
 from cganraw.nn.dropout import set_step as set_dropout_step
 from cganraw.ops import _launch
@@ -148,17 +148,25 @@ def train_step(G, D, opt_g, opt_d, real_images, real_labels, rng, label_smoothin
     if z.dtype != real_images.dtype:
         z = z.astype(real_images.dtype)
     pairs = n // 2 if mode_seeking > 0 else 0       # rows i and pairs + i share a label
-    fake_labels = None
+    with_mismatch = mismatch > 0 and G.conditional
+    batched = batchable(D)
+    fake_labels = labels = None
     if G.conditional:
-        fake_labels = philox_integers(n, 0, G.num_classes, key.stream(FAKE_LABELS), fold=pairs)
+        into = None
+        if batched and backend.uses_kernels():
+            # the fake labels drawn straight into the tail of D's batch of labels (no copy)
+            parts = 3 if with_mismatch else 2
+            labels = _launch.empty((parts * n,), np.int32)
+            into = labels[(parts - 1) * n:]
+        fake_labels = philox_integers(n, 0, G.num_classes, key.stream(FAKE_LABELS), fold=pairs, out=into)
     real_target = 1.0 - label_smoothing  # one-sided: only the real targets are smoothed
 
     # --- D step ---------------------------------------------------------------------
     opt_d.zero_grad()
-    with_mismatch = mismatch > 0 and G.conditional
-    if batchable(D):
+    if batched:
         loss_real, loss_mismatch, loss_fake, logits_real, logits_fake, fake = _d_step_one_batch(
-            G, D, z, real_images, real_labels, fake_labels, key, real_target, mismatch if with_mismatch else 0.0)
+            G, D, z, real_images, real_labels, fake_labels, key, real_target, mismatch if with_mismatch else 0.0,
+            labels)
     else:
         logits_real = D(real_images, real_labels)
         loss_real, dlogits = bce_with_logits(logits_real, real_target)
@@ -197,39 +205,45 @@ def train_step(G, D, opt_g, opt_d, real_images, real_labels, rng, label_smoothin
     return StepStats(vector, flag)
 
 
-def _d_step_one_batch(G, D, z, real_images, real_labels, fake_labels, key, real_target, mismatch):
+def _d_step_one_batch(G, D, z, real_images, real_labels, fake_labels, key, real_target, mismatch, labels=None):
     """D's real, wrong-label (mismatch > 0) and fake terms as one batch [real | wrong | fake]:
     one forward, one backward. Returns the three losses (None for an absent mismatch term),
-    the real and fake logits and G's images (G keeps its cache for its own step)."""
+    the real and fake logits and G's images (G keeps its cache for its own step). labels: the
+    batch's label array with the fake labels already in its tail (fake_labels a view of it),
+    or None to make one here."""
     n = real_images.shape[0]
     parts = 3 if mismatch > 0 else 2
     images = _launch.empty((parts * n,) + tuple(real_images.shape[1:]), real_images.dtype)
     # the real images in the real and the wrong-label rows: one broadcasting copy
     _launch.copy_into(images[:(parts - 1) * n].reshape((parts - 1, n) + tuple(real_images.shape[1:])), real_images)
-    labels = None
     if G.conditional:
         k = G.num_classes
-        labels = _launch.empty((parts * n,), np.int32)
+        drawn_in_place = labels is not None
+        if not drawn_in_place:
+            labels = _launch.empty((parts * n,), np.int32)
         _launch.copy_into(labels[:n], real_labels)
         if mismatch > 0:
             # every label moved by 1..K-1 places: a wrong label for every image
             philox_shift_labels(real_labels, k, key.stream(WRONG_LABELS), out=labels[n:2 * n])
-        _launch.copy_into(labels[(parts - 1) * n:], fake_labels)
+        if not drawn_in_place:
+            _launch.copy_into(labels[(parts - 1) * n:], fake_labels)
         if _launch.labels_checked(real_labels, k):      # the drawn ones are in range by construction
             _launch.mark_labels_checked(labels, k)
     fake = G(z, fake_labels)
     _launch.copy_into(images[(parts - 1) * n:], fake)
     with nn.minibatch_std.segmented(D, parts):      # each term grouped on its own
         logits = D(images, labels)
-    dlogits = _launch.empty(logits.shape, logits.dtype)
-    seg = lambda a, i: a[i * n:(i + 1) * n]  # noqa: E731  (contiguous rows of one term)
-    loss_real, _ = bce_with_logits(seg(logits, 0), real_target, out=seg(dlogits, 0))
-    loss_fake, _ = bce_with_logits(seg(logits, parts - 1), 0.0, out=seg(dlogits, parts - 1))
-    loss_mismatch = None
+    # the three terms' losses and gradients at once (one launch on a GPU): (target, weight)
+    # per segment of [real | wrong | fake]
+    terms = [(real_target, 1.0)]
     if mismatch > 0:
-        loss_mismatch, _ = bce_with_logits(seg(logits, 1), 0.0, weight=mismatch, out=seg(dlogits, 1))
+        terms.append((0.0, mismatch))
+    terms.append((0.0, 1.0))                # the fakes
+    losses, dlogits = bce_with_logits_segments(logits, terms)
+    loss_mismatch = losses[1] if mismatch > 0 else None
     D.backward(dlogits)                 # the input gradient is dropped: fake is detached
-    return loss_real, loss_mismatch, loss_fake, seg(logits, 0), seg(logits, parts - 1), fake
+    seg = lambda a, i: a[i * n:(i + 1) * n]  # noqa: E731  (contiguous rows of one term)
+    return losses[0], loss_mismatch, losses[-1], seg(logits, 0), seg(logits, parts - 1), fake
 
 
 def ema_decay_at(step, decay):
@@ -240,13 +254,15 @@ def ema_decay_at(step, decay):
 
 class _FlatBuffers:
     """A module's floating buffers as views into one flat array (the BatchNorm running
-    statistics), so the moving average copies them in one launch."""
+    statistics), so the moving average copies them in one launch. A module with none
+    (instance norm keeps no running statistics) packs to `empty`: nothing to copy."""
 
     def __init__(self, module):
         self.entries = [(mod, name) for _, mod in module.named_modules() for name, b in mod._buffers.items()
                         if b.dtype.kind == "f" and b.ndim > 0]
         arrays = [mod._buffers[name] for mod, name in self.entries]
         self.data = None
+        self.empty = not arrays
         if arrays and len({a.dtype for a in arrays}) == 1 and len({id(backend.array_module(a)) for a in arrays}) == 1:
             total = sum(a.size for a in arrays)
             self.data = _launch.zeros((total,), arrays[0].dtype)
@@ -259,7 +275,8 @@ class _FlatBuffers:
         self.views = [mod._buffers[name] for mod, name in self.entries]
 
     def intact(self):
-        return self.data is not None and all(mod._buffers[name] is v for (mod, name), v in zip(self.entries, self.views))
+        return (self.empty or self.data is not None) and all(
+            mod._buffers[name] is v for (mod, name), v in zip(self.entries, self.views))
 
 
 _ema_packs: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -279,8 +296,9 @@ def _ema_pack(G_ema, G):
     if not optim.packable(params) or [tuple(p.shape) for p in params] != [tuple(p.shape) for p in G.parameters()]:
         return None
     pack = (optim.flatten(params, grads=False), _FlatBuffers(G), _FlatBuffers(G_ema))
-    if pack[0].layout != g_flat.layout or pack[1].data is None or pack[2].data is None \
-            or pack[1].data.shape != pack[2].data.shape:
+    if pack[0].layout != g_flat.layout or not pack[1].intact() or not pack[2].intact() \
+            or pack[1].empty != pack[2].empty \
+            or (not pack[1].empty and pack[1].data.shape != pack[2].data.shape):
         return None
     _ema_packs[G_ema] = pack
     return pack
@@ -292,8 +310,9 @@ def update_ema(G_ema, G, decay):
     is one ema_update launch over all of them and one copy of the buffers."""
     pack = _ema_pack(G_ema, G)
     if pack is not None:
-        ema_update(pack[0].data, optim.flat_of(G.parameters()).data, decay)
-        _launch.copy_into(pack[2].data, pack[1].data)
+        # the buffers (BatchNorm's running statistics) copied in the same launch
+        ema_update(pack[0].data, optim.flat_of(G.parameters()).data, decay,
+                   copy=None if pack[1].empty else (pack[2].data, pack[1].data))
         packed = {id(v) for v in pack[2].views}
     else:
         for p_ema, p in zip(G_ema.parameters(), G.parameters()):

@@ -31,6 +31,10 @@
 //   batchnorm_leaky_relu_backward_v1         beta > 0, else slope * dy, recomputed from
 //                                            xhat: the activation's gradient costs no pass
 //                                            and no stored mask
+//   batchnorm_leaky_relu_forward_v2          as _v1 in training, the thread that writes a
+//                                            channel's mean and variance also updating its
+//                                            running statistics (batchnorm_running_update_v1's
+//                                            arithmetic): no launch of their own
 //   batchnorm_leaky_relu_backward_v2         as _v1, adding dgamma, dbeta into the arrays
 //                                            given (the parameters' .grad) instead of
 //                                            writing them: no separate gradient adds
@@ -353,6 +357,10 @@ struct BnApply {
     float eps, unbias, slope;
     int training, N, C, HW, splits;
     bool vec;
+    float* running_mean = nullptr;   // training with update_running: updated by the writing thread
+    float* running_var = nullptr;
+    float keep = 0.0f, momentum = 0.0f;
+    int update_running = 0;
     __device__ BnChannel consts(int c, bool write) const
     {
         BnChannel k;
@@ -366,7 +374,12 @@ struct BnApply {
             if (write) {
                 mean[c] = k.mean;
                 invstd[c] = k.invstd;
-                var_unbiased[c] = var * unbias;
+                const float vu = var * unbias;
+                var_unbiased[c] = vu;
+                if (update_running) {
+                    running_mean[c] = running_mean[c] * keep + momentum * k.mean;
+                    running_var[c] = running_var[c] * keep + momentum * vu;
+                }
             }
         } else {
             k.mean = mean[c];
@@ -428,6 +441,20 @@ extern "C" __global__ void batchnorm_leaky_relu_forward_v1(float* y, float* xhat
 {
     bn_forward_apply<true>(y, xhat, mean, var_unbiased, invstd, x, partials, gamma, beta, eps, unbias, slope,
                            training, N, C, HW, splits);
+}
+
+// as _v1 (training), and running_mean, running_var (C,) updated in place: r = r keep + momentum s
+extern "C" __global__ void batchnorm_leaky_relu_forward_v2(float* y, float* xhat, float* mean, float* var_unbiased,
+                                                           float* invstd, const float* x, const float* partials,
+                                                           const float* gamma, const float* beta, float eps,
+                                                           float unbias, float slope, float* running_mean,
+                                                           float* running_var, float keep, float momentum,
+                                                           int N, int C, int HW, int splits)
+{
+    BnApply<true> op{y, xhat, x, partials, mean, var_unbiased, invstd, gamma, beta, eps, unbias, slope,
+                     1, N, C, HW, splits, ch_aligned16(y) && ch_aligned16(xhat) && ch_aligned16(x),
+                     running_mean, running_var, keep, momentum, 1};
+    ch_apply(op, N, C, HW, splits);
 }
 
 // ---- backward

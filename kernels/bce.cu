@@ -18,9 +18,17 @@
 //                                      loss is bit-reproducible run to run.
 //   bce_with_logits_backward_v1/v2     dx = (sigmoid(x) - t) * scale, scale = dloss / n from
 //                                      the host; v1 one element per thread, v2 grid-stride.
+//   bce_with_logits_segments_v1        a step's loss terms in one launch: x holds `parts`
+//                                      segments of n logits ([real | wrong | fake] of D's
+//                                      batch), each with its own constant target t_s and
+//                                      gradient weight w_s (params = t_0..t_{p-1}, w_0..w_{p-1});
+//                                      one block per segment sums its terms in a fixed order
+//                                      (loss[s] = mean, bit-reproducible) and writes
+//                                      dx = (sigmoid(x) - t_s) * (w_s / n) in the same pass.
 // Block reductions need blockDim.x a multiple of 32 (full-mask shuffles), at most 1024.
 //
-// Shapes: x, t, dx (n,) contiguous (any shape flattened); loss (1,); partials (gridDim.x,).
+// Shapes: x, t, dx (n,) contiguous (any shape flattened); loss (1,); partials (gridDim.x,);
+// segments: x, dx (parts * n,), loss (parts,), params (2 parts,), grid (parts,).
 
 // ---------------------------------------------------------------- maths
 
@@ -81,4 +89,26 @@ extern "C" __global__ void bce_with_logits_backward_v2(float* dx, const float* x
 {
     for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x)
         dx[i] = (stable_sigmoid(x[i]) - t[i]) * scale;
+}
+
+// ---------------------------------------------------------------- all terms in one launch
+
+// x: (parts * n,) -> loss: (parts,), dx: (parts * n,); params: (2 parts,) targets then weights.
+// Launched with gridDim.x == parts (a block per segment; blocks past `parts` do nothing).
+extern "C" __global__ void bce_with_logits_segments_v1(float* loss, float* dx, const float* x, const float* params,
+                                                       int n, int parts)
+{
+    __shared__ float partials[32];
+    int s = blockIdx.x;
+    if (s >= parts) return;                // uniform in the block: no barrier is skipped by half of it
+    float t = params[s], scale = params[parts + s] / (float)n;
+    long long base = (long long)s * n;
+    float sum = 0.0f;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) {
+        float xi = x[base + i];
+        sum += bce_term(xi, t);
+        dx[base + i] = (stable_sigmoid(xi) - t) * scale;
+    }
+    sum = block_sum(sum, partials);
+    if (threadIdx.x == 0) loss[s] = sum / (float)n;
 }

@@ -18,8 +18,15 @@
 //   bias_leaky_relu_backward_partial_v2   as v1, writing dpre channel-major (C, N*HW),
 //                                         the layout the conv's weight and input GEMMs
 //                                         take: the layout copy folded in
+//   bias_add_backward_v5                  bias_add_backward_partial_v3 and the reduction
+//                                         in one launch (channels.cuh ch_finish: the last
+//                                         block to finish adds the partials in split order,
+//                                         the same bits as reduce_v3/v4), into db or added
+//                                         to it; dy may be row-strided (rows ld apart, a
+//                                         column slice of a concatenation: no copy)
+//   bias_leaky_relu_backward_v3/v4        partial_v1/v2 and the reduction in one launch
 // Shapes: y, dy, dpre (N, C, HW) contiguous, HW = H*W (1 for a Linear layer's (N, C));
-// b, db (C,); partials (splits, C).
+// b, db (C,); partials (splits, C); counter: one zeroed unsigned, left zeroed.
 //
 // Versions:
 //   bias_add_forward_v1   naive: one thread per element; the channel is (i / HW) % C.
@@ -146,6 +153,31 @@ extern "C" __global__ void bias_add_backward_reduce_v4(float* db, const float* p
         db[c] += ch_total(partials, 0, splits, C, c);
 }
 
+struct BiasGradSumLd {   // summand: dy, its rows (of C*HW values) ld apart
+    static const int NV = 1;
+    const float* dy;
+    long long row, ld;       // C*HW and the row stride
+    bool vec;                // ld == row and dy 16-byte aligned
+    __device__ long long at_row(long long i) const { return (i / row) * ld + i % row; }
+    __device__ void at(long long i, int, float* out) const { out[0] = dy[at_row(i)]; }
+    __device__ void at4(long long i, int, int, float (*out)[1]) const
+    {
+        const float4 v = *reinterpret_cast<const float4*>(dy + i);
+        out[0][0] = v.x; out[1][0] = v.y; out[2][0] = v.z; out[3][0] = v.w;
+    }
+};
+
+// dy: (N, C, HW), rows ld apart -> db: (C,) (= or +=, accumulate), in one launch;
+// partials: (splits, C) scratch; grid (C or ceil(C/128), splits), block CH_THREADS
+extern "C" __global__ void bias_add_backward_v5(float* db, float* partials, unsigned int* counter, const float* dy,
+                                                int N, int C, int HW, int ld, int splits, int accumulate)
+{
+    const long long row = (long long)C * HW;
+    BiasGradSumLd op{dy, row, (long long)ld, ld == row && ch_aligned16(dy)};
+    ch_partials<1>(op, partials, N, C, HW, splits);
+    ch_finish<1>(partials, counter, db, splits, C, accumulate != 0);
+}
+
 // ---------------------------------------------------------------- fused bias + LeakyReLU
 
 struct BiasLeaky {     // y = leaky(y + b[c]) in place
@@ -266,4 +298,26 @@ extern "C" __global__ void bias_leaky_relu_backward_partial_v2(float* dpre_cm, f
 {
     BiasLeakyGradSumCM op{dpre_cm, dy, y, slope, N, C, HW, ch_aligned16(dy) && ch_aligned16(y)};
     ch_partials<1>(op, partials, N, C, HW, splits);
+}
+
+// ---------------------------------------------------------------- fused, one launch (v3, v4)
+
+// as partial_v1, then db (C,) (= or +=, accumulate) by the last block (need_db 0: no db)
+extern "C" __global__ void bias_leaky_relu_backward_v3(float* dpre, float* db, float* partials, unsigned int* counter,
+                                                       const float* dy, const float* y, float slope,
+                                                       int N, int C, int HW, int splits, int accumulate)
+{
+    BiasLeakyGradSum op{dpre, dy, y, slope, ch_aligned16(dpre) && ch_aligned16(dy) && ch_aligned16(y)};
+    ch_partials<1>(op, partials, N, C, HW, splits);
+    ch_finish<1>(partials, counter, db, splits, C, accumulate != 0);
+}
+
+// as partial_v2 (dpre channel-major), then db as v3
+extern "C" __global__ void bias_leaky_relu_backward_v4(float* dpre_cm, float* db, float* partials,
+                                                       unsigned int* counter, const float* dy, const float* y,
+                                                       float slope, int N, int C, int HW, int splits, int accumulate)
+{
+    BiasLeakyGradSumCM op{dpre_cm, dy, y, slope, N, C, HW, ch_aligned16(dy) && ch_aligned16(y)};
+    ch_partials<1>(op, partials, N, C, HW, splits);
+    ch_finish<1>(partials, counter, db, splits, C, accumulate != 0);
 }

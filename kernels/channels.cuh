@@ -8,6 +8,9 @@
 //                                       partials[(v * splits + s) * C + c], no atomics
 //   ch_total(partials, v, splits, C, c) pass 2: the sum over s, in order (deterministic:
 //                                       every caller gets the same bits)
+//   ch_finish<NV>(partials, counter, ...) pass 2 in pass 1's launch: the grid's last
+//                                       block to finish adds the partials up (ch_total's
+//                                       order: the same bits), so a reduction is one launch
 //   ch_apply(op, ...)                   an elementwise pass over the same slices, with
 //                                       per-channel constants op.consts(c, write) (the
 //                                       apply kernels reduce the partials there, so the
@@ -147,6 +150,35 @@ __device__ void ch_partials(const Op& op, float* partials, int N, int C, int HW,
             __syncthreads();                     // read before the next group overwrites
         }
     }
+}
+
+// Pass 2 in the same launch, after ch_partials: the last block of the grid to finish
+// (counted on `counter`, a zeroed unsigned that this block sets back to 0 for the next
+// launch) sums the splits in order, as ch_total, into out[v * C + c] (accumulate: added
+// to it). Every thread of every block must call it (it has barriers). The counter is
+// shared by the launches of one stream, which run one after another.
+template <int NV>
+__device__ void ch_finish(const float* partials, unsigned int* counter, float* out, int splits, int C,
+                          bool accumulate)
+{
+    __shared__ bool last;
+    __threadfence();                         // this thread's partials are visible device-wide
+    __syncthreads();                         // ... for every thread of the block
+    if (threadIdx.x == 0) {
+        const unsigned int blocks = gridDim.x * gridDim.y;
+        last = atomicAdd(counter, 1u) == blocks - 1u;
+    }
+    __syncthreads();
+    if (!last) return;                       // uniform in the block
+    __threadfence();                         // the other blocks' partials are read after the count
+    const volatile float* p = partials;      // not from a stale cache line
+    for (int e = threadIdx.x; e < NV * C; e += blockDim.x) {
+        const int v = e / C, c = e - v * C;
+        float t = 0.0f;
+        for (int s = 0; s < splits; ++s) t += p[((long long)v * splits + s) * C + c];
+        out[e] = accumulate ? out[e] + t : t;
+    }
+    if (threadIdx.x == 0) *counter = 0u;
 }
 
 // Elementwise pass over the same slices. Op: typedef ... Consts; bool vec;

@@ -15,6 +15,10 @@
 //                          which this project does not need.
 //   embedding_backward_v3  as v2, adding each sum into dW (the weight's .grad) instead of
 //                          writing it: no separate gradient add. The default with `out`.
+//   label_map_concat_forward_v1, label_map_concat_backward_v1
+//                          the conditional models' whole label path (Embedding, Linear,
+//                          the map's concatenation after x, x's bias and LeakyReLU), one
+//                          launch each way beside the GEMMs: see the section at the end.
 //
 // Shapes: idx (N,) int32, W and dW (K, D), y and dy (N, D), all contiguous.
 // Labels: the layers hold int64 labels; the launcher checks their range on the host and
@@ -88,4 +92,113 @@ extern "C" __global__ void embedding_backward_v2(float* dW, const int* idx, cons
 extern "C" __global__ void embedding_backward_v3(float* dW, const int* idx, const float* dy, int N, int K, int D)
 {
     embedding_backward_rows<true>(dW, idx, dy, N, K, D);
+}
+
+// ---------------------------------------------------------------- the label path, fused
+// The conditional conv models' label path: labels -> Embedding(K, E) -> Linear(E, M) -> a map
+// concatenated after x's L values per row (G: its noise Linear's output, D: the image):
+//   out[n] = [act(x[n] + bx) | T[labels[n]] + b]      T = emb_w fc_w^T (K, M): a K-row GEMM
+// the launcher runs instead of an N-row one; act = LeakyReLU(slope) when act, else identity;
+// bx: x's bias (has_bx) or none.
+//
+//   label_map_concat_forward_v1   grid-stride over out (N, L + M): one pass writes the
+//                                 concatenation (no embedding rows, no bias or activation
+//                                 pass, no copies)
+//   label_map_concat_backward_v1  grid (column tiles, row splits): a thread per (column, split)
+//                                 sums its rows in order, g = d (x columns: times the LeakyReLU
+//                                 mask from out, written to dx when need_dx), into
+//                                 partials (splits, L + M) and, for the label columns, per
+//                                 label into partials_t (splits, K, M) (the thread's own
+//                                 entries: zeroed, then added to); the grid's last block
+//                                 (channels.cuh's counter) adds the splits in order:
+//                                 dbx (L,) (has_bx), db (M,) and dT (K, M) (need_label); dbx
+//                                 and db are added to (accumulate: the biases' .grad) or written.
+//                                 No atomics on values: the same bits every run.
+// Labels must lie in [0, K) (checked by the launcher); one out of range is skipped.
+
+// x: (N, L), bx: (L,) (has_bx), T: (K, M), b: (M,), labels: (N,) -> out: (N, L + M)
+extern "C" __global__ void label_map_concat_forward_v1(float* out, const float* x, const float* bx, const float* T,
+                                                       const float* b, const int* labels, int N, int L, int M, int K,
+                                                       float slope, int act, int has_bx)
+{
+    const int row = L + M;
+    const long long total = (long long)N * row;
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < total;
+         i += (long long)gridDim.x * blockDim.x) {
+        const int n = (int)(i / row), j = (int)(i - (long long)n * row);
+        float v;
+        if (j < L) {
+            v = x[(long long)n * L + j];
+            if (has_bx) v += bx[j];
+            if (act && !(v > 0.0f)) v *= slope;
+        } else {
+            const int k = labels[n];
+            v = (k >= 0 && k < K) ? T[(long long)k * M + (j - L)] + b[j - L] : 0.0f;
+        }
+        out[i] = v;
+    }
+}
+
+// d, out: (N, L + M), labels: (N,) -> dx: (N, L) (need_dx), dbx: (L,) (has_bx),
+// db: (M,) (+= or =, accumulate) and dT: (K, M) = (need_label); partials: (splits, L + M), partials_t:
+// (splits, K, M) scratch; counter: a zeroed unsigned, left zeroed.
+// grid (ceil((L + M) / blockDim.x), splits); rows of split s: [s * chunk, (s + 1) * chunk)
+extern "C" __global__ void label_map_concat_backward_v1(float* dx, float* dbx, float* dT, float* db, float* partials,
+                                                        float* partials_t, unsigned int* counter, const float* d,
+                                                        const float* out, const int* labels, int N, int L, int M,
+                                                        int K, float slope, int act, int need_dx, int has_bx,
+                                                        int need_label, int accumulate, int splits)
+{
+    const int row = L + M;
+    const int s = blockIdx.y;
+    const int chunk = (N + splits - 1) / splits;
+    const int n0 = min(s * chunk, N), n1 = min(n0 + chunk, N);
+    for (int j = blockIdx.x * blockDim.x + threadIdx.x; j < row; j += gridDim.x * blockDim.x) {
+        float sum = 0.0f;
+        if (j < L) {
+            for (int n = n0; n < n1; ++n) {
+                const long long i = (long long)n * row + j;
+                float g = d[i];
+                if (act && !(out[i] > 0.0f)) g *= slope;
+                if (need_dx) dx[(long long)n * L + j] = g;
+                sum += g;
+            }
+        } else if (need_label) {
+            const int m = j - L;
+            float* pt = partials_t + (long long)s * K * M + m;
+            for (int k = 0; k < K; ++k) pt[(long long)k * M] = 0.0f;
+            for (int n = n0; n < n1; ++n) {
+                const float g = d[(long long)n * row + j];
+                const int k = labels[n];
+                if (k >= 0 && k < K) pt[(long long)k * M] += g;
+                sum += g;
+            }
+        }
+        partials[(long long)s * row + j] = sum;
+    }
+    // the last block to finish adds the splits up, in split order
+    __shared__ bool last;
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) last = atomicAdd(counter, 1u) == gridDim.x * gridDim.y - 1u;
+    __syncthreads();
+    if (!last) return;
+    __threadfence();
+    const volatile float* p = partials;
+    const volatile float* q = partials_t;
+    for (int j = threadIdx.x; j < row; j += blockDim.x) {
+        if (j < L ? !has_bx : !need_label) continue;
+        float t = 0.0f;
+        for (int ss = 0; ss < splits; ++ss) t += p[(long long)ss * row + j];
+        float* o = j < L ? dbx + j : db + (j - L);
+        *o = accumulate ? *o + t : t;
+    }
+    if (need_label) {
+        for (int e = threadIdx.x; e < K * M; e += blockDim.x) {
+            float t = 0.0f;
+            for (int ss = 0; ss < splits; ++ss) t += q[(long long)ss * K * M + e];
+            dT[e] = t;
+        }
+    }
+    if (threadIdx.x == 0) *counter = 0u;
 }

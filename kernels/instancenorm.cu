@@ -19,6 +19,17 @@
 //   instancenorm_backward_param_grad_v1
 //                                    one thread per channel: dbeta[c] = sum_n s1[n, c],
 //                                    dgamma[c] = sum_n s2[n, c], in n order
+//   instancenorm_leaky_relu_forward_v1
+//                                    forward_v2 with y = leaky_relu(xhat gamma + beta): the
+//                                    InstanceNorm2d + LeakyReLU pair of G in one pass
+//   instancenorm_leaky_relu_backward_v1
+//                                    backward_v2 on dpre = dy where xhat gamma + beta > 0, else
+//                                    slope dy (recomputed from xhat: no stored mask), then the
+//                                    grid's last block (a counter, as channels.cuh's ch_finish)
+//                                    adds param_grad_v1's sums into dgamma, dbeta (accumulate:
+//                                    the parameters' .grad) or writes them: one launch where
+//                                    the unfused layers took five (activation, norm, parameter
+//                                    sums, two gradient adds)
 //   instancenorm_running_update_v1   one thread per channel, in place, as torch (which runs
 //                                    batch_norm on the (1, N*C, H, W) view and averages the
 //                                    N per-instance running values back):
@@ -167,6 +178,108 @@ extern "C" __global__ void instancenorm_backward_param_grad_v1(float* dgamma, fl
     }
     dgamma[c] = g;
     dbeta[c] = b;
+}
+
+// ---------------------------------------------------------------- fused with LeakyReLU
+
+extern "C" __global__ void instancenorm_leaky_relu_forward_v1(float* y, float* xhat, float* mean, float* var,
+                                                              float* invstd, const float* x, const float* gamma,
+                                                              const float* beta, float eps, float slope, int rows,
+                                                              int C, int HW)
+{
+    __shared__ float partials[32];
+    __shared__ float stats[2];
+    for (int r = blockIdx.x; r < rows; r += gridDim.x) {   // uniform in the block: barriers are safe
+        const float* row = x + (long long)r * HW;
+        float sum = 0.0f;
+        for (int p = threadIdx.x; p < HW; p += blockDim.x) sum += row[p];
+        sum = block_sum(sum, partials);
+        if (threadIdx.x == 0) stats[0] = sum / (float)HW;
+        __syncthreads();
+        float m = stats[0];
+        float sq = 0.0f;
+        for (int p = threadIdx.x; p < HW; p += blockDim.x) {
+            float d = row[p] - m;
+            sq += d * d;
+        }
+        sq = block_sum(sq, partials);
+        if (threadIdx.x == 0) {
+            float v = sq / (float)HW;
+            float s = 1.0f / sqrtf(v + eps);
+            stats[1] = s;
+            mean[r] = m;
+            var[r] = v;
+            invstd[r] = s;
+        }
+        __syncthreads();
+        float s = stats[1], g = gamma[r % C], b = beta[r % C];
+        for (int p = threadIdx.x; p < HW; p += blockDim.x) {
+            float h = (row[p] - m) * s;
+            float o = h * g + b;
+            xhat[(long long)r * HW + p] = h;
+            y[(long long)r * HW + p] = o > 0.0f ? o : o * slope;
+        }
+    }
+}
+
+// dy (rows, HW) of the activated output -> dx; s1, s2 (rows,) scratch; dgamma, dbeta (C,)
+// (+= when accumulate); counter: a zeroed unsigned, left zeroed. N = rows / C.
+extern "C" __global__ void instancenorm_leaky_relu_backward_v1(float* dx, float* s1, float* s2, float* dgamma,
+                                                               float* dbeta, unsigned int* counter, const float* dy,
+                                                               const float* xhat, const float* gamma,
+                                                               const float* beta, const float* invstd, float slope,
+                                                               int rows, int C, int HW, int accumulate)
+{
+    __shared__ float partials[32];
+    __shared__ float sums[2];
+    __shared__ bool last;
+    for (int r = blockIdx.x; r < rows; r += gridDim.x) {   // uniform in the block: barriers are safe
+        long long base = (long long)r * HW;
+        const float g = gamma[r % C], b = beta[r % C];
+        float sum_dy = 0.0f, sum_dy_xhat = 0.0f;
+        for (int p = threadIdx.x; p < HW; p += blockDim.x) {
+            const float h = xhat[base + p];
+            const float d = h * g + b > 0.0f ? dy[base + p] : dy[base + p] * slope;
+            sum_dy += d;
+            sum_dy_xhat += d * h;
+        }
+        sum_dy = block_sum(sum_dy, partials);
+        sum_dy_xhat = block_sum(sum_dy_xhat, partials);
+        if (threadIdx.x == 0) {
+            sums[0] = sum_dy;
+            sums[1] = sum_dy_xhat;
+            s1[r] = sum_dy;
+            s2[r] = sum_dy_xhat;
+        }
+        __syncthreads();
+        float scale = g * invstd[r];
+        float a = sums[1] / (float)HW, bb = sums[0] / (float)HW;
+        for (int p = threadIdx.x; p < HW; p += blockDim.x) {
+            const float h = xhat[base + p];
+            const float d = h * g + b > 0.0f ? dy[base + p] : dy[base + p] * slope;
+            dx[base + p] = (d - (h * a + bb)) * scale;
+        }
+    }
+    // the parameter gradients: the last block to finish sums the rows' s1, s2 in n order
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) last = atomicAdd(counter, 1u) == gridDim.x - 1u;
+    __syncthreads();
+    if (!last) return;
+    __threadfence();
+    const volatile float* v1 = s1;
+    const volatile float* v2 = s2;
+    const int N = rows / C;
+    for (int c = threadIdx.x; c < C; c += blockDim.x) {
+        float gs = 0.0f, bs = 0.0f;
+        for (int n = 0; n < N; n++) {
+            bs += v1[n * C + c];
+            gs += v2[n * C + c];
+        }
+        dgamma[c] = accumulate ? dgamma[c] + gs : gs;
+        dbeta[c] = accumulate ? dbeta[c] + bs : bs;
+    }
+    if (threadIdx.x == 0) *counter = 0u;
 }
 
 // ---------------------------------------------------------------- running statistics

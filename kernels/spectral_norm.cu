@@ -44,6 +44,8 @@
 //   spectral_norm_backward_v3           as v2, adding into dW (the raw weight's .grad)
 //                                       instead of writing it
 //
+// Every layer of a model in one launch each (the _multi kernels, at the end): see there.
+//
 // sigma and gw stay on the device (one-float arrays): no host round trip between kernels.
 // blockDim.x of the block kernels: a multiple of 32, at most 1024. total: the weight's
 // element count, below 2^31 minus a grid (checked by the launcher).
@@ -191,12 +193,12 @@ __device__ void normalize_into(float* out, const float* x, int n, float eps, flo
     __syncthreads();
 }
 
-extern "C" __global__ void spectral_norm_power_v1(float* u, float* v, float* u_out, float* v_out, float* rows,
-                                                  float* sigma, const float* W, int outer, int H, int inner,
-                                                  int iterations, int write_back, float eps)
+// the body of spectral_norm_power_v1, for one weight, run by the whole block
+__device__ void power_block(float* u, float* v, float* u_out, float* v_out, float* rows, float* sigma,
+                            const float* W, int outer, int H, int inner, int iterations, int write_back, float eps,
+                            float* partials, float* denom_p)
 {
-    __shared__ float partials[32];
-    __shared__ float denom;
+    float& denom = *denom_p;
     int cols = outer * inner;
     for (int k = threadIdx.x; k < H; k += blockDim.x) u_out[k] = u[k];
     for (int k = threadIdx.x; k < cols; k += blockDim.x) v_out[k] = v[k];
@@ -225,6 +227,15 @@ extern "C" __global__ void spectral_norm_power_v1(float* u, float* v, float* u_o
     }
 }
 
+extern "C" __global__ void spectral_norm_power_v1(float* u, float* v, float* u_out, float* v_out, float* rows,
+                                                  float* sigma, const float* W, int outer, int H, int inner,
+                                                  int iterations, int write_back, float eps)
+{
+    __shared__ float partials[32];
+    __shared__ float denom;
+    power_block(u, v, u_out, v_out, rows, sigma, W, outer, H, inner, iterations, write_back, eps, partials, &denom);
+}
+
 extern "C" __global__ void spectral_norm_forward_v3(float* w_sn, float* zero, const float* W, const float* sigma,
                                                     int total)
 {
@@ -242,4 +253,83 @@ extern "C" __global__ void spectral_norm_backward_v3(float* dW, const float* dw_
     float coef = gw[0] / (s * s);
     for (int k = blockIdx.x * blockDim.x + threadIdx.x; k < total; k += gridDim.x * blockDim.x)
         dW[k] += weight_grad(dw_sn, u, v, s, coef, k, H, inner);
+}
+
+// ---------------------------------------------------------------- every layer of a model at once
+// A model's spectrally normalised weights, normalised together (cganraw.nn.utils
+// SpectralNormGroup): the raw weights are views into one flat array (the optimiser's packed
+// parameters) and so are their gradients (at the same offsets), u and v into one flat array
+// (u at uv_off, v right after), the normalised weights and their gradient accumulators into
+// two more (at wsn_off, layer after layer). A table of ints, SN_COLS per layer:
+//   w_off outer H inner uv_off rows_off iterations wsn_off
+//   spectral_norm_power_multi_v1     a block per layer (block-striding): power_block, the
+//                                    fused power iteration and sigma of spectral_norm_power_v1
+//   spectral_norm_forward_multi_v1   every layer's W / sigma and zeroed accumulator, one grid
+//   spectral_norm_dot_multi_v1       a block per layer: gw[l] = <dW_sn, W> (as spectral_norm_dot_v1)
+//   spectral_norm_backward_multi_v1  every layer's dW += dW_sn / sigma - (gw / sigma^2) u v^T
+// Six launches a step for D's three layers where there were eighteen. An element finds its
+// layer by a scan of the (few) layers' wsn_off, in order.
+#define SN_COLS 8
+
+__device__ __forceinline__ int sn_layer_of(long long k, const int* table, int layers)
+{
+    int l = 0;
+    while (l + 1 < layers && k >= table[(l + 1) * SN_COLS + 7]) ++l;
+    return l;
+}
+
+extern "C" __global__ void spectral_norm_power_multi_v1(float* uv, float* uv_out, float* rows, float* sigma,
+                                                        const float* W, const int* table, int layers,
+                                                        int write_back, float eps)
+{
+    __shared__ float partials[32];
+    __shared__ float denom;
+    for (int l = blockIdx.x; l < layers; l += gridDim.x) {   // uniform in the block: barriers are safe
+        const int* t = table + l * SN_COLS;
+        const int H = t[2];
+        power_block(uv + t[4], uv + t[4] + H, uv_out + t[4], uv_out + t[4] + H, rows + t[5], sigma + l, W + t[0],
+                    t[1], H, t[3], t[6], write_back, eps, partials, &denom);
+        __syncthreads();
+    }
+}
+
+// w_sn, zero: (total,) the layers' normalised weights and accumulators, back to back
+extern "C" __global__ void spectral_norm_forward_multi_v1(float* w_sn, float* zero, const float* W, const float* sigma,
+                                                          const int* table, int layers, int total)
+{
+    for (int k = blockIdx.x * blockDim.x + threadIdx.x; k < total; k += gridDim.x * blockDim.x) {
+        const int l = sn_layer_of(k, table, layers);
+        const int* t = table + l * SN_COLS;
+        w_sn[k] = W[t[0] + (k - t[7])] / sigma[l];
+        zero[k] = 0.0f;
+    }
+}
+
+extern "C" __global__ void spectral_norm_dot_multi_v1(float* gw, const float* dw_sn, const float* W, const int* table,
+                                                      int layers)
+{
+    __shared__ float partials[32];
+    for (int l = blockIdx.x; l < layers; l += gridDim.x) {
+        const int* t = table + l * SN_COLS;
+        const int n = t[1] * t[2] * t[3];
+        float acc = 0.0f;
+        for (int k = threadIdx.x; k < n; k += blockDim.x) acc += dw_sn[t[7] + k] * W[t[0] + k];
+        acc = block_sum(acc, partials);
+        if (threadIdx.x == 0) gw[l] = acc;
+    }
+}
+
+// dW: the raw weights' flat gradient (W's layout), added into; u, v from uv_out
+extern "C" __global__ void spectral_norm_backward_multi_v1(float* dW, const float* dw_sn, const float* uv,
+                                                           const float* sigma, const float* gw, const int* table,
+                                                           int layers, int total)
+{
+    for (int k = blockIdx.x * blockDim.x + threadIdx.x; k < total; k += gridDim.x * blockDim.x) {
+        const int l = sn_layer_of(k, table, layers);
+        const int* t = table + l * SN_COLS;
+        const float s = sigma[l];
+        const float coef = gw[l] / (s * s);
+        const int local = k - t[7];
+        dW[t[0] + local] += weight_grad(dw_sn + t[7], uv + t[4], uv + t[4] + t[2], s, coef, local, t[2], t[3]);
+    }
 }

@@ -74,11 +74,11 @@ MUTANTS = [
     # (D's terms run as one batch when D is per-sample, else as three passes: both paths)
     Mutant("step-fake-target-one", "step", "D scores fakes against target 1", (
         (STEP, "loss_fake, dlogits = bce_with_logits(logits_fake, 0.0)", "loss_fake, dlogits = bce_with_logits(logits_fake, 1.0)"),
-        (STEP, "bce_with_logits(seg(logits, parts - 1), 0.0,", "bce_with_logits(seg(logits, parts - 1), 1.0,"))),
+        (STEP, "terms.append((0.0, 1.0))                # the fakes", "terms.append((1.0, 1.0))"))),
     Mutant("step-mismatch-weight-ignored", "step", "the mismatch term's gradient is not weighted", (
-        (STEP, "0.0, weight=mismatch, out=", "0.0, out="), (STEP, "0.0, weight=mismatch)", "0.0)"))),
+        (STEP, "terms.append((0.0, mismatch))", "terms.append((0.0, 1.0))"), (STEP, "0.0, weight=mismatch)", "0.0)"))),
     Mutant("step-mismatch-weight-squared", "step", "the mismatch term weighted by w^2", (
-        (STEP, "weight=mismatch, out=", "weight=mismatch * mismatch, out="),
+        (STEP, "terms.append((0.0, mismatch))", "terms.append((0.0, mismatch * mismatch))"),
         (STEP, "weight=mismatch)", "weight=mismatch * mismatch)"))),
     Mutant("step-mismatch-true-labels", "step", "some 'wrong' labels are the true ones (shift 0 allowed)", (
         ("cganraw/ops/philox.py", "shift = 1 + _below(stream_words_numpy(stream, labels.shape[0]), int(k) - 1)",
@@ -112,7 +112,8 @@ MUTANTS = [
     one("ema-no-warmup", "ema", "no warm-up ramp: the full decay from step 1", STEP,
         "return min(float(decay), (1 + step) / (10 + step))", "return float(decay)"),
     Mutant("ema-buffers-not-copied", "ema", "BatchNorm's running statistics not copied into the EMA", (
-        (STEP, "_launch.copy_into(pack[2].data, pack[1].data)", "_launch.copy_into(pack[2].data, pack[2].data)"),
+        (STEP, "copy=None if pack[1].empty else (pack[2].data, pack[1].data))",
+         "copy=None if pack[1].empty else (pack[2].data, pack[2].data))"),
         (STEP, "_launch.copy_into(b_ema, b)", "_launch.copy_into(b_ema, b_ema)"))),
     one("ema-step-off-by-one", "ema", "the trainer ramps the decay one step late", TRAIN,
         "ema_decay_at(self.step, self.cfg[\"ema_decay\"])", "ema_decay_at(self.step - 1, self.cfg[\"ema_decay\"])"),
@@ -134,6 +135,8 @@ MUTANTS = [
         "return (t - sigmoid_numpy(x)) * x.dtype.type(dloss / x.size)"),
     one("kernel-bce-grad-sign", "kernel-bce", "the BCE kernel's gradient with the wrong sign", KERNELS,
         "if (i < n) dx[i] = (stable_sigmoid(x[i]) - t[i]) * scale;", "if (i < n) dx[i] = (t[i] - stable_sigmoid(x[i])) * scale;"),
+    one("kernel-bce-segments-grad-sign", "kernel-bce", "the one-launch BCE kernel's gradient with the wrong sign",
+        KERNELS, "dx[base + i] = (stable_sigmoid(xi) - t) * scale;", "dx[base + i] = (t - stable_sigmoid(xi)) * scale;"),
     one("kernel-im2col-bound", "kernel-conv", "im2col reads one column past the right edge", KERNELS,
         "if (yy < 0 || yy >= H || xx < 0 || xx >= W) return -1;", "if (yy < 0 || yy >= H || xx < 0 || xx > W) return -1;"),
 ]

@@ -172,6 +172,48 @@ def _cases(xp_put, rng_seed=5):
                 *BI.bias_leaky_relu_backward_cuda(put(np.zeros((0, 4, 5, 5), np.float32)), cache0)]
     cases.append(("bias_leaky_relu", bias_leaky_relu))
 
+    def one_launch_reductions():
+        # the one-launch bias reductions (v5 on a channel slice, into .grad), their two-launch
+        # forms, and every loss term of a step in one BCE launch (into a given array too)
+        y, dy = f32(3, 4, 5, 7), put(f32(3, 4, 5, 5))
+        acc = put(np.ones(4, np.float32))
+        BI.bias_add_backward_cuda(put(y), version=3, out=acc)
+        BI.bias_add_backward_cuda(put(y), version=5, out=acc)
+        _, cache = BI.bias_leaky_relu_forward_cuda(put(f32(3, 4, 5, 5)), put(f32(4)), 0.2)
+        outs = [acc, BI.bias_add_backward_cuda(put(f32(3, 2, 6, 6))[:, 1:2]), BI.bias_add_backward_cuda(put(y), version=3),
+                *BI.bias_leaky_relu_backward_cuda(dy, cache, one_launch=False),
+                *BI.bias_leaky_relu_backward_to_channel_major_cuda(dy, cache, one_launch=False),
+                *BI.bias_leaky_relu_backward_to_channel_major_cuda(dy, cache)]
+        x = put(f32(9, 1))
+        losses, dx = BCE.bce_with_logits_segments_cuda(x, [0.9, 0.0, 0.0], [1.0, 2.0, 1.0])
+        into = put(np.zeros((9, 1), np.float32))
+        BCE.bce_with_logits_segments_cuda(x, [1.0], [0.5], out=into)
+        # a launch that fails (a float64 array for a float* argument) resets the block counter
+        _launch.grid_counter()[...] = 3
+        with pytest.raises(TypeError):
+            _launch.function("bias", "bias_add_backward_v5")((1,), (32,), (put(np.zeros(3, np.float64)),))
+        outs.append(_launch.grid_counter())
+        # BatchNorm + LeakyReLU updating its running statistics in its pass; the fused label
+        # path and InstanceNorm + LeakyReLU on an empty batch
+        BNo, EMB, INo = OPS["batchnorm"], OPS["embedding"], OPS["instancenorm"]
+        rm, rv = put(np.zeros(3, np.float32)), put(np.ones(3, np.float32))
+        yb = BNo.batchnorm_leaky_relu_forward_cuda(put(f32(4, 3, 2, 2)), put(np.ones(3, np.float32)),
+                                                   put(np.zeros(3, np.float32)), running=(rm, rv, 0.1))[0]
+        out0, cache0 = EMB.label_map_concat_forward_cuda(put(f32(0, 4)), put(np.zeros(0, np.int64)), put(f32(3, 2)),
+                                                         put(f32(5, 2)), put(f32(5)))
+        grads0 = EMB.label_map_concat_backward_cuda(put(np.zeros((0, 9), np.float32)), cache0)
+        _, in_cache0, _, _ = INo.instancenorm_leaky_relu_forward_cuda(put(f32(0, 3, 2, 2)), put(f32(3)), put(f32(3)))
+        in0 = INo.instancenorm_leaky_relu_backward_cuda(put(np.zeros((0, 3, 2, 2), np.float32)), in_cache0)
+        outs += [yb, rm, rv, out0, grads0[2], grads0[3], grads0[4], in0[1], in0[2]]
+        # G's average with its buffers' copy in the same launch
+        avg, dst = put(f32(11)), put(np.zeros(4, np.float32))
+        OPS["ema"].ema_update_cuda(avg, put(f32(11)), 0.9, copy=(dst, put(f32(4))))
+        outs += [avg, dst]
+        # the concatenation (the label paths no longer run one: fused) on its own
+        both = _launch.concatenate([put(f32(2, 3)), put(f32(2, 1))], axis=1)
+        return outs + [losses, dx, into, both]
+    cases.append(("one-launch reductions", one_launch_reductions))
+
     def dropout_stream():
         x = f32(5, 9)
         dy = f32(5, 9)

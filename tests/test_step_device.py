@@ -92,6 +92,23 @@ def test_one_launch_ema_equals_the_per_parameter_average():
             np.testing.assert_array_equal(a, r, err_msg=k)
 
 
+@pytest.mark.parametrize("g_norm", ["instance", "none"])
+def test_one_launch_ema_without_buffers(g_norm):
+    # instance norm keeps no running statistics: G has no floating buffer, and the average
+    # still packs (one launch a step), instead of re-packing and averaging per parameter
+    G = models.build("cgan-conv", 4, width=4, seed=1, g_norm=g_norm)[0]
+    avg, ref = (models.build("cgan-conv", 4, width=4, seed=2, g_norm=g_norm)[0] for _ in range(2))
+    opt = optim.Adam(G.parameters())            # packs G; kept alive, as the trainer keeps it
+    for _ in range(2):
+        step.update_ema(avg, G, 0.9)
+        for p_ref, p in zip(ref.parameters(), G.parameters()):
+            p_ref.data -= np.float32(1 - 0.9) * (p_ref.data - p.data)
+    pack = step._ema_pack(avg, G)
+    assert pack is not None and pack[1].empty and pack is step._ema_pack(avg, G) and opt.flat.intact()
+    for (k, a), (_, r) in zip(avg.state_dict().items(), ref.state_dict().items()):
+        np.testing.assert_array_equal(a, r, err_msg=k)
+
+
 def _grads_after_d_step(batched, monkeypatch):
     G, D = models.build("cgan-conv", 5, width=4, seed=3, batchnorm=True)
     for m in models.dropout_layers(D):

@@ -7,6 +7,8 @@ negative_slope >= 0 runs the pair through a fused op (`Sequential(..., fuse=Fals
 
     pattern                                      ops (forward / backward)
     BatchNorm1d/2d + LeakyReLU                   batchnorm_leaky_relu_forward / _backward
+    InstanceNorm2d + LeakyReLU                   instancenorm_leaky_relu_forward / _backward
+      (affine, input statistics; kernel backends only: one launch each way)
     Linear + LeakyReLU                           gemm + bias_leaky_relu_forward /
     Conv2d + LeakyReLU                           bias_leaky_relu_backward + the layer's
     ConvTranspose2d + LeakyReLU                  GEMMs (the bias and the activation in one
@@ -25,13 +27,17 @@ calling their backward directly is the usual "backward without a forward" error)
 """
 from __future__ import annotations
 
+import numpy as np
+
+from cganraw import backend
 from cganraw.nn._check import accumulates_in_place, check_float_input, check_same_shape
 from cganraw.nn.activation import LeakyReLU
 from cganraw.nn.batchnorm import _BatchNorm
 from cganraw.nn.conv import Conv2d, ConvTranspose2d
+from cganraw.nn.instancenorm import InstanceNorm2d
 from cganraw.nn.linear import Linear
 from cganraw.nn.utils import only_spectral_norm_wraps, spectral_norm_hooks
-from cganraw.ops.batchnorm import batchnorm_leaky_relu_backward, batchnorm_leaky_relu_forward, batchnorm_running_update
+from cganraw.ops.batchnorm import batchnorm_leaky_relu_backward, batchnorm_leaky_relu_forward
 from cganraw.ops.bias import bias_leaky_relu_backward, bias_leaky_relu_forward
 from cganraw.ops.conv import (
     conv_output_size,
@@ -39,6 +45,7 @@ from cganraw.ops.conv import (
     conv_transpose2d_forward,
 )
 from cganraw.ops.conv_leaky import conv2d_bias_leaky_relu_backward, conv2d_bias_leaky_relu_forward
+from cganraw.ops.instancenorm import instancenorm_leaky_relu_backward, instancenorm_leaky_relu_forward
 from cganraw.ops.linear import linear_backward, linear_forward
 
 
@@ -57,6 +64,11 @@ def fusible(layer, act):
         return False
     if isinstance(layer, _BatchNorm):
         return True
+    if type(layer) is InstanceNorm2d:
+        # with its own statistics always (no running ones), affine, float32, on a GPU (the
+        # numpy backend keeps the two layers: its numbers stay those of every earlier run)
+        return (_plain(layer) and layer.affine and not layer.track_running_stats and backend.uses_kernels()
+                and layer.weight.dtype == np.float32)
     return type(layer) in (Linear, Conv2d, ConvTranspose2d) and layer.bias is not None
 
 
@@ -81,6 +93,13 @@ def forward(layer, act, x):
     slope = act.negative_slope
     if isinstance(layer, _BatchNorm):
         return _batchnorm_forward(layer, x, slope)
+    if type(layer) is InstanceNorm2d:
+        check_float_input(layer, x, 4, channels=layer.num_features, dtype=layer.weight.dtype)
+        if x.shape[2] * x.shape[3] <= 1:
+            raise ValueError(f"InstanceNorm2d: expected more than 1 spatial element when using the input's "
+                             f"statistics, got input of shape {tuple(x.shape)}")
+        y, cache, _, _ = instancenorm_leaky_relu_forward(x, layer.weight.data, layer.bias.data, layer.eps, slope)
+        return y, ("instance", cache, y.shape)
     hooks = spectral_norm_hooks(layer)
     sn_caches = hooks.prepare() if hooks is not None else None
     y, cache = _gemm_forward(layer, x, slope)
@@ -118,6 +137,15 @@ def backward(layer, act, dy, cache):
     """dy (gradient of the activated output) -> dx; accumulates the layer's gradients."""
     if isinstance(layer, _BatchNorm):
         return _batchnorm_backward(layer, dy, cache)
+    if type(layer) is InstanceNorm2d:
+        _, in_cache, shape = cache
+        check_same_shape(layer, dy, shape)
+        into = accumulates_in_place(layer.weight, dy) and accumulates_in_place(layer.bias, dy)
+        dx, dgamma, dbeta = instancenorm_leaky_relu_backward(dy, in_cache, out=(layer.weight.grad, layer.bias.grad)
+                                                             if into else None)
+        layer.weight.accumulate(dgamma)
+        layer.bias.accumulate(dbeta)
+        return dx
     layer_cache, act_cache, shape, sn_caches = cache
     check_same_shape(layer, dy, shape)
     need_dW = layer.weight.requires_grad
@@ -145,9 +173,10 @@ def _batchnorm_forward(layer, x, slope):
         if x.size // layer.num_features < 2:
             raise ValueError(f"{type(layer).__name__}: training needs more than one value per channel, "
                              f"got input of shape {tuple(x.shape)}")
+        # the running statistics updated by the op (on the kernel backends in its last pass)
         y, cache, mean, var_unbiased = batchnorm_leaky_relu_forward(
-            x, layer.weight.data, layer.bias.data, eps=layer.eps, negative_slope=slope)
-        batchnorm_running_update(layer.running_mean, layer.running_var, mean, var_unbiased, layer.momentum)
+            x, layer.weight.data, layer.bias.data, eps=layer.eps, negative_slope=slope,
+            running=(layer.running_mean, layer.running_var, layer.momentum))
         layer.num_batches_tracked += 1
     else:
         y, cache, _, _ = batchnorm_leaky_relu_forward(x, layer.weight.data, layer.bias.data, layer.running_mean,

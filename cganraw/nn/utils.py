@@ -89,21 +89,30 @@ class _SpectralNormHooks:
         self.module = module
         self.norms = OrderedDict()
         self.caches = None
+        self.prepared = None        # caches a SpectralNormGroup computed for the next forward
 
     def prepare(self):
         """Before the layer's own forward: the normalised weights (and the power iteration in
-        training mode). Returns their caches (None when the module keeps no caches)."""
+        training mode), unless a SpectralNormGroup computed them already. Returns their
+        caches (None when the module keeps no caches)."""
         m = self.module
-        caches = [fn.compute(m, power_iteration=m.training) for fn in self.norms.values()]
+        if self.prepared is not None:
+            caches, self.prepared = self.prepared, None
+        else:
+            caches = [fn.compute(m, power_iteration=m.training) for fn in self.norms.values()]
         return caches if m._caching else None
 
     def finish(self, caches):
-        """After the layer's own backward: the raw weights' gradients from the normalised ones."""
+        """After the layer's own backward: the raw weights' gradients from the normalised ones
+        (for a group's layer: once every layer of the group is back, all at once)."""
         m = self.module
         if caches is None:
             raise RuntimeError(f"{type(m).__name__}.backward: the spectral norm has no forward cache")
         for fn, cache in zip(self.norms.values(), caches):
-            fn.backward(m, cache)
+            if isinstance(cache, _GroupCache):
+                cache.group.arrived(cache)
+            else:
+                fn.backward(m, cache)
 
     def forward(self, *args, **kwargs):
         m = self.module
@@ -116,6 +125,159 @@ class _SpectralNormHooks:
         dx = type(m).backward(m, dy)        # raises first when there was no forward
         self.finish(caches)
         return dx
+
+
+class _GroupCache:
+    """A layer's forward cache when its SpectralNormGroup normalised it: `single`, the cache
+    the single-layer backward takes (views into the group's arrays)."""
+
+    __slots__ = ("group", "index", "single", "round")
+
+    def __init__(self, group, index, single, round_):
+        self.group, self.index, self.single, self.round = group, index, single, round_
+
+
+class SpectralNormGroup:
+    """Every spectrally normalised weight under `root`, normalised together on the kernel
+    backends: two launches before root's forward (every power iteration, a block per layer,
+    then every W / sigma; ops.spectral_norm.spectral_norm_multi_forward) and two once the
+    backward has passed every layer (spectral_norm_multi_backward), where each layer took two
+    of each. Arithmetic and semantics are the single-layer ones (the same kernels' bodies).
+
+    The raw weights must be packed by root's optimiser (optim.flat_of(root.parameters())):
+    their values and gradients are then views into two flat arrays at known offsets. The group
+    packs u and v of every layer into one array of its own (the buffers become views: the state
+    dict is unchanged) and holds the normalised weights and their gradient accumulators in two
+    more. Made by spectral_norm_group(root), which remakes it when anything moved."""
+
+    def __init__(self, root, flat):
+        from cganraw.ops.spectral_norm import multi_table
+        self.root, self.flat = root, flat
+        self.items = [(m, h, fn) for _, m in root.named_modules() for h in (spectral_norm_hooks(m),)
+                      if h is not None for fn in h.norms.values()]
+        index = {id(p): i for i, p in enumerate(flat.params)}
+        self.origs = [m._parameters[fn.name + "_orig"] for m, _, fn in self.items]
+        layout, uv_total = [], 0
+        for (m, _, fn), orig in zip(self.items, self.origs):
+            u, v = m._buffers[fn.name + "_u"], m._buffers[fn.name + "_v"]
+            layout.append((flat.layout[index[id(orig)]][0], tuple(orig.shape), fn.dim, uv_total, fn.n_power_iterations))
+            uv_total += u.size + v.size
+        tables = {}
+        for training in (False, True):
+            rows = [(o, sh, d, uv, it if training else 0) for o, sh, d, uv, it in layout]
+            table, self.rows_total, wsn_total = multi_table(rows)
+            tables[training] = (table, backend.to_device(table))
+        self.tables = tables
+        dtype = flat.data.dtype
+        self.uv = _launch.zeros((uv_total,), dtype)
+        self.w_sn = _launch.zeros((wsn_total,), dtype)
+        self.zero = _launch.zeros((wsn_total,), dtype)
+        self.views = []
+        for (m, _, fn), orig, row in zip(self.items, self.origs, tables[True][0]):
+            h, cols, uv_off, wsn_off = int(row[2]), int(row[1]) * int(row[3]), int(row[4]), int(row[7])
+            u_view, v_view = self.uv[uv_off:uv_off + h], self.uv[uv_off + h:uv_off + h + cols]
+            _launch.copy_into(u_view, m._buffers[fn.name + "_u"])
+            _launch.copy_into(v_view, m._buffers[fn.name + "_v"])
+            m.register_buffer(fn.name + "_u", u_view)
+            m.register_buffer(fn.name + "_v", v_view)
+            used = m.__dict__[fn.name]
+            used.data = self.w_sn[wsn_off:wsn_off + orig.data.size].reshape(orig.shape)
+            used.grad = self.zero[wsn_off:wsn_off + orig.data.size].reshape(orig.shape)
+            self.views.append((u_view, v_view, used.data, used.grad))
+        self.eps = {fn.eps for _, _, fn in self.items}
+        self.round, self.back, self.state = 0, set(), None
+
+    def intact(self, root):
+        """Whether the group still describes root: the same layers, packing and views."""
+        from cganraw import optim
+        items = [(m, fn) for _, m in root.named_modules() for h in (spectral_norm_hooks(m),) if h is not None
+                 for fn in h.norms.values()]
+        return (root is self.root and [(m, fn) for m, _, fn in self.items] == items and self.flat.intact()
+                and optim.flat_of(root.parameters()) is self.flat
+                and all(m._parameters.get(fn.name + "_orig") is o for (m, _, fn), o in zip(self.items, self.origs))
+                and all(m._buffers[fn.name + "_u"] is u and m._buffers[fn.name + "_v"] is v
+                        and m.__dict__[fn.name].data is w and m.__dict__[fn.name].grad is g
+                        for (m, _, fn), (u, v, w, g) in zip(self.items, self.views)))
+
+    def prepare(self):
+        """Every layer's W / sigma for the next forward (the power iteration for the layers in
+        training mode): each layer's forward then takes it instead of computing its own."""
+        from cganraw.ops.spectral_norm import spectral_norm_multi_forward_cuda
+        training = {m.training for m, _, _ in self.items}
+        if len(training) != 1 or len(self.eps) != 1:
+            return False
+        table, table_dev = self.tables[training.pop()]
+        uv_out, sigma = spectral_norm_multi_forward_cuda(table_dev, self.flat.data, self.uv, self.w_sn, self.zero,
+                                                         next(iter(self.eps)), True, self.rows_total)
+        self.round += 1
+        self.back = set()
+        self.state = (uv_out, sigma, table_dev)
+        per_module = OrderedDict()
+        for i, ((m, h, fn), orig, row) in enumerate(zip(self.items, self.origs, table)):
+            h_, cols, uv_off = int(row[2]), int(row[1]) * int(row[3]), int(row[4])
+            single = (orig.data, uv_out[uv_off:uv_off + h_], uv_out[uv_off + h_:uv_off + h_ + cols],
+                      sigma[i:i + 1], fn.dim)
+            m.__dict__[fn.name].requires_grad = orig.requires_grad
+            per_module.setdefault(id(h), (h, []))[1].append(_GroupCache(self, i, single, self.round))
+        for h, caches in per_module.values():
+            h.prepared = caches
+        return True
+
+    def arrived(self, cache):
+        """A layer's backward is done: once every layer's is (of this forward), the raw
+        weights' gradients of all of them in two launches."""
+        if cache.round != self.round or cache.index in self.back:
+            self._single(cache)            # a stale or repeated backward: on its own
+            return
+        self.back.add(cache.index)
+        if len(self.back) < len(self.items):
+            return
+        from cganraw.ops.spectral_norm import spectral_norm_multi_backward_cuda
+        train = [o.requires_grad for o in self.origs]
+        if all(train):
+            uv_out, sigma, table_dev = self.state
+            spectral_norm_multi_backward_cuda(table_dev, self.flat.grad, self.zero, self.flat.data, uv_out, sigma)
+        elif any(train):
+            for i in range(len(self.items)):
+                m, _, fn = self.items[i]
+                fn.backward(m, self.state_single(i))
+
+    def state_single(self, i):
+        m, _, fn = self.items[i]
+        uv_out, sigma, _ = self.state
+        row = self.tables[True][0][i]
+        h_, cols, uv_off = int(row[2]), int(row[1]) * int(row[3]), int(row[4])
+        return (self.origs[i].data, uv_out[uv_off:uv_off + h_], uv_out[uv_off + h_:uv_off + h_ + cols],
+                sigma[i:i + 1], fn.dim)
+
+    def _single(self, cache):
+        m, _, fn = self.items[cache.index]
+        fn.backward(m, cache.single)
+
+
+def spectral_norm_group(root):
+    """root's SpectralNormGroup (made once, remade when its layers or packing changed), or
+    None where the layers run on their own: on NumPy, without spectral norm, with a layer
+    wrapped by anything else, or with the raw weights not packed by an optimiser."""
+    from cganraw import optim
+    if not backend.uses_kernels():
+        return None
+    group = root.__dict__.get("_spectral_norm_group")
+    if group is not None and group.intact(root):
+        return group
+    hooks = [(m, h) for _, m in root.named_modules() for h in (spectral_norm_hooks(m),) if h is not None]
+    flat = optim.flat_of(root.parameters())
+    if not hooks or flat is None or flat.data.dtype != np.float32 or flat.grad is None:
+        object.__setattr__(root, "_spectral_norm_group", None)
+        return None
+    packed = {id(p) for p in flat.params}
+    if not all(only_spectral_norm_wraps(m) and all(id(m._parameters[fn.name + "_orig"]) in packed
+                                                   for fn in h.norms.values()) for m, h in hooks):
+        object.__setattr__(root, "_spectral_norm_group", None)
+        return None
+    group = SpectralNormGroup(root, flat)
+    object.__setattr__(root, "_spectral_norm_group", group)
+    return group
 
 
 def _default_dim(module):

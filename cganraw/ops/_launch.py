@@ -37,6 +37,7 @@ NVRTC_STD = "-std=c++17"
 
 _modules: dict = {}
 _functions: dict = {}
+_counters: dict = {}       # backend -> the block counter of the one-launch reductions (grid_counter)
 
 
 def kernel_dir() -> Path:
@@ -115,7 +116,13 @@ class Kernel:
     def __call__(self, grid, block, args, **kwargs):
         if devicelog._active is not None:
             devicelog.kernel(self.name, grid, block, args)
-        return self.raw(grid, block, args, **kwargs)
+        try:
+            return self.raw(grid, block, args, **kwargs)
+        except Exception:
+            # a launch that failed part-way (the emulator raises per kernel) may leave a
+            # one-launch reduction's block counter counted up: start the next one from 0
+            _counters.clear()
+            raise
 
     def __getattr__(self, attr):
         return getattr(self.raw, attr)
@@ -223,6 +230,44 @@ def zeros(shape, dtype=np.float32):
     out = _workspace.zeros(shape, dtype) if xp is np else xp.zeros(shape, dtype=dtype)
     devicelog.memset(out.nbytes)
     return out
+
+
+
+
+def grid_counter():
+    """The zeroed uint32 (1,) that one-launch reductions count their finished blocks on
+    (channels.cuh ch_finish); the last block sets it back to 0. One per backend: the
+    launches of a stream run one after another, so they can share it. Made (a memset) once."""
+    key = backend.current()
+    c = _counters.get(key)
+    if c is None or backend.array_module(c) is not backend.get_xp():
+        c = _counters[key] = zeros((1,), np.uint32)
+    return c
+
+
+def rows_strided(a, op, name):
+    """(span, ld) for an (N, ...) array whose rows (axis 0) are each contiguous and evenly
+    spaced, as a C-contiguous array or a channel slice of one is: a kernel reads element
+    (n, r) at span[n * ld + r]. Any other layout is made contiguous first (a copy)."""
+    a = arg(a, np.float32, f"{op}: {name}") if a.dtype != np.float32 or backend.array_module(a) \
+        is not backend.get_xp() else a
+    if a.flags.c_contiguous or a.ndim < 2 or a.size == 0:
+        c = contiguous(a)
+        return c, int(c.size // max(c.shape[0], 1)) if c.ndim else 1
+    it, row = a.itemsize, a.size // a.shape[0]
+    expect = it
+    for k in range(a.ndim - 1, 0, -1):          # axes 1.. C-contiguous among themselves
+        if a.shape[k] != 1 and a.strides[k] != expect:
+            c = contiguous(a)
+            return c, row
+        expect *= a.shape[k]
+    xp = backend.array_module(a)
+    view = xp.lib.stride_tricks.as_strided(a, shape=(a.shape[0], row), strides=(a.strides[0], it))
+    got = row_strided(view, name)
+    if got is None:
+        c = contiguous(a)
+        return c, row
+    return got
 
 
 def fill_zero(a):

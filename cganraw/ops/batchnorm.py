@@ -207,7 +207,7 @@ def batchnorm_backward_cuda(dy, cache, version=None, splits=None):
     return dx, dgamma, dbeta
 
 
-def _forward_v3(op, x, gamma, beta, mean, var, eps, negative_slope, splits):
+def _forward_v3(op, x, gamma, beta, mean, var, eps, negative_slope, splits, running=None):
     """batchnorm_forward_stats_v3 (training) and batchnorm_forward_v3, or with a slope
     batchnorm_leaky_relu_forward_v1. Returns y, the fused cache (xhat, invstd, gamma, beta,
     training, slope), the mean and the unbiased variance (training) or None."""
@@ -245,6 +245,11 @@ def _forward_v3(op, x, gamma, beta, mean, var, eps, negative_slope, splits):
                 _launch.f32(count / max(count - 1, 1)))
         if negative_slope is None:
             _launch.function("batchnorm", "batchnorm_forward_v3")(grid, block, head + (i32(int(training)),) + shape)
+        elif training and running is not None:
+            rm, rv, momentum = running
+            _launch.function("batchnorm", "batchnorm_leaky_relu_forward_v2")(
+                grid, block, head + (_launch.f32(negative_slope), rm, rv, _launch.f32(1 - momentum),
+                                     _launch.f32(momentum)) + shape)
         else:
             _launch.function("batchnorm", "batchnorm_leaky_relu_forward_v1")(
                 grid, block, head + (_launch.f32(negative_slope), i32(int(training))) + shape)
@@ -310,10 +315,20 @@ def _backward_v3(op, dy, cache, splits, out=None):
 
 
 def batchnorm_leaky_relu_forward_cuda(x, gamma, beta, mean=None, var=None, eps=1e-5, negative_slope=0.2,
-                                      splits=None):
+                                      splits=None, running=None):
     """As batchnorm_leaky_relu_forward_numpy, through batchnorm_forward_stats_v3 (training)
-    and batchnorm_leaky_relu_forward_v1."""
-    return _forward_v3("batchnorm_leaky_relu_forward", x, gamma, beta, mean, var, eps, float(negative_slope), splits)
+    and batchnorm_leaky_relu_forward_v1. running = (running_mean, running_var, momentum), in
+    training: the running statistics updated in the same pass (batchnorm_leaky_relu_forward_v2),
+    as batchnorm_running_update would after it (the same bits)."""
+    op = "batchnorm_leaky_relu_forward"
+    if running is not None:
+        rm, rv, momentum = running
+        c = _launch.split_channels(x, op, "x")[1]
+        for name, a in (("running_mean", rm), ("running_var", rv)):
+            if backend.array_module(a) is not backend.get_xp() or a.dtype != np.float32 or \
+                    not a.flags.c_contiguous or tuple(a.shape) != (c,):
+                raise ValueError(f"{op}: {name} is updated in place: a contiguous float32 ({c},) array")
+    return _forward_v3(op, x, gamma, beta, mean, var, eps, float(negative_slope), splits, running)
 
 
 def batchnorm_leaky_relu_backward_cuda(dy, cache, splits=None, out=None):
@@ -364,11 +379,23 @@ def batchnorm_running_update(running_mean, running_var, mean, var_unbiased, mome
     batchnorm_running_update_numpy(running_mean, running_var, mean, var_unbiased, momentum)
 
 
-def batchnorm_leaky_relu_forward(x, gamma, beta, mean=None, var=None, eps=1e-5, negative_slope=0.2):
-    """leaky_relu(batchnorm(x)): y, cache, batch mean, batch unbiased variance (None in eval)."""
+def batchnorm_leaky_relu_forward(x, gamma, beta, mean=None, var=None, eps=1e-5, negative_slope=0.2, running=None):
+    """leaky_relu(batchnorm(x)): y, cache, batch mean, batch unbiased variance (None in eval).
+    running = (running_mean, running_var, momentum) in training: they are updated too, as
+    batchnorm_running_update does (on the kernel backends in the same launch)."""
     if backend.uses_kernels():
-        return batchnorm_leaky_relu_forward_cuda(x, gamma, beta, mean, var, eps, negative_slope)
-    return batchnorm_leaky_relu_forward_numpy(x, gamma, beta, mean, var, eps, negative_slope)
+        fits = running is not None and mean is None and all(
+            backend.array_module(a) is backend.get_xp() and a.dtype == np.float32 and a.flags.c_contiguous
+            for a in running[:2])
+        out = batchnorm_leaky_relu_forward_cuda(x, gamma, beta, mean, var, eps, negative_slope,
+                                                running=running if fits else None)
+        if running is not None and mean is None and not fits:
+            batchnorm_running_update(running[0], running[1], out[2], out[3], running[2])
+        return out
+    out = batchnorm_leaky_relu_forward_numpy(x, gamma, beta, mean, var, eps, negative_slope)
+    if running is not None and mean is None:
+        batchnorm_running_update(running[0], running[1], out[2], out[3], running[2])
+    return out
 
 
 def batchnorm_leaky_relu_backward(dy, cache, out=None):

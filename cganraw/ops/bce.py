@@ -7,6 +7,10 @@ Faces of the op `bce_with_logits` (kernels in kernels/bce.cu):
     bce_with_logits_forward    _numpy, _cuda: bce_with_logits_forward_v1, or
                                bce_with_logits_forward_v2 + bce_with_logits_forward_reduce_v2
     bce_with_logits_backward   _numpy, _cuda: bce_with_logits_backward_v1/v2
+    bce_with_logits_segments   _numpy, _cuda: bce_with_logits_segments_v1: the loss and the
+                               gradient of several terms at once, each a segment of equal
+                               length of one logits array with a constant target and a
+                               gradient weight (D's [real | wrong | fake] batch): one launch
 """
 from __future__ import annotations
 
@@ -86,6 +90,70 @@ def bce_with_logits_backward_cuda(dloss, cache, version=None, out=None):
     return dx
 
 
+def bce_with_logits_segments_numpy(logits, targets, weights, out=None):
+    """logits (parts * n, ...) as `parts` = len(targets) segments of equal length along axis 0;
+    segment s against the constant target targets[s], its gradient scaled by weights[s].
+    -> (losses (parts,), dlogits of the logits' shape, written into `out` when given):
+    per segment exactly bce_with_logits_forward_numpy and bce_with_logits_backward_numpy."""
+    xp = backend.array_module(logits)
+    parts = _check_segments(logits, targets, weights, "bce_with_logits_segments")
+    n = logits.shape[0] // parts
+    dx = out if out is not None else xp.empty_like(logits)
+    losses = xp.empty((parts,), logits.dtype)
+    for s, (t, w) in enumerate(zip(targets, weights)):
+        x = logits[s * n:(s + 1) * n]
+        loss, cache = bce_with_logits_forward_numpy(x, xp.full(x.shape, t, dtype=x.dtype))
+        losses[s] = loss
+        dx[s * n:(s + 1) * n] = bce_with_logits_backward_numpy(float(w), cache)
+    return losses, dx
+
+
+def _check_segments(logits, targets, weights, op):
+    parts = len(targets)
+    if parts < 1 or len(weights) != parts:
+        raise ValueError(f"{op}: need one weight per target and at least one segment, got {len(targets)} targets "
+                         f"and {len(weights)} weights")
+    if logits.ndim < 1 or logits.shape[0] % parts or logits.size == 0:
+        raise ValueError(f"{op}: logits of shape {tuple(logits.shape)} do not split into {parts} equal, non-empty "
+                         "segments along axis 0")
+    return parts
+
+
+SEGMENT_BLOCK = 256      # threads of each segment's block
+_params: dict = {}       # (backend, targets, weights) -> the device array of both, uploaded once
+
+
+def _segment_params(targets, weights):
+    key = (backend.current(), tuple(float(t) for t in targets), tuple(float(w) for w in weights))
+    p = _params.get(key)
+    if p is None:
+        if len(_params) > 64:
+            _params.clear()
+        p = _params[key] = backend.to_device(np.array(key[1] + key[2], dtype=np.float32))
+    return p
+
+
+def bce_with_logits_segments_cuda(logits, targets, weights, out=None, version=None):
+    """As bce_with_logits_segments_numpy, in one launch (a block per segment); losses is a
+    (parts,) device array. The targets and weights go up once per distinct set and stay."""
+    op = "bce_with_logits_segments"
+    _launch.pick_version(op, version, 1, (1,))
+    xc = _launch.arg(logits, np.float32, f"{op}: logits")
+    parts = _check_segments(xc, targets, weights, op)
+    if out is None:
+        dx = _launch.empty(xc.shape)
+    else:
+        dx = _launch.arg(out, np.float32, f"{op}: out")
+        if dx is not out or tuple(dx.shape) != tuple(xc.shape):
+            raise ValueError(f"{op}: out must be a contiguous array of shape {tuple(xc.shape)}")
+    n = _launch.element_count(xc.size // parts, op)
+    _launch.element_count(xc.size, op)
+    losses = _launch.empty((parts,))
+    _launch.function("bce", "bce_with_logits_segments_v1")(
+        (parts,), (SEGMENT_BLOCK,), (losses, dx, xc, _segment_params(targets, weights), n, _launch.i32(parts)))
+    return losses, dx
+
+
 # ---------------------------------------------------------------- public ops: dispatch
 
 def bce_with_logits_forward(logits, targets):
@@ -104,3 +172,10 @@ def bce_with_logits_backward(dloss, cache, out=None):
         return dx
     out[...] = dx
     return out
+
+
+def bce_with_logits_segments(logits, targets, weights, out=None):
+    """(losses (parts,), dlogits): every segment's mean loss and weighted gradient at once."""
+    if backend.uses_kernels():
+        return bce_with_logits_segments_cuda(logits, targets, weights, out=out)
+    return bce_with_logits_segments_numpy(logits, targets, weights, out=out)

@@ -3,10 +3,12 @@ the layers Linear, Conv2d and ConvTranspose2d (cganraw.nn.linear, cganraw.nn.con
 
     bias_add_forward    y += b along axis 1, in place    _numpy, _cuda: bias_add_forward_v1/v2
     bias_add_backward   db = dy summed over all but C     _numpy, _cuda: bias_add_backward_v1/v2,
-                                                          _partial_v3 + _reduce_v3 (the default)
+                                                          _partial_v3 + _reduce_v3, _v5 (the
+                                                          default: both passes in one launch)
     bias_leaky_relu_forward    y = leaky_relu(y + b), in place      _numpy, _cuda: bias_leaky_relu_forward_v1
     bias_leaky_relu_backward   dpre = leaky_relu'(y) dy, db = sum dpre   _numpy, _cuda:
-                               bias_leaky_relu_backward_partial_v1 + bias_add_backward_reduce_v3
+                               bias_leaky_relu_backward_v3 (one launch), or _partial_v1 +
+                               bias_add_backward_reduce_v3
 Kernels in kernels/bias.cu. The fused pair is what a Linear/Conv2d/ConvTranspose2d followed by
 LeakyReLU runs inside nn.Sequential (cganraw.nn.fused); its reference is exactly the unfused
 bias_add + leaky_relu arithmetic, so the numpy backend gives the same bits either way.
@@ -209,7 +211,7 @@ def bias_add_forward_cuda(y, b, version=None):
     return y
 
 
-BACKWARD_VERSIONS = (1, 2, 3)
+BACKWARD_VERSIONS = (1, 2, 3, 5)
 
 
 def _check_out(out, c, op):
@@ -233,23 +235,37 @@ def _reduce_partials(partials, c, splits, out=None):
 
 
 def bias_add_backward_cuda(dy, version=None, splits=None, out=None):
-    """As bias_add_backward_numpy. version None is 3: a (channels x splits) grid of partial
-    sums (float4 loads where aligned) and an ordered reduction of the splits, for any
-    shape; 2 a block per channel, 1 a thread per channel. splits forces v3's split count.
-    out: db is added into it (the bias's .grad; v3 in its reduction, else one add) and
-    None returned."""
+    """As bias_add_backward_numpy. version None is 5: v3's (channels x splits) grid of
+    partial sums (float4 loads where aligned) whose last block to finish adds the splits
+    up in order, one launch, reading a row-strided dy (a channel slice) in place; 3 the
+    same in two launches (partials, then bias_add_backward_reduce_v3/v4); 2 a block per
+    channel, 1 a thread per channel. splits forces v3/v5's split count. out: db is added
+    into it (the bias's .grad; v3 and v5 in their reduction, else one add) and None returned."""
     op = "bias_add_backward"
     n, c, hw = _launch.split_channels(dy, op, "dy")
-    dyc = _launch.arg(dy, np.float32, f"{op}: dy")
+    version = _launch.pick_version(op, version, 5, BACKWARD_VERSIONS)
+    if version == 5:
+        if dy.dtype != np.float32:
+            raise TypeError(f"{op}: dy: kernels take float32, got {dy.dtype}")
+        dyc, ld = _launch.rows_strided(dy, op, "dy")
+    else:
+        dyc = _launch.arg(dy, np.float32, f"{op}: dy")
     _launch.element_count(dyc.size, op)
     _check_out(out, c, op)
-    version = _launch.pick_version(op, version, 3, BACKWARD_VERSIONS)
     if c == 0 or (n * hw == 0 and out is not None):
         return None if out is not None else _launch.empty((c,))
     db = _launch.empty((c,))
     if n * hw == 0:
         db.fill(0)
         return db
+    if version == 5:
+        grid, block, s = _launch.channel_split_launch(n, c, hw, splits)
+        partials = _launch.empty((s, c))
+        _launch.function("bias", "bias_add_backward_v5")(
+            grid, block, (out if out is not None else db, partials, _launch.grid_counter(), dyc, _launch.i32(n),
+                          _launch.i32(c), _launch.i32(hw), _launch.i32(ld), _launch.i32(s),
+                          _launch.i32(out is not None)))
+        return None if out is not None else db
     args = (db, dyc, _launch.i32(n), _launch.i32(c), _launch.i32(hw))
     if version == 3:
         grid, block, s = _launch.channel_split_launch(n, c, hw, splits)
@@ -289,16 +305,20 @@ def bias_leaky_relu_forward_cuda(y, b, negative_slope, splits=None):
     return y, (y, negative_slope)
 
 
-def bias_leaky_relu_backward_cuda(dy, cache, need_db=True, splits=None, out=None):
+def bias_leaky_relu_backward_cuda(dy, cache, need_db=True, splits=None, out=None, one_launch=True):
     """As bias_leaky_relu_backward_numpy: one pass writes dpre and the partial sums of db,
-    bias_add_backward_reduce_v3 adds them up (skipped when not need_db; with `out`,
-    bias_add_backward_reduce_v4 adds them into it and db comes back None)."""
-    return _bias_leaky_relu_backward_launch(dy, cache, need_db, splits, out, channel_major=False)
+    and its last block adds them up (bias_leaky_relu_backward_v3; with `out`, into it, and db
+    comes back None). one_launch=False: partial_v1, then bias_add_backward_reduce_v3 (skipped
+    when not need_db) or reduce_v4 into `out`."""
+    return _bias_leaky_relu_backward_launch(dy, cache, need_db, splits, out, channel_major=False,
+                                            one_launch=one_launch)
 
 
-def _bias_leaky_relu_backward_launch(dy, cache, need_db, splits, out, channel_major):
-    """dpre (N, C, H, W) (bias_leaky_relu_backward_partial_v1), or channel-major (C, N*H*W)
-    (partial_v2), and db from the per-split partial sums."""
+def _bias_leaky_relu_backward_launch(dy, cache, need_db, splits, out, channel_major, one_launch=True):
+    """dpre (N, C, H, W) (bias_leaky_relu_backward_v3, or partial_v1 and a reduction), or
+    channel-major (C, N*H*W) (v4, or partial_v2 and a reduction), and db from the per-split
+    partial sums: by the grid's last block in the same launch (one_launch), else by
+    bias_add_backward_reduce_v3/v4."""
     op = "bias_leaky_relu_backward"
     y, negative_slope = cache
     n, c, hw = _launch.split_channels(dy, op, "dy")
@@ -313,6 +333,13 @@ def _bias_leaky_relu_backward_launch(dy, cache, need_db, splits, out, channel_ma
         return dpre, (_launch.zeros((c,)) if need_db and out is None else None)
     grid, block, s = _launch.channel_split_launch(n, c, hw, splits)
     partials = _launch.empty((s, c))
+    if one_launch:
+        into = need_db and out is not None          # without need_db, db is scratch, `out` untouched
+        db = out if into else _launch.empty((c,))
+        _launch.function("bias", f"bias_leaky_relu_backward_v{4 if channel_major else 3}")(
+            grid, block, (dpre, db, partials, _launch.grid_counter(), dyc, yc, _launch.f32(negative_slope),
+                          _launch.i32(n), _launch.i32(c), _launch.i32(hw), _launch.i32(s), _launch.i32(into)))
+        return dpre, (db if need_db and not into else None)
     _launch.function("bias", f"bias_leaky_relu_backward_partial_v{2 if channel_major else 1}")(
         grid, block, (dpre, partials, dyc, yc, _launch.f32(negative_slope), _launch.i32(n), _launch.i32(c),
                       _launch.i32(hw), _launch.i32(s)))
@@ -342,11 +369,14 @@ def bias_leaky_relu_forward_from_channel_major_cuda(y_cm, n, h, w, b, negative_s
     return y, (y, negative_slope)
 
 
-def bias_leaky_relu_backward_to_channel_major_cuda(dy, cache, need_db=True, splits=None, out=None):
+def bias_leaky_relu_backward_to_channel_major_cuda(dy, cache, need_db=True, splits=None, out=None,
+                                                   one_launch=True):
     """As bias_leaky_relu_backward_cuda, with dpre written channel-major (C, N*H*W), the
-    layout a conv's weight and input GEMMs take (bias_leaky_relu_backward_partial_v2): no
-    layout copy. Returns dpre_cm, db (None without need_db, or with `out`, added into it)."""
-    return _bias_leaky_relu_backward_launch(dy, cache, need_db, splits, out, channel_major=True)
+    layout a conv's weight and input GEMMs take (bias_leaky_relu_backward_v4, or partial_v2
+    and a reduction): no layout copy. Returns dpre_cm, db (None without need_db, or with
+    `out`, added into it)."""
+    return _bias_leaky_relu_backward_launch(dy, cache, need_db, splits, out, channel_major=True,
+                                            one_launch=one_launch)
 
 
 # ---------------------------------------------------------------- public ops: dispatch

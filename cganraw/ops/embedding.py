@@ -4,6 +4,12 @@ cganraw.nn.Embedding.
     embedding_forward    _numpy, _cuda: kernels/embedding.cu embedding_forward_v1
     embedding_backward   _numpy, _cuda: kernels/embedding.cu embedding_backward_v1 (atomics),
                          embedding_backward_v2 (segmented by label, deterministic: the default)
+    label_map_concat_forward, label_map_concat_backward   _numpy, _cuda: the conditional conv
+                         models' label path fused (Embedding(K, E) -> Linear(E, M) -> the map
+                         concatenated after x, with x's own bias and LeakyReLU):
+                         out = [act(x + bx) | T[labels] + b], T = emb_w fc_w^T a (K, M) table.
+                         Forward: one K-row GEMM and label_map_concat_forward_v1; backward:
+                         label_map_concat_backward_v1 and two GEMMs for the weights.
 """
 from __future__ import annotations
 
@@ -11,6 +17,7 @@ import numpy as np
 
 from cganraw import backend
 from cganraw.ops import _launch
+from cganraw.ops.gemm import gemm
 
 
 def embedding_forward_numpy(indices, W):
@@ -95,7 +102,148 @@ def embedding_backward_cuda(dy, cache, version=None, out=None):
     return dW
 
 
+# ---------------------------------------------------------------- the label path, fused
+
+def label_map_concat_forward_numpy(x, labels, emb_w, fc_w, fc_b, x_bias=None, negative_slope=None):
+    """x (N, L), labels (N,) in [0, K), emb_w (K, E), fc_w (M, E), fc_b (M,) -> out (N, L + M)
+    = [act(x + x_bias) | emb_w[labels] fc_w^T + fc_b] (act: LeakyReLU(negative_slope), or
+    none when None), the unfused layers' arithmetic. Returns out, cache."""
+    xp = backend.array_module(x)
+    h = x + x_bias if x_bias is not None else x
+    if negative_slope is not None:
+        h = xp.where(h > 0, h, h * h.dtype.type(negative_slope))
+    lab = emb_w[labels] @ fc_w.T + fc_b
+    out = xp.concatenate([h, lab], axis=1)
+    return out, (out, labels, emb_w, fc_w, int(x.shape[1]), negative_slope, x_bias is not None)
+
+
+def label_map_concat_backward_numpy(d, cache, need_dx=True, need_label=True):
+    """d (N, L + M) -> (dx (N, L) or None, dx_bias (L,) or None (no x_bias), demb_w (K, E),
+    dfc_w (M, E), dfc_b (M,)) (the last three None unless need_label): the gradients of the
+    unfused layers, the table's rows scattered back by label."""
+    out, labels, emb_w, fc_w, L, slope, has_bx = cache
+    xp = backend.array_module(d)
+    g = d[:, :L]
+    if slope is not None:
+        g = xp.where(out[:, :L] > 0, g, g * g.dtype.type(slope))
+    dx_bias = g.sum(axis=0) if has_bx else None
+    if not need_label:
+        return (g if need_dx else None), dx_bias, None, None, None
+    dlab = d[:, L:]
+    dT = xp.zeros((emb_w.shape[0], dlab.shape[1]), d.dtype)
+    xp.add.at(dT, labels, dlab)
+    return (g if need_dx else None), dx_bias, dT @ fc_w, dT.T @ emb_w, dlab.sum(axis=0)
+
+
+LABEL_ROWS_PER_SPLIT = 32      # rows a backward thread sums (the row splits: parallelism over N)
+LABEL_MAX_SPLITS = 64
+LABEL_BLOCK = 256
+
+
+def _label_check(x, emb_w, fc_w, fc_b, x_bias, op):
+    xc = _launch.arg(x, np.float32, f"{op}: x")
+    ec = _launch.arg(emb_w, np.float32, f"{op}: emb_w")
+    wc = _launch.arg(fc_w, np.float32, f"{op}: fc_w")
+    bc = _launch.arg(fc_b, np.float32, f"{op}: fc_b")
+    if xc.ndim != 2 or ec.ndim != 2 or wc.ndim != 2 or wc.shape[1] != ec.shape[1] or tuple(bc.shape) != (wc.shape[0],):
+        raise ValueError(f"{op}: expected x (N, L), emb_w (K, E), fc_w (M, E), fc_b (M,), got {tuple(xc.shape)}, "
+                         f"{tuple(ec.shape)}, {tuple(wc.shape)}, {tuple(bc.shape)}")
+    bxc = None
+    if x_bias is not None:
+        bxc = _launch.arg(x_bias, np.float32, f"{op}: x_bias")
+        if tuple(bxc.shape) != (xc.shape[1],):
+            raise ValueError(f"{op}: x_bias has shape {tuple(bxc.shape)}, expected ({xc.shape[1]},)")
+    return xc, ec, wc, bc, bxc
+
+
+def label_map_concat_forward_cuda(x, labels, emb_w, fc_w, fc_b, x_bias=None, negative_slope=None):
+    """As label_map_concat_forward_numpy: the (K, M) table by one GEMM, then
+    label_map_concat_forward_v1 writes out (N, L + M)."""
+    op = "label_map_concat_forward"
+    if negative_slope is not None and not negative_slope >= 0:
+        raise ValueError(f"{op}: the backward reads the LeakyReLU mask from the output: negative_slope >= 0, "
+                         f"got {negative_slope}")
+    xc, ec, wc, bc, bxc = _label_check(x, emb_w, fc_w, fc_b, x_bias, op)
+    k, m, (n, ln) = int(ec.shape[0]), int(wc.shape[0]), (int(s) for s in xc.shape)
+    idx = _launch.labels_arg(labels, k, op)
+    if idx.shape[0] != n:
+        raise ValueError(f"{op}: {idx.shape[0]} labels for {n} rows of x")
+    table = gemm(ec, wc, trans_b=True)                                      # (K, M)
+    out = _launch.empty((n, ln + m))
+    _launch.element_count(out.size, op)
+    if out.size:
+        grid, block = _launch.grid_for(out.size, max_blocks=_launch.ELEMENTWISE_MAX_BLOCKS)
+        _launch.function("embedding", "label_map_concat_forward_v1")(
+            grid, block, (out, xc, bxc if bxc is not None else bc, table, bc, idx, _launch.i32(n), _launch.i32(ln),
+                          _launch.i32(m), _launch.i32(k), _launch.f32(negative_slope or 0.0),
+                          _launch.i32(negative_slope is not None), _launch.i32(bxc is not None)))
+    return out, (out, idx, ec, wc, ln, negative_slope, bxc is not None)
+
+
+def _grad_out(out, shape, op, name):
+    if out is None:
+        return None
+    oc = _launch.arg(out, np.float32, f"{op}: {name}")
+    if oc is not out or tuple(oc.shape) != tuple(shape):
+        raise ValueError(f"{op}: {name} must be a contiguous float32 array of shape {tuple(shape)}, added to in place")
+    return oc
+
+
+def label_map_concat_backward_cuda(d, cache, need_dx=True, need_label=True, dx_bias_out=None, demb_out=None,
+                                   dfc_w_out=None, dfc_b_out=None, splits=None):
+    """As label_map_concat_backward_numpy, in one launch (label_map_concat_backward_v1) and two
+    GEMMs. The *_out arrays (the parameters' .grad) are added into, and their gradient comes
+    back None."""
+    op = "label_map_concat_backward"
+    out, idx, ec, wc, ln, slope, has_bx = cache
+    n, row = (int(s) for s in out.shape)
+    k, m = int(ec.shape[0]), row - ln
+    dc = _launch.arg(d, np.float32, f"{op}: d")
+    if tuple(dc.shape) != (n, row):
+        raise ValueError(f"{op}: d has shape {tuple(dc.shape)}, the forward's output {(n, row)}")
+    dbx_o = _grad_out(dx_bias_out, (ln,), op, "dx_bias_out") if has_bx else None
+    db_o = _grad_out(dfc_b_out, (m,), op, "dfc_b_out") if need_label else None
+    demb_o = _grad_out(demb_out, tuple(ec.shape), op, "demb_out") if need_label else None
+    dw_o = _grad_out(dfc_w_out, tuple(wc.shape), op, "dfc_w_out") if need_label else None
+    accumulate = dbx_o is not None or db_o is not None
+    dbx = (dbx_o if dbx_o is not None else (_launch.zeros((ln,)) if accumulate else _launch.empty((ln,)))) \
+        if has_bx else None
+    db = (db_o if db_o is not None else (_launch.zeros((m,)) if accumulate else _launch.empty((m,)))) \
+        if need_label else None
+    dx = _launch.empty((n, ln)) if need_dx else None
+    dT = _launch.empty((k, m)) if need_label else None
+    if n and row:
+        s = int(splits) if splits is not None else min(LABEL_MAX_SPLITS, -(-n // LABEL_ROWS_PER_SPLIT))
+        s = max(1, min(s, n))
+        partials = _launch.empty((s, row))
+        partials_t = _launch.empty((s, k, m)) if need_label else partials
+        dummy = partials
+        grid = (max(1, min(-(-row // LABEL_BLOCK), _launch.MAX_ROW_BLOCKS)), s)
+        _launch.function("embedding", "label_map_concat_backward_v1")(
+            grid, (LABEL_BLOCK,),
+            (dx if dx is not None else dummy, dbx if dbx is not None else dummy, dT if dT is not None else dummy,
+             db if db is not None else dummy, partials, partials_t, _launch.grid_counter(), dc, out, idx,
+             _launch.i32(n), _launch.i32(ln), _launch.i32(m), _launch.i32(k), _launch.f32(slope or 0.0),
+             _launch.i32(slope is not None), _launch.i32(need_dx), _launch.i32(has_bx), _launch.i32(need_label),
+             _launch.i32(accumulate), _launch.i32(s)))
+    elif need_label:
+        dT.fill(0)
+    demb = dfc_w = None
+    if need_label:
+        demb = gemm(dT, wc, beta=1.0, out=demb_o) if demb_o is not None else gemm(dT, wc)
+        dfc_w = gemm(dT, ec, trans_a=True, beta=1.0, out=dw_o) if dw_o is not None else gemm(dT, ec, trans_a=True)
+    return (dx, None if dbx_o is not None else dbx, None if demb_o is not None else demb,
+            None if dw_o is not None else dfc_w, None if db_o is not None else db)
+
+
 # ---------------------------------------------------------------- public ops: dispatch
+
+def label_map_concat_forward(x, labels, emb_w, fc_w, fc_b, x_bias=None, negative_slope=None):
+    """-> out (N, L + M), cache (see label_map_concat_forward_numpy)."""
+    if backend.uses_kernels():
+        return label_map_concat_forward_cuda(x, labels, emb_w, fc_w, fc_b, x_bias, negative_slope)
+    return label_map_concat_forward_numpy(x, labels, emb_w, fc_w, fc_b, x_bias, negative_slope)
+
 
 def embedding_forward(indices, W):
     if backend.uses_kernels():
@@ -108,3 +256,18 @@ def embedding_backward(dy, cache, out=None):
     if backend.uses_kernels():
         return embedding_backward_cuda(dy, cache, out=out)
     return embedding_backward_numpy(dy, cache, out)
+
+
+def label_map_concat_backward(d, cache, need_dx=True, need_label=True, **grad_outs):
+    """-> dx, dx_bias, demb_w, dfc_w, dfc_b; on the kernel backends the *_out arrays of
+    label_map_concat_backward_cuda are added into (and their gradient is None)."""
+    if backend.uses_kernels():
+        return label_map_concat_backward_cuda(d, cache, need_dx, need_label, **grad_outs)
+    grads = label_map_concat_backward_numpy(d, cache, need_dx, need_label)
+    names = ("dx_bias_out", "demb_out", "dfc_w_out", "dfc_b_out")
+    res = list(grads)
+    for i, name in enumerate(names, start=1):
+        if grad_outs.get(name) is not None and res[i] is not None:
+            grad_outs[name] += res[i]
+            res[i] = None
+    return tuple(res)

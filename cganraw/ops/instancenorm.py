@@ -10,6 +10,9 @@ cganraw.ops.batchnorm. The cache says which, so one backward serves both.
         -> y, cache, mean (N, C) or None, var (N, C) or None
     instancenorm_backward(dy, cache) -> dx, dgamma, dbeta
     instancenorm_running_update(running_mean, running_var, mean, var, momentum, hw)  in place
+    instancenorm_leaky_relu_forward / _backward: InstanceNorm2d (affine, input statistics) and
+        LeakyReLU as one op (nn.fused, on the kernel backends): one launch each way, the
+        parameter gradients added into .grad by the backward's last block
 """
 from __future__ import annotations
 
@@ -76,6 +79,29 @@ def instancenorm_running_update_numpy(running_mean, running_var, mean, var, mome
     running_var[...] = (running_var * keep + m * (var * f(_unbias(hw)))).mean(axis=0)
 
 
+def instancenorm_leaky_relu_forward_numpy(x, gamma, beta, eps=1e-5, negative_slope=0.2):
+    """leaky_relu(instancenorm(x)), the unfused arithmetic: y, cache (INPUT_STATS, xhat, invstd,
+    gamma, beta, slope), mean, var."""
+    xp = backend.array_module(x)
+    y, cache, mean, var = instancenorm_forward_numpy(x, gamma, beta, eps)
+    y = xp.where(y > 0, y, y * y.dtype.type(negative_slope))
+    return y, cache + (beta, negative_slope), mean, var
+
+
+def _pre_activation_mask(cache):
+    _, xhat, _, gamma, beta, _ = cache
+    c = gamma.shape[0]
+    return xhat * gamma.reshape(1, c, 1, 1) + beta.reshape(1, c, 1, 1) > 0
+
+
+def instancenorm_leaky_relu_backward_numpy(dy, cache):
+    """dy of the activated output -> dx, dgamma, dbeta: LeakyReLU's gradient (its mask
+    recomputed from xhat, as the kernel does), then instancenorm_backward_numpy."""
+    xp = backend.array_module(dy)
+    dpre = xp.where(_pre_activation_mask(cache), dy, dy * dy.dtype.type(cache[5]))
+    return instancenorm_backward_numpy(dpre, cache[:4])
+
+
 # ---------------------------------------------------------------- CUDA kernels (kernels/instancenorm.cu)
 # version None picks per shape: a block per plane (2) when a plane has at least a warp of
 # pixels, else a thread per plane (1).
@@ -129,6 +155,77 @@ def instancenorm_backward_cuda(dy, cache, version=None):
     _launch.thread_per_row_launch("instancenorm", "instancenorm_backward_param_grad", 1, c,
                                      (dgamma, dbeta, s1, s2, _launch.i32(n), _launch.i32(c)))
     return dx, dgamma, dbeta
+
+
+def instancenorm_leaky_relu_forward_cuda(x, gamma, beta, eps=1e-5, negative_slope=0.2):
+    """As instancenorm_leaky_relu_forward_numpy, one launch (a block per plane)."""
+    op = "instancenorm_leaky_relu_forward"
+    if not negative_slope >= 0:
+        raise ValueError(f"{op}: the backward recomputes the mask from xhat: negative_slope >= 0, got {negative_slope}")
+    n, c, hw = _dims(x, op)
+    xc = _launch.arg(x, np.float32, f"{op}: x")
+    _launch.element_count(xc.size, op)
+    gc, bc = _per_channel(gamma, c, op, "gamma"), _per_channel(beta, c, op, "beta")
+    rows = n * c
+    y, xhat = _launch.empty(xc.shape), _launch.empty(xc.shape)
+    mean, var, invstd = _launch.empty((n, c)), _launch.empty((n, c)), _launch.empty((n, c))
+    _launch.row_launch("instancenorm", op, 1, rows, hw,
+                       (y, xhat, mean, var, invstd, xc, gc, bc, _launch.f32(eps), _launch.f32(negative_slope),
+                        _launch.i32(rows), _launch.i32(c), _launch.i32(hw)))
+    return y, (INPUT_STATS, xhat, invstd, gc, bc, float(negative_slope)), mean, var
+
+
+def instancenorm_leaky_relu_backward_cuda(dy, cache, out=None):
+    """As instancenorm_leaky_relu_backward_numpy, one launch; with out = (dgamma, dbeta arrays,
+    the parameters' .grad) the parameter gradients are added into them and come back None."""
+    op = "instancenorm_leaky_relu_backward"
+    _, xhat, invstd, gamma, beta, slope = cache
+    n, c, hw = _dims(dy, op)
+    dyc = _launch.arg(dy, np.float32, f"{op}: dy")
+    xc = _launch.arg(xhat, np.float32, f"{op}: xhat")
+    if tuple(xc.shape) != tuple(dyc.shape):
+        raise ValueError(f"{op}: dy has shape {tuple(dyc.shape)}, the forward's input {tuple(xc.shape)}")
+    _launch.element_count(dyc.size, op)
+    gc, bc = _per_channel(gamma, c, op, "gamma"), _per_channel(beta, c, op, "beta")
+    if out is not None:
+        dgamma, dbeta = (_launch.writable(a, op, name) for a, name in zip(out, ("out[0]", "out[1]")))
+        if tuple(dgamma.shape) != (c,) or tuple(dbeta.shape) != (c,):
+            raise ValueError(f"{op}: out must be two float32 ({c},) arrays, added to in place")
+    else:
+        dgamma, dbeta = _launch.empty((c,)), _launch.empty((c,))
+    rows = n * c
+    dx, s1, s2 = _launch.empty(dyc.shape), _launch.empty((n, c)), _launch.empty((n, c))
+    if rows:
+        _launch.row_launch("instancenorm", op, 1, rows, hw,
+                           (dx, s1, s2, dgamma, dbeta, _launch.grid_counter(), dyc, xc, gc, bc,
+                            _launch.arg(invstd, np.float32, f"{op}: invstd"), _launch.f32(slope), _launch.i32(rows),
+                            _launch.i32(c), _launch.i32(hw), _launch.i32(out is not None)))
+    elif out is None:
+        dgamma.fill(0)
+        dbeta.fill(0)
+    if out is not None:
+        _launch.write_back(out[0], dgamma)
+        _launch.write_back(out[1], dbeta)
+        return dx, None, None
+    return dx, dgamma, dbeta
+
+
+def instancenorm_leaky_relu_forward(x, gamma, beta, eps=1e-5, negative_slope=0.2):
+    if backend.uses_kernels():
+        return instancenorm_leaky_relu_forward_cuda(x, gamma, beta, eps, negative_slope)
+    return instancenorm_leaky_relu_forward_numpy(x, gamma, beta, eps, negative_slope)
+
+
+def instancenorm_leaky_relu_backward(dy, cache, out=None):
+    """dx, dgamma, dbeta; with out = (dgamma, dbeta .grad arrays) added into them (None back)."""
+    if backend.uses_kernels():
+        return instancenorm_leaky_relu_backward_cuda(dy, cache, out=out)
+    dx, dgamma, dbeta = instancenorm_leaky_relu_backward_numpy(dy, cache)
+    if out is None:
+        return dx, dgamma, dbeta
+    out[0] += dgamma
+    out[1] += dbeta
+    return dx, None, None
 
 
 def instancenorm_running_update_cuda(running_mean, running_var, mean, var, momentum, hw):

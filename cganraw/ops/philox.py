@@ -305,15 +305,18 @@ def philox_normal(shape, stream):
     return philox_normal_numpy(tuple(shape), stream)
 
 
-def philox_integers(n, low, high, stream, fold=0):
+def philox_integers(n, low, high, stream, fold=0, out=None):
     """(n,) int32 uniform in [low, high); element i >= fold repeats element i - fold when
-    fold > 0. With low 0 the result is marked as labels in [0, high) (no range check later)."""
+    fold > 0, written into `out` (a contiguous int32 (n,) array) when given. With low 0 the
+    result is marked as labels in [0, high) (no range check later)."""
     if not int(high) > int(low):
         raise ValueError(f"philox_integers: need high > low, got [{low}, {high})")
     if backend.uses_kernels():
-        out = philox_integers_cuda(n, low, high, stream, fold)
-    else:
+        out = philox_integers_cuda(n, low, high, stream, fold, out=out)
+    elif out is None:
         out = philox_integers_numpy(n, low, high, stream, fold)
+    else:
+        out[...] = philox_integers_numpy(n, low, high, stream, fold)
     return _launch.mark_labels_checked(out, high) if int(low) == 0 else out
 
 

@@ -18,6 +18,9 @@ leading singular vectors:
         .grad) and returned.
 
 normalize(x) = x / max(||x||, eps), as torch.nn.functional.normalize.
+
+Every normalised layer of a model at once (nn.utils.SpectralNormGroup, on the kernel
+backends): spectral_norm_multi_forward / spectral_norm_multi_backward, two launches each.
 """
 from __future__ import annotations
 
@@ -210,6 +213,111 @@ def spectral_norm_backward_cuda(dw_sn, cache, out=None, version=None):
     dw = _launch.empty(gc.shape)
     _launch.elementwise_launch("spectral_norm", op, version, gc.size, (dw,) + args)
     return dw if out is None else _launch.add_into(out, dw)
+
+
+# ---------------------------------------------------------------- every layer at once
+# A model's spectrally normalised weights in one launch per pass (kernels/spectral_norm.cu
+# *_multi_v1). The operands are flat arrays and a table of ints, SN_COLS per layer:
+#     w_off outer H inner uv_off rows_off iterations wsn_off
+# W: the raw weights (layer l at w_off, its gradient at the same offset of dW); uv: u then v
+# per layer at uv_off (H + outer*inner values); w_sn and its accumulator zero: the layers
+# back to back from wsn_off. The reference runs the single-layer ops layer by layer.
+SN_COLS = 8
+
+
+def multi_table(layers):
+    """The int32 table (L, SN_COLS) for layers = [(w_off, weight shape, dim, uv_off, iterations)]
+    (rows_off and wsn_off follow from the sizes) -> (table, rows total, w_sn total)."""
+    rows, wsn, out = 0, 0, []
+    for w_off, shape, dim, uv_off, iterations in layers:
+        outer, h, inner = matrix_dims(shape, dim)
+        out.append((w_off, outer, h, inner, uv_off, rows, iterations, wsn))
+        rows += h
+        wsn += outer * h * inner
+    return np.array(out, dtype=np.int32).reshape(-1, SN_COLS), rows, wsn
+
+
+def _multi_views(table, W, uv, w_sn, eps):
+    for w_off, outer, h, inner, uv_off, _, _, wsn_off in (tuple(int(v) for v in r) for r in table):
+        size = outer * h * inner
+        yield (W[w_off:w_off + size], uv[uv_off:uv_off + h], uv[uv_off + h:uv_off + h + outer * inner],
+               None if w_sn is None else w_sn[wsn_off:wsn_off + size], (outer, h, inner))
+
+
+def spectral_norm_multi_forward_numpy(table, W, uv, w_sn, zero, eps=1e-12, write_back=True):
+    """Every layer of the table: u, v (power iteration, `iterations` steps) into uv_out (and
+    into uv, write_back), sigma (L,), W_sn into w_sn and zero zeroed: spectral_norm_forward_numpy
+    layer by layer (a weight read as (outer, H, inner), dim 1). Returns uv_out, sigma."""
+    xp = backend.array_module(W)
+    uv_out = uv.copy()
+    sigma = xp.empty((table.shape[0],), W.dtype)
+    for i, (w, u, v, wsn, (outer, h, inner)) in enumerate(_multi_views(table, W, uv, w_sn, eps)):
+        it = int(table[i, 6])
+        w_sn_l, u_n, v_n, cache = spectral_norm_forward_numpy(w.reshape(outer, h, inner), u, v, 1, max(it, 1), eps,
+                                                              power_iteration=it > 0)
+        off = int(table[i, 4])
+        uv_out[off:off + h], uv_out[off + h:off + h + v.size] = u_n, v_n
+        if write_back and it > 0:
+            u[...], v[...] = u_n, v_n
+        sigma[i] = cache[3]
+        wsn[...] = w_sn_l.reshape(-1)
+    zero.fill(0)
+    return uv_out, sigma
+
+
+def spectral_norm_multi_backward_numpy(table, dW, dw_sn, W, uv_out, sigma):
+    """dW (W's layout) += every layer's spectral_norm_backward_numpy(dw_sn_l), with the
+    forward's u, v (uv_out) and sigma."""
+    for i, (w, u, v, g, (outer, h, inner)) in enumerate(_multi_views(table, W, uv_out, dw_sn, 0.0)):
+        w_off = int(table[i, 0])
+        spectral_norm_backward_numpy(g.reshape(outer, h, inner), (w.reshape(outer, h, inner), u, v, sigma[i], 1),
+                                     out=dW[w_off:w_off + w.size].reshape(outer, h, inner))
+    return dW
+
+
+def spectral_norm_multi_forward_cuda(table, W, uv, w_sn, zero, eps=1e-12, write_back=True, rows_total=None):
+    """As spectral_norm_multi_forward_numpy in two launches (spectral_norm_power_multi_v1: a
+    block per layer; spectral_norm_forward_multi_v1: every W / sigma). table: a device int32
+    array (uploaded once by the caller)."""
+    op = "spectral_norm_multi_forward"
+    layers = int(table.shape[0])
+    Wc, uvc = _launch.arg(W, np.float32, f"{op}: W"), _launch.arg(uv, np.float32, f"{op}: uv")
+    wsn, zc = _launch.arg(w_sn, np.float32, f"{op}: w_sn"), _launch.arg(zero, np.float32, f"{op}: zero")
+    if wsn is not w_sn or zc is not zero or uvc is not uv:
+        raise ValueError(f"{op}: uv, w_sn and zero are written in place: contiguous float32 arrays")
+    tc = _launch.arg(table, np.int32, f"{op}: table")
+    uv_out, sigma = _launch.empty(uvc.shape), _launch.empty((layers,))
+    rows = _launch.empty((max(int(rows_total or uvc.size), 1),))
+    _launch.function("spectral_norm", "spectral_norm_power_multi_v1")(
+        (layers,), (POWER_BLOCK,), (uvc, uv_out, rows, sigma, Wc, tc, _launch.i32(layers), _launch.i32(write_back),
+                                    _launch.f32(eps)))
+    total = _launch.element_count(wsn.size, op)
+    grid, block = _launch.grid_for(wsn.size, max_blocks=_launch.ELEMENTWISE_MAX_BLOCKS)
+    _launch.function("spectral_norm", "spectral_norm_forward_multi_v1")(
+        grid, block, (wsn, zc, Wc, sigma, tc, _launch.i32(layers), total))
+    return uv_out, sigma
+
+
+def spectral_norm_multi_backward_cuda(table, dW, dw_sn, W, uv_out, sigma):
+    """As spectral_norm_multi_backward_numpy in two launches (spectral_norm_dot_multi_v1,
+    spectral_norm_backward_multi_v1), added into dW in place."""
+    op = "spectral_norm_multi_backward"
+    layers = int(table.shape[0])
+    dWc = _launch.arg(dW, np.float32, f"{op}: dW")
+    if dWc is not dW:
+        raise ValueError(f"{op}: dW is added into in place: a contiguous float32 array")
+    gc = _launch.arg(dw_sn, np.float32, f"{op}: dw_sn")
+    tc = _launch.arg(table, np.int32, f"{op}: table")
+    Wc = _launch.arg(W, np.float32, f"{op}: W")
+    gw = _launch.empty((layers,))
+    _launch.function("spectral_norm", "spectral_norm_dot_multi_v1")(
+        (layers,), (SINGLE_BLOCK,), (gw, gc, Wc, tc, _launch.i32(layers)))
+    total = _launch.element_count(gc.size, op)
+    grid, block = _launch.grid_for(gc.size, max_blocks=_launch.ELEMENTWISE_MAX_BLOCKS)
+    _launch.function("spectral_norm", "spectral_norm_backward_multi_v1")(
+        grid, block, (dWc, gc, _launch.arg(uv_out, np.float32, f"{op}: uv_out"), _launch.arg(sigma, np.float32),
+                      gw, tc, _launch.i32(layers), total))
+    return dW
 
 
 # ---------------------------------------------------------------- public ops: dispatch

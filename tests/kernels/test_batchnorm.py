@@ -205,3 +205,36 @@ def test_bad_inputs_are_rejected_or_made_contiguous(rng):
     assert_close(y, y_r, *TOL_OUT, "forward of a strided view")
     dx, _, _ = BN.batchnorm_backward_cuda(big[:, :, :, 1::2], cache)
     assert_close(dx, BN.batchnorm_backward_numpy(big[:, :, :, 1::2], cache)[0], 2e-5, 1e-4, "backward of a strided dy")
+
+
+@pytest.mark.parametrize("shape", [(3, 5, 7, 7), (2, 6, 4, 4), (7, 9), (1, 3, 5, 3)], ids=str)
+def test_leaky_forward_v2_updates_the_running_statistics_in_its_pass(shape, all_orders, rng):
+    # batchnorm_leaky_relu_forward_v2: v1 and batchnorm_running_update_v1 in one launch, the same bits
+    from cganraw.ops import _launch
+    x = (rng.standard_normal(shape) * 2 + 0.5).astype(np.float32)
+    c = shape[1]
+    gamma, beta = rng.standard_normal(c).astype(np.float32), rng.standard_normal(c).astype(np.float32)
+    rm0, rv0 = rng.standard_normal(c).astype(np.float32), rng.uniform(0.5, 2, c).astype(np.float32)
+    for splits in (None, 2):
+        y1, cache1, mean1, var1 = BN.batchnorm_leaky_relu_forward_cuda(x, gamma, beta, negative_slope=0.2,
+                                                                       splits=splits)
+        rm1, rv1 = rm0.copy(), rv0.copy()
+        BN.batchnorm_running_update_cuda(rm1, rv1, mean1, var1, 0.1)
+        rm2, rv2 = _launch.arg(rm0.copy()), _launch.arg(rv0.copy())
+        y2, cache2, mean2, var2 = BN.batchnorm_leaky_relu_forward_cuda(x, gamma, beta, negative_slope=0.2,
+                                                                       splits=splits, running=(rm2, rv2, 0.1))
+        for a, b in ((y1, y2), (mean1, mean2), (var1, var2), (cache1[0], cache2[0]), (cache1[1], cache2[1]),
+                     (rm1, rm2), (rv1, rv2)):
+            np.testing.assert_array_equal(backend.asnumpy(a), backend.asnumpy(b))
+    # the public op: the same running statistics as the numpy backend's (the reference update)
+    rm_r, rv_r = rm0.copy(), rv0.copy()
+    backend_prev = backend.current()
+    backend.use("numpy")
+    try:
+        BN.batchnorm_leaky_relu_forward(x, gamma, beta, negative_slope=0.2, running=(rm_r, rv_r, 0.1))
+    finally:
+        backend.use(backend_prev)
+    assert_close(rm2, rm_r, 1e-6, 1e-5, "running mean")
+    assert_close(rv2, rv_r, 1e-6, 1e-5, "running var")
+    with pytest.raises(ValueError, match="running_mean is updated in place"):
+        BN.batchnorm_leaky_relu_forward_cuda(x, gamma, beta, running=(_launch.arg(rm0[:-1].copy()), rv2, 0.1))

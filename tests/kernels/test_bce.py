@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from cganraw import backend, cuda_emu
-from cganraw.losses import bce_with_logits
+from cganraw.losses import bce_with_logits, bce_with_logits_segments
 from cganraw.ops import bce as BCE
 from tests.kernels.conftest import assert_close
 
@@ -76,8 +76,8 @@ def test_loss_function_dispatches_to_the_kernels(launches, rng):
     assert backend.uses_kernels()
     x = (rng.standard_normal((3, 1)) * 3).astype(np.float32)
     loss, dx = bce_with_logits(x, 0.9)          # a smoothed real label, broadcast to (3, 1)
-    assert launches == ["bce_with_logits_forward_v2", "bce_with_logits_forward_reduce_v2",
-                        "bce_with_logits_backward_v2"]
+    # a constant target: the loss and its gradient in one launch
+    assert launches == ["bce_with_logits_segments_v1"]
     backend.use("numpy")
     loss_r, dx_r = bce_with_logits(x, 0.9)
     backend.use("emu")
@@ -106,3 +106,99 @@ def test_bad_inputs(rng):
     assert_close(loss, np.asarray(loss_r), 1e-6, 1e-5, "loss of views")
     assert_close(BCE.bce_with_logits_backward_cuda(1.0, cache), BCE.bce_with_logits_backward_numpy(1.0, (xv, tv)),
                  1e-9, 1e-6, "dx of views")
+
+
+# ---------------------------------------------------------------- all terms in one launch
+# (parts, rows per segment, trailing shape): one row, odd rows, a segment longer than the
+# 256-thread block (300 and 3 * 129 values), D's (3N, 1) logits at N = 1, 3, 64
+SEGMENTS = [(1, 1, ()), (2, 7, (1,)), (3, 1, (1,)), (3, 3, (1,)), (3, 64, (1,)), (3, 300, (1,)), (4, 3, (129,))]
+TERMS = [(0.9, 1.0), (0.0, 2.5), (0.0, 1.0), (1.0, 0.5)]
+
+
+def _segments(rng, parts, rows, tail):
+    x = (rng.standard_normal((parts * rows,) + tail) * 4).astype(np.float32)
+    terms = TERMS[:parts - 1] + [TERMS[-2]]
+    return x, [t for t, _ in terms], [w for _, w in terms]
+
+
+@pytest.mark.parametrize("parts,rows,tail", SEGMENTS, ids=[f"{p}x{r}{t}" for p, r, t in SEGMENTS])
+def test_bce_segments_match_reference(parts, rows, tail, all_orders, rng):
+    x, t, w = _segments(rng, parts, rows, tail)
+    losses, dx = BCE.bce_with_logits_segments_cuda(x, t, w)
+    losses_r, dx_r = BCE.bce_with_logits_segments_numpy(x, t, w)
+    assert losses.shape == (parts,) and dx.shape == x.shape
+    assert_close(losses, losses_r, 1e-6, 2e-5, "segment losses")
+    assert_close(dx, dx_r, 1e-9, 2e-6, "segment dlogits")
+    # the reference is, segment by segment, the single-term op
+    n = rows
+    for s in range(parts):
+        seg = x[s * n:(s + 1) * n]
+        loss_1, cache_1 = BCE.bce_with_logits_forward_numpy(seg, np.full(seg.shape, t[s], np.float32))
+        assert losses_r[s] == loss_1
+        np.testing.assert_array_equal(dx_r[s * n:(s + 1) * n], BCE.bce_with_logits_backward_numpy(w[s], cache_1))
+
+
+def test_bce_segments_gradient_is_the_weighted_losses_gradient(rng):
+    # float64 central differences of sum_s w_s loss_s on the reference, and the kernel's
+    # dlogits against them: the kernel computes d(sum_s w_s loss_s)/dx
+    x, t, w = _segments(rng, 3, 5, (1,))
+    x64 = x.astype(np.float64)
+
+    def objective(v):
+        losses, _ = BCE.bce_with_logits_segments_numpy(v, t, w)
+        return float(np.dot(losses, w))
+    fd = np.empty_like(x64)
+    for i in range(x64.size):
+        e = np.zeros_like(x64)
+        e.flat[i] = 1e-6
+        fd.flat[i] = (objective(x64 + e) - objective(x64 - e)) / 2e-6
+    _, dx = BCE.bce_with_logits_segments_cuda(x, t, w)
+    assert_close(dx, fd, 1e-7, 1e-5, "dlogits against finite differences")
+
+
+def test_bce_segments_reproducible_and_finite_at_extremes(rng):
+    x = np.array([-1e4, 1e4, -100, 100, 0.0, 30, -30, 1e4, -1e4], dtype=np.float32)
+    losses, dx = BCE.bce_with_logits_segments_cuda(x, [1.0, 0.0, 0.9], [1.0, 2.0, 1.0])
+    losses_r, dx_r = BCE.bce_with_logits_segments_numpy(x, [1.0, 0.0, 0.9], [1.0, 2.0, 1.0])
+    assert_close(losses, losses_r, 1e-3, 1e-5, "losses at +-1e4")
+    assert_close(dx, dx_r, 1e-9, 1e-6, "dx at +-1e4")
+    x, t, w = _segments(rng, 3, 300, (1,))
+    got = []
+    for o in ("forward", "reverse", "random"):
+        with cuda_emu.order(o, seed=3):
+            got.append(backend.asnumpy(BCE.bce_with_logits_segments_cuda(x, t, w)[0]).tobytes())
+    assert got[0] == got[1] == got[2]
+
+
+def test_bce_segments_loss_function(launches, rng):
+    x, t, w = _segments(rng, 3, 4, (1,))
+    losses, dx = bce_with_logits_segments(x, list(zip(t, w)))
+    assert launches == ["bce_with_logits_segments_v1"] and backend.asnumpy(dx).shape == x.shape
+    backend.use("numpy")
+    try:
+        losses_r, dx_r = bce_with_logits_segments(x, list(zip(t, w)))
+        # on NumPy: bit for bit the single-term loss function, segment by segment
+        for s in range(3):
+            loss_1, dx_1 = bce_with_logits(x[4 * s:4 * s + 4], t[s], weight=w[s])
+            assert float(losses_r[s]) == float(loss_1)
+            np.testing.assert_array_equal(dx_r[4 * s:4 * s + 4], dx_1)
+    finally:
+        backend.use("emu")
+    assert [ls.shape for ls in losses] == [()] * 3
+    for s in range(3):
+        assert abs(float(losses[s]) - float(losses_r[s])) <= 1e-6 + 1e-5 * abs(float(losses_r[s]))
+    assert_close(dx, dx_r, 1e-9, 1e-6, "dlogits")
+
+
+def test_bce_segments_bad_inputs(rng):
+    x, t, w = _segments(rng, 3, 2, (1,))
+    with pytest.raises(ValueError, match="one weight per target"):
+        BCE.bce_with_logits_segments_cuda(x, t, w[:2])
+    with pytest.raises(ValueError, match=r"do not split into 4 equal"):
+        BCE.bce_with_logits_segments_cuda(x, t + [0.0], w + [1.0])
+    with pytest.raises(ValueError, match=r"do not split into 4 equal"):
+        BCE.bce_with_logits_segments_numpy(x, t + [0.0], w + [1.0])
+    with pytest.raises(TypeError, match="kernels take float32"):
+        BCE.bce_with_logits_segments_cuda(x.astype(np.float64), t, w)
+    with pytest.raises(ValueError, match="out must be a contiguous array"):
+        BCE.bce_with_logits_segments_cuda(x, t, w, out=np.empty((7, 1), np.float32))

@@ -81,10 +81,8 @@ def test_public_ops_dispatch_to_the_kernels(launches, rng):
     B.bias_add_forward(y2, b2)
     db4, db2 = B.bias_add_backward(y4), B.bias_add_backward(y2)
     # the add: conv maps take the row kernel, Linear outputs the thread-per-element one; the
-    # gradient: the split reduction (partials, then the ordered reduction) for both
-    assert launches == ["bias_add_forward_v2", "bias_add_forward_v1",
-                        "bias_add_backward_partial_v3", "bias_add_backward_reduce_v3",
-                        "bias_add_backward_partial_v3", "bias_add_backward_reduce_v3"]
+    # gradient: the split reduction, its ordered sum of the partials in the same launch
+    assert launches == ["bias_add_forward_v2", "bias_add_forward_v1", "bias_add_backward_v5", "bias_add_backward_v5"]
     assert_close(y4, ref4, 1e-7, 1e-6, "public bias_add 4-D")
     assert_close(y2, ref2, 1e-7, 1e-6, "public bias_add 2-D")
     assert_close(db4, B.bias_add_backward_numpy(ref4), 1e-4, 1e-5, "public bias_add_backward 4-D")
@@ -98,7 +96,7 @@ def test_linear_layer_op_runs_through_the_bias_kernels(launches, rng):
     dy = rng.standard_normal((3, 784)).astype(np.float32)
     y, cache = L.linear_forward(x, W, b)
     _, _, db = L.linear_backward(dy, cache)
-    assert "bias_add_forward_v1" in launches and "bias_add_backward_partial_v3" in launches
+    assert "bias_add_forward_v1" in launches and "bias_add_backward_v5" in launches
     assert_close(y, x @ W.T + b, 1e-4, 1e-5, "linear forward")
     assert_close(db, dy.sum(axis=0), 1e-5, 1e-5, "linear bias gradient")
 
@@ -142,21 +140,22 @@ def test_reduce_v4_adds_into_out_as_v3_then_an_add(shape, launches, rng):
     c = shape[1]
     before = rng.standard_normal(c).astype(np.float32)
     got = before.copy()
-    assert B.bias_add_backward_cuda(dy, out=got) is None
-    np.testing.assert_array_equal(got, before + B.bias_add_backward_cuda(dy))
+    assert B.bias_add_backward_cuda(dy, version=3, out=got) is None
+    np.testing.assert_array_equal(got, before + B.bias_add_backward_cuda(dy, version=3))
     assert "bias_add_backward_reduce_v4" in launches
-    for version in (1, 2):
+    for version in (1, 2, 5):
         got = before.copy()
         assert B.bias_add_backward_cuda(dy, version=version, out=got) is None
         np.testing.assert_array_equal(got, before + B.bias_add_backward_cuda(dy, version=version))
     y = rng.standard_normal(shape).astype(np.float32)
     y, cache = B.bias_leaky_relu_forward_cuda(y, rng.standard_normal(c).astype(np.float32), 0.2)
-    dpre_ref, db_ref = B.bias_leaky_relu_backward_cuda(dy, cache)
-    got = before.copy()
-    dpre, db = B.bias_leaky_relu_backward_cuda(dy, cache, out=got)
-    assert db is None
-    np.testing.assert_array_equal(dpre, dpre_ref)
-    np.testing.assert_array_equal(got, before + db_ref)
+    for one_launch in (False, True):
+        dpre_ref, db_ref = B.bias_leaky_relu_backward_cuda(dy, cache, one_launch=one_launch)
+        got = before.copy()
+        dpre, db = B.bias_leaky_relu_backward_cuda(dy, cache, out=got, one_launch=one_launch)
+        assert db is None
+        np.testing.assert_array_equal(dpre, dpre_ref)
+        np.testing.assert_array_equal(got, before + db_ref)
     # the CPU dispatch: the same accumulation
     prev = backend.current()
     backend.use("numpy")
@@ -195,13 +194,15 @@ def test_channel_major_fused_kernels(shape, all_orders, rng):
     np.testing.assert_array_equal(y, y_ref)
     dy = rng.standard_normal(shape).astype(np.float32)
     dpre_ref, db_ref = B.bias_leaky_relu_backward_numpy(dy, cache_ref)
-    for splits in (None, 2):
-        dpre_cm, db = B.bias_leaky_relu_backward_to_channel_major_cuda(dy, cache, splits=splits)
+    for splits, one_launch in ((None, True), (2, True), (2, False)):
+        dpre_cm, db = B.bias_leaky_relu_backward_to_channel_major_cuda(dy, cache, splits=splits,
+                                                                       one_launch=one_launch)
         np.testing.assert_array_equal(dpre_cm.reshape(c, n, h, w).transpose(1, 0, 2, 3), dpre_ref)
         assert_close(db, db_ref, 1e-5, 1e-5, f"db {shape} splits={splits} ({all_orders} order)")
         before = rng.standard_normal(c).astype(np.float32)
         got = before.copy()
-        _, none = B.bias_leaky_relu_backward_to_channel_major_cuda(dy, cache, splits=splits, out=got)
+        _, none = B.bias_leaky_relu_backward_to_channel_major_cuda(dy, cache, splits=splits, out=got,
+                                                                   one_launch=one_launch)
         assert none is None
         np.testing.assert_array_equal(got, before + db)
     _, none = B.bias_leaky_relu_backward_to_channel_major_cuda(dy, cache, need_db=False)
@@ -219,8 +220,8 @@ def test_conv_pair_takes_no_layout_copies(rng):
         seq.backward(np.ones_like(y))
     gemm = {"gemm"} | {e.name for e in log.launches if e.name.startswith("gemm_")}   # cuBLAS or our kernels
     assert ["gemm" if e.name in gemm or e.kind == "gemm" else e.name for e in log.launches] == [
-        "im2col_v2", "gemm", "bias_leaky_relu_forward_v2", "bias_leaky_relu_backward_partial_v2",
-        "bias_add_backward_reduce_v4", "gemm", "gemm", "col2im_v3"]
+        "im2col_v2", "gemm", "bias_leaky_relu_forward_v2", "bias_leaky_relu_backward_v4", "gemm", "gemm",
+        "col2im_v3"]
 
 
 def test_channel_major_fused_kernels_on_an_empty_batch():
@@ -231,3 +232,64 @@ def test_channel_major_fused_kernels_on_an_empty_batch():
     assert dpre.shape == (3, 0) and np.array_equal(db, np.zeros(3, np.float32))
     with pytest.raises(ValueError, match=r"y_cm must have shape \(C, 8\)"):
         B.bias_leaky_relu_forward_from_channel_major_cuda(np.zeros((3, 5), np.float32), 2, 2, 2, b, 0.2)
+
+
+# ---------------------------------------------------------------- one launch (v5, fused v3/v4)
+
+@pytest.mark.parametrize("shape", SHAPES, ids=_ids(SHAPES))
+def test_bias_add_backward_v5_is_v3_in_one_launch(shape, all_orders, rng):
+    # the grid's last block adds the partials in v3's order: v3's bits, whichever block
+    # finishes last; the shared block counter is left at 0 for the next launch
+    from cganraw.ops import _launch
+    dy = rng.standard_normal(shape).astype(np.float32)
+    for splits in (None, 1, 3):
+        db5 = B.bias_add_backward_cuda(dy, version=5, splits=splits)
+        np.testing.assert_array_equal(db5, B.bias_add_backward_cuda(dy, version=3, splits=splits))
+        assert_close(db5, B.bias_add_backward_numpy(dy), 1e-4, 1e-5, f"v5 {shape} splits={splits}")
+        assert int(backend.asnumpy(_launch.grid_counter())[0]) == 0
+
+
+@pytest.mark.parametrize("shape", [(3, 2, 28, 28), (5, 50, 7, 7), (3, 2, 784), (4, 9, 1, 1)],
+                         ids=_ids([(3, 2, 28, 28), (5, 50, 7, 7), (3, 2, 784), (4, 9, 1, 1)]))
+def test_bias_add_backward_v5_reads_a_channel_slice_in_place(shape, rng):
+    # the label path's gradient: one channel of a concatenation's gradient, a row-strided view
+    # (N, 1, H, W) or, reshaped, (N, H*W): summed where it lies, no contiguous copy
+    from cganraw import devicelog
+    d = rng.standard_normal(shape).astype(np.float32)
+    view = d[:, 1:2] if len(shape) == 4 else d[:, 1]
+    flat = view.reshape(shape[0], -1)
+    for dy in (view, flat) if view.size else (view,):
+        with devicelog.recording() as log:
+            db = B.bias_add_backward_cuda(dy)
+        assert [e.name for e in log.events] == ["bias_add_backward_v5"]
+        np.testing.assert_array_equal(db, B.bias_add_backward_cuda(np.ascontiguousarray(dy), version=3))
+    # a layout rows_strided cannot read (every other pixel): made contiguous, then summed
+    odd = d[:, :, ..., ::2] if shape[-1] > 1 else d[::2, ::2]
+    with devicelog.recording() as log:
+        db = B.bias_add_backward_cuda(odd)
+    assert [e.kind for e in log.events] == ["copy", "kernel"]
+    np.testing.assert_array_equal(db, B.bias_add_backward_cuda(np.ascontiguousarray(odd), version=3))
+
+
+def test_one_launch_bias_reductions_are_reproducible(rng):
+    from cganraw import cuda_emu
+    dy = rng.standard_normal((7, 13, 9, 9)).astype(np.float32)
+    y = rng.standard_normal((7, 13, 9, 9)).astype(np.float32)
+    runs = []
+    for order, workers in (("forward", 1), ("reverse", 1), ("random", 2), ("random", 2)):
+        with cuda_emu.settings(order=order, seed=5, workers=workers):
+            db = B.bias_add_backward_cuda(dy, splits=4)
+            _, db_fused = B.bias_leaky_relu_backward_cuda(dy, (y, 0.2), splits=4)
+            runs.append((db.tobytes(), db_fused.tobytes()))
+    assert len(set(runs)) == 1
+
+
+def test_a_failed_launch_leaves_no_counted_up_block_counter(rng):
+    # a launch that fails part-way may leave the shared block counter off 0; the next
+    # one-launch reduction must still find its last block
+    from cganraw.ops import _launch
+    _launch.grid_counter()[...] = 5
+    with pytest.raises(TypeError):
+        _launch.function("bias", "bias_add_backward_v5")((1,), (256,), (np.zeros(3, np.float64),))
+    dy = rng.standard_normal((5, 7, 3, 3)).astype(np.float32)
+    np.testing.assert_array_equal(B.bias_add_backward_cuda(dy), B.bias_add_backward_cuda(dy, version=3))

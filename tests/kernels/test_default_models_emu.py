@@ -44,8 +44,10 @@ def test_trainer_models_on_emu_equal_numpy(variant, tmp_path, monkeypatch, launc
     launches.clear()
     got = forward_backward("emu", args, kwargs)
     # the emu pass really ran the kernels of every op family these models use
-    families = ["gemm", "bias", "batchnorm", "leaky_relu", "tanh", "dropout"]
-    families += ["im2col", "col2im", "embedding"] if variant == "default" else ["relu"]
+    norm = "instancenorm" if kwargs.get("g_norm") == "instance" else "batchnorm"     # G's, as the trainer builds it
+    families = ["gemm", "bias", norm, "leaky_relu", "tanh", "dropout"]
+    # (the conv models' label path: embedding.cu's fused label_map_concat kernels)
+    families += ["im2col", "col2im", "label_map_concat"] if variant == "default" else ["relu"]
     missing = [f for f in families if not any(f in name for name in launches)]
     assert not missing, (missing, sorted(set(launches)))
     assert got.keys() == ref.keys()

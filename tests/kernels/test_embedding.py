@@ -142,3 +142,134 @@ def test_v3_adds_into_out_as_v2_then_an_add(n, k, d, all_orders, rng):
     np.testing.assert_array_equal(got, before + E.embedding_backward_cuda(dy, cache, version=2))
     with pytest.raises(ValueError, match="kernel version 3 adds into `out`: give one"):
         E.embedding_backward_cuda(dy, cache, version=3)
+
+
+# ---------------------------------------------------------------- the label path, fused
+# (N, L, K, E, M, x_bias, slope): one row, odd sizes, rows past one split (32) and past a
+# block of columns (256), D's (L = M = 784, no bias or activation) and G's (L = w*49 with
+# the noise Linear's bias and LeakyReLU, M = 49) at small widths, EMNIST's 47 classes
+LABEL_CASES = [(1, 1, 2, 1, 1, True, 0.0), (5, 13, 4, 3, 7, True, 0.2), (37, 33, 10, 50, 49, False, None),
+               (3, 784, 10, 50, 784, False, None), (7, 196, 47, 50, 49, True, 0.2), (70, 300, 3, 5, 9, True, 0.2)]
+
+
+def _label_case(rng, n, ln, k, e, m, has_bx):
+    x = rng.standard_normal((n, ln)).astype(np.float32)
+    labels = rng.integers(0, k, n)
+    emb_w, fc_w = rng.standard_normal((k, e)).astype(np.float32), rng.standard_normal((m, e)).astype(np.float32)
+    fc_b = rng.standard_normal(m).astype(np.float32)
+    xb = rng.standard_normal(ln).astype(np.float32) if has_bx else None
+    return x, labels, emb_w, fc_w, fc_b, xb
+
+
+@pytest.mark.parametrize("n, ln, k, e, m, has_bx, slope", LABEL_CASES, ids=[str(c[:5]) for c in LABEL_CASES])
+def test_label_map_concat_matches_reference(n, ln, k, e, m, has_bx, slope, all_orders, rng):
+    x, labels, emb_w, fc_w, fc_b, xb = _label_case(rng, n, ln, k, e, m, has_bx)
+    out, cache = E.label_map_concat_forward_cuda(x, labels, emb_w, fc_w, fc_b, xb, slope)
+    out_r, cache_r = E.label_map_concat_forward_numpy(x, labels, emb_w, fc_w, fc_b, xb, slope)
+    assert_close(out, out_r, 1e-5, 1e-5, "forward")      # the table's dot products: another GEMM order
+    d = rng.standard_normal(out.shape).astype(np.float32)
+    ref = E.label_map_concat_backward_numpy(d, cache_r)
+    for splits in (None, 1, 3, n):
+        got = E.label_map_concat_backward_cuda(d, cache, splits=splits)
+        for name, a, b in zip(("dx", "dx_bias", "demb_w", "dfc_w", "dfc_b"), got, ref):
+            assert (a is None) == (b is None), name
+            if a is not None:
+                assert_close(a, b, 1e-4, 1e-5, f"{name} splits={splits} ({all_orders} order)")
+        np.testing.assert_array_equal(got[0], ref[0])      # a select and a multiply: exact
+
+
+def test_label_map_concat_reference_is_the_unfused_layers(rng):
+    # numpy: the fused reference repeats Embedding -> Linear -> Concat (and the noise
+    # Linear's bias + LeakyReLU) operation by operation: the same bits
+    x, labels, emb_w, fc_w, fc_b, xb = _label_case(rng, 6, 12, 5, 4, 3, True)
+    out, _ = E.label_map_concat_forward_numpy(x, labels, emb_w, fc_w, fc_b, xb, 0.2)
+    h = x + xb
+    h = np.where(h > 0, h, h * np.float32(0.2))
+    np.testing.assert_array_equal(out, np.concatenate([h, emb_w[labels] @ fc_w.T + fc_b], axis=1))
+
+
+def test_label_map_concat_gradients_by_finite_differences(rng):
+    # float64: every gradient of the reference against central differences of <out, R>
+    n, ln, k, e, m = 5, 4, 3, 2, 3
+    x, labels, emb_w, fc_w, fc_b, xb = (a.astype(np.float64) if a is not None and a.dtype.kind == "f" else a
+                                        for a in _label_case(rng, n, ln, k, e, m, True))
+    x = x + np.sign(x) * 0.05                                 # no pre-activation near the kink
+    R = rng.standard_normal((n, ln + m))
+    args = dict(x=x, emb_w=emb_w, fc_w=fc_w, fc_b=fc_b, x_bias=xb)
+
+    def f(**kw):
+        a = {**args, **kw}
+        out, _ = E.label_map_concat_forward_numpy(a["x"], labels, a["emb_w"], a["fc_w"], a["fc_b"], a["x_bias"], 0.2)
+        return float((out * R).sum())
+    _, cache = E.label_map_concat_forward_numpy(x, labels, emb_w, fc_w, fc_b, xb, 0.2)
+    dx, dbx, demb, dfc_w, dfc_b = E.label_map_concat_backward_numpy(R, cache)
+    for name, grad in (("x", dx), ("x_bias", dbx), ("emb_w", demb), ("fc_w", dfc_w), ("fc_b", dfc_b)):
+        base = args[name]
+        fd = np.empty_like(base)
+        for i in range(base.size):
+            step = np.zeros_like(base)
+            step.flat[i] = 1e-6
+            fd.flat[i] = (f(**{name: base + step}) - f(**{name: base - step})) / 2e-6
+        np.testing.assert_allclose(grad, fd, rtol=1e-6, atol=1e-7, err_msg=name)
+
+
+def test_label_map_concat_adds_into_the_grads_and_skips_frozen_labels(rng):
+    x, labels, emb_w, fc_w, fc_b, xb = _label_case(rng, 9, 20, 4, 3, 5, True)
+    out, cache = E.label_map_concat_forward_cuda(x, labels, emb_w, fc_w, fc_b, xb, 0.2)
+    d = rng.standard_normal(out.shape).astype(np.float32)
+    fresh = E.label_map_concat_backward_cuda(d, cache)
+    before = [rng.standard_normal(a.shape).astype(np.float32) for a in fresh[1:]]
+    outs = [b.copy() for b in before]
+    got = E.label_map_concat_backward_cuda(d, cache, dx_bias_out=outs[0], demb_out=outs[1], dfc_w_out=outs[2],
+                                           dfc_b_out=outs[3])
+    assert got[1:] == (None, None, None, None)
+    np.testing.assert_array_equal(got[0], fresh[0])
+    for name, o, b, f in zip(("dx_bias", "demb_w", "dfc_w", "dfc_b"), outs, before, fresh[1:]):
+        assert_close(o, b + f, 1e-5, 1e-5, name)
+    np.testing.assert_array_equal(outs[0], before[0] + fresh[1])        # the ordered sums: v's bits
+    np.testing.assert_array_equal(outs[3], before[3] + fresh[4])
+    # a frozen label path (D in G's step): only dx and x's bias
+    dx, dbx, demb, dfc_w, dfc_b = E.label_map_concat_backward_cuda(d, cache, need_label=False)
+    assert demb is None and dfc_w is None and dfc_b is None
+    np.testing.assert_array_equal(dx, fresh[0])
+    np.testing.assert_array_equal(dbx, fresh[1])
+
+
+def test_label_map_concat_is_reproducible_and_checks_its_inputs(rng):
+    x, labels, emb_w, fc_w, fc_b, xb = _label_case(rng, 70, 40, 5, 3, 9, True)
+    out, cache = E.label_map_concat_forward_cuda(x, labels, emb_w, fc_w, fc_b, xb, 0.2)
+    d = rng.standard_normal(out.shape).astype(np.float32)
+    runs = set()
+    for order, workers in (("forward", 1), ("reverse", 1), ("random", 2), ("random", 2)):
+        with cuda_emu.settings(order=order, seed=5, workers=workers):
+            runs.add(b"".join(backend.asnumpy(g).tobytes() for g in E.label_map_concat_backward_cuda(d, cache)))
+    assert len(runs) == 1
+    with pytest.raises(ValueError, match="must lie in"):
+        E.label_map_concat_forward_cuda(x, labels + 5, emb_w, fc_w, fc_b, xb, 0.2)
+    with pytest.raises(ValueError, match=r"expected x \(N, L\)"):
+        E.label_map_concat_forward_cuda(x, labels, emb_w, fc_w[:, :2], fc_b, xb, 0.2)
+    with pytest.raises(ValueError, match=r"x_bias has shape"):
+        E.label_map_concat_forward_cuda(x, labels, emb_w, fc_w, fc_b, xb[:3], 0.2)
+    with pytest.raises(ValueError, match="negative_slope >= 0"):
+        E.label_map_concat_forward_cuda(x, labels, emb_w, fc_w, fc_b, xb, -0.1)
+    with pytest.raises(ValueError, match=r"d has shape"):
+        E.label_map_concat_backward_cuda(d[:, 1:], cache)
+    with pytest.raises(TypeError, match="kernels take float32"):
+        E.label_map_concat_forward_cuda(x.astype(np.float64), labels, emb_w, fc_w, fc_b)
+
+
+def test_conv_models_run_the_label_path_fused_on_the_kernel_backends(launches, rng):
+    # the plain layers: one table GEMM and one launch each way; wrapped (a spy on the
+    # label Linear) or on NumPy: the layers one by one
+    from cganraw import models
+    G, D = models.build("cgan-conv", 5, width=4, seed=1, batchnorm=True)
+    labels = np.array([0, 4, 2])
+    img = G(rng.standard_normal((3, 100)).astype(np.float32), labels)
+    D.backward(np.ones_like(D(img, labels)))
+    G.backward(np.ones_like(img))
+    assert launches.count("label_map_concat_forward_v1") == 2 and launches.count("label_map_concat_backward_v1") == 2
+    assert "embedding_forward_v1" not in launches and "embedding_backward_v3" not in launches
+    launches.clear()
+    D.label_fc.forward = D.label_fc.forward            # an instance-level forward: no fusion for D
+    D.backward(np.ones_like(D(img, labels)))
+    assert "label_map_concat_forward_v1" not in launches and "embedding_forward_v1" in launches

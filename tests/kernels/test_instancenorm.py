@@ -128,3 +128,85 @@ def test_bad_inputs(rng):
     _, cache, _, _ = IN.instancenorm_forward_cuda(x, gamma, beta)
     with pytest.raises(ValueError, match="instancenorm_backward: dy has shape"):
         IN.instancenorm_backward_cuda(np.ones((2, 3, 4, 5), np.float32), cache)
+
+
+# ---------------------------------------------------------------- fused with LeakyReLU
+
+@pytest.mark.parametrize("shape", SHAPES, ids=_ids(SHAPES))
+def test_leaky_relu_fused_matches_reference(shape, all_orders, rng):
+    x = _input(rng, shape)
+    gamma, beta = _params(rng, shape[1])
+    y, cache, mean, var = IN.instancenorm_leaky_relu_forward_cuda(x, gamma, beta, 1e-5, 0.2)
+    y_r, cache_r, mean_r, var_r = IN.instancenorm_leaky_relu_forward_numpy(x, gamma, beta, 1e-5, 0.2)
+    assert_close(y, y_r, 1e-5, 1e-4, "y")
+    assert_close(mean, mean_r, 1e-5, 1e-4, "mean")
+    assert_close(var, var_r, 1e-5, 1e-4, "var")
+    dy = rng.standard_normal(shape).astype(np.float32)
+    dx, dg, db = IN.instancenorm_leaky_relu_backward_cuda(dy, cache)
+    dx_r, dg_r, db_r = IN.instancenorm_leaky_relu_backward_numpy(dy, cache_r)
+    assert_close(dx, dx_r, 1e-4, 1e-3, "dx")
+    assert_close(dg, dg_r, 1e-4, 1e-4, "dgamma")
+    assert_close(db, db_r, 1e-4, 1e-4, "dbeta")
+    # into the parameters' .grad: the same sums added
+    before = [rng.standard_normal(shape[1]).astype(np.float32) for _ in range(2)]
+    out = [b.copy() for b in before]
+    dx2, none_g, none_b = IN.instancenorm_leaky_relu_backward_cuda(dy, cache, out=out)
+    assert none_g is None and none_b is None
+    np.testing.assert_array_equal(dx2, dx)
+    np.testing.assert_array_equal(out[0], before[0] + dg)
+    np.testing.assert_array_equal(out[1], before[1] + db)
+
+
+def test_leaky_relu_fused_reference_is_the_two_layers_and_its_gradient_by_finite_differences(rng):
+    # numpy: the pair's reference is the unfused arithmetic (bit for bit); float64 central
+    # differences of <y, R> prove its backward
+    from cganraw.ops.activation import leaky_relu_forward_numpy
+    x = _input(rng, (2, 3, 4, 5))
+    gamma, beta = _params(rng, 3)
+    y, _, _, _ = IN.instancenorm_leaky_relu_forward_numpy(x, gamma, beta, 1e-5, 0.2)
+    y1, _, _, _ = IN.instancenorm_forward_numpy(x, gamma, beta, 1e-5)
+    np.testing.assert_array_equal(y, leaky_relu_forward_numpy(y1, 0.2)[0])
+    x64, g64, b64 = (a.astype(np.float64) for a in (x, gamma, beta))
+    R = rng.standard_normal(x.shape)
+
+    def f(x_, g_, b_):
+        return float((IN.instancenorm_leaky_relu_forward_numpy(x_, g_, b_, 1e-5, 0.2)[0] * R).sum())
+    _, cache, _, _ = IN.instancenorm_leaky_relu_forward_numpy(x64, g64, b64, 1e-5, 0.2)
+    grads = IN.instancenorm_leaky_relu_backward_numpy(R, cache)
+    for k, (base, g) in enumerate(zip((x64, g64, b64), grads)):
+        for _ in range(3):
+            e = rng.standard_normal(base.shape)
+            args = [x64, g64, b64]
+            args[k] = base + 1e-6 * e
+            up = f(*args)
+            args[k] = base - 1e-6 * e
+            fd = (up - f(*args)) / 2e-6
+            assert fd == pytest.approx(float((g * e).sum()), rel=1e-5, abs=1e-7), k
+
+
+def test_leaky_relu_fused_is_reproducible_and_the_pair_fuses_on_the_kernel_backends(launches, rng):
+    from cganraw import cuda_emu
+    x = _input(rng, (6, 5, 9, 9))
+    gamma, beta = _params(rng, 5)
+    dy = rng.standard_normal(x.shape).astype(np.float32)
+    _, cache, _, _ = IN.instancenorm_leaky_relu_forward_cuda(x, gamma, beta, 1e-5, 0.2)
+    runs = set()
+    for order, workers in (("forward", 1), ("reverse", 1), ("random", 2), ("random", 2)):
+        with cuda_emu.settings(order=order, seed=3, workers=workers):
+            runs.add(b"".join(backend.asnumpy(a).tobytes() for a in IN.instancenorm_leaky_relu_backward_cuda(dy, cache)))
+    assert len(runs) == 1
+    # G's InstanceNorm2d + LeakyReLU in a Sequential: one launch each way on emu, the unfused
+    # layers' values and gradients (numpy backend)
+    def run(bk):
+        backend.use(bk)
+        seq = nn.Sequential(nn.InstanceNorm2d(5, affine=True, rng=np.random.default_rng(1)), nn.LeakyReLU(0.2))
+        y = seq(x)
+        dx = seq.backward(dy)
+        return [backend.asnumpy(a) for a in (y, dx, seq[0].weight.grad, seq[0].bias.grad)]
+    launches.clear()
+    got = run("emu")
+    assert launches == ["instancenorm_leaky_relu_forward_v1", "instancenorm_leaky_relu_backward_v1"]
+    ref = run("numpy")
+    backend.use("emu")
+    for a, b, name in zip(got, ref, ("y", "dx", "dgamma", "dbeta")):
+        assert_close(a, b, 1e-4, 1e-3, name)

@@ -153,10 +153,11 @@ def test_bias_leaky_relu(shape, all_orders, rng):
             y, cache = B.bias_leaky_relu_forward_cuda(arr, b, 0.1, splits=splits)
             assert y is arr and cache[0] is arr
             assert_close(y, y_r, 1e-7, 1e-6, f"bias+leaky {shape} forward")
-        dpre, db = B.bias_leaky_relu_backward_cuda(dy, cache_r, splits=splits)
         dpre_r, db_r = B.bias_leaky_relu_backward_numpy(dy, cache_r)
-        assert np.array_equal(dpre, dpre_r)          # a select and a multiply: exact
-        assert_close(db, db_r, 1e-5, 1e-5, f"bias+leaky {shape} db")
+        for one_launch in (True, False):
+            dpre, db = B.bias_leaky_relu_backward_cuda(dy, cache_r, splits=splits, one_launch=one_launch)
+            assert np.array_equal(dpre, dpre_r)          # a select and a multiply: exact
+            assert_close(db, db_r, 1e-5, 1e-5, f"bias+leaky {shape} db (one launch {one_launch})")
         assert B.bias_leaky_relu_backward_cuda(dy, cache_r, need_db=False)[1] is None
     with pytest.raises(ValueError, match="negative_slope >= 0"):
         B.bias_leaky_relu_forward_cuda(y0.copy(), b, -0.2)
@@ -172,8 +173,7 @@ def test_fused_ops_dispatch_to_their_kernels(launches, rng):
     assert launches == ["batchnorm_forward_stats_v3", "batchnorm_forward_stats_centered_v3",
                         "batchnorm_leaky_relu_forward_v1",
                         "batchnorm_leaky_relu_backward_partial_v1", "batchnorm_leaky_relu_backward_v1",
-                        "bias_leaky_relu_forward_v1", "bias_leaky_relu_backward_partial_v1",
-                        "bias_add_backward_reduce_v3"]
+                        "bias_leaky_relu_forward_v1", "bias_leaky_relu_backward_v3"]
 
 
 # ---------------------------------------------------------------- determinism

@@ -159,3 +159,114 @@ def test_bad_inputs(rng):
         SN.spectral_norm_backward_cuda(w, cache, version=3)
     with pytest.raises(ValueError, match=r"zero must have the weight's shape \(3, 4\)"):
         SN.spectral_norm_forward_cuda(w, u, v, 0, zero=np.zeros((4, 3), np.float32))
+
+
+# ---------------------------------------------------------------- every layer at once (*_multi_v1)
+# layers of one table: a Linear (dim 0), a conv (dim 0), a ConvTranspose2d (dim 1), a
+# single-row weight and D's layers at width 4 (Conv2d(2, 4, 3), Conv2d(4, 4, 3), Linear(245, 1))
+MULTI = [[((4, 6), 0), ((7, 3, 3, 3), 0), ((3, 5, 4, 4), 1), ((1, 33), 0)],
+         [((4, 2, 3, 3), 0), ((4, 4, 3, 3), 0), ((1, 245), 0)], [((65, 33), 0)]]
+
+
+def _multi(rng, layers, iterations, gap=5):
+    """Flat W (with gaps, as the optimiser's aligned packing leaves), uv, the table."""
+    rows, w_parts, uv_parts, off, uv_off = [], [], [], 0, 0
+    for shape, dim in layers:
+        w = rng.standard_normal(shape).astype(np.float32)
+        u, v = _vectors(rng, shape, dim)
+        rows.append((off, shape, dim, uv_off, iterations))
+        w_parts += [w.reshape(-1), np.zeros(gap, np.float32)]
+        uv_parts += [u, v]
+        off += w.size + gap
+        uv_off += u.size + v.size
+    table, rows_total, wsn_total = SN.multi_table(rows)
+    return np.concatenate(w_parts), np.concatenate(uv_parts), table, rows_total, wsn_total
+
+
+@pytest.mark.parametrize("iterations", [0, 1, 2])
+@pytest.mark.parametrize("layers", MULTI, ids=["mixed", "D-width4", "one"])
+def test_multi_forward_and_backward_match_reference(layers, iterations, all_orders, rng):
+    W, uv, table, rows_total, wsn_total = _multi(rng, layers, iterations)
+    uv_r, uv_k = uv.copy(), uv.copy()
+    wsn_r, zero_r = np.empty(wsn_total, np.float32), np.ones(wsn_total, np.float32)
+    wsn_k, zero_k = np.empty(wsn_total, np.float32), np.ones(wsn_total, np.float32)
+    uv_out_r, sigma_r = SN.spectral_norm_multi_forward_numpy(table, W, uv_r, wsn_r, zero_r, 1e-12)
+    uv_out_k, sigma_k = SN.spectral_norm_multi_forward_cuda(table, W, uv_k, wsn_k, zero_k, 1e-12, True, rows_total)
+    assert_close(sigma_k, sigma_r, 1e-5, 1e-4, "sigma")
+    assert_close(uv_out_k, uv_out_r, 1e-5, 1e-4, "u, v")
+    assert_close(uv_k, uv_r, 1e-5, 1e-4, "u, v written back")
+    if iterations == 0:
+        np.testing.assert_array_equal(uv_k, uv)
+    assert_close(wsn_k, wsn_r, 1e-5, 1e-4, "W / sigma")
+    assert not zero_k.any()
+    # the reference is the single-layer op, layer by layer
+    for (shape, dim), row in zip(layers, table):
+        w = W[row[0]:row[0] + int(np.prod(shape))].reshape(shape)
+        u, v = uv[row[4]:row[4] + shape[dim]], uv[row[4] + shape[dim]:row[4] + w.size // shape[dim] + shape[dim]]
+        w_sn, _, _, cache = SN.spectral_norm_forward_numpy(w, u.copy(), v.copy(), dim, max(iterations, 1), 1e-12,
+                                                           power_iteration=iterations > 0)
+        np.testing.assert_array_equal(wsn_r[row[7]:row[7] + w.size].reshape(shape), w_sn)
+    dw_sn = rng.standard_normal(wsn_total).astype(np.float32)
+    before = rng.standard_normal(W.size).astype(np.float32)
+    dW_r, dW_k = before.copy(), before.copy()
+    SN.spectral_norm_multi_backward_numpy(table, dW_r, dw_sn, W, uv_out_r, sigma_r)
+    SN.spectral_norm_multi_backward_cuda(table, dW_k, dw_sn, W, uv_out_k, sigma_k)
+    assert_close(dW_k, dW_r, 1e-5, 1e-4, "dW")
+    gaps = np.ones(W.size, bool)
+    for row in table:
+        gaps[row[0]:row[0] + int(row[1] * row[2] * row[3])] = False
+    np.testing.assert_array_equal(dW_k[gaps], before[gaps])          # nothing written between layers
+
+
+def test_multi_backward_by_finite_differences(rng):
+    # float64, no power iteration (u, v fixed: sigma = u^T W v exactly): the multi backward
+    # is the gradient of sum_l <W_l / sigma_l(W_l), R_l>
+    W, uv, table, rows_total, wsn_total = _multi(rng, MULTI[0], 0)
+    W, uv = W.astype(np.float64), uv.astype(np.float64)
+    R = rng.standard_normal(wsn_total)
+
+    def f(w):
+        wsn, zero = np.empty(wsn_total), np.empty(wsn_total)
+        SN.spectral_norm_multi_forward_numpy(table, w, uv.copy(), wsn, zero, 1e-12)
+        return float(wsn @ R)
+    uv_out, sigma = SN.spectral_norm_multi_forward_numpy(table, W, uv.copy(), np.empty(wsn_total),
+                                                         np.empty(wsn_total), 1e-12)
+    dW = SN.spectral_norm_multi_backward_numpy(table, np.zeros_like(W), R, W, uv_out, sigma)
+    for _ in range(4):                                         # directional derivatives
+        e = rng.standard_normal(W.size)
+        fd = (f(W + 1e-6 * e) - f(W - 1e-6 * e)) / 2e-6
+        assert fd == pytest.approx(float(dW @ e), rel=1e-6, abs=1e-8)
+
+
+def test_group_on_a_packed_d_equals_the_layers_one_by_one(rng):
+    # D as the trainer builds it, on emu: with its Adam (packed) the group runs; without
+    # packing (no optimiser) each layer normalises itself: the same u, v, W / sigma, output
+    # and raw weight gradients (up to the order of float sums)
+    from cganraw import devicelog, models
+    from cganraw.optim import Adam
+
+    def run(packed):
+        D = models.build("cgan-conv", 5, width=4, seed=2, d_norm="spectral", minibatch_std=True)[1]
+        opt = Adam(D.parameters()) if packed else None      # kept alive: its packing stays
+        for p in D.parameters():
+            p.grad[...] = 0
+        x = rng.uniform(-1, 1, (6, 1, 28, 28)).astype(np.float32)
+        with devicelog.recording() as log:
+            y = D(x, np.array([0, 1, 2, 3, 4, 0]))
+            D.backward(np.ones_like(y))
+        names = [e.name for e in log.launches if e.name.startswith("spectral_norm")]
+        state = {k: backend.asnumpy(v).copy() for k, v in D.state_dict().items()}
+        state.update({k + ".grad": backend.asnumpy(p.grad).copy() for k, p in D.named_parameters()})
+        assert (opt is not None) == (nn.utils.spectral_norm_group(D) is not None)
+        return names, backend.asnumpy(y), state
+    rng = np.random.default_rng(4)
+    names_g, y_g, s_g = run(True)
+    rng = np.random.default_rng(4)
+    names_1, y_1, s_1 = run(False)
+    assert names_g == ["spectral_norm_power_multi_v1", "spectral_norm_forward_multi_v1",
+                       "spectral_norm_dot_multi_v1", "spectral_norm_backward_multi_v1"]
+    assert names_1.count("spectral_norm_power_v1") == 3 and "spectral_norm_power_multi_v1" not in names_1
+    assert_close(y_g, y_1, 1e-5, 1e-4, "D(x)")
+    assert s_g.keys() == s_1.keys()
+    for k in s_g:
+        assert_close(s_g[k], s_1[k], 1e-6, 1e-4, k)

@@ -92,3 +92,23 @@ def test_instancenorm_running_update_on_strided_statistics(rng):
     assert_close(stats[0, :, 0], ref_m, 1e-7, 1e-6, "running mean (a strided view)")
     assert_close(stats[1, :, 0], ref_v, 1e-7, 1e-6, "running var (a strided view)")
     assert (stats[0, :, 1] == 0).all() and (stats[1, :, 1] == 1).all()     # the other column untouched
+
+
+@pytest.mark.parametrize("n, m", [(1, 1), (7, 3), (1000, 257), (5000, 0)])
+def test_ema_update_v3_averages_and_copies_in_one_launch(n, m, launches, rng):
+    # the moving average of G and the copy of its running statistics: v2's average and a
+    # plain copy, bit for bit, in one launch
+    avg, value = rng.standard_normal(n).astype(np.float32), rng.standard_normal(n).astype(np.float32)
+    dst, src = rng.standard_normal(m).astype(np.float32), rng.standard_normal(m).astype(np.float32)
+    ref = avg.copy()
+    EMA.ema_update_numpy(ref, value, 0.999)
+    got = avg.copy()
+    EMA.ema_update_cuda(got, value, 0.999, copy=(dst, src))
+    assert launches == ["ema_update_v3"]
+    np.testing.assert_array_equal(got, ref)
+    np.testing.assert_array_equal(dst, src)
+    two = avg.copy()
+    EMA.ema_update_cuda(two, value, 0.999)
+    np.testing.assert_array_equal(two, got)
+    with pytest.raises(ValueError, match="copy between arrays"):
+        EMA.ema_update_cuda(got, value, 0.9, copy=(dst, np.zeros(m + 1, np.float32)))

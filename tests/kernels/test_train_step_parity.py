@@ -15,7 +15,8 @@ DEFAULT_D = {"d_norm": "spectral", "minibatch_std": True}
 
 def one_step(name, bk, batchnorm=False, d_opts=None):
     backend.use(bk)
-    G, D = models.build(name, 10, width=8, seed=3, batchnorm=batchnorm, **(d_opts or {}))
+    norm = {"g_norm": batchnorm} if isinstance(batchnorm, str) else {"batchnorm": batchnorm}
+    G, D = models.build(name, 10, width=8, seed=3, **norm, **(d_opts or {}))
     opt_g, opt_d = Adam(G.parameters(), lr=LR), Adam(D.parameters(), lr=LR)
     grads = {}
     for tag, opt, mod in (("G", opt_g, G), ("D", opt_d, D)):
@@ -35,8 +36,10 @@ def one_step(name, bk, batchnorm=False, d_opts=None):
 
 
 @pytest.mark.parametrize("name,batchnorm,d_opts", [("cgan-conv", False, None), ("cgan-conv", True, None),
-                                                   ("cgan-conv", True, DEFAULT_D), ("cgan-mlp", False, None)],
-                         ids=["cgan-conv", "cgan-conv-bn", "cgan-conv-default-d", "cgan-mlp"])
+                                                   ("cgan-conv", True, DEFAULT_D), ("cgan-conv", "instance", DEFAULT_D),
+                                                   ("cgan-mlp", False, None)],
+                         ids=["cgan-conv", "cgan-conv-bn", "cgan-conv-default-d", "cgan-conv-in-default-d",
+                              "cgan-mlp"])
 def test_train_step_emu_equals_numpy(name, batchnorm, d_opts, launches):
     ref_stats, ref_grads, ref_params = one_step(name, "numpy", batchnorm, d_opts)
     launches.clear()
@@ -45,14 +48,22 @@ def test_train_step_emu_equals_numpy(name, batchnorm, d_opts, launches):
     # the fused layer + LeakyReLU pairs run their kernels: D's Conv2d pairs the ones that also
     # turn the GEMMs' layout, the other pairs (the MLPs' Linear, G's ConvT without a norm) v1
     if name == "cgan-conv":
-        assert {"bias_leaky_relu_forward_v2", "bias_leaky_relu_backward_partial_v2"} <= set(launches)
+        assert {"bias_leaky_relu_forward_v2", "bias_leaky_relu_backward_v4"} <= set(launches)
     if not batchnorm:
-        assert {"bias_leaky_relu_forward_v1", "bias_leaky_relu_backward_partial_v1"} <= set(launches)
+        assert {"bias_leaky_relu_forward_v1", "bias_leaky_relu_backward_v3"} <= set(launches)
     if name == "cgan-conv":
         # D's convolutions: im2col_v2 and col2im_v3; G's ConvT(k4, s2, p1): phase-split GEMMs
         assert "im2col_v2" in launches and "col2im_v3" in launches
-    if batchnorm:
-        assert {"batchnorm_leaky_relu_forward_v1", "batchnorm_leaky_relu_backward_v2"} <= set(launches)
+    if batchnorm is True:
+        # (training: the running statistics updated in the normalising pass, forward_v2)
+        assert {"batchnorm_leaky_relu_forward_v2", "batchnorm_leaky_relu_backward_v2"} <= set(launches)
+        assert "batchnorm_running_update_v1" not in launches
+    if batchnorm == "instance":
+        # G's InstanceNorm2d + LeakyReLU pairs: one launch each way
+        assert {"instancenorm_leaky_relu_forward_v1", "instancenorm_leaky_relu_backward_v1"} <= set(launches)
+    if name == "cgan-conv":
+        # the label paths of G and D: the fused table GEMM + concatenation, each way
+        assert {"label_map_concat_forward_v1", "label_map_concat_backward_v1"} <= set(launches)
     if d_opts:
         # one batch of real, wrong-label and fake terms (5 each: the group of 4 does not divide)
         assert {"spectral_norm_power_v1", "minibatch_std_forward_stat_v3"} <= set(launches)
