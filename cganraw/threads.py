@@ -107,35 +107,38 @@ def gemm_probe():
     return lambda: np.matmul(a, b, out=out)
 
 
-_picked = {}           # (cpus, work's key) -> pick()'s answer: measured once per process, so that
-                      # every run of one process with the same work (a test session, a study) gets one count
+_picked = {}           # cpus -> (pick()'s answer, what was timed): measured once per process, so
+                      # that every run of one process (a test session, a study) uses the same count:
+                      # some BLAS results depend on it in their last bit
 
 
-def pick(cpus: int | None = None, make_work=None, key=None) -> tuple:
+def pick(cpus: int | None = None, make_work=None) -> tuple:
     """(fastest thread count, {count: seconds}) over candidates(cpus), timing the work that
     make_work() returns (a zero-argument callable; gemm_probe when make_work is None),
-    measured on the first call of this process for (cpus, key) and remembered: make_work is
-    called only then. `cpus` defaults to the CPUs this process may use, capped by
-    $OMP_NUM_THREADS / $OPENBLAS_NUM_THREADS / $MKL_NUM_THREADS."""
-    cpus = cpus or usable_cpus()
-    memo = (cpus, key if make_work is not None else "gemm")
-    if memo not in _picked:
+    measured on the first call of this process and remembered: make_work is called only
+    then. `cpus` defaults to the CPUs this process may use, capped by $OMP_NUM_THREADS /
+    $OPENBLAS_NUM_THREADS / $MKL_NUM_THREADS."""
+    return _pick(cpus or usable_cpus(), make_work)[0]
+
+
+def _pick(cpus, make_work):
+    if cpus not in _picked:
         work = (make_work or gemm_probe)()
         times = {c: _probe_seconds(c, work) for c in candidates(cpus)}
-        _picked[memo] = min(times, key=times.get), times
-    return _picked[memo]
+        _picked[cpus] = (min(times, key=times.get), times), make_work is not None
+    return _picked[cpus]
 
 
-def apply(requested: int | None, make_work=None, key=None, what="training step") -> dict:
+def apply(requested: int | None, make_work=None, what="training step") -> dict:
     """Set the run's threads: `requested` > 0 as given, 0 or None picked by pick(None,
-    make_work, key), `what` naming the timed work. Returns the record for config.json:
-    requested, blas, numba, and the probe with its times when measured."""
+    make_work), `what` naming the timed work. Returns the record for config.json: requested,
+    blas, numba, and the probe with its times when measured."""
     record = {"requested": requested or "auto"}
     if requested:
         chosen = int(requested)
     else:
-        chosen, times = pick(None, make_work, key)
-        record["probe"] = what if make_work is not None else "GEMM"
+        (chosen, times), timed_work = _pick(usable_cpus(), make_work)
+        record["probe"] = what if timed_work else "GEMM"
         record["probe_ms"] = {str(c): round(t * 1e3, 3) for c, t in times.items()}
         log.debug("threads: %d (%s probe %s)", chosen, record["probe"],
                   ", ".join(f"{c}: {t * 1e3:.1f} ms" for c, t in times.items()))

@@ -147,11 +147,9 @@ def _set_threads(args, bk, resumed_out, cfg, train_set):
             kept = None
         if isinstance(kept, int) and kept > 0:
             return {**threads.apply(kept), "requested": "auto", "kept_from_run": kept}
-    arch = tuple(cfg.get(k) for k in ("model", "width", "batch_size", "latent_dim", "g_norm", "d_norm",
-                                      "minibatch_std", "progressive", "mismatch", "mode_seeking", "ema_decay"))
     if bk == "emu":      # a step in the emulator takes long and says nothing of numpy's: the GEMM probe
         return threads.apply(args.threads)
-    return threads.apply(args.threads, lambda: _step_work(cfg, train_set), key=(arch, train_set.num_classes))
+    return threads.apply(args.threads, lambda: _step_work(cfg, train_set))
 
 
 def _train(args, log, stop, saved):

@@ -94,7 +94,7 @@ def test_resume_keeps_the_runs_thread_count(tmp_path, restore_threads):
     assert rec["requested"] == 2 and "kept_from_run" not in rec
 
 
-def test_pick_times_the_given_work_once_per_key(monkeypatch, restore_threads):
+def test_pick_times_the_given_work_once_per_process(monkeypatch, restore_threads):
     # work that is slower on two threads than on one, as a small model's step can be
     state, made = {}, []
     monkeypatch.setattr(threads, "_picked", {})
@@ -104,17 +104,18 @@ def test_pick_times_the_given_work_once_per_key(monkeypatch, restore_threads):
         made.append(1)
         return lambda: __import__("time").sleep(0.002 if state["n"] == 1 else 0.02)
 
-    chosen, times = threads.pick(2, make_work, key="small step")
+    chosen, times = threads.pick(2, make_work)
     assert chosen == 1 and times[2] > times[1] and made == [1]
-    assert threads.pick(2, make_work, key="small step") == (chosen, times) and made == [1]   # remembered
-    threads.pick(2, make_work, key="another model")
-    assert made == [1, 1]                                   # another key: measured again
-    rec = threads.apply(0, make_work, key="small step")
-    assert rec["probe"] == "training step" and rec["blas"] == 1 and made == [1, 1]
+    # remembered, whatever the later work: every run of a process gets one count
+    assert threads.pick(2, make_work) == (chosen, times) and threads.pick(2) == (chosen, times) and made == [1]
+    monkeypatch.setattr(threads, "usable_cpus", lambda: 2)
+    rec = threads.apply(0, make_work)
+    assert rec["probe"] == "training step" and rec["blas"] == 1 and made == [1]
 
 
-def test_the_measured_pick_leaves_the_run_as_a_given_count_would(tmp_path, restore_threads):
+def test_the_measured_pick_leaves_the_run_as_a_given_count_would(tmp_path, restore_threads, monkeypatch):
     # --threads 0 times steps of a throwaway copy: the run itself must not see them
+    monkeypatch.setattr(threads, "_picked", {})             # not yet measured in this process
     import numpy as np
 
     from cganraw import checkpoint

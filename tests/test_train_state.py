@@ -54,8 +54,9 @@ def observed_run(out, data_dir, *extra):
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(Adam, "step", recording)
         mp.setattr(models, "build", build)
+        # --threads given: a measured pick would time steps of a throwaway copy, whose Adam steps count here
         argv = ["--dataset", "emnist", "--data-dir", data_dir, "--out", out, "--width", 4, "--batch-size", 8,
-                "--backend", "numpy", "--quiet", "--no-download", *extra]
+                "--backend", "numpy", "--quiet", "--no-download", "--threads", 1, *extra]
         assert run_trainer(argv) == 0
     G, D = built[0]                                   # the pair the trainer trains
     named = {who: [rec for first, rec in steps if first is net.parameters()[0]] for who, net in (("G", G), ("D", D))}

@@ -26,6 +26,7 @@ from collections import Counter
 import numpy as np
 
 from cganraw import cuda_emu
+from cganraw.ops import _blas
 
 LOG: list[tuple] = []   # (kind, name, bytes, flops)
 NAME = "CuPy stand-in (NumPy arrays, cganraw.cuda_emu kernels)"
@@ -507,7 +508,9 @@ def _gemm(transa, transb, a, b, out=None, alpha=1.0, beta=0.0):
     if out is None:
         _missing("cublas.gemm without out= (CuPy returns an F-ordered array)")
     ro = _dev(out)
-    if beta:
+    if beta and _blas.gemm_into(ra, rb, ro, transa in ("T", 1), transb in ("T", 1), alpha, beta):
+        pass    # accumulated by BLAS as the emu backend's library GEMM does (ops/_blas.py): the same bits
+    elif beta:
         ro *= ro.dtype.type(beta)
         ro += ro.dtype.type(alpha) * prod if alpha != 1.0 else prod
     else:
