@@ -68,6 +68,17 @@ def bce_with_logits_forward_cuda(logits, targets, version=None):
     return loss.reshape(()), (xc, tc)
 
 
+def _gradient_out(out, shape, op):
+    """The gradient's array: a new one, or `out` when it is a contiguous float32 array of
+    `shape` (the caller's buffer, written in place)."""
+    if out is None:
+        return _launch.empty(shape)
+    dx = _launch.arg(out, np.float32, f"{op}: out")
+    if dx is not out or tuple(dx.shape) != tuple(shape):
+        raise ValueError(f"{op}: out must be a contiguous array of shape {tuple(shape)}")
+    return dx
+
+
 def bce_with_logits_backward_cuda(dloss, cache, version=None, out=None):
     """As bce_with_logits_backward_numpy: dx = (sigmoid(x) - t) * dloss / N, written into
     `out` (a contiguous float32 array of the logits' shape) when given."""
@@ -77,12 +88,7 @@ def bce_with_logits_backward_cuda(dloss, cache, version=None, out=None):
     tc = _launch.arg(t, np.float32, f"{op}: targets")
     if tuple(tc.shape) != tuple(xc.shape):
         raise ValueError(f"{op}: targets have shape {tuple(tc.shape)}, logits {tuple(xc.shape)}")
-    if out is None:
-        dx = _launch.empty(xc.shape)
-    else:
-        dx = _launch.arg(out, np.float32, f"{op}: out")
-        if dx is not out or tuple(dx.shape) != tuple(xc.shape):
-            raise ValueError(f"{op}: out must be a contiguous array of shape {tuple(xc.shape)}")
+    dx = _gradient_out(out, xc.shape, op)
     # float(): dloss may be a Python number, a NumPy scalar or a 0-d array of either backend
     _launch.elementwise_launch("bce", op, _launch.pick_version(op, version, 2), xc.size,
                                (dx, xc, tc, _launch.f32(float(dloss) / max(xc.size, 1)),
@@ -140,12 +146,7 @@ def bce_with_logits_segments_cuda(logits, targets, weights, out=None, version=No
     _launch.pick_version(op, version, 1, (1,))
     xc = _launch.arg(logits, np.float32, f"{op}: logits")
     parts = _check_segments(xc, targets, weights, op)
-    if out is None:
-        dx = _launch.empty(xc.shape)
-    else:
-        dx = _launch.arg(out, np.float32, f"{op}: out")
-        if dx is not out or tuple(dx.shape) != tuple(xc.shape):
-            raise ValueError(f"{op}: out must be a contiguous array of shape {tuple(xc.shape)}")
+    dx = _gradient_out(out, xc.shape, op)
     n = _launch.element_count(xc.size // parts, op)
     _launch.element_count(xc.size, op)
     losses = _launch.empty((parts,))

@@ -120,16 +120,22 @@ def _row_launch(kernel, version, rows, hw, args):
         _launch.row_launch("instancenorm", kernel, 2, rows, hw, args)
 
 
+def _forward_arrays(x, gamma, beta, n, c, op):
+    """The forward kernels' inputs, checked (x, gamma, beta), and outputs: y, xhat (N, C, H, W)
+    and mean, var, invstd (N, C)."""
+    xc = _launch.arg(x, np.float32, f"{op}: x")
+    _launch.element_count(xc.size, op)
+    gc, bc = _per_channel(gamma, c, op, "gamma"), _per_channel(beta, c, op, "beta")
+    y, xhat = _launch.empty(xc.shape), _launch.empty(xc.shape)
+    return (xc, gc, bc, y, xhat, *(_launch.empty((n, c)) for _ in range(3)))
+
+
 def instancenorm_forward_cuda(x, gamma, beta, eps=1e-5, version=None):
     """As instancenorm_forward_numpy, on the GPU (or the emulator)."""
     op = "instancenorm_forward"
     n, c, hw = _dims(x, op)
-    xc = _launch.arg(x, np.float32, f"{op}: x")
-    _launch.element_count(xc.size, op)
-    gc, bc = _per_channel(gamma, c, op, "gamma"), _per_channel(beta, c, op, "beta")
+    xc, gc, bc, y, xhat, mean, var, invstd = _forward_arrays(x, gamma, beta, n, c, op)
     rows = n * c
-    y, xhat = _launch.empty(xc.shape), _launch.empty(xc.shape)
-    mean, var, invstd = _launch.empty((n, c)), _launch.empty((n, c)), _launch.empty((n, c))
     _row_launch(op, _launch.pick_version(op, version, 2 if hw >= 32 else 1), rows, hw,
                 (y, xhat, mean, var, invstd, xc, gc, bc, _launch.f32(eps),
                  _launch.i32(rows), _launch.i32(c), _launch.i32(hw)))
@@ -163,12 +169,8 @@ def instancenorm_leaky_relu_forward_cuda(x, gamma, beta, eps=1e-5, negative_slop
     if not negative_slope >= 0:
         raise ValueError(f"{op}: the backward recomputes the mask from xhat: negative_slope >= 0, got {negative_slope}")
     n, c, hw = _dims(x, op)
-    xc = _launch.arg(x, np.float32, f"{op}: x")
-    _launch.element_count(xc.size, op)
-    gc, bc = _per_channel(gamma, c, op, "gamma"), _per_channel(beta, c, op, "beta")
+    xc, gc, bc, y, xhat, mean, var, invstd = _forward_arrays(x, gamma, beta, n, c, op)
     rows = n * c
-    y, xhat = _launch.empty(xc.shape), _launch.empty(xc.shape)
-    mean, var, invstd = _launch.empty((n, c)), _launch.empty((n, c)), _launch.empty((n, c))
     _launch.row_launch("instancenorm", op, 1, rows, hw,
                        (y, xhat, mean, var, invstd, xc, gc, bc, _launch.f32(eps), _launch.f32(negative_slope),
                         _launch.i32(rows), _launch.i32(c), _launch.i32(hw)))
