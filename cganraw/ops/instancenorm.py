@@ -142,15 +142,21 @@ def instancenorm_forward_cuda(x, gamma, beta, eps=1e-5, version=None):
     return y, (INPUT_STATS, xhat, invstd, gc), mean, var
 
 
-def instancenorm_backward_cuda(dy, cache, version=None):
-    op = "instancenorm_backward"
-    _, xhat, invstd, gamma = cache
+def _backward_inputs(dy, xhat, op):
+    """(n, c, hw, dy, xhat) for the backward kernels: float32, contiguous, of one shape."""
     n, c, hw = _dims(dy, op)
     dyc = _launch.arg(dy, np.float32, f"{op}: dy")
     xc = _launch.arg(xhat, np.float32, f"{op}: xhat")
     if tuple(xc.shape) != tuple(dyc.shape):
         raise ValueError(f"{op}: dy has shape {tuple(dyc.shape)}, the forward's input {tuple(xc.shape)}")
     _launch.element_count(dyc.size, op)
+    return n, c, hw, dyc, xc
+
+
+def instancenorm_backward_cuda(dy, cache, version=None):
+    op = "instancenorm_backward"
+    _, xhat, invstd, gamma = cache
+    n, c, hw, dyc, xc = _backward_inputs(dy, xhat, op)
     gc = _per_channel(gamma, c, op, "gamma")
     ic = _launch.arg(invstd, np.float32, f"{op}: invstd")
     rows = n * c
@@ -182,12 +188,7 @@ def instancenorm_leaky_relu_backward_cuda(dy, cache, out=None):
     the parameters' .grad) the parameter gradients are added into them and come back None."""
     op = "instancenorm_leaky_relu_backward"
     _, xhat, invstd, gamma, beta, slope = cache
-    n, c, hw = _dims(dy, op)
-    dyc = _launch.arg(dy, np.float32, f"{op}: dy")
-    xc = _launch.arg(xhat, np.float32, f"{op}: xhat")
-    if tuple(xc.shape) != tuple(dyc.shape):
-        raise ValueError(f"{op}: dy has shape {tuple(dyc.shape)}, the forward's input {tuple(xc.shape)}")
-    _launch.element_count(dyc.size, op)
+    n, c, hw, dyc, xc = _backward_inputs(dy, xhat, op)
     gc, bc = _per_channel(gamma, c, op, "gamma"), _per_channel(beta, c, op, "beta")
     if out is not None:
         dgamma, dbeta = (_launch.writable(a, op, name) for a, name in zip(out, ("out[0]", "out[1]")))

@@ -504,16 +504,17 @@ def _gemm(transa, transb, a, b, out=None, alpha=1.0, beta=0.0):
     ra, rb = _dev(a), _dev(b)
     opa = ra.T if transa in ("T", 1) else ra
     opb = rb.T if transb in ("T", 1) else rb
-    prod = np.matmul(opa, opb)
     if out is None:
         _missing("cublas.gemm without out= (CuPy returns an F-ordered array)")
     ro = _dev(out)
     if beta and _blas.gemm_into(ra, rb, ro, transa in ("T", 1), transb in ("T", 1), alpha, beta):
         pass    # accumulated by BLAS as the emu backend's library GEMM does (ops/_blas.py): the same bits
     elif beta:
+        prod = np.matmul(opa, opb)
         ro *= ro.dtype.type(beta)
         ro += ro.dtype.type(alpha) * prod if alpha != 1.0 else prod
     else:
+        prod = np.matmul(opa, opb)
         ro[...] = prod if alpha == 1.0 else ro.dtype.type(alpha) * prod
     _log("gemm", "cublas_sgemm", _nbytes(ra, rb, ro) + (ro.nbytes if beta else 0),
          2 * opa.shape[0] * opa.shape[1] * opb.shape[1] + (ro.size if beta else 0))
