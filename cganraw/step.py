@@ -29,6 +29,7 @@ from cganraw.ops.philox import (
     philox_integers,
     philox_normal,
     philox_shift_labels,
+    philox_step_draws,
 )
 from cganraw.ops.stats import STAT_NAMES, bounded_mask, step_stats
 
@@ -144,21 +145,24 @@ def train_step(G, D, opt_g, opt_d, real_images, real_labels, rng, label_smoothin
     set_dropout_step(G, key.step)
     n = real_images.shape[0]
     # drawn in float32 always (the same noise at any precision), then in the images' dtype
-    z = philox_normal((n, G.latent_dim), key.stream(NOISE))
-    if z.dtype != real_images.dtype:
-        z = z.astype(real_images.dtype)
     pairs = n // 2 if mode_seeking > 0 else 0       # rows i and pairs + i share a label
     with_mismatch = mismatch > 0 and G.conditional
     batched = batchable(D)
     fake_labels = labels = None
-    if G.conditional:
-        into = None
-        if batched and backend.uses_kernels():
-            # the fake labels drawn straight into the tail of D's batch of labels (no copy)
-            parts = 3 if with_mismatch else 2
-            labels = _launch.empty((parts * n,), np.int32)
-            into = labels[(parts - 1) * n:]
-        fake_labels = philox_integers(n, 0, G.num_classes, key.stream(FAKE_LABELS), fold=pairs, out=into)
+    if G.conditional and batched and backend.uses_kernels():
+        # z and D's batch of labels [real | wrong | fake] in one launch: the same values as
+        # the draws below, the fake labels a view of the batch's tail (no copies)
+        parts = 3 if with_mismatch else 2
+        z, labels = philox_step_draws(real_labels, n * G.latent_dim, G.num_classes, key, parts, fold=pairs)
+        z = z.reshape(n, G.latent_dim)
+        fake_labels = labels[(parts - 1) * n:]
+    else:
+        z = philox_normal((n, G.latent_dim), key.stream(NOISE))
+        if G.conditional:
+            fake_labels = philox_integers(n, 0, G.num_classes, key.stream(FAKE_LABELS), fold=pairs)
+    # drawn in float32 always (the same noise at any precision), then in the images' dtype
+    if z.dtype != real_images.dtype:
+        z = z.astype(real_images.dtype)
     real_target = 1.0 - label_smoothing  # one-sided: only the real targets are smoothed
 
     # --- D step ---------------------------------------------------------------------
@@ -209,24 +213,21 @@ def _d_step_one_batch(G, D, z, real_images, real_labels, fake_labels, key, real_
     """D's real, wrong-label (mismatch > 0) and fake terms as one batch [real | wrong | fake]:
     one forward, one backward. Returns the three losses (None for an absent mismatch term),
     the real and fake logits and G's images (G keeps its cache for its own step). labels: the
-    batch's label array with the fake labels already in its tail (fake_labels a view of it),
-    or None to make one here."""
+    batch's label array already drawn (philox_step_draws; fake_labels a view of its tail), or
+    None to make one here."""
     n = real_images.shape[0]
     parts = 3 if mismatch > 0 else 2
     images = _launch.empty((parts * n,) + tuple(real_images.shape[1:]), real_images.dtype)
     # the real images in the real and the wrong-label rows: one broadcasting copy
     _launch.copy_into(images[:(parts - 1) * n].reshape((parts - 1, n) + tuple(real_images.shape[1:])), real_images)
-    if G.conditional:
+    if G.conditional and labels is None:
         k = G.num_classes
-        drawn_in_place = labels is not None
-        if not drawn_in_place:
-            labels = _launch.empty((parts * n,), np.int32)
+        labels = _launch.empty((parts * n,), np.int32)
         _launch.copy_into(labels[:n], real_labels)
         if mismatch > 0:
             # every label moved by 1..K-1 places: a wrong label for every image
             philox_shift_labels(real_labels, k, key.stream(WRONG_LABELS), out=labels[n:2 * n])
-        if not drawn_in_place:
-            _launch.copy_into(labels[(parts - 1) * n:], fake_labels)
+        _launch.copy_into(labels[(parts - 1) * n:], fake_labels)
         if _launch.labels_checked(real_labels, k):      # the drawn ones are in range by construction
             _launch.mark_labels_checked(labels, k)
     fake = G(z, fake_labels)

@@ -277,7 +277,9 @@ def _cases(xp_put, rng_seed=5):
         return [P.philox_bits_cuda(9, s, block0=3), P.philox_normal_cuda((3, 3), s), P.philox_normal_cuda((9,), s, out=out),
                 P.philox_integers_cuda(9, 0, 7, s, fold=4), P.philox_integers_cuda(9, 2, 5, s, out=ints),
                 P.philox_shift_labels_cuda(put(np.arange(9) % 7), 7, s),
-                P.philox_shift_labels_cuda(put(np.arange(9, dtype=np.int32) % 7), 7, s, out=put(np.zeros(9, np.int32)))]
+                P.philox_shift_labels_cuda(put(np.arange(9, dtype=np.int32) % 7), 7, s, out=put(np.zeros(9, np.int32))),
+                *P.philox_step_draws_cuda(put(np.arange(9, dtype=np.int32) % 7), 10, 7, P.Key(77, 6), 3, fold=4),
+                *P.philox_step_draws_cuda(put(np.arange(9, dtype=np.int32) % 7), 0, 7, P.Key(77, 6), 2)]
     cases.append(("philox", philox))
 
     def instancenorm_strided():
