@@ -155,7 +155,7 @@ def train_step(G, D, opt_g, opt_d, real_images, real_labels, rng, label_smoothin
         parts = 3 if with_mismatch else 2
         z, labels = philox_step_draws(real_labels, n * G.latent_dim, G.num_classes, key, parts, fold=pairs)
         z = z.reshape(n, G.latent_dim)
-        fake_labels = labels[(parts - 1) * n:]
+        fake_labels = _launch.mark_labels_checked(labels[(parts - 1) * n:], G.num_classes)   # a view: its own mark
     else:
         z = philox_normal((n, G.latent_dim), key.stream(NOISE))
         if G.conditional:

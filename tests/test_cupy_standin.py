@@ -172,6 +172,16 @@ def _cases(xp_put, rng_seed=5):
                 *BI.bias_leaky_relu_backward_cuda(put(np.zeros((0, 4, 5, 5), np.float32)), cache0)]
     cases.append(("bias_leaky_relu", bias_leaky_relu))
 
+    def bias_tanh():
+        y, b = f32(3, 4, 5, 5), f32(4)
+        out, cache = BI.bias_tanh_forward_cuda(put(y), put(b))
+        empty, cache0 = BI.bias_tanh_forward_cuda(put(np.zeros((0, 4, 5, 5), np.float32)), None)
+        grad = put(f32(4))
+        return [out, *BI.bias_tanh_backward_cuda(put(f32(3, 4, 5, 5)), cache),
+                BI.bias_tanh_backward_cuda(put(f32(3, 4, 5, 5)), cache, out=grad)[0], grad,
+                *BI.bias_tanh_backward_cuda(put(np.zeros((0, 4, 5, 5), np.float32)), cache0)]
+    cases.append(("bias_tanh", bias_tanh))
+
     def one_launch_reductions():
         # the one-launch bias reductions (v5 on a channel slice, into .grad), their two-launch
         # forms, and every loss term of a step in one BCE launch (into a given array too)
