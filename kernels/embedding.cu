@@ -104,6 +104,12 @@ extern "C" __global__ void embedding_backward_v3(float* dW, const int* idx, cons
 //   label_map_concat_forward_v1   grid-stride over out (N, L + M): one pass writes the
 //                                 concatenation (no embedding rows, no bias or activation
 //                                 pass, no copies)
+//   label_map_concat_forward_v2   v1 without the table: each label value is its own dot
+//                                 product emb_w[labels[n]] . fc_w[m] (E terms, e in order) +
+//                                 b[m]; one launch where v1 took the table GEMM and a launch.
+//                                 E*M*N multiply-adds (50 * 784 * 384 = 15M for D's batch at
+//                                 batch 128: microseconds), emb_w and fc_w read through L1/L2.
+//                                 THE DEFAULT.
 //   label_map_concat_backward_v1  grid (column tiles, row splits): a thread per (column, split)
 //                                 sums its rows in order, g = d (x columns: times the LeakyReLU
 //                                 mask from out, written to dx when need_dx), into
@@ -201,4 +207,36 @@ extern "C" __global__ void label_map_concat_backward_v1(float* dx, float* dbx, f
         }
     }
     if (threadIdx.x == 0) *counter = 0u;
+}
+
+// x: (N, L), bx: (L,) (has_bx), emb_w: (K, E), fc_w: (M, E), b: (M,), labels: (N,) -> out: (N, L + M)
+extern "C" __global__ void label_map_concat_forward_v2(float* out, const float* x, const float* bx,
+                                                       const float* emb_w, const float* fc_w, const float* b,
+                                                       const int* labels, int N, int L, int M, int K, int E,
+                                                       float slope, int act, int has_bx)
+{
+    const int row = L + M;
+    const long long total = (long long)N * row;
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < total;
+         i += (long long)gridDim.x * blockDim.x) {
+        const int n = (int)(i / row), j = (int)(i - (long long)n * row);
+        float v;
+        if (j < L) {
+            v = x[(long long)n * L + j];
+            if (has_bx) v += bx[j];
+            if (act && !(v > 0.0f)) v *= slope;
+        } else {
+            const int k = labels[n];
+            if (k >= 0 && k < K) {
+                const float* er = emb_w + (long long)k * E;
+                const float* wr = fc_w + (long long)(j - L) * E;
+                float t = 0.0f;
+                for (int e = 0; e < E; ++e) t += er[e] * wr[e];
+                v = t + b[j - L];
+            } else {
+                v = 0.0f;
+            }
+        }
+        out[i] = v;
+    }
 }

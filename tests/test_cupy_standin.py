@@ -212,6 +212,11 @@ def _cases(xp_put, rng_seed=5):
         out0, cache0 = EMB.label_map_concat_forward_cuda(put(f32(0, 4)), put(np.zeros(0, np.int64)), put(f32(3, 2)),
                                                          put(f32(5, 2)), put(f32(5)))
         grads0 = EMB.label_map_concat_backward_cuda(put(np.zeros((0, 9), np.float32)), cache0)
+        out1 = EMB.label_map_concat_forward_cuda(put(f32(3, 4)), put(np.array([0, 2, 1], np.int64)), put(f32(3, 2)),
+                                                 put(f32(5, 2)), put(f32(5)), put(f32(4)), 0.2, version=1)[0]
+        out2 = EMB.label_map_concat_forward_cuda(put(f32(0, 4)), put(np.zeros(0, np.int64)), put(f32(3, 2)),
+                                                 put(f32(5, 2)), put(f32(5)), version=1)[0]
+        outs += [out1, out2]
         _, in_cache0, _, _ = INo.instancenorm_leaky_relu_forward_cuda(put(f32(0, 3, 2, 2)), put(f32(3)), put(f32(3)))
         in0 = INo.instancenorm_leaky_relu_backward_cuda(put(np.zeros((0, 3, 2, 2), np.float32)), in_cache0)
         outs += [yb, rm, rv, out0, grads0[2], grads0[3], grads0[4], in0[1], in0[2]]

@@ -8,7 +8,8 @@ cganraw.nn.Embedding.
                          models' label path fused (Embedding(K, E) -> Linear(E, M) -> the map
                          concatenated after x, with x's own bias and LeakyReLU):
                          out = [act(x + bx) | T[labels] + b], T = emb_w fc_w^T a (K, M) table.
-                         Forward: one K-row GEMM and label_map_concat_forward_v1; backward:
+                         Forward: label_map_concat_forward_v2, each table value computed
+                         where it is used (v1: one K-row GEMM for T, then a launch); backward:
                          label_map_concat_backward_v1 and two GEMMs for the weights.
 """
 from __future__ import annotations
@@ -156,10 +157,16 @@ def _label_check(x, emb_w, fc_w, fc_b, x_bias, op):
     return xc, ec, wc, bc, bxc
 
 
-def label_map_concat_forward_cuda(x, labels, emb_w, fc_w, fc_b, x_bias=None, negative_slope=None):
-    """As label_map_concat_forward_numpy: the (K, M) table by one GEMM, then
-    label_map_concat_forward_v1 writes out (N, L + M)."""
+LABEL_FORWARD_VERSIONS = (1, 2)
+LABEL_FORWARD_DEFAULT = 2      # the table's dot products in the kernel: one launch
+
+
+def label_map_concat_forward_cuda(x, labels, emb_w, fc_w, fc_b, x_bias=None, negative_slope=None, version=None):
+    """As label_map_concat_forward_numpy: label_map_concat_forward_v2 (the default) writes out
+    (N, L + M), each label value its own dot product; v1 makes the (K, M) table by one GEMM
+    first."""
     op = "label_map_concat_forward"
+    version = _launch.pick_version(op, version, LABEL_FORWARD_DEFAULT, LABEL_FORWARD_VERSIONS)
     if negative_slope is not None and not negative_slope >= 0:
         raise ValueError(f"{op}: the backward reads the LeakyReLU mask from the output: negative_slope >= 0, "
                          f"got {negative_slope}")
@@ -168,15 +175,22 @@ def label_map_concat_forward_cuda(x, labels, emb_w, fc_w, fc_b, x_bias=None, neg
     idx = _launch.labels_arg(labels, k, op)
     if idx.shape[0] != n:
         raise ValueError(f"{op}: {idx.shape[0]} labels for {n} rows of x")
-    table = gemm(ec, wc, trans_b=True)                                      # (K, M)
     out = _launch.empty((n, ln + m))
     _launch.element_count(out.size, op)
-    if out.size:
+    tail = (_launch.f32(negative_slope or 0.0), _launch.i32(negative_slope is not None), _launch.i32(bxc is not None))
+    bx_arg = bxc if bxc is not None else bc
+    if version == 1:
+        table = gemm(ec, wc, trans_b=True)                                  # (K, M)
+        if out.size:
+            grid, block = _launch.grid_for(out.size, max_blocks=_launch.ELEMENTWISE_MAX_BLOCKS)
+            _launch.function("embedding", "label_map_concat_forward_v1")(
+                grid, block, (out, xc, bx_arg, table, bc, idx, _launch.i32(n), _launch.i32(ln), _launch.i32(m),
+                              _launch.i32(k), *tail))
+    elif out.size:
         grid, block = _launch.grid_for(out.size, max_blocks=_launch.ELEMENTWISE_MAX_BLOCKS)
-        _launch.function("embedding", "label_map_concat_forward_v1")(
-            grid, block, (out, xc, bxc if bxc is not None else bc, table, bc, idx, _launch.i32(n), _launch.i32(ln),
-                          _launch.i32(m), _launch.i32(k), _launch.f32(negative_slope or 0.0),
-                          _launch.i32(negative_slope is not None), _launch.i32(bxc is not None)))
+        _launch.function("embedding", "label_map_concat_forward_v2")(
+            grid, block, (out, xc, bx_arg, ec, wc, bc, idx, _launch.i32(n), _launch.i32(ln), _launch.i32(m),
+                          _launch.i32(k), _launch.i32(ec.shape[1]), *tail))
     return out, (out, idx, ec, wc, ln, negative_slope, bxc is not None)
 
 
