@@ -95,6 +95,15 @@ def plan(layers, fuse=True):
     return steps
 
 
+def hands_channel_major(layers, step, consumer):
+    """True when `step`'s backward may hand its input gradient on as a channel-major view
+    (ops.conv.channel_major_handoff): it is a convolution, alone or fused with its
+    activation, and `consumer`, the step before it, an InstanceNorm2d + LeakyReLU pair, whose
+    kernel reads that layout in place (no layout copy between them)."""
+    return (consumer is not None and len(consumer) == 2 and type(layers[consumer[0]]) is InstanceNorm2d
+            and type(layers[step[0]]) in (Conv2d, ConvTranspose2d))
+
+
 # ---------------------------------------------------------------- forward / backward of a pair
 
 def forward(layer, act, x):
@@ -107,7 +116,9 @@ def forward(layer, act, x):
         if x.shape[2] * x.shape[3] <= 1:
             raise ValueError(f"InstanceNorm2d: expected more than 1 spatial element when using the input's "
                              f"statistics, got input of shape {tuple(x.shape)}")
-        y, cache, _, _ = instancenorm_leaky_relu_forward(x, layer.weight.data, layer.bias.data, layer.eps, slope)
+        # y channel-major (an NCHW view): the convolution after it takes that layout for free
+        y, cache, _, _ = instancenorm_leaky_relu_forward(x, layer.weight.data, layer.bias.data, layer.eps, slope,
+                                                         channel_major=True)
         return y, ("instance", cache, y.shape)
     hooks = spectral_norm_hooks(layer)
     sn_caches = hooks.prepare() if hooks is not None else None

@@ -19,6 +19,7 @@ its forward is GEMM + col2im and its data gradient im2col + GEMM.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 
 import numpy as np
@@ -323,10 +324,28 @@ def _to_channel_major(a):
     return _launch.contiguous(a.transpose(1, 0, 2, 3)).reshape(c, n * h * w)
 
 
+_handoff = False     # channel_major_handoff's state
+
+
+@contextlib.contextmanager
+def channel_major_handoff(on=True):
+    """Inside the block (when `on`), a convolution's backward on a kernel backend hands its
+    input gradient on as a channel-major (N, C, H, W) view of its GEMM's (C, N*H*W) output
+    instead of copying it to NCHW: for a consumer that reads that layout in place
+    (nn.Sequential sets it before an InstanceNorm2d + LeakyReLU pair, nn.fused)."""
+    global _handoff
+    prev, _handoff = _handoff, bool(on)
+    try:
+        yield
+    finally:
+        _handoff = prev
+
+
 def _from_channel_major(a2, n, h, w):
     # (C, N*H*W) -> (N, C, H, W): on the NumPy backend a channel-major view (ops._layout),
-    # else a contiguous copy (the kernels take NCHW)
-    if _cpu.host_arrays(a2):
+    # else a contiguous copy (the kernels take NCHW), or the view too inside
+    # channel_major_handoff
+    if _cpu.host_arrays(a2) or _handoff:
         return _layout.channel_major_view(a2, n, h, w)
     c = a2.shape[0]
     return _launch.contiguous(a2.reshape(c, n, h, w).transpose(1, 0, 2, 3))

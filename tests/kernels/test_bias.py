@@ -368,7 +368,7 @@ def test_bias_tanh_arguments_and_empty_batch(rng):
 
 
 @pytest.mark.parametrize("kind", ["linear", "conv2d", "conv2d_one_output", "conv_transpose2d"])
-def test_layer_tanh_pair_fuses_on_the_kernel_backends(kind, launches, rng):
+def test_layer_tanh_pair_fuses_on_emu(kind, launches, rng):
     # Linear/Conv2d/ConvTranspose2d + Tanh in a Sequential: one launch each way for the bias
     # and the activation, the same outputs and gradients as the pair unfused (emu), and as
     # the numpy backend (which keeps the pair unfused)

@@ -333,7 +333,7 @@ def test_layers_really_launch_the_conv_kernels(monkeypatch, rng):
 
 
 @pytest.mark.parametrize("bias", [True, False])
-def test_one_output_conv_flips_taps_not_weights(bias, monkeypatch, rng):
+def test_one_output_conv_on_emu_flips_taps_not_weights(bias, monkeypatch, rng):
     # G's last Conv2d(w -> 1, k7, p3) on a kernel backend: W and its gradient stay in their
     # own layout (no copy, no add into .grad), the taps are flipped in im2col/col2im
     backend.use("emu")
