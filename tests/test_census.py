@@ -98,23 +98,24 @@ def test_instance_norm_g_packs_its_average(restore_backend):
     names = c.log.launches_by_name()
     assert c.config["g_norm"] == "instance" and not c.config["g_batchnorm"]
     assert names["ema_update_v2"] == 1 and not any(n.startswith("batchnorm") for n in names)
-    assert names["instancenorm_leaky_relu_forward_v1"] == 2 and names["instancenorm_leaky_relu_backward_v1"] == 2
+    assert names["instancenorm_leaky_relu_forward_v2"] == 2 and names["instancenorm_leaky_relu_backward_v2"] == 2
     # fused with its LeakyReLU: no activation pass, no gradient adds
     assert names["add"] == 0 and "leaky_relu_backward_v2" not in names
     assert census.run_census(**TINY, g_batchnorm=False).config["g_norm"] == "none"
 
 
-@pytest.mark.parametrize("g_norm, launches", [("batch", 109), ("instance", 103)])
-def test_launch_totals_of_the_default_step(g_norm, launches, restore_backend):
+@pytest.mark.parametrize("g_norm, launches, copies", [("batch", 109, 8), ("instance", 99, 4)])
+def test_launch_totals_of_the_default_step(g_norm, launches, copies, restore_backend):
     # the whole step's launches on the tiny default model, exactly (issue 14 asked for at most
     # 90 at width 128; the count does not depend on the width). Of these, 31 cuBLAS GEMMs and
-    # 14 im2col/col2im; 8 layout and batch copies. A change here is a change of the step.
+    # 14 im2col/col2im; 8 layout and batch copies (4 with instance norm: G's activations stay
+    # channel-major around it). A change here is a change of the step.
     backend.use("emu")
     c = census.run_census(**TINY, g_norm=g_norm)
     names = c.log.launches_by_name()
     assert c.launches == launches and c.syncs == 0
     conv = sum(names[k] for k in ("im2col_v2", "im2col_v3", "col2im_v3", "col2im_v4"))
-    assert names["cublas_sgemm"] == 31 and conv == 14 and names["copy"] == 8
+    assert names["cublas_sgemm"] == 31 and conv == 14 and names["copy"] == copies
 
 
 def test_report_ends_with_the_summary_line(restore_backend):

@@ -60,7 +60,7 @@ def test_train_step_emu_equals_numpy(name, batchnorm, d_opts, launches):
         assert "batchnorm_running_update_v1" not in launches
     if batchnorm == "instance":
         # G's InstanceNorm2d + LeakyReLU pairs: one launch each way
-        assert {"instancenorm_leaky_relu_forward_v1", "instancenorm_leaky_relu_backward_v1"} <= set(launches)
+        assert {"instancenorm_leaky_relu_forward_v2", "instancenorm_leaky_relu_backward_v2"} <= set(launches)
     if name == "cgan-conv":
         # the label paths of G and D: the fused table GEMM + concatenation, each way
         assert {"label_map_concat_forward_v2", "label_map_concat_backward_v1"} <= set(launches)
