@@ -341,6 +341,11 @@ def channel_major_handoff(on=True):
         _handoff = prev
 
 
+def handing_off():
+    """Whether channel_major_handoff is on here."""
+    return _handoff
+
+
 def _from_channel_major(a2, n, h, w):
     # (C, N*H*W) -> (N, C, H, W): on the NumPy backend a channel-major view (ops._layout),
     # else a contiguous copy (the kernels take NCHW), or the view too inside

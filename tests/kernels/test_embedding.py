@@ -274,9 +274,45 @@ def test_conv_models_run_the_label_path_fused_on_the_kernel_backends(launches, r
     img = G(rng.standard_normal((3, 100)).astype(np.float32), labels)
     D.backward(np.ones_like(D(img, labels)))
     G.backward(np.ones_like(img))
-    assert launches.count("label_map_concat_forward_v2") == 2 and launches.count("label_map_concat_backward_v1") == 2
+    assert launches.count("label_map_concat_forward_v3") == 2
+    # G's seed map channel-major (backward_v2), D's image and label map row-major (v1)
+    assert launches.count("label_map_concat_backward_v2") == 1 and launches.count("label_map_concat_backward_v1") == 1
     assert "embedding_forward_v1" not in launches and "embedding_backward_v3" not in launches
     launches.clear()
     D.label_fc.forward = D.label_fc.forward            # an instance-level forward: no fusion for D
     D.backward(np.ones_like(D(img, labels)))
-    assert "label_map_concat_forward_v2" not in launches and "embedding_forward_v1" in launches
+    assert "label_map_concat_forward_v3" not in launches and "embedding_forward_v1" in launches
+
+
+@pytest.mark.parametrize("n, c_x, hw, k, e, has_bx, slope", [(3, 4, 49, 10, 50, True, 0.2), (1, 1, 1, 2, 1, False, None),
+                                                            (5, 3, 7, 4, 3, True, 0.0), (7, 2, 9, 47, 5, False, 0.2)])
+def test_label_map_concat_channel_major(n, c_x, hw, k, e, has_bx, slope, all_orders, rng):
+    # v3 with channel_major_hw (G's seed map): out as (C, N, hw) memory, the values of v2; the
+    # backward (v2) reads d in that layout, as an (N, C, H, W) view taken as it lies or any
+    # other array copied: v1's gradients, bit for bit
+    x, labels, emb_w, fc_w, fc_b, xb = _label_case(rng, n, c_x * hw, k, e, hw, has_bx)
+    out2, cache2 = E.label_map_concat_forward_cuda(x, labels, emb_w, fc_w, fc_b, xb, slope, version=2)
+    out3, cache3 = E.label_map_concat_forward_cuda(x, labels, emb_w, fc_w, fc_b, xb, slope, channel_major_hw=hw)
+    c = c_x + 1
+    out2, got = backend.asnumpy(out2), backend.asnumpy(out3)
+    assert got.shape == (c, n, hw)
+    np.testing.assert_array_equal(got.transpose(1, 0, 2).reshape(n, c * hw), out2)
+    np.testing.assert_array_equal(backend.asnumpy(E.label_map_concat_forward_cuda(x, labels, emb_w, fc_w, fc_b, xb,
+                                                                                  slope, version=3)[0]), out2)
+    d = rng.standard_normal((n, c * hw)).astype(np.float32)
+    ref = E.label_map_concat_backward_cuda(d, cache2)
+    xp = backend.get_xp()
+    d_view = xp.asarray(np.ascontiguousarray(d.reshape(n, c, hw).transpose(1, 0, 2))).reshape(c, n, hw, 1)
+    for dd in (d_view.transpose(1, 0, 2, 3), d.reshape(n, c, hw, 1)):
+        got = E.label_map_concat_backward_cuda(dd, cache3)
+        for name, a, b in zip(("dx", "dx_bias", "demb_w", "dfc_w", "dfc_b"), got, ref):
+            assert (a is None) == (b is None), name
+            if a is not None:
+                np.testing.assert_array_equal(backend.asnumpy(a), backend.asnumpy(b), err_msg=name)
+    with pytest.raises(ValueError, match="d has shape"):
+        E.label_map_concat_backward_cuda(d, cache3)
+    with pytest.raises(ValueError, match="channel_major_hw needs version 3"):
+        E.label_map_concat_forward_cuda(x, labels, emb_w, fc_w, fc_b, xb, slope, version=2, channel_major_hw=hw)
+    if hw > 1:
+        with pytest.raises(ValueError, match="must divide"):
+            E.label_map_concat_forward_cuda(x, labels, emb_w, fc_w, fc_b, xb, slope, channel_major_hw=hw + 1)

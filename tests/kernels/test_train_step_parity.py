@@ -63,7 +63,8 @@ def test_train_step_emu_equals_numpy(name, batchnorm, d_opts, launches):
         assert {"instancenorm_leaky_relu_forward_v2", "instancenorm_leaky_relu_backward_v2"} <= set(launches)
     if name == "cgan-conv":
         # the label paths of G and D: the fused table GEMM + concatenation, each way
-        assert {"label_map_concat_forward_v2", "label_map_concat_backward_v1"} <= set(launches)
+        assert {"label_map_concat_forward_v3", "label_map_concat_backward_v1",
+                "label_map_concat_backward_v2"} <= set(launches)
     if d_opts:
         # one batch of real, wrong-label and fake terms (5 each: the group of 4 does not divide)
         assert {"spectral_norm_power_v1", "minibatch_std_forward_stat_v3"} <= set(launches)
