@@ -122,6 +122,11 @@ __device__ __forceinline__ long long lm_index(int n, int j, int row, int N, int 
 //                                 convolution after it takes as its GEMM operand as it lies
 //                                 (no layout copy). hw = 0: v2 exactly.
 //   label_map_concat_backward_v2  v1 reading d and out in v3's layout when hw > 0 (hw = 0: v1)
+//   label_table_grads_v1          the label path's weight gradients from dT (K, M) in one
+//                                 launch, where two GEMMs ran: demb_w = dT fc_w (K, E) and
+//                                 dfc_w = dT^T emb_w (M, E), a thread per output summing in
+//                                 order (K*E + M*E dot products of M or K terms: tiny), each
+//                                 written or added into (the weight's .grad)
 //   label_map_concat_backward_v1  grid (column tiles, row splits): a thread per (column, split)
 //                                 sums its rows in order, g = d (x columns: times the LeakyReLU
 //                                 mask from out, written to dx when need_dx), into
@@ -347,3 +352,27 @@ extern "C" __global__ void label_map_concat_backward_v2(float* dx, float* dbx, f
     if (threadIdx.x == 0) *counter = 0u;
 }
 
+
+// dT (K, M), emb_w (K, E), fc_w (M, E) -> demb (K, E) = dT fc_w, dfc_w (M, E) = dT^T emb_w;
+// each added into when its acc flag is set, else written
+extern "C" __global__ void label_table_grads_v1(float* demb, float* dfc_w, const float* dT, const float* emb_w,
+                                                const float* fc_w, int K, int M, int E, int acc_emb, int acc_fc)
+{
+    const long long ke = (long long)K * E;
+    const long long total = ke + (long long)M * E;
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < total;
+         i += (long long)gridDim.x * blockDim.x) {
+        if (i < ke) {
+            const int k = (int)(i / E), e = (int)(i - (long long)k * E);
+            float t = 0.0f;
+            for (int m = 0; m < M; ++m) t += dT[(long long)k * M + m] * fc_w[(long long)m * E + e];
+            demb[i] = acc_emb ? demb[i] + t : t;
+        } else {
+            const long long j = i - ke;
+            const int m = (int)(j / E), e = (int)(j - (long long)m * E);
+            float t = 0.0f;
+            for (int k = 0; k < K; ++k) t += dT[(long long)k * M + m] * emb_w[(long long)k * E + e];
+            dfc_w[j] = acc_fc ? dfc_w[j] + t : t;
+        }
+    }
+}

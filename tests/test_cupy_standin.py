@@ -217,6 +217,11 @@ def _cases(xp_put, rng_seed=5):
             out1 = EMB.label_map_concat_forward_cuda(put(f32(3, 4)), put(np.array([0, 2, 1], np.int64)),
                                                      put(f32(3, 2)), put(f32(5, 2)), put(f32(5)), put(f32(4)), 0.2,
                                                      version=1)[0]
+            d1 = put(f32(3, 9))
+            cache1 = EMB.label_map_concat_forward_cuda(put(f32(3, 4)), put(np.array([0, 2, 1], np.int64)),
+                                                       put(f32(3, 2)), put(f32(5, 2)), put(f32(5)))[1]
+            grads1 = EMB.label_map_concat_backward_cuda(d1, cache1, table_grads=1)
+            outs += [g for g in grads1 if g is not None]
         finally:
             OPS["gemm"].set_gemm_impl(prev)
         out2 = EMB.label_map_concat_forward_cuda(put(f32(0, 4)), put(np.zeros(0, np.int64)), put(f32(3, 2)),

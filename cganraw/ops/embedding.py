@@ -212,12 +212,19 @@ def _grad_out(out, shape, op, name):
     return oc
 
 
+TABLE_GRADS_VERSIONS = (1, 2)
+TABLE_GRADS_DEFAULT = 2        # label_table_grads_v1: one launch for both weight gradients
+
+
 def label_map_concat_backward_cuda(d, cache, need_dx=True, need_label=True, dx_bias_out=None, demb_out=None,
-                                   dfc_w_out=None, dfc_b_out=None, splits=None):
-    """As label_map_concat_backward_numpy, in one launch (label_map_concat_backward_v1) and two
-    GEMMs. The *_out arrays (the parameters' .grad) are added into, and their gradient comes
-    back None."""
+                                   dfc_w_out=None, dfc_b_out=None, splits=None, table_grads=None):
+    """As label_map_concat_backward_numpy, in one launch (label_map_concat_backward_v1, or v2
+    for a channel-major forward) and, with need_label, the weights' gradients from dT:
+    table_grads 2 (the default) in one more launch (label_table_grads_v1), 1 by two GEMMs.
+    The *_out arrays (the parameters' .grad) are added into, and their gradient comes back
+    None."""
     op = "label_map_concat_backward"
+    table_grads = _launch.pick_version(op, table_grads, TABLE_GRADS_DEFAULT, TABLE_GRADS_VERSIONS)
     out, idx, ec, wc, ln, slope, has_bx = cache[:7]
     hw = cache[7] if len(cache) > 7 else 0        # a channel-major forward (v3's channel_major_hw)
     version = 2 if hw else 1
@@ -262,9 +269,19 @@ def label_map_concat_backward_cuda(d, cache, need_dx=True, need_label=True, dx_b
     elif need_label:
         dT.fill(0)
     demb = dfc_w = None
-    if need_label:
+    if need_label and table_grads == 1:
         demb = gemm(dT, wc, beta=1.0, out=demb_o) if demb_o is not None else gemm(dT, wc)
         dfc_w = gemm(dT, ec, trans_a=True, beta=1.0, out=dw_o) if dw_o is not None else gemm(dT, ec, trans_a=True)
+    elif need_label:
+        demb = demb_o if demb_o is not None else _launch.empty(tuple(ec.shape))
+        dfc_w = dw_o if dw_o is not None else _launch.empty(tuple(wc.shape))
+        e = int(ec.shape[1])
+        total = (k + m) * e
+        if total:
+            grid, block = _launch.grid_for(total, max_blocks=_launch.ELEMENTWISE_MAX_BLOCKS)
+            _launch.function("embedding", "label_table_grads_v1")(
+                grid, block, (demb, dfc_w, dT, ec, wc, _launch.i32(k), _launch.i32(m), _launch.i32(e),
+                              _launch.i32(demb_o is not None), _launch.i32(dw_o is not None)))
     return (dx, None if dbx_o is not None else dbx, None if demb_o is not None else demb,
             None if dw_o is not None else dfc_w, None if db_o is not None else db)
 

@@ -175,13 +175,22 @@ def test_label_map_concat_matches_reference(n, ln, k, e, m, has_bx, slope, versi
         assert_close(out[:, ln:], lab, 2e-6 * e, 1e-5, "v2 against float64")
     d = rng.standard_normal(out.shape).astype(np.float32)
     ref = E.label_map_concat_backward_numpy(d, cache_r)
-    for splits in (None, 1, 3, n):
-        got = E.label_map_concat_backward_cuda(d, cache, splits=splits)
+    for splits, table_grads in ((None, None), (1, 1), (3, 2), (n, 1)):
+        got = E.label_map_concat_backward_cuda(d, cache, splits=splits, table_grads=table_grads)
         for name, a, b in zip(("dx", "dx_bias", "demb_w", "dfc_w", "dfc_b"), got, ref):
             assert (a is None) == (b is None), name
             if a is not None:
-                assert_close(a, b, 1e-4, 1e-5, f"{name} splits={splits} ({all_orders} order)")
+                assert_close(a, b, 1e-4 * max(1, m // 49), 1e-5,
+                             f"{name} splits={splits} table_grads={table_grads} ({all_orders} order)")
         np.testing.assert_array_equal(got[0], ref[0])      # a select and a multiply: exact
+    # the table gradients' kernel (2) against the two GEMMs (1), added into given arrays too
+    grads1 = E.label_map_concat_backward_cuda(d, cache, table_grads=1)
+    outs = [rng.standard_normal(emb_w.shape).astype(np.float32), rng.standard_normal(fc_w.shape).astype(np.float32)]
+    before = [o.copy() for o in outs]
+    got = E.label_map_concat_backward_cuda(d, cache, demb_out=outs[0], dfc_w_out=outs[1])
+    assert got[2] is None and got[3] is None
+    for o, b0, g1, name in zip(outs, before, grads1[2:4], ("demb_w", "dfc_w")):
+        assert_close(backend.asnumpy(o) - b0, g1, 2e-4 * max(1, m // 49), 1e-4, f"{name} added into .grad")
 
 
 def test_label_map_concat_reference_is_the_unfused_layers(rng):
