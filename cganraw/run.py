@@ -14,7 +14,7 @@ from cganraw import backend, checkpoint, data, health, load, models
 from cganraw.cli import CLIError
 from cganraw.ops.philox import Key, seed_from
 from cganraw.optim import Adam
-from cganraw.step import ema_decay_at, lr_scale, update_ema
+from cganraw.step import ema_decay_at, lr_scale, train_step, update_ema
 
 
 def fraction_done(step, elapsed_s, planned_steps, max_minutes=None):
@@ -71,7 +71,8 @@ class Run:
         self.loss_flag = health.LossFlag()          # the first bad loss, recorded on the device
         self.rising_batch = cfg.get("batch_size_final") is not None
         self.batches = data.BatchIterator(train_set.images, train_set.labels, cfg["batch_size"],
-                                          np.random.default_rng(s_data), variable_size=self.rising_batch)
+                                          np.random.default_rng(s_data), variable_size=self.rising_batch,
+                                          group_size=models.MINIBATCH_STD_GROUP if cfg.get("label_groups") else 1)
         self.fixed_z = np.random.default_rng(s_fixed).standard_normal((10, cfg["latent_dim"]), dtype=np.float32)
         self.step, self.epoch, self.elapsed = 0, 0, 0.0
         self.G_ema = None
@@ -85,7 +86,7 @@ class Run:
     @property
     def planned_steps(self):
         """Steps of the whole run under --epochs (run.planned_steps)."""
-        return planned_steps(self.cfg["epochs"], len(self.train_set.labels), self.cfg["batch_size"],
+        return planned_steps(self.cfg["epochs"], self.batches.epoch_length, self.cfg["batch_size"],
                              self.cfg.get("batch_size_final"))
 
     def batch_size_at(self, step):
@@ -123,6 +124,14 @@ class Run:
     def key(self):
         """The random streams of the next step: the run's seed and the number of steps done."""
         return Key(self.step_seed, self.step)
+
+    def train_step(self, x, labels):
+        """One D and G step on the uploaded batch (step.train_step with the run's settings), at
+        the next step's streams; the caller counts the step."""
+        cfg = self.cfg
+        return train_step(self.G, self.D, self.opt_g, self.opt_d, x, labels, self.key(), cfg["label_smoothing"],
+                          cfg.get("mismatch", 0.0), cfg.get("mode_seeking", 0.0), flag=self.loss_flag,
+                          paired_labels=bool(cfg.get("label_groups")))
 
     def fraction_done(self, planned_steps):
         """fraction_done(step, elapsed, planned_steps, --max-minutes) of this run."""

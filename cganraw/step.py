@@ -111,7 +111,7 @@ def upload_batch(images, labels=None, num_classes=None):
 
 
 def train_step(G, D, opt_g, opt_d, real_images, real_labels, rng, label_smoothing=0.0, mismatch=0.0,
-               mode_seeking=0.0, *, flag=None):
+               mode_seeking=0.0, *, flag=None, paired_labels=False):
     """One D step then one G step, in the standard order:
     D on real, D on fake (detached: G gets no gradient), then G with the
     non-saturating loss -log D(G(z)) through the updated D. All BCE-with-logits.
@@ -130,6 +130,10 @@ def train_step(G, D, opt_g, opt_d, real_images, real_labels, rng, label_smoothin
     `mode_seeking`: the fakes come in pairs (i, M + i) with one label and two noise
     vectors, and G is pushed to make each pair differ, which keeps it from collapsing
     to a single image per label.
+
+    paired_labels: G draws the real batch's labels, row for row, instead of drawn ones: with
+    label groups (BatchIterator(group_size=G)) every MinibatchStdDev group of fakes then holds
+    one label too, and D compares the spread within a class of real and generated images.
 
     real_images (N, 1, 28, 28) float in [-1, 1] and real_labels (N,) int or None, on the
     device (upload_batch); rng: a cganraw.ops.philox.Key (the run's seed and the step, as the
@@ -158,7 +162,10 @@ def train_step(G, D, opt_g, opt_d, real_images, real_labels, rng, label_smoothin
             parts = 3 if with_mismatch else 2
             labels = _launch.empty((parts * n,), np.int32)
             into = labels[(parts - 1) * n:]
-        fake_labels = philox_integers(n, 0, G.num_classes, key.stream(FAKE_LABELS), fold=pairs, out=into)
+        if paired_labels:
+            fake_labels = real_labels if into is None else _launch.copy_into(into, real_labels)
+        else:
+            fake_labels = philox_integers(n, 0, G.num_classes, key.stream(FAKE_LABELS), fold=pairs, out=into)
     real_target = 1.0 - label_smoothing  # one-sided: only the real targets are smoothed
 
     # --- D step ---------------------------------------------------------------------
