@@ -36,15 +36,17 @@ def planned_steps(epochs, num_images, batch_size, batch_size_final=None):
     return max(1, (2 * epochs * num_images) // (batch_size + batch_size_final))
 
 
-def batch_size_at(step, total_steps, batch_size, batch_size_final=None):
+def batch_size_at(step, total_steps, batch_size, batch_size_final=None, multiple=1):
     """The batch size of step `step` (0-based) of `total_steps`: `batch_size` throughout, or
     rising linearly to `batch_size_final` at the last planned step,
     b0 + round((b1 - b0) * step / (total_steps - 1)) (halves rounded up), held after it.
+    multiple: the size rises in steps of it (label groups), b0 and b1 being multiples of it.
     Integer arithmetic: the same sizes on every machine and after every resume."""
     if batch_size_final is None or total_steps <= 1:
         return batch_size
     k, span = min(step, total_steps - 1), total_steps - 1
-    return batch_size + (2 * (batch_size_final - batch_size) * k + span) // (2 * span)
+    units = (batch_size_final - batch_size) // multiple
+    return batch_size + multiple * ((2 * units * k + span) // (2 * span))
 
 
 def growth_at(frac, grow_at, fade):
@@ -90,7 +92,8 @@ class Run:
                              self.cfg.get("batch_size_final"))
 
     def batch_size_at(self, step):
-        return batch_size_at(step, self.planned_steps, self.cfg["batch_size"], self.cfg.get("batch_size_final"))
+        return batch_size_at(step, self.planned_steps, self.cfg["batch_size"], self.cfg.get("batch_size_final"),
+                             self.batches.group_size)
 
     def next_batch(self):
         """This step's (images, labels): of batch_size_at(step) images with a rising batch size."""

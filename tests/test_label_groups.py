@@ -193,3 +193,16 @@ def test_resume_names_a_changed_label_group_setting(digits_dir, tmp_path, capsys
     capsys.readouterr()
     assert run_cli("--resume", out, "--label-groups", "--quiet", "--data-dir", digits_dir, "--no-download") == 2
     assert "--label-groups: was False, asked True" in capsys.readouterr().err
+
+
+def test_a_rising_batch_rises_in_whole_label_groups(digits_dir, tmp_path):
+    from cganraw.run import batch_size_at
+    sizes = [batch_size_at(k, 12, 8, 24, multiple=4) for k in range(13)]
+    assert sizes == [8, 8, 12, 12, 12, 16, 16, 20, 20, 20, 24, 24, 24]    # 8 + 4 * round(4 k / 11)
+    assert [batch_size_at(k, 12, 4, 12) for k in range(13)] == [4, 5, 5, 6, 7, 8, 8, 9, 10, 11, 11, 12, 12]
+    out = tmp_path / "rising"
+    assert run_cli("--dataset", "emnist-digits", "--data-dir", digits_dir, "--out", out, "--epochs", 2,
+                   "--batch-size", 4, "--batch-size-final", 16, "--minibatch-std", "--label-groups", *TINY) == 0
+    seen = [json.loads(line)["batch_size"] for line in (out / "metrics.jsonl").read_text().splitlines()
+            if '"d_loss"' in line]
+    assert seen[0] == 4 and seen[-1] == 16 and all(b % 4 == 0 for b in seen) and len(set(seen)) == 4
