@@ -140,8 +140,6 @@ def _validate(parser, ns):
         if getattr(ns, key) is None:
             setattr(ns, key, model_default(ns.model, key))
     ns.g_batchnorm = ns.g_norm == "batch"
-    if "label_groups" not in given:     # a per-model default that only means something with minibatch std
-        ns.label_groups = bool(ns.label_groups and ns.minibatch_std)
     if ns.resume is not None:    # the saved run's settings apply; the conflict check covers changes
         return
     if not ns.progressive and given & {"grow_at", "fade"}:
