@@ -25,9 +25,10 @@ DEFAULTS = dict(model="cgan-conv", width=64, epochs=None, batch_size=64, lr=1e-4
 # spectral norm and minibatch stddev in D, instance norm in G, D at 2.4x G's learning rate
 # (TTUR) and both falling over the second half of the run; a small model (width 48) and
 # batch (32) that buy three times the steps of width 64 and batch 64; a moving average of
-# G; one-sided label smoothing; the matching-aware term at a light 0.25 (at 1.3 and 2 G draws
-# each digit too alike: CAS falls; at 0 a tenth of its digits are the wrong one). Ten epochs are more than 20 minutes of that CPU, so
-# --max-minutes ends such a run and the schedule follows the clock.
+# G; one-sided label smoothing; the matching-aware term at a light 0.25 (at 1.3 and 2 G
+# draws each digit too alike and CAS falls; at 0 one digit in sixteen is the wrong one).
+# Ten epochs are more than 20 minutes of that CPU, so --max-minutes ends such a run and
+# the schedule follows the clock.
 MODEL_DEFAULTS = {"cgan-conv": dict(width=48, batch_size=32, lr=1.1e-4, lr_d=2.6e-4, beta1=0.6, label_smoothing=0.13,
                                     mismatch=0.25, ema_decay=0.999, lr_decay_start=0.5, g_norm="instance",
                                     d_norm="spectral", minibatch_std=True, epochs=10),
