@@ -112,7 +112,7 @@ def upload_batch(images, labels=None, num_classes=None):
 
 
 def train_step(G, D, opt_g, opt_d, real_images, real_labels, rng, label_smoothing=0.0, mismatch=0.0,
-               mode_seeking=0.0, *, flag=None):
+               mode_seeking=0.0, *, flag=None, paired_labels=False):
     """One D step then one G step, in the standard order:
     D on real, D on fake (detached: G gets no gradient), then G with the
     non-saturating loss -log D(G(z)) through the updated D. All BCE-with-logits.
@@ -132,6 +132,10 @@ def train_step(G, D, opt_g, opt_d, real_images, real_labels, rng, label_smoothin
     vectors, and G is pushed to make each pair differ, which keeps it from collapsing
     to a single image per label.
 
+    paired_labels: G draws the real batch's labels, row for row, instead of drawn ones: with
+    label groups (BatchIterator(group_size=G)) every MinibatchStdDev group of fakes then holds
+    one label too, and D compares the spread within a class of real and generated images.
+
     real_images (N, 1, 28, 28) float in [-1, 1] and real_labels (N,) int or None, on the
     device (upload_batch); rng: a cganraw.ops.philox.Key (the run's seed and the step, as the
     trainer passes), or a NumPy Generator to draw a fresh key from. z, the fake labels, the
@@ -144,7 +148,6 @@ def train_step(G, D, opt_g, opt_d, real_images, real_labels, rng, label_smoothin
     set_dropout_step(D, key.step)
     set_dropout_step(G, key.step)
     n = real_images.shape[0]
-    # drawn in float32 always (the same noise at any precision), then in the images' dtype
     pairs = n // 2 if mode_seeking > 0 else 0       # rows i and pairs + i share a label
     with_mismatch = mismatch > 0 and G.conditional
     batched = batchable(D)
@@ -156,10 +159,13 @@ def train_step(G, D, opt_g, opt_d, real_images, real_labels, rng, label_smoothin
         z, labels = philox_step_draws(real_labels, n * G.latent_dim, G.num_classes, key, parts, fold=pairs)
         z = z.reshape(n, G.latent_dim)
         fake_labels = _launch.mark_labels_checked(labels[(parts - 1) * n:], G.num_classes)   # a view: its own mark
+        if paired_labels:       # the real labels over the drawn ones (one copy, with the option only)
+            _launch.copy_into(fake_labels, real_labels)
     else:
         z = philox_normal((n, G.latent_dim), key.stream(NOISE))
         if G.conditional:
-            fake_labels = philox_integers(n, 0, G.num_classes, key.stream(FAKE_LABELS), fold=pairs)
+            fake_labels = real_labels if paired_labels else \
+                philox_integers(n, 0, G.num_classes, key.stream(FAKE_LABELS), fold=pairs)
     # drawn in float32 always (the same noise at any precision), then in the images' dtype
     if z.dtype != real_images.dtype:
         z = z.astype(real_images.dtype)
