@@ -5,6 +5,7 @@ import os
 import numpy as np
 import pytest
 
+import cganraw.run as run_module
 from cganraw import checkpoint, load, models, sample, train
 from cganraw.losses import mode_seeking
 from cganraw.optim import Adam
@@ -153,7 +154,7 @@ def test_nan_stops_with_last_good_checkpoint_intact(letters_dir, tmp_path, monke
         if calls["n"] == 2:
             G.fc.weight.data[0, 0] = float("nan")
         return real(G, *args, **kwargs)
-    monkeypatch.setattr(train, "train_step", poisoned)
+    monkeypatch.setattr(run_module, "train_step", poisoned)   # what Run.train_step calls
     rc = train.main(["--resume", str(out), "--max-steps", "6", "--checkpoint-every", "1",
                      "--data-dir", str(letters_dir), "--no-download"])
     assert rc == 1

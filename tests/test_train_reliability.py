@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import cganraw.run as run_module
 from cganraw import checkpoint, health, models, rundir, train
 from tests.synthetic import write_emnist
 
@@ -291,7 +292,7 @@ def test_exploded_state_is_never_saved(data_dirs, tmp_path, monkeypatch, capsys)
         stats = real(G, D, opt_g, opt_d, *a, **kw)
         opt_d.v[1][0] = 1e25
         return stats
-    monkeypatch.setattr(train, "train_step", exploding)
+    monkeypatch.setattr(run_module, "train_step", exploding)   # what Run.train_step calls
     assert train.main(["--resume", str(out), "--max-steps", "5", "--checkpoint-every", "1", "--data-dir",
                        str(data_dirs[0]), "--no-download"]) == 1
     err = capsys.readouterr().err.splitlines()
