@@ -298,6 +298,9 @@ def build_parser():
     p.add_argument("--data-dir", help="folder holding the dataset's IDX files (default: $CGANRAW_DATA_DIR, "
                                       "then the cache)")
     p.add_argument("--dataset", help="the dataset (default: the checkpoint's; required with --real)")
+    p.add_argument("--no-ema", action="store_true",
+                   help="score the last raw weights of G instead of their moving average (with --checkpoint; "
+                        "give another --out to keep the moving average's metrics)")
     p.add_argument("--no-cas", action="store_true", help="skip the Classification Accuracy Score")
     p.add_argument("--cas-epochs", type=cli.positive_int, default=DEFAULT_CAS_EPOCHS,
                    help="epochs of the CAS classifier's training")
@@ -310,6 +313,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.real and not args.dataset:
         parser.error("--real needs --dataset (the real images of which dataset?)")
+    if args.real and args.no_ema:
+        parser.error("--no-ema scores a checkpoint's raw weights: it needs --checkpoint, not --real")
     if args.data_dir and not Path(args.data_dir).is_dir():
         parser.error(f"--data-dir {args.data_dir} is not a folder")
     if args.dataset:
@@ -356,7 +361,7 @@ def _classifier(args, dataset, num_classes):
 def _prepare_checkpoint(args):
     """--checkpoint: (score() -> results, default output folder, headline)."""
     from cganraw import data
-    G, meta = load.load_generator(args.checkpoint)      # refuses a diverged checkpoint
+    G, meta = load.load_generator(args.checkpoint, ema=not args.no_ema)     # refuses a diverged checkpoint
     dataset = args.dataset or meta.get("dataset")
     if not dataset:
         raise cli.CLIError(f"{meta['path']}: the checkpoint names no dataset; pass --dataset")
@@ -375,9 +380,10 @@ def _prepare_checkpoint(args):
                                  cas_epochs=args.cas_epochs, data_dir=args.data_dir)
         res.update({"checkpoint": meta["path"], "dataset": dataset, "model": meta.get("model") or
                     meta.get("config", {}).get("model"), "step": meta.get("step"), "epoch": meta.get("epoch"),
+                    "weights": "moving average" if meta["ema"] else "raw",
                     "classifier": dict(res["classifier"], path=clf_path)})
         return res
-    return score, _run_dir(meta["path"]), "{model} on {dataset}, step {step}, {num_samples} samples:"
+    return score, _run_dir(meta["path"]), "{model} on {dataset}, step {step}, {weights} weights, {num_samples} samples:"
 
 
 def _prepare_real(args):

@@ -26,6 +26,7 @@ import numpy as np
 
 from cganraw import backend, nn
 from cganraw.nn._check import accumulates_in_place
+from cganraw.ops.conv import channel_major_handoff
 from cganraw.ops.embedding import embedding_forward, label_map_concat_backward, label_map_concat_forward
 from cganraw.ops.linear import linear_backward, linear_forward
 
@@ -292,33 +293,41 @@ class ConvCGANGenerator(_GAN):
             # one GEMM for the noise Linear (its bias and LeakyReLU go into the fused op), one
             # for the label table, one launch for the concatenation
             raw, _ = linear_forward(z, self.fc.weight.data)              # (N, w*49), no bias yet
+            # written channel-major (w + 1, N, 49): the transposed conv after it takes that as it lies
             out, cache = label_map_concat_forward(raw, labels, self.label_emb.weight.data, self.label_fc.weight.data,
                                                   self.label_fc.bias.data, self.fc.bias.data,
-                                                  self.fc_act.negative_slope)
+                                                  self.fc_act.negative_slope, channel_major_hw=49)
             self.concat._save((_FUSED, cache, z))       # in the concatenation's cache slot
-            return out.reshape(z.shape[0], self.width + 1, 7, 7)
+            return out.reshape(self.width + 1, z.shape[0], 7, 7).transpose(1, 0, 2, 3)
         h = self.to_map(self.fc_act(self.fc(z)))                       # (N, w, 7, 7)
         lab = self.label_map(self.label_fc(self.label_emb(labels)))    # (N, 1, 7, 7)
         return self.concat(h, lab)
 
-    def _seed_map_backward(self, d):
+    def _seed_map_backward(self, d, need_dz=True):
         if _fused_cache(self):
             _, cache, z = self.concat._pop_cache()
-            dpre = _label_grads(self, d.reshape(d.shape[0], -1), cache, True, x_bias=self.fc.bias)
+            dpre = _label_grads(self, d, cache, True, x_bias=self.fc.bias)        # d (N, w + 1, 7, 7)
             w = self.fc.weight
-            dz, dW, _ = linear_backward(dpre, (z, w.data, False), need_dW=w.requires_grad,
+            dz, dW, _ = linear_backward(dpre, (z, w.data, False), need_dx=need_dz, need_dW=w.requires_grad,
                                         dW_out=w.grad if accumulates_in_place(w, dpre) else None)
             w.accumulate(dW)
             return dz
         dh, dlab = self.concat.backward(d)
         self.label_emb.backward(self.label_fc.backward(self.label_map.backward(dlab)))
-        return self.fc.backward(self.fc_act.backward(self.to_map.backward(dh)))
+        dz = self.fc.backward(self.fc_act.backward(self.to_map.backward(dh)))
+        return dz if need_dz else None
 
     def forward(self, z, labels):
         return self.net(self._seed_map(z, labels))                     # (N, 1, 28, 28)
 
-    def backward(self, dy):
-        return self._seed_map_backward(self.net.backward(dy))
+    def backward(self, dy, need_dz=True):
+        """dy (N, 1, 28, 28) -> dz (N, latent), or None with need_dz=False (the training step:
+        z is no parameter; the fused label path then skips that GEMM)."""
+        # the first transposed conv hands its input gradient on channel-major, as the fused
+        # label path reads it (ops.conv.channel_major_handoff)
+        with channel_major_handoff(_fused_cache(self)):
+            d = self.net.backward(dy)
+        return self._seed_map_backward(d, need_dz)
 
 
 class ConvCGANDiscriminator(_GAN):
@@ -491,7 +500,7 @@ class ProgressiveConvCGANGenerator(ConvCGANGenerator):
             return large
         return _mix(self.upsample(self.to_img14(h14)), large, alpha)
 
-    def backward(self, dy):
+    def backward(self, dy, need_dz=True):
         route, alpha = self._pop_cache()
         f = dy.dtype.type
         if route == "small":
@@ -501,7 +510,7 @@ class ProgressiveConvCGANGenerator(ConvCGANGenerator):
         else:
             dh14 = self.block28.backward(self.to_img28.backward(dy * f(alpha)))
             dh14 += self.to_img14.backward(self.upsample.backward(dy * f(1.0 - alpha)))
-        return self._seed_map_backward(self.block14.backward(dh14))
+        return self._seed_map_backward(self.block14.backward(dh14), need_dz)
 
 
 class ProgressiveConvCGANDiscriminator(ConvCGANDiscriminator):

@@ -14,7 +14,7 @@ from cganraw import backend, checkpoint, data, health, load, models
 from cganraw.cli import CLIError
 from cganraw.ops.philox import Key, seed_from
 from cganraw.optim import Adam
-from cganraw.step import ema_decay_at, lr_scale, update_ema
+from cganraw.step import ema_decay_at, lr_scale, train_step, update_ema
 
 
 def fraction_done(step, elapsed_s, planned_steps, max_minutes=None):
@@ -36,15 +36,17 @@ def planned_steps(epochs, num_images, batch_size, batch_size_final=None):
     return max(1, (2 * epochs * num_images) // (batch_size + batch_size_final))
 
 
-def batch_size_at(step, total_steps, batch_size, batch_size_final=None):
+def batch_size_at(step, total_steps, batch_size, batch_size_final=None, multiple=1):
     """The batch size of step `step` (0-based) of `total_steps`: `batch_size` throughout, or
     rising linearly to `batch_size_final` at the last planned step,
     b0 + round((b1 - b0) * step / (total_steps - 1)) (halves rounded up), held after it.
+    multiple: the size rises in steps of it (label groups), b0 and b1 being multiples of it.
     Integer arithmetic: the same sizes on every machine and after every resume."""
     if batch_size_final is None or total_steps <= 1:
         return batch_size
     k, span = min(step, total_steps - 1), total_steps - 1
-    return batch_size + (2 * (batch_size_final - batch_size) * k + span) // (2 * span)
+    units = (batch_size_final - batch_size) // multiple
+    return batch_size + multiple * ((2 * units * k + span) // (2 * span))
 
 
 def growth_at(frac, grow_at, fade):
@@ -71,7 +73,8 @@ class Run:
         self.loss_flag = health.LossFlag()          # the first bad loss, recorded on the device
         self.rising_batch = cfg.get("batch_size_final") is not None
         self.batches = data.BatchIterator(train_set.images, train_set.labels, cfg["batch_size"],
-                                          np.random.default_rng(s_data), variable_size=self.rising_batch)
+                                          np.random.default_rng(s_data), variable_size=self.rising_batch,
+                                          group_size=models.MINIBATCH_STD_GROUP if cfg.get("label_groups") else 1)
         self.fixed_z = np.random.default_rng(s_fixed).standard_normal((10, cfg["latent_dim"]), dtype=np.float32)
         self.step, self.epoch, self.elapsed = 0, 0, 0.0
         self.G_ema = None
@@ -85,11 +88,12 @@ class Run:
     @property
     def planned_steps(self):
         """Steps of the whole run under --epochs (run.planned_steps)."""
-        return planned_steps(self.cfg["epochs"], len(self.train_set.labels), self.cfg["batch_size"],
+        return planned_steps(self.cfg["epochs"], self.batches.epoch_length, self.cfg["batch_size"],
                              self.cfg.get("batch_size_final"))
 
     def batch_size_at(self, step):
-        return batch_size_at(step, self.planned_steps, self.cfg["batch_size"], self.cfg.get("batch_size_final"))
+        return batch_size_at(step, self.planned_steps, self.cfg["batch_size"], self.cfg.get("batch_size_final"),
+                             self.batches.group_size)
 
     def next_batch(self):
         """This step's (images, labels): of batch_size_at(step) images with a rising batch size."""
@@ -123,6 +127,14 @@ class Run:
     def key(self):
         """The random streams of the next step: the run's seed and the number of steps done."""
         return Key(self.step_seed, self.step)
+
+    def train_step(self, x, labels):
+        """One D and G step on the uploaded batch (step.train_step with the run's settings), at
+        the next step's streams; the caller counts the step."""
+        cfg = self.cfg
+        return train_step(self.G, self.D, self.opt_g, self.opt_d, x, labels, self.key(), cfg["label_smoothing"],
+                          cfg.get("mismatch", 0.0), cfg.get("mode_seeking", 0.0), flag=self.loss_flag,
+                          paired_labels=bool(cfg.get("label_groups")))
 
     def fraction_done(self, planned_steps):
         """fraction_done(step, elapsed, planned_steps, --max-minutes) of this run."""

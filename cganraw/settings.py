@@ -20,22 +20,23 @@ from cganraw.ops.gemm import tf32_enabled
 DEFAULTS = dict(model="cgan-conv", width=64, epochs=None, batch_size=64, lr=1e-4, lr_d=None, beta1=0.5,
                 beta2=0.999, latent_dim=100, seed=0, label_smoothing=0.0, mismatch=1.0, mode_seeking=0.0,
                 ema_decay=0.9995, lr_decay_start=1.0, g_batchnorm=True, g_norm="batch", d_norm="none",
-                minibatch_std=False, progressive=False, grow_at=0.5, fade=0.25, batch_size_final=None)
+                minibatch_std=False, label_groups=False, progressive=False, grow_at=0.5, fade=0.25, batch_size_final=None)
 # cgan-conv's, chosen by measurement (docs/ablation.md; MNIST, 20 minutes of a 2-core CPU):
 # spectral norm and minibatch stddev in D, instance norm in G, D at 2.4x G's learning rate
-# (TTUR) and both falling over the second half of the run; a small model (width 48) and
-# batch (32) that buy three times the steps of width 64 and batch 64; a moving average of
-# G; one-sided label smoothing; the matching-aware term at a light 0.5 (at 1.3 and 2 G draws
-# each digit too alike: CAS falls). Ten epochs are more than 20 minutes of that CPU, so
-# --max-minutes ends such a run and the schedule follows the clock.
+# (TTUR); a small model (width 48) and batch (32) that buy three times the steps of width 64
+# and batch 64; a moving average of G; one-sided label smoothing; the matching-aware term at
+# a light 0.25 (at 1.3 and 2 G draws each digit too alike and CAS falls; at 0 one digit in
+# sixteen is the wrong one); both rates falling over the last quarter of the run (over the
+# last half the labels and FID come out worse). Ten epochs are more than 20 minutes of that
+# CPU, so --max-minutes ends such a run and the schedule follows the clock.
 MODEL_DEFAULTS = {"cgan-conv": dict(width=48, batch_size=32, lr=1.1e-4, lr_d=2.6e-4, beta1=0.6, label_smoothing=0.13,
-                                    mismatch=0.5, ema_decay=0.999, lr_decay_start=0.5, g_norm="instance",
+                                    mismatch=0.25, ema_decay=0.999, lr_decay_start=0.75, g_norm="instance",
                                     d_norm="spectral", minibatch_std=True, epochs=10),
                   "dcgan": dict(epochs=2), "cgan-mlp": dict(epochs=20), "gan-mlp": dict(epochs=20)}
 # the flags whose default is per model: argparse leaves them None, _validate fills them in
 PER_MODEL = tuple(sorted({k for d in MODEL_DEFAULTS.values() for k in d} - {"epochs"}))
 # what a config saved before these settings existed means by them: today's model
-UPGRADE_DEFAULTS = dict(d_norm="none", minibatch_std=False, progressive=False,
+UPGRADE_DEFAULTS = dict(d_norm="none", minibatch_std=False, label_groups=False, progressive=False,
                         grow_at=DEFAULTS["grow_at"], fade=DEFAULTS["fade"], batch_size_final=None)
 DEFAULT_EPOCHS = {name: d["epochs"] for name, d in MODEL_DEFAULTS.items()}
 
@@ -71,7 +72,7 @@ KEEP_EPOCH_CHECKPOINTS = 3
 # what config.json and a checkpoint's meta record of a run
 CONFIG_KEYS = ("dataset", "model", "width", "g_batchnorm", "epochs", "batch_size", "lr", "lr_d", "beta1",
                "beta2", "latent_dim", "seed", "label_smoothing", "mismatch", "mode_seeking", "ema_decay",
-               "lr_decay_start", "g_norm", "d_norm", "minibatch_std", "progressive", "grow_at", "fade",
+               "lr_decay_start", "g_norm", "d_norm", "minibatch_std", "label_groups", "progressive", "grow_at", "fade",
                "batch_size_final", "sample_every", "checkpoint_every", "log_every", "eval_every", "eval_every_steps",
                "max_steps", "max_minutes")
 # what a checkpoint's config must hold to be resumed (later keys have defaults)
@@ -149,11 +150,21 @@ def _validate(parser, ns):
     if ns.batch_size_final is not None and ns.batch_size_final < ns.batch_size:
         parser.error(f"--batch-size-final {ns.batch_size_final} is below --batch-size {ns.batch_size} "
                      "(the batch size rises from --batch-size to --batch-size-final)")
+    if ns.label_groups and ns.model == "cgan-conv":
+        if not ns.minibatch_std:
+            parser.error("--label-groups needs --minibatch-std (its groups are what hold one label)")
+        odd = [f"{flag} {v}" for flag, v in (("--batch-size", ns.batch_size),
+                                              ("--batch-size-final", ns.batch_size_final))
+               if v is not None and v % models.MINIBATCH_STD_GROUP]
+        if odd:
+            parser.error(f"{', '.join(odd)}: with --label-groups a batch is dealt in groups of "
+                         f"{models.MINIBATCH_STD_GROUP} images of one label, so it must be a multiple of "
+                         f"{models.MINIBATCH_STD_GROUP} (or give --no-label-groups)")
     if ns.model != "cgan-conv":
         extra = [flag for flag, on in (("--g-norm", ns.g_norm not in ("none", "batch") or
                                         (ns.g_norm == "batch" and "g_norm" in given)),
                                        ("--d-norm", ns.d_norm != "none"), ("--minibatch-std", ns.minibatch_std),
-                                       ("--progressive", ns.progressive)) if on]
+                                       ("--label-groups", ns.label_groups), ("--progressive", ns.progressive)) if on]
         if extra:
             parser.error(f"{', '.join(extra)}: options of --model cgan-conv only, not of {ns.model}")
 
@@ -179,6 +190,10 @@ def build_parser(record_given=True):
         "d_norm", "spectral normalisation on every conv and linear layer of D's image path (cgan-conv)"))
     p.add_argument("--minibatch-std", action=argparse.BooleanOptionalAction, **_flag_default(
         "minibatch_std", "ProGAN's minibatch standard deviation channel before D's last layer (cgan-conv)",
+        lambda v: "on" if v else "off"))
+    p.add_argument("--label-groups", action=argparse.BooleanOptionalAction, **_flag_default(
+        "label_groups", "with --minibatch-std: every minibatch-stddev group holds one label (batches dealt in "
+        "groups of 4 images of a class, G drawing the batch's labels), so D compares the spread within a class",
         lambda v: "on" if v else "off"))
     p.add_argument("--progressive", action="store_true", default=DEFAULTS["progressive"],
                    help="grow G and D from 14x14 to 28x28 (cgan-conv; default: off): 14x14 until "
@@ -239,8 +254,8 @@ def build_parser(record_given=True):
                    help="let GEMMs round their inputs to TF32 on tensor cores (cuBLAS on cuda, gemm v4 on "
                         "emu; numpy is unaffected): faster on a GPU, results change at the 1e-3 level")
     p.add_argument("--threads", type=cli.nonneg_int, default=0,
-                   help="CPU threads for BLAS and Numba; 0 picks the fastest count by timing a GEMM (recorded in "
-                        "config.json)")
+                   help="CPU threads for BLAS and Numba; 0 picks the fastest count by timing the run's own "
+                        "training step (a GEMM on the emu backend; recorded in config.json)")
     p.add_argument("--data-dir", default=None,
                    help="folder with the IDX files (default: $CGANRAW_DATA_DIR, then the user cache)")
     p.add_argument("--download", action=argparse.BooleanOptionalAction, default=True,

@@ -29,6 +29,7 @@ from cganraw.ops.philox import (
     philox_integers,
     philox_normal,
     philox_shift_labels,
+    philox_step_draws,
 )
 from cganraw.ops.stats import STAT_NAMES, bounded_mask, step_stats
 
@@ -111,7 +112,7 @@ def upload_batch(images, labels=None, num_classes=None):
 
 
 def train_step(G, D, opt_g, opt_d, real_images, real_labels, rng, label_smoothing=0.0, mismatch=0.0,
-               mode_seeking=0.0, *, flag=None):
+               mode_seeking=0.0, *, flag=None, paired_labels=False):
     """One D step then one G step, in the standard order:
     D on real, D on fake (detached: G gets no gradient), then G with the
     non-saturating loss -log D(G(z)) through the updated D. All BCE-with-logits.
@@ -131,6 +132,10 @@ def train_step(G, D, opt_g, opt_d, real_images, real_labels, rng, label_smoothin
     vectors, and G is pushed to make each pair differ, which keeps it from collapsing
     to a single image per label.
 
+    paired_labels: G draws the real batch's labels, row for row, instead of drawn ones: with
+    label groups (BatchIterator(group_size=G)) every MinibatchStdDev group of fakes then holds
+    one label too, and D compares the spread within a class of real and generated images.
+
     real_images (N, 1, 28, 28) float in [-1, 1] and real_labels (N,) int or None, on the
     device (upload_batch); rng: a cganraw.ops.philox.Key (the run's seed and the step, as the
     trainer passes), or a NumPy Generator to draw a fresh key from. z, the fake labels, the
@@ -143,22 +148,27 @@ def train_step(G, D, opt_g, opt_d, real_images, real_labels, rng, label_smoothin
     set_dropout_step(D, key.step)
     set_dropout_step(G, key.step)
     n = real_images.shape[0]
-    # drawn in float32 always (the same noise at any precision), then in the images' dtype
-    z = philox_normal((n, G.latent_dim), key.stream(NOISE))
-    if z.dtype != real_images.dtype:
-        z = z.astype(real_images.dtype)
     pairs = n // 2 if mode_seeking > 0 else 0       # rows i and pairs + i share a label
     with_mismatch = mismatch > 0 and G.conditional
     batched = batchable(D)
     fake_labels = labels = None
-    if G.conditional:
-        into = None
-        if batched and backend.uses_kernels():
-            # the fake labels drawn straight into the tail of D's batch of labels (no copy)
-            parts = 3 if with_mismatch else 2
-            labels = _launch.empty((parts * n,), np.int32)
-            into = labels[(parts - 1) * n:]
-        fake_labels = philox_integers(n, 0, G.num_classes, key.stream(FAKE_LABELS), fold=pairs, out=into)
+    if G.conditional and batched and backend.uses_kernels():
+        # z and D's batch of labels [real | wrong | fake] in one launch: the same values as
+        # the draws below, the fake labels a view of the batch's tail (no copies)
+        parts = 3 if with_mismatch else 2
+        z, labels = philox_step_draws(real_labels, n * G.latent_dim, G.num_classes, key, parts, fold=pairs)
+        z = z.reshape(n, G.latent_dim)
+        fake_labels = _launch.mark_labels_checked(labels[(parts - 1) * n:], G.num_classes)   # a view: its own mark
+        if paired_labels:       # the real labels over the drawn ones (one copy, with the option only)
+            _launch.copy_into(fake_labels, real_labels)
+    else:
+        z = philox_normal((n, G.latent_dim), key.stream(NOISE))
+        if G.conditional:
+            fake_labels = real_labels if paired_labels else \
+                philox_integers(n, 0, G.num_classes, key.stream(FAKE_LABELS), fold=pairs)
+    # drawn in float32 always (the same noise at any precision), then in the images' dtype
+    if z.dtype != real_images.dtype:
+        z = z.astype(real_images.dtype)
     real_target = 1.0 - label_smoothing  # one-sided: only the real targets are smoothed
 
     # --- D step ---------------------------------------------------------------------
@@ -196,7 +206,10 @@ def train_step(G, D, opt_g, opt_d, real_images, real_labels, rng, label_smoothin
     if pairs:
         loss_ms, dms = mode_seeking_loss(fake[:2 * pairs], z[:2 * pairs])
         _launch.add_into(dfake[:2 * pairs], dms * dms.dtype.type(mode_seeking))
-    G.backward(dfake)
+    if isinstance(G, models.ConvCGANGenerator):
+        G.backward(dfake, need_dz=False)        # z is no parameter: its gradient is not computed
+    else:
+        G.backward(dfake)
     opt_g.step()
 
     flag = flag if flag is not None else health.LossFlag()
@@ -209,24 +222,21 @@ def _d_step_one_batch(G, D, z, real_images, real_labels, fake_labels, key, real_
     """D's real, wrong-label (mismatch > 0) and fake terms as one batch [real | wrong | fake]:
     one forward, one backward. Returns the three losses (None for an absent mismatch term),
     the real and fake logits and G's images (G keeps its cache for its own step). labels: the
-    batch's label array with the fake labels already in its tail (fake_labels a view of it),
-    or None to make one here."""
+    batch's label array already drawn (philox_step_draws; fake_labels a view of its tail), or
+    None to make one here."""
     n = real_images.shape[0]
     parts = 3 if mismatch > 0 else 2
     images = _launch.empty((parts * n,) + tuple(real_images.shape[1:]), real_images.dtype)
     # the real images in the real and the wrong-label rows: one broadcasting copy
     _launch.copy_into(images[:(parts - 1) * n].reshape((parts - 1, n) + tuple(real_images.shape[1:])), real_images)
-    if G.conditional:
+    if G.conditional and labels is None:
         k = G.num_classes
-        drawn_in_place = labels is not None
-        if not drawn_in_place:
-            labels = _launch.empty((parts * n,), np.int32)
+        labels = _launch.empty((parts * n,), np.int32)
         _launch.copy_into(labels[:n], real_labels)
         if mismatch > 0:
             # every label moved by 1..K-1 places: a wrong label for every image
             philox_shift_labels(real_labels, k, key.stream(WRONG_LABELS), out=labels[n:2 * n])
-        if not drawn_in_place:
-            _launch.copy_into(labels[(parts - 1) * n:], fake_labels)
+        _launch.copy_into(labels[(parts - 1) * n:], fake_labels)
         if _launch.labels_checked(real_labels, k):      # the drawn ones are in range by construction
             _launch.mark_labels_checked(labels, k)
     fake = G(z, fake_labels)

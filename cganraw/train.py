@@ -127,8 +127,7 @@ def _step_work(cfg, train_set):
 
     def one_step():
         with np.errstate(all="ignore"):
-            train_step(G, D, probe.opt_g, probe.opt_d, x, labels, probe.key(), cfg["label_smoothing"],
-                       cfg.get("mismatch", 0.0), cfg.get("mode_seeking", 0.0), flag=probe.loss_flag)
+            probe.train_step(x, labels)
         probe.step += 1
         probe.update_ema()
     return one_step
@@ -211,7 +210,7 @@ def _train(args, log, stop, saved):
 
 
 def _loop(run, cfg, args, out, metrics, stop, saved, log):
-    G, D = run.G, run.D
+    G = run.G
     planned_steps = run.planned_steps
     steps_per_epoch = planned_steps / cfg["epochs"]     # on average, with a rising batch size
     total_steps = min(planned_steps, cfg["max_steps"]) if cfg.get("max_steps") else planned_steps
@@ -242,8 +241,7 @@ def _loop(run, cfg, args, out, metrics, stop, saved, log):
             # labels checked on the host, then uploaded: no layer checks them on the device
             x, labels = upload_batch(x, labels if G.conditional else None, G.num_classes)
             with np.errstate(all="ignore"):   # a bad loss is recorded on the device, read below
-                stats = train_step(G, D, run.opt_g, run.opt_d, x, labels, run.key(), cfg["label_smoothing"],
-                                   cfg.get("mismatch", 0.0), cfg.get("mode_seeking", 0.0), flag=run.loss_flag)
+                stats = run.train_step(x, labels)
             run.step += 1
             run.update_ema()
             now = time.monotonic()

@@ -25,6 +25,12 @@
 //                                         to it; dy may be row-strided (rows ld apart, a
 //                                         column slice of a concatenation: no copy)
 //   bias_leaky_relu_backward_v3/v4        partial_v1/v2 and the reduction in one launch
+//   bias_tanh_forward_v1                  y = tanh(y + b[c]), in place: a layer with bias +
+//                                         Tanh (G's last Conv2d) in one pass, as
+//                                         bias_leaky_relu_forward_v1 (ch_apply)
+//   bias_tanh_backward_v1                 dpre = dy (1 - y^2) (written) and db = its channel
+//                                         sums in one launch, as bias_leaky_relu_backward_v3:
+//                                         tanh_backward and the bias reduction (two launches)
 // Shapes: y, dy, dpre (N, C, HW) contiguous, HW = H*W (1 for a Linear layer's (N, C));
 // b, db (C,); partials (splits, C); counter: one zeroed unsigned, left zeroed.
 //
@@ -318,6 +324,65 @@ extern "C" __global__ void bias_leaky_relu_backward_v4(float* dpre_cm, float* db
                                                        float slope, int N, int C, int HW, int splits, int accumulate)
 {
     BiasLeakyGradSumCM op{dpre_cm, dy, y, slope, N, C, HW, ch_aligned16(dy) && ch_aligned16(y)};
+    ch_partials<1>(op, partials, N, C, HW, splits);
+    ch_finish<1>(partials, counter, db, splits, C, accumulate != 0);
+}
+
+// ---------------------------------------------------------------- fused bias + Tanh
+
+struct BiasTanh {      // y = tanh(y + b[c]) in place
+    typedef float Consts;
+    float* y;
+    const float* b;
+    bool vec;
+    __device__ float consts(int c, bool) const { return b[c]; }
+    __device__ float f(float v, float bias) const { return tanhf(v + bias); }
+    __device__ void apply(long long i, float k) const { y[i] = f(y[i], k); }
+    __device__ void apply4(long long i, float k0, float k1, float k2, float k3) const
+    {
+        float4 v = *reinterpret_cast<float4*>(y + i);
+        v.x = f(v.x, k0); v.y = f(v.y, k1); v.z = f(v.z, k2); v.w = f(v.w, k3);
+        *reinterpret_cast<float4*>(y + i) = v;
+    }
+};
+
+// y: (N, C, HW) in place, b: (C,); grid (C or ceil(C/128), splits), block CH_THREADS
+extern "C" __global__ void bias_tanh_forward_v1(float* y, const float* b, int N, int C, int HW, int splits)
+{
+    BiasTanh op{y, b, ch_aligned16(y)};
+    ch_apply(op, N, C, HW, splits);
+}
+
+struct BiasTanhGradSum {   // dpre = dy (1 - y^2), written; summand: dpre
+    static const int NV = 1;
+    float* dpre;
+    const float* dy;
+    const float* y;
+    bool vec;
+    __device__ float g(float d, float out) const { return d * (1.0f - out * out); }
+    __device__ void at(long long i, int, float* out) const
+    {
+        const float d = g(dy[i], y[i]);
+        dpre[i] = d;
+        out[0] = d;
+    }
+    __device__ void at4(long long i, int, int, float (*out)[1]) const
+    {
+        const float4 d = *reinterpret_cast<const float4*>(dy + i);
+        const float4 o = *reinterpret_cast<const float4*>(y + i);
+        const float4 r = make_float4(g(d.x, o.x), g(d.y, o.y), g(d.z, o.z), g(d.w, o.w));
+        *reinterpret_cast<float4*>(dpre + i) = r;
+        out[0][0] = r.x; out[1][0] = r.y; out[2][0] = r.z; out[3][0] = r.w;
+    }
+};
+
+// dy, y: (N, C, HW) -> dpre (N, C, HW), db (C,) written or (accumulate) added to;
+// partials (splits, C) scratch; counter: a zeroed unsigned, left zeroed
+extern "C" __global__ void bias_tanh_backward_v1(float* dpre, float* db, float* partials, unsigned int* counter,
+                                                 const float* dy, const float* y, int N, int C, int HW, int splits,
+                                                 int accumulate)
+{
+    BiasTanhGradSum op{dpre, dy, y, ch_aligned16(dpre) && ch_aligned16(dy) && ch_aligned16(y)};
     ch_partials<1>(op, partials, N, C, HW, splits);
     ch_finish<1>(partials, counter, db, splits, C, accumulate != 0);
 }

@@ -95,6 +95,12 @@ extern "C" __global__ void embedding_backward_v3(float* dW, const int* idx, cons
 }
 
 // ---------------------------------------------------------------- the label path, fused
+
+// element (n, j) of an (N, row) map: row-major, or with hw > 0 channel-major planes of hw
+__device__ __forceinline__ long long lm_index(int n, int j, int row, int N, int hw)
+{
+    return hw > 0 ? ((long long)(j / hw) * N + n) * hw + j % hw : (long long)n * row + j;
+}
 // The conditional conv models' label path: labels -> Embedding(K, E) -> Linear(E, M) -> a map
 // concatenated after x's L values per row (G: its noise Linear's output, D: the image):
 //   out[n] = [act(x[n] + bx) | T[labels[n]] + b]      T = emb_w fc_w^T (K, M): a K-row GEMM
@@ -104,6 +110,23 @@ extern "C" __global__ void embedding_backward_v3(float* dW, const int* idx, cons
 //   label_map_concat_forward_v1   grid-stride over out (N, L + M): one pass writes the
 //                                 concatenation (no embedding rows, no bias or activation
 //                                 pass, no copies)
+//   label_map_concat_forward_v2   v1 without the table: each label value is its own dot
+//                                 product emb_w[labels[n]] . fc_w[m] (E terms, e in order) +
+//                                 b[m]; one launch where v1 took the table GEMM and a launch.
+//                                 E*M*N multiply-adds (50 * 784 * 384 = 15M for D's batch at
+//                                 batch 128: microseconds), emb_w and fc_w read through L1/L2.
+//                                 THE DEFAULT.
+//   label_map_concat_forward_v3   v2 writing out channel-major when hw > 0: out[n] holds
+//                                 planes of hw values, and (n, c, p) lies at (c*N + n)*hw + p
+//                                 ((C, N, hw) memory): G's seed map, which the transposed
+//                                 convolution after it takes as its GEMM operand as it lies
+//                                 (no layout copy). hw = 0: v2 exactly.
+//   label_map_concat_backward_v2  v1 reading d and out in v3's layout when hw > 0 (hw = 0: v1)
+//   label_table_grads_v1          the label path's weight gradients from dT (K, M) in one
+//                                 launch, where two GEMMs ran: demb_w = dT fc_w (K, E) and
+//                                 dfc_w = dT^T emb_w (M, E), a thread per output summing in
+//                                 order (K*E + M*E dot products of M or K terms: tiny), each
+//                                 written or added into (the weight's .grad)
 //   label_map_concat_backward_v1  grid (column tiles, row splits): a thread per (column, split)
 //                                 sums its rows in order, g = d (x columns: times the LeakyReLU
 //                                 mask from out, written to dx when need_dx), into
@@ -201,4 +224,155 @@ extern "C" __global__ void label_map_concat_backward_v1(float* dx, float* dbx, f
         }
     }
     if (threadIdx.x == 0) *counter = 0u;
+}
+
+// x: (N, L), bx: (L,) (has_bx), emb_w: (K, E), fc_w: (M, E), b: (M,), labels: (N,) -> out: (N, L + M)
+extern "C" __global__ void label_map_concat_forward_v2(float* out, const float* x, const float* bx,
+                                                       const float* emb_w, const float* fc_w, const float* b,
+                                                       const int* labels, int N, int L, int M, int K, int E,
+                                                       float slope, int act, int has_bx)
+{
+    const int row = L + M;
+    const long long total = (long long)N * row;
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < total;
+         i += (long long)gridDim.x * blockDim.x) {
+        const int n = (int)(i / row), j = (int)(i - (long long)n * row);
+        float v;
+        if (j < L) {
+            v = x[(long long)n * L + j];
+            if (has_bx) v += bx[j];
+            if (act && !(v > 0.0f)) v *= slope;
+        } else {
+            const int k = labels[n];
+            if (k >= 0 && k < K) {
+                const float* er = emb_w + (long long)k * E;
+                const float* wr = fc_w + (long long)(j - L) * E;
+                float t = 0.0f;
+                for (int e = 0; e < E; ++e) t += er[e] * wr[e];
+                v = t + b[j - L];
+            } else {
+                v = 0.0f;
+            }
+        }
+        out[i] = v;
+    }
+}
+
+// as v2; out channel-major planes of hw when hw > 0
+extern "C" __global__ void label_map_concat_forward_v3(float* out, const float* x, const float* bx,
+                                                       const float* emb_w, const float* fc_w, const float* b,
+                                                       const int* labels, int N, int L, int M, int K, int E,
+                                                       float slope, int act, int has_bx, int hw)
+{
+    const int row = L + M;
+    const long long total = (long long)N * row;
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < total;
+         i += (long long)gridDim.x * blockDim.x) {
+        const int n = (int)(i / row), j = (int)(i - (long long)n * row);
+        float v;
+        if (j < L) {
+            v = x[(long long)n * L + j];
+            if (has_bx) v += bx[j];
+            if (act && !(v > 0.0f)) v *= slope;
+        } else {
+            const int k = labels[n];
+            if (k >= 0 && k < K) {
+                const float* er = emb_w + (long long)k * E;
+                const float* wr = fc_w + (long long)(j - L) * E;
+                float t = 0.0f;
+                for (int e = 0; e < E; ++e) t += er[e] * wr[e];
+                v = t + b[j - L];
+            } else {
+                v = 0.0f;
+            }
+        }
+        out[lm_index(n, j, row, N, hw)] = v;
+    }
+}
+
+// as v1; d and out channel-major planes of hw when hw > 0 (label_map_concat_forward_v3's layout)
+extern "C" __global__ void label_map_concat_backward_v2(float* dx, float* dbx, float* dT, float* db, float* partials,
+                                                        float* partials_t, unsigned int* counter, const float* d,
+                                                        const float* out, const int* labels, int N, int L, int M,
+                                                        int K, float slope, int act, int need_dx, int has_bx,
+                                                        int need_label, int accumulate, int splits,
+                                                        int hw)
+{
+    const int row = L + M;
+    const int s = blockIdx.y;
+    const int chunk = (N + splits - 1) / splits;
+    const int n0 = min(s * chunk, N), n1 = min(n0 + chunk, N);
+    for (int j = blockIdx.x * blockDim.x + threadIdx.x; j < row; j += gridDim.x * blockDim.x) {
+        float sum = 0.0f;
+        if (j < L) {
+            for (int n = n0; n < n1; ++n) {
+                const long long i = lm_index(n, j, row, N, hw);
+                float g = d[i];
+                if (act && !(out[i] > 0.0f)) g *= slope;
+                if (need_dx) dx[(long long)n * L + j] = g;
+                sum += g;
+            }
+        } else if (need_label) {
+            const int m = j - L;
+            float* pt = partials_t + (long long)s * K * M + m;
+            for (int k = 0; k < K; ++k) pt[(long long)k * M] = 0.0f;
+            for (int n = n0; n < n1; ++n) {
+                const float g = d[lm_index(n, j, row, N, hw)];
+                const int k = labels[n];
+                if (k >= 0 && k < K) pt[(long long)k * M] += g;
+                sum += g;
+            }
+        }
+        partials[(long long)s * row + j] = sum;
+    }
+    // the last block to finish adds the splits up, in split order
+    __shared__ bool last;
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) last = atomicAdd(counter, 1u) == gridDim.x * gridDim.y - 1u;
+    __syncthreads();
+    if (!last) return;
+    __threadfence();
+    const volatile float* p = partials;
+    const volatile float* q = partials_t;
+    for (int j = threadIdx.x; j < row; j += blockDim.x) {
+        if (j < L ? !has_bx : !need_label) continue;
+        float t = 0.0f;
+        for (int ss = 0; ss < splits; ++ss) t += p[(long long)ss * row + j];
+        float* o = j < L ? dbx + j : db + (j - L);
+        *o = accumulate ? *o + t : t;
+    }
+    if (need_label) {
+        for (int e = threadIdx.x; e < K * M; e += blockDim.x) {
+            float t = 0.0f;
+            for (int ss = 0; ss < splits; ++ss) t += q[(long long)ss * K * M + e];
+            dT[e] = t;
+        }
+    }
+    if (threadIdx.x == 0) *counter = 0u;
+}
+
+
+// dT (K, M), emb_w (K, E), fc_w (M, E) -> demb (K, E) = dT fc_w, dfc_w (M, E) = dT^T emb_w;
+// each added into when its acc flag is set, else written
+extern "C" __global__ void label_table_grads_v1(float* demb, float* dfc_w, const float* dT, const float* emb_w,
+                                                const float* fc_w, int K, int M, int E, int acc_emb, int acc_fc)
+{
+    const long long ke = (long long)K * E;
+    const long long total = ke + (long long)M * E;
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < total;
+         i += (long long)gridDim.x * blockDim.x) {
+        if (i < ke) {
+            const int k = (int)(i / E), e = (int)(i - (long long)k * E);
+            float t = 0.0f;
+            for (int m = 0; m < M; ++m) t += dT[(long long)k * M + m] * fc_w[(long long)m * E + e];
+            demb[i] = acc_emb ? demb[i] + t : t;
+        } else {
+            const long long j = i - ke;
+            const int m = (int)(j / E), e = (int)(j - (long long)m * E);
+            float t = 0.0f;
+            for (int k = 0; k < K; ++k) t += dT[(long long)k * M + m] * emb_w[(long long)k * E + e];
+            dfc_w[j] = acc_fc ? dfc_w[j] + t : t;
+        }
+    }
 }

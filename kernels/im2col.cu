@@ -16,6 +16,13 @@
 //               of the windows that cover it; no atomics, no zero fill.
 //   col2im_v3   v2 with a 2-D grid and 32-bit index math: blockIdx.y walks the (n, c)
 //               planes, threads the plane's pixels. THE DEFAULT.
+//   im2col_v3   im2col_v2 with the taps flipped when `flip` is 1: row (c, i, j) holds tap
+//   col2im_v4   (k-1-i, k-1-j), and likewise col2im_v3 reads tap (i, j) from row (c, k-1-i,
+//               k-1-j). A stride-1 conv with one output channel run as a transposed conv
+//               (G's last Conv2d(w -> 1, k7), ops/conv.py) then takes its weight (1, C, k, k)
+//               as the (C, k*k) GEMM operand it is, and gets its weight gradient the same
+//               way: no flipped copy of W or of dW, no add of that copy into .grad (three
+//               launches a step). flip 0 is v2 / v3 exactly.
 // 32-bit versions need every index below 2^31: cols and x below 2^31 elements, which
 // the launchers check on the host (ValueError naming the sizes); v1 and v2 index in 64
 // bits but split an element into row and column with 32-bit parts, so they need the
@@ -179,6 +186,63 @@ extern "C" __global__ void col2im_v3(const float* cols, float* x,
                     const int ox = (px - jj) / s;
                     if (ox >= Wo) continue;
                     acc += cols[((c * k + i) * k + jj) * L + (n * Ho + oy) * Wo + ox];
+                }
+            }
+            x[plane * HW + pix] = acc;
+        }
+    }
+}
+
+// ---------------------------------------------------------------- flipped taps
+
+// im2col_v2, with row (c, i, j) holding tap (k-1-i, k-1-j) when flip != 0.
+extern "C" __global__ void im2col_v3(const float* x, float* cols,
+                                     int N, int C, int H, int W, int k, int s, int p,
+                                     int Ho, int Wo, int flip)
+{
+    const int L = N * Ho * Wo;
+    const int R = C * k * k;
+    for (int r = blockIdx.y; r < R; r += gridDim.y) {
+        int j = r % k, i = (r / k) % k;
+        const int c = r / (k * k);
+        if (flip) { i = k - 1 - i; j = k - 1 - j; }
+        float* row = cols + r * L;
+        for (int q = blockIdx.x * blockDim.x + threadIdx.x; q < L; q += gridDim.x * blockDim.x) {
+            const int t = q / Wo;
+            const int ox = q - t * Wo;
+            const int n = t / Ho;
+            const int oy = t - n * Ho;
+            const int yy = oy * s + i - p, xx = ox * s + j - p;
+            row[q] = (yy >= 0 && yy < H && xx >= 0 && xx < W) ? x[((n * C + c) * H + yy) * W + xx] : 0.0f;
+        }
+    }
+}
+
+// col2im_v3, with tap (i, j) read from row (c, k-1-i, k-1-j) when flip != 0.
+extern "C" __global__ void col2im_v4(const float* cols, float* x,
+                                     int N, int C, int H, int W, int k, int s, int p,
+                                     int Ho, int Wo, int flip)
+{
+    const int L = N * Ho * Wo;
+    const int HW = H * W;
+    for (int plane = blockIdx.y; plane < N * C; plane += gridDim.y) {
+        const int c = plane % C, n = plane / C;
+        for (int pix = blockIdx.x * blockDim.x + threadIdx.x; pix < HW; pix += gridDim.x * blockDim.x) {
+            const int y = pix / W;
+            const int xo = pix - y * W;
+            const int py = y + p, px = xo + p;
+            float acc = 0.0f;
+            for (int i = py % s; i < k; i += s) {
+                if (py - i < 0) break;
+                const int oy = (py - i) / s;
+                if (oy >= Ho) continue;
+                const int ri = flip ? k - 1 - i : i;
+                for (int jj = px % s; jj < k; jj += s) {
+                    if (px - jj < 0) break;
+                    const int ox = (px - jj) / s;
+                    if (ox >= Wo) continue;
+                    const int rj = flip ? k - 1 - jj : jj;
+                    acc += cols[((c * k + ri) * k + rj) * L + (n * Ho + oy) * Wo + ox];
                 }
             }
             x[plane * HW + pix] = acc;

@@ -30,6 +30,15 @@
 //                                    the parameters' .grad) or writes them: one launch where
 //                                    the unfused layers took five (activation, norm, parameter
 //                                    sums, two gradient adds)
+//   instancenorm_leaky_relu_forward_v2
+//                                    leaky_relu_forward_v1 writing y channel-major (C, N, HW)
+//                                    when y_cm (0: v1 exactly): the layout the next
+//                                    convolution's GEMM takes x in (ops/conv.py), so G's
+//                                    activations reach it without a layout copy
+//   instancenorm_leaky_relu_backward_v2
+//                                    backward_v1 reading dy channel-major (C, N, HW) when dy_cm
+//                                    (0: v1 exactly): the data gradient of the convolution
+//                                    after the pair comes out of its GEMM in that layout
 //   instancenorm_running_update_v1   one thread per channel, in place, as torch (which runs
 //                                    batch_norm on the (1, N*C, H, W) view and averages the
 //                                    N per-instance running values back):
@@ -282,6 +291,67 @@ extern "C" __global__ void instancenorm_leaky_relu_backward_v1(float* dx, float*
     if (threadIdx.x == 0) *counter = 0u;
 }
 
+// as backward_v1; dy (C, N, HW) when dy_cm, else (rows, HW)
+extern "C" __global__ void instancenorm_leaky_relu_backward_v2(float* dx, float* s1, float* s2, float* dgamma,
+                                                               float* dbeta, unsigned int* counter, const float* dy,
+                                                               const float* xhat, const float* gamma,
+                                                               const float* beta, const float* invstd, float slope,
+                                                               int rows, int C, int HW, int accumulate,
+                                                               int dy_cm)
+{
+    __shared__ float partials[32];
+    __shared__ float sums[2];
+    __shared__ bool last;
+    for (int r = blockIdx.x; r < rows; r += gridDim.x) {   // uniform in the block: barriers are safe
+        long long base = (long long)r * HW;
+        const long long dbase = dy_cm ? ((long long)(r % C) * (rows / C) + r / C) * HW : base;
+        const float g = gamma[r % C], b = beta[r % C];
+        float sum_dy = 0.0f, sum_dy_xhat = 0.0f;
+        for (int p = threadIdx.x; p < HW; p += blockDim.x) {
+            const float h = xhat[base + p];
+            const float d = h * g + b > 0.0f ? dy[dbase + p] : dy[dbase + p] * slope;
+            sum_dy += d;
+            sum_dy_xhat += d * h;
+        }
+        sum_dy = block_sum(sum_dy, partials);
+        sum_dy_xhat = block_sum(sum_dy_xhat, partials);
+        if (threadIdx.x == 0) {
+            sums[0] = sum_dy;
+            sums[1] = sum_dy_xhat;
+            s1[r] = sum_dy;
+            s2[r] = sum_dy_xhat;
+        }
+        __syncthreads();
+        float scale = g * invstd[r];
+        float a = sums[1] / (float)HW, bb = sums[0] / (float)HW;
+        for (int p = threadIdx.x; p < HW; p += blockDim.x) {
+            const float h = xhat[base + p];
+            const float d = h * g + b > 0.0f ? dy[dbase + p] : dy[dbase + p] * slope;
+            dx[base + p] = (d - (h * a + bb)) * scale;
+        }
+    }
+    // the parameter gradients: the last block to finish sums the rows' s1, s2 in n order
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) last = atomicAdd(counter, 1u) == gridDim.x - 1u;
+    __syncthreads();
+    if (!last) return;
+    __threadfence();
+    const volatile float* v1 = s1;
+    const volatile float* v2 = s2;
+    const int N = rows / C;
+    for (int c = threadIdx.x; c < C; c += blockDim.x) {
+        float gs = 0.0f, bs = 0.0f;
+        for (int n = 0; n < N; n++) {
+            bs += v1[n * C + c];
+            gs += v2[n * C + c];
+        }
+        dgamma[c] = accumulate ? dgamma[c] + gs : gs;
+        dbeta[c] = accumulate ? dbeta[c] + bs : bs;
+    }
+    if (threadIdx.x == 0) *counter = 0u;
+}
+
 // ---------------------------------------------------------------- running statistics
 
 // running_mean, running_var (C,) in place; mean, var (N*C,) biased per row;
@@ -301,4 +371,48 @@ extern "C" __global__ void instancenorm_running_update_v1(float* running_mean, f
     }
     running_mean[c] = sum_m / (float)N;
     running_var[c] = sum_v / (float)N;
+}
+
+// as instancenorm_leaky_relu_forward_v1; y (C, N, HW) when y_cm, else (N, C, HW) (xhat stays (N, C, HW))
+extern "C" __global__ void instancenorm_leaky_relu_forward_v2(float* y, float* xhat, float* mean, float* var,
+                                                              float* invstd, const float* x, const float* gamma,
+                                                              const float* beta, float eps, float slope, int rows,
+                                                              int C, int HW, int y_cm)
+{
+    __shared__ float partials[32];
+    __shared__ float stats[2];
+    const int N = rows / C;
+    for (int r = blockIdx.x; r < rows; r += gridDim.x) {   // uniform in the block: barriers are safe
+        const float* row = x + (long long)r * HW;
+        float sum = 0.0f;
+        for (int p = threadIdx.x; p < HW; p += blockDim.x) sum += row[p];
+        sum = block_sum(sum, partials);
+        if (threadIdx.x == 0) stats[0] = sum / (float)HW;
+        __syncthreads();
+        float m = stats[0];
+        float sq = 0.0f;
+        for (int p = threadIdx.x; p < HW; p += blockDim.x) {
+            float d = row[p] - m;
+            sq += d * d;
+        }
+        sq = block_sum(sq, partials);
+        if (threadIdx.x == 0) {
+            float v = sq / (float)HW;
+            float s = 1.0f / sqrtf(v + eps);
+            stats[1] = s;
+            mean[r] = m;
+            var[r] = v;
+            invstd[r] = s;
+        }
+        __syncthreads();
+        const int c = r % C, n = r / C;
+        const long long ybase = y_cm ? ((long long)c * N + n) * HW : (long long)r * HW;
+        float s = stats[1], g = gamma[c], b = beta[c];
+        for (int p = threadIdx.x; p < HW; p += blockDim.x) {
+            float h = (row[p] - m) * s;
+            float o = h * g + b;
+            xhat[(long long)r * HW + p] = h;
+            y[ybase + p] = o > 0.0f ? o : o * slope;
+        }
+    }
 }

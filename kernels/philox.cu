@@ -16,6 +16,13 @@
 //                           pairs share their labels)
 //   philox_shift_labels_v1  (label + 1 + below(word, K - 1)) mod K: every label moved to a
 //                           different one of K classes (the mismatch term's wrong labels)
+//   philox_step_draws_v1    a training step's draws for D's batch in one launch: the noise
+//                           z (philox_normal_v1 of stream `noise`), and the batch's labels
+//                           [real | wrong | fake]: the real labels copied, the wrong ones as
+//                           philox_shift_labels_v1 (stream `wrong`; no such segment when
+//                           parts = 2), the fake ones as philox_integers_v1 in [0, K) with
+//                           fold (stream `fake`). The same values as the three kernels and
+//                           the copy it replaces (four launches), bit for bit.
 
 #include "philox.cuh"
 
@@ -70,5 +77,43 @@ extern "C" __global__ void philox_shift_labels_v1(int* out, const int* labels, i
         int shift = 1 + (int)philox_below(r.w[i & 3], (unsigned int)(k - 1));
         int label = labels[i];
         out[i] = (label + shift) % k;
+    }
+}
+
+// z: (nz,) float32; labels: (parts*n,) int32 = [real | wrong (parts 3) | fake]; real: (n,)
+// int32 in [0, k), k >= 2. Threads walk the nz/4 blocks of z, then the parts*n labels.
+extern "C" __global__ void philox_step_draws_v1(float* z, int* labels, const int* real, int nz, int n, int parts,
+                                                int k, int fold, unsigned int noise, unsigned int fake,
+                                                unsigned int wrong, unsigned int seed_lo, unsigned int seed_hi,
+                                                unsigned int step, unsigned int call)
+{
+    const double two_pi = 6.283185307179586;
+    const int zblocks = (nz + 3) / 4;
+    const int total = zblocks + parts * n;
+    for (int t = blockIdx.x * blockDim.x + threadIdx.x; t < total; t += gridDim.x * blockDim.x) {
+        if (t < zblocks) {                       // philox_normal_v1's block t
+            philox_words r = philox_block((unsigned int)t, seed_lo, seed_hi, noise, step, call);
+            for (int pair = 0; pair < 2; ++pair) {
+                double radius = sqrt(-2.0 * log(philox_unit(r.w[2 * pair])));
+                double angle = two_pi * philox_unit(r.w[2 * pair + 1]);
+                int e = 4 * t + 2 * pair;
+                if (e < nz) z[e] = (float)(radius * cos(angle));
+                if (e + 1 < nz) z[e + 1] = (float)(radius * sin(angle));
+            }
+            continue;
+        }
+        const int i = t - zblocks;               // the label's row in D's batch
+        const int seg = i / n, j = i - seg * n;
+        if (seg == 0) {
+            labels[i] = real[j];
+        } else if (seg < parts - 1) {            // the wrong labels: philox_shift_labels_v1
+            philox_words r = philox_block((unsigned int)(j >> 2), seed_lo, seed_hi, wrong, step, call);
+            int shift = 1 + (int)philox_below(r.w[j & 3], (unsigned int)(k - 1));
+            labels[i] = (real[j] + shift) % k;
+        } else {                                 // the fake labels: philox_integers_v1, low 0
+            int e = (fold > 0 && j >= fold) ? j - fold : j;
+            philox_words r = philox_block((unsigned int)(e >> 2), seed_lo, seed_hi, fake, step, call);
+            labels[i] = (int)philox_below(r.w[e & 3], (unsigned int)k);
+        }
     }
 }

@@ -172,6 +172,16 @@ def _cases(xp_put, rng_seed=5):
                 *BI.bias_leaky_relu_backward_cuda(put(np.zeros((0, 4, 5, 5), np.float32)), cache0)]
     cases.append(("bias_leaky_relu", bias_leaky_relu))
 
+    def bias_tanh():
+        y, b = f32(3, 4, 5, 5), f32(4)
+        out, cache = BI.bias_tanh_forward_cuda(put(y), put(b))
+        empty, cache0 = BI.bias_tanh_forward_cuda(put(np.zeros((0, 4, 5, 5), np.float32)), None)
+        grad = put(f32(4))
+        return [out, *BI.bias_tanh_backward_cuda(put(f32(3, 4, 5, 5)), cache),
+                BI.bias_tanh_backward_cuda(put(f32(3, 4, 5, 5)), cache, out=grad)[0], grad,
+                *BI.bias_tanh_backward_cuda(put(np.zeros((0, 4, 5, 5), np.float32)), cache0)]
+    cases.append(("bias_tanh", bias_tanh))
+
     def one_launch_reductions():
         # the one-launch bias reductions (v5 on a channel slice, into .grad), their two-launch
         # forms, and every loss term of a step in one BCE launch (into a given array too)
@@ -202,6 +212,21 @@ def _cases(xp_put, rng_seed=5):
         out0, cache0 = EMB.label_map_concat_forward_cuda(put(f32(0, 4)), put(np.zeros(0, np.int64)), put(f32(3, 2)),
                                                          put(f32(5, 2)), put(f32(5)))
         grads0 = EMB.label_map_concat_backward_cuda(put(np.zeros((0, 9), np.float32)), cache0)
+        prev = OPS["gemm"].set_gemm_impl("library")        # v1's table GEMM: cuBLAS on both sides
+        try:
+            out1 = EMB.label_map_concat_forward_cuda(put(f32(3, 4)), put(np.array([0, 2, 1], np.int64)),
+                                                     put(f32(3, 2)), put(f32(5, 2)), put(f32(5)), put(f32(4)), 0.2,
+                                                     version=1)[0]
+            d1 = put(f32(3, 9))
+            cache1 = EMB.label_map_concat_forward_cuda(put(f32(3, 4)), put(np.array([0, 2, 1], np.int64)),
+                                                       put(f32(3, 2)), put(f32(5, 2)), put(f32(5)))[1]
+            grads1 = EMB.label_map_concat_backward_cuda(d1, cache1, table_grads=1)
+            outs += [g for g in grads1 if g is not None]
+        finally:
+            OPS["gemm"].set_gemm_impl(prev)
+        out2 = EMB.label_map_concat_forward_cuda(put(f32(0, 4)), put(np.zeros(0, np.int64)), put(f32(3, 2)),
+                                                 put(f32(5, 2)), put(f32(5)), version=1)[0]
+        outs += [out1, out2]
         _, in_cache0, _, _ = INo.instancenorm_leaky_relu_forward_cuda(put(f32(0, 3, 2, 2)), put(f32(3)), put(f32(3)))
         in0 = INo.instancenorm_leaky_relu_backward_cuda(put(np.zeros((0, 3, 2, 2), np.float32)), in_cache0)
         outs += [yb, rm, rv, out0, grads0[2], grads0[3], grads0[4], in0[1], in0[2]]
@@ -277,7 +302,9 @@ def _cases(xp_put, rng_seed=5):
         return [P.philox_bits_cuda(9, s, block0=3), P.philox_normal_cuda((3, 3), s), P.philox_normal_cuda((9,), s, out=out),
                 P.philox_integers_cuda(9, 0, 7, s, fold=4), P.philox_integers_cuda(9, 2, 5, s, out=ints),
                 P.philox_shift_labels_cuda(put(np.arange(9) % 7), 7, s),
-                P.philox_shift_labels_cuda(put(np.arange(9, dtype=np.int32) % 7), 7, s, out=put(np.zeros(9, np.int32)))]
+                P.philox_shift_labels_cuda(put(np.arange(9, dtype=np.int32) % 7), 7, s, out=put(np.zeros(9, np.int32))),
+                *P.philox_step_draws_cuda(put(np.arange(9, dtype=np.int32) % 7), 10, 7, P.Key(77, 6), 3, fold=4),
+                *P.philox_step_draws_cuda(put(np.arange(9, dtype=np.int32) % 7), 0, 7, P.Key(77, 6), 2)]
     cases.append(("philox", philox))
 
     def instancenorm_strided():

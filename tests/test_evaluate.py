@@ -141,6 +141,30 @@ def test_evaluate_main_errors(tiny_run, tmp_path, capsys):
     assert e.value.code == 2
 
 
+def test_evaluate_scores_the_moving_average_unless_told_otherwise(tiny_run, tmp_path, capsys):
+    ckpt, clf_path, fake = tiny_run
+    G, D = models.build("cgan-conv", 10, width=4)
+    G_ema, _ = models.build("cgan-conv", 10, width=4, seed=5)        # other weights than G's
+    with_ema = tmp_path / "ema" / "checkpoints" / "last.npz"
+    checkpoint.save(with_ema, G, D, meta=checkpoint.load(ckpt)["meta"], G_ema=G_ema)
+    argv = ["--checkpoint", str(with_ema), "--classifier", str(clf_path), "--n-per-class", "5",
+            "--data-dir", str(fake), "--no-cas"]
+    scores = {}
+    for name, extra in (("average", []), ("raw", ["--no-ema"]), ("plain", None)):
+        out = tmp_path / f"out-{name}"
+        target = argv if extra is not None else ["--checkpoint", str(ckpt), *argv[2:]]
+        assert evaluate.main(target + (extra or []) + ["--out", str(out)]) == 0
+        headline = capsys.readouterr().out.splitlines()[0]
+        scores[name] = json.loads((out / "metrics.json").read_text())
+        assert scores[name]["weights"] in headline
+    assert scores["average"]["weights"] == "moving average" and scores["raw"]["weights"] == "raw"
+    assert scores["plain"]["weights"] == "raw"                          # a checkpoint without an average
+    assert scores["raw"]["fid"] == scores["plain"]["fid"] != scores["average"]["fid"]   # G's and G_ema's weights
+    with pytest.raises(SystemExit) as e:
+        evaluate.main(["--real", "--dataset", "emnist-digits", "--no-ema"])
+    assert e.value.code == 2 and "--no-ema" in capsys.readouterr().err
+
+
 def test_evaluate_real_scores_real_training_images(tiny_run, tmp_path, capsys, rng):
     _, clf_path, _ = tiny_run
     fake = tmp_path / "fake200"

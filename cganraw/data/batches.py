@@ -29,6 +29,12 @@ class BatchIterator:
     an int seed) and shuffles with its own generator from then on, so sharing `rng` with other
     consumers (noise sampling) neither perturbs nor is perturbed by the batch order.
 
+    Label groups: with group_size=G > 1 each epoch deals cliques of G images of one label
+    (each class shuffled and cut into cliques, its last n_k mod G images sitting the epoch
+    out) in a shuffled order, and a batch of B = M*G images puts member j of its clique c at
+    row j*M + c: the layout of MinibatchStdDev's groups (row g*M + m is member g of group m),
+    so every group of a batch holds one label. B must then be a multiple of G.
+
     Resume: state_dict() is a small dict of plain Python values (JSON-safe): the epoch, the
     position in its permutation and the generator state the permutation was drawn from.
     load_state_dict() on a fresh iterator over the same data makes it yield exactly the batches
@@ -39,7 +45,7 @@ class BatchIterator:
     STATE_VERSION = 1
 
     def __init__(self, images, labels, batch_size, rng, drop_last: bool = True, shuffle: bool = True,
-                 variable_size: bool = False):
+                 variable_size: bool = False, group_size: int = 1):
         if not isinstance(images, np.ndarray) or images.dtype != np.uint8:
             got = images.dtype if isinstance(images, np.ndarray) else type(images).__name__
             raise TypeError(f"images must be a uint8 numpy array (converted per batch), got {got}")
@@ -61,6 +67,14 @@ class BatchIterator:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         if batch_size > n:
             raise ValueError(f"batch_size {batch_size} is larger than the dataset ({n} samples)")
+        group_size = operator.index(group_size)
+        if group_size < 1:
+            raise ValueError(f"group_size must be positive, got {group_size}")
+        if group_size > 1:
+            if not shuffle:
+                raise ValueError("label groups (group_size > 1) are drawn at random: they need shuffle=True")
+            if batch_size % group_size:
+                raise ValueError(f"batch_size {batch_size} is not a multiple of the label group size {group_size}")
         if isinstance(rng, np.random.Generator):
             seed = int(rng.integers(0, 2 ** 63, dtype=np.int64))
         elif rng is None or isinstance(rng, (bool, float)):
@@ -75,6 +89,16 @@ class BatchIterator:
         # variable_size: next_batch(size, next_size) draws batches of changing sizes (a rising
         # batch size); positions are then any sample count, not multiples of batch_size
         self.variable_size = bool(variable_size)
+        self.group_size = group_size
+        # the images an epoch deals: every class's images, less its last n_k mod G with label groups
+        self._epoch_len = n
+        if group_size > 1:
+            if self.labels.min() < 0:
+                raise ValueError("label groups need labels >= 0")
+            self._epoch_len = int((np.bincount(self.labels) // group_size).sum() * group_size)
+        if batch_size > self._epoch_len:
+            raise ValueError(f"batch_size {batch_size} is larger than an epoch of label groups of "
+                             f"{group_size} ({self._epoch_len} images)")
         self._rng = np.random.default_rng(seed)        # PCG64: its state is plain ints
         self.epoch = 0
         self._pos = 0                                  # samples of the permutation handed out
@@ -86,8 +110,13 @@ class BatchIterator:
     def num_samples(self) -> int:
         return len(self.images)
 
+    @property
+    def epoch_length(self) -> int:
+        """Images dealt per epoch: num_samples, less the odd ones out of label groups."""
+        return self._epoch_len
+
     def __len__(self) -> int:
-        n, b = self.num_samples, self.batch_size
+        n, b = self._epoch_len, self.batch_size
         return n // b if self.drop_last else -(-n // b)
 
     @property
@@ -98,7 +127,16 @@ class BatchIterator:
     def _start_epoch(self) -> None:
         self._perm_state = copy.deepcopy(self._rng.bit_generator.state)
         n = self.num_samples
-        self._perm = self._rng.permutation(n) if self.shuffle else np.arange(n)
+        if self.group_size == 1:
+            self._perm = self._rng.permutation(n) if self.shuffle else np.arange(n)
+            return
+        g = self.group_size
+        cliques = []                                   # (n_k // G, G) image indices per class
+        for k in range(int(self.labels.max()) + 1):
+            members = self._rng.permutation(np.flatnonzero(self.labels == k))
+            cliques.append(members[:len(members) // g * g].reshape(-1, g))
+        cliques = np.concatenate(cliques)
+        self._perm = cliques[self._rng.permutation(len(cliques))].ravel()
 
     def next_batch(self, size: int | None = None, next_size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """The next batch, starting a new epoch when the current one is done. With
@@ -106,13 +144,15 @@ class BatchIterator:
         decides whether this epoch has room for another batch); both default to batch_size.
         The batches are a function of the state and the sizes asked, so a resumed iterator
         asked the same sizes yields the same batches."""
-        n = self.num_samples
+        n = self._epoch_len
         if size is not None or next_size is not None:
             if not self.variable_size:
                 raise ValueError("next_batch(size=...) needs BatchIterator(..., variable_size=True)")
             for v in (size, next_size):
                 if v is not None and not 0 < int(v) <= n:
                     raise ValueError(f"batch size {v} outside 1..{n}")
+                if v is not None and int(v) % self.group_size:
+                    raise ValueError(f"batch size {v} is not a multiple of the label group size {self.group_size}")
         b = self.batch_size if size is None else int(size)
         b_next = b if next_size is None else int(next_size)
         if self.variable_size and self.drop_last and self._perm is not None and self._pos + b > n:
@@ -125,6 +165,8 @@ class BatchIterator:
         lo = self._pos
         hi = min(lo + b, n)
         idx = self._perm[lo:hi]
+        if self.group_size > 1:                        # clique c's member j to row j*M + c
+            idx = idx.reshape(-1, self.group_size).T.ravel()
         x = to_float(self.images[idx])                 # gathers and converts this batch only
         y = self.labels[idx]
         self._pos = hi
@@ -157,6 +199,7 @@ class BatchIterator:
             "drop_last": self.drop_last,
             "shuffle": self.shuffle,
             **({"variable_size": True} if self.variable_size else {}),
+            **({"group_size": self.group_size} if self.group_size > 1 else {}),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -173,8 +216,11 @@ class BatchIterator:
         if bool(state.get("variable_size", False)) != self.variable_size:
             raise ValueError(f"BatchIterator state is for variable_size={state.get('variable_size', False)!r}, "
                              f"this iterator has variable_size={self.variable_size!r}")
+        if int(state.get("group_size", 1)) != self.group_size:
+            raise ValueError(f"BatchIterator state is for group_size={state.get('group_size', 1)!r}, "
+                             f"this iterator has group_size={self.group_size!r}")
         pos, epoch = int(state["position"]), int(state["epoch"])
-        last_start = self.num_samples - (1 if self.drop_last and self.variable_size else
+        last_start = self._epoch_len - (1 if self.drop_last and self.variable_size else
                                          self.batch_size if self.drop_last else 1)
         if epoch < 0 or pos < 0 or pos > last_start or (pos % self.batch_size and not self.variable_size):
             raise ValueError(f"BatchIterator state has an impossible position {pos} (epoch {epoch})")

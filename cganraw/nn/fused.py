@@ -15,6 +15,8 @@ negative_slope >= 0 runs the pair through a fused op (`Sequential(..., fuse=Fals
     Conv2d + LeakyReLU                           bias_leaky_relu_backward + the layer's
     ConvTranspose2d + LeakyReLU                  GEMMs (the bias and the activation in one
                                                  pass each way)
+    Linear/Conv2d/ConvTranspose2d + Tanh         the GEMMs + bias_tanh_forward / bias_tanh_backward
+      (with a bias; kernel backends only: one launch each way, G's last Conv2d)
 
 A spectrally normalised layer (nn.utils.spectral_norm) fuses too: the pair runs the spectral
 norm's own steps around the fused op (prepare: W / sigma before the forward; finish: the raw
@@ -33,7 +35,7 @@ import numpy as np
 
 from cganraw import backend
 from cganraw.nn._check import accumulates_in_place, check_float_input, check_same_shape
-from cganraw.nn.activation import LeakyReLU, ReLU
+from cganraw.nn.activation import LeakyReLU, ReLU, Tanh
 from cganraw.nn.batchnorm import BatchNorm2d, _BatchNorm
 from cganraw.nn.conv import Conv2d, ConvTranspose2d
 from cganraw.nn.instancenorm import InstanceNorm2d
@@ -46,8 +48,10 @@ from cganraw.ops.batchnorm import (
     batchnorm_relu_backward,
     batchnorm_relu_forward,
 )
-from cganraw.ops.bias import bias_leaky_relu_backward, bias_leaky_relu_forward
+from cganraw.ops.bias import bias_leaky_relu_backward, bias_leaky_relu_forward, bias_tanh_backward, bias_tanh_forward
 from cganraw.ops.conv import (
+    conv2d_backward,
+    conv2d_forward,
     conv_output_size,
     conv_transpose2d_backward,
     conv_transpose2d_forward,
@@ -65,15 +69,19 @@ def _plain(module):
 def fusible(layer, act):
     """True when (layer, act) has a fused op: a supported layer (with a bias, for the
     GEMM layers) followed by a LeakyReLU whose slope is >= 0, neither wrapped by
-    instance-level forward/backward other than spectral norm's (on the layer); or a
-    BatchNorm2d followed by a ReLU, on the numpy backend with Numba (the kernel backends
-    keep the two layers: their launches and numbers stay those of every earlier run)."""
+    instance-level forward/backward other than spectral norm's (on the layer); or such a GEMM
+    layer with a bias followed by Tanh, on the kernel backends (the numpy backend keeps the
+    two layers: its numbers stay those of every earlier run); or a BatchNorm2d followed by a
+    ReLU, on the numpy backend with Numba (the kernel backends keep those two layers)."""
     if type(act) is ReLU:
         return (type(layer) is BatchNorm2d and _plain(layer) and _plain(act) and not backend.uses_kernels()
                 and _cpu.enabled())
-    if type(act) is not LeakyReLU or not act.negative_slope >= 0 or not _plain(act):
-        return False
     if not (_plain(layer) or (type(layer) in (Linear, Conv2d, ConvTranspose2d) and only_spectral_norm_wraps(layer))):
+        return False
+    if type(act) is Tanh:
+        return (_plain(act) and type(layer) in (Linear, Conv2d, ConvTranspose2d) and layer.bias is not None
+                and backend.uses_kernels() and layer.weight.dtype == np.float32)
+    if type(act) is not LeakyReLU or not act.negative_slope >= 0 or not _plain(act):
         return False
     if isinstance(layer, _BatchNorm):
         return True
@@ -99,19 +107,30 @@ def plan(layers, fuse=True):
     return steps
 
 
+def hands_channel_major(layers, step, consumer):
+    """True when `step`'s backward may hand its input gradient on as a channel-major view
+    (ops.conv.channel_major_handoff): it is a convolution, alone or fused with its
+    activation, and `consumer`, the step before it, an InstanceNorm2d + LeakyReLU pair, whose
+    kernel reads that layout in place (no layout copy between them)."""
+    return (consumer is not None and len(consumer) == 2 and type(layers[consumer[0]]) is InstanceNorm2d
+            and type(layers[step[0]]) in (Conv2d, ConvTranspose2d))
+
+
 # ---------------------------------------------------------------- forward / backward of a pair
 
 def forward(layer, act, x):
     """act(layer(x)) through the fused op: (y, cache for `backward`)."""
-    slope = None if type(act) is ReLU else act.negative_slope
-    if isinstance(layer, _BatchNorm):
-        return _batchnorm_forward(layer, x, slope)
+    if isinstance(layer, _BatchNorm):     # slope None: ReLU
+        return _batchnorm_forward(layer, x, None if type(act) is ReLU else act.negative_slope)
+    slope = None if type(act) is Tanh else act.negative_slope        # None: tanh
     if type(layer) is InstanceNorm2d:
         check_float_input(layer, x, 4, channels=layer.num_features, dtype=layer.weight.dtype)
         if x.shape[2] * x.shape[3] <= 1:
             raise ValueError(f"InstanceNorm2d: expected more than 1 spatial element when using the input's "
                              f"statistics, got input of shape {tuple(x.shape)}")
-        y, cache, _, _ = instancenorm_leaky_relu_forward(x, layer.weight.data, layer.bias.data, layer.eps, slope)
+        # y channel-major (an NCHW view): the convolution after it takes that layout for free
+        y, cache, _, _ = instancenorm_leaky_relu_forward(x, layer.weight.data, layer.bias.data, layer.eps, slope,
+                                                         channel_major=True)
         return y, ("instance", cache, y.shape)
     hooks = spectral_norm_hooks(layer)
     sn_caches = hooks.prepare() if hooks is not None else None
@@ -120,6 +139,7 @@ def forward(layer, act, x):
 
 
 def _gemm_forward(layer, x, slope):
+    # slope None: the activation is tanh
     if type(layer) is Linear:
         check_float_input(layer, x, 2, dtype=layer.weight.dtype)
         if x.shape[1] != layer.in_features:
@@ -132,6 +152,10 @@ def _gemm_forward(layer, x, slope):
                conv_output_size(w, layer.kernel_size, layer.stride, layer.padding)) <= 0:
             raise ValueError(f"Conv2d: input of spatial size {h}x{w} is smaller than the kernel "
                              f"({layer.kernel_size}) with padding {layer.padding}")
+        if slope is None:
+            y, cache = conv2d_forward(x, layer.weight.data, None, layer.stride, layer.padding)
+            y, act_cache = bias_tanh_forward(y, layer.bias.data)
+            return y, (cache, act_cache, y.shape)
         # the bias and activation in the kernels that also turn the GEMM's layout
         y, cache = conv2d_bias_leaky_relu_forward(x, layer.weight.data, layer.bias.data, layer.stride,
                                                   layer.padding, slope)
@@ -142,7 +166,10 @@ def _gemm_forward(layer, x, slope):
                                             layer.output_padding)
         if min(y.shape[2:]) <= 0:
             raise ValueError(f"ConvTranspose2d: output size {tuple(y.shape[2:])} is not positive")
-    y, act_cache = bias_leaky_relu_forward(y, layer.bias.data, slope)
+    if slope is None:
+        y, act_cache = bias_tanh_forward(y, layer.bias.data)
+    else:
+        y, act_cache = bias_leaky_relu_forward(y, layer.bias.data, slope)
     return y, (cache, act_cache, y.shape)
 
 
@@ -165,7 +192,11 @@ def backward(layer, act, dy, cache):
     db_out = layer.bias.grad if accumulates_in_place(layer.bias, dy) else None
     # the weight GEMM adds into .grad (beta = 1) where it can, as the unfused layers do
     dW_out = layer.weight.grad if accumulates_in_place(layer.weight, dy) else None
-    if type(layer) is Conv2d:       # the activation's gradient comes out in the GEMMs' layout
+    if type(act) is Tanh:
+        dpre, db = bias_tanh_backward(dy, act_cache, need_db=need_dW, out=db_out)
+        backward_op = {Linear: linear_backward, Conv2d: conv2d_backward}.get(type(layer), conv_transpose2d_backward)
+        dx, dW, _ = backward_op(dpre, layer_cache, need_dW=need_dW, dW_out=dW_out)
+    elif type(layer) is Conv2d:     # the activation's gradient comes out in the GEMMs' layout
         dx, dW, db = conv2d_bias_leaky_relu_backward(dy, layer_cache, need_dW=need_dW, dW_out=dW_out, db_out=db_out)
     else:
         dpre, db = bias_leaky_relu_backward(dy, act_cache, need_db=need_dW, out=db_out)

@@ -283,13 +283,19 @@ class Sequential(Module):
 
     def backward(self, dy):
         from cganraw.nn import fused
+        from cganraw.ops import conv
         layers = list(self._modules.values())
         steps, pair_caches = self._pop_cache()
-        for step in reversed(steps):
-            if len(step) == 1:
-                dy = layers[step[0]].backward(dy)
-            else:
-                dy = fused.backward(layers[step[0]], layers[step[1]], dy, pair_caches[step])
+        for i in range(len(steps) - 1, -1, -1):
+            step = steps[i]
+            # a convolution before an InstanceNorm2d pair hands its gradient on channel-major;
+            # the first step's gradient leaves the Sequential: as the caller asked
+            handoff = fused.hands_channel_major(layers, step, steps[i - 1]) if i else conv.handing_off()
+            with conv.channel_major_handoff(handoff):
+                if len(step) == 1:
+                    dy = layers[step[0]].backward(dy)
+                else:
+                    dy = fused.backward(layers[step[0]], layers[step[1]], dy, pair_caches[step])
         return dy
 
     def extra_repr(self):

@@ -9,6 +9,8 @@ the layers Linear, Conv2d and ConvTranspose2d (cganraw.nn.linear, cganraw.nn.con
     bias_leaky_relu_backward   dpre = leaky_relu'(y) dy, db = sum dpre   _numpy, _cuda:
                                bias_leaky_relu_backward_v3 (one launch), or _partial_v1 +
                                bias_add_backward_reduce_v3
+    bias_tanh_forward          y = tanh(y + b), in place             _numpy, _cuda: bias_tanh_forward_v1
+    bias_tanh_backward         dpre = (1 - y^2) dy, db = sum dpre    _numpy, _cuda: bias_tanh_backward_v1
 Kernels in kernels/bias.cu. The fused pair is what a Linear/Conv2d/ConvTranspose2d followed by
 LeakyReLU runs inside nn.Sequential (cganraw.nn.fused); its reference is exactly the unfused
 bias_add + leaky_relu arithmetic, so the numpy backend gives the same bits either way.
@@ -426,4 +428,84 @@ def bias_leaky_relu_backward(dy, cache, need_db=True, out=None):
         dpre, db = bias_leaky_relu_backward_numba(dy, cache, need_db)
     else:
         dpre, db = bias_leaky_relu_backward_numpy(dy, cache, need_db)
+    return dpre, _accumulate(out, db)
+
+
+# ---------------------------------------------------------------- fused bias + Tanh
+# A layer with bias followed by Tanh (G's last Conv2d): on the kernel backends one pass each
+# way (nn.fused) instead of bias_add + tanh forward and tanh_backward + the bias reduction.
+
+def bias_tanh_forward_numpy(y, b):
+    """In place: y = tanh(y + b), as bias_add_forward_numpy then tanh_forward_numpy. Returns
+    y, cache (y: the backward's derivative is 1 - y^2)."""
+    xp = backend.array_module(y)
+    if b is not None:
+        bias_add_forward_numpy(y, b)
+    xp.tanh(y, out=y)
+    return y, y
+
+
+def bias_tanh_backward_numpy(dy, cache, need_db=True):
+    """dy -> dpre = dy (1 - y^2) (tanh_backward_numpy's values) and db =
+    bias_add_backward_numpy(dpre) (None unless need_db)."""
+    y = cache
+    dpre = dy * (1 - y * y)
+    return dpre, (bias_add_backward_numpy(dpre) if need_db else None)
+
+
+def bias_tanh_forward_cuda(y, b, splits=None):
+    """In place, as bias_tanh_forward_numpy (kernels/bias.cu bias_tanh_forward_v1; b None: a
+    zero bias). Returns y, cache (y)."""
+    op = "bias_tanh_forward"
+    n, c, hw = _launch.split_channels(y, op, "y")
+    yc = _launch.writable(y, op, "y")
+    bc = _launch.zeros((c,)) if b is None else _launch.arg(b, np.float32, f"{op}: b")
+    if tuple(bc.shape) != (c,):
+        raise ValueError(f"{op}: b has shape {tuple(bc.shape)}, expected ({c},) for y of shape {tuple(y.shape)}")
+    _launch.element_count(yc.size, op)
+    if yc.size:
+        grid, block, s = _launch.channel_split_launch(n, c, hw, splits)
+        _launch.function("bias", "bias_tanh_forward_v1")(
+            grid, block, (yc, bc, _launch.i32(n), _launch.i32(c), _launch.i32(hw), _launch.i32(s)))
+    _launch.write_back(y, yc)
+    return y, y
+
+
+def bias_tanh_backward_cuda(dy, cache, need_db=True, splits=None, out=None):
+    """As bias_tanh_backward_numpy in one launch (bias_tanh_backward_v1: dpre and the partial
+    sums of db, which the grid's last block adds up; with `out`, into it, and db comes back
+    None)."""
+    op = "bias_tanh_backward"
+    n, c, hw = _launch.split_channels(dy, op, "dy")
+    _check_out(out, c, op)
+    dyc = _launch.arg(dy, np.float32, f"{op}: dy")
+    yc = _launch.arg(cache, np.float32, f"{op}: y")
+    if tuple(yc.shape) != tuple(dyc.shape):
+        raise ValueError(f"{op}: dy has shape {tuple(dyc.shape)}, the forward's output {tuple(yc.shape)}")
+    _launch.element_count(dyc.size, op)
+    dpre = _launch.empty(dyc.shape)
+    if dyc.size == 0:
+        return dpre, (_launch.zeros((c,)) if need_db and out is None else None)
+    grid, block, s = _launch.channel_split_launch(n, c, hw, splits)
+    into = need_db and out is not None          # without need_db, db is scratch, `out` untouched
+    db = out if into else _launch.empty((c,))
+    _launch.function("bias", "bias_tanh_backward_v1")(
+        grid, block, (dpre, db, _launch.empty((s, c)), _launch.grid_counter(), dyc, yc, _launch.i32(n),
+                      _launch.i32(c), _launch.i32(hw), _launch.i32(s), _launch.i32(into)))
+    return dpre, (db if need_db and not into else None)
+
+
+def bias_tanh_forward(y, b):
+    """In place: y (N, C[, H, W]) = tanh(y + b) (b None: no bias). Returns y and the cache (y)."""
+    if backend.uses_kernels():
+        return bias_tanh_forward_cuda(y, b)
+    return bias_tanh_forward_numpy(y, b)
+
+
+def bias_tanh_backward(dy, cache, need_db=True, out=None):
+    """dy -> dpre (the gradient before tanh), db (C,) or None; with `out` (the bias's .grad)
+    db is added into it and comes back None."""
+    if backend.uses_kernels():
+        return bias_tanh_backward_cuda(dy, cache, need_db, out=out)
+    dpre, db = bias_tanh_backward_numpy(dy, cache, need_db)
     return dpre, _accumulate(out, db)

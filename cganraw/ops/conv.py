@@ -2,8 +2,9 @@
 cganraw.nn.Conv2d and ConvTranspose2d.
 
 Ops and faces:
-    im2col                      im2col_numpy, im2col_cuda (kernels/im2col.cu: im2col_v1)
-    col2im                      col2im_numpy, col2im_cuda (kernels/im2col.cu: col2im_v1, col2im_v2)
+    im2col                      im2col_numpy, im2col_cuda (kernels/im2col.cu: im2col_v1-v3)
+    col2im                      col2im_numpy, col2im_cuda (kernels/im2col.cu: col2im_v1-v4)
+    (flip=True: row (c, i, j) of cols is tap (k-1-i, k-1-j); im2col_v3, col2im_v4)
     conv2d_forward/_backward    im2col + gemm + bias_add_forward; gemm + col2im + bias_add_backward
     conv_transpose2d_forward/_backward   the same pair the other way round
 The convolutions have no kernels of their own: on the GPU they are these im2col/col2im
@@ -18,6 +19,7 @@ its forward is GEMM + col2im and its data gradient im2col + GEMM.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 
 import numpy as np
@@ -49,9 +51,17 @@ def _pad(x, padding):
     return out
 
 
-def im2col_numpy(x, kernel_size, stride, padding, out_hw=None):
+def flip_taps(cols, k):
+    """cols (C*k*k, L) with each channel's k*k rows in reverse order: tap (i, j) <-> (k-1-i,
+    k-1-j) (a view). The NumPy reference of the kernels' flip."""
+    return cols.reshape(-1, k * k, cols.shape[1])[:, ::-1].reshape(cols.shape)
+
+
+def im2col_numpy(x, kernel_size, stride, padding, out_hw=None, flip=False):
     """x (N, C, H, W) -> cols (C*k*k, N*Ho*Wo) as one strided view and one copy."""
     n, c, h, w, k, _, _, ho, wo = _conv_geometry("im2col", x.shape, kernel_size, stride, padding, out_hw)
+    if flip:
+        return np.ascontiguousarray(flip_taps(im2col_numpy(x, kernel_size, stride, padding, out_hw), k))
     xpad = np.ascontiguousarray(_pad(x, padding))
     sn, sc, sh, sw = xpad.strides
     windows = np.lib.stride_tricks.as_strided(
@@ -60,10 +70,12 @@ def im2col_numpy(x, kernel_size, stride, padding, out_hw=None):
     return windows.reshape(c * k * k, n * ho * wo)
 
 
-def col2im_numpy(cols, x_shape, kernel_size, stride, padding, out_hw=None):
+def col2im_numpy(cols, x_shape, kernel_size, stride, padding, out_hw=None, flip=False):
     """cols (C*k*k, N*Ho*Wo) -> x (N, C, H, W), summing overlaps as k*k strided adds."""
     n, c, h, w, k, _, _, ho, wo = _conv_geometry("col2im", x_shape, kernel_size, stride, padding, out_hw)
     _check_cols("col2im", cols, x_shape, k, stride, padding, ho, wo)
+    if flip:
+        cols = flip_taps(cols, k)
     # the windows may overhang the padded input by up to s-1 on the far side; the
     # overhang is cropped with the padding
     hp = max(h + 2 * padding, (ho - 1) * stride + k)
@@ -140,10 +152,11 @@ def _col2im_numba(nb, parallel):
 
 
 # ---------------------------------------------------------------- CUDA kernels (kernels/im2col.cu)
-IM2COL_VERSIONS = (1, 2)
+IM2COL_VERSIONS = (1, 2, 3)
 IM2COL_DEFAULT = 2      # 2-D grid, 32-bit index math
-COL2IM_VERSIONS = (1, 2, 3)
+COL2IM_VERSIONS = (1, 2, 3, 4)
 COL2IM_DEFAULT = 3      # gather (no atomics, no zero fill), 2-D grid, 32-bit index math
+FLIP_VERSIONS = {"im2col": 3, "col2im": 4}      # the versions with a `flip` argument (their default for flip)
 _CONV_BLOCK = 256
 _CONV_MAX_BLOCKS = 8192  # the kernels grid-stride past this (2M threads fill any GPU)
 _MAX_GRID_Y = 65535
@@ -208,39 +221,49 @@ def _float32(op, name, a):
     return _launch.arg(a, name=name)
 
 
-def im2col_cuda(x, kernel_size, stride=1, padding=0, out_hw=None, version=None):
+def _flip_version(op, family, version, default, versions, flip):
+    version = _launch.pick_version(op, version, FLIP_VERSIONS[family] if flip else default, versions)
+    if flip and version != FLIP_VERSIONS[family]:
+        raise ValueError(f"{op}: flip needs version {FLIP_VERSIONS[family]}, got version={version}")
+    return version
+
+
+def im2col_cuda(x, kernel_size, stride=1, padding=0, out_hw=None, version=None, flip=False):
     """kernels/im2col.cu im2col_v<version> (2, the default: 2-D grid, 32-bit indices; 1: a
-    flat grid): x (N, C, H, W) float32 -> cols (C*k*k, N*Ho*Wo) on the active kernel
-    backend. A non-contiguous x is made contiguous; other dtypes are a TypeError; sizes
-    whose indices would overflow the kernel's integers are a ValueError."""
+    flat grid; 3: v2 with flipped taps when `flip`, the default for flip): x (N, C, H, W)
+    float32 -> cols (C*k*k, N*Ho*Wo) on the active kernel backend. A non-contiguous x is
+    made contiguous; other dtypes are a TypeError; sizes whose indices would overflow the
+    kernel's integers are a ValueError."""
     op = "im2col_cuda"
-    version = _launch.pick_version(op, version, IM2COL_DEFAULT, IM2COL_VERSIONS)
+    version = _flip_version(op, "im2col", version, IM2COL_DEFAULT, IM2COL_VERSIONS, flip)
     if not backend.is_array(x) or x.ndim != 4:
         raise ValueError(f"{op}: x must be an (N, C, H, W) array, got "
                          f"{tuple(x.shape) if backend.is_array(x) else type(x).__name__}")
     x = _float32(op, "x", x)
     n, c, h, w, k, s, p, ho, wo = _conv_geometry(op, x.shape, kernel_size, stride, padding, out_hw)
-    _check_index_range(op, n, c, h, w, k, ho, wo, version == 2)
+    _check_index_range(op, n, c, h, w, k, ho, wo, version >= 2)
     cols = _launch.empty((c * k * k, n * ho * wo))
     if cols.size:
         if version == 1:
             grid, block = _launch.grid_for(cols.size, _CONV_BLOCK, _CONV_MAX_BLOCKS)
         else:
             grid, block = _grid_2d(n * ho * wo, c * k * k)
+        extra = (_launch.i32(bool(flip)),) if version == 3 else ()
         _launch.function("im2col", f"im2col_v{version}")(
-            grid, block, (x, cols, *_conv_args(n, c, h, w, k, s, p, ho, wo)))
+            grid, block, (x, cols, *_conv_args(n, c, h, w, k, s, p, ho, wo), *extra))
     return cols
 
 
-def col2im_cuda(cols, x_shape, kernel_size, stride=1, padding=0, out_hw=None, version=None):
+def col2im_cuda(cols, x_shape, kernel_size, stride=1, padding=0, out_hw=None, version=None, flip=False):
     """kernels/im2col.cu col2im_v<version> (1 scatter with atomics, 2 gather, 3 gather
-    with a 2-D grid and 32-bit indices, the default): cols (C*k*k, N*Ho*Wo) float32 -> x
-    (N, C, H, W), summing overlapping windows."""
-    version = _launch.pick_version("col2im_cuda", version, COL2IM_DEFAULT, COL2IM_VERSIONS)
+    with a 2-D grid and 32-bit indices, the default; 4: v3 with flipped taps when `flip`,
+    the default for flip): cols (C*k*k, N*Ho*Wo) float32 -> x (N, C, H, W), summing
+    overlapping windows."""
+    version = _flip_version("col2im_cuda", "col2im", version, COL2IM_DEFAULT, COL2IM_VERSIONS, flip)
     op = f"col2im_cuda(version={version})"
     n, c, h, w, k, s, p, ho, wo = _conv_geometry(op, x_shape, kernel_size, stride, padding, out_hw)
     _check_cols(op, cols, x_shape, k, s, p, ho, wo)
-    _check_index_range(op, n, c, h, w, k, ho, wo, version == 3)
+    _check_index_range(op, n, c, h, w, k, ho, wo, version >= 3)
     cols = _float32(op, "cols", cols)
     if version == 1:
         x = _launch.zeros((n, c, h, w))          # the scatter accumulates into x
@@ -248,9 +271,11 @@ def col2im_cuda(cols, x_shape, kernel_size, stride=1, padding=0, out_hw=None, ve
     else:
         x = _launch.empty((n, c, h, w))          # the gather writes every pixel
         total = x.size
-    if total and version == 3:
+    if total and version >= 3:
         grid, block = _grid_2d(h * w, n * c)
-        _launch.function("im2col", "col2im_v3")(grid, block, (cols, x, *_conv_args(n, c, h, w, k, s, p, ho, wo)))
+        extra = (_launch.i32(bool(flip)),) if version == 4 else ()
+        _launch.function("im2col", f"col2im_v{version}")(
+            grid, block, (cols, x, *_conv_args(n, c, h, w, k, s, p, ho, wo), *extra))
     elif total:
         grid, block = _launch.grid_for(total, _CONV_BLOCK, _CONV_MAX_BLOCKS)
         _launch.function("im2col", f"col2im_v{version}")(
@@ -262,11 +287,14 @@ def _use_numba(a):
     return _cpu.enabled() and isinstance(a, np.ndarray)
 
 
-def im2col(x, kernel_size, stride=1, padding=0, out_hw=None):
+def im2col(x, kernel_size, stride=1, padding=0, out_hw=None, flip=False):
     """x (N, C, H, W) -> cols (C*k*k, N*Ho*Wo). out_hw fixes the number of windows
-    (a transposed conv's input size, which output_padding makes smaller than what fits)."""
+    (a transposed conv's input size, which output_padding makes smaller than what fits);
+    flip puts tap (k-1-i, k-1-j) in row (c, i, j)."""
     if backend.uses_kernels():
-        return im2col_cuda(x, kernel_size, stride, padding, out_hw)
+        return im2col_cuda(x, kernel_size, stride, padding, out_hw, flip=flip)
+    if flip:
+        return _launch.contiguous(flip_taps(im2col(x, kernel_size, stride, padding, out_hw), int(kernel_size)))
     if _use_numba(x):
         n, c, h, w, k, _, _, ho, wo = _conv_geometry("im2col", x.shape, kernel_size, stride, padding, out_hw)
         cols = _workspace.empty((c * k * k, n * ho * wo), x.dtype)
@@ -275,10 +303,12 @@ def im2col(x, kernel_size, stride=1, padding=0, out_hw=None):
     return im2col_numpy(x, kernel_size, stride, padding, out_hw)
 
 
-def col2im(cols, x_shape, kernel_size, stride=1, padding=0, out_hw=None):
-    """cols (C*k*k, N*Ho*Wo) -> x (N, C, H, W), the adjoint of im2col."""
+def col2im(cols, x_shape, kernel_size, stride=1, padding=0, out_hw=None, flip=False):
+    """cols (C*k*k, N*Ho*Wo) -> x (N, C, H, W), the adjoint of im2col (of the same flip)."""
     if backend.uses_kernels():
-        return col2im_cuda(cols, x_shape, kernel_size, stride, padding, out_hw)
+        return col2im_cuda(cols, x_shape, kernel_size, stride, padding, out_hw, flip=flip)
+    if flip:
+        cols = flip_taps(cols, int(kernel_size))
     if _use_numba(cols):
         n, c, h, w, k, _, _, ho, wo = _conv_geometry("col2im", x_shape, kernel_size, stride, padding, out_hw)
         _check_cols("col2im", cols, x_shape, k, stride, padding, ho, wo)
@@ -294,10 +324,33 @@ def _to_channel_major(a):
     return _launch.contiguous(a.transpose(1, 0, 2, 3)).reshape(c, n * h * w)
 
 
+_handoff = False     # channel_major_handoff's state
+
+
+@contextlib.contextmanager
+def channel_major_handoff(on=True):
+    """Inside the block (when `on`), a convolution's backward on a kernel backend hands its
+    input gradient on as a channel-major (N, C, H, W) view of its GEMM's (C, N*H*W) output
+    instead of copying it to NCHW: for a consumer that reads that layout in place
+    (nn.Sequential sets it before an InstanceNorm2d + LeakyReLU pair, nn.fused)."""
+    global _handoff
+    prev, _handoff = _handoff, bool(on)
+    try:
+        yield
+    finally:
+        _handoff = prev
+
+
+def handing_off():
+    """Whether channel_major_handoff is on here."""
+    return _handoff
+
+
 def _from_channel_major(a2, n, h, w):
     # (C, N*H*W) -> (N, C, H, W): on the NumPy backend a channel-major view (ops._layout),
-    # else a contiguous copy (the kernels take NCHW)
-    if _cpu.host_arrays(a2):
+    # else a contiguous copy (the kernels take NCHW), or the view too inside
+    # channel_major_handoff
+    if _cpu.host_arrays(a2) or _handoff:
         return _layout.channel_major_view(a2, n, h, w)
     c = a2.shape[0]
     return _launch.contiguous(a2.reshape(c, n, h, w).transpose(1, 0, 2, 3))
@@ -322,6 +375,8 @@ def conv2d_forward(x, W, b=None, stride=1, padding=0):
     n, _, h, w = x.shape
     o, c, k, _ = W.shape
     if _expand_outputs(W, stride, padding):
+        if o == 1 and backend.uses_kernels():
+            return _one_output_forward(x, W, b, padding)
         Wt = _as_transposed_kernel(W)
         y, cache = conv_transpose2d_forward(x, _launch.contiguous(Wt), b, 1, k - 1 - padding)
         return y, ("expand_outputs", cache)
@@ -334,6 +389,43 @@ def conv2d_forward(x, W, b=None, stride=1, padding=0):
     return y, ("im2col", (cols, x.shape, W, stride, padding, b is not None))
 
 
+def _one_output_forward(x, W, b, padding):
+    """A stride-1 Conv2d with one output channel (G's last, w -> 1, k7) on the kernel
+    backends: the expand_outputs path (a transposed conv with the kernel flipped) without
+    flipping W. W (1, C, k, k) is the (C, k*k) GEMM operand as it lies, so the column matrix
+    holds the taps in flipped order, and col2im reads them so (col2im_v4): no copy of W."""
+    n, c, h, w = x.shape
+    k = W.shape[2]
+    pt = k - 1 - padding                                       # the transposed conv's padding
+    ho, wo = conv_transpose_output_size(h, k, 1, pt), conv_transpose_output_size(w, k, 1, pt)
+    x2 = _to_channel_major(x)                                  # (C, N*H*W)
+    cols = gemm(W.reshape(c, k * k), x2, trans_a=True)         # (k*k, N*H*W), taps flipped
+    y = col2im(cols, (n, 1, ho, wo), k, 1, pt, out_hw=(h, w), flip=True)
+    if b is not None:
+        bias_add_forward(y, b)
+    return y, ("one_output", (x2, x.shape, W, pt, b is not None))
+
+
+def _one_output_backward(dy, cache, need_dx, need_dW, dW_out, db_out):
+    # _one_output_forward's backward: im2col of dy with flipped taps gives the weight
+    # gradient in W's own layout (added into .grad, beta = 1) and the data gradient from W
+    # as it lies
+    x2, x_shape, W, pt, has_bias = cache
+    n, c, h, w = x_shape
+    k = W.shape[2]
+    dcols = im2col(dy, k, 1, pt, out_hw=(h, w), flip=True)   # (k*k, N*H*W)
+    dW = db = dx = None
+    if need_dW:
+        if dW_out is not None:
+            gemm(x2, dcols, trans_b=True, beta=1.0, out=dW_out.reshape(c, k * k))
+        else:
+            dW = gemm(x2, dcols, trans_b=True).reshape(W.shape)
+        db = bias_add_backward(dy, out=db_out) if has_bias else None
+    if need_dx:
+        dx = _from_channel_major(gemm(W.reshape(c, k * k), dcols), n, h, w)
+    return dx, dW, db
+
+
 def conv2d_backward(dy, cache, need_dx=True, need_dW=True, dW_out=None, db_out=None, dy_channel_major=None):
     """dy (N, O, Ho, Wo) -> dx (N, C, H, W), dW (O, C, k, k), db (O,). With dW_out (the
     weight's contiguous .grad) the GEMM adds dW into it (beta = 1) and returns dW None,
@@ -343,6 +435,8 @@ def conv2d_backward(dy, cache, need_dx=True, need_dW=True, dW_out=None, db_out=N
     mode, cache = cache
     if dy_channel_major is not None and (mode != "im2col" or cache[5]):
         raise ValueError("conv2d_backward: dy_channel_major needs the im2col path of a layer without bias")
+    if mode == "one_output":
+        return _one_output_backward(dy, cache, need_dx, need_dW, dW_out, db_out)
     if mode == "expand_outputs":
         dx, dWt, db = conv_transpose2d_backward(dy, cache, need_dx, need_dW, db_out=db_out)
         dW = None if dWt is None else _launch.contiguous(_as_transposed_kernel(dWt))

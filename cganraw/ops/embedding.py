@@ -8,7 +8,8 @@ cganraw.nn.Embedding.
                          models' label path fused (Embedding(K, E) -> Linear(E, M) -> the map
                          concatenated after x, with x's own bias and LeakyReLU):
                          out = [act(x + bx) | T[labels] + b], T = emb_w fc_w^T a (K, M) table.
-                         Forward: one K-row GEMM and label_map_concat_forward_v1; backward:
+                         Forward: label_map_concat_forward_v2, each table value computed
+                         where it is used (v1: one K-row GEMM for T, then a launch); backward:
                          label_map_concat_backward_v1 and two GEMMs for the weights.
 """
 from __future__ import annotations
@@ -156,10 +157,23 @@ def _label_check(x, emb_w, fc_w, fc_b, x_bias, op):
     return xc, ec, wc, bc, bxc
 
 
-def label_map_concat_forward_cuda(x, labels, emb_w, fc_w, fc_b, x_bias=None, negative_slope=None):
-    """As label_map_concat_forward_numpy: the (K, M) table by one GEMM, then
-    label_map_concat_forward_v1 writes out (N, L + M)."""
+LABEL_FORWARD_VERSIONS = (1, 2, 3)
+LABEL_FORWARD_DEFAULT = 3      # the table's dot products in the kernel: one launch; any layout
+LABEL_BACKWARD_VERSIONS = (1, 2)
+
+
+def label_map_concat_forward_cuda(x, labels, emb_w, fc_w, fc_b, x_bias=None, negative_slope=None, version=None,
+                                  channel_major_hw=0):
+    """As label_map_concat_forward_numpy: label_map_concat_forward_v3 (the default) or v2
+    writes out (N, L + M), each label value its own dot product; v1 makes the (K, M) table by
+    one GEMM first. channel_major_hw = hw > 0 (v3): out comes back as (C, N, hw) memory, C =
+    (L + M) / hw, each row's planes of hw values (G's seed map, channel-major: the next
+    convolution's GEMM operand as it lies); L and M must be multiples of hw."""
     op = "label_map_concat_forward"
+    version = _launch.pick_version(op, version, LABEL_FORWARD_DEFAULT, LABEL_FORWARD_VERSIONS)
+    hw = int(channel_major_hw)
+    if hw and version != 3:
+        raise ValueError(f"{op}: channel_major_hw needs version 3, got version={version}")
     if negative_slope is not None and not negative_slope >= 0:
         raise ValueError(f"{op}: the backward reads the LeakyReLU mask from the output: negative_slope >= 0, "
                          f"got {negative_slope}")
@@ -168,16 +182,25 @@ def label_map_concat_forward_cuda(x, labels, emb_w, fc_w, fc_b, x_bias=None, neg
     idx = _launch.labels_arg(labels, k, op)
     if idx.shape[0] != n:
         raise ValueError(f"{op}: {idx.shape[0]} labels for {n} rows of x")
-    table = gemm(ec, wc, trans_b=True)                                      # (K, M)
-    out = _launch.empty((n, ln + m))
+    if hw < 0 or (hw and (ln % hw or m % hw)):
+        raise ValueError(f"{op}: channel_major_hw must divide L = {ln} and M = {m}, got {hw}")
+    out = _launch.empty(((ln + m) // hw, n, hw) if hw else (n, ln + m))
     _launch.element_count(out.size, op)
-    if out.size:
+    tail = (_launch.f32(negative_slope or 0.0), _launch.i32(negative_slope is not None), _launch.i32(bxc is not None))
+    bx_arg = bxc if bxc is not None else bc
+    if version == 1:
+        table = gemm(ec, wc, trans_b=True)                                  # (K, M)
+        if out.size:
+            grid, block = _launch.grid_for(out.size, max_blocks=_launch.ELEMENTWISE_MAX_BLOCKS)
+            _launch.function("embedding", "label_map_concat_forward_v1")(
+                grid, block, (out, xc, bx_arg, table, bc, idx, _launch.i32(n), _launch.i32(ln), _launch.i32(m),
+                              _launch.i32(k), *tail))
+    elif out.size:
         grid, block = _launch.grid_for(out.size, max_blocks=_launch.ELEMENTWISE_MAX_BLOCKS)
-        _launch.function("embedding", "label_map_concat_forward_v1")(
-            grid, block, (out, xc, bxc if bxc is not None else bc, table, bc, idx, _launch.i32(n), _launch.i32(ln),
-                          _launch.i32(m), _launch.i32(k), _launch.f32(negative_slope or 0.0),
-                          _launch.i32(negative_slope is not None), _launch.i32(bxc is not None)))
-    return out, (out, idx, ec, wc, ln, negative_slope, bxc is not None)
+        _launch.function("embedding", f"label_map_concat_forward_v{version}")(
+            grid, block, (out, xc, bx_arg, ec, wc, bc, idx, _launch.i32(n), _launch.i32(ln), _launch.i32(m),
+                          _launch.i32(k), _launch.i32(ec.shape[1]), *tail) + ((_launch.i32(hw),) if version == 3 else ()))
+    return out, (out, idx, ec, wc, ln, negative_slope, bxc is not None) + ((hw,) if hw else ())
 
 
 def _grad_out(out, shape, op, name):
@@ -189,18 +212,35 @@ def _grad_out(out, shape, op, name):
     return oc
 
 
+TABLE_GRADS_VERSIONS = (1, 2)
+TABLE_GRADS_DEFAULT = 2        # label_table_grads_v1: one launch for both weight gradients
+
+
 def label_map_concat_backward_cuda(d, cache, need_dx=True, need_label=True, dx_bias_out=None, demb_out=None,
-                                   dfc_w_out=None, dfc_b_out=None, splits=None):
-    """As label_map_concat_backward_numpy, in one launch (label_map_concat_backward_v1) and two
-    GEMMs. The *_out arrays (the parameters' .grad) are added into, and their gradient comes
-    back None."""
+                                   dfc_w_out=None, dfc_b_out=None, splits=None, table_grads=None):
+    """As label_map_concat_backward_numpy, in one launch (label_map_concat_backward_v1, or v2
+    for a channel-major forward) and, with need_label, the weights' gradients from dT:
+    table_grads 2 (the default) in one more launch (label_table_grads_v1), 1 by two GEMMs.
+    The *_out arrays (the parameters' .grad) are added into, and their gradient comes back
+    None."""
     op = "label_map_concat_backward"
-    out, idx, ec, wc, ln, slope, has_bx = cache
-    n, row = (int(s) for s in out.shape)
+    table_grads = _launch.pick_version(op, table_grads, TABLE_GRADS_DEFAULT, TABLE_GRADS_VERSIONS)
+    out, idx, ec, wc, ln, slope, has_bx = cache[:7]
+    hw = cache[7] if len(cache) > 7 else 0        # a channel-major forward (v3's channel_major_hw)
+    version = 2 if hw else 1
+    n, row = (int(out.shape[1]), int(out.shape[0] * out.shape[2])) if hw else (int(s) for s in out.shape)
     k, m = int(ec.shape[0]), row - ln
-    dc = _launch.arg(d, np.float32, f"{op}: d")
-    if tuple(dc.shape) != (n, row):
-        raise ValueError(f"{op}: d has shape {tuple(dc.shape)}, the forward's output {(n, row)}")
+    if hw:
+        # d as (C, N, hw) memory: an (N, C, H, W) channel-major view taken as it lies, else a copy
+        if not backend.is_array(d) or d.ndim != 4 or d.shape[0] != n or d.shape[1] * d.shape[2] * d.shape[3] != row \
+                or d.shape[2] * d.shape[3] != hw:
+            raise ValueError(f"{op}: d has shape {tuple(getattr(d, 'shape', ()))}, the forward's map "
+                             f"({n}, {row // hw}, h, w) with h*w = {hw}")
+        dc = _launch.arg(d.transpose(1, 0, 2, 3), np.float32, f"{op}: d").reshape(row // hw, n, hw)
+    else:
+        dc = _launch.arg(d, np.float32, f"{op}: d")
+        if tuple(dc.shape) != (n, row):
+            raise ValueError(f"{op}: d has shape {tuple(dc.shape)}, the forward's output {(n, row)}")
     dbx_o = _grad_out(dx_bias_out, (ln,), op, "dx_bias_out") if has_bx else None
     db_o = _grad_out(dfc_b_out, (m,), op, "dfc_b_out") if need_label else None
     demb_o = _grad_out(demb_out, tuple(ec.shape), op, "demb_out") if need_label else None
@@ -219,29 +259,41 @@ def label_map_concat_backward_cuda(d, cache, need_dx=True, need_label=True, dx_b
         partials_t = _launch.empty((s, k, m)) if need_label else partials
         dummy = partials
         grid = (max(1, min(-(-row // LABEL_BLOCK), _launch.MAX_ROW_BLOCKS)), s)
-        _launch.function("embedding", "label_map_concat_backward_v1")(
+        _launch.function("embedding", f"label_map_concat_backward_v{version}")(
             grid, (LABEL_BLOCK,),
             (dx if dx is not None else dummy, dbx if dbx is not None else dummy, dT if dT is not None else dummy,
              db if db is not None else dummy, partials, partials_t, _launch.grid_counter(), dc, out, idx,
              _launch.i32(n), _launch.i32(ln), _launch.i32(m), _launch.i32(k), _launch.f32(slope or 0.0),
              _launch.i32(slope is not None), _launch.i32(need_dx), _launch.i32(has_bx), _launch.i32(need_label),
-             _launch.i32(accumulate), _launch.i32(s)))
+             _launch.i32(accumulate), _launch.i32(s)) + ((_launch.i32(hw),) if hw else ()))
     elif need_label:
         dT.fill(0)
     demb = dfc_w = None
-    if need_label:
+    if need_label and table_grads == 1:
         demb = gemm(dT, wc, beta=1.0, out=demb_o) if demb_o is not None else gemm(dT, wc)
         dfc_w = gemm(dT, ec, trans_a=True, beta=1.0, out=dw_o) if dw_o is not None else gemm(dT, ec, trans_a=True)
+    elif need_label:
+        demb = demb_o if demb_o is not None else _launch.empty(tuple(ec.shape))
+        dfc_w = dw_o if dw_o is not None else _launch.empty(tuple(wc.shape))
+        e = int(ec.shape[1])
+        total = (k + m) * e
+        if total:
+            grid, block = _launch.grid_for(total, max_blocks=_launch.ELEMENTWISE_MAX_BLOCKS)
+            _launch.function("embedding", "label_table_grads_v1")(
+                grid, block, (demb, dfc_w, dT, ec, wc, _launch.i32(k), _launch.i32(m), _launch.i32(e),
+                              _launch.i32(demb_o is not None), _launch.i32(dw_o is not None)))
     return (dx, None if dbx_o is not None else dbx, None if demb_o is not None else demb,
             None if dw_o is not None else dfc_w, None if db_o is not None else db)
 
 
 # ---------------------------------------------------------------- public ops: dispatch
 
-def label_map_concat_forward(x, labels, emb_w, fc_w, fc_b, x_bias=None, negative_slope=None):
-    """-> out (N, L + M), cache (see label_map_concat_forward_numpy)."""
+def label_map_concat_forward(x, labels, emb_w, fc_w, fc_b, x_bias=None, negative_slope=None, channel_major_hw=0):
+    """-> out (N, L + M), cache (see label_map_concat_forward_numpy); on the kernel backends
+    with channel_major_hw > 0, out as (C, N, hw) memory (label_map_concat_forward_cuda)."""
     if backend.uses_kernels():
-        return label_map_concat_forward_cuda(x, labels, emb_w, fc_w, fc_b, x_bias, negative_slope)
+        return label_map_concat_forward_cuda(x, labels, emb_w, fc_w, fc_b, x_bias, negative_slope,
+                                             channel_major_hw=channel_major_hw)
     return label_map_concat_forward_numpy(x, labels, emb_w, fc_w, fc_b, x_bias, negative_slope)
 
 

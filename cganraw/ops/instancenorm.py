@@ -169,26 +169,56 @@ def instancenorm_backward_cuda(dy, cache, version=None):
     return dx, dgamma, dbeta
 
 
-def instancenorm_leaky_relu_forward_cuda(x, gamma, beta, eps=1e-5, negative_slope=0.2):
-    """As instancenorm_leaky_relu_forward_numpy, one launch (a block per plane)."""
+def instancenorm_leaky_relu_forward_cuda(x, gamma, beta, eps=1e-5, negative_slope=0.2, channel_major=False,
+                                        version=None):
+    """As instancenorm_leaky_relu_forward_numpy, one launch (a block per plane): version 1, or
+    2 (the default) which with channel_major writes y channel-major and returns it as an
+    (N, C, H, W) view of that (C, N, H, W) memory: the next convolution takes it as its GEMM
+    operand (C, N*H*W) without a copy."""
     op = "instancenorm_leaky_relu_forward"
+    version = _launch.pick_version(op, version, 2, (1, 2))
+    if channel_major and version != 2:
+        raise ValueError(f"{op}: channel_major needs version 2, got version={version}")
     if not negative_slope >= 0:
         raise ValueError(f"{op}: the backward recomputes the mask from xhat: negative_slope >= 0, got {negative_slope}")
     n, c, hw = _dims(x, op)
     xc, gc, bc, y, xhat, mean, var, invstd = _forward_arrays(x, gamma, beta, n, c, op)
     rows = n * c
-    _launch.row_launch("instancenorm", op, 1, rows, hw,
+    if channel_major:
+        y = _launch.empty((c, n) + tuple(xc.shape[2:]))         # (C, N, H, W); handed on as an NCHW view
+    _launch.row_launch("instancenorm", op, version, rows, hw,
                        (y, xhat, mean, var, invstd, xc, gc, bc, _launch.f32(eps), _launch.f32(negative_slope),
-                        _launch.i32(rows), _launch.i32(c), _launch.i32(hw)))
+                        _launch.i32(rows), _launch.i32(c), _launch.i32(hw))
+                       + ((_launch.i32(channel_major),) if version == 2 else ()))
+    if channel_major:
+        y = y.transpose(1, 0, 2, 3)
     return y, (INPUT_STATS, xhat, invstd, gc, bc, float(negative_slope)), mean, var
 
 
-def instancenorm_leaky_relu_backward_cuda(dy, cache, out=None):
+def _channel_major_memory(a):
+    """(C, N, H, W) contiguous memory of an (N, C, H, W) channel-major view (ops._layout), or None."""
+    if a.ndim != 4 or a.flags.c_contiguous or a.dtype != np.float32 or \
+            backend.array_module(a) is not backend.get_xp():
+        return None
+    t = a.transpose(1, 0, 2, 3)
+    return t if t.flags.c_contiguous else None
+
+
+def instancenorm_leaky_relu_backward_cuda(dy, cache, out=None, version=None):
     """As instancenorm_leaky_relu_backward_numpy, one launch; with out = (dgamma, dbeta arrays,
-    the parameters' .grad) the parameter gradients are added into them and come back None."""
+    the parameters' .grad) the parameter gradients are added into them and come back None.
+    version 2 (the default) reads a channel-major dy (an (N, C, H, W) view of (C, N, H, W)
+    memory, as a convolution's data gradient comes) in place, where v1 copies it to NCHW."""
     op = "instancenorm_leaky_relu_backward"
+    version = _launch.pick_version(op, version, 2, (1, 2))
     _, xhat, invstd, gamma, beta, slope = cache
-    n, c, hw, dyc, xc = _backward_inputs(dy, xhat, op)
+    dy_cm = _channel_major_memory(dy) if version == 2 else None
+    if dy_cm is not None and tuple(dy.shape) != tuple(xhat.shape):
+        raise ValueError(f"{op}: dy has shape {tuple(dy.shape)}, the forward's input {tuple(xhat.shape)}")
+    # a channel-major dy is taken as it lies (its shape checked above); any other is made NCHW
+    n, c, hw, dyc, xc = _backward_inputs(dy if dy_cm is None else xhat, xhat, op)
+    if dy_cm is not None:
+        dyc = dy_cm
     gc, bc = _per_channel(gamma, c, op, "gamma"), _per_channel(beta, c, op, "beta")
     if out is not None:
         dgamma, dbeta = (_launch.writable(a, op, name) for a, name in zip(out, ("out[0]", "out[1]")))
@@ -197,12 +227,13 @@ def instancenorm_leaky_relu_backward_cuda(dy, cache, out=None):
     else:
         dgamma, dbeta = _launch.empty((c,)), _launch.empty((c,))
     rows = n * c
-    dx, s1, s2 = _launch.empty(dyc.shape), _launch.empty((n, c)), _launch.empty((n, c))
+    dx, s1, s2 = _launch.empty(xc.shape), _launch.empty((n, c)), _launch.empty((n, c))
     if rows:
-        _launch.row_launch("instancenorm", op, 1, rows, hw,
+        _launch.row_launch("instancenorm", op, version, rows, hw,
                            (dx, s1, s2, dgamma, dbeta, _launch.grid_counter(), dyc, xc, gc, bc,
                             _launch.arg(invstd, np.float32, f"{op}: invstd"), _launch.f32(slope), _launch.i32(rows),
-                            _launch.i32(c), _launch.i32(hw), _launch.i32(out is not None)))
+                            _launch.i32(c), _launch.i32(hw), _launch.i32(out is not None))
+                           + ((_launch.i32(dy_cm is not None),) if version == 2 else ()))
     elif out is None:
         dgamma.fill(0)
         dbeta.fill(0)
@@ -213,9 +244,11 @@ def instancenorm_leaky_relu_backward_cuda(dy, cache, out=None):
     return dx, dgamma, dbeta
 
 
-def instancenorm_leaky_relu_forward(x, gamma, beta, eps=1e-5, negative_slope=0.2):
+def instancenorm_leaky_relu_forward(x, gamma, beta, eps=1e-5, negative_slope=0.2, channel_major=False):
+    """y, cache, mean, var. channel_major (kernel backends): y is an (N, C, H, W) view of
+    channel-major memory (instancenorm_leaky_relu_forward_cuda); the numpy backend ignores it."""
     if backend.uses_kernels():
-        return instancenorm_leaky_relu_forward_cuda(x, gamma, beta, eps, negative_slope)
+        return instancenorm_leaky_relu_forward_cuda(x, gamma, beta, eps, negative_slope, channel_major)
     return instancenorm_leaky_relu_forward_numpy(x, gamma, beta, eps, negative_slope)
 
 

@@ -13,6 +13,7 @@ Ops (no backward), each as <op>_numpy, <op>_cuda (kernels/philox.cu <op>_v1) and
     philox_normal         N(0, 1) float32 (Box-Muller in double, rounded once)
     philox_integers       int32 in [low, high), optionally with the first `fold` repeated
     philox_shift_labels   every label moved to another of K classes
+    philox_step_draws     a step's noise and D's batch of labels [real | wrong | fake] at once
 Dropout draws its mask inside its own kernel (kernels/dropout.cu dropout_forward_v3) from
 the same words: `keep_mask_numpy` is its reference.
 """
@@ -227,6 +228,32 @@ def philox_shift_labels_numpy(labels, k, stream):
     return ((labels.astype(np.int64) + shift) % int(k)).astype(np.int32)
 
 
+def _step_draws_check(real_labels, n_z, k, parts, fold, op):
+    if parts not in (2, 3):
+        raise ValueError(f"{op}: parts must be 2 (real | fake) or 3 (real | wrong | fake), got {parts}")
+    if int(k) < 2:
+        raise ValueError(f"{op}: needs k >= 2 classes, got {k}")
+    if int(n_z) < 0 or int(fold) < 0:
+        raise ValueError(f"{op}: n_z and fold must be >= 0, got {n_z} and {fold}")
+
+
+def philox_step_draws_numpy(real_labels, n_z, k, key, parts, fold=0):
+    """(z (n_z,) float32, labels (parts*N,) int32): philox_normal of key's NOISE stream, and
+    [real | wrong (parts 3: philox_shift_labels of WRONG_LABELS) | fake (philox_integers in
+    [0, k) of FAKE_LABELS, with fold)]."""
+    _step_draws_check(real_labels, n_z, k, parts, fold, "philox_step_draws")
+    real = np.asarray(real_labels)
+    _launch.check_labels_range(real, int(k), "philox_step_draws: real_labels")
+    real = real.astype(np.int32)
+    n = real.shape[0]
+    z = philox_normal_numpy((int(n_z),), key.stream(NOISE))
+    segs = [real]
+    if parts == 3:
+        segs.append(philox_shift_labels_numpy(real, k, key.stream(WRONG_LABELS)))
+    segs.append(philox_integers_numpy(n, 0, k, key.stream(FAKE_LABELS), fold))
+    return z, np.concatenate(segs).astype(np.int32)
+
+
 # ---------------------------------------------------------------- CUDA kernels (kernels/philox.cu)
 
 def _grid(blocks_of_four):
@@ -289,6 +316,26 @@ def philox_shift_labels_cuda(labels, k, stream, version=None, out=None):
     return out
 
 
+def philox_step_draws_cuda(real_labels, n_z, k, key, parts, fold=0, version=None):
+    """kernels/philox.cu philox_step_draws_v1: philox_step_draws_numpy's values in one launch."""
+    op = "philox_step_draws"
+    _launch.pick_version(op, version, 1, (1,))
+    _step_draws_check(real_labels, n_z, k, parts, fold, op)
+    real = _launch.labels_arg(real_labels, k, op)     # int32; range-checked unless marked
+    n = int(real.shape[0])
+    z = _launch.empty((int(n_z),), np.float32)
+    labels = _launch.empty((parts * n,), np.int32)
+    total = -(-int(n_z) // 4) + parts * n
+    if total:
+        seed_lo, seed_hi, _, step, call = key.stream(NOISE).words()
+        grid, block = _launch.grid_for(total, max_blocks=MAX_BLOCKS)
+        _launch.function("philox", "philox_step_draws_v1")(
+            grid, block, (z, labels, real, _count(n_z, op), _count(n, op), _launch.i32(parts), _launch.i32(k),
+                          _launch.i32(fold), np.uint32(NOISE), np.uint32(FAKE_LABELS), np.uint32(WRONG_LABELS),
+                          np.uint32(seed_lo), np.uint32(seed_hi), np.uint32(step), np.uint32(call)))
+    return z, labels
+
+
 # ---------------------------------------------------------------- public ops: dispatch
 
 def philox_bits(n, stream, block0=0):
@@ -333,3 +380,15 @@ def philox_shift_labels(labels, k, stream, out=None):
     else:
         out[...] = philox_shift_labels_numpy(labels, k, stream)
     return _launch.mark_labels_checked(out, k)
+
+
+def philox_step_draws(real_labels, n_z, k, key, parts, fold=0):
+    """A training step's draws for D's batch: (z (n_z,) float32, labels (parts*N,) int32 =
+    [real | wrong | fake]), exactly philox_normal(NOISE), philox_shift_labels(WRONG_LABELS)
+    (parts 3 only) and philox_integers(0, k, FAKE_LABELS, fold) of `key` beside a copy of
+    real_labels; one launch on the kernel backends. The labels are marked as in [0, k)."""
+    if backend.uses_kernels():
+        z, labels = philox_step_draws_cuda(real_labels, n_z, k, key, parts, fold)
+    else:
+        z, labels = philox_step_draws_numpy(backend.asnumpy(real_labels), n_z, k, key, parts, fold)
+    return z, _launch.mark_labels_checked(labels, k)

@@ -293,3 +293,112 @@ def test_a_failed_launch_leaves_no_counted_up_block_counter(rng):
         _launch.function("bias", "bias_add_backward_v5")((1,), (256,), (np.zeros(3, np.float64),))
     dy = rng.standard_normal((5, 7, 3, 3)).astype(np.float32)
     np.testing.assert_array_equal(B.bias_add_backward_cuda(dy), B.bias_add_backward_cuda(dy, version=3))
+
+
+# ---------------------------------------------------------------- fused bias + Tanh
+TANH_SHAPES = [(3, 1, 28, 28), (1, 1, 1, 1), (5, 3, 7, 7), (2, 7, 4, 4), (7, 5), (3, 130, 1, 1), (2, 3, 3, 5)]
+
+
+@pytest.mark.parametrize("shape", TANH_SHAPES, ids=_ids(TANH_SHAPES))
+def test_bias_tanh_kernels_equal_the_reference(shape, all_orders, rng):
+    # forward: bias_add then tanh, one pass; backward: tanh's gradient and the bias sums in
+    # one launch (db written, or added into the bias's .grad); tanhf against libm's tanh
+    c = shape[1]
+    pre = rng.standard_normal(shape).astype(np.float32)
+    b = rng.standard_normal(c).astype(np.float32)
+    y_ref, cache_ref = B.bias_tanh_forward_numpy(pre.copy(), b)
+    y, cache = B.bias_tanh_forward_cuda(pre.copy(), b)
+    assert_close(y, y_ref, atol=2e-7, rtol=2e-7, what="bias_tanh_forward_v1")
+    dy = rng.standard_normal(shape).astype(np.float32)
+    dpre_ref, db_ref = B.bias_tanh_backward_numpy(dy, cache)        # the kernel's y: dpre exact
+    for splits in (None, 2, 3):
+        dpre, db = B.bias_tanh_backward_cuda(dy, cache, splits=splits)
+        np.testing.assert_array_equal(dpre, dpre_ref)
+        assert_close(db, db_ref, atol=1e-5 * np.prod(shape) / c, rtol=1e-5, what=f"db splits={splits}")
+        before = rng.standard_normal(c).astype(np.float32)
+        got = before.copy()
+        dpre2, none = B.bias_tanh_backward_cuda(dy, cache, splits=splits, out=got)
+        assert none is None and np.array_equal(dpre2, dpre)
+        np.testing.assert_array_equal(got, before + db)           # the same sums, added
+        dpre3, none = B.bias_tanh_backward_cuda(dy, cache, need_db=False, splits=splits, out=before.copy())
+        assert none is None and np.array_equal(dpre3, dpre)
+    # the unfused kernels give the same bits: bias_add_forward + tanh_forward, tanh_backward + bias_add_backward
+    from cganraw.ops import activation as A
+    unfused = B.bias_add_forward_cuda(pre.copy(), b)
+    np.testing.assert_array_equal(A.tanh_forward_cuda(unfused)[1], y)
+    dx_unfused = A.tanh_backward_cuda(dy, y)
+    np.testing.assert_array_equal(dx_unfused, dpre_ref)
+    np.testing.assert_array_equal(B.bias_add_backward_cuda(dx_unfused), B.bias_tanh_backward_cuda(dy, cache)[1])
+
+
+def test_bias_tanh_backward_float64_finite_differences(rng):
+    # the reference pair in float64: d/dy_pre and d/db of sum(w * tanh(pre + b))
+    shape = (3, 2, 3, 5)
+    pre = rng.standard_normal(shape)
+    b = rng.standard_normal(2)
+    w = rng.standard_normal(shape)
+
+    def f(pre, b):
+        return float((w * B.bias_tanh_forward_numpy(pre.copy(), b)[0]).sum())
+    _, cache = B.bias_tanh_forward_numpy(pre.copy(), b)
+    dpre, db = B.bias_tanh_backward_numpy(w, cache)
+    eps = 1e-6
+    num_pre = np.zeros(shape)
+    for i in np.ndindex(shape):
+        e = np.zeros(shape)
+        e[i] = eps
+        num_pre[i] = (f(pre + e, b) - f(pre - e, b)) / (2 * eps)
+    num_b = np.array([(f(pre, b + eps * np.eye(2)[c]) - f(pre, b - eps * np.eye(2)[c])) / (2 * eps) for c in range(2)])
+    np.testing.assert_allclose(dpre, num_pre, rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(db, num_b, rtol=1e-6, atol=1e-8)
+
+
+def test_bias_tanh_arguments_and_empty_batch(rng):
+    with pytest.raises(ValueError, match=r"bias_tanh_forward: b has shape \(2,\)"):
+        B.bias_tanh_forward_cuda(np.zeros((2, 3, 2, 2), np.float32), np.zeros(2, np.float32))
+    with pytest.raises(ValueError, match="bias_tanh_backward: out must be"):
+        B.bias_tanh_backward_cuda(np.zeros((2, 3), np.float32), np.zeros((2, 3), np.float32), out=np.zeros(5, np.float32))
+    with pytest.raises(ValueError, match="the forward's output"):
+        B.bias_tanh_backward_cuda(np.zeros((2, 3), np.float32), np.zeros((3, 3), np.float32))
+    y, cache = B.bias_tanh_forward_cuda(np.zeros((0, 3, 2, 2), np.float32), None)
+    dpre, db = B.bias_tanh_backward_cuda(np.zeros((0, 3, 2, 2), np.float32), cache)
+    assert dpre.shape == (0, 3, 2, 2) and np.array_equal(db, np.zeros(3, np.float32))
+    y, _ = B.bias_tanh_forward_cuda(np.full((1, 2), 0.5, np.float32), None)      # no bias: tanh alone
+    np.testing.assert_allclose(y, np.tanh(0.5), rtol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["linear", "conv2d", "conv2d_one_output", "conv_transpose2d"])
+def test_layer_tanh_pair_fuses_on_emu(kind, launches, rng):
+    # Linear/Conv2d/ConvTranspose2d + Tanh in a Sequential: one launch each way for the bias
+    # and the activation, the same outputs and gradients as the pair unfused (emu), and as
+    # the numpy backend (which keeps the pair unfused)
+    from cganraw import nn
+    from cganraw.nn import fused
+    layer, shape = {"linear": (nn.Linear(7, 5, rng=rng), (3, 7)),
+                    "conv2d": (nn.Conv2d(2, 3, 3, 2, 1, rng=rng), (3, 2, 7, 5)),
+                    "conv2d_one_output": (nn.Conv2d(5, 1, 7, 1, 3, rng=rng), (3, 5, 9, 8)),
+                    "conv_transpose2d": (nn.ConvTranspose2d(3, 2, 4, 2, 1, rng=rng), (2, 3, 3, 3))}[kind]
+    for p in layer.parameters():
+        p.data[...] = rng.normal(size=p.shape) * 0.3
+    seq = nn.Sequential(layer, nn.Tanh())
+    x = rng.standard_normal(shape).astype(np.float32)
+    results = {}
+    for bk, fuse in (("emu", True), ("emu", False), ("numpy", True)):
+        backend.use(bk)
+        seq.fuse = fuse
+        assert fused.plan(list(seq), fuse) == ([(0, 1)] if fuse and bk == "emu" else [(0,), (1,)])
+        seq.zero_grad()
+        launches.clear()
+        y = np.array(seq(x))
+        dy = np.cos(3 * y).astype(np.float32)
+        dx = np.array(seq.backward(dy))
+        if bk == "emu":
+            names = set(launches)
+            assert ({"bias_tanh_forward_v1", "bias_tanh_backward_v1"} <= names) == fuse
+            assert (not names & {"tanh_forward_v2", "tanh_backward_v2"}) == fuse
+        results[(bk, fuse)] = [y, dx, layer.weight.grad.copy(), layer.bias.grad.copy()]
+    backend.use("emu")
+    for name, a, b, r in zip(("y", "dx", "dW", "db"), results[("emu", True)], results[("emu", False)],
+                             results[("numpy", True)]):
+        np.testing.assert_array_equal(a, b, err_msg=f"{kind} {name}: fused vs unfused on emu")
+        assert_close(a, r.astype(np.float64), atol=1e-5, rtol=1e-4, what=f"{kind} {name}: emu vs numpy")

@@ -1,4 +1,4 @@
-"""kernels/im2col.cu (im2col_v1/v2, col2im_v1 scatter, col2im_v2/v3 gather) through
+"""kernels/im2col.cu (im2col_v1/v2/v3, col2im_v1 scatter, col2im_v2/v3/v4 gather) through
 the emulator against NumPy references, and the Conv2d / ConvTranspose2d layers on the
 emu backend against the numpy backend.
 
@@ -12,7 +12,16 @@ import pytest
 
 from cganraw import backend, cuda_emu, nn
 from cganraw.ops import _launch
-from cganraw.ops.conv import col2im, col2im_cuda, col2im_numpy, conv_output_size, im2col, im2col_cuda, im2col_numpy
+from cganraw.ops.conv import (
+    col2im,
+    col2im_cuda,
+    col2im_numpy,
+    conv_output_size,
+    flip_taps,
+    im2col,
+    im2col_cuda,
+    im2col_numpy,
+)
 
 from .conftest import assert_close
 
@@ -74,7 +83,13 @@ def _tap_tol(k, s):
     return dict(atol=2e-6 * (-(-k // s)) ** 2, rtol=1e-5)
 
 
-@pytest.mark.parametrize("version", [1, 2])
+def _flip_ref(cols, k):
+    # independent of flip_taps: row (c, i, j) <- row (c, k-1-i, k-1-j)
+    c6 = cols.reshape(-1, k, k, cols.shape[1])
+    return c6[:, ::-1, ::-1].reshape(cols.shape)
+
+
+@pytest.mark.parametrize("version", [1, 2, 3])
 @pytest.mark.parametrize("shape,k,s,p,out_hw", CASES, ids=IDS)
 def test_im2col(version, shape, k, s, p, out_hw, rng):
     x = rng.standard_normal(shape).astype(np.float32)
@@ -82,7 +97,32 @@ def test_im2col(version, shape, k, s, p, out_hw, rng):
     assert_close(got, im2col_ref(x, k, s, p, out_hw), atol=0, rtol=0, what="im2col (a copy: exact)")
 
 
-@pytest.mark.parametrize("version", [1, 2, 3])
+@pytest.mark.parametrize("shape,k,s,p,out_hw", CASES, ids=IDS)
+def test_flipped_taps(shape, k, s, p, out_hw, rng):
+    # im2col_v3 / col2im_v4 with flip: the taps of each channel in reverse order, both ways
+    x = rng.standard_normal(shape).astype(np.float32)
+    ref = _flip_ref(im2col_ref(x, k, s, p, out_hw), k)
+    assert_close(im2col_cuda(x, k, s, p, out_hw, flip=True), ref, atol=0, rtol=0, what="im2col_v3 flip")
+    fits = out_hw is None or (out_hw[0] - 1) * s + k <= shape[2] + 2 * p     # the NumPy references' range
+    if fits:
+        assert_close(im2col_numpy(x, k, s, p, out_hw, flip=True), ref, atol=0, rtol=0, what="im2col_numpy flip")
+    cols = rng.standard_normal(ref.shape).astype(np.float32)
+    ref = col2im_ref(_flip_ref(cols, k), shape, k, s, p, out_hw)
+    assert_close(col2im_cuda(cols, shape, k, s, p, out_hw, flip=True), ref, **_tap_tol(k, s), what="col2im_v4 flip")
+    if fits:
+        assert_close(col2im_numpy(cols, shape, k, s, p, out_hw, flip=True), ref, **_tap_tol(k, s),
+                     what="col2im_numpy flip")
+    assert np.array_equal(flip_taps(cols, k), _flip_ref(cols, k))
+
+
+def test_flip_needs_the_flip_versions():
+    with pytest.raises(ValueError, match="flip needs version 3"):
+        im2col_cuda(np.zeros((1, 1, 5, 5), np.float32), 3, flip=True, version=2)
+    with pytest.raises(ValueError, match="flip needs version 4"):
+        col2im_cuda(np.zeros((9, 25), np.float32), (1, 1, 5, 5), 3, 1, 1, flip=True, version=3)
+
+
+@pytest.mark.parametrize("version", [1, 2, 3, 4])
 @pytest.mark.parametrize("shape,k,s,p,out_hw", CASES, ids=IDS)
 def test_col2im(version, shape, k, s, p, out_hw, rng):
     _, _, _, _, ho, wo, _, _ = _geometry(shape, k, s, p, out_hw)
@@ -95,7 +135,7 @@ def test_col2im(version, shape, k, s, p, out_hw, rng):
         assert_close(got, col2im_numpy(cols, shape, k, s, p, out_hw), **_tap_tol(k, s), what="vs col2im_numpy")
 
 
-@pytest.mark.parametrize("version", [1, 2, 3])
+@pytest.mark.parametrize("version", [1, 2, 3, 4])
 def test_col2im_scatter_and_gather_under_block_orders(version, order, rng):
     # no barriers, but the block order changes the atomics' order in v1
     shape, k, s, p = (2, 3, 9, 9), 7, 1, 3
@@ -169,9 +209,9 @@ def test_shape_errors_are_clear(rng):
     with pytest.raises(ValueError, match="stride"):
         im2col_cuda(np.zeros((1, 1, 5, 5), np.float32), 3, 0)
     with pytest.raises(ValueError, match="version"):
-        col2im_cuda(np.zeros((9, 25), np.float32), (1, 1, 5, 5), 3, 1, 1, version=4)
+        col2im_cuda(np.zeros((9, 25), np.float32), (1, 1, 5, 5), 3, 1, 1, version=5)
     with pytest.raises(ValueError, match="version"):
-        im2col_cuda(np.zeros((1, 1, 5, 5), np.float32), 3, version=3)
+        im2col_cuda(np.zeros((1, 1, 5, 5), np.float32), 3, version=4)
 
 
 @pytest.mark.parametrize("version", [1, 2])
@@ -290,6 +330,24 @@ def test_layers_really_launch_the_conv_kernels(monkeypatch, rng):
     layer.backward(np.ones((1, 3, 3, 3), np.float32))
     assert {"im2col_v2", "col2im_v3"} <= set(calls)
     assert isinstance(_launch.module("im2col"), cuda_emu.RawModule)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_one_output_conv_on_emu_flips_taps_not_weights(bias, monkeypatch, rng):
+    # G's last Conv2d(w -> 1, k7, p3) on a kernel backend: W and its gradient stay in their
+    # own layout (no copy, no add into .grad), the taps are flipped in im2col/col2im
+    backend.use("emu")
+    calls = []
+    real = _launch.function
+    monkeypatch.setattr(_launch, "function", lambda fam, name: calls.append(name) or real(fam, name))
+    from cganraw import devicelog
+    layer = nn.Conv2d(5, 1, 7, 1, 3, bias=bias, rng=np.random.default_rng(0))
+    with devicelog.recording() as log:
+        layer(rng.standard_normal((3, 5, 9, 8)).astype(np.float32))
+        layer.backward(np.ones((3, 1, 9, 8), np.float32))
+    assert {"im2col_v3", "col2im_v4"} <= set(calls)
+    names = log.launches_by_name()
+    assert names["add"] == 0 and names["copy"] == 2      # x to channel-major, dx back: no weight copies
 
 
 # ---------------------------------------------------------------- phase-split transposed conv

@@ -161,21 +161,36 @@ def _label_case(rng, n, ln, k, e, m, has_bx):
     return x, labels, emb_w, fc_w, fc_b, xb
 
 
+@pytest.mark.parametrize("version", E.LABEL_FORWARD_VERSIONS)
 @pytest.mark.parametrize("n, ln, k, e, m, has_bx, slope", LABEL_CASES, ids=[str(c[:5]) for c in LABEL_CASES])
-def test_label_map_concat_matches_reference(n, ln, k, e, m, has_bx, slope, all_orders, rng):
+def test_label_map_concat_matches_reference(n, ln, k, e, m, has_bx, slope, version, all_orders, rng):
     x, labels, emb_w, fc_w, fc_b, xb = _label_case(rng, n, ln, k, e, m, has_bx)
-    out, cache = E.label_map_concat_forward_cuda(x, labels, emb_w, fc_w, fc_b, xb, slope)
+    out, cache = E.label_map_concat_forward_cuda(x, labels, emb_w, fc_w, fc_b, xb, slope, version=version)
     out_r, cache_r = E.label_map_concat_forward_numpy(x, labels, emb_w, fc_w, fc_b, xb, slope)
-    assert_close(out, out_r, 1e-5, 1e-5, "forward")      # the table's dot products: another GEMM order
+    assert_close(out, out_r, 1e-5 * e, 1e-5, "forward")      # the table's dot products: another order
+    # the x part is a copy, a bias add and a select: exact
+    np.testing.assert_array_equal(out[:, :ln], out_r[:, :ln])
+    if version == 2:      # each value the dot product in e order (float64 products of float32: close)
+        lab = np.asarray(emb_w, np.float64)[labels] @ np.asarray(fc_w, np.float64).T + fc_b
+        assert_close(out[:, ln:], lab, 2e-6 * e, 1e-5, "v2 against float64")
     d = rng.standard_normal(out.shape).astype(np.float32)
     ref = E.label_map_concat_backward_numpy(d, cache_r)
-    for splits in (None, 1, 3, n):
-        got = E.label_map_concat_backward_cuda(d, cache, splits=splits)
+    for splits, table_grads in ((None, None), (1, 1), (3, 2), (n, 1)):
+        got = E.label_map_concat_backward_cuda(d, cache, splits=splits, table_grads=table_grads)
         for name, a, b in zip(("dx", "dx_bias", "demb_w", "dfc_w", "dfc_b"), got, ref):
             assert (a is None) == (b is None), name
             if a is not None:
-                assert_close(a, b, 1e-4, 1e-5, f"{name} splits={splits} ({all_orders} order)")
+                assert_close(a, b, 1e-4 * max(1, m // 49), 1e-5,
+                             f"{name} splits={splits} table_grads={table_grads} ({all_orders} order)")
         np.testing.assert_array_equal(got[0], ref[0])      # a select and a multiply: exact
+    # the table gradients' kernel (2) against the two GEMMs (1), added into given arrays too
+    grads1 = E.label_map_concat_backward_cuda(d, cache, table_grads=1)
+    outs = [rng.standard_normal(emb_w.shape).astype(np.float32), rng.standard_normal(fc_w.shape).astype(np.float32)]
+    before = [o.copy() for o in outs]
+    got = E.label_map_concat_backward_cuda(d, cache, demb_out=outs[0], dfc_w_out=outs[1])
+    assert got[2] is None and got[3] is None
+    for o, b0, g1, name in zip(outs, before, grads1[2:4], ("demb_w", "dfc_w")):
+        assert_close(backend.asnumpy(o) - b0, g1, 2e-4 * max(1, m // 49), 1e-4, f"{name} added into .grad")
 
 
 def test_label_map_concat_reference_is_the_unfused_layers(rng):
@@ -259,7 +274,8 @@ def test_label_map_concat_is_reproducible_and_checks_its_inputs(rng):
 
 
 def test_conv_models_run_the_label_path_fused_on_the_kernel_backends(launches, rng):
-    # the plain layers: one table GEMM and one launch each way; wrapped (a spy on the
+    # the plain layers: one launch forward (the table's dot products in it), one and the
+    # weights' GEMMs backward; wrapped (a spy on the
     # label Linear) or on NumPy: the layers one by one
     from cganraw import models
     G, D = models.build("cgan-conv", 5, width=4, seed=1, batchnorm=True)
@@ -267,9 +283,70 @@ def test_conv_models_run_the_label_path_fused_on_the_kernel_backends(launches, r
     img = G(rng.standard_normal((3, 100)).astype(np.float32), labels)
     D.backward(np.ones_like(D(img, labels)))
     G.backward(np.ones_like(img))
-    assert launches.count("label_map_concat_forward_v1") == 2 and launches.count("label_map_concat_backward_v1") == 2
+    assert launches.count("label_map_concat_forward_v3") == 2
+    # G's seed map channel-major (backward_v2), D's image and label map row-major (v1)
+    assert launches.count("label_map_concat_backward_v2") == 1 and launches.count("label_map_concat_backward_v1") == 1
     assert "embedding_forward_v1" not in launches and "embedding_backward_v3" not in launches
     launches.clear()
     D.label_fc.forward = D.label_fc.forward            # an instance-level forward: no fusion for D
     D.backward(np.ones_like(D(img, labels)))
-    assert "label_map_concat_forward_v1" not in launches and "embedding_forward_v1" in launches
+    assert "label_map_concat_forward_v3" not in launches and "embedding_forward_v1" in launches
+
+
+@pytest.mark.parametrize("n, c_x, hw, k, e, has_bx, slope", [(3, 4, 49, 10, 50, True, 0.2), (1, 1, 1, 2, 1, False, None),
+                                                            (5, 3, 7, 4, 3, True, 0.0), (7, 2, 9, 47, 5, False, 0.2)])
+def test_label_map_concat_channel_major(n, c_x, hw, k, e, has_bx, slope, all_orders, rng):
+    # v3 with channel_major_hw (G's seed map): out as (C, N, hw) memory, the values of v2; the
+    # backward (v2) reads d in that layout, as an (N, C, H, W) view taken as it lies or any
+    # other array copied: v1's gradients, bit for bit
+    x, labels, emb_w, fc_w, fc_b, xb = _label_case(rng, n, c_x * hw, k, e, hw, has_bx)
+    out2, cache2 = E.label_map_concat_forward_cuda(x, labels, emb_w, fc_w, fc_b, xb, slope, version=2)
+    out3, cache3 = E.label_map_concat_forward_cuda(x, labels, emb_w, fc_w, fc_b, xb, slope, channel_major_hw=hw)
+    c = c_x + 1
+    out2, got = backend.asnumpy(out2), backend.asnumpy(out3)
+    assert got.shape == (c, n, hw)
+    np.testing.assert_array_equal(got.transpose(1, 0, 2).reshape(n, c * hw), out2)
+    np.testing.assert_array_equal(backend.asnumpy(E.label_map_concat_forward_cuda(x, labels, emb_w, fc_w, fc_b, xb,
+                                                                                  slope, version=3)[0]), out2)
+    d = rng.standard_normal((n, c * hw)).astype(np.float32)
+    ref = E.label_map_concat_backward_cuda(d, cache2)
+    xp = backend.get_xp()
+    d_view = xp.asarray(np.ascontiguousarray(d.reshape(n, c, hw).transpose(1, 0, 2))).reshape(c, n, hw, 1)
+    for dd in (d_view.transpose(1, 0, 2, 3), d.reshape(n, c, hw, 1)):
+        got = E.label_map_concat_backward_cuda(dd, cache3)
+        for name, a, b in zip(("dx", "dx_bias", "demb_w", "dfc_w", "dfc_b"), got, ref):
+            assert (a is None) == (b is None), name
+            if a is not None:
+                np.testing.assert_array_equal(backend.asnumpy(a), backend.asnumpy(b), err_msg=name)
+    with pytest.raises(ValueError, match="d has shape"):
+        E.label_map_concat_backward_cuda(d, cache3)
+    with pytest.raises(ValueError, match="channel_major_hw needs version 3"):
+        E.label_map_concat_forward_cuda(x, labels, emb_w, fc_w, fc_b, xb, slope, version=2, channel_major_hw=hw)
+    if hw > 1:
+        with pytest.raises(ValueError, match="must divide"):
+            E.label_map_concat_forward_cuda(x, labels, emb_w, fc_w, fc_b, xb, slope, channel_major_hw=hw + 1)
+
+
+@pytest.mark.parametrize("bk", ["emu", "numpy"])
+def test_generator_backward_without_dz_on_emu_and_numpy(bk, launches, rng):
+    # G.backward(dy, need_dz=False) (the training step: z is no parameter): None back, the
+    # same parameter gradients, and on the kernel backends one GEMM fewer
+    from cganraw import models
+    backend.use(bk)
+    try:
+        grads, counts = [], []
+        z = rng.standard_normal((3, 100)).astype(np.float32)
+        for need_dz in (True, False):
+            G, _ = models.build("cgan-conv", 5, width=4, seed=1, g_norm="instance")
+            img = G(backend.get_xp().asarray(z), backend.get_xp().asarray(np.array([0, 4, 2])))
+            launches.clear()
+            dz = G.backward(backend.get_xp().ones_like(img), need_dz=need_dz)
+            counts.append(len(launches))
+            assert (dz is None) == (not need_dz)
+            grads.append([backend.asnumpy(p.grad).copy() for p in G.parameters()])
+        for a, b in zip(*grads):
+            np.testing.assert_array_equal(a, b)
+        if bk == "emu":
+            assert counts[1] == counts[0] - 1
+    finally:
+        backend.use("emu")

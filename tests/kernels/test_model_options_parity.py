@@ -55,7 +55,7 @@ def test_forward_backward_emu_equals_numpy(opts, launches):
     names = set(launches)
     if opts.get("g_norm") == "instance":
         # with its LeakyReLU, one launch each way (nn.fused on the kernel backends)
-        assert "instancenorm_leaky_relu_forward_v1" in names and "instancenorm_leaky_relu_backward_v1" in names
+        assert "instancenorm_leaky_relu_forward_v2" in names and "instancenorm_leaky_relu_backward_v2" in names
     if opts.get("d_norm") == "spectral":
         assert {"spectral_norm_power_v1", "spectral_norm_forward_v3", "spectral_norm_backward_v3"} <= names
     if opts.get("minibatch_std"):

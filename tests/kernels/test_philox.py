@@ -132,3 +132,44 @@ def test_drawn_labels_skip_the_range_check():
     assert _launch.labels_checked(labels, 10) and _launch.labels_checked(labels, 26)
     assert not _launch.labels_checked(labels, 9)
     assert not _launch.labels_checked(P.philox_integers(16, 1, 10, P.Stream(1, 2)), 10)
+
+
+@pytest.mark.parametrize("n, n_z, parts, fold", [(0, 0, 2, 0), (1, 3, 3, 0), (5, 13, 3, 2), (7, 4, 2, 3),
+                                                 (13, 1001, 3, 6), (4097, 5, 2, 0)])
+@pytest.mark.parametrize("key", [P.Key(0, 0), P.Key(2 ** 64 - 1, 2 ** 32 - 1), P.Key(12345, 77)],
+                         ids=["zero", "max", "mid"])
+def test_step_draws_equal_the_separate_draws(n, n_z, parts, fold, key, rng):
+    # one launch, the values of philox_normal, philox_shift_labels, philox_integers and a copy
+    real = rng.integers(0, 7, n).astype(np.int32)
+    z_n, lab_n = P.philox_step_draws_numpy(real, n_z, 7, key, parts, fold)
+    np.testing.assert_array_equal(z_n, P.philox_normal_numpy((n_z,), key.stream(P.NOISE)))
+    want = [real] + ([P.philox_shift_labels_numpy(real, 7, key.stream(P.WRONG_LABELS))] if parts == 3 else [])
+    want.append(P.philox_integers_numpy(n, 0, 7, key.stream(P.FAKE_LABELS), fold))
+    np.testing.assert_array_equal(lab_n, np.concatenate(want))
+    assert lab_n.dtype == np.int32 and z_n.dtype == np.float32
+    z_k, lab_k = P.philox_step_draws_cuda(real, n_z, 7, key, parts, fold)
+    np.testing.assert_array_equal(backend.asnumpy(lab_k), lab_n)
+    # the separate normal kernel's bits (the NumPy twin is within an ulp: libm)
+    np.testing.assert_array_equal(backend.asnumpy(z_k), backend.asnumpy(P.philox_normal_cuda((n_z,), key.stream(P.NOISE))))
+    np.testing.assert_array_max_ulp(backend.asnumpy(z_k), z_n, maxulp=1)
+
+
+def test_step_draws_arguments():
+    key = P.Key(1, 2)
+    with pytest.raises(ValueError, match="parts must be 2"):
+        P.philox_step_draws(np.zeros(3, np.int32), 4, 10, key, 4)
+    with pytest.raises(ValueError, match="k >= 2"):
+        P.philox_step_draws(np.zeros(3, np.int32), 4, 1, key, 2)
+    for fn in (P.philox_step_draws_numpy, P.philox_step_draws_cuda):
+        with pytest.raises(ValueError, match=r"lie in \[0, 10\)"):
+            fn(np.array([0, 10], np.int32), 4, 10, key, 3)
+    z, labels = P.philox_step_draws(np.array([1, 2], np.int32), 3, 10, key, 3)
+    assert _launch.labels_checked(labels, 10) and z.shape == (3,) and labels.shape == (6,)
+    prev = backend.current()
+    backend.use("numpy")
+    try:        # the numpy backend draws the same labels
+        z_n, labels_n = P.philox_step_draws(np.array([1, 2], np.int32), 3, 10, key, 3)
+    finally:
+        backend.use(prev)
+    assert _launch.labels_checked(labels_n, 10)
+    np.testing.assert_array_equal(labels_n, backend.asnumpy(labels))

@@ -60,10 +60,11 @@ def test_train_step_emu_equals_numpy(name, batchnorm, d_opts, launches):
         assert "batchnorm_running_update_v1" not in launches
     if batchnorm == "instance":
         # G's InstanceNorm2d + LeakyReLU pairs: one launch each way
-        assert {"instancenorm_leaky_relu_forward_v1", "instancenorm_leaky_relu_backward_v1"} <= set(launches)
+        assert {"instancenorm_leaky_relu_forward_v2", "instancenorm_leaky_relu_backward_v2"} <= set(launches)
     if name == "cgan-conv":
         # the label paths of G and D: the fused table GEMM + concatenation, each way
-        assert {"label_map_concat_forward_v1", "label_map_concat_backward_v1"} <= set(launches)
+        assert {"label_map_concat_forward_v3", "label_map_concat_backward_v1",
+                "label_map_concat_backward_v2"} <= set(launches)
     if d_opts:
         # one batch of real, wrong-label and fake terms (5 each: the group of 4 does not divide)
         assert {"spectral_norm_power_v1", "minibatch_std_forward_stat_v3"} <= set(launches)
