@@ -247,24 +247,111 @@ def test_vs_torch_says_clearly_when_torch_is_missing(tmp_path, monkeypatch, caps
     assert not (tmp_path / "o" / "vs_torch.json").exists()
 
 
-def test_vs_torch_compares_interleaved_rounds(tmp_path, monkeypatch, capsys):
+TINY_ROWS = (("cgan-conv", 4, 3), ("cgan-conv", 2, 2), ("cgan-mlp", None, 3), ("dcgan", 4, 2), ("gan-mlp", None, 2))
+
+
+def _vs_torch_tiny(tmp_path, monkeypatch, *args):
+    """--vs-torch at TINY_ROWS (checks the pipeline only), 2 rounds, 1 thread; the JSON written."""
     torch = pytest.importorskip("torch")
     from cganraw.bench import vs_torch
     threads = torch.get_num_threads()
-    monkeypatch.setattr(vs_torch, "SHAPES", ((4, 3), (2, 2)))      # tiny: checks the pipeline only
+    monkeypatch.setattr(vs_torch, "ROWS", TINY_ROWS)
     monkeypatch.setattr(vs_torch, "WARMUP", 1)
     try:
-        assert bench_main(["--vs-torch", "--rounds", "2", "--threads", "1", "--out", str(tmp_path), "--quiet"]) == 0
+        assert bench_main(["--vs-torch", "--rounds", "2", "--threads", "1", "--out", str(tmp_path), "--quiet",
+                           *args]) == 0
     finally:
         torch.set_num_threads(threads)
         harness.set_threads(harness.bench_threads())
+    return json.loads((tmp_path / "vs_torch.json").read_text())
+
+
+def test_vs_torch_compares_interleaved_rounds(tmp_path, monkeypatch, capsys):
+    data = _vs_torch_tiny(tmp_path, monkeypatch)
     out = capsys.readouterr().out
     assert "ours / PyTorch" in out and "ratio" in out
-    data = json.loads((tmp_path / "vs_torch.json").read_text())
-    assert [(r["width"], r["batch"]) for r in data["results"]] == [(4, 3), (2, 2)]
+    assert [(r["model"], r["width"], r["batch"]) for r in data["results"]] == list(TINY_ROWS)
+    lines = out.splitlines()
+    for model, width, batch in TINY_ROWS:    # one line per row: model, width (- for the MLPs), batch, numbers
+        assert sum(line.split()[:3] == [model, str(width or "-"), str(batch)] for line in lines) == 1
     for r in data["results"]:
         assert len(r["ours_s"]) == len(r["torch_s"]) == 2 and all(t > 0 for t in r["ours_s"] + r["torch_s"])
         assert r["ratio"] == pytest.approx(r["ours_median_s"] / r["torch_median_s"])
         assert len(r["ours_cpu_s"]) == len(r["torch_cpu_s"]) == 2 and all(t >= 0 for t in r["ours_cpu_s"] + r["torch_cpu_s"])
         assert r["cpu_ratio"] == pytest.approx(r["ours_cpu_median_s"] / r["torch_cpu_median_s"])
     assert data["rounds"] == 2 and data["threads"] == 1 and data["machine"]["cpu"]
+    assert data["models"] == ["cgan-conv", "cgan-mlp", "dcgan", "gan-mlp"]
+
+
+def test_vs_torch_models_picks_rows(tmp_path, monkeypatch, capsys):
+    data = _vs_torch_tiny(tmp_path, monkeypatch, "--models", "gan-mlp, dcgan,gan-mlp")
+    assert [(r["model"], r["width"], r["batch"]) for r in data["results"]] == [("dcgan", 4, 2), ("gan-mlp", None, 2)]
+    assert data["models"] == ["dcgan", "gan-mlp"]
+    assert "cgan-conv" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--vs-torch", "--models", "dcgan,vae"], "unknown model(s) vae"),
+    (["--vs-torch", "--models", ","], "give one or more model names"),
+    (["--models", "dcgan"], "--models chooses the rows of --vs-torch"),
+])
+def test_vs_torch_models_errors(args, message, tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        bench_main([*args, "--out", str(tmp_path)])
+    assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_vs_torch_rows_are_the_training_defaults_and_the_issue_shapes():
+    from cganraw import models, settings
+    from cganraw.bench import vs_torch
+    assert {r[0] for r in vs_torch.ROWS} == set(models.MODELS)
+    for model in ("cgan-mlp", "gan-mlp", "dcgan"):      # each at its training default
+        width = settings.model_default(model, "width") if model == "dcgan" else None
+        assert (model, width, settings.model_default(model, "batch_size")) in vs_torch.ROWS
+    assert {("cgan-conv", 128, 128), ("cgan-conv", 64, 64), ("dcgan", 128, 128)} <= set(vs_torch.ROWS)
+    assert vs_torch.select_rows(("dcgan",)) == (("dcgan", 64, 64), ("dcgan", 128, 128))
+    with pytest.raises(ValueError, match="unknown model"):
+        vs_torch.select_rows(("dcgan", "vae"))
+
+
+@pytest.mark.parametrize("model,width", [("cgan-conv", 4), ("cgan-mlp", None), ("dcgan", 4), ("gan-mlp", None)])
+def test_vs_torch_mirror_steps_as_ours_from_the_same_weights(model, width):
+    """The PyTorch step that --vs-torch times, on copies of our weights with our noise and fake
+    labels (dropout off: torch draws its own masks), gives our losses over three steps of the
+    same batch: the same layers, loss, step order and Adam. The losses move between steps
+    (Adam's updates) by far more than the two sides differ."""
+    torch = pytest.importorskip("torch")
+    from cganraw import interop, models, optim
+    from cganraw import nn as cnn
+    from cganraw.bench import train_cases
+    from cganraw.ops.philox import FAKE_LABELS, NOISE, Key, philox_integers, philox_normal
+    from cganraw.step import train_step
+    batch, seed, k = 6, 3, train_cases.NUM_CLASSES
+    conditional = model.startswith("cgan")
+    x, y = train_cases.fake_batch(batch, conditional, seed)
+    with harness.backend_ctx("numpy") as xp:
+        G, D = models.build(model, k, latent_dim=train_cases.LATENT, width=width or 1, seed=seed)
+        dropouts = [m for _, m in D.named_modules() if isinstance(m, cnn.Dropout)]
+        assert bool(dropouts) == (model != "dcgan")
+        for m in dropouts:
+            m.p = 0.0
+        tG, tD = interop.to_torch(G), interop.to_torch(D)          # copies, dropout p = 0 too
+        assert all(m.p == 0.0 for m in tD.modules() if isinstance(m, torch.nn.Dropout))
+        key = Key(seed, 0)              # one key for every step: the losses change only by the updates
+        z = philox_normal((batch, train_cases.LATENT), key.stream(NOISE))
+        fake_labels = philox_integers(batch, 0, k, key.stream(FAKE_LABELS)) if conditional else None
+
+        def draw(step):
+            return (torch.from_numpy(np.array(z)),
+                    None if fake_labels is None else torch.from_numpy(np.asarray(fake_labels, np.int64)))
+        peer = train_cases.torch_step(torch, model, batch, width or 1, x, y, modules=(tG, tD), draw=draw)
+        og, od = optim.Adam(G.parameters()), optim.Adam(D.parameters())
+        labels = None if y is None else xp.asarray(y)
+        ours = [train_step(G, D, og, od, xp.asarray(x), labels, key).fetch() for _ in range(3)]
+        theirs = [peer() for _ in range(3)]
+    tol = 3e-6                          # a few float32 ulps at loss ~1.4
+    for step, (o, (d_loss, g_loss)) in enumerate(zip(ours, theirs)):
+        assert o["d_loss"] == pytest.approx(d_loss, rel=0, abs=tol), f"{model} step {step}: D loss"
+        assert o["g_loss"] == pytest.approx(g_loss, rel=0, abs=tol), f"{model} step {step}: G loss"
+    assert abs(ours[2]["d_loss"] - ours[0]["d_loss"]) > 30 * tol
+    assert abs(ours[2]["g_loss"] - ours[0]["g_loss"]) > 30 * tol

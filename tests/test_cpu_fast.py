@@ -230,3 +230,143 @@ def test_channel_major_activations_give_the_same_values(shape, rng):
     dx_ref, dW_ref, _ = conv.conv2d_backward(np.ascontiguousarray(dpre_ref), cache)
     np.testing.assert_array_equal(dx, dx_ref)
     np.testing.assert_array_equal(dW, dW_ref)
+
+
+# ---------------------------------------------------------------- BatchNorm2d (+ activation) on Numba
+BN_SHAPES = [(5, 3, 4, 6), (2, 1, 1, 3), (1, 4, 7, 7), (3, 2, 5, 1), (7, 5, 2, 2)]
+BN_ACTS = [None, 0.2, "relu"]
+
+
+def _bn_input(shape, channel_major, dtype, rng):
+    x = (rng.normal(size=shape) * 2 + 1).astype(dtype)
+    if channel_major:       # a conv's output as the numpy backend leaves it: (C, N, H, W) memory
+        x = np.ascontiguousarray(x.transpose(1, 0, 2, 3)).transpose(1, 0, 2, 3)
+    return x
+
+
+def _bn_reference(act):
+    from cganraw.ops import batchnorm as BN
+    if act is None:
+        return (lambda x, g, b, m=None, v=None: BN.batchnorm_forward_numpy(x, g, b, m, v)), BN.batchnorm_backward_numpy
+    if act == "relu":
+        return BN.batchnorm_relu_forward_numpy, BN.batchnorm_relu_backward_numpy
+    return ((lambda x, g, b, m=None, v=None: BN.batchnorm_leaky_relu_forward_numpy(x, g, b, m, v, negative_slope=act)),
+            BN.batchnorm_leaky_relu_backward_numpy)
+
+
+@pytest.mark.parametrize("shape", BN_SHAPES)
+@pytest.mark.parametrize("channel_major", [False, True])
+@pytest.mark.parametrize("act", BN_ACTS)
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_batchnorm_numba_matches_numpy(shape, channel_major, act, training, dtype, rng):
+    from cganraw.ops import batchnorm as BN
+    x = _bn_input(shape, channel_major, dtype, rng)
+    c = shape[1]
+    g, b = rng.normal(size=c).astype(dtype), rng.normal(size=c).astype(dtype)
+    stats = () if training else (rng.normal(size=c).astype(dtype), rng.uniform(0.5, 2, size=c).astype(dtype))
+    dy = _bn_input(shape, not channel_major, dtype, rng)        # the other layout: both are read as they come
+    ref_fwd, ref_bwd = _bn_reference(act)
+    y_ref, cache_ref, m_ref, v_ref = ref_fwd(x.copy(), g, b, *stats)
+    y, cache, m, v = BN.batchnorm_forward_numba(x, g, b, *stats, negative_slope={"relu": BN.RELU}.get(act, act))
+    tol = dict(rtol=2e-5, atol=2e-5) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-12)
+    assert y.dtype == dtype and y.flags.c_contiguous and y.shape == x.shape
+    assert cache[0].strides == x.strides            # xhat in x's layout: the backward's dx comes out in it too
+    np.testing.assert_allclose(y, y_ref, **tol)
+    np.testing.assert_allclose(cache[0], cache_ref[0], **tol)
+    np.testing.assert_allclose(cache[1], cache_ref[1], **tol)
+    if training:
+        np.testing.assert_allclose(m, m_ref, **tol)
+        np.testing.assert_allclose(v, v_ref, **tol)
+    else:
+        assert m is stats[0] and v is None and v_ref is None
+    assert len(cache) == len(cache_ref) and cache[2:] == cache_ref[2:] or len(cache) == 4
+    dx, dg, db = BN.batchnorm_backward_numba(dy, cache)
+    dx_ref, dg_ref, db_ref = ref_bwd(dy, cache_ref)
+    assert dx.strides == x.strides and dx.dtype == dtype
+    np.testing.assert_allclose(dx, dx_ref, **tol)
+    np.testing.assert_allclose(dg, dg_ref, **tol)
+    np.testing.assert_allclose(db, db_ref, **tol)
+
+
+@pytest.mark.parametrize("act", BN_ACTS)
+@pytest.mark.parametrize("channel_major", [False, True])
+def test_batchnorm_numba_elementwise_is_the_reference_bit_for_bit(act, channel_major, rng):
+    # given the reference's statistics and sums, every element is the reference's (the same
+    # float32 operations in the same order: no FMA), on both twins
+    from cganraw.ops import batchnorm as BN
+    x = _bn_input((6, 4, 5, 3), channel_major, np.float32, rng)
+    x[0, 0, 0, 0] = np.nan                                  # a NaN channel: NaN through both
+    g, b = rng.normal(size=4).astype(np.float32), rng.normal(size=4).astype(np.float32)
+    dy = rng.normal(size=x.shape).astype(np.float32)
+    ref_fwd, ref_bwd = _bn_reference(act)
+    y_ref, cache_ref, m_ref, _ = ref_fwd(x.copy(), g, b)
+    dx_ref, dg_ref, db_ref = ref_bwd(dy, cache_ref)
+    code = {None: BN.ACT_NONE, "relu": BN.ACT_RELU}.get(act, BN.ACT_LEAKY)
+    slope = np.float32(act if code == BN.ACT_LEAKY else 0)
+    x3, x_cm = BN._physical3(x)
+    h3, h_cm = BN._physical3(cache_ref[0])
+    n, c = x.shape[:2]
+    count = x.size // c
+    for work in (None, 1):                                  # the parallel and the serial twin
+        xhat3, y = np.empty_like(x3), np.empty(x.shape, np.float32)
+        BN._bn_apply_numba(x3, x_cm, m_ref, cache_ref[1], g, b, code, slope, xhat3, y.reshape(n, c, -1), work=work)
+        assert np.array_equal(y, y_ref, equal_nan=True)
+        assert np.array_equal(BN._from_physical3(xhat3, x_cm, x.shape), cache_ref[0], equal_nan=True)
+        dx3 = np.empty_like(h3)
+        BN._bn_backward_dx_numba(*BN._physical3(dy), h3, h_cm, g, b, code, slope, dg_ref / count, db_ref / count,
+                                 g * cache_ref[1], True, dx3, work=work)
+        assert np.array_equal(BN._from_physical3(dx3, h_cm, x.shape), dx_ref, equal_nan=True)
+    assert np.isnan(y_ref[:, 0]).all() and not np.isnan(y_ref[:, 1:]).any()
+
+
+def test_batchnorm_relu_zero_and_nan_as_numpy_maximum(rng):
+    # ReLU's +0.0 for a -0.0 pre-activation and its NaN, as np.maximum(v, 0) gives them
+    from cganraw.ops import batchnorm as BN
+    xhat = np.array([-0.0, 0.0, np.nan, -1.0, 2.0, 0.5], np.float32).reshape(2, 1, 1, 3)
+    x3, _ = BN._physical3(xhat)
+    one, zero = np.ones(1, np.float32), np.zeros(1, np.float32)
+    y = np.empty_like(xhat)
+    BN._bn_apply_numba(x3, False, zero, one, one, zero, BN.ACT_RELU, np.float32(0), np.empty_like(x3),
+                       y.reshape(2, 1, -1), work=1)
+    want = np.maximum(xhat, np.float32(0))
+    assert np.array_equal(y, want, equal_nan=True) and np.array_equal(np.signbit(y), np.signbit(want))
+
+
+def test_batchnorm_dispatch_takes_numba_and_fused_equals_unfused(rng, monkeypatch):
+    # the numpy backend's BatchNorm2d (alone, + LeakyReLU, + ReLU) runs the Numba kernels; the
+    # fused pairs give the unfused layers' outputs, gradients and running statistics bit for bit
+    from cganraw import nn
+    from cganraw.nn import fused
+    from cganraw.ops import batchnorm as BN
+    calls = []
+    real = BN.batchnorm_forward_numba
+    monkeypatch.setattr(BN, "batchnorm_forward_numba", lambda *a, **k: calls.append(1) or real(*a, **k))
+    for act in (nn.LeakyReLU(0.2), nn.ReLU()):
+        results = []
+        for fuse in (True, False):
+            bn = nn.BatchNorm2d(3, rng=np.random.default_rng(1))
+            bn.bias.data[...] = [0.1, -0.2, 0.3]
+            seq = nn.Sequential(bn, act, fuse=fuse)
+            assert fused.plan(list(seq), fuse) == ([(0, 1)] if fuse else [(0,), (1,)])
+            out = []
+            for training in (True, False):
+                seq.train(training)
+                x = _bn_input((4, 3, 5, 5), True, np.float32, np.random.default_rng(2))
+                dy = np.random.default_rng(3).normal(size=x.shape).astype(np.float32)
+                out += [seq(x), seq.backward(dy), bn.weight.grad.copy(), bn.bias.grad.copy(), bn.running_mean.copy(),
+                        bn.running_var.copy()]
+            results.append(out)
+        assert all(np.array_equal(a, b) for a, b in zip(*results))
+    assert len(calls) == 8
+
+
+def test_batchnorm_relu_fuses_on_the_numpy_backend_only(rng):
+    from cganraw import nn
+    from cganraw.bench import harness
+    from cganraw.nn import fused
+    layers = [nn.BatchNorm2d(2), nn.ReLU(), nn.BatchNorm1d(2), nn.ReLU(), nn.InstanceNorm2d(2), nn.ReLU()]
+    with harness.backend_ctx("numpy"):
+        assert fused.plan(layers) == [(0, 1), (2,), (3,), (4,), (5,)]
+    with harness.backend_ctx("emu"):
+        assert fused.plan(layers) == [(0,), (1,), (2,), (3,), (4,), (5,)]

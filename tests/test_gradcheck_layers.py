@@ -131,3 +131,37 @@ def test_sequential(rng):
     seq = f64(nn.Sequential(nn.Conv2d(2, 3, 3, 2, 1, rng=rng), nn.LeakyReLU(0.2), nn.Flatten(),
                             nn.Linear(3 * 3 * 3, 2, rng=rng), nn.Tanh()))
     check_module(seq, rng.normal(size=(2, 2, 5, 5)), elementwise=True)
+
+
+@pytest.mark.parametrize("act", [nn.LeakyReLU(0.2), nn.ReLU()])
+@pytest.mark.parametrize("after_conv", [False, True])
+@pytest.mark.parametrize("training", [True, False])
+def test_batchnorm2d_activation_pair(act, after_conv, training, rng):
+    # the fused pair (the Numba kernels on the numpy backend) on an NCHW input, or after a
+    # Conv2d, whose output the numpy backend leaves channel-major; pre-activations away from the kink
+    from cganraw.nn import fused
+    from cganraw.ops import _cpu
+    from cganraw.ops.conv import conv2d_forward
+    layers = [nn.Conv2d(2, 3, 3, 1, 1, bias=False, rng=rng)] if after_conv else []
+    seq = f64(nn.Sequential(*layers, nn.BatchNorm2d(3, rng=rng), act))
+    pair = (1, 2) if after_conv else (0, 1)
+    if _cpu.enabled() or type(act) is nn.LeakyReLU:     # BatchNorm2d + ReLU fuses with Numba only
+        assert fused.plan(list(seq)) == ([(0,)] if after_conv else []) + [pair]
+    bn = seq[len(layers)]
+    bn.bias.data[...] = [0.3, -0.2, 0.1]
+    if not training:
+        bn.running_mean[...] = rng.normal(size=3)
+        bn.running_var[...] = rng.uniform(0.5, 2.0, size=3)
+        seq.eval()
+    for _ in range(200):        # an input whose pre-activations keep clear of the kink
+        x = rng.normal(size=(3, 2 if after_conv else 3, 4, 5)) * 2 + 1
+        h = conv2d_forward(x, seq[0].weight.data, None, 1, 1)[0] if after_conv else x
+        mean = h.mean(axis=(0, 2, 3), keepdims=True) if training else bn.running_mean.reshape(1, 3, 1, 1)
+        var = h.var(axis=(0, 2, 3), keepdims=True) if training else bn.running_var.reshape(1, 3, 1, 1)
+        pre = (h - mean) / np.sqrt(var + bn.eps) * bn.weight.data.reshape(1, 3, 1, 1) + bn.bias.data.reshape(1, 3, 1, 1)
+        if np.abs(pre).min() > 0.02:
+            break
+    assert np.abs(pre).min() > 0.02 and (not h.flags.c_contiguous) == after_conv
+    # a smaller step than the default: through the batch statistics a conv weight's
+    # difference quotient carries a second-order error of some 1e-5 at eps 1e-4
+    check_module(seq, x, eps=1e-6)

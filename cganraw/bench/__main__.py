@@ -6,7 +6,8 @@
     python -m cganraw.bench --list --filter conv   # the case ids, nothing timed
     python -m cganraw.bench --from-json bench/results/results.json   # redraw a report
     python -m cganraw.bench --census --backend emu --width 128 --batch-size 128   # the step census
-    python -m cganraw.bench --vs-torch --rounds 5   # conv cGAN step, ours vs PyTorch side by side
+    python -m cganraw.bench --vs-torch --rounds 5   # every model's step, ours vs PyTorch side by side
+    python -m cganraw.bench --vs-torch --models dcgan,cgan-mlp   # only those models' rows
 
 The output folder (default bench/results under the current folder) is checked before any
 benchmark runs; it receives results.md, results.json and throughput.png (--vs-torch:
@@ -20,11 +21,23 @@ import logging
 import sys
 from pathlib import Path
 
-from cganraw import cli, fileio
+from cganraw import cli, fileio, models
 from cganraw.bench import cases as C
 from cganraw.bench import report, runner
 
 log = logging.getLogger("cganraw.bench")
+
+
+def _model_list(text):
+    """'cgan-conv,dcgan' -> ('cgan-conv', 'dcgan'), each one of models.MODELS."""
+    names = tuple(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
+    if not names:
+        raise argparse.ArgumentTypeError("give one or more model names, comma-separated")
+    unknown = [n for n in names if n not in models.MODELS]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown model(s) {', '.join(unknown)}; choose from "
+                                         f"{', '.join(models.MODELS)}")
+    return names
 
 
 def build_parser():
@@ -41,8 +54,12 @@ def build_parser():
                    help="threads for BLAS, Numba and PyTorch (default: $CGANRAW_BENCH_THREADS, else the CPUs "
                         "this process may use)")
     p.add_argument("--vs-torch", action="store_true",
-                   help="only the conv cGAN training step at (width 128, batch 128) and (64, 64), ours against "
+                   help="only the training steps of the models (conv cGAN at (width 128, batch 128) and (64, 64), "
+                        "the MLPs and the DCGAN at their training defaults, the DCGAN at (128, 128)), ours against "
                         "PyTorch in this process, interleaved; prints each median and the ratio (needs torch)")
+    p.add_argument("--models", type=_model_list, default=None, metavar="M[,M...]",
+                   help=f"--vs-torch: only these models' rows, comma-separated, from {', '.join(models.MODELS)} "
+                        "(default: all)")
     p.add_argument("--rounds", type=cli.positive_int, default=5, help="--vs-torch: interleaved rounds per shape")
     p.add_argument("--from-json", default=None, metavar="FILE",
                    help="only redraw the report from a results.json written earlier")
@@ -63,7 +80,7 @@ def _vs_torch(args) -> int:
     from cganraw.bench import vs_torch
     out = cli.check_output_dir(args.out, "benchmark output folder")
     try:
-        data = vs_torch.run(args.rounds, args.threads)
+        data = vs_torch.run(args.rounds, args.threads, vs_torch.select_rows(args.models))
     except ModuleNotFoundError as e:
         if str(e) != vs_torch.TORCH_MISSING:
             raise
@@ -112,6 +129,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if not args.out.strip():
         parser.error("--out: give a folder name")
+    if args.models is not None and not args.vs_torch:
+        parser.error("--models chooses the rows of --vs-torch: give --vs-torch too")
     try:
         C.matches(args.filter, "")
     except ValueError as e:

@@ -53,11 +53,15 @@ def our_step(name, batch, width, xp, x_np, y_np, seed=0):
     return lambda: train_step(G, D, og, od, x, y, rng)
 
 
-def torch_step(torch, name, batch, width, x_np, y_np, seed=0):
-    """A closure running one PyTorch training step in our order; returns (d_loss, g_loss)."""
+def torch_step(torch, name, batch, width, x_np, y_np, seed=0, *, modules=None, draw=None):
+    """A closure running one PyTorch training step in our order; returns (d_loss, g_loss).
+    modules: the (G, D) torch modules to train (default: fresh torch_models with torch's
+    initialisation); draw: a function of the step number (0, 1, ...) giving that step's noise
+    z (batch, LATENT) and fake labels (batch,) or None as tensors, instead of torch's own
+    draws (a test hands in ours, to compare the two steps' losses)."""
     from cganraw.interop import torch_models
     torch.manual_seed(seed)
-    G, D = torch_models(name, NUM_CLASSES, latent_dim=LATENT, width=width)
+    G, D = modules if modules is not None else torch_models(name, NUM_CLASSES, latent_dim=LATENT, width=width)
     G.train()
     D.train()
     og = torch.optim.Adam(G.parameters(), lr=2e-4, betas=(0.5, 0.999))
@@ -67,10 +71,15 @@ def torch_step(torch, name, batch, width, x_np, y_np, seed=0):
     y = None if y_np is None else torch.from_numpy(np.asarray(y_np, dtype=np.int64))
     ones, zeros = torch.ones(batch, 1), torch.zeros(batch, 1)
     gen = torch.Generator().manual_seed(seed)
+    count = [0]
 
     def step():
-        z = torch.randn(batch, LATENT, generator=gen)
-        fl = torch.randint(0, NUM_CLASSES, (batch,), generator=gen) if y is not None else None
+        if draw is None:
+            z = torch.randn(batch, LATENT, generator=gen)
+            fl = torch.randint(0, NUM_CLASSES, (batch,), generator=gen) if y is not None else None
+        else:
+            z, fl = draw(count[0])
+        count[0] += 1
         od.zero_grad()
         loss_real = bce(D(x, y), ones)
         loss_real.backward()

@@ -1,16 +1,20 @@
-"""Our NumPy conv cGAN training step against PyTorch's, side by side in one process:
-`python -m cganraw.bench --vs-torch`.
+"""Our NumPy training steps against PyTorch's, side by side in one process:
+`python -m cganraw.bench --vs-torch [--models cgan-conv,dcgan]`.
 
-For each (width, batch) in SHAPES, the same architecture and step order (D on real, D on
-fake, G through the updated D, Adam on both; cganraw.bench.train_cases) runs as ours and
-as PyTorch's (cganraw.interop.torch_models), after warm-up steps, interleaved one step
-each per round, the one going first alternating from round to round so that a drift in
-the machine's load falls on both alike. The result is each side's median step time and
-their ratio ours / PyTorch (< 1: ours is faster). Each step's CPU time (the process's, all
-threads) is recorded beside its wall time: at one thread on a machine that other work keeps
-busy, the wall time also counts the time this process waited for a core, and the CPU-time
-ratio is the steadier figure. PyTorch is not a dependency: without it the comparison cannot
-run, and says so.
+For each row of ROWS (model, width, batch), the same architecture and step order (D on
+real, D on fake, G through the updated D, Adam on both; cganraw.bench.train_cases) runs
+as ours and as PyTorch's (cganraw.interop.torch_models), after warm-up steps, interleaved
+one step each per round, the one going first alternating from round to round so that a
+drift in the machine's load falls on both alike. The result is each side's median step
+time and their ratio ours / PyTorch (< 1: ours is faster). Each step's CPU time (the
+process's, all threads) is recorded beside its wall time: at one thread on a machine that
+other work keeps busy, the wall time also counts the time this process waited for a core,
+and the CPU-time ratio is the steadier figure. PyTorch is not a dependency: without it the
+comparison cannot run, and says so.
+
+The rows: the conv cGAN at issue 16's two shapes, the MLP models and the DCGAN at their
+training defaults (cganraw.settings: batch 64, DCGAN width 64), and the DCGAN at the width
+and batch of the README's first table (128, 128).
 """
 from __future__ import annotations
 
@@ -21,19 +25,22 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from cganraw import models
 from cganraw.bench import harness, train_cases
 
 log = logging.getLogger(__name__)
 
-MODEL = "cgan-conv"
-SHAPES = ((128, 128), (64, 64))      # (width, batch)
+# (model, width, batch); width None: the MLP models have none
+ROWS = (("cgan-conv", 128, 128), ("cgan-conv", 64, 64), ("cgan-mlp", None, 64), ("dcgan", 64, 64),
+        ("dcgan", 128, 128), ("gan-mlp", None, 64))
 WARMUP = 2
 TORCH_MISSING = "PyTorch is not installed (pip install torch): --vs-torch has nothing to compare against"
 
 
 @dataclass
 class Comparison:
-    width: int
+    model: str
+    width: int | None
     batch: int
     ours_s: list
     torch_s: list
@@ -62,6 +69,18 @@ class Comparison:
                 "torch_cpu_median_s": statistics.median(self.torch_cpu_s), "cpu_ratio": self.cpu_ratio}
 
 
+def select_rows(names=None, rows=None) -> tuple:
+    """The rows of the models in `names` (None: every row), in ROWS' order. Raises
+    ValueError for a name that is not a model."""
+    rows = ROWS if rows is None else rows
+    if names is None:
+        return tuple(rows)
+    unknown = [n for n in names if n not in models.MODELS]
+    if unknown:
+        raise ValueError(f"unknown model(s) {', '.join(unknown)}; choose from {', '.join(models.MODELS)}")
+    return tuple(r for r in rows if r[0] in names)
+
+
 def _timed(fn) -> tuple:
     """(wall seconds, process CPU seconds) of one call."""
     start, cpu = time.perf_counter(), time.process_time()
@@ -69,17 +88,18 @@ def _timed(fn) -> tuple:
     return time.perf_counter() - start, time.process_time() - cpu
 
 
-def compare(width: int, batch: int, rounds: int, torch, seed: int = 0) -> Comparison:
-    """`rounds` interleaved steps of ours and of PyTorch's at (width, batch)."""
-    x, y = train_cases.fake_batch(batch, conditional=True, seed=seed)
+def compare(model: str, width: int | None, batch: int, rounds: int, torch, seed: int = 0) -> Comparison:
+    """`rounds` interleaved training steps of ours and of PyTorch's for one row."""
+    x, y = train_cases.fake_batch(batch, conditional=model.startswith("cgan"), seed=seed)
+    w = width or 1      # the MLP models take no width
     with harness.backend_ctx("numpy") as xp:
-        ours = train_cases.our_step(MODEL, batch, width, xp, x, y, seed)
-        peer = train_cases.torch_step(torch, MODEL, batch, width, x, y, seed)
+        ours = train_cases.our_step(model, batch, w, xp, x, y, seed)
+        peer = train_cases.torch_step(torch, model, batch, w, x, y, seed)
         for _ in range(WARMUP):
             stats = ours()
             losses = peer()
         if not (np.isfinite(stats["d_loss"]) and all(np.isfinite(losses))):
-            raise RuntimeError(f"non-finite losses in the warm-up: ours {stats}, PyTorch's {losses}")
+            raise RuntimeError(f"{model}: non-finite losses in the warm-up: ours {stats}, PyTorch's {losses}")
         ours_s, torch_s, ours_cpu, torch_cpu = [], [], [], []
         for r in range(rounds):
             pair = ((ours, ours_s, ours_cpu), (peer, torch_s, torch_cpu))
@@ -87,14 +107,15 @@ def compare(width: int, batch: int, rounds: int, torch, seed: int = 0) -> Compar
                 wall, used = _timed(fn)
                 times.append(wall)
                 cpu.append(used)
-            log.info("width %d batch %d round %d/%d: ours %.1f ms (CPU %.1f), PyTorch %.1f ms (CPU %.1f)", width,
-                     batch, r + 1, rounds, ours_s[-1] * 1e3, ours_cpu[-1] * 1e3, torch_s[-1] * 1e3, torch_cpu[-1] * 1e3)
-    return Comparison(width, batch, ours_s, torch_s, ours_cpu, torch_cpu)
+            log.info("%s width %s batch %d round %d/%d: ours %.1f ms (CPU %.1f), PyTorch %.1f ms (CPU %.1f)", model,
+                     width, batch, r + 1, rounds, ours_s[-1] * 1e3, ours_cpu[-1] * 1e3, torch_s[-1] * 1e3,
+                     torch_cpu[-1] * 1e3)
+    return Comparison(model, width, batch, ours_s, torch_s, ours_cpu, torch_cpu)
 
 
-def run(rounds: int = 5, threads: int | None = None, shapes=None) -> dict:
-    """Every shape compared; threads for BLAS, Numba and PyTorch alike. Raises
-    ModuleNotFoundError(TORCH_MISSING) without PyTorch."""
+def run(rounds: int = 5, threads: int | None = None, rows=None) -> dict:
+    """Every row compared (rows: (model, width, batch) tuples, ROWS by default); threads for
+    BLAS, Numba and PyTorch alike. Raises ModuleNotFoundError(TORCH_MISSING) without PyTorch."""
     torch = train_cases._torch()
     if torch is None:
         raise ModuleNotFoundError(TORCH_MISSING)
@@ -102,18 +123,20 @@ def run(rounds: int = 5, threads: int | None = None, shapes=None) -> dict:
     harness.set_threads(threads)
     torch.set_num_threads(threads)
     from cganraw.bench.machine import machine_info
-    results = [compare(w, b, rounds, torch) for w, b in (shapes or SHAPES)]
-    return {"model": MODEL, "rounds": rounds, "threads": threads, "torch_version": torch.__version__,
-            "machine": machine_info(threads), "results": [c.as_dict() for c in results]}
+    results = [compare(m, w, b, rounds, torch) for m, w, b in (ROWS if rows is None else rows)]
+    return {"models": sorted({c.model for c in results}, key=models.MODELS.index), "rounds": rounds,
+            "threads": threads, "torch_version": torch.__version__, "machine": machine_info(threads),
+            "results": [c.as_dict() for c in results]}
 
 
 def format_results(data: dict) -> str:
-    lines = [f"{data['model']} training step, ours (NumPy) vs PyTorch {data['torch_version']}: median of "
+    lines = [f"training step, ours (NumPy) vs PyTorch {data['torch_version']}: median of "
              f"{data['rounds']} interleaved rounds, {data['threads']} thread(s)",
-             f"{'width':>6} {'batch':>6} {'ours ms':>10} {'PyTorch ms':>11} {'ratio':>7}   "
+             f"{'model':<10} {'width':>6} {'batch':>6} {'ours ms':>10} {'PyTorch ms':>11} {'ratio':>7}   "
              f"{'CPU: ours ms':>12} {'PyTorch ms':>11} {'ratio':>7}"]
     for r in data["results"]:
-        lines.append(f"{r['width']:>6} {r['batch']:>6} {r['ours_median_s'] * 1e3:>10.1f} "
+        width = "-" if r["width"] is None else r["width"]
+        lines.append(f"{r['model']:<10} {width:>6} {r['batch']:>6} {r['ours_median_s'] * 1e3:>10.1f} "
                      f"{r['torch_median_s'] * 1e3:>11.1f} {r['ratio']:>7.3f}   {r['ours_cpu_median_s'] * 1e3:>12.1f} "
                      f"{r['torch_cpu_median_s'] * 1e3:>11.1f} {r['cpu_ratio']:>7.3f}")
     lines.append("ratio = ours / PyTorch (below 1: ours is faster); CPU: the process's CPU time per step, "

@@ -7,6 +7,8 @@ negative_slope >= 0 runs the pair through a fused op (`Sequential(..., fuse=Fals
 
     pattern                                      ops (forward / backward)
     BatchNorm1d/2d + LeakyReLU                   batchnorm_leaky_relu_forward / _backward
+    BatchNorm2d + ReLU                           batchnorm_relu_forward / _backward
+      (numpy backend with Numba only: its kernels' one pass each way)
     InstanceNorm2d + LeakyReLU                   instancenorm_leaky_relu_forward / _backward
       (affine, input statistics; kernel backends only: one launch each way)
     Linear + LeakyReLU                           gemm + bias_leaky_relu_forward /
@@ -33,13 +35,19 @@ import numpy as np
 
 from cganraw import backend
 from cganraw.nn._check import accumulates_in_place, check_float_input, check_same_shape
-from cganraw.nn.activation import LeakyReLU, Tanh
-from cganraw.nn.batchnorm import _BatchNorm
+from cganraw.nn.activation import LeakyReLU, ReLU, Tanh
+from cganraw.nn.batchnorm import BatchNorm2d, _BatchNorm
 from cganraw.nn.conv import Conv2d, ConvTranspose2d
 from cganraw.nn.instancenorm import InstanceNorm2d
 from cganraw.nn.linear import Linear
 from cganraw.nn.utils import only_spectral_norm_wraps, spectral_norm_hooks
-from cganraw.ops.batchnorm import batchnorm_leaky_relu_backward, batchnorm_leaky_relu_forward
+from cganraw.ops import _cpu
+from cganraw.ops.batchnorm import (
+    batchnorm_leaky_relu_backward,
+    batchnorm_leaky_relu_forward,
+    batchnorm_relu_backward,
+    batchnorm_relu_forward,
+)
 from cganraw.ops.bias import bias_leaky_relu_backward, bias_leaky_relu_forward, bias_tanh_backward, bias_tanh_forward
 from cganraw.ops.conv import (
     conv2d_backward,
@@ -63,7 +71,11 @@ def fusible(layer, act):
     GEMM layers) followed by a LeakyReLU whose slope is >= 0, neither wrapped by
     instance-level forward/backward other than spectral norm's (on the layer); or such a GEMM
     layer with a bias followed by Tanh, on the kernel backends (the numpy backend keeps the
-    two layers: its numbers stay those of every earlier run)."""
+    two layers: its numbers stay those of every earlier run); or a BatchNorm2d followed by a
+    ReLU, on the numpy backend with Numba (the kernel backends keep those two layers)."""
+    if type(act) is ReLU:
+        return (type(layer) is BatchNorm2d and _plain(layer) and _plain(act) and not backend.uses_kernels()
+                and _cpu.enabled())
     if not (_plain(layer) or (type(layer) in (Linear, Conv2d, ConvTranspose2d) and only_spectral_norm_wraps(layer))):
         return False
     if type(act) is Tanh:
@@ -108,9 +120,9 @@ def hands_channel_major(layers, step, consumer):
 
 def forward(layer, act, x):
     """act(layer(x)) through the fused op: (y, cache for `backward`)."""
+    if isinstance(layer, _BatchNorm):     # slope None: ReLU
+        return _batchnorm_forward(layer, x, None if type(act) is ReLU else act.negative_slope)
     slope = None if type(act) is Tanh else act.negative_slope        # None: tanh
-    if isinstance(layer, _BatchNorm):
-        return _batchnorm_forward(layer, x, slope)
     if type(layer) is InstanceNorm2d:
         check_float_input(layer, x, 4, channels=layer.num_features, dtype=layer.weight.dtype)
         if x.shape[2] * x.shape[3] <= 1:
@@ -206,23 +218,30 @@ def _batchnorm_forward(layer, x, slope):
             raise ValueError(f"{type(layer).__name__}: training needs more than one value per channel, "
                              f"got input of shape {tuple(x.shape)}")
         # the running statistics updated by the op (on the kernel backends in its last pass)
-        y, cache, mean, var_unbiased = batchnorm_leaky_relu_forward(
-            x, layer.weight.data, layer.bias.data, eps=layer.eps, negative_slope=slope,
-            running=(layer.running_mean, layer.running_var, layer.momentum))
+        running = (layer.running_mean, layer.running_var, layer.momentum)
+        if slope is None:       # ReLU
+            y, cache, _, _ = batchnorm_relu_forward(x, layer.weight.data, layer.bias.data, eps=layer.eps,
+                                                    running=running)
+        else:
+            y, cache, _, _ = batchnorm_leaky_relu_forward(x, layer.weight.data, layer.bias.data, eps=layer.eps,
+                                                          negative_slope=slope, running=running)
         layer.num_batches_tracked += 1
+    elif slope is None:
+        y, cache, _, _ = batchnorm_relu_forward(x, layer.weight.data, layer.bias.data, layer.running_mean,
+                                                layer.running_var, layer.eps)
     else:
         y, cache, _, _ = batchnorm_leaky_relu_forward(x, layer.weight.data, layer.bias.data, layer.running_mean,
                                                       layer.running_var, layer.eps, slope)
-    return y, (cache, y.shape)
+    return y, (cache, y.shape, slope is None)
 
 
 def _batchnorm_backward(layer, dy, cache):
-    cache, shape = cache
+    cache, shape, relu = cache
     check_same_shape(layer, dy, shape)
     # the kernel adds dgamma, dbeta into .grad where both can take it
     into = accumulates_in_place(layer.weight, dy) and accumulates_in_place(layer.bias, dy)
-    dx, dgamma, dbeta = batchnorm_leaky_relu_backward(dy, cache, out=(layer.weight.grad, layer.bias.grad)
-                                                      if into else None)
+    op = batchnorm_relu_backward if relu else batchnorm_leaky_relu_backward
+    dx, dgamma, dbeta = op(dy, cache, out=(layer.weight.grad, layer.bias.grad) if into else None)
     layer.weight.accumulate(dgamma)
     layer.bias.accumulate(dbeta)
     return dx

@@ -15,15 +15,19 @@ Ops and faces (kernels in kernels/batchnorm.cu):
     batchnorm_leaky_relu_backward   _numpy, _cuda: batchnorm_leaky_relu_backward_partial_v1 +
                                 batchnorm_leaky_relu_backward_v1 (the activation's gradient
                                 recomputed from xhat, folded into both passes)
-The fused pair is what BatchNorm + LeakyReLU run as inside nn.Sequential (cganraw.nn.fused);
-its reference is exactly the unfused arithmetic, so the numpy backend gives the same bits.
+    batchnorm_relu_forward / _backward   BatchNorm2d then ReLU, fused on the numpy backend only:
+                                _numpy (the reference), the Numba kernels below
+The fused pairs are what BatchNorm + LeakyReLU (and on the numpy backend BatchNorm2d + ReLU)
+run as inside nn.Sequential (cganraw.nn.fused); their references are exactly the unfused
+arithmetic. On the numpy backend, 4-D maps run through Numba kernels (below) shared by the
+unfused and fused ops, so fused and unfused still give the same bits.
 """
 from __future__ import annotations
 
 import numpy as np
 
 from cganraw import backend
-from cganraw.ops import _launch
+from cganraw.ops import _cpu, _launch, _workspace
 
 
 def _reduce_axes(x):
@@ -103,12 +107,241 @@ def batchnorm_leaky_relu_backward_numpy(dy, cache):
     return batchnorm_backward_numpy(dpre, (xhat, invstd, gamma, training))
 
 
+def batchnorm_relu_forward_numpy(x, gamma, beta, mean=None, var=None, eps=1e-5):
+    """relu(batchnorm(x)) with the arithmetic of batchnorm_forward_numpy then relu_forward_numpy.
+    Returns y, cache (xhat, invstd, gamma, beta, training, RELU), batch mean and unbiased variance."""
+    y, (xhat, invstd, gamma, training), mean_out, var_unbiased = batchnorm_forward_numpy(x, gamma, beta, mean, var, eps)
+    backend.array_module(y).maximum(y, y.dtype.type(0), out=y)
+    return y, (xhat, invstd, gamma, beta, training, RELU), mean_out, var_unbiased
+
+
+def batchnorm_relu_backward_numpy(dy, cache):
+    """dy -> dx, dgamma, dbeta: ReLU's gradient (its mask recomputed from xhat, gamma, beta as
+    the forward computed the pre-activation), then batchnorm_backward_numpy."""
+    xhat, invstd, gamma, beta, training, _ = cache
+    xp = backend.array_module(dy)
+    dpre = xp.where(_preactivation(xhat, gamma, beta) > 0, dy, dy.dtype.type(0))
+    return batchnorm_backward_numpy(dpre, (xhat, invstd, gamma, training))
+
+
 def batchnorm_running_update_numpy(running_mean, running_var, mean, var_unbiased, momentum):
     f = running_mean.dtype.type
     running_mean *= f(1 - momentum)
     running_mean += f(momentum) * mean
     running_var *= f(1 - momentum)
     running_var += f(momentum) * var_unbiased
+
+
+# ---------------------------------------------------------------- Numba CPU paths (cganraw.ops._cpu)
+# (N, C, H, W) maps only ((N, C) stays on the reference: its channels are strided columns).
+# One task per channel, x read in its physical layout (NCHW or channel-major, ops._cpu.physical):
+# act: ACT_NONE, ACT_LEAKY (slope), ACT_RELU (slope then holds a +0.0 of x's dtype, so that
+# every value stays in that dtype).
+#   forward   stats: the channel's sum, then its centred sum of squares, each in float64
+#             (the mean rounded to float32 first, as the reference centres with it); apply:
+#             xhat = (x - mean) * invstd, y = xhat * gamma + beta [then the activation], the
+#             reference's float32 operations in its order (no FMA: fastmath off), xhat in x's
+#             layout, y in NCHW (Flatten and the next layer's gathers take it as it is);
+#   backward  sums: dbeta = sum dpre, dgamma = sum dpre * xhat in float64 (dpre the activation's
+#             gradient, its mask recomputed from xhat * gamma + beta as the forward made it);
+#             dx: dpre - (xhat * (dgamma / n) + dbeta / n), times gamma * invstd, in xhat's layout.
+# The statistics and sums differ from the reference's float32 reductions only by rounding;
+# given them, every elementwise value is the reference's, bit for bit. The unfused layer and
+# the fused pair run the same kernels, so they still agree bit for bit; a channel's sums run
+# in one order at any thread count, so a resumed run stays bit-exact.
+
+ACT_NONE, ACT_LEAKY, ACT_RELU = 0, 1, 2
+RELU = "relu"    # the last item of a BatchNorm + ReLU cache, where BatchNorm + LeakyReLU keeps its slope
+
+
+@_cpu.kernel
+def _bn_stats_numba(nb, parallel):
+    @nb.njit(parallel=parallel, cache=True)
+    def stats(x, x_cm, mean, sq):  # x (N, C, HW) or (C, N, HW); mean (C,) x.dtype; sq (C,) float64 out
+        if x_cm:
+            c, n, hw = x.shape
+        else:
+            n, c, hw = x.shape
+        count = n * hw
+        for ch in nb.prange(c):
+            acc = 0.0
+            for i in range(n):
+                row = x[ch, i] if x_cm else x[i, ch]
+                for p in range(hw):
+                    acc += row[p]
+            mean[ch] = acc / count          # rounded to x's dtype by the store
+            m = mean[ch]
+            acc = 0.0
+            for i in range(n):
+                row = x[ch, i] if x_cm else x[i, ch]
+                for p in range(hw):
+                    d = row[p] - m
+                    acc += d * d
+            sq[ch] = acc
+    return stats
+
+
+@_cpu.kernel
+def _bn_apply_numba(nb, parallel):
+    @nb.njit(parallel=parallel, cache=True)
+    def apply(x, x_cm, mean, invstd, gamma, beta, act, slope, xhat, y):  # xhat in x's layout, y (N, C, HW)
+        if x_cm:
+            c, n, hw = x.shape
+        else:
+            n, c, hw = x.shape
+        for ch in nb.prange(c):
+            m, s, g, b = mean[ch], invstd[ch], gamma[ch], beta[ch]
+            for i in range(n):
+                xr = x[ch, i] if x_cm else x[i, ch]
+                hr = xhat[ch, i] if x_cm else xhat[i, ch]
+                yr = y[i, ch]
+                for p in range(hw):
+                    h = (xr[p] - m) * s
+                    hr[p] = h
+                    v = h * g
+                    v = v + b
+                    if act == 1:
+                        v = v if v > 0 else v * slope
+                    elif act == 2:          # np.maximum(v, 0): NaN stays, -0.0 becomes +0.0 (slope)
+                        v = v if v > 0 or v != v else slope
+                    yr[p] = v
+    return apply
+
+
+@_cpu.kernel
+def _bn_backward_sums_numba(nb, parallel):
+    @nb.njit(parallel=parallel, cache=True)
+    def sums(dy, dy_cm, xhat, h_cm, gamma, beta, act, slope, out):  # out (2, C) float64: dbeta, dgamma
+        if h_cm:
+            c, n, hw = xhat.shape
+        else:
+            n, c, hw = xhat.shape
+        for ch in nb.prange(c):
+            g, b = gamma[ch], beta[ch]
+            db = 0.0
+            dg = 0.0
+            for i in range(n):
+                gr = dy[ch, i] if dy_cm else dy[i, ch]
+                hr = xhat[ch, i] if h_cm else xhat[i, ch]
+                for p in range(hw):
+                    d = gr[p]
+                    h = hr[p]
+                    if act != 0:
+                        v = h * g
+                        v = v + b
+                        if act == 1:
+                            d = d if v > 0 else d * slope
+                        else:               # np.where(pre > 0, dy, 0): slope is a +0.0 of x's type
+                            d = d if v > 0 else slope
+                    db += d
+                    dg += d * h
+            out[0, ch] = db
+            out[1, ch] = dg
+    return sums
+
+
+@_cpu.kernel
+def _bn_backward_dx_numba(nb, parallel):
+    @nb.njit(parallel=parallel, cache=True)
+    def dx_pass(dy, dy_cm, xhat, h_cm, gamma, beta, act, slope, a, b_mean, scale, training, dx):  # dx as xhat
+        if h_cm:
+            c, n, hw = xhat.shape
+        else:
+            n, c, hw = xhat.shape
+        for ch in nb.prange(c):
+            g, b, k, q, sc = gamma[ch], beta[ch], a[ch], b_mean[ch], scale[ch]
+            for i in range(n):
+                gr = dy[ch, i] if dy_cm else dy[i, ch]
+                hr = xhat[ch, i] if h_cm else xhat[i, ch]
+                dr = dx[ch, i] if h_cm else dx[i, ch]
+                for p in range(hw):
+                    d = gr[p]
+                    h = hr[p]
+                    if act != 0:
+                        v = h * g
+                        v = v + b
+                        if act == 1:
+                            d = d if v > 0 else d * slope
+                        else:               # np.where(pre > 0, dy, 0): slope is a +0.0 of x's type
+                            d = d if v > 0 else slope
+                    if training:
+                        t = h * k
+                        t = t + q
+                        d = d - t
+                    dr[p] = d * sc
+    return dx_pass
+
+
+def _numba_ok(*arrays):
+    return (_cpu.enabled() and _cpu.host_arrays(*arrays) and all(a.ndim == 4 for a in arrays)
+            and len({a.dtype for a in arrays}) == 1 and arrays[0].dtype in (np.float32, np.float64))
+
+
+def _physical3(a):
+    p, cm = _cpu.physical(a)
+    return p.reshape(p.shape[0], p.shape[1], -1), cm
+
+
+def _from_physical3(a3, cm, shape):
+    n, c, h, w = shape
+    return a3.reshape(c, n, h, w).transpose(1, 0, 2, 3) if cm else a3.reshape(n, c, h, w)
+
+
+def batchnorm_forward_numba(x, gamma, beta, mean=None, var=None, eps=1e-5, negative_slope=None):
+    """As batchnorm_forward_numpy (negative_slope None), batchnorm_leaky_relu_forward_numpy
+    (a slope: the cache then holds beta and the slope) or batchnorm_relu_forward_numpy
+    (negative_slope RELU), for a 4-D x: see above."""
+    f = x.dtype.type
+    x3, x_cm = _physical3(x)
+    n, c = x.shape[:2]
+    count = x.size // c
+    gamma, beta = np.ascontiguousarray(gamma, x.dtype), np.ascontiguousarray(beta, x.dtype)
+    training = mean is None
+    if training:
+        mean = np.empty(c, x.dtype)
+        sq = np.empty(c, np.float64)
+        _bn_stats_numba(x3, x_cm, mean, sq, work=2 * x.size)
+        var = (sq / count).astype(x.dtype)
+        var_unbiased = var * (count / max(count - 1, 1))
+        norm_mean = mean
+    else:
+        var_unbiased = None
+        norm_mean = np.ascontiguousarray(mean, x.dtype)
+    invstd = 1 / np.sqrt(var + f(eps))
+    xhat3 = _workspace.empty_like(x3)
+    y = _workspace.empty(x.shape, x.dtype)
+    act = ACT_NONE if negative_slope is None else ACT_RELU if negative_slope == RELU else ACT_LEAKY
+    slope = f(negative_slope) if act == ACT_LEAKY else f(0)
+    _bn_apply_numba(x3, x_cm, norm_mean, invstd, gamma, beta, act, slope, xhat3,
+                    y.reshape(n, c, -1), work=x.size)
+    xhat = _from_physical3(xhat3, x_cm, x.shape)
+    if negative_slope is None:
+        return y, (xhat, invstd, gamma, training), mean, var_unbiased
+    return y, (xhat, invstd, gamma, beta, training, negative_slope), mean, var_unbiased
+
+
+def batchnorm_backward_numba(dy, cache):
+    """As batchnorm_backward_numpy (a 4-element cache), batchnorm_leaky_relu_backward_numpy or
+    batchnorm_relu_backward_numpy (a 6-element one): dx (in xhat's layout), dgamma, dbeta."""
+    if len(cache) == 4:
+        xhat, invstd, gamma, training = cache
+        beta, act, slope = gamma, ACT_NONE, 0.0
+    else:
+        xhat, invstd, gamma, beta, training, slope = cache
+        act, slope = (ACT_RELU, 0.0) if slope == RELU else (ACT_LEAKY, slope)
+    f = dy.dtype.type
+    h3, h_cm = _physical3(xhat)
+    d3, d_cm = _physical3(dy)
+    c = dy.shape[1]
+    count = dy.size // c
+    sums = np.empty((2, c), np.float64)
+    _bn_backward_sums_numba(d3, d_cm, h3, h_cm, gamma, beta, act, f(slope), sums, work=2 * dy.size)
+    dbeta, dgamma = sums[0].astype(dy.dtype), sums[1].astype(dy.dtype)
+    scale = gamma * invstd
+    dx3 = _workspace.empty_like(h3)
+    _bn_backward_dx_numba(d3, d_cm, h3, h_cm, gamma, beta, act, f(slope), dgamma / count, dbeta / count, scale,
+                          bool(training), dx3, work=dy.size)
+    return _from_physical3(dx3, h_cm, dy.shape), dgamma, dbeta
 
 
 # ---------------------------------------------------------------- CUDA kernels (kernels/batchnorm.cu)
@@ -362,12 +595,16 @@ def batchnorm_running_update_cuda(running_mean, running_var, mean, var_unbiased,
 def batchnorm_forward(x, gamma, beta, mean=None, var=None, eps=1e-5):
     if backend.uses_kernels():
         return batchnorm_forward_cuda(x, gamma, beta, mean, var, eps)
+    if _numba_ok(x):
+        return batchnorm_forward_numba(x, gamma, beta, mean, var, eps)
     return batchnorm_forward_numpy(x, gamma, beta, mean, var, eps)
 
 
 def batchnorm_backward(dy, cache):
     if backend.uses_kernels():
         return batchnorm_backward_cuda(dy, cache)
+    if _numba_ok(dy, cache[0]):
+        return batchnorm_backward_numba(dy, cache)
     return batchnorm_backward_numpy(dy, cache)
 
 
@@ -392,7 +629,10 @@ def batchnorm_leaky_relu_forward(x, gamma, beta, mean=None, var=None, eps=1e-5, 
         if running is not None and mean is None and not fits:
             batchnorm_running_update(running[0], running[1], out[2], out[3], running[2])
         return out
-    out = batchnorm_leaky_relu_forward_numpy(x, gamma, beta, mean, var, eps, negative_slope)
+    if _numba_ok(x):
+        out = batchnorm_forward_numba(x, gamma, beta, mean, var, eps, float(negative_slope))
+    else:
+        out = batchnorm_leaky_relu_forward_numpy(x, gamma, beta, mean, var, eps, negative_slope)
     if running is not None and mean is None:
         batchnorm_running_update(running[0], running[1], out[2], out[3], running[2])
     return out
@@ -403,10 +643,44 @@ def batchnorm_leaky_relu_backward(dy, cache, out=None):
     arrays, the parameters' .grad) the gradients are added into them and come back None."""
     if backend.uses_kernels():
         return batchnorm_leaky_relu_backward_cuda(dy, cache, out=out)
-    dx, dgamma, dbeta = batchnorm_leaky_relu_backward_numpy(dy, cache)
+    if _numba_ok(dy, cache[0]):
+        dx, dgamma, dbeta = batchnorm_backward_numba(dy, cache)
+    else:
+        dx, dgamma, dbeta = batchnorm_leaky_relu_backward_numpy(dy, cache)
     if out is None:
         return dx, dgamma, dbeta
     gamma_grad, beta_grad = out
     gamma_grad += dgamma        # grad += g, as Parameter.accumulate does (the same bits)
+    beta_grad += dbeta
+    return dx, None, None
+
+
+def batchnorm_relu_forward(x, gamma, beta, mean=None, var=None, eps=1e-5, running=None):
+    """relu(batchnorm(x)), the pair nn.fused runs for BatchNorm2d + ReLU on the numpy backend
+    (the kernel backends keep the two layers): the Numba kernels for 4-D host arrays, else the
+    reference. Returns y, cache, batch mean, batch unbiased variance (None in eval); running as
+    batchnorm_leaky_relu_forward's."""
+    if backend.uses_kernels():
+        raise ValueError("batchnorm_relu_forward: a host op (the kernel backends run BatchNorm and ReLU apart)")
+    if _numba_ok(x):
+        out = batchnorm_forward_numba(x, gamma, beta, mean, var, eps, RELU)
+    else:
+        out = batchnorm_relu_forward_numpy(x, gamma, beta, mean, var, eps)
+    if running is not None and mean is None:
+        batchnorm_running_update(running[0], running[1], out[2], out[3], running[2])
+    return out
+
+
+def batchnorm_relu_backward(dy, cache, out=None):
+    """dy (gradient of the activated output) -> dx, dgamma, dbeta; with out = (dgamma, dbeta
+    arrays, the parameters' .grad) the gradients are added into them and come back None."""
+    if _numba_ok(dy, cache[0]):
+        dx, dgamma, dbeta = batchnorm_backward_numba(dy, cache)
+    else:
+        dx, dgamma, dbeta = batchnorm_relu_backward_numpy(dy, cache)
+    if out is None:
+        return dx, dgamma, dbeta
+    gamma_grad, beta_grad = out
+    gamma_grad += dgamma
     beta_grad += dbeta
     return dx, None, None
