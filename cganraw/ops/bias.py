@@ -287,17 +287,24 @@ def bias_add_backward_cuda(dy, version=None, splits=None, out=None):
     return db
 
 
-def bias_leaky_relu_forward_cuda(y, b, negative_slope, splits=None):
-    """In place, as bias_leaky_relu_forward_numpy (kernels/bias.cu bias_leaky_relu_forward_v1;
-    b None: a zero bias). Returns y, cache (y, negative_slope)."""
-    op = "bias_leaky_relu_forward"
-    _check_slope(op, negative_slope)
+def _bias_forward_arrays(op, y, b):
+    """(n, c, hw, y as the kernel writes it, the bias (zeros for None)) of an in-place
+    bias + activation forward, checked."""
     n, c, hw = _launch.split_channels(y, op, "y")
     yc = _launch.writable(y, op, "y")
     bc = _launch.zeros((c,)) if b is None else _launch.arg(b, np.float32, f"{op}: b")
     if tuple(bc.shape) != (c,):
         raise ValueError(f"{op}: b has shape {tuple(bc.shape)}, expected ({c},) for y of shape {tuple(y.shape)}")
     _launch.element_count(yc.size, op)
+    return n, c, hw, yc, bc
+
+
+def bias_leaky_relu_forward_cuda(y, b, negative_slope, splits=None):
+    """In place, as bias_leaky_relu_forward_numpy (kernels/bias.cu bias_leaky_relu_forward_v1;
+    b None: a zero bias). Returns y, cache (y, negative_slope)."""
+    op = "bias_leaky_relu_forward"
+    _check_slope(op, negative_slope)
+    n, c, hw, yc, bc = _bias_forward_arrays(op, y, b)
     if yc.size:
         grid, block, s = _launch.channel_split_launch(n, c, hw, splits)
         _launch.function("bias", "bias_leaky_relu_forward_v1")(
@@ -457,12 +464,7 @@ def bias_tanh_forward_cuda(y, b, splits=None):
     """In place, as bias_tanh_forward_numpy (kernels/bias.cu bias_tanh_forward_v1; b None: a
     zero bias). Returns y, cache (y)."""
     op = "bias_tanh_forward"
-    n, c, hw = _launch.split_channels(y, op, "y")
-    yc = _launch.writable(y, op, "y")
-    bc = _launch.zeros((c,)) if b is None else _launch.arg(b, np.float32, f"{op}: b")
-    if tuple(bc.shape) != (c,):
-        raise ValueError(f"{op}: b has shape {tuple(bc.shape)}, expected ({c},) for y of shape {tuple(y.shape)}")
-    _launch.element_count(yc.size, op)
+    n, c, hw, yc, bc = _bias_forward_arrays(op, y, b)
     if yc.size:
         grid, block, s = _launch.channel_split_launch(n, c, hw, splits)
         _launch.function("bias", "bias_tanh_forward_v1")(
