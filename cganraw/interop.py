@@ -141,43 +141,58 @@ def torch_classes() -> SimpleNamespace:
 
     class ConvCGANDiscriminator(_Port):
         """cgan-conv's D with its options: spectral norm on the image path, minibatch standard
-        deviation before Flatten, progressive: the stems of models.ProgressiveConvCGANDiscriminator."""
+        deviation before Flatten, progressive: the stems of models.ProgressiveConvCGANDiscriminator;
+        label "projection" or "both": the projection term <label_proj(y), h> on the last
+        Linear's input h (spectrally normalised too with spectral), without or with the label map."""
 
         def __init__(self, num_classes, width=128, dropout=0.4, *, spectral=False, minibatch_std=False,
-                     progressive=False):
+                     progressive=False, label="concat"):
             super().__init__({"model": "cgan-conv", "role": "D", "num_classes": num_classes, "width": width,
                               "d_norm": "spectral" if spectral else "none", "minibatch_std": minibatch_std,
-                              "progressive": progressive})
+                              "progressive": progressive, **({"d_label": label} if label != "concat" else {})})
             w = width
             self.progressive = progressive
-            self.label_emb = tnn.Embedding(num_classes, models.LABEL_EMBED_DIM)
-            self.label_fc = tnn.Linear(models.LABEL_EMBED_DIM, models.IMAGE_SIZE)
+            self.label = label
+            c = 1 if label == "projection" else 2
+            if label != "projection":
+                self.label_emb = tnn.Embedding(num_classes, models.LABEL_EMBED_DIM)
+                self.label_fc = tnn.Linear(models.LABEL_EMBED_DIM, models.IMAGE_SIZE)
 
             def sn(m):
                 return tnn.utils.spectral_norm(m) if spectral else m
+            features = (w + (1 if minibatch_std else 0)) * 49
             head = [sn(tnn.Conv2d(w, w, 3, 2, 1)), tnn.LeakyReLU(0.2), *([MinibatchStdDev()] if minibatch_std else []),
-                    tnn.Flatten(), tnn.Dropout(dropout), sn(tnn.Linear((w + (1 if minibatch_std else 0)) * 49, 1))]
+                    tnn.Flatten(), tnn.Dropout(dropout), sn(tnn.Linear(features, 1))]
             if progressive:
-                self.from_img14 = tnn.Sequential(sn(tnn.Conv2d(2, w, 3, 1, 1)), tnn.LeakyReLU(0.2))
-                self.from_img28 = tnn.Sequential(sn(tnn.Conv2d(2, w, 3, 2, 1)), tnn.LeakyReLU(0.2))
+                self.from_img14 = tnn.Sequential(sn(tnn.Conv2d(c, w, 3, 1, 1)), tnn.LeakyReLU(0.2))
+                self.from_img28 = tnn.Sequential(sn(tnn.Conv2d(c, w, 3, 2, 1)), tnn.LeakyReLU(0.2))
                 self.net = tnn.Sequential(*head)
                 growth_buffers(self)
             else:
-                self.net = tnn.Sequential(sn(tnn.Conv2d(2, w, 3, 2, 1)), tnn.LeakyReLU(0.2), *head)
+                self.net = tnn.Sequential(sn(tnn.Conv2d(c, w, 3, 2, 1)), tnn.LeakyReLU(0.2), *head)
+            if label != "concat":
+                self.label_proj = sn(tnn.Embedding(num_classes, features))
 
         def forward(self, x, labels):
-            lab = self.label_fc(self.label_emb(labels)).view(-1, 1, 28, 28)    # (N, 1, 28, 28)
-            inp = torch.cat([x, lab], 1)
-            if not self.progressive:
-                return self.net(inp)                                           # (N, 1)
-            a = fade(self)
-            if a == 0.0:
-                h = self.from_img14(F.avg_pool2d(inp, 2))
-            elif a == 1.0:
-                h = self.from_img28(inp)
+            if self.label == "projection":
+                inp = x
             else:
-                h = (1 - a) * self.from_img14(F.avg_pool2d(inp, 2)) + a * self.from_img28(inp)
-            return self.net(h)
+                lab = self.label_fc(self.label_emb(labels)).view(-1, 1, 28, 28)    # (N, 1, 28, 28)
+                inp = torch.cat([x, lab], 1)
+            if not self.progressive:
+                h = inp
+            else:
+                a = fade(self)
+                if a == 0.0:
+                    h = self.from_img14(F.avg_pool2d(inp, 2))
+                elif a == 1.0:
+                    h = self.from_img28(inp)
+                else:
+                    h = (1 - a) * self.from_img14(F.avg_pool2d(inp, 2)) + a * self.from_img28(inp)
+            if self.label == "concat":
+                return self.net(h)                                             # (N, 1)
+            feats = self.net[:-1](h)                                           # (N, F)
+            return self.net[-1](feats) + (self.label_proj(labels) * feats).sum(1, keepdim=True)
 
     def g_block(i, o, bn):
         return [tnn.Linear(i, o, bias=not bn)] + ([tnn.BatchNorm1d(o), tnn.ReLU()] if bn else [tnn.LeakyReLU(0.2)])
@@ -244,14 +259,14 @@ def torch_classes() -> SimpleNamespace:
 
 
 def torch_models(name, num_classes, latent_dim=100, width=128, batchnorm=False, *, g_norm=None, d_norm="none",
-                 minibatch_std=False, progressive=False):
+                 minibatch_std=False, progressive=False, d_label="concat"):
     """(G, D) of model `name` as PyTorch modules with torch's own initialisation; the
     arguments are models.build's (num_classes is ignored by the unconditional models)."""
     t = torch_classes()
     if name == "cgan-conv":
         return (t.ConvCGANGenerator(num_classes, latent_dim, width, batchnorm, norm=g_norm, progressive=progressive),
                 t.ConvCGANDiscriminator(num_classes, width, spectral=d_norm == "spectral",
-                                        minibatch_std=minibatch_std, progressive=progressive))
+                                        minibatch_std=minibatch_std, progressive=progressive, label=d_label))
     if name == "cgan-mlp":
         return t.MLPGenerator(num_classes, latent_dim), t.MLPDiscriminator(num_classes)
     if name == "dcgan":
@@ -278,7 +293,8 @@ def model_config(module) -> dict:
         mbstd = any(isinstance(m, cnn.MinibatchStdDev) for _, m in module.named_modules())
         return {"model": "cgan-conv", "role": "D", "num_classes": module.num_classes, "width": module.width,
                 "d_norm": "spectral" if spectral else "none", "minibatch_std": mbstd,
-                "progressive": module.progressive}
+                "progressive": module.progressive,
+                **({"d_label": module.label_mode} if module.label_mode != "concat" else {})}
     if isinstance(module, (models.MLPGenerator, models.MLPDiscriminator)):
         cfg = {"model": "cgan-mlp" if module.conditional else "gan-mlp", "num_classes": module.num_classes}
         if isinstance(module, models.MLPGenerator):
@@ -299,7 +315,7 @@ def build_from_config(config: dict):
         raise ValueError(f"not a cganraw model configuration: {config!r}") from None
     if role not in ("G", "D"):
         raise ValueError(f"model configuration: role must be G or D, got {role!r}")
-    options = {k: config[k] for k in ("g_norm", "d_norm", "minibatch_std", "progressive") if k in config}
+    options = {k: config[k] for k in ("g_norm", "d_norm", "minibatch_std", "progressive", "d_label") if k in config}
     G, D = models.build(name, config.get("num_classes"), latent_dim=config.get("latent_dim", 100),
                         width=config.get("width", 128), **options)
     return G if role == "G" else D
@@ -377,7 +393,8 @@ def to_torch(module):
                       else t.ConvCGANDiscriminator(config["num_classes"], config["width"], _dropout_p(module, dropout),
                                                    spectral=config["d_norm"] == "spectral",
                                                    minibatch_std=config["minibatch_std"],
-                                                   progressive=config["progressive"]))
+                                                   progressive=config["progressive"],
+                                                   label=config.get("d_label", "concat")))
         elif name in ("cgan-mlp", "gan-mlp"):
             theirs = (t.MLPGenerator(config["num_classes"], config["latent_dim"]) if role == "G"
                       else t.MLPDiscriminator(config["num_classes"], _dropout_p(module, dropout)))

@@ -6,15 +6,19 @@
     dcgan      unconditional DCGAN (Radford et al.).
     gan-mlp    unconditional MLP GAN (Goodfellow et al.).
 
-cgan-conv options (`build(..., g_norm=, d_norm=, minibatch_std=, progressive=)`; the
-defaults are the original model, bit for bit):
+cgan-conv options (`build(..., g_norm=, d_norm=, minibatch_std=, progressive=, d_label=)`;
+the defaults are the original model, bit for bit):
     g_norm         "none", "batch" (BatchNorm2d, = the old batchnorm=True) or "instance"
                    (InstanceNorm2d, affine) after each of G's transposed convolutions;
     d_norm         "none" or "spectral": spectral_norm on every conv and linear layer of
                    D's image path;
     minibatch_std  ProGAN's MinibatchStdDev(4) on D's last feature map, before Flatten;
     progressive    ProGAN-style growing from 14x14 to 28x28 (ProgressiveConvCGANGenerator,
-                   ProgressiveConvCGANDiscriminator, `set_growth(phase, alpha)`).
+                   ProgressiveConvCGANDiscriminator, `set_growth(phase, alpha)`);
+    d_label        how D reads the label: "concat" (the label map as a second input
+                   channel), "projection" (Miyato & Koyama 2018: no label map; the logit is
+                   Linear(h) + <E[y], h>, h the features the last Linear reads, E =
+                   `label_proj`, an nn.LabelProjection(K, F)) or "both".
 
 Protocol: `G(z, labels) -> images (N, 1, 28, 28)` in [-1, 1], `G.backward(dimages) -> dz`;
 `D(x, labels) -> logits (N, 1)`, `D.backward(dlogits) -> dx`. Unconditional models take
@@ -26,6 +30,7 @@ import numpy as np
 
 from cganraw import backend, nn
 from cganraw.nn._check import accumulates_in_place
+from cganraw.ops import _launch
 from cganraw.ops.conv import channel_major_handoff
 from cganraw.ops.embedding import embedding_forward, label_map_concat_backward, label_map_concat_forward
 from cganraw.ops.linear import linear_backward, linear_forward
@@ -36,6 +41,7 @@ MODELS = ("cgan-conv", "cgan-mlp", "dcgan", "gan-mlp")
 LABEL_EMBED_DIM = 50
 G_NORMS = ("none", "batch", "instance")
 D_NORMS = ("none", "spectral")
+D_LABELS = ("concat", "projection", "both")
 GROWTH_PHASES = (14, 28)
 MINIBATCH_STD_GROUP = 4
 
@@ -334,21 +340,60 @@ class ConvCGANDiscriminator(_GAN):
     """label -> Embedding(K, 50) -> Linear(50, 784) -> (1, 28, 28), concat with the image
     -> Conv2d(2, w, 3, 2, 1) -> LeakyReLU -> Conv2d(w, w, 3, 2, 1) -> LeakyReLU
     [-> MinibatchStdDev(4)] -> Flatten -> Dropout(0.4) -> Linear(w*7*7 [+ 49], 1).
-    spectral: spectral_norm on the convolutions and the last Linear (`spectral_rng` draws u, v)."""
+    spectral: spectral_norm on the convolutions and the last Linear (`spectral_rng` draws u, v).
+    label: "concat" (the above), "projection" (no label map: Conv2d(1, w, ...) on the image;
+    logit = Linear(h) + <label_proj.weight[y], h>, h (N, F) the last Linear's input) or
+    "both" (the label map and the projection term). label_proj draws its weights last
+    (DCGAN's N(0, 0.02), the last Linear's scale), so every other weight is the concat
+    model's for the same rng ("both") and, with spectral, is normalised too (Miyato's D)."""
 
     progressive = False
 
     def __init__(self, num_classes, width=128, dropout=0.4, rng=None, dropout_seed=None, *, spectral=False,
-                 minibatch_std=False, spectral_rng=None):
+                 minibatch_std=False, spectral_rng=None, label="concat"):
         super().__init__(0, num_classes)
         w = int(width)
         self.width = w
-        self._label_path(num_classes, rng)
+        self.label_mode = _check_d_label(label)
+        if self.label_mode != "projection":
+            self._label_path(num_classes, rng)
         self.net = nn.Sequential(
-            nn.Conv2d(2, w, 3, 2, 1, rng=rng), nn.LeakyReLU(0.2),
+            nn.Conv2d(self._in_channels, w, 3, 2, 1, rng=rng), nn.LeakyReLU(0.2),
             *_d_head(w, dropout, rng, dropout_seed, minibatch_std))
         if spectral:
             _spectral_image_path(self.net, spectral_rng)
+        self._projection(num_classes, rng, spectral, spectral_rng)
+
+    @property
+    def _in_channels(self):
+        # the image, and the label map unless D reads the label by projection alone
+        return 1 if self.label_mode == "projection" else 2
+
+    def _projection(self, num_classes, rng, spectral, spectral_rng):
+        if self.label_mode == "concat":
+            return
+        self.label_proj = nn.LabelProjection(num_classes, self.net[-1].in_features, rng=rng)
+        if spectral:
+            nn.utils.spectral_norm(self.label_proj, rng=spectral_rng)
+
+    def _head(self, h, labels):
+        """net on h (N, C, 14|28, ...) -> (logits (N, 1), cache for _head_backward). With a
+        projection term the layers before the last Linear run as one Sequential (the same
+        fused pairs), whose output h (N, F) both the Linear and label_proj read; the term
+        is added into the Linear's output (in its launch on the kernel backends)."""
+        if self.label_mode == "concat":
+            return self.net(h), None
+        layers = list(self.net)
+        trunk = nn.Sequential(*layers[:-1], fuse=self.net.fuse)   # unregistered: the layers are net's
+        feats = trunk(h)
+        return self.label_proj(feats, labels, out=layers[-1](feats)), trunk
+
+    def _head_backward(self, dy, trunk):
+        if trunk is None:
+            return self.net.backward(dy)
+        dfeats = self.net[-1].backward(dy)
+        _launch.add_into(dfeats, self.label_proj.backward(dy))     # both read h: the gradients add
+        return trunk.backward(dfeats)
 
     def _label_path(self, num_classes, rng):
         self.label_emb = nn.Embedding(num_classes, LABEL_EMBED_DIM, rng=rng)
@@ -358,9 +403,11 @@ class ConvCGANDiscriminator(_GAN):
         self.concat = nn.Concat(axis=1)
 
     def _with_label(self, x, labels):
-        """(N, 2, 28, 28): the image and the label map."""
+        """(N, 2, 28, 28): the image and the label map (the image alone with projection)."""
         _check_images(self, x)
         _check_labels(self, labels, x.shape[0])
+        if self.label_mode == "projection":
+            return x
         if _label_path_fused(self, x):
             # one GEMM for the label table, one launch for the concatenation
             out, cache = label_map_concat_forward(x.reshape(x.shape[0], -1), labels, self.label_emb.weight.data,
@@ -371,6 +418,8 @@ class ConvCGANDiscriminator(_GAN):
         return self.concat(x, lab)
 
     def _with_label_backward(self, d):
+        if self.label_mode == "projection":
+            return d
         if _fused_cache(self):
             _, cache = self.concat._pop_cache()
             dx = _label_grads(self, d.reshape(d.shape[0], -1), cache, True)
@@ -388,10 +437,20 @@ class ConvCGANDiscriminator(_GAN):
         group = nn.utils.spectral_norm_group(self)      # every normalised weight at once (kernel backends)
         if group is not None:
             group.prepare()
-        return self.net(inp)                                           # (N, 1)
+        y, trunk = self._head(inp, labels)                             # (N, 1)
+        if trunk is not None:
+            self._save(trunk)
+        return y
 
     def backward(self, dy):
-        return self._with_label_backward(self.net.backward(dy))
+        trunk = self._pop_cache() if self.label_mode != "concat" else None
+        return self._with_label_backward(self._head_backward(dy, trunk))
+
+
+def _check_d_label(label):
+    if label not in D_LABELS:
+        raise ValueError(f"d_label must be one of {', '.join(D_LABELS)}, got {label!r}")
+    return label
 
 
 def _d_head(w, dropout, rng, dropout_seed, minibatch_std):
@@ -526,20 +585,24 @@ class ProgressiveConvCGANDiscriminator(ConvCGANDiscriminator):
     progressive = True
 
     def __init__(self, num_classes, width=128, dropout=0.4, rng=None, dropout_seed=None, *, spectral=False,
-                 minibatch_std=False, spectral_rng=None):
+                 minibatch_std=False, spectral_rng=None, label="concat"):
         _GAN.__init__(self, 0, num_classes)
         w = int(width)
         self.width = w
-        self._label_path(num_classes, rng)
-        from_img28 = nn.Sequential(nn.Conv2d(2, w, 3, 2, 1, rng=rng), nn.LeakyReLU(0.2))
+        self.label_mode = _check_d_label(label)
+        if self.label_mode != "projection":
+            self._label_path(num_classes, rng)
+        c = self._in_channels
+        from_img28 = nn.Sequential(nn.Conv2d(c, w, 3, 2, 1, rng=rng), nn.LeakyReLU(0.2))
         net = nn.Sequential(*_d_head(w, dropout, rng, dropout_seed, minibatch_std))
         self.pool = nn.AvgPool2d(2)
-        self.from_img14 = nn.Sequential(nn.Conv2d(2, w, 3, 1, 1, rng=rng), nn.LeakyReLU(0.2))
+        self.from_img14 = nn.Sequential(nn.Conv2d(c, w, 3, 1, 1, rng=rng), nn.LeakyReLU(0.2))
         self.from_img28 = from_img28
         self.net = net
         _growth_buffers(self)
         if spectral:
             _spectral_image_path([*from_img28, *net, *self.from_img14], spectral_rng)
+        self._projection(num_classes, rng, spectral, spectral_rng)
 
     def set_growth(self, phase, alpha=1.0):
         """phase 14 or 28; alpha in [0, 1], the 28x28 stem's weight during the fade (ignored at 14)."""
@@ -552,19 +615,20 @@ class ProgressiveConvCGANDiscriminator(ConvCGANDiscriminator):
     def forward(self, x, labels):
         phase, alpha = self.growth
         route = _route(phase, alpha)
-        inp = self._with_label(x, labels)                              # (N, 2, 28, 28)
-        self._save((route, alpha))
+        inp = self._with_label(x, labels)                              # (N, 2 (1: projection), 28, 28)
         if route == "small":
             h = self.from_img14(self.pool(inp))
         elif route == "large":
             h = self.from_img28(inp)
         else:
             h = _mix(self.from_img14(self.pool(inp)), self.from_img28(inp), alpha)
-        return self.net(h)                                             # (N, 1)
+        y, trunk = self._head(h, labels)                               # (N, 1)
+        self._save((route, alpha, trunk))
+        return y
 
     def backward(self, dy):
-        route, alpha = self._pop_cache()
-        dh = self.net.backward(dy)
+        route, alpha, trunk = self._pop_cache()
+        dh = self._head_backward(dy, trunk)
         f = dh.dtype.type
         if route == "small":
             dinp = self.pool.backward(self.from_img14.backward(dh))
@@ -709,11 +773,11 @@ def _resolve_g_norm(norm, batchnorm):
 
 
 def build(name, num_classes, latent_dim=100, width=128, seed=0, batchnorm=False, *, g_norm=None, d_norm="none",
-          minibatch_std=False, progressive=False):
+          minibatch_std=False, progressive=False, d_label="concat"):
     """(G, D) for model `name`, initialised from `seed` (DCGAN's N(0, 0.02)).
-    num_classes is ignored by the unconditional models. g_norm, d_norm, minibatch_std and
-    progressive are cgan-conv's options (see the module docstring); `batchnorm` is the old
-    name of g_norm="batch". Every option at its default gives the original model."""
+    num_classes is ignored by the unconditional models. g_norm, d_norm, minibatch_std,
+    progressive and d_label are cgan-conv's options (see the module docstring); `batchnorm`
+    is the old name of g_norm="batch". Every option at its default gives the original model."""
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
     if latent_dim <= 0 or width <= 0:
@@ -723,10 +787,12 @@ def build(name, num_classes, latent_dim=100, width=128, seed=0, batchnorm=False,
         raise ValueError(f"{name} needs num_classes >= 2, got {num_classes}")
     if d_norm not in D_NORMS:
         raise ValueError(f"d_norm must be one of {', '.join(D_NORMS)}, got {d_norm!r}")
+    _check_d_label(d_label)
     norm = _resolve_g_norm(g_norm, batchnorm if name == "cgan-conv" else False)
     if name != "cgan-conv":
         extra = [k for k, on in (("g_norm", norm != "none"), ("d_norm", d_norm != "none"),
-                                 ("minibatch_std", minibatch_std), ("progressive", progressive)) if on]
+                                 ("minibatch_std", minibatch_std), ("progressive", progressive),
+                                 ("d_label", d_label != "concat")) if on]
         if extra:
             raise ValueError(f"{', '.join(extra)}: options of cgan-conv only, not of {name}")
     ss = np.random.SeedSequence(seed)
@@ -739,7 +805,7 @@ def build(name, num_classes, latent_dim=100, width=128, seed=0, batchnorm=False,
                         else (ConvCGANGenerator, ConvCGANDiscriminator))
         return (g_cls(num_classes, latent_dim, width, rng=rg, norm=norm),
                 d_cls(num_classes, width, rng=rd, dropout_seed=drop_seed, spectral=d_norm == "spectral",
-                      minibatch_std=bool(minibatch_std), spectral_rng=sn_rng))
+                      minibatch_std=bool(minibatch_std), spectral_rng=sn_rng, label=d_label))
     if name == "cgan-mlp":
         return MLPGenerator(num_classes, latent_dim, rg), MLPDiscriminator(num_classes, rng=rd, dropout_seed=drop_seed)
     if name == "dcgan":

@@ -20,7 +20,8 @@ from cganraw.ops.gemm import tf32_enabled
 DEFAULTS = dict(model="cgan-conv", width=64, epochs=None, batch_size=64, lr=1e-4, lr_d=None, beta1=0.5,
                 beta2=0.999, latent_dim=100, seed=0, label_smoothing=0.0, mismatch=1.0, mode_seeking=0.0,
                 ema_decay=0.9995, lr_decay_start=1.0, g_batchnorm=True, g_norm="batch", d_norm="none",
-                minibatch_std=False, label_groups=False, progressive=False, grow_at=0.5, fade=0.25, batch_size_final=None)
+                minibatch_std=False, label_groups=False, progressive=False, grow_at=0.5, fade=0.25, batch_size_final=None,
+                d_label="concat")
 # cgan-conv's, chosen by measurement (docs/ablation.md; MNIST, 20 minutes of a 2-core CPU):
 # spectral norm and minibatch stddev in D, instance norm in G, D at 2.4x G's learning rate
 # (TTUR); a small model (width 48) and batch (32) that buy three times the steps of width 64
@@ -37,7 +38,7 @@ MODEL_DEFAULTS = {"cgan-conv": dict(width=48, batch_size=32, lr=1.1e-4, lr_d=2.6
 PER_MODEL = tuple(sorted({k for d in MODEL_DEFAULTS.values() for k in d} - {"epochs"}))
 # what a config saved before these settings existed means by them: today's model
 UPGRADE_DEFAULTS = dict(d_norm="none", minibatch_std=False, label_groups=False, progressive=False,
-                        grow_at=DEFAULTS["grow_at"], fade=DEFAULTS["fade"], batch_size_final=None)
+                        grow_at=DEFAULTS["grow_at"], fade=DEFAULTS["fade"], batch_size_final=None, d_label="concat")
 DEFAULT_EPOCHS = {name: d["epochs"] for name, d in MODEL_DEFAULTS.items()}
 
 
@@ -73,7 +74,7 @@ KEEP_EPOCH_CHECKPOINTS = 3
 CONFIG_KEYS = ("dataset", "model", "width", "g_batchnorm", "epochs", "batch_size", "lr", "lr_d", "beta1",
                "beta2", "latent_dim", "seed", "label_smoothing", "mismatch", "mode_seeking", "ema_decay",
                "lr_decay_start", "g_norm", "d_norm", "minibatch_std", "label_groups", "progressive", "grow_at", "fade",
-               "batch_size_final", "sample_every", "checkpoint_every", "log_every", "eval_every", "eval_every_steps",
+               "batch_size_final", "d_label", "sample_every", "checkpoint_every", "log_every", "eval_every", "eval_every_steps",
                "max_steps", "max_minutes")
 # what a checkpoint's config must hold to be resumed (later keys have defaults)
 REQUIRED_KEYS = ("dataset", "model", "width", "epochs", "batch_size", "lr", "lr_d", "beta1", "beta2", "latent_dim",
@@ -163,7 +164,8 @@ def _validate(parser, ns):
     if ns.model != "cgan-conv":
         extra = [flag for flag, on in (("--g-norm", ns.g_norm not in ("none", "batch") or
                                         (ns.g_norm == "batch" and "g_norm" in given)),
-                                       ("--d-norm", ns.d_norm != "none"), ("--minibatch-std", ns.minibatch_std),
+                                       ("--d-norm", ns.d_norm != "none"), ("--d-label", ns.d_label != "concat"),
+                                       ("--minibatch-std", ns.minibatch_std),
                                        ("--label-groups", ns.label_groups), ("--progressive", ns.progressive)) if on]
         if extra:
             parser.error(f"{', '.join(extra)}: options of --model cgan-conv only, not of {ns.model}")
@@ -188,6 +190,10 @@ def build_parser(record_given=True):
         "or none"))
     p.add_argument("--d-norm", choices=("none", "spectral"), **_flag_default(
         "d_norm", "spectral normalisation on every conv and linear layer of D's image path (cgan-conv)"))
+    p.add_argument("--d-label", choices=models.D_LABELS, **_flag_default(
+        "d_label", "how D reads the label (cgan-conv): concat (a learned 28x28 label map beside the image), "
+        "projection (Miyato & Koyama 2018: logit = Linear(h) + <E[y], h> on D's last features h; no label map) "
+        "or both"))
     p.add_argument("--minibatch-std", action=argparse.BooleanOptionalAction, **_flag_default(
         "minibatch_std", "ProGAN's minibatch standard deviation channel before D's last layer (cgan-conv)",
         lambda v: "on" if v else "off"))

@@ -39,8 +39,8 @@ BOUNDED = bounded_mask(health.BOUNDED_LOSSES)
 # wrong-label and fake samples together, exactly the per-sample values and summed gradients
 # of three separate passes, in one forward and one backward. (BatchNorm, minibatch
 # statistics or any layer not listed here keeps the three passes.)
-PER_SAMPLE_LAYERS = (nn.Linear, nn.Conv2d, nn.ConvTranspose2d, nn.Embedding, nn.LeakyReLU, nn.ReLU, nn.Tanh,
-                     nn.Sigmoid, nn.Dropout, nn.Flatten, nn.Reshape, nn.Concat, nn.MaxPool2d, nn.Sequential,
+PER_SAMPLE_LAYERS = (nn.Linear, nn.Conv2d, nn.ConvTranspose2d, nn.Embedding, nn.LabelProjection, nn.LeakyReLU,
+                     nn.ReLU, nn.Tanh, nn.Sigmoid, nn.Dropout, nn.Flatten, nn.Reshape, nn.Concat, nn.MaxPool2d, nn.Sequential,
                      models.ConvCGANDiscriminator, models.MLPDiscriminator)
 
 

@@ -79,6 +79,9 @@ CASES = [
     ("eval-every", ["--eval-every", "0"], USAGE, "--eval-every: expected a positive integer"),
     ("eval-every-steps", ["--eval-every-steps", "0"], USAGE, "--eval-every-steps: expected a positive integer"),
     ("backend", ["--backend", "tpu"], USAGE, "invalid choice: 'tpu'"),
+    ("d-label", ["--d-label", "hinge"], USAGE, "invalid choice: 'hinge'"),
+    ("d-label-mlp", ["--model", "cgan-mlp", "--d-label", "projection"], USAGE,
+     "--d-label: options of --model cgan-conv only, not of cgan-mlp"),
     ("unknown-flag", ["--learning-rate", "1"], USAGE, "unrecognized arguments: --learning-rate"),
     # resume: conflicts are usage errors, unreadable or unhealthy checkpoints runtime ones
     ("resume-width", ["--resume", "{root}/run", "--width", "8"], USAGE, "--width: was 4, asked 8"),

@@ -36,7 +36,12 @@ G_OPTIONS = [dict(g_norm="none"), dict(g_norm="batch"), dict(g_norm="instance"),
 D_OPTIONS = [dict(d_norm="spectral"), dict(minibatch_std=True), dict(d_norm="spectral", minibatch_std=True),
              dict(progressive=True, growth=(14, 1.0)), dict(progressive=True, growth=(28, 0.3)),
              dict(progressive=True, growth=(28, 1.0)),
-             dict(progressive=True, d_norm="spectral", minibatch_std=True, growth=(28, 0.7))]
+             dict(progressive=True, d_norm="spectral", minibatch_std=True, growth=(28, 0.7)),
+             dict(d_label="projection"), dict(d_label="both"),
+             dict(d_label="projection", d_norm="spectral", minibatch_std=True),
+             dict(d_label="both", d_norm="spectral"),
+             dict(progressive=True, d_label="projection", growth=(28, 0.4)),
+             dict(progressive=True, d_label="both", d_norm="spectral", minibatch_std=True, growth=(14, 1.0))]
 
 
 def _build(opts, width=3, seed=0):
@@ -131,6 +136,66 @@ def test_bad_options():
         D.set_growth(28, 1.5)
 
 
+# ---------------------------------------------------------------- d_label: the projection discriminator
+
+@pytest.mark.parametrize("progressive", [False, True])
+def test_d_label_state_dicts(progressive):
+    w, feats = 3, 3 * 49
+    first = "from_img28.0.weight" if progressive else "net.0.weight"
+    _, Dc = models.build("cgan-conv", K, width=w, progressive=progressive)
+    _, Dp = models.build("cgan-conv", K, width=w, progressive=progressive, d_label="projection")
+    _, Db = models.build("cgan-conv", K, width=w, progressive=progressive, d_label="both")
+    sc, sp, sb = Dc.state_dict(), Dp.state_dict(), Db.state_dict()
+    assert "label_proj.weight" not in sc
+    # projection: no label map, a 1-channel first conv, the embedding last
+    assert not any(k.startswith(("label_emb", "label_fc")) for k in sp)
+    assert sp[first].shape == (w, 1, 3, 3) and list(sp)[-1] == "label_proj.weight"
+    assert sp["label_proj.weight"].shape == (K, feats)
+    # both: the concat model's every weight as drawn from the same seed, and the embedding after
+    assert list(sb) == [*sc, "label_proj.weight"]
+    for k, v in sc.items():
+        np.testing.assert_array_equal(sb[k], v, err_msg=k)
+    _, Ds = models.build("cgan-conv", K, width=w, progressive=progressive, d_label="projection", d_norm="spectral",
+                         minibatch_std=True)
+    assert list(Ds.state_dict())[-3:] == ["label_proj.weight_orig", "label_proj.weight_u", "label_proj.weight_v"]
+    assert Ds.state_dict()["label_proj.weight_orig"].shape == (K, 4 * 49)      # minibatch std's extra channel
+
+
+def test_d_label_frozen_d_passes_dx_and_takes_no_gradient(rng):
+    # D during G's step (step.py freezes it): dx flows through the projection term, no
+    # parameter of D gets a gradient; dx equals the unfrozen D's
+    for opts in (dict(d_label="projection", d_norm="spectral"), dict(d_label="both")):
+        _, D = _build(opts, width=4)
+        D.eval()
+        randomise(D, rng, 0.2)
+        x = rng.standard_normal((5, 1, 28, 28)).astype(np.float32)
+        labels = np.array([1, 3, 0, 3, 1])
+        dy = rng.standard_normal((5, 1)).astype(np.float32)
+        D(x, labels)
+        dx_free = D.backward(dy)
+        D.zero_grad()
+        D.requires_grad_(False)
+        y = D(x, labels)
+        dx = D.backward(dy)
+        D.requires_grad_(True)
+        assert all(not p.grad.any() for p in D.parameters())
+        np.testing.assert_allclose(dx, dx_free, rtol=1e-6, atol=1e-7)
+        # and the projection term does reach y and dx: with another E both differ
+        E = D.label_proj._parameters.get("weight_orig") or D.label_proj.weight
+        E.data[...] = rng.standard_normal(E.shape)
+        D.requires_grad_(False)
+        y0 = D(x, labels)
+        dx0 = D.backward(dy)
+        assert np.isfinite(dx0).all() and not np.allclose(y0, y) and not np.allclose(dx0, dx)
+
+
+def test_d_label_bad_options():
+    with pytest.raises(ValueError, match="d_label must be one of concat, projection, both"):
+        models.build("cgan-conv", K, d_label="hinge")
+    with pytest.raises(ValueError, match="d_label: options of cgan-conv only, not of cgan-mlp"):
+        models.build("cgan-mlp", K, d_label="projection")
+
+
 # ---------------------------------------------------------------- progressive growing
 
 def _inputs(rng, n=4):
@@ -223,7 +288,10 @@ def test_growth_travels_with_the_state_dict_and_the_moving_average(rng):
 @pytest.mark.parametrize("opts", [dict(g_norm="instance"), dict(d_norm="spectral"), dict(minibatch_std=True),
                                   dict(progressive=True, growth=(14, 1.0)),
                                   dict(progressive=True, growth=(28, 0.5), g_norm="batch", d_norm="spectral",
-                                       minibatch_std=True)], ids=lambda o: "-".join(map(str, o.values())))
+                                       minibatch_std=True),
+                                  dict(d_label="projection", d_norm="spectral"), dict(d_label="both"),
+                                  dict(progressive=True, growth=(28, 0.5), d_label="projection")],
+                         ids=lambda o: "-".join(map(str, o.values())))
 def test_train_step_with_options(opts, rng):
     G, D = _build(opts, width=4)
     opt_g, opt_d = Adam(G.parameters()), Adam(D.parameters())
@@ -235,6 +303,8 @@ def test_train_step_with_options(opts, rng):
     moved = [k for k in before if not np.array_equal(before[k], after[k])]
     if opts.get("d_norm") == "spectral":
         assert any(k.endswith("weight_u") for k in moved)       # the power iteration ran in training
+    if opts.get("d_label", "concat") != "concat":               # the projection embedding trained
+        assert any(k.startswith("label_proj.weight") and not k.endswith(("_u", "_v")) for k in moved), moved
 
 
 # ---------------------------------------------------------------- PyTorch
@@ -242,7 +312,10 @@ def test_train_step_with_options(opts, rng):
 TORCH_OPTIONS = [dict(g_norm="batch"), dict(g_norm="instance", d_norm="spectral", minibatch_std=True),
                  dict(progressive=True, growth=(14, 1.0)),
                  dict(progressive=True, g_norm="instance", d_norm="spectral", minibatch_std=True, growth=(28, 0.4)),
-                 dict(progressive=True, g_norm="batch", growth=(28, 1.0))]
+                 dict(progressive=True, g_norm="batch", growth=(28, 1.0)),
+                 dict(d_label="projection", d_norm="spectral", minibatch_std=True), dict(d_label="both"),
+                 dict(progressive=True, d_label="projection", growth=(28, 0.4)),
+                 dict(progressive=True, d_label="both", d_norm="spectral", growth=(14, 1.0))]
 
 
 @pytest.mark.parametrize("opts", TORCH_OPTIONS, ids=_ids(TORCH_OPTIONS))

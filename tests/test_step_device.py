@@ -109,8 +109,8 @@ def test_one_launch_ema_without_buffers(g_norm):
         np.testing.assert_array_equal(a, r, err_msg=k)
 
 
-def _grads_after_d_step(batched, monkeypatch):
-    G, D = models.build("cgan-conv", 5, width=4, seed=3, batchnorm=True)
+def _grads_after_d_step(batched, monkeypatch, d_label="concat"):
+    G, D = models.build("cgan-conv", 5, width=4, seed=3, batchnorm=True, d_label=d_label)
     for m in models.dropout_layers(D):
         m.p = 0.0                                   # the masks differ between the layouts
     captured = {}
@@ -123,11 +123,12 @@ def _grads_after_d_step(batched, monkeypatch):
     return captured, stats.fetch()
 
 
-def test_batched_d_terms_equal_three_passes(monkeypatch):
-    assert step.per_sample(models.build("cgan-conv", 5, width=4)[1])
+@pytest.mark.parametrize("d_label", ["concat", "projection", "both"])
+def test_batched_d_terms_equal_three_passes(d_label, monkeypatch):
+    assert step.per_sample(models.build("cgan-conv", 5, width=4, d_label=d_label)[1])
     assert not step.per_sample(models.build("dcgan", None, width=4)[1])          # BatchNorm in D
-    three, s3 = _grads_after_d_step(False, monkeypatch)
-    one, s1 = _grads_after_d_step(True, monkeypatch)
+    three, s3 = _grads_after_d_step(False, monkeypatch, d_label)
+    one, s1 = _grads_after_d_step(True, monkeypatch, d_label)
     for k in three:   # the same sums, in another order: float32 rounding apart
         scale = np.abs(three[k]).max()
         np.testing.assert_allclose(one[k], three[k], rtol=1e-4, atol=1e-5 * scale, err_msg=k)
@@ -135,10 +136,11 @@ def test_batched_d_terms_equal_three_passes(monkeypatch):
         assert s1[k] == pytest.approx(s3[k], rel=1e-6, abs=1e-7), k
 
 
-def _default_d_step(batched, n, monkeypatch):
+def _default_d_step(batched, n, monkeypatch, d_label="concat"):
     """D's gradients, losses and power-iteration vectors after the D step of the trainer's
     default D (spectral norm, minibatch stddev), its terms batched or in three passes."""
-    G, D = models.build("cgan-conv", 5, width=4, seed=3, batchnorm=True, d_norm="spectral", minibatch_std=True)
+    G, D = models.build("cgan-conv", 5, width=4, seed=3, batchnorm=True, d_norm="spectral", minibatch_std=True,
+                        d_label=d_label)
     for m in models.dropout_layers(D):
         m.p = 0.0                                   # the masks differ between the layouts
     assert step.batchable(D) and not step.per_sample(D)
@@ -167,11 +169,12 @@ def _default_d_step(batched, n, monkeypatch):
     return captured, {k: v for k, v in stats.items() if k.startswith("d_")}
 
 
-@pytest.mark.parametrize("n", [8, 5, 2])       # 5: the group size (4) does not divide a term
-def test_default_d_batches_its_terms_as_three_passes(n, monkeypatch):
-    one, s1 = _default_d_step(True, n, monkeypatch)
+@pytest.mark.parametrize("n, d_label", [(8, "concat"), (5, "concat"), (2, "concat"), (5, "projection")])
+def test_default_d_batches_its_terms_as_three_passes(n, d_label, monkeypatch):
+    # 5: the group size (4) does not divide a term
+    one, s1 = _default_d_step(True, n, monkeypatch, d_label)
     monkeypatch.undo()
-    three, s3 = _default_d_step(False, n, monkeypatch)
+    three, s3 = _default_d_step(False, n, monkeypatch, d_label)
     assert set(one) == set(three) and any(k.endswith("weight_u") for k in one)
     for k in three:   # the same sums, in another order: float32 rounding apart
         scale = np.abs(three[k]).max()

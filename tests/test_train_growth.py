@@ -149,7 +149,8 @@ def test_a_config_from_before_the_options_resumes_as_the_original_model(letters_
     path = out / "checkpoints" / "last.npz"
     ck = checkpoint.load(path)
     old = {k: v for k, v in ck["meta"]["config"].items()
-           if k not in ("g_norm", "d_norm", "minibatch_std", "progressive", "grow_at", "fade", "batch_size_final")}
+           if k not in ("g_norm", "d_norm", "minibatch_std", "progressive", "grow_at", "fade", "batch_size_final",
+                        "d_label")}
     G, D = load.build_models(ck)
     Gema, _ = load.build_models(ck)
     Gema.load_state_dict(ck["G_ema"])
@@ -160,12 +161,14 @@ def test_a_config_from_before_the_options_resumes_as_the_original_model(letters_
     for k, state in ck["rng"].items():
         checkpoint.restore_rng(rngs[k], state)
     checkpoint.save(path, G, D, opt_g, opt_d, rngs, {**ck["meta"], "config": old}, Gema)
-    assert settings.upgrade_config(old)["g_norm"] == "none"
+    assert settings.upgrade_config(old)["g_norm"] == "none" and settings.upgrade_config(old)["d_label"] == "concat"
+    assert load.model_options(old)["d_label"] == "concat"
     G2, _ = load.load_generator(out)
     assert not any("norm" in n for n, _ in G2.named_parameters()) and not G2.progressive
     assert run_cli("--resume", out, "--max-steps", 3, "--g-norm", "none", "--quiet", "--data-dir", letters_dir,
                    "--no-download") == 0
     assert checkpoint.load(path)["meta"]["config"]["g_norm"] == "none"
+    assert checkpoint.load(path)["meta"]["config"]["d_label"] == "concat"
 
 
 def test_default_flags_build_todays_model(letters_dir, tmp_path):
@@ -175,8 +178,8 @@ def test_default_flags_build_todays_model(letters_dir, tmp_path):
     cfg = json.loads((out / "config.json").read_text())
     want = {k: train.model_default("cgan-conv", k) for k in ("g_norm", "d_norm", "minibatch_std")}
     assert (cfg["g_norm"], cfg["g_batchnorm"], cfg["d_norm"], cfg["minibatch_std"], cfg["progressive"],
-            cfg["batch_size_final"]) == (want["g_norm"], want["g_norm"] == "batch", want["d_norm"],
-                                         want["minibatch_std"], False, None)
+            cfg["batch_size_final"], cfg["d_label"]) == (want["g_norm"], want["g_norm"] == "batch", want["d_norm"],
+                                                         want["minibatch_std"], False, None, "concat")
     G, D = load.build_from_config(cfg, 26, seed=0)
     G0, D0 = models.build("cgan-conv", 26, width=3, seed=0, **want)
     for ours, theirs in ((G, G0), (D, D0)):

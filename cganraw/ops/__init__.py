@@ -19,6 +19,7 @@ bias_leaky_relu         bias.cu (fused)                nn.Sequential: Linear/Con
 batchnorm               batchnorm.cu                   nn.BatchNorm1d, BatchNorm2d
 batchnorm_leaky_relu    batchnorm.cu (fused)           nn.Sequential: BatchNorm + LeakyReLU
 embedding               embedding.cu                   nn.Embedding
+label_projection        label_projection.cu            nn.LabelProjection
 maxpool2d               maxpool.cu                     nn.MaxPool2d
 avgpool2d               avgpool.cu                     nn.AvgPool2d
 upsample_nearest2d      upsample.cu                    nn.Upsample
@@ -76,6 +77,7 @@ from cganraw.ops.dropout import dropout_backward, dropout_forward
 from cganraw.ops.embedding import embedding_backward, embedding_forward
 from cganraw.ops.gemm import gemm
 from cganraw.ops.instancenorm import instancenorm_backward, instancenorm_forward, instancenorm_running_update
+from cganraw.ops.label_projection import label_projection_backward, label_projection_forward
 from cganraw.ops.linear import linear_backward, linear_forward
 from cganraw.ops.maxpool import maxpool2d_backward, maxpool2d_forward
 from cganraw.ops.minibatch_std import minibatch_std_backward, minibatch_std_forward

@@ -14,6 +14,9 @@ OPTIONS = [
     dict(g_norm="instance", d_norm="spectral", minibatch_std=True),
     dict(progressive=True, g_norm="instance", d_norm="spectral", minibatch_std=True, growth=(28, 0.4)),
     dict(progressive=True, g_norm="batch", growth=(14, 1.0)),
+    dict(d_label="projection", d_norm="spectral", minibatch_std=True),
+    dict(d_label="both", g_norm="instance"),
+    dict(progressive=True, d_label="projection", d_norm="spectral", growth=(28, 0.4)),
 ]
 
 
@@ -60,6 +63,8 @@ def test_forward_backward_emu_equals_numpy(opts, launches):
         assert {"spectral_norm_power_v1", "spectral_norm_forward_v3", "spectral_norm_backward_v3"} <= names
     if opts.get("minibatch_std"):
         assert {"minibatch_std_forward_stat_v2", "minibatch_std_backward_v2"} <= names
+    if opts.get("d_label", "concat") != "concat":
+        assert {"label_projection_forward_v1", "label_projection_backward_v1"} <= names
     if opts.get("progressive"):
         assert {"upsample_nearest2d_forward_v2", "upsample_nearest2d_backward_v2"} <= names
         if opts["growth"][0] == 28:
@@ -95,8 +100,8 @@ def one_step(opts, bk):
     return stats, grads, state
 
 
-def test_train_step_with_every_option_emu_equals_numpy():
-    opts = OPTIONS[1]
+@pytest.mark.parametrize("opts", [OPTIONS[1], OPTIONS[3], OPTIONS[5]], ids=_ids([OPTIONS[1], OPTIONS[3], OPTIONS[5]]))
+def test_train_step_with_every_option_emu_equals_numpy(opts):
     ref_stats, ref_grads, ref = one_step(opts, "numpy")
     stats, grads, got = one_step(opts, "emu")
     for k in ("d_loss", "g_loss"):
