@@ -169,16 +169,17 @@ def _bias_leaky_backward_rows_numba(nb, parallel):
         sums = db.size > 0
         for blk in nb.prange((c + cols - 1) // cols):
             lo = blk * cols
-            hi = min(lo + cols, c)
-            acc = np.zeros(hi - lo, np.float64)
+            w = min(cols, c - lo)
+            acc = np.zeros(w, np.float64)
             for i in range(n):
-                g, yr, d = dy[i], y[i], dpre[i]
-                for j in range(lo, hi):
+                # row segments indexed from 0: the loop vectorises (indexing from lo does not)
+                g, yr, d = dy[i, lo:lo + w], y[i, lo:lo + w], dpre[i, lo:lo + w]
+                for j in range(w):
                     v = g[j] if yr[j] > 0 else g[j] * slope
                     d[j] = v
-                    acc[j - lo] += v
+                    acc[j] += v
             if sums:
-                db[lo:hi] = acc
+                db[lo:lo + w] = acc
     return backward
 
 
@@ -189,13 +190,13 @@ def _channel_sum_rows_numba(nb, parallel):
         n, c = dy.shape
         for blk in nb.prange((c + cols - 1) // cols):
             lo = blk * cols
-            hi = min(lo + cols, c)
-            acc = np.zeros(hi - lo, np.float64)
+            w = min(cols, c - lo)
+            acc = np.zeros(w, np.float64)
             for i in range(n):
-                g = dy[i]
-                for j in range(lo, hi):
-                    acc[j - lo] += g[j]
-            db[lo:hi] = acc
+                g = dy[i, lo:lo + w]
+                for j in range(w):
+                    acc[j] += g[j]
+            db[lo:lo + w] = acc
     return channel_sum
 
 
