@@ -13,6 +13,9 @@ reports (cganraw.metrics.summarize):
     confusion        rows: conditioning label, columns: the classifier's argmax
     cas              Classification Accuracy Score (Ravuri & Vinyals 2019): a fresh classifier
                      trained only on generated images, tested on the real test set
+    style_spread     per class, std of ink, slant and width over the generated images / the
+                     same over the real test set's (metrics.style_spread): 1 is real variety
+    speckle          the fraction of images with a detached speck of ink (metrics.speckle)
 An unconditional model gets IS and FID only. Writes metrics.json, confusion.png and
 per_class_accuracy.png into --out (default: the run directory, the parent of checkpoints/).
 
@@ -167,6 +170,9 @@ def score_images(images, labels, classifier, class_names=None, real_test=None, r
            "class_names": names, **summary}
     if feats is not None:
         res["fid_real_samples"] = int(feats[1].shape[0])
+    res["speckle"] = metrics.speckle(images)
+    if labels is not None and test is not None:
+        res["style_spread"] = metrics.style_spread(images, labels, test[0], test[1], k)
     if labels is not None:
         res["cas"] = None
         if cas and test is not None:
@@ -244,11 +250,17 @@ def format_table(res):
     rows = [("inception score", f"{_fmt(res['inception_score'], '.3f')} +- {_fmt(res['inception_score_std'], '.3f')}"
                                 f"  (best {res['num_classes']})"),
             ("FID (classifier features)", _fmt(res.get("fid"), ".3f"))]
+    if res.get("speckle") is not None:
+        rows.append(("images with a speck", _fmt(res["speckle"])))
     if "bcis" in res:
         rows += [("BCIS", f"{res['bcis']:.3f}  (best {res['num_classes']})"),
                  ("WCIS", f"{res['wcis']:.3f}  (best 1)"),
                  ("label accuracy", _fmt(res["label_accuracy"])),
                  ("CAS (train on generated)", _fmt(res.get("cas")))]
+    if res.get("style_spread"):
+        spread = res["style_spread"]
+        rows.append(("style spread (real = 1)", "  ".join(f"{name} {_fmt(spread[name], '.2f')}"
+                                                         for name in metrics.STYLE_FEATURES)))
     acc = res.get("classifier", {}).get("test_accuracy")
     rows.append(("classifier real test acc", _fmt(acc)))
     width = max(len(r[0]) for r in rows)

@@ -30,6 +30,11 @@ Scores
 * :func:`label_accuracy`, :func:`per_class_accuracy`, :func:`confusion_matrix`.
 * :func:`fid` with building blocks :func:`gaussian_stats` and
   :func:`frechet_distance`.
+* :func:`style_features` / :func:`style_spread` -- how widely the images of each class
+  vary in ink (stroke weight times length), slant and width, as a ratio of the spreads
+  (interquartile ranges) of generated and real images of that class: 1 is real handwriting's,
+  0 one shape per class. Read from the pixels, not the classifier.
+* :func:`speckle` -- the fraction of images with a detached speck of ink (MNIST's test set: 1.3%).
 * :func:`summarize` -- everything at once, as a JSON-friendly dict (what
   ``cganraw.evaluate`` reports).
 """
@@ -53,8 +58,14 @@ __all__ = [
     "gaussian_stats",
     "frechet_distance",
     "fid",
+    "style_features",
+    "style_spread",
+    "speckle",
     "summarize",
 ]
+
+STYLE_FEATURES = ("ink", "slant", "width")
+SPECK_INK, SPECK_PIXELS = 0.35, 4     # a speck: at most 4 connected pixels above 0.35 of full ink
 
 
 # ---------------------------------------------------------------------------
@@ -343,3 +354,104 @@ def summarize(probs, labels=None, features_fake=None, features_real=None, splits
             "confusion_matrix": confusion_matrix(y, p.argmax(axis=1), k).tolist(),
         })
     return res
+
+
+# ---------------------------------------------------------------------------
+# Style spread: variety within a class, from the pixels
+# ---------------------------------------------------------------------------
+
+def _unit_images(fn: str, images) -> np.ndarray:
+    """uint8 (N, H, W) in 0..255, or float (N, 1, H, W) / (N, H, W) in [-1, 1] ->
+    float64 (N, H, W) in [0, 1] (ink 1, paper 0)."""
+    a = _checks.host(images)
+    _checks.numeric(fn, "images", a)
+    if a.ndim == 4 and a.shape[1] == 1:
+        a = a[:, 0]
+    if a.ndim != 3 or a.shape[0] < 1:
+        raise ValueError(f"{fn}: images must be shaped (N, H, W) or (N, 1, H, W), got {a.shape}")
+    if a.dtype == np.uint8:
+        return a.astype(np.float64) / 255.0
+    a = a.astype(np.float64)
+    if not np.isfinite(a).all():
+        raise ValueError(f"{fn}: images contain NaN or infinite values")
+    return np.clip((a + 1.0) / 2.0, 0.0, 1.0)
+
+
+def style_features(images) -> np.ndarray:
+    """(N, 3) float64, per image: ink, the summed intensity in [0, 1] (stroke weight times
+    length); slant, the shear sxy / syy of the ink's second moments (0 upright, > 0 leaning
+    right); width, sqrt(sxx) in pixels. A blank image gets ink 0, slant 0, width 0."""
+    a = _unit_images("style_features", images)                  # (N, H, W)
+    h, w = a.shape[1:]
+    yy, xx = np.mgrid[:h, :w].astype(np.float64)
+    xx -= (w - 1) / 2.0
+    yy = (h - 1) / 2.0 - yy                                    # y up, so a right lean is a positive shear
+    mass = a.sum(axis=(1, 2))
+    m = np.maximum(mass, 1e-12)
+    cx = np.einsum("nhw,hw->n", a, xx) / m
+    cy = np.einsum("nhw,hw->n", a, yy) / m
+    sxx = np.einsum("nhw,hw->n", a, xx * xx) / m - cx * cx
+    syy = np.einsum("nhw,hw->n", a, yy * yy) / m - cy * cy
+    sxy = np.einsum("nhw,hw->n", a, xx * yy) / m - cx * cy
+    slant = np.where(syy > 1e-9, sxy / np.maximum(syy, 1e-9), 0.0)
+    return np.stack([mass, slant, np.sqrt(np.maximum(sxx, 0.0))], axis=1)
+
+
+def _iqr(f: np.ndarray) -> np.ndarray:
+    """The interquartile range of each column of (n, F): a spread that a few odd images
+    (a 1 drawn flat, a blot) do not dominate, as they do a standard deviation."""
+    q75, q25 = np.percentile(f, [75, 25], axis=0)
+    return q75 - q25
+
+
+def style_spread(images, labels, real_images, real_labels, num_classes: int | None = None) -> dict:
+    """Variety within each class against real handwriting's: for each class present in
+    both sets with at least two images each, the interquartile range of a feature over the
+    generated images / the same over the real ones, for the ink, slant and width of
+    :func:`style_features`. Returns {"ink", "slant",
+    "width": the mean ratio over those classes (1 = as varied as the real images, 0 = one
+    shape per class), "per_class": K rows of the three ratios (None for a class left out)}."""
+    fn = "style_spread"
+    gen = style_features(images)
+    real = style_features(real_images)
+    k = int(num_classes) if num_classes is not None else int(max(np.max(_checks.host(labels)),
+                                                                 np.max(_checks.host(real_labels)))) + 1
+    y = _checks.int_vector(fn, "labels", labels, gen.shape[0], k)
+    ry = _checks.int_vector(fn, "real_labels", real_labels, real.shape[0], k)
+    rows = []
+    for c in range(k):
+        g, r = gen[y == c], real[ry == c]
+        if len(g) < 2 or len(r) < 2:
+            rows.append(None)
+            continue
+        rs = _iqr(r)
+        rows.append([float(v) for v in np.where(rs > 0, _iqr(g) / np.where(rs > 0, rs, 1.0), np.nan)])
+    kept = np.array([row for row in rows if row is not None], dtype=np.float64).reshape(-1, len(STYLE_FEATURES))
+    if kept.shape[0] == 0:
+        raise ValueError(f"{fn}: no class has two or more images in both sets")
+    means = np.nanmean(kept, axis=0) if np.isfinite(kept).any() else np.full(len(STYLE_FEATURES), np.nan)
+    res = {name: float(v) for name, v in zip(STYLE_FEATURES, means)}
+    res["per_class"] = rows
+    return res
+
+
+def speckle(images, threshold: float = SPECK_INK, max_pixels: int = SPECK_PIXELS) -> float:
+    """The fraction of images with a speck: a blob of at most `max_pixels` 8-connected pixels
+    brighter than `threshold` (ink in [0, 1]) beside a larger stroke, the stray dots and
+    smudges a generator leaves that a pen rarely does. MNIST's test set: 1.3% (its first,
+    cleaner half 0.1%)."""
+    from scipy import ndimage
+    a = _unit_images("speckle", images) > threshold             # (N, H, W)
+    structure = np.zeros((3, 3, 3), bool)
+    structure[1] = True                                         # 8-connected within an image only
+    blobs, count = ndimage.label(a, structure=structure)
+    if count == 0:
+        return 0.0
+    sizes = np.bincount(blobs.ravel(), minlength=count + 1)[1:]                     # (count,)
+    where = np.nonzero(blobs)
+    owner = np.empty(count, np.int64)
+    owner[blobs[where] - 1] = where[0]                                               # the image of each blob
+    per_image = np.bincount(owner, minlength=a.shape[0])                            # blobs per image
+    small = np.bincount(owner, weights=sizes <= max_pixels, minlength=a.shape[0])   # small blobs per image
+    has_speck = (small > 0) & (per_image > 1) & (per_image > small)
+    return float(has_speck.mean())

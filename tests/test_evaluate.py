@@ -56,6 +56,11 @@ def test_real_images_look_like_a_perfect_generator(real_scores, quick_clf):
     # unbalanced classes: IS = BCIS * WCIS only approximately
     assert abs(res["inception_score"] - res["bcis"] * res["wcis"]) < 0.05 * res["inception_score"]
     assert min(res["per_class_accuracy"]) > 0.85
+    # real test images against held-out real training images vary alike (within sampling at
+    # 200 a class, and MNIST's test set begins with its cleaner writers)
+    for name in metrics.STYLE_FEATURES:
+        assert 0.75 < res["style_spread"][name] < 1.33, (name, res["style_spread"])
+    assert res["speckle"] < 0.05                 # MNIST's test set: 1.3%
 
 
 def test_fid_separates_real_from_noise(real_scores, quick_clf, mnist):
@@ -66,6 +71,7 @@ def test_fid_separates_real_from_noise(real_scores, quick_clf, mnist):
     # pure noise: the classifier sees (nearly) one thing, so IS and BCIS are low
     assert res_noise["inception_score"] < 3.0
     assert res_noise["bcis"] < 1.1 and res_noise["label_accuracy"] < 0.3
+    assert res_noise["speckle"] > 0.5 and res["speckle"] < 0.05
     # a set against itself is 0 (features fed straight in)
     f = quick_clf.features(x)
     assert metrics.fid(f, f) < 1e-6 * res_noise["fid"]
@@ -109,7 +115,8 @@ def test_evaluate_main_writes_its_files(tiny_run, capsys):
             "--data-dir", str(fake), "--cas-epochs", "1", "--seed", "2"]
     assert evaluate.main(argv) == 0
     out = capsys.readouterr().out
-    for word in ("inception score", "FID", "BCIS", "WCIS", "label accuracy", "CAS", "per-class accuracy"):
+    for word in ("inception score", "FID", "BCIS", "WCIS", "label accuracy", "CAS", "style spread",
+                 "with a speck", "per-class accuracy"):
         assert word in out
     run = ckpt.parent.parent
     for name in ("metrics.json", "confusion.png", "per_class_accuracy.png"):
@@ -124,7 +131,7 @@ def test_evaluate_main_writes_its_files(tiny_run, capsys):
     assert evaluate.main(argv + ["--out", str(other), "--no-cas"]) == 0
     res2 = json.loads((other / "metrics.json").read_text())
     assert res2["cas"] is None
-    for key in ("inception_score", "fid", "bcis", "wcis", "label_accuracy"):
+    for key in ("inception_score", "fid", "bcis", "wcis", "label_accuracy", "style_spread", "speckle"):
         assert res2[key] == res[key]
 
 

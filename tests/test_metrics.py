@@ -519,3 +519,124 @@ def test_summarize_without_labels_is_unconditional(rng):
     s = M.summarize(p)
     assert set(s) == {"num_samples", "num_classes", "inception_score", "inception_score_std", "fid"}
     assert s["inception_score"] == pytest.approx(ref_is(p))
+
+
+# ---------------------------------------------------------------------------
+# style spread: variety within a class, read from the pixels
+# ---------------------------------------------------------------------------
+def _canvas(points, size=28):
+    img = np.zeros((size, size), np.float64)
+    for r, c in points:
+        img[r, c] = 1.0
+    return img
+
+
+def test_style_features_of_drawn_strokes():
+    dot = _canvas([(14, 14)])
+    bar = _canvas([(14, c) for c in range(10, 15)])                 # 5 px wide: var of 0..4 is 2
+    lean_right = _canvas([(20 - i, 10 + i) for i in range(8)])      # rising to the right
+    lean_left = _canvas([(20 - i, 17 - i) for i in range(8)])
+    f = M.style_features(np.stack([dot, bar, lean_right, lean_left, np.zeros((28, 28))]) * 2 - 1)
+    assert f.shape == (5, 3)
+    np.testing.assert_allclose(f[0], [1.0, 0.0, 0.0], atol=1e-12)
+    np.testing.assert_allclose(f[1], [5.0, 0.0, math.sqrt(2.0)], atol=1e-12)
+    assert f[2, 1] == pytest.approx(1.0) and f[3, 1] == pytest.approx(-1.0)   # a 45-degree shear each way
+    np.testing.assert_allclose(f[4], [0.0, 0.0, 0.0])                        # blank: no NaN
+    # uint8 (N, H, W) and float (N, 1, H, W) in [-1, 1] read alike
+    u8 = (np.stack([bar, lean_right]) * 255).astype(np.uint8)
+    np.testing.assert_allclose(M.style_features(u8), M.style_features((np.stack([bar, lean_right]) * 2 - 1)[:, None]))
+
+
+def _strokes(rng, n_per_class, classes=3):
+    """Random bars of random length, thickness and lean, class c at its own place."""
+    imgs, labels = [], []
+    for c in range(classes):
+        for _ in range(n_per_class):
+            img = np.zeros((28, 28))
+            length, thick, lean = rng.integers(6, 16), rng.integers(1, 4), rng.uniform(-0.6, 0.6)
+            for i in range(length):
+                r = 6 + c + i
+                col = int(round(14 + lean * (length / 2 - i)))
+                img[r, col:col + thick] = rng.uniform(0.5, 1.0)
+            imgs.append(img)
+            labels.append(c)
+    return np.stack(imgs) * 2 - 1, np.array(labels)
+
+
+def test_style_spread_is_one_for_the_same_hand_and_zero_for_one_shape(rng):
+    x, y = _strokes(rng, 200)
+    xr, yr = _strokes(rng, 200)
+    same = M.style_spread(x, y, x, y, 3)
+    for name in M.STYLE_FEATURES:
+        assert same[name] == pytest.approx(1.0)
+    other = M.style_spread(x, y, xr, yr, 3)                     # another draw of the same hand
+    for name in M.STYLE_FEATURES:
+        assert 0.8 < other[name] < 1.25, (name, other)
+    one_shape = np.repeat(x[[0, 200, 400]], 200, axis=0)          # each class one image, repeated
+    collapsed = M.style_spread(one_shape, y, xr, yr, 3)
+    for name in M.STYLE_FEATURES:
+        assert collapsed[name] == pytest.approx(0.0, abs=1e-9)
+
+
+def test_style_spread_measures_half_the_ink_variety(rng):
+    """Each image pulled halfway to its class's mean image: ink is linear in the pixels, so
+    its spread is exactly half; the shape spreads shrink too."""
+    x, y = _strokes(rng, 150)
+    unit = (x + 1) / 2
+    pulled = unit.copy()
+    for c in range(3):
+        mean = unit[y == c].mean(axis=0)
+        pulled[y == c] = mean + 0.5 * (unit[y == c] - mean)
+    res = M.style_spread(pulled * 2 - 1, y, x, y, 3)
+    assert res["ink"] == pytest.approx(0.5, abs=1e-9)
+    assert res["slant"] < 0.9 and res["width"] < 0.9
+    assert len(res["per_class"]) == 3 and all(len(row) == 3 for row in res["per_class"])
+
+
+def test_style_spread_leaves_out_classes_it_cannot_judge(rng):
+    x, y = _strokes(rng, 20)
+    y_fake = y.copy()
+    y_fake[y == 2] = 1                                            # no class 2 among the generated
+    res = M.style_spread(x, y_fake, x, y, 4)                      # class 3 in neither set
+    assert res["per_class"][2] is None and res["per_class"][3] is None
+    assert res["per_class"][0] == pytest.approx([1.0, 1.0, 1.0])
+
+
+@pytest.mark.parametrize("images, labels, error", [
+    (np.full((4, 28, 28), np.nan), np.zeros(4, int), "NaN"),
+    (np.zeros((4, 2, 28, 28)), np.zeros(4, int), "shaped"),
+    (np.zeros((4, 28, 28)), np.zeros(3, int), "labels"),
+    (np.zeros((4, 28, 28)), np.array([0, 1, 2, 3]), "no class"),
+])
+def test_style_spread_bad_input(images, labels, error):
+    real = np.zeros((4, 28, 28))
+    with pytest.raises(ValueError, match=error):
+        M.style_spread(images, labels, real, np.zeros(4, int), 4)
+
+
+def test_speckle_counts_stray_dots_beside_a_stroke_only():
+    stroke = [(r, 14) for r in range(6, 22)]
+    clean = _canvas(stroke)
+    dotted = _canvas(stroke + [(5, 20)])                         # a one-pixel speck beside it
+    smudge = _canvas(stroke + [(24, 6), (24, 7), (25, 6), (25, 7)])   # 4 px: still a speck
+    broken = _canvas(stroke + [(10, c) for c in range(17, 24)])   # a second stroke of 7 px: no speck
+    lone = _canvas([(5, 20)])                                      # a dot and nothing else: no stroke
+    diagonal = _canvas(stroke + [(22, 15)])                        # touches the stroke's end diagonally
+    faint = _canvas(stroke)
+    faint[3, 3] = 0.3                                              # below the threshold
+    images = np.stack([clean, dotted, smudge, broken, lone, diagonal, faint])
+    per_image = [M.speckle(im[None] * 2 - 1) for im in images]
+    assert per_image == [0.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0]
+    assert M.speckle(images * 2 - 1) == pytest.approx(2 / 7)
+    assert M.speckle((images * 255).astype(np.uint8)) == pytest.approx(2 / 7)   # uint8 reads alike
+    # blobs never join across images: the dot of one image beside the stroke of the next
+    pair = np.stack([lone, clean])
+    assert M.speckle(pair * 2 - 1) == 0.0
+    assert M.speckle(np.zeros((3, 28, 28), np.uint8)) == 0.0
+
+
+def test_speckle_bad_input():
+    with pytest.raises(ValueError, match="NaN"):
+        M.speckle(np.full((2, 1, 28, 28), np.nan))
+    with pytest.raises(ValueError, match="shaped"):
+        M.speckle(np.zeros((28, 28)))
