@@ -80,7 +80,7 @@ def test_serial_and_parallel_twins_agree(shape, k, s, p, rng, monkeypatch):
 
 
 # ---------------------------------------------------------------- fused bias + LeakyReLU, channel sums
-BIAS_SHAPES = [(1, 1, 1, 1), (3, 5, 7, 7), (2, 130, 33, 17), (7, 5), (1, 3)]
+BIAS_SHAPES = [(1, 1, 1, 1), (3, 5, 7, 7), (2, 130, 33, 17), (7, 5), (1, 3), (9, 130), (2, 64)]
 
 
 @pytest.mark.parametrize("shape", BIAS_SHAPES)
@@ -120,6 +120,25 @@ def test_bias_leaky_relu_dispatch_takes_numba_and_parallel_twin_agrees(rng, monk
     np.testing.assert_array_equal(dpre, dpre2)
     np.testing.assert_array_equal(db, db2)                        # one channel per task: thread count free
     np.testing.assert_array_equal(B.bias_add_backward(dpre), db)
+
+
+@pytest.mark.parametrize("shape", [(9, 130), (3, 64), (1, 1), (1100, 1000)])   # the last: the parallel twins
+def test_bias_rows_kernels_are_the_plane_kernels_bit_for_bit(shape, rng):
+    # (N, C) takes the row kernels; as (N, C, 1, 1) the same values take the plane kernels
+    from cganraw.ops import bias as B
+    y = rng.normal(size=shape).astype(np.float32)
+    b = rng.normal(size=shape[1]).astype(np.float32)
+    dy = rng.normal(size=shape).astype(np.float32)
+    rows, cache = B.bias_leaky_relu_forward_numba(y.copy(), b, 0.2)
+    planes, cache4 = B.bias_leaky_relu_forward_numba(y.copy().reshape(*shape, 1, 1), b, 0.2)
+    np.testing.assert_array_equal(rows, planes.reshape(shape))
+    dpre, db = B.bias_leaky_relu_backward_numba(dy, cache)
+    dpre4, db4 = B.bias_leaky_relu_backward_numba(dy.reshape(*shape, 1, 1), cache4)
+    np.testing.assert_array_equal(dpre, dpre4.reshape(shape))
+    np.testing.assert_array_equal(db, db4)
+    np.testing.assert_array_equal(B.bias_add_backward_numba(dy), B.bias_add_backward_numba(dy.reshape(*shape, 1, 1)))
+    np.testing.assert_array_equal(B.bias_add_backward_numba(dpre), db)
+    np.testing.assert_allclose(db, B.bias_add_backward_numpy(dpre), rtol=1e-4, atol=1e-4)
 
 
 # ---------------------------------------------------------------- accumulating GEMM through CBLAS
@@ -367,6 +386,101 @@ def test_batchnorm_relu_fuses_on_the_numpy_backend_only(rng):
     from cganraw.nn import fused
     layers = [nn.BatchNorm2d(2), nn.ReLU(), nn.BatchNorm1d(2), nn.ReLU(), nn.InstanceNorm2d(2), nn.ReLU()]
     with harness.backend_ctx("numpy"):
-        assert fused.plan(layers) == [(0, 1), (2,), (3,), (4,), (5,)]
+        assert fused.plan(layers) == [(0, 1), (2, 3), (4,), (5,)]
     with harness.backend_ctx("emu"):
         assert fused.plan(layers) == [(0,), (1,), (2,), (3,), (4,), (5,)]
+
+
+# ---------------------------------------------------------------- BatchNorm1d: (N, C) row kernels
+@pytest.mark.parametrize("shape", [(5, 3), (2, 1), (9, 130), (64, 64), (1100, 1000)])   # the last: parallel twins
+@pytest.mark.parametrize("act", BN_ACTS)
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_batchnorm_rows_match_numpy_and_the_plane_kernels(shape, act, training, dtype, rng):
+    from cganraw.ops import batchnorm as BN
+    if shape[0] * shape[1] > 1 << 18 and (dtype == np.float64 or not training):
+        pytest.skip("one large case is enough")
+    x = (rng.normal(size=shape) * 2 + 1).astype(dtype)
+    c = shape[1]
+    g, b = rng.normal(size=c).astype(dtype), rng.normal(size=c).astype(dtype)
+    stats = () if training else (rng.normal(size=c).astype(dtype), rng.uniform(0.5, 2, size=c).astype(dtype))
+    dy = rng.normal(size=shape).astype(dtype)
+    slope = {"relu": BN.RELU}.get(act, act)
+    ref_fwd, ref_bwd = _bn_reference(act)
+    y_ref, cache_ref, m_ref, v_ref = ref_fwd(x.copy(), g, b, *stats)
+    y, cache, m, v = BN.batchnorm_forward_numba(x, g, b, *stats, negative_slope=slope)
+    tol = dict(rtol=2e-5, atol=2e-5) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(y, y_ref, **tol)
+    dx, dg, db = BN.batchnorm_backward_numba(dy, cache)
+    dx_ref, dg_ref, db_ref = ref_bwd(dy, cache_ref)
+    np.testing.assert_allclose(dx, dx_ref, **{k: 20 * t for k, t in tol.items()})
+    np.testing.assert_allclose(dg, dg_ref, **{k: 20 * t for k, t in tol.items()})
+    np.testing.assert_allclose(db, db_ref, **{k: 20 * t for k, t in tol.items()})
+    # as (N, C, 1, 1) through the plane kernels: the same bits
+    y4, cache4, m4, v4 = BN.batchnorm_forward_numba(x.reshape(*shape, 1, 1), g, b, *stats, negative_slope=slope)
+    assert np.array_equal(y, y4.reshape(shape)) and np.array_equal(cache[0], cache4[0].reshape(shape))
+    if training:
+        assert np.array_equal(m, m4) and np.array_equal(v, v4)
+    dx4, dg4, db4 = BN.batchnorm_backward_numba(dy.reshape(*shape, 1, 1), cache4)
+    assert np.array_equal(dx, dx4.reshape(shape)) and np.array_equal(dg, dg4) and np.array_equal(db, db4)
+
+
+def test_batchnorm1d_relu_fused_equals_unfused(rng):
+    # the numpy backend's BatchNorm1d + ReLU runs as the fused pair, with the unfused layers' bits
+    from cganraw import nn
+    from cganraw.nn import fused
+    results = []
+    for fuse in (True, False):
+        bn = nn.BatchNorm1d(70, rng=np.random.default_rng(1))
+        bn.bias.data[...] = np.random.default_rng(4).normal(size=70)
+        seq = nn.Sequential(bn, nn.ReLU(), fuse=fuse)
+        assert fused.plan(list(seq), fuse) == ([(0, 1)] if fuse else [(0,), (1,)])
+        out = []
+        for training in (True, False):
+            seq.train(training)
+            x = np.random.default_rng(2).normal(size=(6, 70)).astype(np.float32)
+            dy = np.random.default_rng(3).normal(size=x.shape).astype(np.float32)
+            out += [seq(x), seq.backward(dy), bn.weight.grad.copy(), bn.bias.grad.copy(), bn.running_mean.copy(),
+                    bn.running_var.copy()]
+        results.append(out)
+    assert all(np.array_equal(a, b) for a, b in zip(*results))
+
+
+# ---------------------------------------------------------------- Adam in one pass
+@pytest.mark.parametrize("size", [1, 7, 1000, 33 * 17 + 5])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("weight_decay", [0.0, 0.01])
+def test_adam_numba_is_the_reference_bit_for_bit(size, dtype, weight_decay, rng):
+    from cganraw.ops import adam as A
+    p, g, m = (rng.normal(size=size).astype(dtype) for _ in range(3))
+    v = (rng.random(size) * 1e-3).astype(dtype)
+    v[0] = 0.0                                                   # sqrt(0) + eps: the smallest denominator
+    ref, got = [p.copy(), g, m.copy(), v.copy()], [p.copy(), g, m.copy(), v.copy()]
+    for step in (1, 2, 50):
+        A.adam_update_numpy(*ref, 2e-4, 0.5, 0.999, 1e-8, step, weight_decay)
+        A.adam_update_numba(*got, 2e-4, 0.5, 0.999, 1e-8, step, weight_decay)
+        for a, b in zip(ref, got):
+            assert a.dtype == b.dtype and np.array_equal(a, b)   # same operations, same order: same bits
+
+
+def test_adam_dispatch_takes_numba_and_twins_agree(rng, monkeypatch):
+    from cganraw.ops import adam as A
+    n = (1 << 20) + 3                                            # above PARALLEL_MIN_WORK: the parallel twin
+    p, g, m = (rng.normal(size=n).astype(np.float32) for _ in range(3))
+    v = rng.random(n).astype(np.float32)
+    calls = []
+    real = A.adam_update_numba
+    monkeypatch.setattr(A, "adam_update_numba", lambda *a, **k: calls.append(1) or real(*a, **k))
+    par = [p.copy(), g, m.copy(), v.copy()]
+    A.adam_update(*par, 1e-3, 0.5, 0.999, 1e-8, 3)
+    assert calls == [1]
+    monkeypatch.setattr(_cpu, "PARALLEL_MIN_WORK", 1 << 40)
+    ser = [p.copy(), g, m.copy(), v.copy()]
+    A.adam_update(*ser, 1e-3, 0.5, 0.999, 1e-8, 3)
+    ref = [p.copy(), g, m.copy(), v.copy()]
+    A.adam_update_numpy(*ref, 1e-3, 0.5, 0.999, 1e-8, 3)
+    assert all(np.array_equal(a, b) and np.array_equal(a, c) for a, b, c in zip(par, ser, ref))
+    # a strided or mixed-dtype argument goes to the reference
+    strided = [np.zeros(8, np.float32)[::2], np.ones(4, np.float32), np.zeros(4, np.float32), np.zeros(4, np.float32)]
+    A.adam_update(*strided, 1e-3, 0.5, 0.999, 1e-8, 1)
+    assert calls == [1, 1] and np.allclose(strided[0], -1e-3)

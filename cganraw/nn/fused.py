@@ -7,7 +7,7 @@ negative_slope >= 0 runs the pair through a fused op (`Sequential(..., fuse=Fals
 
     pattern                                      ops (forward / backward)
     BatchNorm1d/2d + LeakyReLU                   batchnorm_leaky_relu_forward / _backward
-    BatchNorm2d + ReLU                           batchnorm_relu_forward / _backward
+    BatchNorm1d/2d + ReLU                        batchnorm_relu_forward / _backward
       (numpy backend with Numba only: its kernels' one pass each way)
     InstanceNorm2d + LeakyReLU                   instancenorm_leaky_relu_forward / _backward
       (affine, input statistics; kernel backends only: one launch each way)
@@ -36,7 +36,7 @@ import numpy as np
 from cganraw import backend
 from cganraw.nn._check import accumulates_in_place, check_float_input, check_same_shape
 from cganraw.nn.activation import LeakyReLU, ReLU, Tanh
-from cganraw.nn.batchnorm import BatchNorm2d, _BatchNorm
+from cganraw.nn.batchnorm import BatchNorm1d, BatchNorm2d, _BatchNorm
 from cganraw.nn.conv import Conv2d, ConvTranspose2d
 from cganraw.nn.instancenorm import InstanceNorm2d
 from cganraw.nn.linear import Linear
@@ -71,10 +71,10 @@ def fusible(layer, act):
     GEMM layers) followed by a LeakyReLU whose slope is >= 0, neither wrapped by
     instance-level forward/backward other than spectral norm's (on the layer); or such a GEMM
     layer with a bias followed by Tanh, on the kernel backends (the numpy backend keeps the
-    two layers: its numbers stay those of every earlier run); or a BatchNorm2d followed by a
+    two layers: its numbers stay those of every earlier run); or a BatchNorm1d/2d followed by a
     ReLU, on the numpy backend with Numba (the kernel backends keep those two layers)."""
     if type(act) is ReLU:
-        return (type(layer) is BatchNorm2d and _plain(layer) and _plain(act) and not backend.uses_kernels()
+        return (type(layer) in (BatchNorm1d, BatchNorm2d) and _plain(layer) and _plain(act) and not backend.uses_kernels()
                 and _cpu.enabled())
     if not (_plain(layer) or (type(layer) in (Linear, Conv2d, ConvTranspose2d) and only_spectral_norm_wraps(layer))):
         return False

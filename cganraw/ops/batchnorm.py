@@ -15,11 +15,11 @@ Ops and faces (kernels in kernels/batchnorm.cu):
     batchnorm_leaky_relu_backward   _numpy, _cuda: batchnorm_leaky_relu_backward_partial_v1 +
                                 batchnorm_leaky_relu_backward_v1 (the activation's gradient
                                 recomputed from xhat, folded into both passes)
-    batchnorm_relu_forward / _backward   BatchNorm2d then ReLU, fused on the numpy backend only:
+    batchnorm_relu_forward / _backward   BatchNorm1d/2d then ReLU, fused on the numpy backend only:
                                 _numpy (the reference), the Numba kernels below
 The fused pairs are what BatchNorm + LeakyReLU (and on the numpy backend BatchNorm2d + ReLU)
 run as inside nn.Sequential (cganraw.nn.fused); their references are exactly the unfused
-arithmetic. On the numpy backend, 4-D maps run through Numba kernels (below) shared by the
+arithmetic. On the numpy backend, (N, C) and 4-D inputs run through Numba kernels (below) shared by the
 unfused and fused ops, so fused and unfused still give the same bits.
 """
 from __future__ import annotations
@@ -133,7 +133,7 @@ def batchnorm_running_update_numpy(running_mean, running_var, mean, var_unbiased
 
 
 # ---------------------------------------------------------------- Numba CPU paths (cganraw.ops._cpu)
-# (N, C, H, W) maps only ((N, C) stays on the reference: its channels are strided columns).
+# (N, C, H, W) maps here, (N, C) batches in the row kernels below.
 # One task per channel, x read in its physical layout (NCHW or channel-major, ops._cpu.physical):
 # act: ACT_NONE, ACT_LEAKY (slope), ACT_RELU (slope then holds a +0.0 of x's dtype, so that
 # every value stays in that dtype).
@@ -272,8 +272,117 @@ def _bn_backward_dx_numba(nb, parallel):
     return dx_pass
 
 
+# (N, C) batches (BatchNorm1d): the same arithmetic along rows, a block of COLS channels per
+# task with one float64 accumulator per channel, summed in n order: the bits the plane kernels
+# above give the same values as (N, C, 1, 1). Row segments are indexed from 0 so the loops
+# vectorise.
+COLS = 64
+
+
+@_cpu.kernel
+def _bn_stats_rows_numba(nb, parallel):
+    @nb.njit(parallel=parallel, cache=True)
+    def stats(x, mean, sq, cols):  # x (N, C); mean (C,) x.dtype; sq (C,) float64 out
+        n, c = x.shape
+        for blk in nb.prange((c + cols - 1) // cols):
+            lo = blk * cols
+            w = min(cols, c - lo)
+            acc = np.zeros(w, np.float64)
+            for i in range(n):
+                row = x[i, lo:lo + w]
+                for j in range(w):
+                    acc[j] += row[j]
+            m = mean[lo:lo + w]
+            for j in range(w):
+                m[j] = acc[j] / n           # rounded to x's dtype by the store
+            acc[:] = 0.0
+            for i in range(n):
+                row = x[i, lo:lo + w]
+                for j in range(w):
+                    d = row[j] - m[j]
+                    acc[j] += d * d
+            sq[lo:lo + w] = acc
+    return stats
+
+
+@_cpu.kernel
+def _bn_apply_rows_numba(nb, parallel):
+    @nb.njit(parallel=parallel, cache=True)
+    def apply(x, mean, invstd, gamma, beta, act, slope, xhat, y):  # all (N, C) or (C,)
+        n, c = x.shape
+        for i in nb.prange(n):
+            xr, hr, yr = x[i], xhat[i], y[i]
+            for j in range(c):
+                h = (xr[j] - mean[j]) * invstd[j]
+                hr[j] = h
+                v = h * gamma[j]
+                v = v + beta[j]
+                if act == 1:
+                    v = v if v > 0 else v * slope
+                elif act == 2:              # np.maximum(v, 0): NaN stays, -0.0 becomes +0.0 (slope)
+                    v = v if v > 0 or v != v else slope
+                yr[j] = v
+    return apply
+
+
+@_cpu.kernel
+def _bn_backward_sums_rows_numba(nb, parallel):
+    @nb.njit(parallel=parallel, cache=True)
+    def sums(dy, xhat, gamma, beta, act, slope, out, cols):  # out (2, C) float64: dbeta, dgamma
+        n, c = xhat.shape
+        for blk in nb.prange((c + cols - 1) // cols):
+            lo = blk * cols
+            w = min(cols, c - lo)
+            db = np.zeros(w, np.float64)
+            dg = np.zeros(w, np.float64)
+            g, b = gamma[lo:lo + w], beta[lo:lo + w]
+            for i in range(n):
+                gr, hr = dy[i, lo:lo + w], xhat[i, lo:lo + w]
+                for j in range(w):
+                    d = gr[j]
+                    h = hr[j]
+                    if act != 0:
+                        v = h * g[j]
+                        v = v + b[j]
+                        if act == 1:
+                            d = d if v > 0 else d * slope
+                        else:
+                            d = d if v > 0 else slope
+                    db[j] += d
+                    dg[j] += d * h
+            out[0, lo:lo + w] = db
+            out[1, lo:lo + w] = dg
+    return sums
+
+
+@_cpu.kernel
+def _bn_backward_dx_rows_numba(nb, parallel):
+    @nb.njit(parallel=parallel, cache=True)
+    def dx_pass(dy, xhat, gamma, beta, act, slope, a, b_mean, scale, training, dx):  # (N, C) or (C,)
+        n, c = xhat.shape
+        for i in nb.prange(n):
+            gr, hr, dr = dy[i], xhat[i], dx[i]
+            for j in range(c):
+                d = gr[j]
+                h = hr[j]
+                if act != 0:
+                    v = h * gamma[j]
+                    v = v + beta[j]
+                    if act == 1:
+                        d = d if v > 0 else d * slope
+                    else:
+                        d = d if v > 0 else slope
+                if training:
+                    t = h * a[j]
+                    t = t + b_mean[j]
+                    d = d - t
+                dr[j] = d * scale[j]
+    return dx_pass
+
+
 def _numba_ok(*arrays):
-    return (_cpu.enabled() and _cpu.host_arrays(*arrays) and all(a.ndim == 4 for a in arrays)
+    return (_cpu.enabled() and _cpu.host_arrays(*arrays) and len({a.ndim for a in arrays}) == 1
+            and arrays[0].ndim in (2, 4)
             and len({a.dtype for a in arrays}) == 1 and arrays[0].dtype in (np.float32, np.float64))
 
 
@@ -292,6 +401,8 @@ def batchnorm_forward_numba(x, gamma, beta, mean=None, var=None, eps=1e-5, negat
     (a slope: the cache then holds beta and the slope) or batchnorm_relu_forward_numpy
     (negative_slope RELU), for a 4-D x: see above."""
     f = x.dtype.type
+    if x.ndim == 2:
+        return _batchnorm_forward_rows(x, gamma, beta, mean, var, eps, negative_slope)
     x3, x_cm = _physical3(x)
     n, c = x.shape[:2]
     count = x.size // c
@@ -330,6 +441,8 @@ def batchnorm_backward_numba(dy, cache):
         xhat, invstd, gamma, beta, training, slope = cache
         act, slope = (ACT_RELU, 0.0) if slope == RELU else (ACT_LEAKY, slope)
     f = dy.dtype.type
+    if dy.ndim == 2:
+        return _batchnorm_backward_rows(dy, xhat, invstd, gamma, beta, training, act, f(slope))
     h3, h_cm = _physical3(xhat)
     d3, d_cm = _physical3(dy)
     c = dy.shape[1]
@@ -342,6 +455,49 @@ def batchnorm_backward_numba(dy, cache):
     _bn_backward_dx_numba(d3, d_cm, h3, h_cm, gamma, beta, act, f(slope), dgamma / count, dbeta / count, scale,
                           bool(training), dx3, work=dy.size)
     return _from_physical3(dx3, h_cm, dy.shape), dgamma, dbeta
+
+
+def _batchnorm_forward_rows(x, gamma, beta, mean, var, eps, negative_slope):
+    # batchnorm_forward_numba for (N, C): the same steps through the row kernels
+    f = x.dtype.type
+    x = np.ascontiguousarray(x)
+    n, c = x.shape
+    gamma, beta = np.ascontiguousarray(gamma, x.dtype), np.ascontiguousarray(beta, x.dtype)
+    training = mean is None
+    if training:
+        mean = np.empty(c, x.dtype)
+        sq = np.empty(c, np.float64)
+        _bn_stats_rows_numba(x, mean, sq, COLS, work=2 * x.size)
+        var = (sq / n).astype(x.dtype)
+        var_unbiased = var * (n / max(n - 1, 1))
+        norm_mean = mean
+    else:
+        var_unbiased = None
+        norm_mean = np.ascontiguousarray(mean, x.dtype)
+    invstd = 1 / np.sqrt(var + f(eps))
+    xhat = _workspace.empty_like(x)
+    y = _workspace.empty_like(x)
+    act = ACT_NONE if negative_slope is None else ACT_RELU if negative_slope == RELU else ACT_LEAKY
+    slope = f(negative_slope) if act == ACT_LEAKY else f(0)
+    _bn_apply_rows_numba(x, norm_mean, np.ascontiguousarray(invstd), gamma, beta, act, slope, xhat, y, work=x.size)
+    if negative_slope is None:
+        return y, (xhat, invstd, gamma, training), mean, var_unbiased
+    return y, (xhat, invstd, gamma, beta, training, negative_slope), mean, var_unbiased
+
+
+def _batchnorm_backward_rows(dy, xhat, invstd, gamma, beta, training, act, slope):
+    # batchnorm_backward_numba for (N, C)
+    dy, xhat = np.ascontiguousarray(dy), np.ascontiguousarray(xhat)
+    gamma, beta = np.ascontiguousarray(gamma, dy.dtype), np.ascontiguousarray(beta, dy.dtype)
+    n, c = dy.shape
+    sums = np.empty((2, c), np.float64)
+    _bn_backward_sums_rows_numba(dy, xhat, gamma, beta, act, slope, sums, COLS, work=2 * dy.size)
+    dbeta, dgamma = sums[0].astype(dy.dtype), sums[1].astype(dy.dtype)
+    scale = gamma * invstd
+    dx = _workspace.empty_like(xhat)
+    _bn_backward_dx_rows_numba(dy, xhat, gamma, beta, act, slope, dgamma / n, dbeta / n, scale, bool(training), dx,
+                               work=dy.size)
+    return dx, dgamma, dbeta
 
 
 # ---------------------------------------------------------------- CUDA kernels (kernels/batchnorm.cu)
@@ -656,8 +812,8 @@ def batchnorm_leaky_relu_backward(dy, cache, out=None):
 
 
 def batchnorm_relu_forward(x, gamma, beta, mean=None, var=None, eps=1e-5, running=None):
-    """relu(batchnorm(x)), the pair nn.fused runs for BatchNorm2d + ReLU on the numpy backend
-    (the kernel backends keep the two layers): the Numba kernels for 4-D host arrays, else the
+    """relu(batchnorm(x)), the pair nn.fused runs for BatchNorm1d/2d + ReLU on the numpy backend
+    (the kernel backends keep the two layers): the Numba kernels for 2-D and 4-D host arrays, else the
     reference. Returns y, cache, batch mean, batch unbiased variance (None in eval); running as
     batchnorm_leaky_relu_forward's."""
     if backend.uses_kernels():

@@ -136,6 +136,70 @@ def _channel_sum_numba(nb, parallel):
     return channel_sum
 
 
+# (N, C) Linear outputs: with HW = 1 the kernels above run one element per task and read a
+# channel down a column; these go along rows (contiguous, vectorised) and sum the channels of
+# a block of COLS at a time, each in float64 in n order: the bits of the kernels above.
+COLS = 64
+
+
+@_cpu.kernel
+def _bias_leaky_forward_rows_numba(nb, parallel):
+    @nb.njit(parallel=parallel, cache=True)
+    def forward(y, b, slope):  # y (N, C) C-contiguous, in place; b (C,) or empty
+        n, c = y.shape
+        has_bias = b.size > 0
+        for i in nb.prange(n):
+            row = y[i]
+            if has_bias:
+                for j in range(c):
+                    v = row[j] + b[j]
+                    row[j] = v if v > 0 else v * slope
+            else:
+                for j in range(c):
+                    v = row[j]
+                    row[j] = v if v > 0 else v * slope
+    return forward
+
+
+@_cpu.kernel
+def _bias_leaky_backward_rows_numba(nb, parallel):
+    @nb.njit(parallel=parallel, cache=True)
+    def backward(dy, y, slope, dpre, db, cols):  # all (N, C) C-contiguous; db (C,) float64 or empty
+        n, c = y.shape
+        sums = db.size > 0
+        for blk in nb.prange((c + cols - 1) // cols):
+            lo = blk * cols
+            w = min(cols, c - lo)
+            acc = np.zeros(w, np.float64)
+            for i in range(n):
+                # row segments indexed from 0: the loop vectorises (indexing from lo does not)
+                g, yr, d = dy[i, lo:lo + w], y[i, lo:lo + w], dpre[i, lo:lo + w]
+                for j in range(w):
+                    v = g[j] if yr[j] > 0 else g[j] * slope
+                    d[j] = v
+                    acc[j] += v
+            if sums:
+                db[lo:lo + w] = acc
+    return backward
+
+
+@_cpu.kernel
+def _channel_sum_rows_numba(nb, parallel):
+    @nb.njit(parallel=parallel, cache=True)
+    def channel_sum(dy, db, cols):  # dy (N, C) C-contiguous; db (C,) float64
+        n, c = dy.shape
+        for blk in nb.prange((c + cols - 1) // cols):
+            lo = blk * cols
+            w = min(cols, c - lo)
+            acc = np.zeros(w, np.float64)
+            for i in range(n):
+                g = dy[i, lo:lo + w]
+                for j in range(w):
+                    acc[j] += g[j]
+            db[lo:lo + w] = acc
+    return channel_sum
+
+
 def _numba_ok(*arrays):
     return _cpu.enabled() and _cpu.host_arrays(*arrays) and all(a.ndim in (2, 4) and a.dtype in (np.float32, np.float64)
                                   for a in arrays)
@@ -153,7 +217,10 @@ def _physical3(a):
 def bias_add_backward_numba(dy):
     """As bias_add_backward_numpy, summed per channel in float64 (see above)."""
     db = np.empty(dy.shape[1], dtype=np.float64)
-    _channel_sum_numba(*_physical3(dy), db, work=dy.size)
+    if dy.ndim == 2:
+        _channel_sum_rows_numba(np.ascontiguousarray(dy), db, COLS, work=dy.size)
+    else:
+        _channel_sum_numba(*_physical3(dy), db, work=dy.size)
     return db.astype(dy.dtype)
 
 
@@ -161,6 +228,9 @@ def bias_leaky_relu_forward_numba(y, b, negative_slope):
     """In place, bit-identical to bias_leaky_relu_forward_numpy."""
     _check_slope("bias_leaky_relu_forward", negative_slope)
     bias = np.empty(0, dtype=y.dtype) if b is None else np.ascontiguousarray(b, dtype=y.dtype)
+    if y.ndim == 2 and y.flags.c_contiguous:
+        _bias_leaky_forward_rows_numba(y, bias, y.dtype.type(negative_slope), work=y.size)
+        return y, (y, negative_slope)
     y3, cm = _physical3(y)
     if not np.may_share_memory(y3, y):   # a layout that needed a copy: stay in place instead
         return bias_leaky_relu_forward_numpy(y, b, negative_slope)
@@ -171,6 +241,13 @@ def bias_leaky_relu_forward_numba(y, b, negative_slope):
 def bias_leaky_relu_backward_numba(dy, cache, need_db=True):
     """As bias_leaky_relu_backward_numpy: dpre bit-identical, db = bias_add_backward_numba(dpre)."""
     y, negative_slope = cache
+    if y.ndim == 2:
+        y2 = np.ascontiguousarray(y)
+        dpre = _workspace.empty_like(y2)
+        db = np.empty(dy.shape[1] if need_db else 0, dtype=np.float64)
+        _bias_leaky_backward_rows_numba(np.ascontiguousarray(dy), y2, dy.dtype.type(negative_slope), dpre, db, COLS,
+                                        work=dy.size)
+        return dpre, (db.astype(dy.dtype) if need_db else None)
     y3, y_cm = _physical3(y)
     dpre3 = _workspace.empty_like(y3)   # in the layer's own output layout: the GEMMs after take it as it is
     db = np.empty(dy.shape[1] if need_db else 0, dtype=np.float64)
