@@ -408,17 +408,8 @@ def batchnorm_forward_numba(x, gamma, beta, mean=None, var=None, eps=1e-5, negat
     count = x.size // c
     gamma, beta = np.ascontiguousarray(gamma, x.dtype), np.ascontiguousarray(beta, x.dtype)
     training = mean is None
-    if training:
-        mean = np.empty(c, x.dtype)
-        sq = np.empty(c, np.float64)
-        _bn_stats_numba(x3, x_cm, mean, sq, work=2 * x.size)
-        var = (sq / count).astype(x.dtype)
-        var_unbiased = var * (count / max(count - 1, 1))
-        norm_mean = mean
-    else:
-        var_unbiased = None
-        norm_mean = np.ascontiguousarray(mean, x.dtype)
-    invstd = 1 / np.sqrt(var + f(eps))
+    norm_mean, invstd, mean, var_unbiased = _statistics(
+        x.dtype, c, count, mean, var, eps, lambda m, sq: _bn_stats_numba(x3, x_cm, m, sq, work=2 * x.size))
     xhat3 = _workspace.empty_like(x3)
     y = _workspace.empty(x.shape, x.dtype)
     act = ACT_NONE if negative_slope is None else ACT_RELU if negative_slope == RELU else ACT_LEAKY
@@ -429,6 +420,25 @@ def batchnorm_forward_numba(x, gamma, beta, mean=None, var=None, eps=1e-5, negat
     if negative_slope is None:
         return y, (xhat, invstd, gamma, training), mean, var_unbiased
     return y, (xhat, invstd, gamma, beta, training, negative_slope), mean, var_unbiased
+
+
+def _statistics(dtype, c, count, mean, var, eps, batch_stats):
+    """(norm_mean, invstd, mean, var_unbiased) of a Numba BatchNorm forward. Training (mean
+    None): batch_stats(mean (c,), sq (c,) float64) writes each channel's batch mean and sum of
+    squared deviations over its `count` values; var_unbiased is for the running variance.
+    Eval: the given running mean and var, and var_unbiased None."""
+    f = np.dtype(dtype).type
+    if mean is None:
+        mean = np.empty(c, dtype)
+        sq = np.empty(c, np.float64)
+        batch_stats(mean, sq)
+        var = (sq / count).astype(dtype)
+        var_unbiased = var * (count / max(count - 1, 1))
+        norm_mean = mean
+    else:
+        var_unbiased = None
+        norm_mean = np.ascontiguousarray(mean, dtype)
+    return norm_mean, 1 / np.sqrt(var + f(eps)), mean, var_unbiased
 
 
 def batchnorm_backward_numba(dy, cache):
@@ -464,17 +474,8 @@ def _batchnorm_forward_rows(x, gamma, beta, mean, var, eps, negative_slope):
     n, c = x.shape
     gamma, beta = np.ascontiguousarray(gamma, x.dtype), np.ascontiguousarray(beta, x.dtype)
     training = mean is None
-    if training:
-        mean = np.empty(c, x.dtype)
-        sq = np.empty(c, np.float64)
-        _bn_stats_rows_numba(x, mean, sq, COLS, work=2 * x.size)
-        var = (sq / n).astype(x.dtype)
-        var_unbiased = var * (n / max(n - 1, 1))
-        norm_mean = mean
-    else:
-        var_unbiased = None
-        norm_mean = np.ascontiguousarray(mean, x.dtype)
-    invstd = 1 / np.sqrt(var + f(eps))
+    norm_mean, invstd, mean, var_unbiased = _statistics(
+        x.dtype, c, n, mean, var, eps, lambda m, sq: _bn_stats_rows_numba(x, m, sq, COLS, work=2 * x.size))
     xhat = _workspace.empty_like(x)
     y = _workspace.empty_like(x)
     act = ACT_NONE if negative_slope is None else ACT_RELU if negative_slope == RELU else ACT_LEAKY
