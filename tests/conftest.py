@@ -57,3 +57,12 @@ def mnist_dir():
     if path is None:
         pytest.skip("real MNIST found neither in $CGANRAW_DATA_DIR nor in ../shared/data/mnist")
     return path
+
+
+@pytest.fixture
+def letters_dir(tmp_path):
+    """A synthetic EMNIST letters split in EMNIST's layout (48 training, 16 test images)."""
+    from tests.synthetic import write_emnist
+    d = tmp_path / "data"
+    write_emnist(d, "letters", np.random.default_rng(0), n=(48, 16))
+    return d

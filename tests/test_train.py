@@ -9,16 +9,8 @@ import cganraw.run as run_module
 from cganraw import checkpoint, load, models, sample, train
 from cganraw.losses import mode_seeking
 from cganraw.optim import Adam
-from tests.synthetic import write_emnist
 
 TINY = ["--width", "4", "--batch-size", "8", "--log-every", "1", "--quiet", "--no-download"]
-
-
-@pytest.fixture
-def letters_dir(tmp_path):
-    d = tmp_path / "data"
-    write_emnist(d, "letters", np.random.default_rng(0), n=(48, 16))
-    return d
 
 
 def run_cli(*argv):

@@ -12,16 +12,8 @@ from cganraw.losses import bce_with_logits
 from cganraw.ops import philox
 from cganraw.run import batch_size_at, growth_at, planned_steps
 from cganraw.step import train_step
-from tests.synthetic import write_emnist
 
 TINY = ["--width", "3", "--log-every", "1", "--quiet", "--no-download"]
-
-
-@pytest.fixture
-def letters_dir(tmp_path):
-    d = tmp_path / "data"
-    write_emnist(d, "letters", np.random.default_rng(0), n=(48, 16))
-    return d
 
 
 def run_cli(*argv):

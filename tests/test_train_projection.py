@@ -7,16 +7,8 @@ import numpy as np
 import pytest
 
 from cganraw import backend, checkpoint, load, train
-from tests.synthetic import write_emnist
 
 TINY = ["--width", "4", "--batch-size", "8", "--log-every", "1", "--quiet", "--no-download"]
-
-
-@pytest.fixture
-def letters_dir(tmp_path):
-    d = tmp_path / "data"
-    write_emnist(d, "letters", np.random.default_rng(0), n=(48, 16))
-    return d
 
 
 @pytest.fixture
