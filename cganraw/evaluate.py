@@ -13,8 +13,9 @@ reports (cganraw.metrics.summarize):
     confusion        rows: conditioning label, columns: the classifier's argmax
     cas              Classification Accuracy Score (Ravuri & Vinyals 2019): a fresh classifier
                      trained only on generated images, tested on the real test set
-    style_spread     per class, std of ink, slant and width over the generated images / the
-                     same over the real test set's (metrics.style_spread): 1 is real variety
+    style_spread     per class, the interquartile range of ink, slant and width over the
+                     generated images / the same over the real test set's (metrics.style_spread):
+                     1 is real variety; left out when no class has two images
     speckle          the fraction of images with a detached speck of ink (metrics.speckle)
 An unconditional model gets IS and FID only. Writes metrics.json, confusion.png and
 per_class_accuracy.png into --out (default: the run directory, the parent of checkpoints/).
@@ -171,7 +172,7 @@ def score_images(images, labels, classifier, class_names=None, real_test=None, r
     if feats is not None:
         res["fid_real_samples"] = int(feats[1].shape[0])
     res["speckle"] = metrics.speckle(images)
-    if labels is not None and test is not None:
+    if labels is not None and test is not None and np.bincount(labels, minlength=k).max() >= 2:
         res["style_spread"] = metrics.style_spread(images, labels, test[0], test[1], k)
     if labels is not None:
         res["cas"] = None

@@ -87,6 +87,15 @@ def test_shuffled_labels_drop_label_accuracy(real_scores, quick_clf):
     assert res_s["inception_score"] == res["inception_score"] and res_s["fid"] == res["fid"]
 
 
+def test_one_image_per_class_is_scored_without_a_style_spread(real_scores, quick_clf):
+    """A spread needs two images of a class: with one each it is left out, the rest scored."""
+    x, y, ref, _ = real_scores
+    first = np.array([np.flatnonzero(y == c)[0] for c in range(10)])
+    res = evaluate.score_images(x[first], y[first], quick_clf, real_test=ref, cas=False, log=None)
+    assert "style_spread" not in res and res["num_samples"] == 10
+    assert 0.0 <= res["speckle"] <= 1.0 and res["fid"] is not None
+
+
 def test_cas_on_real_training_images(mnist):
     train, test = mnist
     acc = evaluate.class_accuracy_score(train.images[:3000], train.labels[:3000], DIGITS,
