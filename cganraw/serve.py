@@ -68,9 +68,8 @@ def threadsafe_kernels(workers: int) -> int:
     except ValueError:            # no parallel kernel has run yet: the layer can still be chosen
         layer = None
         try:
-            from numba.np.ufunc import parallel
             nb.config.THREADING_LAYER = "threadsafe"
-            parallel._launch_threads()
+            _cpu.start_threads()
             layer = nb.threading_layer()
         except Exception as e:  # no OpenMP or TBB: fall back below
             nb.config.THREADING_LAYER = "default"
@@ -87,7 +86,7 @@ def single_threaded_kernels():
     busy, and nested thread teams on a shared machine only wait on each other."""
     from cganraw.ops import _cpu
 
-    nb = _cpu.numba()
+    nb = _cpu.start_threads()
     if nb is not None:
         nb.set_num_threads(1)
 

@@ -260,8 +260,11 @@ def build_parser(record_given=True):
                    help="let GEMMs round their inputs to TF32 on tensor cores (cuBLAS on cuda, gemm v4 on "
                         "emu; numpy is unaffected): faster on a GPU, results change at the 1e-3 level")
     p.add_argument("--threads", type=cli.nonneg_int, default=0,
-                   help="CPU threads for BLAS and Numba; 0 picks the fastest count by timing the run's own "
-                        "training step (a GEMM on the emu backend; recorded in config.json)")
+                   help="CPU threads for BLAS; 0 picks the fastest BLAS and Numba counts by timing the run's "
+                        "own training step (a GEMM on the emu backend; recorded in config.json)")
+    p.add_argument("--numba-threads", type=cli.nonneg_int, default=0,
+                   help="CPU threads for the Numba kernels; 0: one beside a given --threads (OpenBLAS's "
+                        "spinning workers stall parallel regions run right after a GEMM), measured with --threads 0")
     p.add_argument("--data-dir", default=None,
                    help="folder with the IDX files (default: $CGANRAW_DATA_DIR, then the user cache)")
     p.add_argument("--download", action=argparse.BooleanOptionalAction, default=True,

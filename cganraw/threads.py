@@ -1,13 +1,18 @@
 """CPU threads of a training run on the NumPy backend: BLAS (through threadpoolctl) and
-Numba get one count, given (`--threads N`) or picked by measurement (`--threads 0`, the
-default): the work itself (the trainer passes one training step of a throwaway copy of
-its models; without one, a GEMM of the conv cGAN's shapes) is timed at 1, 2, 4, ... threads
-up to the CPUs this process may use (or fewer, when $OMP_NUM_THREADS, $OPENBLAS_NUM_THREADS
-or $MKL_NUM_THREADS asks for fewer), and the fastest count wins. More threads can be slower
-than one: a busy core stalls every parallel region, and a small model's step is many short
-parallel regions whose spinning BLAS and Numba workers contend (a large GEMM scales while
-the step of width 48, batch 32 ran at 241 images/s on two threads against 400 on one).
-So it is measured on the step, not on a GEMM, and not assumed. `apply` returns what was set, for the run's config.json.
+Numba each get a count, given (`--threads N`, `--numba-threads M`) or picked by measurement
+(`--threads 0`, the default): the work itself (the trainer passes one training step of a
+throwaway copy of its models; without one, a GEMM of the conv cGAN's shapes) is timed at
+each pair of counts of configurations() (BLAS 1, 2, 4, ... up to the CPUs this process may
+use, or fewer when $OMP_NUM_THREADS, $OPENBLAS_NUM_THREADS or $MKL_NUM_THREADS asks for
+fewer; Numba on one thread or on as many as BLAS), and the fastest pair wins.
+
+More threads can be slower than one: a busy core stalls every parallel region, and a step is
+many short parallel regions. Numba runs on one thread unless measured faster otherwise:
+OpenBLAS's workers spin for a while after every GEMM, and a parallel Numba region right
+after one waits for the cores they hold (on two cores a 0.08 ms kernel took 5 ms after a
+GEMM; the conv cGAN's step at width 64, batch 64 took 198 ms with both on two threads, 121
+with Numba on one). Numba's kernels give the same bits at any thread count, so only the
+BLAS count is kept on a resume. `apply` returns what was set, for the run's config.json.
 """
 from __future__ import annotations
 
@@ -63,9 +68,21 @@ def candidates(cpus: int | None = None) -> list:
     return out + [cpus]
 
 
-def set_threads(n: int) -> dict:
-    """BLAS and Numba to `n` threads (each capped at what it can run). Returns
-    {"blas": count or None, "numba": count or None} (None: that library is not loaded)."""
+def configurations(cpus: int | None = None) -> list:
+    """The (BLAS, Numba) thread counts the measured pick times: each BLAS count of
+    candidates(cpus) with Numba on one thread, and on as many as BLAS."""
+    return [(b, n) for b in candidates(cpus) for n in sorted({1, b})]
+
+
+def pair_name(pair) -> str:
+    """(2, 1) -> "2/1": BLAS threads / Numba threads, as config.json's probe_ms keys them."""
+    return f"{pair[0]}/{pair[1]}"
+
+
+def set_threads(n: int, numba_threads: int | None = None) -> dict:
+    """BLAS to `n` threads, Numba to `numba_threads` (default 1: see the module's docstring),
+    each capped at what it can run. Returns {"blas": count or None, "numba": count or None}
+    (None: that library is not loaded)."""
     global _limiter
     done = {"blas": None, "numba": None}
     try:
@@ -76,18 +93,20 @@ def set_threads(n: int) -> dict:
     except ImportError:
         log.warning("threadpoolctl is missing: BLAS keeps its own thread count")
     try:
-        import numba
-        numba.set_num_threads(max(1, min(int(n), numba.config.NUMBA_NUM_THREADS)))
-        done["numba"] = numba.get_num_threads()
-    except Exception:   # numba missing, or a threading layer that cannot start
+        from cganraw.ops import _cpu
+        numba = _cpu.start_threads()          # its workers sleep between regions (see there)
+        if numba is not None:
+            numba.set_num_threads(max(1, min(int(numba_threads or 1), numba.config.NUMBA_NUM_THREADS)))
+            done["numba"] = numba.get_num_threads()
+    except Exception:   # a threading layer that cannot start
         pass
     return done
 
 
-def _probe_seconds(n, work) -> float:
-    """The best of PROBE_REPEATS timings of work() at n threads, after one untimed call
-    (which wakes the threads and fills the caches)."""
-    set_threads(n)
+def _probe_seconds(pair, work) -> float:
+    """The best of PROBE_REPEATS timings of work() at the (BLAS, Numba) counts `pair`, after
+    one untimed call (which wakes the threads and fills the caches)."""
+    set_threads(*pair)
     work()
     best = float("inf")
     for _ in range(PROBE_REPEATS):
@@ -107,40 +126,48 @@ def gemm_probe():
     return lambda: np.matmul(a, b, out=out)
 
 
-_picked = {}           # cpus -> (pick()'s answer, what was timed): measured once per process, so
-                      # that every run of one process (a test session, a study) uses the same count:
-                      # some BLAS results depend on it in their last bit
+_picked = {}           # (cpus, numba count asked) -> (pick()'s answer, what was timed): measured once
+                      # per process, so that every run of one process (a test session, a study)
+                      # uses the same counts: some BLAS results depend on them in their last bit
 
 
-def pick(cpus: int | None = None, make_work=None) -> tuple:
-    """(fastest thread count, {count: seconds}) over candidates(cpus), timing the work that
-    make_work() returns (a zero-argument callable; gemm_probe when make_work is None),
-    measured on the first call of this process and remembered: make_work is called only
-    then. `cpus` defaults to the CPUs this process may use, capped by $OMP_NUM_THREADS /
-    $OPENBLAS_NUM_THREADS / $MKL_NUM_THREADS."""
-    return _pick(cpus or usable_cpus(), make_work)[0]
+def pick(cpus: int | None = None, make_work=None, numba_threads: int | None = None) -> tuple:
+    """(fastest (BLAS, Numba) pair, {pair: seconds}) over configurations(cpus) (only those with
+    Numba at `numba_threads` when given), timing the work that make_work() returns (a
+    zero-argument callable; gemm_probe when make_work is None), measured on the first call
+    of this process and remembered: make_work is called only then. `cpus` defaults to the
+    CPUs this process may use, capped by $OMP_NUM_THREADS / $OPENBLAS_NUM_THREADS /
+    $MKL_NUM_THREADS."""
+    return _pick(cpus or usable_cpus(), make_work, numba_threads)[0]
 
 
-def _pick(cpus, make_work):
-    if cpus not in _picked:
+def _pick(cpus, make_work, numba_threads=None):
+    key = (cpus, numba_threads)
+    if key not in _picked:
+        pairs = configurations(cpus)
+        if numba_threads:
+            pairs = list(dict.fromkeys((b, int(numba_threads)) for b, _ in pairs))
         work = (make_work or gemm_probe)()
-        times = {c: _probe_seconds(c, work) for c in candidates(cpus)}
-        _picked[cpus] = (min(times, key=times.get), times), make_work is not None
-    return _picked[cpus]
+        times = {pair: _probe_seconds(pair, work) for pair in pairs}
+        _picked[key] = (min(times, key=times.get), times), make_work is not None
+    return _picked[key]
 
 
-def apply(requested: int | None, make_work=None, what="training step") -> dict:
-    """Set the run's threads: `requested` > 0 as given, 0 or None picked by pick(None,
-    make_work), `what` naming the timed work. Returns the record for config.json: requested,
-    blas, numba, and the probe with its times when measured."""
+def apply(requested: int | None, make_work=None, what="training step", numba_threads: int | None = None) -> dict:
+    """Set the run's threads: BLAS `requested` > 0 as given and Numba `numba_threads` (default
+    1); with `requested` 0 or None both picked by pick(None, make_work) (Numba held at
+    `numba_threads` when given), `what` naming the timed work. Returns the record for
+    config.json: requested, blas, numba, and the probe with its times when measured."""
     record = {"requested": requested or "auto"}
+    if numba_threads:
+        record["numba_requested"] = int(numba_threads)
     if requested:
-        chosen = int(requested)
+        chosen = (int(requested), numba_threads)
     else:
-        (chosen, times), timed_work = _pick(usable_cpus(), make_work)
+        (chosen, times), timed_work = _pick(usable_cpus(), make_work, numba_threads)
         record["probe"] = what if timed_work else "GEMM"
-        record["probe_ms"] = {str(c): round(t * 1e3, 3) for c, t in times.items()}
-        log.debug("threads: %d (%s probe %s)", chosen, record["probe"],
-                  ", ".join(f"{c}: {t * 1e3:.1f} ms" for c, t in times.items()))
-    record.update(set_threads(chosen))
+        record["probe_ms"] = {pair_name(p): round(t * 1e3, 3) for p, t in times.items()}
+        log.debug("threads (BLAS/Numba): %s (%s probe %s)", pair_name(chosen), record["probe"],
+                  ", ".join(f"{pair_name(p)}: {t * 1e3:.1f} ms" for p, t in times.items()))
+    record.update(set_threads(*chosen))
     return record

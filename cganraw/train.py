@@ -134,21 +134,23 @@ def _step_work(cfg, train_set):
 
 
 def _set_threads(args, bk, resumed_out, cfg, train_set):
-    """BLAS and Numba threads (cganraw.threads): --threads, else on a resume the count the run
-    used (some BLAS results depend on it, and a resume is bit-exact only at the same count),
-    else the fastest by measurement of this run's training step. Returns config.json's record."""
+    """BLAS and Numba threads (cganraw.threads): --threads (and --numba-threads), else on a
+    resume the BLAS count the run used (some BLAS results depend on it, and a resume is
+    bit-exact only at the same count; Numba's kernels give the same bits at any count), else
+    the fastest pair by measurement of this run's training step. Returns config.json's record."""
     if bk == "cuda":
         return {"requested": args.threads or "auto", "skipped": "cuda backend"}
+    numba_threads = args.numba_threads or None
     if not args.threads and resumed_out is not None:
         try:
             kept = json.loads((resumed_out / "config.json").read_text())["threads"]["blas"]
         except (OSError, ValueError, KeyError, TypeError):
             kept = None
         if isinstance(kept, int) and kept > 0:
-            return {**threads.apply(kept), "requested": "auto", "kept_from_run": kept}
+            return {**threads.apply(kept, numba_threads=numba_threads), "requested": "auto", "kept_from_run": kept}
     if bk == "emu":      # a step in the emulator takes long and says nothing of numpy's: the GEMM probe
-        return threads.apply(args.threads)
-    return threads.apply(args.threads, lambda: _step_work(cfg, train_set))
+        return threads.apply(args.threads, numba_threads=numba_threads)
+    return threads.apply(args.threads, lambda: _step_work(cfg, train_set), numba_threads=numba_threads)
 
 
 def _train(args, log, stop, saved):

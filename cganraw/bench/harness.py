@@ -65,17 +65,21 @@ def session_threads() -> int:
 
 
 def set_threads(n: int) -> dict:
-    """The same thread count for OpenBLAS and Numba, and for PyTorch's peer steps made after
-    this (they read session_threads())."""
+    """`n` threads for OpenBLAS and for PyTorch's peer steps made after this (they read
+    session_threads()); Numba on one thread, as a training run gives it beside a given
+    --threads (cganraw.threads: a parallel region after a GEMM waits for OpenBLAS's workers)."""
     global _session_threads
     _session_threads = int(n)
     done = {"blas": set_blas_threads(n)}
+    done["numba"] = None
     try:
-        import numba
-        numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
-        done["numba"] = numba.get_num_threads()
-    except Exception:  # numba missing, or a threading layer that cannot start
-        done["numba"] = None
+        from cganraw.ops import _cpu
+        numba = _cpu.start_threads()          # its workers sleep between regions (see there)
+        if numba is not None:
+            numba.set_num_threads(1)
+            done["numba"] = numba.get_num_threads()
+    except Exception:  # a threading layer that cannot start
+        pass
     return done
 
 

@@ -51,7 +51,8 @@ RESERVED = {
     "out": "--study-dir", "resume": "nothing: a trial is one fresh run",
     "max_minutes": "--trial-minutes", "max_steps": "--trial-steps", "epochs": "--trial-minutes",
     "eval_every": "--eval-every-steps", "eval_every_steps": "--eval-every-steps",
-    "backend": "--backend", "threads": "--threads", "data_dir": "--data-dir", "download": "--download",
+    "backend": "--backend", "threads": "--threads", "numba_threads": "--threads (Numba on one thread)",
+    "data_dir": "--data-dir", "download": "--download",
     "quiet": "nothing", "debug": "nothing", "help": "nothing", "log_every": "nothing",
     "checkpoint_every": "nothing", "sample_every": "--eval-every-steps",
 }
