@@ -151,6 +151,112 @@ def _col2im_numba(nb, parallel):
     return col2im
 
 
+# Batch-minor columns (the host Conv2d's GEMM operand): cols (C*k*k, Ho*Wo*N), column
+# (oy, ox, n), the image index innermost. Per channel the input is first transposed into a
+# zero-bordered (Hp, Wp, N) plane, so that each (row, oy, ox) of cols is one contiguous run of
+# N values: the NCHW column order's runs are Wo long (7 at 7x7), and the per-run overhead
+# made im2col and col2im as slow as the layer's GEMM. The GEMMs do not care about the column
+# order: y (O, Ho*Wo*N) and dy come in that order too (a pass over the output, 16 times
+# smaller than cols at k4). Values are those of im2col_numpy / col2im_numpy, permuted.
+@_cpu.kernel
+def _im2col_bm_numba(nb, parallel):
+    @nb.njit(parallel=parallel, cache=True)
+    def im2col_bm(x, x_cm, k, s, p, ho, wo, cols):  # x NCHW, or (C, N, H, W) when x_cm -> cols (C*k*k, Ho*Wo*N)
+        if x_cm:
+            c_in, n_img, h, w = x.shape
+        else:
+            n_img, c_in, h, w = x.shape
+        hp = max(h + 2 * p, (ho - 1) * s + k)               # windows may overhang the far side by s-1
+        wp = max(w + 2 * p, (wo - 1) * s + k)
+        for c in nb.prange(c_in):
+            plane = np.zeros((hp, wp, n_img), x.dtype)      # (Hp, Wp, N), zero border
+            for n in range(n_img):
+                src = x[c, n] if x_cm else x[n, c]
+                for yy in range(h):
+                    for xx in range(w):
+                        plane[yy + p, xx + p, n] = src[yy, xx]
+            for i in range(k):
+                for j in range(k):
+                    row = cols[(c * k + i) * k + j]
+                    for oy in range(ho):
+                        for ox in range(wo):
+                            o = (oy * wo + ox) * n_img
+                            src_run = plane[oy * s + i, ox * s + j]
+                            for n in range(n_img):
+                                row[o + n] = src_run[n]
+    return im2col_bm
+
+
+@_cpu.kernel
+def _col2im_bm_numba(nb, parallel):
+    @nb.njit(parallel=parallel, cache=True)
+    def col2im_bm(cols, k, s, p, ho, wo, out, out_cm):  # cols (C*k*k, Ho*Wo*N) -> out (N, C, H, W), or (C, N, H, W)
+        # each pixel sums its taps in (i, j) order from zero, as col2im_numpy's strided adds do
+        if out_cm:
+            c_out, n_img, h, w = out.shape
+        else:
+            n_img, c_out, h, w = out.shape
+        hp = max(h + 2 * p, (ho - 1) * s + k)
+        wp = max(w + 2 * p, (wo - 1) * s + k)
+        for c in nb.prange(c_out):
+            plane = np.zeros((hp, wp, n_img), cols.dtype)
+            for i in range(k):
+                for j in range(k):
+                    row = cols[(c * k + i) * k + j]
+                    for oy in range(ho):
+                        for ox in range(wo):
+                            o = (oy * wo + ox) * n_img
+                            dst_run = plane[oy * s + i, ox * s + j]
+                            for n in range(n_img):
+                                dst_run[n] += row[o + n]
+            for n in range(n_img):
+                dst = out[c, n] if out_cm else out[n, c]
+                for yy in range(h):
+                    for xx in range(w):
+                        dst[yy, xx] = plane[yy + p, xx + p, n]
+    return col2im_bm
+
+
+def im2col_batch_minor(x, kernel_size, stride=1, padding=0):
+    """x (N, C, H, W) host array -> cols (C*k*k, Ho*Wo*N), column (oy, ox, n) (Numba)."""
+    n, c, h, w, k, s, p, ho, wo = _conv_geometry("im2col_batch_minor", x.shape, kernel_size, stride, padding, None)
+    cols = _workspace.empty((c * k * k, ho * wo * n), x.dtype)
+    _im2col_bm_numba(*_cpu.physical(x), k, s, p, ho, wo, cols, work=cols.size)
+    return cols
+
+
+def col2im_batch_minor(cols, x_shape, kernel_size, stride=1, padding=0):
+    """cols (C*k*k, Ho*Wo*N), column (oy, ox, n) -> x (N, C, H, W), channel-major (Numba)."""
+    n, c, h, w, k, s, p, ho, wo = _conv_geometry("col2im_batch_minor", x_shape, kernel_size, stride, padding, None)
+    if tuple(cols.shape) != (c * k * k, ho * wo * n):
+        raise ValueError(f"col2im_batch_minor: cols has shape {tuple(cols.shape)}, expected "
+                         f"(C*k*k, Ho*Wo*N) = ({c * k * k}, {ho * wo * n})")
+    out = _workspace.empty((c, n, h, w), cols.dtype)
+    _col2im_bm_numba(np.ascontiguousarray(cols), k, s, p, ho, wo, out, True, work=cols.size)
+    return out.transpose(1, 0, 2, 3)
+
+
+def _batch_minor(x, W):
+    """Whether Conv2d's im2col path takes batch-minor columns: host arrays with Numba on."""
+    return _use_numba(x) and _cpu.host_arrays(x, W)
+
+
+def _to_batch_minor(a):
+    # (N, C, H, W) -> (C, H*W*N), any strides: the GEMM operand of batch-minor columns
+    n, c, h, w = a.shape
+    out = _workspace.empty((c, h, w, n), a.dtype)
+    np.copyto(out, a.transpose(1, 2, 3, 0))
+    return out.reshape(c, h * w * n)
+
+
+def _from_batch_minor(a2, n, h, w):
+    # (C, H*W*N) -> (N, C, H, W), channel-major
+    c = a2.shape[0]
+    out = _workspace.empty((c, n, h, w), a2.dtype)
+    np.copyto(out, a2.reshape(c, h, w, n).transpose(0, 3, 1, 2))
+    return out.transpose(1, 0, 2, 3)
+
+
 # ---------------------------------------------------------------- CUDA kernels (kernels/im2col.cu)
 IM2COL_VERSIONS = (1, 2, 3)
 IM2COL_DEFAULT = 2      # 2-D grid, 32-bit index math
@@ -381,6 +487,12 @@ def conv2d_forward(x, W, b=None, stride=1, padding=0):
         y, cache = conv_transpose2d_forward(x, _launch.contiguous(Wt), b, 1, k - 1 - padding)
         return y, ("expand_outputs", cache)
     ho, wo = conv_output_size(h, k, stride, padding), conv_output_size(w, k, stride, padding)
+    if _batch_minor(x, W):
+        cols = im2col_batch_minor(x, k, stride, padding)      # (C*k*k, Ho*Wo*N)
+        y = _from_batch_minor(gemm(W.reshape(o, c * k * k), cols), n, ho, wo)
+        if b is not None:
+            bias_add_forward(y, b)
+        return y, ("batch_minor", (cols, x.shape, W, stride, padding, b is not None))
     cols = im2col(x, k, stride, padding)                      # (C*k*k, N*Ho*Wo)
     y2 = gemm(W.reshape(o, c * k * k), cols)                  # (O, N*Ho*Wo)
     y = _from_channel_major(y2, n, ho, wo)
@@ -437,6 +549,8 @@ def conv2d_backward(dy, cache, need_dx=True, need_dW=True, dW_out=None, db_out=N
         raise ValueError("conv2d_backward: dy_channel_major needs the im2col path of a layer without bias")
     if mode == "one_output":
         return _one_output_backward(dy, cache, need_dx, need_dW, dW_out, db_out)
+    if mode == "batch_minor":
+        return _batch_minor_backward(dy, cache, need_dx, need_dW, dW_out, db_out)
     if mode == "expand_outputs":
         dx, dWt, db = conv_transpose2d_backward(dy, cache, need_dx, need_dW, db_out=db_out)
         dW = None if dWt is None else _launch.contiguous(_as_transposed_kernel(dWt))
@@ -454,6 +568,24 @@ def conv2d_backward(dy, cache, need_dx=True, need_dW=True, dW_out=None, db_out=N
     if need_dx:
         dcols = gemm(W.reshape(o, c * k * k), dy2, trans_a=True)   # (C*k*k, N*Ho*Wo)
         dx = col2im(dcols, x_shape, k, stride, padding)
+    return dx, dW, db
+
+
+def _batch_minor_backward(dy, cache, need_dx, need_dW, dW_out, db_out):
+    # conv2d_backward of the host path: the same GEMMs on batch-minor columns
+    cols, x_shape, W, stride, padding, has_bias = cache
+    o, c, k, _ = W.shape
+    dy2 = _to_batch_minor(dy)                                  # (O, Ho*Wo*N)
+    dW = db = dx = None
+    if need_dW:
+        if dW_out is not None:
+            gemm(dy2, cols, trans_b=True, beta=1.0, out=dW_out.reshape(o, c * k * k))
+        else:
+            dW = gemm(dy2, cols, trans_b=True).reshape(W.shape)
+        db = bias_add_backward(dy, out=db_out) if has_bias else None
+    if need_dx:
+        dcols = gemm(W.reshape(o, c * k * k), dy2, trans_a=True)   # (C*k*k, Ho*Wo*N)
+        dx = col2im_batch_minor(dcols, x_shape, k, stride, padding)
     return dx, dW, db
 
 
