@@ -217,17 +217,17 @@ def _col2im_bm_numba(nb, parallel):
     return col2im_bm
 
 
-def im2col_batch_minor(x, kernel_size, stride=1, padding=0):
-    """x (N, C, H, W) host array -> cols (C*k*k, Ho*Wo*N), column (oy, ox, n) (Numba)."""
-    n, c, h, w, k, s, p, ho, wo = _conv_geometry("im2col_batch_minor", x.shape, kernel_size, stride, padding, None)
+def im2col_batch_minor(x, kernel_size, stride=1, padding=0, out_hw=None):
+    """x (N, C, H, W) host array -> cols (C*k*k, Ho*Wo*N), column (oy, ox, n) (Numba); out_hw as im2col's."""
+    n, c, h, w, k, s, p, ho, wo = _conv_geometry("im2col_batch_minor", x.shape, kernel_size, stride, padding, out_hw)
     cols = _workspace.empty((c * k * k, ho * wo * n), x.dtype)
     _im2col_bm_numba(*_cpu.physical(x), k, s, p, ho, wo, cols, work=cols.size)
     return cols
 
 
-def col2im_batch_minor(cols, x_shape, kernel_size, stride=1, padding=0):
-    """cols (C*k*k, Ho*Wo*N), column (oy, ox, n) -> x (N, C, H, W), channel-major (Numba)."""
-    n, c, h, w, k, s, p, ho, wo = _conv_geometry("col2im_batch_minor", x_shape, kernel_size, stride, padding, None)
+def col2im_batch_minor(cols, x_shape, kernel_size, stride=1, padding=0, out_hw=None):
+    """cols (C*k*k, Ho*Wo*N), column (oy, ox, n) -> x (N, C, H, W), channel-major (Numba); out_hw as col2im's."""
+    n, c, h, w, k, s, p, ho, wo = _conv_geometry("col2im_batch_minor", x_shape, kernel_size, stride, padding, out_hw)
     if tuple(cols.shape) != (c * k * k, ho * wo * n):
         raise ValueError(f"col2im_batch_minor: cols has shape {tuple(cols.shape)}, expected "
                          f"(C*k*k, Ho*Wo*N) = ({c * k * k}, {ho * wo * n})")
@@ -647,10 +647,19 @@ def transpose_impl():
     return "phase" if backend.current() == "numpy" else "col2im"
 
 
-def uses_phase_split(kernel_size, stride, padding, output_padding=0):
+def uses_phase_split(kernel_size, stride, padding, output_padding=0, out_channels=None):
     """True where a transposed conv runs phase-split: the geometry it handles (k4, s2, p1, no
-    output padding) and transpose_impl() "phase"."""
+    output padding) and transpose_impl() "phase", with at least PHASE_MIN_OUT_CHANNELS output
+    channels when out_channels is given (the host path passes them)."""
+    if out_channels is not None and out_channels < PHASE_MIN_OUT_CHANNELS:
+        return False
     return (kernel_size, stride, padding, output_padding) == (4, 2, 1, 0) and transpose_impl() == "phase"
+
+
+# Below this many output channels the phase GEMMs are matrix-vector products (M = Cout to
+# 4*Cout: the DCGAN's last layer, 32 -> 1), which BLAS runs at a tenth of its rate; one
+# GEMM (Cout*16 rows) and col2im of batch-minor columns beat them there.
+PHASE_MIN_OUT_CHANNELS = 8
 
 
 def _phase_taps(q, r):
@@ -803,7 +812,7 @@ def conv_transpose2d_forward(x, W, b=None, stride=1, padding=0, output_padding=0
     (conv_transpose2d_phase_forward) where uses_phase_split says so, everything else as GEMM
     + col2im."""
     k = W.shape[2]
-    if uses_phase_split(k, stride, padding, output_padding):
+    if uses_phase_split(k, stride, padding, output_padding, W.shape[1] if _batch_minor(x, W) else None):
         y, xf = conv_transpose2d_phase_forward(x, W)
         if b is not None:
             bias_add_forward(y, b)
@@ -812,6 +821,13 @@ def conv_transpose2d_forward(x, W, b=None, stride=1, padding=0, output_padding=0
     _, cout, k, _ = W.shape
     ho = conv_transpose_output_size(h, k, stride, padding, output_padding)
     wo = conv_transpose_output_size(w, k, stride, padding, output_padding)
+    if _batch_minor(x, W):
+        x2 = _to_batch_minor(x)                                # (Cin, H*W*N)
+        cols = gemm(W.reshape(cin, cout * k * k), x2, trans_a=True)     # (Cout*k*k, H*W*N)
+        y = col2im_batch_minor(cols, (n, cout, ho, wo), k, stride, padding, out_hw=(h, w))
+        if b is not None:
+            bias_add_forward(y, b)
+        return y, ("batch_minor", (x2, x.shape, W, stride, padding, b is not None))
     x2 = _to_channel_major(x)                                  # (Cin, N*H*W)
     cols = gemm(W.reshape(cin, cout * k * k), x2, trans_a=True)     # (Cout*k*k, N*H*W)
     y = col2im(cols, (n, cout, ho, wo), k, stride, padding, out_hw=(h, w))
@@ -834,7 +850,10 @@ def conv_transpose2d_backward(dy, cache, need_dx=True, need_dW=True, dW_out=None
     x2, x_shape, W, stride, padding, has_bias = cache
     n, cin, h, w = x_shape
     _, cout, k, _ = W.shape
-    dcols = im2col(dy, k, stride, padding, out_hw=(h, w))  # (Cout*k*k, N*H*W)
+    if mode == "batch_minor":
+        dcols = im2col_batch_minor(dy, k, stride, padding, out_hw=(h, w))    # (Cout*k*k, H*W*N)
+    else:
+        dcols = im2col(dy, k, stride, padding, out_hw=(h, w))  # (Cout*k*k, N*H*W)
     dW = db = dx = None
     if need_dW:
         if dW_out is not None:
@@ -843,7 +862,7 @@ def conv_transpose2d_backward(dy, cache, need_dx=True, need_dW=True, dW_out=None
             dW = gemm(x2, dcols, trans_b=True).reshape(W.shape)   # (Cin, Cout*k*k)
         db = bias_add_backward(dy, out=db_out) if has_bias else None
     if need_dx:
-        dx2 = gemm(W.reshape(cin, cout * k * k), dcols)       # (Cin, N*H*W)
-        dx = _from_channel_major(dx2, n, h, w)
+        dx2 = gemm(W.reshape(cin, cout * k * k), dcols)       # (Cin, N*H*W), or (Cin, H*W*N)
+        dx = _from_batch_minor(dx2, n, h, w) if mode == "batch_minor" else _from_channel_major(dx2, n, h, w)
     return dx, dW, db
 
