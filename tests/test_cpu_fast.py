@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 
+from cganraw import nn
 from cganraw.ops import _cpu, activation, conv
 
 pytestmark = pytest.mark.skipif(not _cpu.enabled(), reason="numba not installed (pip install -e '.[fast]')")
@@ -45,6 +46,65 @@ def test_parallel_twins_match_numpy(shape, rng):
     out = np.empty_like(x)
     conv._col2im_numba(ref, k, s, p, ho, wo, out, False, work=None)
     np.testing.assert_allclose(out, conv.col2im_numpy(ref, x.shape, k, s, p, out_hw), rtol=1e-6, atol=1e-6)
+
+
+def _batch_minor_of(cols, n, ho, wo):
+    # NCHW-order columns (R, N*Ho*Wo) -> batch-minor (R, Ho*Wo*N)
+    return np.ascontiguousarray(cols.reshape(-1, n, ho, wo).transpose(0, 2, 3, 1)).reshape(cols.shape)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("channel_major", [False, True])
+@pytest.mark.parametrize("parallel", [False, True])
+def test_batch_minor_im2col_col2im_are_the_numpy_references_permuted(shape, dtype, channel_major, parallel, rng,
+                                                                     monkeypatch):
+    # bit for bit both ways: im2col copies; col2im sums each pixel's taps from zero in (i, j)
+    # order, as col2im_numpy's strided adds do; the parallel twins forced on small shapes
+    n, c, h, w, k, s, p, out_hw = shape
+    ho, wo = out_hw or (conv.conv_output_size(h, k, s, p), conv.conv_output_size(w, k, s, p))
+    x = rng.normal(size=(n, c, h, w)).astype(dtype)
+    if channel_major:       # the (C, N, H, W) memory of a conv layer's output
+        x = np.ascontiguousarray(x.transpose(1, 0, 2, 3)).transpose(1, 0, 2, 3)
+    monkeypatch.setattr(_cpu, "PARALLEL_MIN_WORK", 0 if parallel else 1 << 40)
+    ref = conv.im2col_numpy(x, k, s, p, out_hw)
+    got = conv.im2col_batch_minor(x, k, s, p, out_hw)
+    np.testing.assert_array_equal(got, _batch_minor_of(ref, n, ho, wo))
+    cols = rng.normal(size=ref.shape).astype(dtype)
+    back = conv.col2im_batch_minor(_batch_minor_of(cols, n, ho, wo), x.shape, k, s, p, out_hw)
+    assert back.transpose(1, 0, 2, 3).flags.c_contiguous          # channel-major, as the GEMM layers hand on
+    np.testing.assert_array_equal(back, conv.col2im_numpy(cols, x.shape, k, s, p, out_hw))
+
+
+def test_col2im_batch_minor_rejects_wrong_cols(rng):
+    with pytest.raises(ValueError, match=r"expected \(C\*k\*k, Ho\*Wo\*N\) = \(32, 98\)"):
+        conv.col2im_batch_minor(np.zeros((32, 97), np.float32), (2, 2, 14, 14), 4, 2, 1)
+
+
+@pytest.mark.parametrize("kind", ["conv", "transpose"])
+@pytest.mark.parametrize("shape", [(3, 5, 7, 14, 14, 4, 2, 1), (2, 3, 1, 9, 6, 3, 2, 1), (1, 2, 4, 5, 5, 5, 3, 2)])
+def test_batch_minor_layers_equal_the_nchw_path(kind, shape, rng, monkeypatch):
+    # the same GEMMs on permuted columns: outputs and input gradients as the NCHW path's up to
+    # float32 rounding (BLAS tiles the columns differently), the weight gradient too (its sum
+    # over the columns runs in another order); the bias gradient is the same reduction
+    n, cin, cout, h, w, k, s, p = shape
+    layer_cls = nn.Conv2d if kind == "conv" else nn.ConvTranspose2d
+    layer = layer_cls(cin, cout, k, s, p, rng=rng)
+    layer.bias.data[:] = rng.normal(size=cout)
+    x = rng.normal(size=(n, cin, h, w)).astype(np.float32)
+    got = {}
+    for path in ("batch_minor", "nchw"):
+        if path == "nchw":
+            monkeypatch.setattr(conv, "_batch_minor", lambda x, W: False)
+        monkeypatch.setattr(conv, "_transpose_override", "col2im")
+        layer.zero_grad()
+        y = layer(x)
+        assert layer._cache[0][0] == (path if path == "batch_minor" else "im2col" if kind == "conv" else "col2im")
+        dy = np.random.default_rng(7).normal(size=y.shape).astype(np.float32)
+        got[path] = (np.array(y), layer.backward(dy), layer.weight.grad.copy(), layer.bias.grad.copy())
+    for a, b in zip(got["batch_minor"], got["nchw"]):
+        np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-5 * np.abs(b).max())
+    np.testing.assert_array_equal(got["batch_minor"][3], got["nchw"][3])
 
 
 def test_im2col_accepts_non_contiguous_input(rng):

@@ -34,26 +34,56 @@ CONV_CASES = [  # (N, Cin, Cout, H, W, k, s, p)
 ]
 
 
+def _host_conv_path(monkeypatch, path):
+    """Run the host convolutions on `path`: "batch_minor" (Numba's batch-minor columns, the
+    default with Numba), "nchw" (NCHW columns, as without Numba) or "phase" (the phase-split
+    transposed conv), for one test."""
+    from cganraw.ops import _cpu
+    from cganraw.ops import conv as conv_mod
+    if path == "batch_minor" and not _cpu.enabled():
+        pytest.skip("numba not installed")
+    if path != "batch_minor":
+        monkeypatch.setattr(conv_mod, "_batch_minor", lambda x, W: False)
+    monkeypatch.setattr(conv_mod, "_transpose_override", "phase" if path == "phase" else "col2im")
+
+
+def _mode(layer, x):
+    # the path the layer's forward took (its cache's tag)
+    layer(x)
+    mode = layer._cache[0][0]
+    layer._cache = None
+    return mode
+
+
+@pytest.mark.parametrize("path", ["batch_minor", "nchw"])
 @pytest.mark.parametrize("case", CONV_CASES)
-def test_conv2d(case, rng):
+def test_conv2d(case, path, rng, monkeypatch):
     n, cin, cout, h, w, k, s, p = case
+    _host_conv_path(monkeypatch, path)
     layer = f64(nn.Conv2d(cin, cout, k, s, p, rng=rng))
     layer.weight.data[...] = rng.normal(size=layer.weight.shape)
     layer.bias.data[...] = rng.normal(size=cout)
-    check_module(layer, rng.normal(size=(n, cin, h, w)))
+    x = rng.normal(size=(n, cin, h, w))
+    expanded = s == 1 and cout < cin and p <= k - 1       # the expanded-outputs path: a transposed conv
+    assert _mode(layer, x) == ("expand_outputs" if expanded else "batch_minor" if path == "batch_minor" else "im2col")
+    check_module(layer, x)
 
 
-@pytest.mark.parametrize("case", CONV_CASES)
-def test_conv_transpose2d(case, rng):
+@pytest.mark.parametrize("case,path", [(c, path) for c in CONV_CASES for path in ("batch_minor", "nchw", "phase")
+                                       if path != "phase" or c[5:] == (4, 2, 1)])   # the phase split: k4 s2 p1 only
+def test_conv_transpose2d(case, path, rng, monkeypatch):
     n, cin, cout, h, w, k, s, p = case
     h, w = max(h // 2, 2), max(w // 2, 2)
+    _host_conv_path(monkeypatch, path)
     layer = f64(nn.ConvTranspose2d(cin, cout, k, s, p, rng=rng))
     if layer(np.zeros((1, cin, h, w))).shape[2] <= 0:
         pytest.skip("empty output")
     layer._cache = None
     layer.weight.data[...] = rng.normal(size=layer.weight.shape)
     layer.bias.data[...] = rng.normal(size=cout)
-    check_module(layer, rng.normal(size=(n, cin, h, w)))
+    x = rng.normal(size=(n, cin, h, w))
+    assert _mode(layer, x) == {"batch_minor": "batch_minor", "nchw": "col2im", "phase": "phase"}[path]
+    check_module(layer, x)
 
 
 def test_conv_transpose2d_output_padding(rng):

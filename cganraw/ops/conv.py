@@ -609,12 +609,15 @@ def _batch_minor_backward(dy, cache, need_dx, need_dW, dW_out, db_out):
 PHASE_TAPS = {0: ((1, 0), (3, -1)), 1: ((0, 1), (2, 0))}   # output parity -> (kernel index, input shift)
 
 
-# Which of the two runs that geometry, by backend: the phase split on numpy (no column
-# matrix, kind to a CPU's caches and memory), GEMM + col2im on the kernel backends, where a
+# Which of the two runs that geometry, by backend: GEMM + col2im on the kernel backends, where a
 # layer's pass is then 1-2 GEMMs and 1-2 kernels instead of 16-32 GEMMs and their border
 # copies (the step census, cganraw.bench.census: 170 launches and an estimated 2.7 ms per
-# H100 step against 290 and 3.3 ms). $CGANRAW_CONV_TRANSPOSE (or set_transpose_impl) picks
-# one on every backend: "phase" or "col2im".
+# H100 step against 290 and 3.3 ms), and on numpy with Numba (batch-minor columns: one GEMM
+# of full depth, no padded-layout columns; same-process medians of the training step, one
+# thread: DCGAN width 64 batch 64 56 ms against 59, width 128 batch 128 301 against 321,
+# conv cGAN width 64 batch 64 200 against 215). The phase split stays numpy's without Numba
+# (NumPy's col2im is k*k strided adds over the output). $CGANRAW_CONV_TRANSPOSE (or
+# set_transpose_impl) picks one on every backend: "phase" or "col2im".
 TRANSPOSE_ENV = "CGANRAW_CONV_TRANSPOSE"
 TRANSPOSE_IMPLS = ("phase", "col2im")
 _transpose_override = None  # set_transpose_impl's choice, or None
@@ -644,22 +647,13 @@ def transpose_impl():
     env = os.environ.get(TRANSPOSE_ENV, "").strip()
     if env:
         return _check_transpose_impl(env, TRANSPOSE_ENV)
-    return "phase" if backend.current() == "numpy" else "col2im"
+    return "phase" if backend.current() == "numpy" and not _cpu.enabled() else "col2im"
 
 
-def uses_phase_split(kernel_size, stride, padding, output_padding=0, out_channels=None):
+def uses_phase_split(kernel_size, stride, padding, output_padding=0):
     """True where a transposed conv runs phase-split: the geometry it handles (k4, s2, p1, no
-    output padding) and transpose_impl() "phase", with at least PHASE_MIN_OUT_CHANNELS output
-    channels when out_channels is given (the host path passes them)."""
-    if out_channels is not None and out_channels < PHASE_MIN_OUT_CHANNELS:
-        return False
+    output padding) and transpose_impl() "phase"."""
     return (kernel_size, stride, padding, output_padding) == (4, 2, 1, 0) and transpose_impl() == "phase"
-
-
-# Below this many output channels the phase GEMMs are matrix-vector products (M = Cout to
-# 4*Cout: the DCGAN's last layer, 32 -> 1), which BLAS runs at a tenth of its rate; one
-# GEMM (Cout*16 rows) and col2im of batch-minor columns beat them there.
-PHASE_MIN_OUT_CHANNELS = 8
 
 
 def _phase_taps(q, r):
@@ -812,7 +806,7 @@ def conv_transpose2d_forward(x, W, b=None, stride=1, padding=0, output_padding=0
     (conv_transpose2d_phase_forward) where uses_phase_split says so, everything else as GEMM
     + col2im."""
     k = W.shape[2]
-    if uses_phase_split(k, stride, padding, output_padding, W.shape[1] if _batch_minor(x, W) else None):
+    if uses_phase_split(k, stride, padding, output_padding):
         y, xf = conv_transpose2d_phase_forward(x, W)
         if b is not None:
             bias_add_forward(y, b)
