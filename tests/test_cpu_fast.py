@@ -547,3 +547,18 @@ def test_adam_dispatch_takes_numba_and_twins_agree(rng, monkeypatch):
     strided = [np.zeros(8, np.float32)[::2], np.ones(4, np.float32), np.zeros(4, np.float32), np.zeros(4, np.float32)]
     A.adam_update(*strided, 1e-3, 0.5, 0.999, 1e-8, 1)
     assert calls == [1, 1] and np.allclose(strided[0], -1e-3)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n,f", [(1, 1), (3, 5), (64, 3136)])
+def test_linear_one_output_dx_is_the_gemm_bit_for_bit(n, f, dtype, rng):
+    # D's head, Linear(F, 1): its dx = dy W is a broadcast product on the host, not a K = 1 GEMM
+    from cganraw.ops.gemm import gemm
+    from cganraw.ops.linear import linear_backward, linear_forward
+    x = rng.normal(size=(n, f)).astype(dtype)
+    W = rng.normal(size=(1, f)).astype(dtype)
+    _, cache = linear_forward(x, W, None)
+    dy = rng.normal(size=(n, 1)).astype(dtype)
+    dx, dW, _ = linear_backward(dy, cache)
+    np.testing.assert_array_equal(dx, gemm(dy, W))
+    np.testing.assert_array_equal(dW, gemm(dy, x, trans_a=True))

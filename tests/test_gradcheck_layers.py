@@ -16,7 +16,8 @@ def away_from_zero(rng, shape, gap=0.05):
     return np.where(np.abs(x) < gap, np.sign(x + 1e-12) * gap + x, x)
 
 
-@pytest.mark.parametrize("n,i,o,bias", [(1, 1, 1, True), (3, 5, 4, True), (2, 7, 3, False), (5, 17, 9, True)])
+@pytest.mark.parametrize("n,i,o,bias", [(1, 1, 1, True), (3, 5, 4, True), (2, 7, 3, False), (5, 17, 9, True),
+                                        (6, 11, 1, True)])     # one output: dx as a broadcast product on the host
 def test_linear(n, i, o, bias, rng):
     layer = f64(nn.Linear(i, o, bias=bias, rng=rng))
     layer.weight.data[...] = rng.normal(size=(o, i))
