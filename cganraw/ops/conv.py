@@ -5,6 +5,8 @@ Ops and faces:
     im2col                      im2col_numpy, im2col_cuda (kernels/im2col.cu: im2col_v1-v3)
     col2im                      col2im_numpy, col2im_cuda (kernels/im2col.cu: col2im_v1-v4)
     (flip=True: row (c, i, j) of cols is tap (k-1-i, k-1-j); im2col_v3, col2im_v4)
+    im2col_batch_minor, col2im_batch_minor   the host's columns (C*k*k, Ho*Wo*N) with Numba (the same
+                                values, permuted: the image index innermost)
     conv2d_forward/_backward    im2col + gemm + bias_add_forward; gemm + col2im + bias_add_backward
     conv_transpose2d_forward/_backward   the same pair the other way round
 The convolutions have no kernels of their own: on the GPU they are these im2col/col2im
