@@ -239,7 +239,8 @@ def col2im_batch_minor(cols, x_shape, kernel_size, stride=1, padding=0, out_hw=N
 
 
 def _batch_minor(x, W):
-    """Whether Conv2d's im2col path takes batch-minor columns: host arrays with Numba on."""
+    """Whether the column paths of Conv2d and ConvTranspose2d take batch-minor columns: host
+    arrays with Numba on."""
     return _use_numba(x) and _cpu.host_arrays(x, W)
 
 
