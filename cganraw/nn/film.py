@@ -72,8 +72,8 @@ class FiLM(Module):
     def backward(self, dy):
         cache, shape = self._pop_cache()
         check_same_shape(self, dy, shape)
-        dx, dgamma, dbeta = film_backward(dy, cache)
-        dgb = _launch.concatenate([dgamma, dbeta], axis=1)                # (N, 2C)
+        dgb = _launch.empty((dy.shape[0], 2 * self.num_features), dy.dtype)
+        dx, _, _ = film_backward(dy, cache, out=dgb)            # dgb = [dgamma | dbeta] (N, 2C)
         object.__setattr__(self, "_dcond", self.proj.backward(dgb))
         return dx
 
