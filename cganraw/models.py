@@ -25,7 +25,7 @@ the defaults are the original model, bit for bit):
                    shift from the noise and the label. The FiLM layers are built last and
                    start as the identity (zero projection), so every other weight is the
                    plain model's and the untrained G computes what it does.
-                   Not with progressive.
+                   With progressive, the FiLM layers sit in block14 and block28.
 
 Protocol: `G(z, labels) -> images (N, 1, 28, 28)` in [-1, 1], `G.backward(dimages) -> dz`;
 `D(x, labels) -> logits (N, 1)`, `D.backward(dlogits) -> dx`. Unconditional models take
@@ -287,6 +287,7 @@ class ConvCGANGenerator(_GAN):
     norm: "none", "batch" or "instance"; None takes `batchnorm` (True = "batch")."""
 
     progressive = False
+    films = ()          # the FiLM layers of the upsampling blocks, in order (g_film)
 
     def __init__(self, num_classes, latent_dim=100, width=128, batchnorm=False, rng=None, *, norm=None, film=False):
         super().__init__(latent_dim, num_classes)
@@ -566,7 +567,7 @@ class ProgressiveConvCGANGenerator(ConvCGANGenerator):
 
     progressive = True
 
-    def __init__(self, num_classes, latent_dim=100, width=128, batchnorm=False, rng=None, *, norm=None):
+    def __init__(self, num_classes, latent_dim=100, width=128, batchnorm=False, rng=None, *, norm=None, film=False):
         _GAN.__init__(self, latent_dim, num_classes)
         w = int(width)
         self.width = w
@@ -574,8 +575,11 @@ class ProgressiveConvCGANGenerator(ConvCGANGenerator):
         self._seed_layers(latent_dim, num_classes, w, rng)
         up1, up2 = _up_blocks(w, self.norm, rng)
         to_img28 = nn.Sequential(nn.Conv2d(w, 1, 7, padding=3, rng=rng), nn.Tanh())
+        to_img14 = nn.Sequential(nn.Conv2d(w, 1, 3, padding=1, rng=rng), nn.Tanh())
+        # FiLM layers last, as in the plain G: every other weight is the one without them
+        self.films = _film_layers((up1, up2), self.latent_dim + self.num_classes, w, rng) if film else []
         self.block14 = nn.Sequential(*up1)
-        self.to_img14 = nn.Sequential(nn.Conv2d(w, 1, 3, padding=1, rng=rng), nn.Tanh())
+        self.to_img14 = to_img14
         self.upsample = nn.Upsample(scale_factor=2)
         self.block28 = nn.Sequential(*up2)
         self.to_img28 = to_img28
@@ -592,7 +596,9 @@ class ProgressiveConvCGANGenerator(ConvCGANGenerator):
     def forward(self, z, labels):
         phase, alpha = self.growth
         route = _route(phase, alpha)
-        h14 = self.block14(self._seed_map(z, labels))                  # (N, w, 14, 14)
+        seed = self._seed_map(z, labels)
+        self._set_film_condition(z, labels)     # block28's FiLM (if any) consumes its own only when it runs
+        h14 = self.block14(seed)                                       # (N, w, 14, 14)
         self._save((route, alpha))
         if route == "small":
             return self.upsample(self.to_img14(h14))
@@ -611,7 +617,7 @@ class ProgressiveConvCGANGenerator(ConvCGANGenerator):
         else:
             dh14 = self.block28.backward(self.to_img28.backward(dy * f(alpha)))
             dh14 += self.to_img14.backward(self.upsample.backward(dy * f(1.0 - alpha)))
-        return self._seed_map_backward(self.block14.backward(dh14), need_dz)
+        return self._film_dz(self._seed_map_backward(self.block14.backward(dh14), need_dz))
 
 
 class ProgressiveConvCGANDiscriminator(ConvCGANDiscriminator):
@@ -838,9 +844,6 @@ def build(name, num_classes, latent_dim=100, width=128, seed=0, batchnorm=False,
                                  ("d_label", d_label != "concat"), ("g_film", g_film)) if on]
         if extra:
             raise ValueError(f"{', '.join(extra)}: options of cgan-conv only, not of {name}")
-    if g_film and progressive:
-        raise ValueError("g_film: not available with progressive (the growing G keeps its plain blocks); "
-                         "give one or the other")
     ss = np.random.SeedSequence(seed)
     g_seed, d_seed, drop_seed = ss.spawn(3)
     rg, rd = np.random.default_rng(g_seed), np.random.default_rng(d_seed)

@@ -145,8 +145,6 @@ def _validate(parser, ns):
     ns.g_batchnorm = ns.g_norm == "batch"
     if ns.resume is not None:    # the saved run's settings apply; the conflict check covers changes
         return
-    if ns.g_film and ns.progressive:
-        parser.error("--g-film is not available with --progressive (the growing G keeps its plain blocks)")
     if not ns.progressive and given & {"grow_at", "fade"}:
         parser.error("--grow-at and --fade need --progressive")
     if ns.progressive and ns.grow_at + ns.fade > 1.0:
