@@ -355,6 +355,11 @@ class ConvCGANGenerator(_GAN):
             for f in self.films:
                 f.set_condition(cond)
 
+    def _film_need_dz(self, need_dz):
+        # the FiLM layers' d(cond) only matters for dz
+        for f in self.films:
+            f.need_dcond = bool(need_dz)
+
     def _film_dz(self, dz):
         """dz plus the FiLM layers' d(cond)[:, :latent] (their conditions hold z); with dz None
         (need_dz=False) their d(cond) is dropped."""
@@ -374,6 +379,7 @@ class ConvCGANGenerator(_GAN):
         z is no parameter; the fused label path then skips that GEMM)."""
         # the first transposed conv hands its input gradient on channel-major, as the fused
         # label path reads it (ops.conv.channel_major_handoff)
+        self._film_need_dz(need_dz)
         with channel_major_handoff(_fused_cache(self)):
             d = self.net.backward(dy)
         return self._film_dz(self._seed_map_backward(d, need_dz))
@@ -609,6 +615,7 @@ class ProgressiveConvCGANGenerator(ConvCGANGenerator):
 
     def backward(self, dy, need_dz=True):
         route, alpha = self._pop_cache()
+        self._film_need_dz(need_dz)
         f = dy.dtype.type
         if route == "small":
             dh14 = self.to_img14.backward(self.upsample.backward(dy))

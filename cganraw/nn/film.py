@@ -10,7 +10,7 @@ Sequential runs (G sets it on each of its FiLM layers before every forward; the 
 consumes it), or as forward(x, cond). The forward
 keeps one cache (the op's, with the condition's projection in proj's own cache); backward(dy)
 adds proj's gradients into its .grad, returns dx and leaves d(cond) (N, cond_features) for
-`pop_dcond()` (G adds its noise part into dz).
+`pop_dcond()` (G adds its noise part into dz); with `need_dcond = False` it computes none.
 
 Init: proj's weight and bias start at 0, so the layer starts as the identity exactly and a
 model with FiLM layers computes what the same model without them does (G builds them after
@@ -42,6 +42,8 @@ class FiLM(Module):
         self.proj.weight.data[...] = 0
         object.__setattr__(self, "_condition", None)
         object.__setattr__(self, "_dcond", None)
+        # False: backward skips d(cond) (its GEMM): G's training step needs no dz
+        object.__setattr__(self, "need_dcond", True)
 
     def set_condition(self, cond):
         """cond (N, cond_features): what the next forward(x) projects to gamma, beta."""
@@ -74,7 +76,7 @@ class FiLM(Module):
         check_same_shape(self, dy, shape)
         dgb = _launch.empty((dy.shape[0], 2 * self.num_features), dy.dtype)
         dx, _, _ = film_backward(dy, cache, out=dgb)            # dgb = [dgamma | dbeta] (N, 2C)
-        object.__setattr__(self, "_dcond", self.proj.backward(dgb))
+        object.__setattr__(self, "_dcond", self.proj.backward(dgb, need_dx=self.need_dcond))
         return dx
 
     def pop_dcond(self):
