@@ -45,7 +45,7 @@ class SkipCase(Exception):
 # ------------------------------------------------------------------ threads -------
 
 def bench_threads() -> int:
-    """Threads for BLAS, Numba and PyTorch alike: $CGANRAW_BENCH_THREADS, else the
+    """Threads for BLAS and PyTorch alike (Numba: see set_threads): $CGANRAW_BENCH_THREADS, else the
     CPUs this process may run on."""
     env = os.environ.get("CGANRAW_BENCH_THREADS", "").strip()
     if env:

@@ -118,7 +118,8 @@ def machine_info(threads=None) -> dict:
         "blas_runtime": blas_runtime(),
         "threads": threads,
         "env": {k: os.environ[k] for k in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
-                                            "NUMBA_NUM_THREADS", "CGANRAW_BENCH_THREADS", "CGANRAW_NUMBA")
+                                            "NUMBA_NUM_THREADS", "CGANRAW_BENCH_THREADS", "CGANRAW_NUMBA",
+                                            "OPENBLAS_CORETYPE", "OMP_WAIT_POLICY")
                 if k in os.environ},
         "versions": {"cganraw": _version("cganraw"), "numpy": np.__version__, "numba": _version("numba"),
                      "torch": _version("torch"), "matplotlib": _version("matplotlib"),

@@ -115,7 +115,7 @@ def compare(model: str, width: int | None, batch: int, rounds: int, torch, seed:
 
 def run(rounds: int = 5, threads: int | None = None, rows=None) -> dict:
     """Every row compared (rows: (model, width, batch) tuples, ROWS by default); threads for
-    BLAS, Numba and PyTorch alike. Raises ModuleNotFoundError(TORCH_MISSING) without PyTorch."""
+    BLAS and PyTorch alike (Numba on one, see harness.set_threads). Raises ModuleNotFoundError(TORCH_MISSING) without PyTorch."""
     torch = train_cases._torch()
     if torch is None:
         raise ModuleNotFoundError(TORCH_MISSING)
