@@ -284,7 +284,9 @@ class ConvCGANGenerator(_GAN):
     """z (N, latent) -> Linear -> w*7*7 -> LeakyReLU -> (w, 7, 7); label -> Embedding(K, 50)
     -> Linear(50, 49) -> (1, 7, 7); concat -> ConvT(w+1, w, 4, 2, 1) [-> norm] -> LeakyReLU
     -> ConvT(w, w, 4, 2, 1) [-> norm] -> LeakyReLU -> Conv2d(w, 1, 7, p=3) -> tanh.
-    norm: "none", "batch" or "instance"; None takes `batchnorm` (True = "batch")."""
+    norm: "none", "batch" or "instance"; None takes `batchnorm` (True = "batch").
+    film: an nn.FiLM before each block's LeakyReLU, on cond = [z, one_hot(labels)] (N, latent
+    + K), set on the layers before net runs; backward adds their d(cond)[:, :latent] into dz."""
 
     progressive = False
     films = ()          # the FiLM layers of the upsampling blocks, in order (g_film)
