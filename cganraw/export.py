@@ -40,9 +40,9 @@ FORMAT_VERSION = 1
 # The evaluate results worth carrying in the file (the full report stays in the run).
 METRIC_KEYS = ("label_accuracy", "inception_score", "inception_score_std", "fid", "bcis", "wcis", "cas",
                "per_class_accuracy", "class_names", "n_per_class", "num_samples", "seed", "step")
-# Config keys that rebuild G (the rest describe training or D); the last two are
+# Config keys that rebuild G (the rest describe training or D); the last three are
 # cgan-conv options that a run's config holds once the trainer offers them.
-G_CONFIG_KEYS = ("model", "width", "latent_dim", "g_batchnorm", "g_norm", "progressive")
+G_CONFIG_KEYS = ("model", "width", "latent_dim", "g_batchnorm", "g_norm", "progressive", "g_film")
 
 
 class ExportError(ValueError):
@@ -87,7 +87,7 @@ def load_generator(path):
                           f"({FORMAT_VERSION}): upgrade cganraw")
     cfg = meta.get("config") or {}
     try:
-        options = {k: cfg[k] for k in ("g_norm", "progressive") if cfg.get(k) is not None}
+        options = {k: cfg[k] for k in ("g_norm", "progressive", "g_film") if cfg.get(k) is not None}
         G, _ = models.build(cfg["model"], meta.get("num_classes"), latent_dim=cfg["latent_dim"],
                             width=cfg["width"], seed=0, batchnorm=cfg.get("g_batchnorm", False), **options)
         G.load_state_dict({k[2:]: v for k, v in arrays.items() if k.startswith("G.")})

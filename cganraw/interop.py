@@ -88,6 +88,17 @@ def torch_classes() -> SimpleNamespace:
             y = ((y - y.mean(dim=0)).square().mean(dim=0) + self.eps).sqrt().mean(dim=[1, 2, 3])
             return torch.cat([x, y.reshape(-1, 1, 1, 1).repeat(g, 1, h, w)], dim=1)
 
+    class FiLM(tnn.Module):
+        """cganraw.nn.FiLM: [gamma | beta] = proj(cond), y = x * (1 + gamma) + beta per channel."""
+
+        def __init__(self, cond_features, num_features):
+            super().__init__()
+            self.proj = tnn.Linear(cond_features, 2 * num_features)
+
+        def forward(self, x, cond):
+            gamma, beta = self.proj(cond)[:, :, None, None].chunk(2, dim=1)
+            return x * (1 + gamma) + beta
+
     def growth_buffers(module):
         module.register_buffer("growth_phase", torch.tensor(models.GROWTH_PHASES[0], dtype=torch.int64))
         module.register_buffer("growth_alpha", torch.tensor(1.0))
@@ -98,14 +109,18 @@ def torch_classes() -> SimpleNamespace:
 
     class ConvCGANGenerator(_Port):
         """cgan-conv's G with its options: norm "none", "batch" or "instance" after each
-        transposed convolution; progressive: the ProGAN heads of models.ProgressiveConvCGANGenerator."""
+        transposed convolution; progressive: the ProGAN heads of models.ProgressiveConvCGANGenerator;
+        film: a FiLM layer before each block's LeakyReLU, on [z, one_hot(labels)]."""
 
-        def __init__(self, num_classes, latent_dim=100, width=128, batchnorm=False, *, norm=None, progressive=False):
+        def __init__(self, num_classes, latent_dim=100, width=128, batchnorm=False, *, norm=None, progressive=False,
+                     film=False):
             norm = norm or ("batch" if batchnorm else "none")
             super().__init__({"model": "cgan-conv", "role": "G", "num_classes": num_classes, "latent_dim": latent_dim,
-                              "width": width, "g_norm": norm, "progressive": progressive})
+                              "width": width, "g_norm": norm, "progressive": progressive,
+                              **({"g_film": True} if film else {})})
             w = self.width = width
             self.progressive = progressive
+            self.num_classes = num_classes
             self.fc = tnn.Linear(latent_dim, w * 49)
             self.label_emb = tnn.Embedding(num_classes, models.LABEL_EMBED_DIM)
             self.label_fc = tnn.Linear(models.LABEL_EMBED_DIM, 49)
@@ -115,6 +130,8 @@ def torch_classes() -> SimpleNamespace:
                 layers = [tnn.ConvTranspose2d(cin, w, 4, 2, 1, bias=norm == "none"), tnn.LeakyReLU(0.2)]
                 if norm != "none":
                     layers.insert(1, tnn.BatchNorm2d(w) if norm == "batch" else tnn.InstanceNorm2d(w, affine=True))
+                if film:
+                    layers.insert(len(layers) - 1, FiLM(latent_dim + num_classes, w))
                 return layers
             if progressive:
                 self.block14 = tnn.Sequential(*up(w + 1))
@@ -130,13 +147,19 @@ def torch_classes() -> SimpleNamespace:
             h = F.leaky_relu(self.fc(z), 0.2).view(-1, self.width, 7, 7)       # (N, w, 7, 7)
             lab = self.label_fc(self.label_emb(labels)).view(-1, 1, 7, 7)      # (N, 1, 7, 7)
             h = torch.cat([h, lab], 1)
+            cond = torch.cat([z, F.one_hot(labels, self.num_classes).to(z.dtype)], 1)     # (N, latent + K)
+
+            def run(seq, h):        # a Sequential whose FiLM layers read cond
+                for layer in seq:
+                    h = layer(h, cond) if isinstance(layer, FiLM) else layer(h)
+                return h
             if not self.progressive:
-                return self.net(h)                                             # (N, 1, 28, 28)
-            h14 = self.block14(h)                                              # (N, w, 14, 14)
+                return run(self.net, h)                                        # (N, 1, 28, 28)
+            h14 = run(self.block14, h)                                         # (N, w, 14, 14)
             a = fade(self)
             if a == 0.0:
                 return self.upsample(self.to_img14(h14))
-            large = self.to_img28(self.block28(h14))
+            large = self.to_img28(run(self.block28, h14))
             return large if a == 1.0 else (1 - a) * self.upsample(self.to_img14(h14)) + a * large
 
     class ConvCGANDiscriminator(_Port):
@@ -252,19 +275,20 @@ def torch_classes() -> SimpleNamespace:
         def forward(self, x, labels=None):
             return self.net(x)
 
-    return SimpleNamespace(Reshape=Reshape, MinibatchStdDev=MinibatchStdDev, ConvCGANGenerator=ConvCGANGenerator,
+    return SimpleNamespace(Reshape=Reshape, MinibatchStdDev=MinibatchStdDev, FiLM=FiLM, ConvCGANGenerator=ConvCGANGenerator,
                            ConvCGANDiscriminator=ConvCGANDiscriminator, MLPGenerator=MLPGenerator,
                            MLPDiscriminator=MLPDiscriminator, DCGANGenerator=DCGANGenerator,
                            DCGANDiscriminator=DCGANDiscriminator)
 
 
 def torch_models(name, num_classes, latent_dim=100, width=128, batchnorm=False, *, g_norm=None, d_norm="none",
-                 minibatch_std=False, progressive=False, d_label="concat"):
+                 minibatch_std=False, progressive=False, d_label="concat", g_film=False):
     """(G, D) of model `name` as PyTorch modules with torch's own initialisation; the
     arguments are models.build's (num_classes is ignored by the unconditional models)."""
     t = torch_classes()
     if name == "cgan-conv":
-        return (t.ConvCGANGenerator(num_classes, latent_dim, width, batchnorm, norm=g_norm, progressive=progressive),
+        return (t.ConvCGANGenerator(num_classes, latent_dim, width, batchnorm, norm=g_norm, progressive=progressive,
+                                    film=g_film),
                 t.ConvCGANDiscriminator(num_classes, width, spectral=d_norm == "spectral",
                                         minibatch_std=minibatch_std, progressive=progressive, label=d_label))
     if name == "cgan-mlp":
@@ -287,7 +311,8 @@ def model_config(module) -> dict:
     """The arguments that rebuild one of our G or D: model name, role, sizes and options."""
     if isinstance(module, models.ConvCGANGenerator):
         return {"model": "cgan-conv", "role": "G", "num_classes": module.num_classes, "latent_dim": module.latent_dim,
-                "width": module.width, "g_norm": module.norm, "progressive": module.progressive}
+                "width": module.width, "g_norm": module.norm, "progressive": module.progressive,
+                **({"g_film": True} if module.film else {})}
     if isinstance(module, models.ConvCGANDiscriminator):
         spectral = any(name.endswith("weight_orig") for name, _ in module.named_parameters())
         mbstd = any(isinstance(m, cnn.MinibatchStdDev) for _, m in module.named_modules())
@@ -315,7 +340,8 @@ def build_from_config(config: dict):
         raise ValueError(f"not a cganraw model configuration: {config!r}") from None
     if role not in ("G", "D"):
         raise ValueError(f"model configuration: role must be G or D, got {role!r}")
-    options = {k: config[k] for k in ("g_norm", "d_norm", "minibatch_std", "progressive", "d_label") if k in config}
+    options = {k: config[k] for k in ("g_norm", "d_norm", "minibatch_std", "progressive", "d_label", "g_film")
+               if k in config}
     G, D = models.build(name, config.get("num_classes"), latent_dim=config.get("latent_dim", 100),
                         width=config.get("width", 128), **options)
     return G if role == "G" else D
@@ -350,6 +376,8 @@ def _torch_layer(module):
         return tnn.Upsample(scale_factor=module.scale_factor, mode="nearest")
     if isinstance(module, cnn.MinibatchStdDev):
         return torch_classes().MinibatchStdDev(module.group_size, module.eps)
+    if isinstance(module, cnn.FiLM):
+        return torch_classes().FiLM(module.cond_features, module.num_features)
     if isinstance(module, cnn.LeakyReLU):
         return tnn.LeakyReLU(module.negative_slope)
     if isinstance(module, cnn.Dropout):
@@ -389,7 +417,8 @@ def to_torch(module):
         dropout = {"cgan-conv": 0.4}.get(name, 0.3)
         if name == "cgan-conv":
             theirs = (t.ConvCGANGenerator(config["num_classes"], config["latent_dim"], config["width"],
-                                          norm=config["g_norm"], progressive=config["progressive"]) if role == "G"
+                                          norm=config["g_norm"], progressive=config["progressive"],
+                                          film=config.get("g_film", False)) if role == "G"
                       else t.ConvCGANDiscriminator(config["num_classes"], config["width"], _dropout_p(module, dropout),
                                                    spectral=config["d_norm"] == "spectral",
                                                    minibatch_std=config["minibatch_std"],

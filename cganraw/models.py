@@ -6,7 +6,7 @@
     dcgan      unconditional DCGAN (Radford et al.).
     gan-mlp    unconditional MLP GAN (Goodfellow et al.).
 
-cgan-conv options (`build(..., g_norm=, d_norm=, minibatch_std=, progressive=, d_label=)`;
+cgan-conv options (`build(..., g_norm=, d_norm=, minibatch_std=, progressive=, d_label=, g_film=)`;
 the defaults are the original model, bit for bit):
     g_norm         "none", "batch" (BatchNorm2d, = the old batchnorm=True) or "instance"
                    (InstanceNorm2d, affine) after each of G's transposed convolutions;
@@ -19,6 +19,13 @@ the defaults are the original model, bit for bit):
                    channel), "projection" (Miyato & Koyama 2018: no label map; the logit is
                    Linear(h) + <E[y], h>, h the features the last Linear reads, E =
                    `label_proj`, an nn.LabelProjection(K, F)) or "both".
+    g_film         FiLM in G (Perez et al. 2018; BigGAN's conditional norms): each upsampling
+                   block becomes ConvT -> [norm] -> nn.FiLM(cond) -> LeakyReLU, cond =
+                   [z, one_hot(label)] (N, latent + K): a per-image, per-channel scale and
+                   shift from the noise and the label. The FiLM layers are built last and
+                   start as the identity (zero projection), so every other weight is the
+                   plain model's and the untrained G computes what it does.
+                   With progressive, the FiLM layers sit in block14 and block28.
 
 Protocol: `G(z, labels) -> images (N, 1, 28, 28)` in [-1, 1], `G.backward(dimages) -> dz`;
 `D(x, labels) -> logits (N, 1)`, `D.backward(dlogits) -> dx`. Unconditional models take
@@ -263,22 +270,42 @@ def _up_blocks(w, norm, rng):
     return up1, up2
 
 
+def _film_layers(blocks, cond_features, w, rng):
+    """One nn.FiLM(cond_features, w) per upsampling block, put before its LeakyReLU (after its
+    norm): ConvT -> [norm] -> FiLM -> LeakyReLU. Returns them in order."""
+    films = []
+    for block in blocks:
+        films.append(nn.FiLM(cond_features, w, rng=rng))
+        block.insert(len(block) - 1, films[-1])
+    return films
+
+
 class ConvCGANGenerator(_GAN):
     """z (N, latent) -> Linear -> w*7*7 -> LeakyReLU -> (w, 7, 7); label -> Embedding(K, 50)
     -> Linear(50, 49) -> (1, 7, 7); concat -> ConvT(w+1, w, 4, 2, 1) [-> norm] -> LeakyReLU
     -> ConvT(w, w, 4, 2, 1) [-> norm] -> LeakyReLU -> Conv2d(w, 1, 7, p=3) -> tanh.
-    norm: "none", "batch" or "instance"; None takes `batchnorm` (True = "batch")."""
+    norm: "none", "batch" or "instance"; None takes `batchnorm` (True = "batch").
+    film: an nn.FiLM before each block's LeakyReLU, on cond = [z, one_hot(labels)] (N, latent
+    + K), set on the layers before net runs; backward adds their d(cond)[:, :latent] into dz."""
 
     progressive = False
+    films = ()          # the FiLM layers of the upsampling blocks, in order (g_film)
 
-    def __init__(self, num_classes, latent_dim=100, width=128, batchnorm=False, rng=None, *, norm=None):
+    def __init__(self, num_classes, latent_dim=100, width=128, batchnorm=False, rng=None, *, norm=None, film=False):
         super().__init__(latent_dim, num_classes)
         w = int(width)
         self.width = w
         self.norm = _resolve_g_norm(norm, batchnorm)
         self._seed_layers(latent_dim, num_classes, w, rng)
         up1, up2 = _up_blocks(w, self.norm, rng)
-        self.net = nn.Sequential(*up1, *up2, nn.Conv2d(w, 1, 7, padding=3, rng=rng), nn.Tanh())
+        last = nn.Conv2d(w, 1, 7, padding=3, rng=rng)
+        # FiLM layers after every existing layer: the shared weights are the plain model's
+        self.films = _film_layers((up1, up2), self.latent_dim + self.num_classes, w, rng) if film else []
+        self.net = nn.Sequential(*up1, *up2, last, nn.Tanh())
+
+    @property
+    def film(self):
+        return bool(self.films)
 
     def _seed_layers(self, latent_dim, num_classes, w, rng):
         # the noise path and the label path up to their 7x7 maps
@@ -323,17 +350,41 @@ class ConvCGANGenerator(_GAN):
         dz = self.fc.backward(self.fc_act.backward(self.to_map.backward(dh)))
         return dz if need_dz else None
 
+    def _set_film_condition(self, z, labels):
+        """Each FiLM layer's condition for the next forward: [z, one_hot(labels)] (N, latent + K)."""
+        if self.films:
+            cond = _launch.concatenate([z, one_hot(labels, self.num_classes, z.dtype)], axis=1)
+            for f in self.films:
+                f.set_condition(cond)
+
+    def _film_need_dz(self, need_dz):
+        # the FiLM layers' d(cond) only matters for dz
+        for f in self.films:
+            f.need_dcond = bool(need_dz)
+
+    def _film_dz(self, dz):
+        """dz plus the FiLM layers' d(cond)[:, :latent] (their conditions hold z); with dz None
+        (need_dz=False) their d(cond) is dropped."""
+        for f in self.films:
+            dcond = f.pop_dcond()
+            if dz is not None and dcond is not None:
+                _launch.add_into(dz, dcond[:, :self.latent_dim])
+        return dz
+
     def forward(self, z, labels):
-        return self.net(self._seed_map(z, labels))                     # (N, 1, 28, 28)
+        seed = self._seed_map(z, labels)
+        self._set_film_condition(z, labels)
+        return self.net(seed)                                          # (N, 1, 28, 28)
 
     def backward(self, dy, need_dz=True):
         """dy (N, 1, 28, 28) -> dz (N, latent), or None with need_dz=False (the training step:
         z is no parameter; the fused label path then skips that GEMM)."""
         # the first transposed conv hands its input gradient on channel-major, as the fused
         # label path reads it (ops.conv.channel_major_handoff)
+        self._film_need_dz(need_dz)
         with channel_major_handoff(_fused_cache(self)):
             d = self.net.backward(dy)
-        return self._seed_map_backward(d, need_dz)
+        return self._film_dz(self._seed_map_backward(d, need_dz))
 
 
 class ConvCGANDiscriminator(_GAN):
@@ -524,7 +575,7 @@ class ProgressiveConvCGANGenerator(ConvCGANGenerator):
 
     progressive = True
 
-    def __init__(self, num_classes, latent_dim=100, width=128, batchnorm=False, rng=None, *, norm=None):
+    def __init__(self, num_classes, latent_dim=100, width=128, batchnorm=False, rng=None, *, norm=None, film=False):
         _GAN.__init__(self, latent_dim, num_classes)
         w = int(width)
         self.width = w
@@ -532,8 +583,11 @@ class ProgressiveConvCGANGenerator(ConvCGANGenerator):
         self._seed_layers(latent_dim, num_classes, w, rng)
         up1, up2 = _up_blocks(w, self.norm, rng)
         to_img28 = nn.Sequential(nn.Conv2d(w, 1, 7, padding=3, rng=rng), nn.Tanh())
+        to_img14 = nn.Sequential(nn.Conv2d(w, 1, 3, padding=1, rng=rng), nn.Tanh())
+        # FiLM layers last, as in the plain G: every other weight is the one without them
+        self.films = _film_layers((up1, up2), self.latent_dim + self.num_classes, w, rng) if film else []
         self.block14 = nn.Sequential(*up1)
-        self.to_img14 = nn.Sequential(nn.Conv2d(w, 1, 3, padding=1, rng=rng), nn.Tanh())
+        self.to_img14 = to_img14
         self.upsample = nn.Upsample(scale_factor=2)
         self.block28 = nn.Sequential(*up2)
         self.to_img28 = to_img28
@@ -550,7 +604,9 @@ class ProgressiveConvCGANGenerator(ConvCGANGenerator):
     def forward(self, z, labels):
         phase, alpha = self.growth
         route = _route(phase, alpha)
-        h14 = self.block14(self._seed_map(z, labels))                  # (N, w, 14, 14)
+        seed = self._seed_map(z, labels)
+        self._set_film_condition(z, labels)     # block28's FiLM (if any) consumes its own only when it runs
+        h14 = self.block14(seed)                                       # (N, w, 14, 14)
         self._save((route, alpha))
         if route == "small":
             return self.upsample(self.to_img14(h14))
@@ -561,6 +617,7 @@ class ProgressiveConvCGANGenerator(ConvCGANGenerator):
 
     def backward(self, dy, need_dz=True):
         route, alpha = self._pop_cache()
+        self._film_need_dz(need_dz)
         f = dy.dtype.type
         if route == "small":
             dh14 = self.to_img14.backward(self.upsample.backward(dy))
@@ -569,7 +626,7 @@ class ProgressiveConvCGANGenerator(ConvCGANGenerator):
         else:
             dh14 = self.block28.backward(self.to_img28.backward(dy * f(alpha)))
             dh14 += self.to_img14.backward(self.upsample.backward(dy * f(1.0 - alpha)))
-        return self._seed_map_backward(self.block14.backward(dh14), need_dz)
+        return self._film_dz(self._seed_map_backward(self.block14.backward(dh14), need_dz))
 
 
 class ProgressiveConvCGANDiscriminator(ConvCGANDiscriminator):
@@ -773,11 +830,12 @@ def _resolve_g_norm(norm, batchnorm):
 
 
 def build(name, num_classes, latent_dim=100, width=128, seed=0, batchnorm=False, *, g_norm=None, d_norm="none",
-          minibatch_std=False, progressive=False, d_label="concat"):
+          minibatch_std=False, progressive=False, d_label="concat", g_film=False):
     """(G, D) for model `name`, initialised from `seed` (DCGAN's N(0, 0.02)).
     num_classes is ignored by the unconditional models. g_norm, d_norm, minibatch_std,
-    progressive and d_label are cgan-conv's options (see the module docstring); `batchnorm`
-    is the old name of g_norm="batch". Every option at its default gives the original model."""
+    progressive, d_label and g_film are cgan-conv's options (see the module docstring);
+    `batchnorm` is the old name of g_norm="batch". Every option at its default gives the
+    original model."""
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
     if latent_dim <= 0 or width <= 0:
@@ -792,7 +850,7 @@ def build(name, num_classes, latent_dim=100, width=128, seed=0, batchnorm=False,
     if name != "cgan-conv":
         extra = [k for k, on in (("g_norm", norm != "none"), ("d_norm", d_norm != "none"),
                                  ("minibatch_std", minibatch_std), ("progressive", progressive),
-                                 ("d_label", d_label != "concat")) if on]
+                                 ("d_label", d_label != "concat"), ("g_film", g_film)) if on]
         if extra:
             raise ValueError(f"{', '.join(extra)}: options of cgan-conv only, not of {name}")
     ss = np.random.SeedSequence(seed)
@@ -803,7 +861,8 @@ def build(name, num_classes, latent_dim=100, width=128, seed=0, batchnorm=False,
         sn_rng = np.random.default_rng(ss.spawn(1)[0]) if d_norm == "spectral" else None
         g_cls, d_cls = ((ProgressiveConvCGANGenerator, ProgressiveConvCGANDiscriminator) if progressive
                         else (ConvCGANGenerator, ConvCGANDiscriminator))
-        return (g_cls(num_classes, latent_dim, width, rng=rg, norm=norm),
+        g_extra = {"film": True} if g_film else {}
+        return (g_cls(num_classes, latent_dim, width, rng=rg, norm=norm, **g_extra),
                 d_cls(num_classes, width, rng=rd, dropout_seed=drop_seed, spectral=d_norm == "spectral",
                       minibatch_std=bool(minibatch_std), spectral_rng=sn_rng, label=d_label))
     if name == "cgan-mlp":

@@ -21,7 +21,7 @@ DEFAULTS = dict(model="cgan-conv", width=64, epochs=None, batch_size=64, lr=1e-4
                 beta2=0.999, latent_dim=100, seed=0, label_smoothing=0.0, mismatch=1.0, mode_seeking=0.0,
                 ema_decay=0.9995, lr_decay_start=1.0, g_batchnorm=True, g_norm="batch", d_norm="none",
                 minibatch_std=False, label_groups=False, progressive=False, grow_at=0.5, fade=0.25, batch_size_final=None,
-                d_label="concat")
+                d_label="concat", g_film=False)
 # cgan-conv's, chosen by measurement (docs/ablation.md; MNIST, 20 minutes of a 2-core CPU):
 # spectral norm and minibatch stddev in D, instance norm in G, D at 2.4x G's learning rate
 # (TTUR); a small model (width 48) and batch (32) that buy three times the steps of width 64
@@ -38,7 +38,8 @@ MODEL_DEFAULTS = {"cgan-conv": dict(width=48, batch_size=32, lr=1.1e-4, lr_d=2.6
 PER_MODEL = tuple(sorted({k for d in MODEL_DEFAULTS.values() for k in d} - {"epochs"}))
 # what a config saved before these settings existed means by them: today's model
 UPGRADE_DEFAULTS = dict(d_norm="none", minibatch_std=False, label_groups=False, progressive=False,
-                        grow_at=DEFAULTS["grow_at"], fade=DEFAULTS["fade"], batch_size_final=None, d_label="concat")
+                        grow_at=DEFAULTS["grow_at"], fade=DEFAULTS["fade"], batch_size_final=None, d_label="concat",
+                        g_film=False)
 DEFAULT_EPOCHS = {name: d["epochs"] for name, d in MODEL_DEFAULTS.items()}
 
 
@@ -74,8 +75,8 @@ KEEP_EPOCH_CHECKPOINTS = 3
 CONFIG_KEYS = ("dataset", "model", "width", "g_batchnorm", "epochs", "batch_size", "lr", "lr_d", "beta1",
                "beta2", "latent_dim", "seed", "label_smoothing", "mismatch", "mode_seeking", "ema_decay",
                "lr_decay_start", "g_norm", "d_norm", "minibatch_std", "label_groups", "progressive", "grow_at", "fade",
-               "batch_size_final", "d_label", "sample_every", "checkpoint_every", "log_every", "eval_every", "eval_every_steps",
-               "max_steps", "max_minutes")
+               "batch_size_final", "d_label", "g_film", "sample_every", "checkpoint_every", "log_every", "eval_every",
+               "eval_every_steps", "max_steps", "max_minutes")
 # what a checkpoint's config must hold to be resumed (later keys have defaults)
 REQUIRED_KEYS = ("dataset", "model", "width", "epochs", "batch_size", "lr", "lr_d", "beta1", "beta2", "latent_dim",
                  "seed", "label_smoothing", "checkpoint_every", "log_every")
@@ -165,7 +166,7 @@ def _validate(parser, ns):
         extra = [flag for flag, on in (("--g-norm", ns.g_norm not in ("none", "batch") or
                                         (ns.g_norm == "batch" and "g_norm" in given)),
                                        ("--d-norm", ns.d_norm != "none"), ("--d-label", ns.d_label != "concat"),
-                                       ("--minibatch-std", ns.minibatch_std),
+                                       ("--minibatch-std", ns.minibatch_std), ("--g-film", ns.g_film),
                                        ("--label-groups", ns.label_groups), ("--progressive", ns.progressive)) if on]
         if extra:
             parser.error(f"{', '.join(extra)}: options of --model cgan-conv only, not of {ns.model}")
@@ -194,6 +195,10 @@ def build_parser(record_given=True):
         "d_label", "how D reads the label (cgan-conv): concat (a learned 28x28 label map beside the image), "
         "projection (Miyato & Koyama 2018: logit = Linear(h) + <E[y], h> on D's last features h; no label map) "
         "or both"))
+    p.add_argument("--g-film", action=argparse.BooleanOptionalAction, default=DEFAULTS["g_film"],
+                   help="FiLM in G (cgan-conv; default: off): after each upsampling block's norm, a per-image, "
+                        "per-channel scale and shift computed from [z, one-hot label] (conditional norms), so z "
+                        "can set a style per image and the label reaches every block")
     p.add_argument("--minibatch-std", action=argparse.BooleanOptionalAction, **_flag_default(
         "minibatch_std", "ProGAN's minibatch standard deviation channel before D's last layer (cgan-conv)",
         lambda v: "on" if v else "off"))

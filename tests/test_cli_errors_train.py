@@ -82,6 +82,8 @@ CASES = [
     ("d-label", ["--d-label", "hinge"], USAGE, "invalid choice: 'hinge'"),
     ("d-label-mlp", ["--model", "cgan-mlp", "--d-label", "projection"], USAGE,
      "--d-label: options of --model cgan-conv only, not of cgan-mlp"),
+    ("g-film-mlp", ["--model", "cgan-mlp", "--g-film"], USAGE,
+     "--g-film: options of --model cgan-conv only, not of cgan-mlp"),
     ("unknown-flag", ["--learning-rate", "1"], USAGE, "unrecognized arguments: --learning-rate"),
     # resume: conflicts are usage errors, unreadable or unhealthy checkpoints runtime ones
     ("resume-width", ["--resume", "{root}/run", "--width", "8"], USAGE, "--width: was 4, asked 8"),

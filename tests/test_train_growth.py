@@ -142,7 +142,7 @@ def test_a_config_from_before_the_options_resumes_as_the_original_model(letters_
     ck = checkpoint.load(path)
     old = {k: v for k, v in ck["meta"]["config"].items()
            if k not in ("g_norm", "d_norm", "minibatch_std", "progressive", "grow_at", "fade", "batch_size_final",
-                        "d_label")}
+                        "d_label", "g_film")}
     G, D = load.build_models(ck)
     Gema, _ = load.build_models(ck)
     Gema.load_state_dict(ck["G_ema"])
@@ -154,7 +154,7 @@ def test_a_config_from_before_the_options_resumes_as_the_original_model(letters_
         checkpoint.restore_rng(rngs[k], state)
     checkpoint.save(path, G, D, opt_g, opt_d, rngs, {**ck["meta"], "config": old}, Gema)
     assert settings.upgrade_config(old)["g_norm"] == "none" and settings.upgrade_config(old)["d_label"] == "concat"
-    assert load.model_options(old)["d_label"] == "concat"
+    assert load.model_options(old)["d_label"] == "concat" and load.model_options(old)["g_film"] is False
     G2, _ = load.load_generator(out)
     assert not any("norm" in n for n, _ in G2.named_parameters()) and not G2.progressive
     assert run_cli("--resume", out, "--max-steps", 3, "--g-norm", "none", "--quiet", "--data-dir", letters_dir,

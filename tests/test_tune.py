@@ -79,14 +79,14 @@ def test_default_space_is_the_trainers_flags():
     options = sp.trainer_options()
     names = [p.name for p in sp.default_space("cgan-conv").params]
     assert {"lr", "lr_d", "beta1", "batch_size", "width", "label_smoothing", "mismatch", "ema_decay",
-            "g_norm", "d_norm", "minibatch_std", "progressive"} <= set(names)
+            "g_norm", "d_norm", "minibatch_std", "progressive", "g_film"} <= set(names)
     # the alias of --g-norm never joins beside it: the trainer refuses contradicting pairs
     assert "g_batchnorm" not in names
     assert set(names) <= set(options)
     # the label-embedding size joins only once the trainer has a flag for it
     assert ("label_embed_dim" in names) == ("label_embed_dim" in options)
     mlp = [p.name for p in sp.default_space("cgan-mlp").params]
-    assert not {"width", "g_norm", "d_norm", "minibatch_std", "progressive"} & set(mlp)   # the MLP lacks them
+    assert not {"width", "g_norm", "d_norm", "minibatch_std", "progressive", "g_film"} & set(mlp)   # the MLP lacks them
 
 
 def test_stabiliser_switches_join_when_the_trainer_offers_them():
@@ -94,6 +94,7 @@ def test_stabiliser_switches_join_when_the_trainer_offers_them():
     assert params["d_norm"].choices == ("none", "spectral")
     assert params["g_norm"].choices == ("none", "batch", "instance")
     assert params["minibatch_std"].choices == (True, False) and params["progressive"].choices == (True, False)
+    assert params["g_film"].choices == (True, False) and params["g_film"].argv(False) == ["--no-g-film"]
     # a trainer without --g-norm is searched through its old --g-batchnorm switch instead
     p = argparse.ArgumentParser()
     p.add_argument("--g-batchnorm", action=argparse.BooleanOptionalAction, default=True)

@@ -120,7 +120,7 @@ class Census:
         lines = [f"step census: {c['model']} width {c['width']} batch {c['batch_size']} on {c['backend']} "
                  f"({'a log step' if c['log_step'] else 'a step between log steps'}; mismatch {c['mismatch']}, "
                  f"mode seeking {c['mode_seeking']}, G norm {c['g_norm']}, D norm {c.get('d_norm')}, "
-                 f"minibatch std {c.get('minibatch_std')}, EMA {c['ema_decay']})",
+                 f"minibatch std {c.get('minibatch_std')}, FiLM in G {c.get('g_film')}, EMA {c['ema_decay']})",
                  f"estimate for {gpu.name}: {gpu.bandwidth / 1e12:.2f} TB/s, GEMMs at "
                  f"{(gpu.tf32 if self.tf32 else gpu.fp32) / 1e12:.0f} TFLOP/s ({'TF32' if self.tf32 else 'FP32'}); "
                  f"{self.launch_us:g} us per launch, {COPY_US:g} us + bytes at {PCIE / 1e9:.0f} GB/s per copy, "
@@ -169,13 +169,13 @@ def run_census(model="cgan-conv", width=128, batch_size=128, num_classes=10, gpu
         raise ValueError(f"unknown GPU {gpu!r}; choose one of {', '.join(GPUS)}")
     cfg = {k: overrides[k] if overrides.get(k) is not None else settings.model_default(model, k) for k in
            ("lr", "lr_d", "beta1", "beta2", "latent_dim", "label_smoothing", "mismatch", "mode_seeking", "ema_decay",
-            "g_batchnorm", "g_norm", "d_norm", "minibatch_std")}
+            "g_batchnorm", "g_norm", "d_norm", "minibatch_std", "g_film")}
     if overrides.get("g_norm") is None and overrides.get("g_batchnorm") is not None:
         cfg["g_norm"] = "batch" if cfg["g_batchnorm"] else "none"      # the old flag alone
     if model == "cgan-conv":
         cfg["g_batchnorm"] = cfg["g_norm"] == "batch"
     arch = dict(batchnorm=cfg["g_batchnorm"], **({"g_norm": cfg["g_norm"], "d_norm": cfg["d_norm"],
-                                                  "minibatch_std": cfg["minibatch_std"]}
+                                                  "minibatch_std": cfg["minibatch_std"], "g_film": cfg["g_film"]}
                                                  if model == "cgan-conv" else {}))
     cfg.update(model=model, width=int(width), batch_size=int(batch_size), backend=backend.current(),
                log_step=bool(log_step), num_classes=num_classes)
@@ -247,6 +247,8 @@ def build_parser():
                    help="cgan-conv: the norm after G's transposed convolutions; default: the trainer's")
     p.add_argument("--g-batchnorm", action=argparse.BooleanOptionalAction, default=None,
                    help="old name of --g-norm batch (--no-g-batchnorm: --g-norm none)")
+    p.add_argument("--g-film", action=argparse.BooleanOptionalAction, default=None,
+                   help="cgan-conv: FiLM in G; default: the trainer's")
     p.add_argument("--gpu", choices=sorted(GPUS), default="h100", help="the GPU the estimate is for")
     p.add_argument("--tf32", action="store_true", help="GEMMs at the TF32 tensor-core rate (default FP32)")
     p.add_argument("--launch-us", type=cli.nonneg_float, default=LAUNCH_US,
@@ -269,7 +271,7 @@ def _main(args):
     c = run_census(args.model, args.width, args.batch_size, args.num_classes, args.gpu, args.tf32, args.launch_us,
                    args.log_step, args.measure, mismatch=args.mismatch, mode_seeking=args.mode_seeking,
                    ema_decay=args.ema_decay, g_norm=args.g_norm, g_batchnorm=args.g_batchnorm, d_norm=args.d_norm,
-                   minibatch_std=args.minibatch_std)
+                   minibatch_std=args.minibatch_std, g_film=args.g_film)
     if args.json:
         from cganraw.fileio import atomic_write
         atomic_write(args.json, json.dumps(c.to_json(), indent=1).encode())

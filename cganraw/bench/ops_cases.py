@@ -1,7 +1,7 @@
 """Op-level cases at the models' real shapes (cganraw.bench.shapes):
 
     ops    memory-bound families: elementwise (leaky ReLU, ReLU, tanh, sigmoid, dropout;
-           forward and backward), bias (add, grad), batchnorm, embedding, BCE, Adam (GB/s
+           forward and backward), bias (add, grad), batchnorm, FiLM, embedding, BCE, Adam (GB/s
            of the bytes an ideal implementation reads and writes once)
     conv   im2col/col2im as each conv layer calls them (GB/s; col2im also per kernel
            version of col2im_cuda: v1 scatters with atomics, v2 gathers), and conv2d / conv_transpose2d
@@ -21,6 +21,7 @@ from cganraw.bench import shapes as S
 from cganraw.bench.cases import Prepared, Spec
 from cganraw.bench.harness import F32
 from cganraw.ops.conv import COL2IM_VERSIONS
+from cganraw.ops.film import BACKWARD_VERSIONS as FILM_BACKWARD_VERSIONS
 from cganraw.ops.gemm import GEMM_VERSIONS
 
 GPU_IMPLS = ("numpy", "cuda")
@@ -104,6 +105,31 @@ def _batchnorm(tail, direction):
             fn, moved = (lambda: ops.batchnorm_backward(dy, cache)[0]), 3 * x.nbytes
         return Prepared(fn, f"batchnorm{1 if len(shape) == 2 else 2}d {direction}", "x".join(map(str, shape)),
                         bytes_moved=moved, check=_shape_is(shape))
+    return prepare
+
+
+FILM_IMPLS = ("numpy", "cuda", *(f"cuda:v{v}" for v in FILM_BACKWARD_VERSIONS))   # cuda: the default version
+
+
+def _film(tail, direction):
+    """FiLM at G's planes, gamma and beta the halves of one (N, 2C) array as nn.FiLM passes
+    them. Ideal bytes: fwd reads x, writes y; bwd reads dy and x, writes dx (the N*C values
+    of gamma, beta, dgamma, dbeta are negligible)."""
+    def prepare(xp, batch, impl, mode):
+        film = importlib.import_module("cganraw.ops.film")
+        shape, c = (batch, *tail), tail[0]
+        x, dy, gb = _arrays(xp, shape, shape, (batch, 2 * c))
+        gamma, beta = gb[:, :c], gb[:, c:]
+        _, cache = ops.film_forward(x, gamma, beta)
+        version = int(impl.split(":v")[1]) if impl.startswith("cuda:v") else None
+        if direction == "fwd":
+            fn, moved = (lambda: ops.film_forward(x, gamma, beta)[0]), 2 * x.nbytes
+        elif version is None:
+            fn, moved = (lambda: ops.film_backward(dy, cache)[0]), 3 * x.nbytes
+        else:
+            fn, moved = (lambda: film.film_backward_cuda(dy, cache, version=version)[0]), 3 * x.nbytes
+        return Prepared(fn, f"film {direction}", "x".join(map(str, shape)), bytes_moved=moved,
+                        check=_shape_is(shape, xp))
     return prepare
 
 
@@ -274,6 +300,10 @@ def specs() -> list[Spec]:
     for tail in S.BATCHNORM:
         for d in ("fwd", "bwd"):
             out.append(Spec("ops", "batchnorm", f"batchnorm_{d}-{S.tail_id(tail)}", _batchnorm(tail, d)))
+    for tail in S.BATCHNORM:
+        if len(tail) == 3:      # G's (C, H, W) planes
+            out.append(Spec("ops", "film", f"film_fwd-{S.tail_id(tail)}", _film(tail, "fwd")))
+            out.append(Spec("ops", "film", f"film_bwd-{S.tail_id(tail)}", _film(tail, "bwd"), impls=FILM_IMPLS))
     for d in ("fwd", "bwd"):
         out.append(Spec("ops", "embedding", f"embedding_{d}", _embedding(d)))
         out.append(Spec("ops", "bce", f"bce_with_logits_{d}", _bce(d)))

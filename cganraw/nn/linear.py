@@ -30,10 +30,11 @@ class Linear(Module):
         self._save((cache, y.shape))
         return y
 
-    def backward(self, dy):
+    def backward(self, dy, need_dx=True):
+        """dy (N, out) -> dx (N, in), or None with need_dx=False (then its GEMM is skipped)."""
         cache, y_shape = self._pop_cache()
         check_same_shape(self, dy, y_shape)
-        dx, dW, db = linear_backward(dy, cache, need_dW=self.weight.requires_grad,
+        dx, dW, db = linear_backward(dy, cache, need_dx=need_dx, need_dW=self.weight.requires_grad,
                                      dW_out=self.weight.grad if accumulates_in_place(self.weight, dy) else None,
                                      db_out=self.bias.grad if self.bias is not None
                                      and accumulates_in_place(self.bias, dy) else None)

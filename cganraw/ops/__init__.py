@@ -20,6 +20,7 @@ batchnorm               batchnorm.cu                   nn.BatchNorm1d, BatchNorm
 batchnorm_leaky_relu    batchnorm.cu (fused)           nn.Sequential: BatchNorm + LeakyReLU
 embedding               embedding.cu                   nn.Embedding
 label_projection        label_projection.cu            nn.LabelProjection
+film                    film.cu                        nn.FiLM (G's --g-film)
 maxpool2d               maxpool.cu                     nn.MaxPool2d
 avgpool2d               avgpool.cu                     nn.AvgPool2d
 upsample_nearest2d      upsample.cu                    nn.Upsample
@@ -75,6 +76,7 @@ from cganraw.ops.cross_entropy import (
 )
 from cganraw.ops.dropout import dropout_backward, dropout_forward
 from cganraw.ops.embedding import embedding_backward, embedding_forward
+from cganraw.ops.film import film_backward, film_forward
 from cganraw.ops.gemm import gemm
 from cganraw.ops.instancenorm import instancenorm_backward, instancenorm_forward, instancenorm_running_update
 from cganraw.ops.label_projection import label_projection_backward, label_projection_forward

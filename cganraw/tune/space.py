@@ -35,7 +35,7 @@ DEFAULT_SPACE = {
     "label_smoothing": {"low": 0.0, "high": 0.2},
     "mismatch": {"low": 0.0, "high": 2.0},
     "ema_decay": {"choices": [0.0, 0.999, 0.9995, 0.9999]},
-    # stabilisers: G normalisation, spectral norm, minibatch std, progressive growing
+    # stabilisers: G normalisation, spectral norm, minibatch std, progressive growing, FiLM in G
     # --g-batchnorm is the old name of --g-norm batch/none: searched only where --g-norm is missing
     "g_batchnorm": {"switch": True, "models": ("cgan-conv",), "unless": "g_norm"},
     "g_norm": {"switch": True, "models": ("cgan-conv",)},
@@ -43,6 +43,7 @@ DEFAULT_SPACE = {
     "spectral_norm": {"switch": True, "models": ("cgan-conv",)},
     "minibatch_std": {"switch": True, "models": ("cgan-conv",)},
     "progressive": {"switch": True, "models": ("cgan-conv",)},
+    "g_film": {"switch": True, "models": ("cgan-conv",)},
 }
 
 # Trainer flags that cganraw.tune sets itself, with the tuner flag that does it.

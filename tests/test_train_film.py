@@ -1,0 +1,125 @@
+"""--g-film (FiLM in G) end to end through the trainer on tiny synthetic data: it trains on
+numpy and emu (the FiLM projections leave their zero start, G_ema and the checkpoint rebuild
+it, sample/evaluate's loader too), a resumed run equals a straight one bit for bit on numpy,
+a resume may not change --g-film, and a config from before the flag loads as off."""
+import json
+
+import numpy as np
+import pytest
+
+from cganraw import backend, checkpoint, export, load, models, settings, train
+
+TINY = ["--width", "4", "--batch-size", "8", "--log-every", "1", "--quiet", "--no-download"]
+
+
+@pytest.fixture
+def keep_backend():
+    prev = backend.current()
+    yield
+    backend.use(prev)
+
+
+def run_cli(*argv):
+    return train.main([str(a) for a in argv])
+
+
+def final_state(run_dir):
+    return checkpoint.load(run_dir / "checkpoints" / "last.npz")
+
+
+PROJ_KEYS = ("net.2.proj.weight", "net.2.proj.bias", "net.6.proj.weight", "net.6.proj.bias")
+
+
+@pytest.mark.parametrize("bk", ["numpy", "emu"])
+def test_film_g_trains(bk, letters_dir, tmp_path, keep_backend):
+    out = tmp_path / "run"
+    steps = 3 if bk == "numpy" else 2
+    # cgan-conv's defaults: instance norm in G, so the blocks are ConvT -> IN -> FiLM -> LeakyReLU
+    assert run_cli("--dataset", "emnist", "--data-dir", letters_dir, "--out", out, "--max-steps", steps,
+                   "--backend", bk, "--g-film", *TINY) == 0
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["g_film"] is True and cfg["backend"] == bk and cfg["g_norm"] == "instance"
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == list(range(1, steps + 1))
+    assert all(np.isfinite(r["d_loss"]) and np.isfinite(r["g_loss"]) for r in rows)
+    ck = final_state(out)
+    g = ck["G"]
+    assert g["net.2.proj.weight"].shape == (8, 100 + 26)                  # (2 w, latent + K)
+    for k in PROJ_KEYS:         # the projections left their zero start; the moving average follows
+        assert np.abs(g[k]).max() > 0 and np.abs(ck["G_ema"][k]).max() > 0, k
+    G, _ = load.build_models(ck)
+    assert G.film and [type(m).__name__ for m in G.net][2] == "FiLM"
+    Gs, meta = load.load_generator(out)                                 # what sample and evaluate draw from
+    assert Gs.film and meta["ema"]
+    images = models.generate(Gs, np.arange(4), seed=1)
+    assert images.shape == (4, 1, 28, 28) and np.all(np.abs(images) <= 1)
+
+
+def test_film_resume_is_exact_on_numpy(letters_dir, tmp_path):
+    common = ["--dataset", "emnist", "--data-dir", letters_dir, "--seed", 5, "--g-film", *TINY]
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    # 8 steps cross the epoch boundary at 6; the split point (4) sits mid-epoch
+    assert run_cli(*common, "--out", straight, "--max-steps", 8) == 0
+    assert run_cli(*common, "--out", split, "--max-steps", 4) == 0
+    # resumed as saved (the same --g-film given again is no conflict)
+    assert run_cli("--resume", split, "--max-steps", 8, "--g-film", "--quiet", "--data-dir", letters_dir,
+                   "--no-download") == 0
+    a, b = final_state(straight), final_state(split)
+    assert b["meta"]["step"] == 8 and "net.2.proj.weight" in a["G"]
+    for part in ("G", "G_ema", "D", "opt_g", "opt_d"):
+        assert a[part].keys() == b[part].keys()
+        for k in a[part]:
+            np.testing.assert_array_equal(a[part][k], b[part][k], err_msg=f"{part}.{k}")
+
+
+@pytest.mark.parametrize("saved, asked", [(False, True), (True, False)], ids=["off-on", "on-off"])
+def test_resume_with_another_g_film_is_a_conflict(saved, asked, letters_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run_cli("--dataset", "emnist", "--data-dir", letters_dir, "--out", out, "--max-steps", 1,
+                   "--g-film" if saved else "--no-g-film", *TINY) == 0
+    capsys.readouterr()
+    rc = run_cli("--resume", out, "--max-steps", 2, "--g-film" if asked else "--no-g-film", "--quiet",
+                 "--data-dir", letters_dir, "--no-download")
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert f"--g-film: was {saved}, asked {asked}" in err and "conflicts with the saved run" in err
+    assert final_state(out)["meta"]["step"] == 1
+
+
+def test_a_config_from_before_g_film_resumes_as_off(letters_dir, tmp_path):
+    out = tmp_path / "run"
+    assert run_cli("--dataset", "emnist", "--data-dir", letters_dir, "--out", out, "--max-steps", 1, *TINY) == 0
+    path = out / "checkpoints" / "last.npz"
+    ck = checkpoint.load(path)
+    old = {k: v for k, v in ck["meta"]["config"].items() if k != "g_film"}
+    assert settings.upgrade_config(old)["g_film"] is False and load.model_options(old)["g_film"] is False
+    # the checkpoint rewritten with the old config, everything else as saved
+    G, D = load.build_models(ck)
+    Gema, _ = load.build_models(ck)
+    Gema.load_state_dict(ck["G_ema"])
+    from cganraw.optim import Adam
+    opt_g, opt_d = Adam(G.parameters()), Adam(D.parameters())
+    opt_g.load_state_dict(ck["opt_g"]), opt_d.load_state_dict(ck["opt_d"])
+    rngs = {k: np.random.default_rng() for k in ck["rng"]}
+    for k, state in ck["rng"].items():
+        checkpoint.restore_rng(rngs[k], state)
+    checkpoint.save(path, G, D, opt_g, opt_d, rngs, {**ck["meta"], "config": old}, Gema)
+    G2, _ = load.load_generator(out)
+    assert not G2.film and not any(".proj." in k for k in G2.state_dict())
+    assert run_cli("--resume", out, "--max-steps", 2, "--no-g-film", "--quiet", "--data-dir", letters_dir,
+                   "--no-download") == 0
+    assert checkpoint.load(path)["meta"]["config"]["g_film"] is False
+
+
+def test_flag_help_default_and_export(letters_dir, tmp_path):
+    parser = train.build_parser()
+    assert parser.parse_args([]).g_film is False and settings.DEFAULTS["g_film"] is False
+    assert "FiLM in G (cgan-conv; default: off)" in " ".join(parser.format_help().split())
+    assert "g_film" in settings.CONFIG_KEYS and "g_film" in export.G_CONFIG_KEYS
+    out = tmp_path / "run"
+    assert run_cli("--dataset", "emnist", "--data-dir", letters_dir, "--out", out, "--max-steps", 1, "--g-film",
+                   *TINY) == 0
+    exported = tmp_path / "g.npz"
+    export.export(out, exported)
+    G, meta = export.load_generator(exported)
+    assert G.film and meta["config"]["g_film"] is True
