@@ -46,6 +46,15 @@ def _restore_cganraw_logging():
 
 
 @pytest.fixture
+def keep_backend():
+    """The backend as it was before the test, restored after it."""
+    from cganraw import backend
+    prev = backend.current()
+    yield
+    backend.use(prev)
+
+
+@pytest.fixture
 def rng():
     return np.random.default_rng(1234)
 

@@ -7,10 +7,11 @@ import json
 import numpy as np
 import pytest
 
-from cganraw import backend, checkpoint, models, train
+from cganraw import backend, checkpoint, models
 from cganraw.data import BatchIterator
 from cganraw.ops.minibatch_std import effective_group_size
 from cganraw.step import train_step, upload_batch
+from tests.runs import run_cli
 from tests.synthetic import write_emnist
 
 TINY = ["--width", "3", "--log-every", "1", "--quiet", "--no-download"]
@@ -151,10 +152,6 @@ def digits_dir(tmp_path):
     d = tmp_path / "data"
     write_emnist(d, "digits", np.random.default_rng(0), n=(160, 20))
     return d
-
-
-def run_cli(*argv):
-    return train.main([str(a) for a in argv])
 
 
 def test_a_label_group_run_records_the_setting_and_resumes_bit_exactly(digits_dir, tmp_path):

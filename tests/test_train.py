@@ -6,19 +6,12 @@ import numpy as np
 import pytest
 
 import cganraw.run as run_module
-from cganraw import checkpoint, load, models, sample, train
+from cganraw import load, models, sample, train
 from cganraw.losses import mode_seeking
 from cganraw.optim import Adam
+from tests.runs import final_state, run_cli
 
 TINY = ["--width", "4", "--batch-size", "8", "--log-every", "1", "--quiet", "--no-download"]
-
-
-def run_cli(*argv):
-    return train.main([str(a) for a in argv])
-
-
-def final_state(run_dir):
-    return checkpoint.load(run_dir / "checkpoints" / "last.npz")
 
 
 @pytest.mark.parametrize("name", models.MODELS)

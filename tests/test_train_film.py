@@ -7,24 +7,10 @@ import json
 import numpy as np
 import pytest
 
-from cganraw import backend, checkpoint, export, load, models, settings, train
+from cganraw import checkpoint, export, load, models, settings, train
+from tests.runs import final_state, run_cli
 
 TINY = ["--width", "4", "--batch-size", "8", "--log-every", "1", "--quiet", "--no-download"]
-
-
-@pytest.fixture
-def keep_backend():
-    prev = backend.current()
-    yield
-    backend.use(prev)
-
-
-def run_cli(*argv):
-    return train.main([str(a) for a in argv])
-
-
-def final_state(run_dir):
-    return checkpoint.load(run_dir / "checkpoints" / "last.npz")
 
 
 PROJ_KEYS = ("net.2.proj.weight", "net.2.proj.bias", "net.6.proj.weight", "net.6.proj.bias")

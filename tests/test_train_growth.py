@@ -12,12 +12,9 @@ from cganraw.losses import bce_with_logits
 from cganraw.ops import philox
 from cganraw.run import batch_size_at, growth_at, planned_steps
 from cganraw.step import train_step
+from tests.runs import run_cli
 
 TINY = ["--width", "3", "--log-every", "1", "--quiet", "--no-download"]
-
-
-def run_cli(*argv):
-    return train.main([str(a) for a in argv])
 
 
 def metrics(run_dir):

@@ -6,24 +6,10 @@ import json
 import numpy as np
 import pytest
 
-from cganraw import backend, checkpoint, load, train
+from cganraw import load
+from tests.runs import final_state, run_cli
 
 TINY = ["--width", "4", "--batch-size", "8", "--log-every", "1", "--quiet", "--no-download"]
-
-
-@pytest.fixture
-def keep_backend():
-    prev = backend.current()
-    yield
-    backend.use(prev)
-
-
-def run_cli(*argv):
-    return train.main([str(a) for a in argv])
-
-
-def final_state(run_dir):
-    return checkpoint.load(run_dir / "checkpoints" / "last.npz")
 
 
 @pytest.mark.parametrize("bk", ["numpy", "emu"])
