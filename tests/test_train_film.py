@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from cganraw import checkpoint, export, load, models, settings, train
-from tests.runs import final_state, run_cli
+from tests.runs import final_state, resave_with_config, run_cli
 
 TINY = ["--width", "4", "--batch-size", "8", "--log-every", "1", "--quiet", "--no-download"]
 
@@ -80,16 +80,7 @@ def test_a_config_from_before_g_film_resumes_as_off(letters_dir, tmp_path):
     old = {k: v for k, v in ck["meta"]["config"].items() if k != "g_film"}
     assert settings.upgrade_config(old)["g_film"] is False and load.model_options(old)["g_film"] is False
     # the checkpoint rewritten with the old config, everything else as saved
-    G, D = load.build_models(ck)
-    Gema, _ = load.build_models(ck)
-    Gema.load_state_dict(ck["G_ema"])
-    from cganraw.optim import Adam
-    opt_g, opt_d = Adam(G.parameters()), Adam(D.parameters())
-    opt_g.load_state_dict(ck["opt_g"]), opt_d.load_state_dict(ck["opt_d"])
-    rngs = {k: np.random.default_rng() for k in ck["rng"]}
-    for k, state in ck["rng"].items():
-        checkpoint.restore_rng(rngs[k], state)
-    checkpoint.save(path, G, D, opt_g, opt_d, rngs, {**ck["meta"], "config": old}, Gema)
+    resave_with_config(path, old)
     G2, _ = load.load_generator(out)
     assert not G2.film and not any(".proj." in k for k in G2.state_dict())
     assert run_cli("--resume", out, "--max-steps", 2, "--no-g-film", "--quiet", "--data-dir", letters_dir,

@@ -12,7 +12,7 @@ from cganraw.losses import bce_with_logits
 from cganraw.ops import philox
 from cganraw.run import batch_size_at, growth_at, planned_steps
 from cganraw.step import train_step
-from tests.runs import run_cli
+from tests.runs import resave_with_config, run_cli
 
 TINY = ["--width", "3", "--log-every", "1", "--quiet", "--no-download"]
 
@@ -140,16 +140,7 @@ def test_a_config_from_before_the_options_resumes_as_the_original_model(letters_
     old = {k: v for k, v in ck["meta"]["config"].items()
            if k not in ("g_norm", "d_norm", "minibatch_std", "progressive", "grow_at", "fade", "batch_size_final",
                         "d_label", "g_film")}
-    G, D = load.build_models(ck)
-    Gema, _ = load.build_models(ck)
-    Gema.load_state_dict(ck["G_ema"])
-    from cganraw.optim import Adam
-    opt_g, opt_d = Adam(G.parameters()), Adam(D.parameters())
-    opt_g.load_state_dict(ck["opt_g"]), opt_d.load_state_dict(ck["opt_d"])
-    rngs = {k: np.random.default_rng() for k in ck["rng"]}
-    for k, state in ck["rng"].items():
-        checkpoint.restore_rng(rngs[k], state)
-    checkpoint.save(path, G, D, opt_g, opt_d, rngs, {**ck["meta"], "config": old}, Gema)
+    resave_with_config(path, old)
     assert settings.upgrade_config(old)["g_norm"] == "none" and settings.upgrade_config(old)["d_label"] == "concat"
     assert load.model_options(old)["d_label"] == "concat" and load.model_options(old)["g_film"] is False
     G2, _ = load.load_generator(out)
