@@ -92,15 +92,23 @@ def set_threads(n: int, numba_threads: int | None = None) -> dict:
         done["blas"] = min(counts) if counts else None
     except ImportError:
         log.warning("threadpoolctl is missing: BLAS keeps its own thread count")
+    done["numba"] = set_numba_threads(numba_threads or 1)
+    return done
+
+
+def set_numba_threads(n: int) -> int | None:
+    """Numba's kernels to `n` threads (capped at its pool), the pool started with its workers
+    sleeping between regions (cganraw.ops._cpu.start_threads). Returns the count, or None
+    when Numba is missing, disabled or its threading layer cannot start."""
     try:
         from cganraw.ops import _cpu
-        numba = _cpu.start_threads()          # its workers sleep between regions (see there)
-        if numba is not None:
-            numba.set_num_threads(max(1, min(int(numba_threads or 1), numba.config.NUMBA_NUM_THREADS)))
-            done["numba"] = numba.get_num_threads()
+        numba = _cpu.start_threads()
+        if numba is None:
+            return None
+        numba.set_num_threads(max(1, min(int(n), numba.config.NUMBA_NUM_THREADS)))
+        return numba.get_num_threads()
     except Exception:   # a threading layer that cannot start
-        pass
-    return done
+        return None
 
 
 def _probe_seconds(pair, work) -> float:

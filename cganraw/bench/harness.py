@@ -70,17 +70,8 @@ def set_threads(n: int) -> dict:
     --threads (cganraw.threads: a parallel region after a GEMM waits for OpenBLAS's workers)."""
     global _session_threads
     _session_threads = int(n)
-    done = {"blas": set_blas_threads(n)}
-    done["numba"] = None
-    try:
-        from cganraw.ops import _cpu
-        numba = _cpu.start_threads()          # its workers sleep between regions (see there)
-        if numba is not None:
-            numba.set_num_threads(1)
-            done["numba"] = numba.get_num_threads()
-    except Exception:  # a threading layer that cannot start
-        pass
-    return done
+    from cganraw import threads
+    return {"blas": set_blas_threads(n), "numba": threads.set_numba_threads(1)}
 
 
 # ------------------------------------------------------------------ GPU -----------
