@@ -25,14 +25,17 @@ DEFAULTS = dict(model="cgan-conv", width=64, epochs=None, batch_size=64, lr=1e-4
 # cgan-conv's, chosen by measurement (docs/ablation.md; MNIST, 20 minutes of a 2-core CPU):
 # spectral norm and minibatch stddev in D, instance norm in G, D at 2.4x G's learning rate
 # (TTUR); a small model (width 48) and batch (32) that buy three times the steps of width 64
-# and batch 64; a moving average of G; one-sided label smoothing; the matching-aware term at
-# a light 0.25 (at 1.3 and 2 G draws each digit too alike and CAS falls; at 0 one digit in
-# sixteen is the wrong one); both rates falling over the last quarter of the run (over the
-# last half the labels and FID come out worse). Ten epochs are more than 20 minutes of that
-# CPU, so --max-minutes ends such a run and the schedule follows the clock.
+# and batch 64; a moving average of G; one-sided label smoothing; both rates falling over the
+# last quarter of the run (over the last half the labels and FID come out worse). The label:
+# FiLM in G (each block's scale and shift from [z, label], which widens stroke weight and
+# width per image) and a projection D (no label map), with the matching-aware term at a
+# light 0.1 (with the concat D, 0.25; at 1.3 and 2 G draws each digit too alike and CAS
+# falls). Ten epochs are more than 20 minutes of that CPU, so --max-minutes ends such a run
+# and the schedule follows the clock.
 MODEL_DEFAULTS = {"cgan-conv": dict(width=48, batch_size=32, lr=1.1e-4, lr_d=2.6e-4, beta1=0.6, label_smoothing=0.13,
-                                    mismatch=0.25, ema_decay=0.999, lr_decay_start=0.75, g_norm="instance",
-                                    d_norm="spectral", minibatch_std=True, epochs=10),
+                                    mismatch=0.1, ema_decay=0.999, lr_decay_start=0.75, g_norm="instance",
+                                    d_norm="spectral", minibatch_std=True, d_label="projection", g_film=True,
+                                    epochs=10),
                   "dcgan": dict(epochs=2), "cgan-mlp": dict(epochs=20), "gan-mlp": dict(epochs=20)}
 # the flags whose default is per model: argparse leaves them None, _validate fills them in
 PER_MODEL = tuple(sorted({k for d in MODEL_DEFAULTS.values() for k in d} - {"epochs"}))
@@ -195,10 +198,10 @@ def build_parser(record_given=True):
         "d_label", "how D reads the label (cgan-conv): concat (a learned 28x28 label map beside the image), "
         "projection (Miyato & Koyama 2018: logit = Linear(h) + <E[y], h> on D's last features h; no label map) "
         "or both"))
-    p.add_argument("--g-film", action=argparse.BooleanOptionalAction, default=DEFAULTS["g_film"],
-                   help="FiLM in G (cgan-conv; default: off): after each upsampling block's norm, a per-image, "
-                        "per-channel scale and shift computed from [z, one-hot label] (conditional norms), so z "
-                        "can set a style per image and the label reaches every block")
+    p.add_argument("--g-film", action=argparse.BooleanOptionalAction, **_flag_default(
+        "g_film", "FiLM in G (cgan-conv): after each upsampling block's norm, a per-image, per-channel scale and "
+        "shift computed from [z, one-hot label] (conditional norms), so z can set a style per image and the label "
+        "reaches every block", lambda v: "on" if v else "off"))
     p.add_argument("--minibatch-std", action=argparse.BooleanOptionalAction, **_flag_default(
         "minibatch_std", "ProGAN's minibatch standard deviation channel before D's last layer (cgan-conv)",
         lambda v: "on" if v else "off"))

@@ -80,12 +80,23 @@ def test_a_step_between_log_steps_never_waits(restore_backend):
     assert names["minibatch_std_forward_v3"] == 1
     # one launch for every loss term of D's step, one for G's; the label paths fused
     assert names["bce_with_logits_segments_v1"] == 2
-    assert names["label_map_concat_forward_v3"] == 3 and names["label_map_concat_backward_v1"] == 2
-    assert names["label_map_concat_backward_v2"] == 1          # G's seed map: channel-major
+    # G's seed map (channel-major); the projection D has no label map: a projection term each
+    # way in each of D's two passes
+    assert names["label_map_concat_forward_v3"] == 1 and names["label_map_concat_backward_v2"] == 1
+    assert names["label_map_concat_backward_v1"] == 0
+    assert names["label_projection_forward_v1"] == names["label_projection_backward_v1"] == 2
+    concat = census.run_census(**TINY, d_label="concat").log.launches_by_name()
+    assert concat["label_map_concat_forward_v3"] == 3 and concat["label_map_concat_backward_v1"] == 2
     assert names["minibatch_std_forward_v2"] == 1            # D for G: one term, unsegmented
-    # no separate gradient adds (G's last Conv2d flips its taps, not its weight gradient), no
-    # layout copies around D's convolutions
-    assert c.log.launches_by_name()["add"] == 0 and names["im2col_v3"] == names["col2im_v4"] == 1
+    # no layout copies around D's convolutions. The separate gradient adds: G's instance
+    # norms' (weight and bias, two norms; the FiLM between each norm and its LeakyReLU keeps
+    # the pair from fusing, and the unfused norm adds its parameter sums into .grad by launches
+    # of their own) and the projection D's (its two readers of D's features, in each of D's two
+    # backwards). G's last Conv2d flips its taps, not its weight gradient.
+    assert c.config["g_film"] and c.config["d_label"] == "projection"
+    assert names["add"] == 6 and names["im2col_v3"] == names["col2im_v4"] == 1
+    assert census.run_census(**TINY, g_film=False).log.launches_by_name()["add"] == 2
+    assert census.run_census(**TINY, g_film=False, d_label="concat").log.launches_by_name()["add"] == 0
     # a per-sample D runs its real, wrong-label and fake terms as one batch, then for G
     names = census.run_census(**TINY, minibatch_std=False, d_norm="none").log.launches_by_name()
     assert names["dropout_forward_v3"] == 2
@@ -95,7 +106,7 @@ def test_instance_norm_g_packs_its_average(restore_backend):
     # --g-norm instance (issue 12's G): one moving-average launch and no buffer copy, as G
     # has no running statistics; the norm's own kernels instead of BatchNorm's
     backend.use("emu")
-    c = census.run_census(**TINY, g_norm="instance")
+    c = census.run_census(**TINY, g_norm="instance", g_film=False, d_label="concat")   # no FiLM, no projection
     names = c.log.launches_by_name()
     assert c.config["g_norm"] == "instance" and not c.config["g_batchnorm"]
     assert names["ema_update_v2"] == 1 and not any(n.startswith("batchnorm") for n in names)
@@ -105,18 +116,24 @@ def test_instance_norm_g_packs_its_average(restore_backend):
     assert census.run_census(**TINY, g_batchnorm=False).config["g_norm"] == "none"
 
 
-@pytest.mark.parametrize("g_norm, launches, copies", [("batch", 100, 6), ("instance", 90, 2)])
-def test_launch_totals_of_the_default_step(g_norm, launches, copies, restore_backend):
-    # the whole step's launches on the tiny default model, exactly (issue 14 asked for at most
-    # 90 at width 128; the count does not depend on the width). Of these, 21 cuBLAS GEMMs and
-    # 14 im2col/col2im; 6 layout and batch copies (2 with instance norm: G's activations stay
-    # channel-major from its seed map to its last conv). A change here is a change of the step.
+@pytest.mark.parametrize("options, launches, gemms, copies", [
+    (dict(g_norm="batch", g_film=False, d_label="concat"), 100, 21, 6),
+    (dict(g_norm="instance", g_film=False, d_label="concat"), 90, 21, 2),
+    (dict(), 120, 25, 8)])
+def test_launch_totals_of_the_default_step(options, launches, gemms, copies, restore_backend):
+    # the whole step's launches on the tiny model, exactly (the count does not depend on the
+    # width). The defaults before FiLM and the projection D: 90 with instance norm (issue 14
+    # asked for at most 90 at width 128), 21 cuBLAS GEMMs and 14 im2col/col2im, 6 layout and
+    # batch copies (2 with instance norm: G's activations stay channel-major from its seed map
+    # to its last conv). Today's default (last row) adds FiLM's projections (4 GEMMs), its
+    # launches and the unfused norms around it (30 more, 6 copies of G's activations between
+    # layouts). A change here is a change of the step.
     backend.use("emu")
-    c = census.run_census(**TINY, g_norm=g_norm)
+    c = census.run_census(**TINY, **options)
     names = c.log.launches_by_name()
     assert c.launches == launches and c.syncs == 0
     conv = sum(names[k] for k in ("im2col_v2", "im2col_v3", "col2im_v3", "col2im_v4"))
-    assert names["cublas_sgemm"] == 21 and conv == 14 and names["copy"] == copies
+    assert names["cublas_sgemm"] == gemms and conv == 14 and names["copy"] == copies
 
 
 def test_report_ends_with_the_summary_line(restore_backend):

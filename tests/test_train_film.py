@@ -74,7 +74,9 @@ def test_resume_with_another_g_film_is_a_conflict(saved, asked, letters_dir, tmp
 
 def test_a_config_from_before_g_film_resumes_as_off(letters_dir, tmp_path):
     out = tmp_path / "run"
-    assert run_cli("--dataset", "emnist", "--data-dir", letters_dir, "--out", out, "--max-steps", 1, *TINY) == 0
+    # a run of the model before FiLM existed: today's default has FiLM on, so it is turned off
+    assert run_cli("--dataset", "emnist", "--data-dir", letters_dir, "--out", out, "--max-steps", 1, "--no-g-film",
+                   *TINY) == 0
     path = out / "checkpoints" / "last.npz"
     ck = checkpoint.load(path)
     old = {k: v for k, v in ck["meta"]["config"].items() if k != "g_film"}
@@ -90,8 +92,11 @@ def test_a_config_from_before_g_film_resumes_as_off(letters_dir, tmp_path):
 
 def test_flag_help_default_and_export(letters_dir, tmp_path):
     parser = train.build_parser()
-    assert parser.parse_args([]).g_film is False and settings.DEFAULTS["g_film"] is False
-    assert "FiLM in G (cgan-conv; default: off)" in " ".join(parser.format_help().split())
+    # on by default for cgan-conv only: the other models have no FiLM
+    assert parser.parse_args([]).g_film is True and settings.model_default("cgan-conv", "g_film") is True
+    assert parser.parse_args(["--model", "dcgan"]).g_film is False and settings.DEFAULTS["g_film"] is False
+    assert parser.parse_args(["--no-g-film"]).g_film is False
+    assert "(default: on for cgan-conv, off otherwise)" in " ".join(parser.format_help().split())
     assert "g_film" in settings.CONFIG_KEYS and "g_film" in export.G_CONFIG_KEYS
     out = tmp_path / "run"
     assert run_cli("--dataset", "emnist", "--data-dir", letters_dir, "--out", out, "--max-steps", 1, "--g-film",

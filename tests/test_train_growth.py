@@ -134,7 +134,8 @@ def test_resuming_with_architecture_flags_names_them(letters_dir, tmp_path, caps
 def test_a_config_from_before_the_options_resumes_as_the_original_model(letters_dir, tmp_path):
     out = tmp_path / "run"
     assert run_cli("--dataset", "emnist", "--data-dir", letters_dir, "--out", out, "--max-steps", 2,
-                   "--batch-size", 8, "--no-g-batchnorm", "--d-norm", "none", "--no-minibatch-std", *TINY) == 0
+                   "--batch-size", 8, "--no-g-batchnorm", "--d-norm", "none", "--no-minibatch-std",
+                   "--d-label", "concat", "--no-g-film", *TINY) == 0
     path = out / "checkpoints" / "last.npz"
     ck = checkpoint.load(path)
     old = {k: v for k, v in ck["meta"]["config"].items()
@@ -156,10 +157,12 @@ def test_default_flags_build_todays_model(letters_dir, tmp_path):
     assert run_cli("--dataset", "emnist", "--data-dir", letters_dir, "--out", out, "--max-steps", 1,
                    "--batch-size", 8, *TINY) == 0
     cfg = json.loads((out / "config.json").read_text())
-    want = {k: train.model_default("cgan-conv", k) for k in ("g_norm", "d_norm", "minibatch_std")}
+    want = {k: train.model_default("cgan-conv", k) for k in ("g_norm", "d_norm", "minibatch_std", "d_label", "g_film")}
+    assert want["d_label"] == "projection" and want["g_film"] is True
     assert (cfg["g_norm"], cfg["g_batchnorm"], cfg["d_norm"], cfg["minibatch_std"], cfg["progressive"],
-            cfg["batch_size_final"], cfg["d_label"]) == (want["g_norm"], want["g_norm"] == "batch", want["d_norm"],
-                                                         want["minibatch_std"], False, None, "concat")
+            cfg["batch_size_final"], cfg["d_label"], cfg["g_film"]) == (
+        want["g_norm"], want["g_norm"] == "batch", want["d_norm"], want["minibatch_std"], False, None,
+        want["d_label"], want["g_film"])
     G, D = load.build_from_config(cfg, 26, seed=0)
     G0, D0 = models.build("cgan-conv", 26, width=3, seed=0, **want)
     for ours, theirs in ((G, G0), (D, D0)):

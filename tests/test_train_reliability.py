@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import cganraw.run as run_module
-from cganraw import checkpoint, health, models, rundir, train
+from cganraw import checkpoint, health, load, rundir, train
 from tests.synthetic import write_emnist
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -296,7 +296,9 @@ def test_exploded_state_is_never_saved(data_dirs, tmp_path, monkeypatch, capsys)
     assert train.main(["--resume", str(out), "--max-steps", "5", "--checkpoint-every", "1", "--data-dir",
                        str(data_dirs[0]), "--no-download"]) == 1
     err = capsys.readouterr().err.splitlines()
-    names = [n for n, _ in models.build("cgan-conv", 26, width=4)[1].named_parameters()]
+    # D as the run built it (today's defaults), from the run's own config
+    cfg = json.loads((out / "config.json").read_text())
+    names = [n for n, _ in load.build_from_config(cfg, 26, seed=0)[1].named_parameters()]
     assert err[-1] == (f"error: training diverged in the state at step 3: opt_d.v.1 (of {names[1]}) has max |value| "
                        f"1e+25 exceeds the bound 1e+20; stopped without writing a checkpoint (the last good one is "
                        f"{out / 'checkpoints' / 'last.npz'} (step 2)). Try a lower --lr, or --label-smoothing 0.1")

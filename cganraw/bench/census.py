@@ -169,13 +169,14 @@ def run_census(model="cgan-conv", width=128, batch_size=128, num_classes=10, gpu
         raise ValueError(f"unknown GPU {gpu!r}; choose one of {', '.join(GPUS)}")
     cfg = {k: overrides[k] if overrides.get(k) is not None else settings.model_default(model, k) for k in
            ("lr", "lr_d", "beta1", "beta2", "latent_dim", "label_smoothing", "mismatch", "mode_seeking", "ema_decay",
-            "g_batchnorm", "g_norm", "d_norm", "minibatch_std", "g_film")}
+            "g_batchnorm", "g_norm", "d_norm", "minibatch_std", "g_film", "d_label")}
     if overrides.get("g_norm") is None and overrides.get("g_batchnorm") is not None:
         cfg["g_norm"] = "batch" if cfg["g_batchnorm"] else "none"      # the old flag alone
     if model == "cgan-conv":
         cfg["g_batchnorm"] = cfg["g_norm"] == "batch"
     arch = dict(batchnorm=cfg["g_batchnorm"], **({"g_norm": cfg["g_norm"], "d_norm": cfg["d_norm"],
-                                                  "minibatch_std": cfg["minibatch_std"], "g_film": cfg["g_film"]}
+                                                  "minibatch_std": cfg["minibatch_std"], "g_film": cfg["g_film"],
+                                                  "d_label": cfg["d_label"]}
                                                  if model == "cgan-conv" else {}))
     cfg.update(model=model, width=int(width), batch_size=int(batch_size), backend=backend.current(),
                log_step=bool(log_step), num_classes=num_classes)
