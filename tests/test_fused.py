@@ -104,6 +104,52 @@ def test_pair_modules_hold_no_cache_and_names_are_unchanged(rng):
         assert seq._cache is None
 
 
+# Host convolutions (numpy with Numba) run their pair on batch-minor columns with the layout
+# turn (Conv2d) or the bias and activation (ConvTranspose2d) inside the column passes
+# (ops.conv_leaky): the unfused bits, at sizes that take the serial and the parallel kernels,
+# on an NCHW and a channel-major input, gradients added into ones already there, and with
+# the layer frozen (no weight or bias gradient).
+HOST_PAIRS = [
+    ("conv2d", (2, 3, 3, 2, 1), (3, 2, 9, 7)),            # odd sizes, a window over the far edge
+    ("conv2d", (5, 24, 4, 2, 1), (33, 5, 14, 14)),         # columns past the parallel threshold
+    ("conv_transpose2d", (3, 5, 4, 2, 1), (2, 3, 3, 5)),
+    ("conv_transpose2d", (9, 24, 4, 2, 1), (17, 9, 14, 14)),
+    ("conv_transpose2d", (4, 3, 3, 2, 1), (3, 4, 5, 4)),   # a geometry the phase split never takes
+]
+
+
+@pytest.mark.parametrize("name,args,shape", HOST_PAIRS)
+@pytest.mark.parametrize("channel_major", [False, True])
+@pytest.mark.parametrize("frozen", [False, True])
+def test_host_column_pairs_fuse_bit_identically(name, args, shape, channel_major, frozen, rng, monkeypatch):
+    from cganraw.ops import _cpu
+    from cganraw.ops import conv as C
+    if not _cpu.enabled():
+        pytest.skip("numba not installed")
+    monkeypatch.setattr(C, "_transpose_override", "col2im")
+    layer = (nn.Conv2d if name == "conv2d" else nn.ConvTranspose2d)(*args, rng=rng)
+    _randomise(layer, rng)
+    layer.weight.requires_grad = layer.bias.requires_grad = not frozen
+    seq = nn.Sequential(layer, nn.LeakyReLU(0.2))
+    x = rng.normal(size=shape).astype(np.float32)
+    if channel_major:
+        x = np.ascontiguousarray(x.transpose(1, 0, 2, 3)).transpose(1, 0, 2, 3)
+    dy = rng.normal(size=seq(x).shape).astype(np.float32)
+    seq.drop_caches()
+    runs = []
+    for fuse in (True, False):
+        seq.fuse = fuse
+        for p in seq.parameters():
+            p.grad[...] = 0.25                     # gradients add into what is there
+        y = seq(x).copy()
+        if fuse:
+            assert seq._cache[1][(0, 1)][0][0] == "batch_minor"     # the pair took the host column path
+        dx = seq.backward(dy)
+        runs.append([y, dx] + [p.grad.copy() for p in seq.parameters()])
+    assert all(np.array_equal(a, b) for a, b in zip(*runs))
+    assert frozen == all(np.all(p.grad == 0.25) for p in seq.parameters())
+
+
 @pytest.mark.parametrize("model,kw", [("cgan-conv", {"width": 8, "batchnorm": True}), ("cgan-conv", {"width": 8}),
                                       ("dcgan", {"width": 8}), ("cgan-mlp", {}), ("gan-mlp", {})])
 def test_models_are_bit_identical_fused_and_unfused(model, kw, rng):

@@ -67,6 +67,10 @@ def test_conv2d(case, path, rng, monkeypatch):
     x = rng.normal(size=(n, cin, h, w))
     expanded = s == 1 and cout < cin and p <= k - 1       # the expanded-outputs path: a transposed conv
     assert _mode(layer, x) == ("expand_outputs" if expanded else "batch_minor" if path == "batch_minor" else "im2col")
+    if expanded:    # its transposed conv keeps channel-major columns on the host (k*k*O rows are few)
+        layer(x)
+        assert layer._cache[0][1][0] == "col2im"
+        layer._cache = None
     check_module(layer, x)
 
 

@@ -56,7 +56,12 @@ from cganraw.ops.conv import (
     conv_transpose2d_backward,
     conv_transpose2d_forward,
 )
-from cganraw.ops.conv_leaky import conv2d_bias_leaky_relu_backward, conv2d_bias_leaky_relu_forward
+from cganraw.ops.conv_leaky import (
+    conv2d_bias_leaky_relu_backward,
+    conv2d_bias_leaky_relu_forward,
+    conv_transpose2d_bias_leaky_relu_backward,
+    conv_transpose2d_bias_leaky_relu_forward,
+)
 from cganraw.ops.instancenorm import instancenorm_leaky_relu_backward, instancenorm_leaky_relu_forward
 from cganraw.ops.linear import linear_backward, linear_forward
 
@@ -162,15 +167,25 @@ def _gemm_forward(layer, x, slope):
         return y, (cache, None, y.shape)
     else:
         layer._check(x)
+        if slope is not None:
+            # on the host, the bias and activation in the column passes (ops.conv_leaky)
+            y, cache = conv_transpose2d_bias_leaky_relu_forward(x, layer.weight.data, layer.bias.data, layer.stride,
+                                                                layer.padding, layer.output_padding, slope)
+            _check_transposed_output(y)
+            return y, (cache, None, y.shape)
         y, cache = conv_transpose2d_forward(x, layer.weight.data, None, layer.stride, layer.padding,
                                             layer.output_padding)
-        if min(y.shape[2:]) <= 0:
-            raise ValueError(f"ConvTranspose2d: output size {tuple(y.shape[2:])} is not positive")
+        _check_transposed_output(y)
     if slope is None:
         y, act_cache = bias_tanh_forward(y, layer.bias.data)
     else:
         y, act_cache = bias_leaky_relu_forward(y, layer.bias.data, slope)
     return y, (cache, act_cache, y.shape)
+
+
+def _check_transposed_output(y):
+    if min(y.shape[2:]) <= 0:
+        raise ValueError(f"ConvTranspose2d: output size {tuple(y.shape[2:])} is not positive")
 
 
 def backward(layer, act, dy, cache):
@@ -196,12 +211,13 @@ def backward(layer, act, dy, cache):
         dpre, db = bias_tanh_backward(dy, act_cache, need_db=need_dW, out=db_out)
         backward_op = {Linear: linear_backward, Conv2d: conv2d_backward}.get(type(layer), conv_transpose2d_backward)
         dx, dW, _ = backward_op(dpre, layer_cache, need_dW=need_dW, dW_out=dW_out)
-    elif type(layer) is Conv2d:     # the activation's gradient comes out in the GEMMs' layout
-        dx, dW, db = conv2d_bias_leaky_relu_backward(dy, layer_cache, need_dW=need_dW, dW_out=dW_out, db_out=db_out)
+    elif type(layer) is not Linear:     # the activation's gradient comes out in the GEMMs' layout
+        backward_op = conv2d_bias_leaky_relu_backward if type(layer) is Conv2d else \
+            conv_transpose2d_bias_leaky_relu_backward
+        dx, dW, db = backward_op(dy, layer_cache, need_dW=need_dW, dW_out=dW_out, db_out=db_out)
     else:
         dpre, db = bias_leaky_relu_backward(dy, act_cache, need_db=need_dW, out=db_out)
-        backward_op = linear_backward if type(layer) is Linear else conv_transpose2d_backward
-        dx, dW, _ = backward_op(dpre, layer_cache, need_dW=need_dW, dW_out=dW_out)
+        dx, dW, _ = linear_backward(dpre, layer_cache, need_dW=need_dW, dW_out=dW_out)
     layer.weight.accumulate(dW)
     layer.bias.accumulate(db)
     hooks = spectral_norm_hooks(layer)

@@ -200,6 +200,97 @@ def _channel_sum_rows_numba(nb, parallel):
     return channel_sum
 
 
+# A host convolution's GEMM works on batch-minor columns (ops.conv): its output is
+# (C, Ho*Wo*N), the image index innermost, and its backward takes dy in that order. These
+# turn the layout in the pass the bias and the activation make anyway, one channel per task:
+# the forward reads along the images and writes across them; the backward makes dpre and
+# its sum in the order of the kernels above (n, then pixel: a dependent chain of float64
+# adds, whatever the layout) into a per-channel scratch that stays in cache, then writes
+# that transposed. Values, dpre and db are those of the kernels above, bit for bit. (Timed
+# at (256, 128, 14, 14) on two threads: forward 3.5 ms against 7.9 for the layout copy and
+# the in-place pass; backward 5.4 ms against 13.8. A tiled transpose, or writing dpre across
+# the images as the sum goes, measured slower than either.)
+
+@_cpu.kernel
+def _bias_leaky_forward_from_bm_numba(nb, parallel):
+    @nb.njit(parallel=parallel, cache=True)
+    def forward(y2, b, slope, out):  # y2 (C, HW, N) -> out (C, N, HW) = leaky_relu(y2 + b)
+        c, hw, n = y2.shape
+        for ch in nb.prange(c):
+            src, dst, bias = y2[ch], out[ch], b[ch]
+            for p in range(hw):
+                row = src[p]
+                for i in range(n):
+                    v = row[i] + bias
+                    dst[i, p] = v if v > 0 else v * slope
+    return forward
+
+
+@_cpu.kernel
+def _bias_leaky_backward_to_bm_numba(nb, parallel):
+    @nb.njit(parallel=parallel, cache=True)
+    def backward(dy, dy_cm, y, y_cm, slope, d2, db):  # dy, y (N, C, HW) or (C, N, HW) -> d2 (C, HW, N)
+        if y_cm:
+            c, n, hw = y.shape
+        else:
+            n, c, hw = y.shape
+        sums = db.size > 0
+        for ch in nb.prange(c):
+            scratch = np.empty((n, hw), d2.dtype)
+            acc = 0.0
+            for i in range(n):
+                g = dy[ch, i] if dy_cm else dy[i, ch]
+                yr = y[ch, i] if y_cm else y[i, ch]
+                t = scratch[i]
+                for p in range(hw):
+                    v = g[p] if yr[p] > 0 else g[p] * slope
+                    t[p] = v
+                    acc += v
+            if sums:
+                db[ch] = acc
+            dst = d2[ch]
+            for p in range(hw):
+                row = dst[p]
+                for i in range(n):
+                    row[i] = scratch[i, p]
+    return backward
+
+
+def bias_leaky_relu_forward_from_batch_minor(y2, n, h, w, b, negative_slope):
+    """leaky_relu(y + b) for a pre-activation held batch-minor, y2 (C, H*W*N) (a host
+    convolution's GEMM output): y (N, C, H, W), a channel-major view, in one pass (Numba), the
+    values of bias_leaky_relu_forward_numpy. Returns y, cache (y, slope)."""
+    _check_slope("bias_leaky_relu_forward", negative_slope)
+    c = y2.shape[0]
+    if y2.shape != (c, h * w * n) or not y2.flags.c_contiguous:
+        raise ValueError(f"bias_leaky_relu_forward_from_batch_minor: y2 must be contiguous of shape "
+                         f"(C, {h * w * n}), got {tuple(y2.shape)}")
+    bias = np.ascontiguousarray(b, dtype=y2.dtype)
+    if bias.shape != (c,):
+        raise ValueError(f"bias_leaky_relu_forward_from_batch_minor: b has shape {tuple(bias.shape)}, expected ({c},)")
+    out = _workspace.empty((c, n, h * w), y2.dtype)
+    _bias_leaky_forward_from_bm_numba(y2.reshape(c, h * w, n), bias, y2.dtype.type(negative_slope), out,
+                                      work=y2.size)
+    y = out.reshape(c, n, h, w).transpose(1, 0, 2, 3)
+    return y, (y, negative_slope)
+
+
+def bias_leaky_relu_backward_to_batch_minor(dy, cache, need_db=True, out=None):
+    """As bias_leaky_relu_backward (Numba), with dpre written batch-minor, (C, H*W*N): the
+    layout a host convolution's weight and input GEMMs take. Returns dpre2, db (None without
+    need_db, or with `out`, added into it)."""
+    y, negative_slope = cache
+    if tuple(dy.shape) != tuple(y.shape) or dy.dtype != y.dtype:
+        raise ValueError(f"bias_leaky_relu_backward_to_batch_minor: dy has shape {tuple(dy.shape)} and dtype "
+                         f"{dy.dtype}, the activation's output {tuple(y.shape)} and {y.dtype}")
+    n, c, h, w = y.shape
+    d2 = _workspace.empty((c, h * w, n), dy.dtype)
+    db = np.empty(c if need_db else 0, dtype=np.float64)
+    _bias_leaky_backward_to_bm_numba(*_physical3(dy), *_physical3(y), dy.dtype.type(negative_slope), d2, db,
+                                     work=dy.size)
+    return d2.reshape(c, h * w * n), _accumulate(out, db.astype(dy.dtype) if need_db else None)
+
+
 def _numba_ok(*arrays):
     return _cpu.enabled() and _cpu.host_arrays(*arrays) and all(a.ndim in (2, 4) and a.dtype in (np.float32, np.float64)
                                   for a in arrays)

@@ -160,23 +160,43 @@ def _col2im_numba(nb, parallel):
 # made im2col and col2im as slow as the layer's GEMM. The GEMMs do not care about the column
 # order: y (O, Ho*Wo*N) and dy come in that order too (a pass over the output, 16 times
 # smaller than cols at k4). Values are those of im2col_numpy / col2im_numpy, permuted.
+# The plane pass is where a LeakyReLU after a transposed conv costs nothing extra (ops.conv_leaky):
+# im2col can read dy through the activation's gradient (and sum the bias gradient, in
+# bias_leaky_relu_backward's order) and col2im can add the bias and apply the slope as it
+# writes the output, so the pair needs no pass of its own either way.
 @_cpu.kernel
 def _im2col_bm_numba(nb, parallel):
     @nb.njit(parallel=parallel, cache=True)
-    def im2col_bm(x, x_cm, k, s, p, ho, wo, cols):  # x NCHW, or (C, N, H, W) when x_cm -> cols (C*k*k, Ho*Wo*N)
+    def im2col_bm(x, x_cm, k, s, p, ho, wo, cols, y, y_cm, slope, db):
+        # x NCHW, or (C, N, H, W) when x_cm -> cols (C*k*k, Ho*Wo*N). y of x's shape (any
+        # size-0 array: none): x is dy of leaky_relu(. + b) = y, read as dpre = x where y > 0
+        # else slope * x, and db[c] (float64; size 0: not summed) sums dpre in (n, pixel) order
         if x_cm:
             c_in, n_img, h, w = x.shape
         else:
             n_img, c_in, h, w = x.shape
+        act = y.size > 0
+        sums = db.size > 0
         hp = max(h + 2 * p, (ho - 1) * s + k)               # windows may overhang the far side by s-1
         wp = max(w + 2 * p, (wo - 1) * s + k)
         for c in nb.prange(c_in):
             plane = np.zeros((hp, wp, n_img), x.dtype)      # (Hp, Wp, N), zero border
+            acc = 0.0
             for n in range(n_img):
                 src = x[c, n] if x_cm else x[n, c]
-                for yy in range(h):
-                    for xx in range(w):
-                        plane[yy + p, xx + p, n] = src[yy, xx]
+                if act:
+                    mask = y[c, n] if y_cm else y[n, c]
+                    for yy in range(h):
+                        for xx in range(w):
+                            v = src[yy, xx] if mask[yy, xx] > 0 else src[yy, xx] * slope
+                            plane[yy + p, xx + p, n] = v
+                            acc += v
+                else:
+                    for yy in range(h):
+                        for xx in range(w):
+                            plane[yy + p, xx + p, n] = src[yy, xx]
+            if sums:
+                db[c] = acc
             for i in range(k):
                 for j in range(k):
                     row = cols[(c * k + i) * k + j]
@@ -192,12 +212,15 @@ def _im2col_bm_numba(nb, parallel):
 @_cpu.kernel
 def _col2im_bm_numba(nb, parallel):
     @nb.njit(parallel=parallel, cache=True)
-    def col2im_bm(cols, k, s, p, ho, wo, out, out_cm):  # cols (C*k*k, Ho*Wo*N) -> out (N, C, H, W), or (C, N, H, W)
-        # each pixel sums its taps in (i, j) order from zero, as col2im_numpy's strided adds do
+    def col2im_bm(cols, k, s, p, ho, wo, out, out_cm, b, act, slope):
+        # cols (C*k*k, Ho*Wo*N) -> out (N, C, H, W), or (C, N, H, W); then out += b (size 0:
+        # none) and, with act, out = leaky_relu(out) (bias_leaky_relu_forward's operations).
+        # Each pixel sums its taps in (i, j) order from zero, as col2im_numpy's strided adds do.
         if out_cm:
             c_out, n_img, h, w = out.shape
         else:
             n_img, c_out, h, w = out.shape
+        has_bias = b.size > 0
         hp = max(h + 2 * p, (ho - 1) * s + k)
         wp = max(w + 2 * p, (wo - 1) * s + k)
         for c in nb.prange(c_out):
@@ -211,30 +234,70 @@ def _col2im_bm_numba(nb, parallel):
                             dst_run = plane[oy * s + i, ox * s + j]
                             for n in range(n_img):
                                 dst_run[n] += row[o + n]
+            bias = b[c] if has_bias else cols.dtype.type(0)
             for n in range(n_img):
                 dst = out[c, n] if out_cm else out[n, c]
                 for yy in range(h):
                     for xx in range(w):
-                        dst[yy, xx] = plane[yy + p, xx + p, n]
+                        v = plane[yy + p, xx + p, n]
+                        if has_bias:
+                            v = v + bias
+                        if act:
+                            v = v if v > 0 else v * slope
+                        dst[yy, xx] = v
     return col2im_bm
 
 
-def im2col_batch_minor(x, kernel_size, stride=1, padding=0, out_hw=None):
-    """x (N, C, H, W) host array -> cols (C*k*k, Ho*Wo*N), column (oy, ox, n) (Numba); out_hw as im2col's."""
+_NO_ACTIVATION = {}    # dtype -> the size-0 arrays that tell the kernels above "no activation"
+
+
+def _none_of(dtype):
+    arrays = _NO_ACTIVATION.get(np.dtype(dtype))
+    if arrays is None:
+        arrays = _NO_ACTIVATION[np.dtype(dtype)] = (np.empty((0, 0, 0, 0), dtype), np.empty(0, dtype),
+                                                    np.empty(0, np.float64))
+    return arrays
+
+
+def im2col_batch_minor(x, kernel_size, stride=1, padding=0, out_hw=None, leaky=None):
+    """x (N, C, H, W) host array -> cols (C*k*k, Ho*Wo*N), column (oy, ox, n) (Numba); out_hw as
+    im2col's. leaky = (y, negative_slope, db): x is the gradient of y = leaky_relu(. + b), y of
+    x's shape, and the columns are those of its gradient before the activation
+    (bias_leaky_relu_backward's dpre), whose per-channel sum goes into db ((C,) float64, in that
+    op's order) unless db is None."""
     n, c, h, w, k, s, p, ho, wo = _conv_geometry("im2col_batch_minor", x.shape, kernel_size, stride, padding, out_hw)
     cols = _workspace.empty((c * k * k, ho * wo * n), x.dtype)
-    _im2col_bm_numba(*_cpu.physical(x), k, s, p, ho, wo, cols, work=cols.size)
+    y, _, db = _none_of(x.dtype)
+    y_cm, slope = False, x.dtype.type(0)
+    if leaky is not None:
+        y, slope, db_out = leaky
+        if tuple(y.shape) != tuple(x.shape) or y.dtype != x.dtype:
+            raise ValueError(f"im2col_batch_minor: the activation's output has shape {tuple(y.shape)} and dtype "
+                             f"{y.dtype}, expected {tuple(x.shape)} and {x.dtype}")
+        y, y_cm = _cpu.physical(y)
+        slope = x.dtype.type(slope)
+        if db_out is not None:
+            db = db_out
+    _im2col_bm_numba(*_cpu.physical(x), k, s, p, ho, wo, cols, y, y_cm, slope, db, work=cols.size)
     return cols
 
 
-def col2im_batch_minor(cols, x_shape, kernel_size, stride=1, padding=0, out_hw=None):
-    """cols (C*k*k, Ho*Wo*N), column (oy, ox, n) -> x (N, C, H, W), channel-major (Numba); out_hw as col2im's."""
+def col2im_batch_minor(cols, x_shape, kernel_size, stride=1, padding=0, out_hw=None, bias=None,
+                       negative_slope=None):
+    """cols (C*k*k, Ho*Wo*N), column (oy, ox, n) -> x (N, C, H, W), channel-major (Numba); out_hw as
+    col2im's. With bias (C,) and/or negative_slope, x = leaky_relu(x + bias) as it is written
+    (bias_leaky_relu_forward's operations, bit for bit)."""
     n, c, h, w, k, s, p, ho, wo = _conv_geometry("col2im_batch_minor", x_shape, kernel_size, stride, padding, out_hw)
     if tuple(cols.shape) != (c * k * k, ho * wo * n):
         raise ValueError(f"col2im_batch_minor: cols has shape {tuple(cols.shape)}, expected "
                          f"(C*k*k, Ho*Wo*N) = ({c * k * k}, {ho * wo * n})")
     out = _workspace.empty((c, n, h, w), cols.dtype)
-    _col2im_bm_numba(np.ascontiguousarray(cols), k, s, p, ho, wo, out, True, work=cols.size)
+    b = _none_of(cols.dtype)[1] if bias is None else np.ascontiguousarray(bias, dtype=cols.dtype)
+    if b.shape not in ((0,), (c,)):
+        raise ValueError(f"col2im_batch_minor: bias has shape {tuple(b.shape)}, expected ({c},)")
+    act = negative_slope is not None
+    _col2im_bm_numba(np.ascontiguousarray(cols), k, s, p, ho, wo, out, True, b, act,
+                     cols.dtype.type(negative_slope if act else 0), work=cols.size)
     return out.transpose(1, 0, 2, 3)
 
 
@@ -244,20 +307,55 @@ def _batch_minor(x, W):
     return _use_numba(x) and _cpu.host_arrays(x, W)
 
 
+@_cpu.kernel
+def _to_batch_minor_numba(nb, parallel):
+    @nb.njit(parallel=parallel, cache=True)
+    def to_batch_minor(a, a_cm, out):  # a (N, C, HW), or (C, N, HW) when a_cm -> out (C, HW, N)
+        if a_cm:
+            c, n, hw = a.shape
+        else:
+            n, c, hw = a.shape
+        for ch in nb.prange(c):
+            scratch = np.empty((n, hw), a.dtype)      # the channel, read along its rows
+            for i in range(n):
+                scratch[i] = a[ch, i] if a_cm else a[i, ch]
+            dst = out[ch]
+            for p in range(hw):                       # written along the images, read from cache
+                row = dst[p]
+                for i in range(n):
+                    row[i] = scratch[i, p]
+    return to_batch_minor
+
+
+@_cpu.kernel
+def _from_batch_minor_numba(nb, parallel):
+    @nb.njit(parallel=parallel, cache=True)
+    def from_batch_minor(a2, out):  # a2 (C, HW, N) -> out (C, N, HW)
+        c, hw, n = a2.shape
+        for ch in nb.prange(c):
+            src, dst = a2[ch], out[ch]
+            for p in range(hw):
+                row = src[p]
+                for i in range(n):
+                    dst[i, p] = row[i]
+    return from_batch_minor
+
+
 def _to_batch_minor(a):
-    # (N, C, H, W) -> (C, H*W*N), any strides: the GEMM operand of batch-minor columns
+    # (N, C, H, W) host array, any strides -> (C, H*W*N): the GEMM operand of batch-minor columns
     n, c, h, w = a.shape
-    out = _workspace.empty((c, h, w, n), a.dtype)
-    np.copyto(out, a.transpose(1, 2, 3, 0))
+    out = _workspace.empty((c, h * w, n), a.dtype)
+    p, cm = _cpu.physical(a)
+    _to_batch_minor_numba(p.reshape(p.shape[0], p.shape[1], h * w), cm, out, work=a.size)
     return out.reshape(c, h * w * n)
 
 
 def _from_batch_minor(a2, n, h, w):
     # (C, H*W*N) -> (N, C, H, W), channel-major
     c = a2.shape[0]
-    out = _workspace.empty((c, n, h, w), a2.dtype)
-    np.copyto(out, a2.reshape(c, h, w, n).transpose(0, 3, 1, 2))
-    return out.transpose(1, 0, 2, 3)
+    out = _workspace.empty((c, n, h * w), a2.dtype)
+    _from_batch_minor_numba(np.ascontiguousarray(a2).reshape(c, h * w, n), out, work=a2.size)
+    return out.reshape(c, n, h, w).transpose(1, 0, 2, 3)
 
 
 # ---------------------------------------------------------------- CUDA kernels (kernels/im2col.cu)
@@ -487,7 +585,10 @@ def conv2d_forward(x, W, b=None, stride=1, padding=0):
         if o == 1 and backend.uses_kernels():
             return _one_output_forward(x, W, b, padding)
         Wt = _as_transposed_kernel(W)
-        y, cache = conv_transpose2d_forward(x, _launch.contiguous(Wt), b, 1, k - 1 - padding)
+        # channel-major columns even on the host: k*k*O rows are few, and x, 28x28 here, comes
+        # channel-major from the layer before (batch-minor would transpose it and dx whole)
+        y, cache = _conv_transpose2d_forward(x, _launch.contiguous(Wt), b, 1, k - 1 - padding, 0,
+                                             batch_minor=False)
         return y, ("expand_outputs", cache)
     ho, wo = conv_output_size(h, k, stride, padding), conv_output_size(w, k, stride, padding)
     if _batch_minor(x, W):
@@ -574,11 +675,13 @@ def conv2d_backward(dy, cache, need_dx=True, need_dW=True, dW_out=None, db_out=N
     return dx, dW, db
 
 
-def _batch_minor_backward(dy, cache, need_dx, need_dW, dW_out, db_out):
-    # conv2d_backward of the host path: the same GEMMs on batch-minor columns
+def _batch_minor_backward(dy, cache, need_dx, need_dW, dW_out, db_out, dy2=None):
+    # conv2d_backward of the host path: the same GEMMs on batch-minor columns; dy2: dy already
+    # as (O, Ho*Wo*N) (ops.conv_leaky: the activation's gradient writes it so; dy is then None)
     cols, x_shape, W, stride, padding, has_bias = cache
     o, c, k, _ = W.shape
-    dy2 = _to_batch_minor(dy)                                  # (O, Ho*Wo*N)
+    if dy2 is None:
+        dy2 = _to_batch_minor(dy)                              # (O, Ho*Wo*N)
     dW = db = dx = None
     if need_dW:
         if dW_out is not None:
@@ -808,6 +911,11 @@ def conv_transpose2d_forward(x, W, b=None, stride=1, padding=0, output_padding=0
     Ho = (H - 1) s - 2p + k + output_padding (PyTorch's size). k4 s2 p1 runs phase-split
     (conv_transpose2d_phase_forward) where uses_phase_split says so, everything else as GEMM
     + col2im."""
+    return _conv_transpose2d_forward(x, W, b, stride, padding, output_padding, _batch_minor(x, W))
+
+
+def _conv_transpose2d_forward(x, W, b, stride, padding, output_padding, batch_minor):
+    # conv_transpose2d_forward, batch-minor columns or not (host arrays only) on the col2im path
     k = W.shape[2]
     if uses_phase_split(k, stride, padding, output_padding):
         y, xf = conv_transpose2d_phase_forward(x, W)
@@ -818,7 +926,7 @@ def conv_transpose2d_forward(x, W, b=None, stride=1, padding=0, output_padding=0
     _, cout, k, _ = W.shape
     ho = conv_transpose_output_size(h, k, stride, padding, output_padding)
     wo = conv_transpose_output_size(w, k, stride, padding, output_padding)
-    if _batch_minor(x, W):
+    if batch_minor:
         x2 = _to_batch_minor(x)                                # (Cin, H*W*N)
         cols = gemm(W.reshape(cin, cout * k * k), x2, trans_a=True)     # (Cout*k*k, H*W*N)
         y = col2im_batch_minor(cols, (n, cout, ho, wo), k, stride, padding, out_hw=(h, w))
@@ -851,15 +959,26 @@ def conv_transpose2d_backward(dy, cache, need_dx=True, need_dW=True, dW_out=None
         dcols = im2col_batch_minor(dy, k, stride, padding, out_hw=(h, w))    # (Cout*k*k, H*W*N)
     else:
         dcols = im2col(dy, k, stride, padding, out_hw=(h, w))  # (Cout*k*k, N*H*W)
-    dW = db = dx = None
+    dx, dW = conv_transpose2d_columns_backward(dcols, (mode, cache), need_dx, need_dW, dW_out)
+    db = bias_add_backward(dy, out=db_out) if has_bias and need_dW else None
+    return dx, dW, db
+
+
+def conv_transpose2d_columns_backward(dcols, cache, need_dx=True, need_dW=True, dW_out=None):
+    """The GEMMs of conv_transpose2d_backward's column paths ("col2im", "batch_minor"), from
+    dcols, the column matrix of dy in the forward's column order: dx (N, Cin, H, W) and dW
+    (None where not needed, or added into dW_out)."""
+    mode, (x2, x_shape, W, _, _, _) = cache
+    n, cin, h, w = x_shape
+    _, cout, k, _ = W.shape
+    dx = dW = None
     if need_dW:
         if dW_out is not None:
             gemm(x2, dcols, trans_b=True, beta=1.0, out=dW_out.reshape(cin, cout * k * k))
         else:
             dW = gemm(x2, dcols, trans_b=True).reshape(W.shape)   # (Cin, Cout*k*k)
-        db = bias_add_backward(dy, out=db_out) if has_bias else None
     if need_dx:
         dx2 = gemm(W.reshape(cin, cout * k * k), dcols)       # (Cin, N*H*W), or (Cin, H*W*N)
         dx = _from_batch_minor(dx2, n, h, w) if mode == "batch_minor" else _from_channel_major(dx2, n, h, w)
-    return dx, dW, db
+    return dx, dW
 
