@@ -107,6 +107,26 @@ def test_batch_minor_layers_equal_the_nchw_path(kind, shape, rng, monkeypatch):
     np.testing.assert_array_equal(got["batch_minor"][3], got["nchw"][3])
 
 
+@pytest.mark.parametrize("layouts", [("cm", "nchw"), ("nchw", "cm"), ("cm", "cm"), ("strided", "nchw")])
+@pytest.mark.parametrize("slope", [0.2, 0.0, -0.3])
+@pytest.mark.parametrize("shape", [(3, 5, 7, 6), (33, 17, 14, 14)])     # the second past the parallel threshold
+def test_leaky_relu_backward_mixed_layouts(layouts, slope, shape, rng):
+    # dy a conv's channel-major gradient against an NCHW x (G's LeakyReLU after FiLM), and
+    # the other mixes: the planes kernel, or NumPy for a negative slope; the reference's bits
+    def laid(a, how):
+        if how == "cm":
+            return np.ascontiguousarray(a.transpose(1, 0, 2, 3)).transpose(1, 0, 2, 3)
+        if how == "strided":
+            return np.repeat(a, 2, axis=3)[..., ::2]
+        return a
+    x = rng.normal(size=shape).astype(np.float32)
+    x.ravel()[::7] = 0.0
+    dy = rng.normal(size=shape).astype(np.float32)
+    dyl, xl = laid(dy, layouts[0]), laid(x, layouts[1])
+    got = activation.leaky_relu_backward(dyl, (xl, slope))
+    np.testing.assert_array_equal(got, activation.leaky_relu_backward_numpy(dy, (x, slope)))
+
+
 def test_im2col_accepts_non_contiguous_input(rng):
     x = rng.normal(size=(2, 3, 9, 9)).astype(np.float32)[:, ::2]
     np.testing.assert_array_equal(conv.im2col(x, 3, 2, 1), conv.im2col_numpy(x, 3, 2, 1))
