@@ -127,6 +127,39 @@ def test_leaky_relu_backward_mixed_layouts(layouts, slope, shape, rng):
     np.testing.assert_array_equal(got, activation.leaky_relu_backward_numpy(dy, (x, slope)))
 
 
+@pytest.mark.parametrize("layout", ["nchw", "cm", "strided"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(3, 5, 7, 6), (2, 3, 1, 2), (33, 17, 14, 14)])   # the last: parallel
+def test_instancenorm_numba_matches_numpy(layout, dtype, shape, rng):
+    from cganraw.ops import instancenorm as IN
+
+    def laid(a):
+        if layout == "cm":
+            return np.ascontiguousarray(a.transpose(1, 0, 2, 3)).transpose(1, 0, 2, 3)
+        return np.repeat(a, 2, axis=3)[..., ::2] if layout == "strided" else a
+    c = shape[1]
+    x = (rng.normal(size=shape) * 3 + rng.normal(size=(1, c, 1, 1)) * 5).astype(dtype)
+    gamma, beta = rng.normal(size=c).astype(dtype), rng.normal(size=c).astype(dtype)
+    y, cache, mean, var = IN.instancenorm_forward(laid(x), gamma, beta, eps=1e-5)
+    y_ref, cache_ref, mean_ref, var_ref = IN.instancenorm_forward_numpy(x, gamma, beta, eps=1e-5)
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-12)
+    for got, want in ((y, y_ref), (cache[1], cache_ref[1]), (cache[2], cache_ref[2]), (mean, mean_ref),
+                      (var, var_ref)):
+        assert got.dtype == want.dtype and got.shape == want.shape
+        np.testing.assert_allclose(got, want, **tol)
+    if layout == "cm":
+        assert y.transpose(1, 0, 2, 3).flags.c_contiguous         # in x's layout: no copy for the next conv
+    dy = rng.normal(size=shape).astype(dtype)
+    dx, dgamma, dbeta = IN.instancenorm_backward(laid(dy), cache)
+    dx_ref, dgamma_ref, dbeta_ref = IN.instancenorm_backward_numpy(dy, cache_ref)
+    for got, want in ((dx, dx_ref), (dgamma, dgamma_ref), (dbeta, dbeta_ref)):
+        assert got.dtype == want.dtype and got.shape == want.shape
+        np.testing.assert_allclose(got, want, rtol=tol["rtol"], atol=tol["atol"] * max(1.0, np.abs(want).max()))
+    # deterministic: the same bits again (one task per plane, its sums in order)
+    again = IN.instancenorm_backward(laid(dy), IN.instancenorm_forward(laid(x), gamma, beta, eps=1e-5)[1])
+    assert all(np.array_equal(a, b) for a, b in zip(again, (dx, dgamma, dbeta)))
+
+
 def test_im2col_accepts_non_contiguous_input(rng):
     x = rng.normal(size=(2, 3, 9, 9)).astype(np.float32)[:, ::2]
     np.testing.assert_array_equal(conv.im2col(x, 3, 2, 1), conv.im2col_numpy(x, 3, 2, 1))

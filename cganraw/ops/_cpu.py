@@ -102,3 +102,19 @@ def physical(a):
     if t.flags.c_contiguous:
         return t, True
     return np.ascontiguousarray(a), False
+
+
+def planes(a):
+    """(N, C, H, W) -> (its physical (N, C, HW) or (C, N, HW) array, channel_major), as
+    physical: a view of an NCHW or channel-major array, a copy of any other layout."""
+    p, cm = physical(a)
+    return p.reshape(p.shape[0], p.shape[1], -1), cm
+
+
+def empty_planes_like(p3, channel_major, shape):
+    """A workspace array of p3's physical layout, and the (N, C, H, W) = shape view of it: a
+    kernel writes the first, the caller hands on the second in its input's layout."""
+    from cganraw.ops import _workspace
+    out = _workspace.empty(p3.shape, p3.dtype)
+    n, c, h, w = shape
+    return out, (out.reshape(c, n, h, w).transpose(1, 0, 2, 3) if channel_major else out.reshape(n, c, h, w))

@@ -13,13 +13,19 @@ cganraw.ops.batchnorm. The cache says which, so one backward serves both.
     instancenorm_leaky_relu_forward / _backward: InstanceNorm2d (affine, input statistics) and
         LeakyReLU as one op (nn.fused, on the kernel backends): one launch each way, the
         parameter gradients added into .grad by the backward's last block
+
+On the host with Numba (numpy backend), the input-statistics forward and backward run one
+task per plane (instancenorm_forward_numba, instancenorm_backward_numba): two passes over a
+plane each way where the reference makes six or seven, on x and dy where they lie (NCHW or
+channel-major, the layout of G's convolutions), the sums in float64 in pixel order: the
+reference's values within float32 rounding, and the same bits at any thread count.
 """
 from __future__ import annotations
 
 import numpy as np
 
 from cganraw import backend
-from cganraw.ops import _launch
+from cganraw.ops import _cpu, _launch
 from cganraw.ops.batchnorm import batchnorm_backward, batchnorm_forward
 
 INPUT_STATS, RUNNING_STATS = "input", "running"
@@ -67,6 +73,101 @@ def instancenorm_backward_numpy(dy, cache):
     dx = dy - dx
     dx *= (gamma.reshape(1, c) * invstd)[:, :, None, None]
     return dx, s2.sum(axis=0), s1.sum(axis=0)
+
+
+@_cpu.kernel
+def _instancenorm_forward_numba(nb, parallel):
+    @nb.njit(parallel=parallel, cache=True)
+    def forward(x, x_cm, gamma, beta, eps, y, xhat, mean, var, invstd):
+        # x, y, xhat (N, C, HW), or (C, N, HW) when x_cm; mean, var, invstd (N, C)
+        if x_cm:
+            c, n, hw = x.shape
+        else:
+            n, c, hw = x.shape
+        for task in nb.prange(n * c):
+            i, ch = task // c, task % c
+            xr = x[ch, i] if x_cm else x[i, ch]
+            yr = y[ch, i] if x_cm else y[i, ch]
+            hr = xhat[ch, i] if x_cm else xhat[i, ch]
+            s = 0.0
+            for p in range(hw):
+                s += xr[p]
+            m = s / hw
+            q = 0.0
+            for p in range(hw):
+                d = xr[p] - m
+                q += d * d
+            v = q / hw
+            inv = x.dtype.type(1.0 / np.sqrt(v + eps))
+            mf = x.dtype.type(m)
+            g, b = gamma[ch], beta[ch]
+            for p in range(hw):
+                h = (xr[p] - mf) * inv
+                hr[p] = h
+                yr[p] = h * g + b
+            mean[i, ch], var[i, ch], invstd[i, ch] = m, v, inv
+    return forward
+
+
+@_cpu.kernel
+def _instancenorm_backward_numba(nb, parallel):
+    @nb.njit(parallel=parallel, cache=True)
+    def backward(dy, dy_cm, xhat, x_cm, invstd, gamma, dx, s1, s2):
+        # dy and xhat each (N, C, HW) or (C, N, HW); dx in xhat's layout; s1, s2 (N, C) float64
+        if x_cm:
+            c, n, hw = xhat.shape
+        else:
+            n, c, hw = xhat.shape
+        for task in nb.prange(n * c):
+            i, ch = task // c, task % c
+            g = dy[ch, i] if dy_cm else dy[i, ch]
+            hr = xhat[ch, i] if x_cm else xhat[i, ch]
+            dr = dx[ch, i] if x_cm else dx[i, ch]
+            a = 0.0
+            q = 0.0
+            for p in range(hw):
+                a += g[p]
+                q += g[p] * hr[p]
+            s1[i, ch], s2[i, ch] = a, q
+            ma, mq = dy.dtype.type(a / hw), dy.dtype.type(q / hw)
+            k = gamma[ch] * invstd[i, ch]
+            for p in range(hw):
+                dr[p] = (g[p] - (hr[p] * mq + ma)) * k
+    return backward
+
+
+def _numba_ok(x, *params):
+    # x (N, C, H, W) and the per-channel/per-plane arrays beside it, one float dtype, on the host
+    return (_cpu.enabled() and _cpu.host_arrays(x, *params) and x.ndim == 4
+            and all(a.dtype == x.dtype for a in params) and x.dtype in (np.float32, np.float64))
+
+
+def instancenorm_forward_numba(x, gamma, beta, eps=1e-5):
+    """As instancenorm_forward_numpy (y and xhat in x's layout), one task per plane."""
+    n, c, _ = _dims(x, "instancenorm_forward")
+    x3, cm = _cpu.planes(x)
+    y3, y = _cpu.empty_planes_like(x3, cm, x.shape)
+    h3, xhat = _cpu.empty_planes_like(x3, cm, x.shape)
+    mean, var = np.empty((n, c)), np.empty((n, c))
+    invstd = np.empty((n, c), x.dtype)
+    _instancenorm_forward_numba(x3, cm, np.ascontiguousarray(gamma), np.ascontiguousarray(beta), float(eps), y3, h3,
+                                mean, var, invstd, work=x.size)
+    return y, (INPUT_STATS, xhat, invstd, gamma), mean.astype(x.dtype), var.astype(x.dtype)
+
+
+def instancenorm_backward_numba(dy, cache):
+    """As instancenorm_backward_numpy, one task per plane (dx in xhat's layout)."""
+    _, xhat, invstd, gamma = cache
+    n, c, _ = _dims(dy, "instancenorm_backward")
+    if tuple(dy.shape) != tuple(xhat.shape):
+        raise ValueError(f"instancenorm_backward: dy has shape {tuple(dy.shape)}, the forward's input "
+                         f"{tuple(xhat.shape)}")
+    h3, cm = _cpu.planes(xhat)
+    dx3, dx = _cpu.empty_planes_like(h3, cm, xhat.shape)
+    s1, s2 = np.empty((n, c)), np.empty((n, c))
+    _instancenorm_backward_numba(*_cpu.planes(dy), h3, cm, np.ascontiguousarray(invstd), np.ascontiguousarray(gamma), dx3,
+                                 s1, s2, work=dy.size)
+    return dx, s2.sum(axis=0).astype(dy.dtype), s1.sum(axis=0).astype(dy.dtype)
 
 
 def instancenorm_running_update_numpy(running_mean, running_var, mean, var, momentum, hw):
@@ -297,6 +398,8 @@ def instancenorm_forward(x, gamma, beta, running_mean=None, running_var=None, ep
         return y, (RUNNING_STATS, cache), None, None
     if backend.uses_kernels():
         return instancenorm_forward_cuda(x, gamma, beta, eps)
+    if _numba_ok(x, gamma, beta):
+        return instancenorm_forward_numba(x, gamma, beta, eps)
     return instancenorm_forward_numpy(x, gamma, beta, eps)
 
 
@@ -306,6 +409,8 @@ def instancenorm_backward(dy, cache):
         return batchnorm_backward(dy, cache[1])
     if backend.uses_kernels():
         return instancenorm_backward_cuda(dy, cache)
+    if _numba_ok(dy, cache[1], cache[2], cache[3]):
+        return instancenorm_backward_numba(dy, cache)
     return instancenorm_backward_numpy(dy, cache)
 
 
