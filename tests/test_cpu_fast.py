@@ -107,6 +107,33 @@ def test_batch_minor_layers_equal_the_nchw_path(kind, shape, rng, monkeypatch):
     np.testing.assert_array_equal(got["batch_minor"][3], got["nchw"][3])
 
 
+@pytest.mark.parametrize("kind", ["conv", "transpose"])
+@pytest.mark.parametrize("shape", [(3, 5, 7, 9, 8, 4, 2, 1), (33, 5, 17, 14, 14, 4, 2, 1)])   # the second: parallel
+def test_batch_minor_layers_fold_the_bias_bit_for_bit(kind, shape, rng, monkeypatch):
+    # the host column paths add the bias in their layout turn (Conv2d) or col2im (the
+    # transposed conv), and sum its gradient as they read dy: bias_add_forward's and
+    # bias_add_backward's bits, also when the gradient adds into one already there
+    from cganraw.ops import bias as B
+    if not _cpu.enabled():
+        pytest.skip("numba not installed")
+    monkeypatch.setattr(conv, "_transpose_override", "col2im")
+    n, cin, cout, h, w, k, s, p = shape
+    layer = (nn.Conv2d if kind == "conv" else nn.ConvTranspose2d)(cin, cout, k, s, p, rng=rng)
+    layer.bias.data[:] = rng.normal(size=cout)
+    x = rng.normal(size=(n, cin, h, w)).astype(np.float32)
+    forward = conv.conv2d_forward if kind == "conv" else conv.conv_transpose2d_forward
+    y_plain, _ = forward(x, layer.weight.data, None, s, p)
+    want = np.array(y_plain)
+    B.bias_add_forward_numpy(want, layer.bias.data)
+    layer.bias.grad[:] = 0.5
+    y = layer(x)
+    assert layer._cache[0][0] == "batch_minor"
+    np.testing.assert_array_equal(y, want)
+    dy = rng.normal(size=y.shape).astype(np.float32)
+    layer.backward(dy)
+    np.testing.assert_array_equal(layer.bias.grad, np.float32(0.5) + B.bias_add_backward(dy))
+
+
 @pytest.mark.parametrize("layouts", [("cm", "nchw"), ("nchw", "cm"), ("cm", "cm"), ("strided", "nchw")])
 @pytest.mark.parametrize("slope", [0.2, 0.0, -0.3])
 @pytest.mark.parametrize("shape", [(3, 5, 7, 6), (33, 17, 14, 14)])     # the second past the parallel threshold

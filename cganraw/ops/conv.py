@@ -170,7 +170,8 @@ def _im2col_bm_numba(nb, parallel):
     def im2col_bm(x, x_cm, k, s, p, ho, wo, cols, y, y_cm, slope, db):
         # x NCHW, or (C, N, H, W) when x_cm -> cols (C*k*k, Ho*Wo*N). y of x's shape (any
         # size-0 array: none): x is dy of leaky_relu(. + b) = y, read as dpre = x where y > 0
-        # else slope * x, and db[c] (float64; size 0: not summed) sums dpre in (n, pixel) order
+        # else slope * x. db[c] (float64; size 0: not summed) sums what is read (dpre, or x),
+        # in (n, pixel) order: a bias's gradient, as bias_add_backward sums it
         if x_cm:
             c_in, n_img, h, w = x.shape
         else:
@@ -189,6 +190,12 @@ def _im2col_bm_numba(nb, parallel):
                     for yy in range(h):
                         for xx in range(w):
                             v = src[yy, xx] if mask[yy, xx] > 0 else src[yy, xx] * slope
+                            plane[yy + p, xx + p, n] = v
+                            acc += v
+                elif sums:
+                    for yy in range(h):
+                        for xx in range(w):
+                            v = src[yy, xx]
                             plane[yy + p, xx + p, n] = v
                             acc += v
                 else:
@@ -259,25 +266,27 @@ def _none_of(dtype):
     return arrays
 
 
-def im2col_batch_minor(x, kernel_size, stride=1, padding=0, out_hw=None, leaky=None):
+def im2col_batch_minor(x, kernel_size, stride=1, padding=0, out_hw=None, leaky=None, channel_sums=None):
     """x (N, C, H, W) host array -> cols (C*k*k, Ho*Wo*N), column (oy, ox, n) (Numba); out_hw as
-    im2col's. leaky = (y, negative_slope, db): x is the gradient of y = leaky_relu(. + b), y of
-    x's shape, and the columns are those of its gradient before the activation
-    (bias_leaky_relu_backward's dpre), whose per-channel sum goes into db ((C,) float64, in that
-    op's order) unless db is None."""
+    im2col's. leaky = (y, negative_slope): x is the gradient of y = leaky_relu(. + b), y of x's
+    shape, and the columns are those of its gradient before the activation
+    (bias_leaky_relu_backward's dpre). channel_sums ((C,) float64) receives the per-channel sum
+    of what the columns hold (x, or dpre), in bias_add_backward's order: the bias gradient."""
     n, c, h, w, k, s, p, ho, wo = _conv_geometry("im2col_batch_minor", x.shape, kernel_size, stride, padding, out_hw)
     cols = _workspace.empty((c * k * k, ho * wo * n), x.dtype)
     y, _, db = _none_of(x.dtype)
     y_cm, slope = False, x.dtype.type(0)
     if leaky is not None:
-        y, slope, db_out = leaky
+        y, slope = leaky
         if tuple(y.shape) != tuple(x.shape) or y.dtype != x.dtype:
             raise ValueError(f"im2col_batch_minor: the activation's output has shape {tuple(y.shape)} and dtype "
                              f"{y.dtype}, expected {tuple(x.shape)} and {x.dtype}")
         y, y_cm = _cpu.physical(y)
         slope = x.dtype.type(slope)
-        if db_out is not None:
-            db = db_out
+    if channel_sums is not None:
+        if channel_sums.shape != (c,) or channel_sums.dtype != np.float64:
+            raise ValueError(f"im2col_batch_minor: channel_sums must be float64 of shape ({c},)")
+        db = channel_sums
     _im2col_bm_numba(*_cpu.physical(x), k, s, p, ho, wo, cols, y, y_cm, slope, db, work=cols.size)
     return cols
 
@@ -310,15 +319,27 @@ def _batch_minor(x, W):
 @_cpu.kernel
 def _to_batch_minor_numba(nb, parallel):
     @nb.njit(parallel=parallel, cache=True)
-    def to_batch_minor(a, a_cm, out):  # a (N, C, HW), or (C, N, HW) when a_cm -> out (C, HW, N)
+    def to_batch_minor(a, a_cm, out, sums):  # a (N, C, HW), or (C, N, HW) when a_cm -> out (C, HW, N)
+        # sums (C,) float64, size 0: none; else each channel's sum in (n, pixel) order (a
+        # bias's gradient, as bias_add_backward sums it)
         if a_cm:
             c, n, hw = a.shape
         else:
             n, c, hw = a.shape
         for ch in nb.prange(c):
             scratch = np.empty((n, hw), a.dtype)      # the channel, read along its rows
+            acc = 0.0
             for i in range(n):
-                scratch[i] = a[ch, i] if a_cm else a[i, ch]
+                src = a[ch, i] if a_cm else a[i, ch]
+                row = scratch[i]
+                if sums.size > 0:
+                    for p in range(hw):
+                        row[p] = src[p]
+                        acc += src[p]
+                else:
+                    row[:] = src
+            if sums.size > 0:
+                sums[ch] = acc
             dst = out[ch]
             for p in range(hw):                       # written along the images, read from cache
                 row = dst[p]
@@ -330,31 +351,41 @@ def _to_batch_minor_numba(nb, parallel):
 @_cpu.kernel
 def _from_batch_minor_numba(nb, parallel):
     @nb.njit(parallel=parallel, cache=True)
-    def from_batch_minor(a2, out):  # a2 (C, HW, N) -> out (C, N, HW)
+    def from_batch_minor(a2, b, out):  # a2 (C, HW, N) -> out (C, N, HW), plus b[c] (size 0: none)
         c, hw, n = a2.shape
         for ch in nb.prange(c):
             src, dst = a2[ch], out[ch]
-            for p in range(hw):
-                row = src[p]
-                for i in range(n):
-                    dst[i, p] = row[i]
+            if b.size > 0:
+                bias = b[ch]
+                for p in range(hw):
+                    row = src[p]
+                    for i in range(n):
+                        dst[i, p] = row[i] + bias
+            else:
+                for p in range(hw):
+                    row = src[p]
+                    for i in range(n):
+                        dst[i, p] = row[i]
     return from_batch_minor
 
 
-def _to_batch_minor(a):
-    # (N, C, H, W) host array, any strides -> (C, H*W*N): the GEMM operand of batch-minor columns
+def _to_batch_minor(a, channel_sums=None):
+    # (N, C, H, W) host array, any strides -> (C, H*W*N): the GEMM operand of batch-minor
+    # columns; channel_sums ((C,) float64) receives each channel's sum (a bias gradient)
     n, c, h, w = a.shape
     out = _workspace.empty((c, h * w, n), a.dtype)
     p, cm = _cpu.physical(a)
-    _to_batch_minor_numba(p.reshape(p.shape[0], p.shape[1], h * w), cm, out, work=a.size)
+    _to_batch_minor_numba(p.reshape(p.shape[0], p.shape[1], h * w), cm, out,
+                          _none_of(a.dtype)[2] if channel_sums is None else channel_sums, work=a.size)
     return out.reshape(c, h * w * n)
 
 
-def _from_batch_minor(a2, n, h, w):
-    # (C, H*W*N) -> (N, C, H, W), channel-major
+def _from_batch_minor(a2, n, h, w, bias=None):
+    # (C, H*W*N) -> (N, C, H, W), channel-major, plus bias (C,) (bias_add_forward's bits)
     c = a2.shape[0]
     out = _workspace.empty((c, n, h * w), a2.dtype)
-    _from_batch_minor_numba(np.ascontiguousarray(a2).reshape(c, h * w, n), out, work=a2.size)
+    b = _none_of(a2.dtype)[1] if bias is None else np.ascontiguousarray(bias, dtype=a2.dtype)
+    _from_batch_minor_numba(np.ascontiguousarray(a2).reshape(c, h * w, n), b, out, work=a2.size)
     return out.reshape(c, n, h, w).transpose(1, 0, 2, 3)
 
 
@@ -591,11 +622,10 @@ def conv2d_forward(x, W, b=None, stride=1, padding=0):
                                              batch_minor=False)
         return y, ("expand_outputs", cache)
     ho, wo = conv_output_size(h, k, stride, padding), conv_output_size(w, k, stride, padding)
-    if _batch_minor(x, W):
+    if _batch_minor(x, W) and (b is None or b.dtype == x.dtype):
         cols = im2col_batch_minor(x, k, stride, padding)      # (C*k*k, Ho*Wo*N)
-        y = _from_batch_minor(gemm(W.reshape(o, c * k * k), cols), n, ho, wo)
-        if b is not None:
-            bias_add_forward(y, b)
+        # the bias added in the layout turn (bias_add_forward's bits, no pass of its own)
+        y = _from_batch_minor(gemm(W.reshape(o, c * k * k), cols), n, ho, wo, bias=b)
         return y, ("batch_minor", (cols, x.shape, W, stride, padding, b is not None))
     cols = im2col(x, k, stride, padding)                      # (C*k*k, N*Ho*Wo)
     y2 = gemm(W.reshape(o, c * k * k), cols)                  # (O, N*Ho*Wo)
@@ -680,15 +710,20 @@ def _batch_minor_backward(dy, cache, need_dx, need_dW, dW_out, db_out, dy2=None)
     # as (O, Ho*Wo*N) (ops.conv_leaky: the activation's gradient writes it so; dy is then None)
     cols, x_shape, W, stride, padding, has_bias = cache
     o, c, k, _ = W.shape
+    db64 = np.empty(o) if has_bias and need_dW and dy2 is None else None
     if dy2 is None:
-        dy2 = _to_batch_minor(dy)                              # (O, Ho*Wo*N)
+        dy2 = _to_batch_minor(dy, channel_sums=db64)           # (O, Ho*Wo*N); the bias gradient in the turn
     dW = db = dx = None
     if need_dW:
         if dW_out is not None:
             gemm(dy2, cols, trans_b=True, beta=1.0, out=dW_out.reshape(o, c * k * k))
         else:
             dW = gemm(dy2, cols, trans_b=True).reshape(W.shape)
-        db = bias_add_backward(dy, out=db_out) if has_bias else None
+        if db64 is not None:                                   # as bias_add_backward(dy, out=db_out)
+            db = db64.astype(dy.dtype)
+            if db_out is not None:
+                db_out += db
+                db = None
     if need_dx:
         dcols = gemm(W.reshape(o, c * k * k), dy2, trans_a=True)   # (C*k*k, Ho*Wo*N)
         dx = col2im_batch_minor(dcols, x_shape, k, stride, padding)
@@ -929,9 +964,8 @@ def _conv_transpose2d_forward(x, W, b, stride, padding, output_padding, batch_mi
     if batch_minor:
         x2 = _to_batch_minor(x)                                # (Cin, H*W*N)
         cols = gemm(W.reshape(cin, cout * k * k), x2, trans_a=True)     # (Cout*k*k, H*W*N)
-        y = col2im_batch_minor(cols, (n, cout, ho, wo), k, stride, padding, out_hw=(h, w))
-        if b is not None:
-            bias_add_forward(y, b)
+        # the bias added as col2im writes y (bias_add_forward's bits, no pass of its own)
+        y = col2im_batch_minor(cols, (n, cout, ho, wo), k, stride, padding, out_hw=(h, w), bias=b)
         return y, ("batch_minor", (x2, x.shape, W, stride, padding, b is not None))
     x2 = _to_channel_major(x)                                  # (Cin, N*H*W)
     cols = gemm(W.reshape(cin, cout * k * k), x2, trans_a=True)     # (Cout*k*k, N*H*W)
@@ -955,13 +989,23 @@ def conv_transpose2d_backward(dy, cache, need_dx=True, need_dW=True, dW_out=None
     x2, x_shape, W, stride, padding, has_bias = cache
     n, cin, h, w = x_shape
     _, cout, k, _ = W.shape
+    sums = has_bias and need_dW
     if mode == "batch_minor":
-        dcols = im2col_batch_minor(dy, k, stride, padding, out_hw=(h, w))    # (Cout*k*k, H*W*N)
+        # the bias gradient summed as im2col reads dy (bias_add_backward's bits)
+        db64 = np.empty(cout) if sums else None
+        dcols = im2col_batch_minor(dy, k, stride, padding, out_hw=(h, w), channel_sums=db64)   # (Cout*k*k, H*W*N)
     else:
         dcols = im2col(dy, k, stride, padding, out_hw=(h, w))  # (Cout*k*k, N*H*W)
     dx, dW = conv_transpose2d_columns_backward(dcols, (mode, cache), need_dx, need_dW, dW_out)
-    db = bias_add_backward(dy, out=db_out) if has_bias and need_dW else None
-    return dx, dW, db
+    if not sums:
+        return dx, dW, None
+    if mode == "batch_minor":
+        db = db64.astype(dy.dtype)
+        if db_out is None:
+            return dx, dW, db
+        db_out += db
+        return dx, dW, None
+    return dx, dW, bias_add_backward(dy, out=db_out)
 
 
 def conv_transpose2d_columns_backward(dcols, cache, need_dx=True, need_dW=True, dW_out=None):

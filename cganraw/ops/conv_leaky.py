@@ -110,6 +110,7 @@ def conv_transpose2d_bias_leaky_relu_backward(dy, cache, need_dW=True, dW_out=No
     h, w = x_shape[2:]
     k = W.shape[2]
     db = np.empty(W.shape[1] if need_dW else 0, np.float64)
-    dcols = C.im2col_batch_minor(dy, k, stride, padding, out_hw=(h, w), leaky=(y, slope, db if need_dW else None))
+    dcols = C.im2col_batch_minor(dy, k, stride, padding, out_hw=(h, w), leaky=(y, slope),
+                                 channel_sums=db if need_dW else None)
     dx, dW = C.conv_transpose2d_columns_backward(dcols, conv_cache, True, need_dW, dW_out)
     return dx, dW, _accumulate(db_out, db.astype(dy.dtype) if need_dW else None)
