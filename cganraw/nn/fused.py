@@ -12,9 +12,13 @@ negative_slope >= 0 runs the pair through a fused op (`Sequential(..., fuse=Fals
     InstanceNorm2d + LeakyReLU                   instancenorm_leaky_relu_forward / _backward
       (affine, input statistics; kernel backends only: one launch each way)
     Linear + LeakyReLU                           gemm + bias_leaky_relu_forward /
-    Conv2d + LeakyReLU                           bias_leaky_relu_backward + the layer's
-    ConvTranspose2d + LeakyReLU                  GEMMs (the bias and the activation in one
-                                                 pass each way)
+                                                 bias_leaky_relu_backward (the bias and the
+                                                 activation in one pass each way)
+    Conv2d + LeakyReLU                           ops.conv_leaky: the bias and the activation
+    ConvTranspose2d + LeakyReLU                  in the pass that turns the GEMM's layout
+                                                 (kernel backends; Conv2d on the host too)
+                                                 or in col2im / im2col (ConvTranspose2d on
+                                                 the host), else one pass each way
     Linear/Conv2d/ConvTranspose2d + Tanh         the GEMMs + bias_tanh_forward / bias_tanh_backward
       (with a bias; kernel backends only: one launch each way, G's last Conv2d)
 
