@@ -463,19 +463,19 @@ def test_batchnorm_numba_elementwise_is_the_reference_bit_for_bit(act, channel_m
     dx_ref, dg_ref, db_ref = ref_bwd(dy, cache_ref)
     code = {None: BN.ACT_NONE, "relu": BN.ACT_RELU}.get(act, BN.ACT_LEAKY)
     slope = np.float32(act if code == BN.ACT_LEAKY else 0)
-    x3, x_cm = BN._physical3(x)
-    h3, h_cm = BN._physical3(cache_ref[0])
+    x3, x_cm = _cpu.planes(x)
+    h3, h_cm = _cpu.planes(cache_ref[0])
     n, c = x.shape[:2]
     count = x.size // c
     for work in (None, 1):                                  # the parallel and the serial twin
         xhat3, y = np.empty_like(x3), np.empty(x.shape, np.float32)
         BN._bn_apply_numba(x3, x_cm, m_ref, cache_ref[1], g, b, code, slope, xhat3, y.reshape(n, c, -1), work=work)
         assert np.array_equal(y, y_ref, equal_nan=True)
-        assert np.array_equal(BN._from_physical3(xhat3, x_cm, x.shape), cache_ref[0], equal_nan=True)
+        assert np.array_equal(_cpu.nchw_view(xhat3, x_cm, x.shape), cache_ref[0], equal_nan=True)
         dx3 = np.empty_like(h3)
-        BN._bn_backward_dx_numba(*BN._physical3(dy), h3, h_cm, g, b, code, slope, dg_ref / count, db_ref / count,
+        BN._bn_backward_dx_numba(*_cpu.planes(dy), h3, h_cm, g, b, code, slope, dg_ref / count, db_ref / count,
                                  g * cache_ref[1], True, dx3, work=work)
-        assert np.array_equal(BN._from_physical3(dx3, h_cm, x.shape), dx_ref, equal_nan=True)
+        assert np.array_equal(_cpu.nchw_view(dx3, h_cm, x.shape), dx_ref, equal_nan=True)
     assert np.isnan(y_ref[:, 0]).all() and not np.isnan(y_ref[:, 1:]).any()
 
 
@@ -483,7 +483,7 @@ def test_batchnorm_relu_zero_and_nan_as_numpy_maximum(rng):
     # ReLU's +0.0 for a -0.0 pre-activation and its NaN, as np.maximum(v, 0) gives them
     from cganraw.ops import batchnorm as BN
     xhat = np.array([-0.0, 0.0, np.nan, -1.0, 2.0, 0.5], np.float32).reshape(2, 1, 1, 3)
-    x3, _ = BN._physical3(xhat)
+    x3, _ = _cpu.planes(xhat)
     one, zero = np.ones(1, np.float32), np.zeros(1, np.float32)
     y = np.empty_like(xhat)
     BN._bn_apply_numba(x3, False, zero, one, one, zero, BN.ACT_RELU, np.float32(0), np.empty_like(x3),

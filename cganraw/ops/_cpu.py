@@ -111,10 +111,15 @@ def planes(a):
     return p.reshape(p.shape[0], p.shape[1], -1), cm
 
 
+def nchw_view(a3, channel_major, shape):
+    """The (N, C, H, W) = shape view of a planes array (planes' inverse)."""
+    n, c, h, w = shape
+    return a3.reshape(c, n, h, w).transpose(1, 0, 2, 3) if channel_major else a3.reshape(n, c, h, w)
+
+
 def empty_planes_like(p3, channel_major, shape):
     """A workspace array of p3's physical layout, and the (N, C, H, W) = shape view of it: a
     kernel writes the first, the caller hands on the second in its input's layout."""
     from cganraw.ops import _workspace
     out = _workspace.empty(p3.shape, p3.dtype)
-    n, c, h, w = shape
-    return out, (out.reshape(c, n, h, w).transpose(1, 0, 2, 3) if channel_major else out.reshape(n, c, h, w))
+    return out, nchw_view(out, channel_major, shape)

@@ -13,6 +13,7 @@ import numpy as np
 
 from cganraw import backend
 from cganraw.ops import _cpu, _launch, _workspace
+from cganraw.ops.bias import bias_leaky_relu_backward_numba
 
 
 def leaky_relu_forward_numpy(x, negative_slope):
@@ -181,7 +182,6 @@ def leaky_relu_backward(dy, cache):
         # x: G's LeakyReLU after FiLM): bias_leaky_relu_backward's kernel without a bias reads
         # each where it lies (its mask y > 0 is x > 0 for a slope >= 0); dx in x's layout.
         # NumPy's where over the mixed strides took 4 ms at (32, 96, 14, 14).
-        from cganraw.ops.bias import bias_leaky_relu_backward_numba
         return bias_leaky_relu_backward_numba(dy, cache, need_db=False)[0]
     return leaky_relu_backward_numpy(dy, cache)
 

@@ -386,16 +386,6 @@ def _numba_ok(*arrays):
             and len({a.dtype for a in arrays}) == 1 and arrays[0].dtype in (np.float32, np.float64))
 
 
-def _physical3(a):
-    p, cm = _cpu.physical(a)
-    return p.reshape(p.shape[0], p.shape[1], -1), cm
-
-
-def _from_physical3(a3, cm, shape):
-    n, c, h, w = shape
-    return a3.reshape(c, n, h, w).transpose(1, 0, 2, 3) if cm else a3.reshape(n, c, h, w)
-
-
 def batchnorm_forward_numba(x, gamma, beta, mean=None, var=None, eps=1e-5, negative_slope=None):
     """As batchnorm_forward_numpy (negative_slope None), batchnorm_leaky_relu_forward_numpy
     (a slope: the cache then holds beta and the slope) or batchnorm_relu_forward_numpy
@@ -403,7 +393,7 @@ def batchnorm_forward_numba(x, gamma, beta, mean=None, var=None, eps=1e-5, negat
     f = x.dtype.type
     if x.ndim == 2:
         return _batchnorm_forward_rows(x, gamma, beta, mean, var, eps, negative_slope)
-    x3, x_cm = _physical3(x)
+    x3, x_cm = _cpu.planes(x)
     n, c = x.shape[:2]
     count = x.size // c
     gamma, beta = np.ascontiguousarray(gamma, x.dtype), np.ascontiguousarray(beta, x.dtype)
@@ -416,7 +406,7 @@ def batchnorm_forward_numba(x, gamma, beta, mean=None, var=None, eps=1e-5, negat
     slope = f(negative_slope) if act == ACT_LEAKY else f(0)
     _bn_apply_numba(x3, x_cm, norm_mean, invstd, gamma, beta, act, slope, xhat3,
                     y.reshape(n, c, -1), work=x.size)
-    xhat = _from_physical3(xhat3, x_cm, x.shape)
+    xhat = _cpu.nchw_view(xhat3, x_cm, x.shape)
     if negative_slope is None:
         return y, (xhat, invstd, gamma, training), mean, var_unbiased
     return y, (xhat, invstd, gamma, beta, training, negative_slope), mean, var_unbiased
@@ -453,8 +443,8 @@ def batchnorm_backward_numba(dy, cache):
     f = dy.dtype.type
     if dy.ndim == 2:
         return _batchnorm_backward_rows(dy, xhat, invstd, gamma, beta, training, act, f(slope))
-    h3, h_cm = _physical3(xhat)
-    d3, d_cm = _physical3(dy)
+    h3, h_cm = _cpu.planes(xhat)
+    d3, d_cm = _cpu.planes(dy)
     c = dy.shape[1]
     count = dy.size // c
     sums = np.empty((2, c), np.float64)
@@ -464,7 +454,7 @@ def batchnorm_backward_numba(dy, cache):
     dx3 = _workspace.empty_like(h3)
     _bn_backward_dx_numba(d3, d_cm, h3, h_cm, gamma, beta, act, f(slope), dgamma / count, dbeta / count, scale,
                           bool(training), dx3, work=dy.size)
-    return _from_physical3(dx3, h_cm, dy.shape), dgamma, dbeta
+    return _cpu.nchw_view(dx3, h_cm, dy.shape), dgamma, dbeta
 
 
 def _batchnorm_forward_rows(x, gamma, beta, mean, var, eps, negative_slope):

@@ -301,8 +301,7 @@ def _physical3(a):
     of an NCHW or channel-major array, a copy of any other layout (cganraw.ops._cpu.physical)."""
     if a.ndim == 2:
         return np.ascontiguousarray(a).reshape(a.shape[0], a.shape[1], 1), False
-    p, cm = _cpu.physical(a)
-    return p.reshape(p.shape[0], p.shape[1], -1), cm
+    return _cpu.planes(a)
 
 
 def bias_add_backward_numba(dy):
