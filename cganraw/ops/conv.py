@@ -316,23 +316,40 @@ def _batch_minor(x, W):
     return _use_numba(x) and _cpu.host_arrays(x, W)
 
 
+# The layout turns between NCHW (or channel-major) and batch-minor (C, H*W*N), one channel
+# per task. Turning in, the channel is read along its rows into a scratch that stays in cache,
+# then written along the images; with a LeakyReLU after the layer (y of its output, the mask)
+# the scratch holds the activation's gradient, and with sums each channel's sum, in (n, pixel)
+# order: bias_leaky_relu_backward's dpre and db, or bias_add_backward's db, bit for bit.
+# Turning out reads along the images and writes across them, adding the bias and applying the
+# slope as it goes (bias_add_forward's and bias_leaky_relu_forward's bits). Timed at (256,
+# 128, 14, 14) on two threads, with the activation: out 3.5 ms against 7.9 for a layout copy
+# and an in-place pass, in 5.4 ms against 13.8. A tiled transpose, or writing across the
+# images as the sum goes, measured slower than either.
 @_cpu.kernel
 def _to_batch_minor_numba(nb, parallel):
     @nb.njit(parallel=parallel, cache=True)
-    def to_batch_minor(a, a_cm, out, sums):  # a (N, C, HW), or (C, N, HW) when a_cm -> out (C, HW, N)
-        # sums (C,) float64, size 0: none; else each channel's sum in (n, pixel) order (a
-        # bias's gradient, as bias_add_backward sums it)
+    def to_batch_minor(a, a_cm, y, y_cm, slope, out, sums):
+        # a, y (N, C, HW), or (C, N, HW) when a_cm / y_cm -> out (C, HW, N); y (size 0: none)
+        # the activation's output; sums (C,) float64 (size 0: none)
         if a_cm:
             c, n, hw = a.shape
         else:
             n, c, hw = a.shape
+        act = y.size > 0
         for ch in nb.prange(c):
-            scratch = np.empty((n, hw), a.dtype)      # the channel, read along its rows
+            scratch = np.empty((n, hw), a.dtype)
             acc = 0.0
             for i in range(n):
                 src = a[ch, i] if a_cm else a[i, ch]
                 row = scratch[i]
-                if sums.size > 0:
+                if act:
+                    mask = y[ch, i] if y_cm else y[i, ch]
+                    for p in range(hw):
+                        v = src[p] if mask[p] > 0 else src[p] * slope
+                        row[p] = v
+                        acc += v
+                elif sums.size > 0:
                     for p in range(hw):
                         row[p] = src[p]
                         acc += src[p]
@@ -341,7 +358,7 @@ def _to_batch_minor_numba(nb, parallel):
             if sums.size > 0:
                 sums[ch] = acc
             dst = out[ch]
-            for p in range(hw):                       # written along the images, read from cache
+            for p in range(hw):
                 row = dst[p]
                 for i in range(n):
                     row[i] = scratch[i, p]
@@ -351,41 +368,55 @@ def _to_batch_minor_numba(nb, parallel):
 @_cpu.kernel
 def _from_batch_minor_numba(nb, parallel):
     @nb.njit(parallel=parallel, cache=True)
-    def from_batch_minor(a2, b, out):  # a2 (C, HW, N) -> out (C, N, HW), plus b[c] (size 0: none)
+    def from_batch_minor(a2, b, act, slope, out):  # a2 (C, HW, N) -> out (C, N, HW), + b[c] (size 0: none)
         c, hw, n = a2.shape
+        has_bias = b.size > 0
         for ch in nb.prange(c):
             src, dst = a2[ch], out[ch]
-            if b.size > 0:
-                bias = b[ch]
-                for p in range(hw):
-                    row = src[p]
-                    for i in range(n):
-                        dst[i, p] = row[i] + bias
-            else:
-                for p in range(hw):
-                    row = src[p]
-                    for i in range(n):
-                        dst[i, p] = row[i]
+            bias = b[ch] if has_bias else a2.dtype.type(0)
+            for p in range(hw):
+                row = src[p]
+                for i in range(n):
+                    v = row[i]
+                    if has_bias:
+                        v = v + bias
+                    if act:
+                        v = v if v > 0 else v * slope
+                    dst[i, p] = v
     return from_batch_minor
 
 
-def _to_batch_minor(a, channel_sums=None):
+def _to_batch_minor(a, channel_sums=None, leaky=None):
     # (N, C, H, W) host array, any strides -> (C, H*W*N): the GEMM operand of batch-minor
-    # columns; channel_sums ((C,) float64) receives each channel's sum (a bias gradient)
+    # columns. leaky = (y, slope): a is dy of y = leaky_relu(.), turned in as its gradient
+    # before the activation; channel_sums ((C,) float64) receives each channel's sum of what
+    # is turned in (a bias gradient)
     n, c, h, w = a.shape
     out = _workspace.empty((c, h * w, n), a.dtype)
-    p, cm = _cpu.physical(a)
-    _to_batch_minor_numba(p.reshape(p.shape[0], p.shape[1], h * w), cm, out,
-                          _none_of(a.dtype)[2] if channel_sums is None else channel_sums, work=a.size)
+    y, _, sums = _none_of(a.dtype)
+    y_cm, slope = False, a.dtype.type(0)
+    if leaky is not None:
+        y, slope = leaky
+        if tuple(y.shape) != tuple(a.shape) or y.dtype != a.dtype:
+            raise ValueError(f"the activation's output has shape {tuple(y.shape)} and dtype {y.dtype}, its "
+                             f"gradient {tuple(a.shape)} and {a.dtype}")
+        y, y_cm = _cpu.planes(y)
+        slope = a.dtype.type(slope)
+    _to_batch_minor_numba(*_cpu.planes(a), y, y_cm, slope, out, sums if channel_sums is None else channel_sums,
+                          work=a.size)
     return out.reshape(c, h * w * n)
 
 
-def _from_batch_minor(a2, n, h, w, bias=None):
-    # (C, H*W*N) -> (N, C, H, W), channel-major, plus bias (C,) (bias_add_forward's bits)
+def _from_batch_minor(a2, n, h, w, bias=None, negative_slope=None):
+    # (C, H*W*N) -> (N, C, H, W), channel-major, plus bias (C,), then leaky_relu with a slope
     c = a2.shape[0]
     out = _workspace.empty((c, n, h * w), a2.dtype)
     b = _none_of(a2.dtype)[1] if bias is None else np.ascontiguousarray(bias, dtype=a2.dtype)
-    _from_batch_minor_numba(np.ascontiguousarray(a2).reshape(c, h * w, n), b, out, work=a2.size)
+    if b.shape not in ((0,), (c,)):
+        raise ValueError(f"bias has shape {tuple(b.shape)}, expected ({c},)")
+    act = negative_slope is not None
+    _from_batch_minor_numba(np.ascontiguousarray(a2).reshape(c, h * w, n), b, act,
+                            a2.dtype.type(negative_slope if act else 0), out, work=a2.size)
     return out.reshape(c, n, h, w).transpose(1, 0, 2, 3)
 
 

@@ -7,7 +7,7 @@ writes (O, N*Ho*Wo), and the backward GEMMs take dy as (O, N*Ho*Wo). Unfused, a 
 the first into NCHW and another turns dy back; the fused bias + LeakyReLU kernels do it in
 their pass (kernels/bias.cu bias_leaky_relu_forward_v2 and bias_leaky_relu_backward_partial_v2).
 On the host (numpy with Numba) the columns are batch-minor, (O, Ho*Wo*N) (ops.conv), and the
-fused pass turns that layout (ops.bias ..._from_batch_minor / ..._to_batch_minor) for Conv2d;
+fused pass turns that layout (the layout turns of ops.conv, with the bias and the slope) for Conv2d;
 for ConvTranspose2d col2im adds the bias and applies the slope as it writes the output, and
 im2col reads dy through the activation's gradient (summing the bias's) as it builds dy's
 columns. Two passes over the activations fewer per layer and step, either way. The arithmetic
@@ -31,10 +31,8 @@ from cganraw.ops.bias import (
     _accumulate,
     _check_slope,
     bias_leaky_relu_backward,
-    bias_leaky_relu_backward_to_batch_minor,
     bias_leaky_relu_backward_to_channel_major_cuda,
     bias_leaky_relu_forward,
-    bias_leaky_relu_forward_from_batch_minor,
     bias_leaky_relu_forward_from_channel_major_cuda,
 )
 from cganraw.ops.gemm import gemm
@@ -51,10 +49,11 @@ def conv2d_bias_leaky_relu_forward(x, W, b, stride, padding, negative_slope):
     o, c, k, _ = W.shape
     ho, wo = C.conv_output_size(h, k, stride, padding), C.conv_output_size(w, k, stride, padding)
     if host_columns:
+        _check_slope("conv2d_bias_leaky_relu_forward", negative_slope)
         cols = C.im2col_batch_minor(x, k, stride, padding)       # (C*k*k, Ho*Wo*N)
         y2 = gemm(W.reshape(o, c * k * k), cols)                 # (O, Ho*Wo*N)
-        y, act_cache = bias_leaky_relu_forward_from_batch_minor(y2, n, ho, wo, b, negative_slope)
-        return y, ("batch_minor", ("batch_minor", (cols, x.shape, W, stride, padding, False)), act_cache)
+        y = C._from_batch_minor(y2, n, ho, wo, bias=b, negative_slope=negative_slope)
+        return y, ("batch_minor", ("batch_minor", (cols, x.shape, W, stride, padding, False)), (y, negative_slope))
     cols = C.im2col(x, k, stride, padding)                      # (C*k*k, N*Ho*Wo)
     y2 = gemm(W.reshape(o, c * k * k), cols)                    # (O, N*Ho*Wo)
     y, act_cache = bias_leaky_relu_forward_from_channel_major_cuda(y2, n, ho, wo, b, negative_slope)
@@ -70,9 +69,11 @@ def conv2d_bias_leaky_relu_backward(dy, cache, need_dW=True, dW_out=None, db_out
         dx, dW, _ = C.conv2d_backward(dpre, conv_cache, need_dW=need_dW, dW_out=dW_out)
         return dx, dW, db
     if kind == "batch_minor":
-        dpre2, db = bias_leaky_relu_backward_to_batch_minor(dy, act_cache, need_db=need_dW, out=db_out)
+        W = conv_cache[1][2]                                     # (O, C, k, k)
+        db = np.empty(W.shape[0]) if need_dW else None
+        dpre2 = C._to_batch_minor(dy, channel_sums=db, leaky=act_cache)     # (O, Ho*Wo*N)
         dx, dW, _ = C._batch_minor_backward(None, conv_cache[1], True, need_dW, dW_out, None, dy2=dpre2)
-        return dx, dW, db
+        return dx, dW, _accumulate(db_out, None if db is None else db.astype(dy.dtype))
     dpre2, db = bias_leaky_relu_backward_to_channel_major_cuda(dy, act_cache, need_db=need_dW, out=db_out)
     dx, dW, _ = C.conv2d_backward(None, conv_cache, need_dW=need_dW, dW_out=dW_out, dy_channel_major=dpre2)
     return dx, dW, db
