@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cganraw import backend, cli, fileio, load, metrics, models
+from cganraw import backend, cli, export, fileio, metrics, models
 
 __all__ = ["generate", "score_images", "class_accuracy_score", "evaluate_generator", "real_reference",
            "load_real_test", "cached_features", "clear_caches", "format_table", "write_outputs", "main"]
@@ -298,7 +298,8 @@ def build_parser():
     p = cli.ArgumentParser(prog="python -m cganraw.evaluate",
                            description="Score a generator checkpoint with the evaluation classifier.")
     what = p.add_mutually_exclusive_group(required=True)
-    what.add_argument("--checkpoint", help="RUN/checkpoints/last.npz or a run directory")
+    what.add_argument("--checkpoint", help="RUN/checkpoints/last.npz, a run directory or an exported generator "
+                                           "file (its scores go to runs/NAME-eval unless --out)")
     what.add_argument("--real", action="store_true",
                       help="score N real training images per class of --dataset instead: the reference "
                            "row that generated images are judged against")
@@ -374,7 +375,7 @@ def _classifier(args, dataset, num_classes):
 def _prepare_checkpoint(args):
     """--checkpoint: (score() -> results, default output folder, headline)."""
     from cganraw import data
-    G, meta = load.load_generator(args.checkpoint, ema=not args.no_ema)     # refuses a diverged checkpoint
+    G, meta = export.load_any(args.checkpoint, ema=not args.no_ema)     # refuses a diverged checkpoint
     dataset = args.dataset or meta.get("dataset")
     if not dataset:
         raise cli.CLIError(f"{meta['path']}: the checkpoint names no dataset; pass --dataset")
@@ -396,7 +397,7 @@ def _prepare_checkpoint(args):
                     "weights": "moving average" if meta["ema"] else "raw",
                     "classifier": dict(res["classifier"], path=clf_path)})
         return res
-    return score, _run_dir(meta["path"]), "{model} on {dataset}, step {step}, {weights} weights, {num_samples} samples:"
+    return score, _out_dir(meta), "{model} on {dataset}, step {step}, {weights} weights, {num_samples} samples:"
 
 
 def _prepare_real(args):
@@ -417,8 +418,13 @@ def _prepare_real(args):
     return score, Path(f"runs/{train.name}-real"), "{source}, {num_samples} samples:"
 
 
-def _run_dir(checkpoint_path):
-    p = Path(checkpoint_path).resolve().parent
+def _out_dir(meta):
+    """The default output folder: the run directory of a checkpoint; runs/<name>-eval for an
+    exported generator file (which may sit inside the installed package)."""
+    path = Path(meta["path"])
+    if meta.get("format") == export.FORMAT:
+        return Path("runs") / f"{path.stem}-eval"
+    p = path.resolve().parent
     return p.parent if p.name == "checkpoints" else p
 
 

@@ -97,6 +97,21 @@ def load_generator(path):
     return G, dict(meta, path=str(path), source=str(path))
 
 
+def load_any(path, ema=True):
+    """(G in eval mode, meta) from an exported generator file, a training checkpoint or a run
+    directory: what `sample`, `evaluate`, `write` and `serve` accept. An exported file holds
+    one set of weights (meta["ema"] says which), so ema=False on a file of the moving
+    average raises ExportError pointing at the run's checkpoint."""
+    path = Path(path)
+    if not (path.is_file() and is_exported(path)):
+        return load.load_generator(path, ema=ema)
+    G, meta = load_generator(path)
+    if not ema and meta.get("ema"):
+        raise ExportError(f"{path}: an exported file holds only the moving average of G; "
+                          "the raw weights are in the run's checkpoint")
+    return G, meta
+
+
 # ------------------------------------------------------------------ writing ---------
 
 def training_command(cfg) -> str:

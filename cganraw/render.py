@@ -143,17 +143,14 @@ def parse_model_spec(spec: str) -> tuple[str, str]:
 def load_model(name: str, path) -> GlyphModel:
     """A GlyphModel from an exported generator file, a checkpoint or a run directory.
     Raises ModelLoadError naming the file when it is missing, corrupt or unfit."""
-    from cganraw import export, load  # entry-point level modules
+    from cganraw import export  # an entry-point level module
 
     path = Path(path)
     if not path.exists():
         raise ModelLoadError(f"{path}: model file not found")
     try:
-        if path.is_file() and export.is_exported(path):
-            G, meta = export.load_generator(path)
-        else:
-            G, meta = load.load_generator(path, ema=True)
-            meta = dict(meta, source=str(meta.get("path", path)))
+        G, meta = export.load_any(path, ema=True)
+        meta = dict(meta, source=str(meta.get("source") or meta.get("path", path)))
         health.check(G.state_dict().items(), str(path), bound=health.PARAM_BOUND)
     except ModelLoadError:
         raise

@@ -22,7 +22,7 @@ import sys
 
 import numpy as np
 
-from cganraw import backend, cli, fileio, interpolate, load, models
+from cganraw import backend, cli, export, fileio, interpolate, models
 from cganraw.images import to_uint8
 
 logger = logging.getLogger("cganraw.sample")   # not __name__: that is __main__ under -m
@@ -91,7 +91,9 @@ def generate(G, labels, n_per_label, seed=0, batch=256):
 
 def build_parser():
     p = cli.ArgumentParser(prog="python -m cganraw.sample", description=__doc__.split("\n")[0])
-    p.add_argument("--checkpoint", required=True, help="a checkpoint .npz or a run directory")
+    p.add_argument("--checkpoint", required=True,
+                   help="a checkpoint .npz, a run directory or an exported generator file (cganraw.export; "
+                        "the shipped cganraw/pretrained/digits.npz is one)")
     which = p.add_mutually_exclusive_group()
     which.add_argument("--labels", type=labels_arg, help="comma-separated class indices, e.g. 0,3,7")
     which.add_argument("--all-labels", action="store_true", help="every class (the default)")
@@ -137,7 +139,7 @@ def _sample(args):
             backend.use(args.backend)
         except RuntimeError as e:
             raise cli.CLIError(str(e)) from None
-    G, meta = load.load_generator(args.checkpoint, ema=not args.no_ema)   # refuses a diverged one
+    G, meta = export.load_any(args.checkpoint, ema=not args.no_ema)   # refuses a diverged one
     labels = _labels_for(G, meta, args)
     if args.interpolate or args.label_sweep:
         return _walk(G, meta, labels, args)

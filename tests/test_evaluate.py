@@ -181,6 +181,34 @@ def test_evaluate_scores_the_moving_average_unless_told_otherwise(tiny_run, tmp_
     assert e.value.code == 2 and "--no-ema" in capsys.readouterr().err
 
 
+def test_evaluate_and_sample_take_an_exported_generator(tiny_run, tmp_path, capsys, monkeypatch):
+    # the file `cganraw.export` writes (and the shipped digits model is) holds G alone: scored
+    # like its checkpoint's moving average, written under runs/ of the working folder (never
+    # beside the file, which may sit inside the installed package); --no-ema refused
+    from cganraw import export, sample
+    ckpt, clf_path, fake = tiny_run
+    G, D = models.build("cgan-conv", 10, width=4)
+    G_ema, _ = models.build("cgan-conv", 10, width=4, seed=5)
+    run = tmp_path / "run"
+    checkpoint.save(run / "checkpoints" / "last.npz", G, D, meta=checkpoint.load(ckpt)["meta"], G_ema=G_ema)
+    exported = tmp_path / "pkg" / "g.npz"
+    export.export(run, exported)
+    monkeypatch.chdir(tmp_path)
+    argv = ["--classifier", str(clf_path), "--n-per-class", "5", "--data-dir", str(fake), "--no-cas"]
+    assert evaluate.main(["--checkpoint", str(exported), *argv]) == 0
+    assert evaluate.main(["--checkpoint", str(run), *argv, "--out", str(tmp_path / "from-run")]) == 0
+    from_file = json.loads((tmp_path / "runs" / "g-eval" / "metrics.json").read_text())
+    from_run = json.loads((tmp_path / "from-run" / "metrics.json").read_text())
+    assert from_file["weights"] == "moving average" and from_file["fid"] == from_run["fid"]
+    assert not (tmp_path / "pkg" / "metrics.json").exists()
+    capsys.readouterr()
+    assert evaluate.main(["--checkpoint", str(exported), *argv, "--no-ema"]) == 1
+    assert "only the moving average" in capsys.readouterr().err
+    assert sample.main(["--checkpoint", str(exported), "--out", str(tmp_path / "s.npz"), "--n-per-label", "2"]) == 0
+    with np.load(tmp_path / "s.npz") as z:
+        assert z["images"].shape[0] == 20 and z["images"].dtype == np.uint8
+
+
 def test_evaluate_real_scores_real_training_images(tiny_run, tmp_path, capsys, rng):
     _, clf_path, _ = tiny_run
     fake = tmp_path / "fake200"
