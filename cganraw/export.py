@@ -103,7 +103,11 @@ def load_any(path, ema=True):
     one set of weights (meta["ema"] says which), so ema=False on a file of the moving
     average raises ExportError pointing at the run's checkpoint."""
     path = Path(path)
-    if not (path.is_file() and is_exported(path)):
+    try:
+        exported = path.is_file() and is_exported(path)
+    except ExportError:         # unreadable: the checkpoint reader names what is wrong with it
+        exported = False
+    if not exported:
         return load.load_generator(path, ema=ema)
     G, meta = load_generator(path)
     if not ema and meta.get("ema"):
