@@ -266,6 +266,28 @@ def _none_of(dtype):
     return arrays
 
 
+def _gradient_operands(op, dy, leaky, channel_sums, layout):
+    """(y, y_channel_major, slope, sums): what a Numba kernel reading dy (N, C, H, W) takes
+    for leaky = (y, slope), dy being the gradient of y = leaky_relu(.) and read through its
+    slope, and for channel_sums ((C,) float64, receives each channel's sum of what is read);
+    empty stand-ins where they are None. layout: _cpu.physical or _cpu.planes, as the kernel
+    indexes y."""
+    y, _, sums = _none_of(dy.dtype)
+    y_cm, slope = False, dy.dtype.type(0)
+    if leaky is not None:
+        y, slope = leaky
+        if tuple(y.shape) != tuple(dy.shape) or y.dtype != dy.dtype:
+            raise ValueError(f"{op}: the activation's output has shape {tuple(y.shape)} and dtype {y.dtype}, "
+                             f"expected {tuple(dy.shape)} and {dy.dtype}")
+        y, y_cm = layout(y)
+        slope = dy.dtype.type(slope)
+    if channel_sums is not None:
+        if channel_sums.shape != (dy.shape[1],) or channel_sums.dtype != np.float64:
+            raise ValueError(f"{op}: channel_sums must be float64 of shape ({dy.shape[1]},)")
+        sums = channel_sums
+    return y, y_cm, slope, sums
+
+
 def im2col_batch_minor(x, kernel_size, stride=1, padding=0, out_hw=None, leaky=None, channel_sums=None):
     """x (N, C, H, W) host array -> cols (C*k*k, Ho*Wo*N), column (oy, ox, n) (Numba); out_hw as
     im2col's. leaky = (y, negative_slope): x is the gradient of y = leaky_relu(. + b), y of x's
@@ -274,19 +296,7 @@ def im2col_batch_minor(x, kernel_size, stride=1, padding=0, out_hw=None, leaky=N
     of what the columns hold (x, or dpre), in bias_add_backward's order: the bias gradient."""
     n, c, h, w, k, s, p, ho, wo = _conv_geometry("im2col_batch_minor", x.shape, kernel_size, stride, padding, out_hw)
     cols = _workspace.empty((c * k * k, ho * wo * n), x.dtype)
-    y, _, db = _none_of(x.dtype)
-    y_cm, slope = False, x.dtype.type(0)
-    if leaky is not None:
-        y, slope = leaky
-        if tuple(y.shape) != tuple(x.shape) or y.dtype != x.dtype:
-            raise ValueError(f"im2col_batch_minor: the activation's output has shape {tuple(y.shape)} and dtype "
-                             f"{y.dtype}, expected {tuple(x.shape)} and {x.dtype}")
-        y, y_cm = _cpu.physical(y)
-        slope = x.dtype.type(slope)
-    if channel_sums is not None:
-        if channel_sums.shape != (c,) or channel_sums.dtype != np.float64:
-            raise ValueError(f"im2col_batch_minor: channel_sums must be float64 of shape ({c},)")
-        db = channel_sums
+    y, y_cm, slope, db = _gradient_operands("im2col_batch_minor", x, leaky, channel_sums, _cpu.physical)
     _im2col_bm_numba(*_cpu.physical(x), k, s, p, ho, wo, cols, y, y_cm, slope, db, work=cols.size)
     return cols
 
@@ -393,17 +403,8 @@ def _to_batch_minor(a, channel_sums=None, leaky=None):
     # is turned in (a bias gradient)
     n, c, h, w = a.shape
     out = _workspace.empty((c, h * w, n), a.dtype)
-    y, _, sums = _none_of(a.dtype)
-    y_cm, slope = False, a.dtype.type(0)
-    if leaky is not None:
-        y, slope = leaky
-        if tuple(y.shape) != tuple(a.shape) or y.dtype != a.dtype:
-            raise ValueError(f"the activation's output has shape {tuple(y.shape)} and dtype {y.dtype}, its "
-                             f"gradient {tuple(a.shape)} and {a.dtype}")
-        y, y_cm = _cpu.planes(y)
-        slope = a.dtype.type(slope)
-    _to_batch_minor_numba(*_cpu.planes(a), y, y_cm, slope, out, sums if channel_sums is None else channel_sums,
-                          work=a.size)
+    y, y_cm, slope, sums = _gradient_operands("_to_batch_minor", a, leaky, channel_sums, _cpu.planes)
+    _to_batch_minor_numba(*_cpu.planes(a), y, y_cm, slope, out, sums, work=a.size)
     return out.reshape(c, h * w * n)
 
 
