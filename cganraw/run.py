@@ -134,7 +134,8 @@ class Run:
         cfg = self.cfg
         return train_step(self.G, self.D, self.opt_g, self.opt_d, x, labels, self.key(), cfg["label_smoothing"],
                           cfg.get("mismatch", 0.0), cfg.get("mode_seeking", 0.0), flag=self.loss_flag,
-                          paired_labels=bool(cfg.get("label_groups")))
+                          paired_labels=bool(cfg.get("label_groups")), r1=cfg.get("r1", 0.0),
+                          r1_every=cfg.get("r1_every", 1))
 
     def fraction_done(self, planned_steps):
         """fraction_done(step, elapsed, planned_steps, --max-minutes) of this run."""

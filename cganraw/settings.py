@@ -21,7 +21,7 @@ DEFAULTS = dict(model="cgan-conv", width=64, epochs=None, batch_size=64, lr=1e-4
                 beta2=0.999, latent_dim=100, seed=0, label_smoothing=0.0, mismatch=1.0, mode_seeking=0.0,
                 ema_decay=0.9995, lr_decay_start=1.0, g_batchnorm=True, g_norm="batch", d_norm="none",
                 minibatch_std=False, label_groups=False, progressive=False, grow_at=0.5, fade=0.25, batch_size_final=None,
-                d_label="concat", g_film=False)
+                d_label="concat", g_film=False, r1=0.0, r1_every=4)
 # cgan-conv's, chosen by measurement (docs/ablation.md; MNIST, 20 minutes of a 2-core CPU):
 # spectral norm and minibatch stddev in D, instance norm in G, D at 2.4x G's learning rate
 # (TTUR); a small model (width 48) and batch (32) that buy three times the steps of width 64
@@ -42,7 +42,7 @@ PER_MODEL = tuple(sorted({k for d in MODEL_DEFAULTS.values() for k in d} - {"epo
 # what a config saved before these settings existed means by them: today's model
 UPGRADE_DEFAULTS = dict(d_norm="none", minibatch_std=False, label_groups=False, progressive=False,
                         grow_at=DEFAULTS["grow_at"], fade=DEFAULTS["fade"], batch_size_final=None, d_label="concat",
-                        g_film=False)
+                        g_film=False, r1=0.0, r1_every=DEFAULTS["r1_every"])
 DEFAULT_EPOCHS = {name: d["epochs"] for name, d in MODEL_DEFAULTS.items()}
 
 
@@ -78,7 +78,8 @@ KEEP_EPOCH_CHECKPOINTS = 3
 CONFIG_KEYS = ("dataset", "model", "width", "g_batchnorm", "epochs", "batch_size", "lr", "lr_d", "beta1",
                "beta2", "latent_dim", "seed", "label_smoothing", "mismatch", "mode_seeking", "ema_decay",
                "lr_decay_start", "g_norm", "d_norm", "minibatch_std", "label_groups", "progressive", "grow_at", "fade",
-               "batch_size_final", "d_label", "g_film", "sample_every", "checkpoint_every", "log_every", "eval_every",
+               "batch_size_final", "d_label", "g_film", "r1", "r1_every", "sample_every", "checkpoint_every", "log_every",
+               "eval_every",
                "eval_every_steps", "max_steps", "max_minutes")
 # what a checkpoint's config must hold to be resumed (later keys have defaults)
 REQUIRED_KEYS = ("dataset", "model", "width", "epochs", "batch_size", "lr", "lr_d", "beta1", "beta2", "latent_dim",
@@ -152,6 +153,11 @@ def _validate(parser, ns):
         parser.error("--grow-at and --fade need --progressive")
     if ns.progressive and ns.grow_at + ns.fade > 1.0:
         parser.error(f"--grow-at {ns.grow_at} + --fade {ns.fade} fades past the run's end (their sum must be <= 1)")
+    if ns.r1 == 0 and "r1_every" in given:
+        parser.error("--r1-every needs --r1 (the penalty's weight)")
+    if ns.r1 > 0 and ns.model == "dcgan":
+        parser.error("--r1: the dcgan's D has BatchNorm, which mixes the samples whose input gradients R1 "
+                     "penalises; use it with cgan-conv, cgan-mlp or gan-mlp")
     if ns.batch_size_final is not None and ns.batch_size_final < ns.batch_size:
         parser.error(f"--batch-size-final {ns.batch_size_final} is below --batch-size {ns.batch_size} "
                      "(the batch size rises from --batch-size to --batch-size-final)")
@@ -237,6 +243,10 @@ def build_parser(record_given=True):
                    **_flag_default("label_smoothing", "one-sided: real targets become 1 - s", _g))
     p.add_argument("--mismatch", type=cli.nonneg_float, **_flag_default(
         "mismatch", "weight of the D term that scores real images with wrong labels as fake", _g))
+    p.add_argument("--r1", type=cli.nonneg_float, default=DEFAULTS["r1"], metavar="GAMMA",
+                   help="weight gamma of the R1 penalty gamma/2 * |grad_x D(x)|^2 on real images (0: off)")
+    p.add_argument("--r1-every", type=cli.positive_int, default=DEFAULTS["r1_every"], metavar="K",
+                   help="take the R1 penalty every K D steps, weighted by K (lazy regularisation)")
     p.add_argument("--mode-seeking", type=cli.nonneg_float, default=DEFAULTS["mode_seeking"],
                    help="weight of MSGAN's mode-seeking term in G's loss (against one image per label)")
     p.add_argument("--ema-decay", type=cli.unit_float, **_flag_default(

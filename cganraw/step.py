@@ -112,7 +112,7 @@ def upload_batch(images, labels=None, num_classes=None):
 
 
 def train_step(G, D, opt_g, opt_d, real_images, real_labels, rng, label_smoothing=0.0, mismatch=0.0,
-               mode_seeking=0.0, *, flag=None, paired_labels=False):
+               mode_seeking=0.0, *, flag=None, paired_labels=False, r1=0.0, r1_every=1):
     """One D step then one G step, in the standard order:
     D on real, D on fake (detached: G gets no gradient), then G with the
     non-saturating loss -log D(G(z)) through the updated D. All BCE-with-logits.
@@ -131,6 +131,11 @@ def train_step(G, D, opt_g, opt_d, real_images, real_labels, rng, label_smoothin
     `mode_seeking`: the fakes come in pairs (i, M + i) with one label and two noise
     vectors, and G is pushed to make each pair differ, which keeps it from collapsing
     to a single image per label.
+
+    r1 > 0 adds to D's step the R1 penalty r1 / 2 * mean |grad_x D(x)|^2 on the real images
+    (Mescheder et al. 2018: D kept flat on the data, in place of spectral norm's global bound),
+    every `r1_every` steps (those whose number it divides) at weight r1 * r1_every, StyleGAN2's
+    lazy regularisation; see r1_penalty. D must treat its samples alone (no BatchNorm).
 
     paired_labels: G draws the real batch's labels, row for row, instead of drawn ones: with
     label groups (BatchIterator(group_size=G)) every MinibatchStdDev group of fakes then holds
@@ -191,6 +196,8 @@ def train_step(G, D, opt_g, opt_d, real_images, real_labels, rng, label_smoothin
         logits_fake = D(fake, fake_labels)
         loss_fake, dlogits = bce_with_logits(logits_fake, 0.0)
         D.backward(dlogits)                 # the input gradient is dropped: fake is detached
+    if r1 > 0 and key.step % r1_every == 0:
+        r1_penalty(D, real_images, real_labels, r1 * r1_every)
     opt_d.step()
 
     # --- G step: D frozen, so its weight gradients are not even computed -------------
@@ -254,6 +261,61 @@ def _d_step_one_batch(G, D, z, real_images, real_labels, fake_labels, key, real_
     D.backward(dlogits)                 # the input gradient is dropped: fake is detached
     seg = lambda a, i: a[i * n:(i + 1) * n]  # noqa: E731  (contiguous rows of one term)
     return losses[0], loss_mismatch, losses[-1], seg(logits, 0), seg(logits, parts - 1), fake
+
+
+# the rms pixel change of r1_penalty's difference quotient, per dtype: small enough for its
+# O(step^2) error, large enough that rounding the two logit sums' difference stays ~1e-4
+R1_STEP = {np.dtype(np.float32): 1e-3, np.dtype(np.float64): 1e-6}
+
+
+def r1_penalty(D, real_images, real_labels, gamma):
+    """R1 (Mescheder et al. 2018): adds into D's parameter gradients that of
+    P = gamma / 2 * mean_i |g_i|^2, g = grad_x S(x), S the sum of D's logits on the real
+    images x (N, 1, H, W) and labels, D in evaluation mode (dropout off: D's dropout feeds a
+    linear layer, so that is the expected logit; spectral norm without a power-iteration step).
+
+    grad_theta P = gamma / N * J^T g, J = d g / d theta, is the theta-gradient of the
+    directional derivative gamma / N * dS(x + e g)/de at e = 0; a central difference in e
+    gives it from two first-order backwards, no double backward:
+        grad_theta P ~= gamma / (2 e N) * (grad_theta S(x + e g) - grad_theta S(x - e g)),
+    e chosen so that e * g moves the pixels by `step` (rms): the error is O(e^2).
+    Returns P (0-d, on the device)."""
+    if not batchable(D):
+        raise ValueError("r1_penalty: D must treat its samples alone (no BatchNorm): its two perturbed "
+                         "batches run as one")
+    n = real_images.shape[0]
+    step = R1_STEP[np.dtype(real_images.dtype)]
+    was_training = D.training
+    D.eval()
+    try:
+        D.requires_grad_(False)
+        try:
+            logits = D(real_images, real_labels)
+            xp = backend.array_module(logits)
+            g = D.backward(xp.ones_like(logits))      # (N, 1, H, W), no weight gradients
+        finally:
+            D.requires_grad_(True)
+        sq = (g * g).sum()
+        penalty = sq * (0.5 * gamma / n)
+        rms = xp.sqrt(xp.maximum(sq / g.size, xp.finfo(g.dtype).tiny))
+        e = g.dtype.type(step) / rms
+        images = _launch.concatenate([real_images + e * g, real_images - e * g])
+        labels = None
+        if real_labels is not None:
+            labels = _launch.concatenate([real_labels, real_labels])
+            k = getattr(D, "num_classes", None)
+            if k is not None and _launch.labels_checked(real_labels, k):     # no range check again (a sync)
+                _launch.mark_labels_checked(labels, k)
+        with nn.minibatch_std.segmented(D, 2):
+            logits = D(images, labels)
+        c = (gamma / (2 * n)) / e
+        dlogits = xp.empty_like(logits)
+        dlogits[:n] = c
+        dlogits[n:] = -c
+        D.backward(dlogits)
+    finally:
+        D.train(was_training)
+    return penalty
 
 
 def ema_decay_at(step, decay):

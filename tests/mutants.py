@@ -94,8 +94,14 @@ MUTANTS = [
     Mutant("step-g-through-stale-d", "step", "G's step goes through D before D's update", (
         (STEP, "    opt_d.step()\n\n    # --- G step", "\n    # --- G step"),
         (STEP, "    G.backward(dfake)\n    opt_g.step()\n", "    G.backward(dfake)\n    opt_g.step()\n    opt_d.step()\n"))),
+    one("step-r1-sign", "step", "the R1 gradient pushes D's input gradient up, not down", STEP,
+        "dlogits[:n] = c\n        dlogits[n:] = -c", "dlogits[:n] = -c\n        dlogits[n:] = c"),
+    one("step-r1-lazy-unweighted", "step", "a lazy R1 term is not weighted by its interval", STEP,
+        "r1_penalty(D, real_images, real_labels, r1 * r1_every)", "r1_penalty(D, real_images, real_labels, r1)"),
+    one("step-r1-training-mode", "step", "the R1 passes run D in training mode (dropout on)", STEP,
+        "    was_training = D.training\n    D.eval()\n", "    was_training = D.training\n"),
     one("step-d-not-frozen", "step", "the G step accumulates D's weight gradients", STEP,
-        "D.requires_grad_(False)", "D.requires_grad_(True)"),
+        "D.requires_grad_(False)\n    try:\n        logits_gen", "D.requires_grad_(True)\n    try:\n        logits_gen"),
     # --- losses ---------------------------------------------------------------------
     one("losses-mode-seeking-grad-sign", "losses", "mode_seeking returns the gradient's negative", MODE_SEEKING,
         "scale = -loss * loss / (z_dist * f(diff.size))", "scale = loss * loss / (z_dist * f(diff.size))"),

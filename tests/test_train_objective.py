@@ -4,9 +4,12 @@ Each test writes the loss of one step of cganraw.step.train_step as an explicit 
 function of the parameters, on tiny models, from the same draws train_step made:
 
     D:  BCE(D(x, y), 1 - s) + w * BCE(D(x, y_wrong), 0) + BCE(D(G(z, y_fake), y_fake), 0)
+        + r * k / (2 N) * |grad_x sum D_eval(x, y)|^2       (at steps k divides)
     G:  BCE(D'(G(z, y_fake), y_fake), 1) + m * 1 / (mean|G_a - G_b| / mean|z_a - z_b| + 1e-5)
 
-with s the label smoothing, w the mismatch weight (conditional models only), m the
+with s the label smoothing, w the mismatch weight (conditional models only), r the R1
+weight taken every k steps (D_eval: D in evaluation mode; its input gradient from D's own
+backward, proven layer by layer; not for the DCGAN, whose D has BatchNorm), m the
 mode-seeking weight (rows i and M + i of the batch share a label), and D' the
 discriminator after its own update. The gradients train_step hands to each optimiser
 are captured (a recording optimiser) and compared with central differences of these
@@ -31,12 +34,15 @@ LATENT = 4
 N = 5              # odd: with mode seeking, two pairs and one unpaired row
 LR = 0.02          # large, so that the G step would see a stale D clearly
 MODES = {"plain": {}, "smoothing": {"label_smoothing": 0.2}, "mismatch": {"mismatch": 0.6},
-         "mode_seeking": {"mode_seeking": 1.5},
-         "all": {"label_smoothing": 0.15, "mismatch": 0.7, "mode_seeking": 0.8}}
+         "mode_seeking": {"mode_seeking": 1.5}, "r1": {"r1": 3.0}, "r1_lazy": {"r1": 2.0, "r1_every": 4},
+         "r1_skipped": {"r1": 2.0, "r1_every": 3},
+         "all": {"label_smoothing": 0.15, "mismatch": 0.7, "mode_seeking": 0.8, "r1": 1.5}}
+STEP = {"r1_lazy": 8}       # the step of each case's key (1 by default): 8 takes a lazy R1 term, 1 not
 # tiny conv models (width 2; BatchNorm in G as the trainer builds it) and the fixed-size MLPs
 BUILD = {"cgan-conv": {"width": 2, "batchnorm": True}, "dcgan": {"width": 2}, "cgan-mlp": {}, "gan-mlp": {}}
 CASES = [(name, mode) for name in BUILD for mode in MODES
-         if not (mode == "mismatch" and name in ("dcgan", "gan-mlp"))]   # no labels to mismatch
+         if not (mode == "mismatch" and name in ("dcgan", "gan-mlp"))     # no labels to mismatch
+         and not (mode.startswith("r1") and name == "dcgan")]             # BatchNorm in D: no R1
 
 
 def bce(logits, target):
@@ -57,7 +63,10 @@ class Step:
 
     def __init__(self, name, mode, seed=0):
         self.name, self.mode, options = name, mode, MODES[mode]
-        self.options = {"label_smoothing": 0.0, "mismatch": 0.0, "mode_seeking": 0.0, **options}
+        if name == "dcgan":         # BatchNorm in D: no R1 (r1_penalty refuses it)
+            options = {k: v for k, v in options.items() if not k.startswith("r1")}
+        self.options = {"label_smoothing": 0.0, "mismatch": 0.0, "mode_seeking": 0.0, "r1": 0.0, "r1_every": 1,
+                        **options}
         G, D = models.build(name, K, latent_dim=LATENT, seed=seed, **BUILD[name])
         self.G, self.D = G.to(np.float64), D.to(np.float64)
         data = np.random.default_rng(100 + seed)
@@ -70,7 +79,7 @@ class Step:
         self.x = data.uniform(-1, 1, (N, 1, 28, 28))
         self.y = data.integers(0, K, N) if G.conditional else None
         self.G0, self.D0 = params_of(G), params_of(D)
-        self.key = philox.Key(1000 + seed, 1)
+        self.key = philox.Key(1000 + seed, STEP.get(mode, 1))
         self.batched = per_sample(D)
         order = []
         watch = {"G": G, "D": D}
@@ -115,7 +124,20 @@ class Step:
     def d_loss(self, fake):
         parts = self.d_loss_parts(fake)
         return (parts["d_loss_real"] + self.options["mismatch"] * parts.get("d_loss_mismatch", 0.0)
-                + parts["d_loss_fake"])
+                + parts["d_loss_fake"] + self.r1_term())
+
+    def r1_term(self):
+        """r * k / (2 N) * |grad_x sum D_eval(x, y)|^2 at steps k divides, else 0."""
+        r, every = self.options["r1"], self.options["r1_every"]
+        if r == 0 or self.key.step % every:
+            return 0.0
+        D = self.D.eval().requires_grad_(False)
+        try:
+            logits = D(self.x, self.y)
+            g = D.backward(np.ones_like(logits))
+        finally:
+            D.train().requires_grad_(True)
+        return float(r * every / (2 * N) * (g * g).sum())
 
     def g_loss_parts(self, dropout_g):
         set_dropout_states([self.D], dropout_g)
@@ -200,9 +222,52 @@ def test_every_train_step_option_is_covered():
     # a new keyword of train_step must get its own objective term and case here
     import inspect
     params = inspect.signature(train_step).parameters
-    # (the keyword-only `flag` is the loss flag's plumbing, not a term of the objective)
+    # (`flag` is the loss flag's plumbing and `paired_labels` a choice of labels (test_label_groups),
+    # not terms of the objective)
     options = {k for k, p in params.items() if p.default is not inspect.Parameter.empty
-               and p.kind is not inspect.Parameter.KEYWORD_ONLY}
-    assert options == {"label_smoothing", "mismatch", "mode_seeking"}, (
+               and k not in ("flag", "paired_labels")}
+    assert options == {"label_smoothing", "mismatch", "mode_seeking", "r1", "r1_every"}, (
         f"train_step's options are now {sorted(options)}: give each new one its term in Step")
     assert {k for mode in MODES.values() for k in mode} == options
+
+
+@pytest.mark.parametrize("d_norm", ["none", "spectral"])
+def test_r1_gradient_through_the_cgan_conv_d_options(d_norm):
+    # r1_penalty on D with minibatch stddev (its two perturbed batches segmented), the
+    # projection label and, with spectral norm, sigma from fixed u, v (evaluation mode)
+    from cganraw.step import r1_penalty
+    _, D = models.build("cgan-conv", K, latent_dim=LATENT, width=2, seed=4, d_norm=d_norm, minibatch_std=True,
+                        d_label="projection")
+    D.to(np.float64)
+    data = np.random.default_rng(7)
+    for k, p in D.named_parameters():
+        if k.endswith("bias"):
+            p.data[...] = data.normal(0, 0.05, p.shape)
+    x, y = data.uniform(-1, 1, (6, 1, 28, 28)), data.integers(0, K, 6)
+    for _ in range(30):         # training forwards: u, v converge as in a run
+        D(x, y)
+        D.drop_caches()
+    gamma = 2.5
+
+    def penalty():
+        D.eval().requires_grad_(False)
+        try:
+            g = D.backward(np.ones_like(D(x, y)))
+        finally:
+            D.train().requires_grad_(True)
+        return float(gamma / (2 * len(x)) * (g * g).sum())
+
+    D.zero_grad()
+    reported = r1_penalty(D, x, y, gamma)
+    assert D.training and all(p.requires_grad for p in D.parameters())
+    assert float(reported) == pytest.approx(penalty(), rel=1e-12)
+    grads = {k: p.grad.copy() for k, p in D.named_parameters()}
+    assert all(np.abs(g).max() > 0 for k, g in grads.items() if not k.endswith("bias")), "a weight got no R1 gradient"
+    check_gradient(penalty, {k: p.data for k, p in D.named_parameters()}, grads, f"R1, d_norm {d_norm}")
+
+
+def test_r1_refuses_a_d_with_batchnorm():
+    from cganraw.step import r1_penalty
+    _, D = models.build("dcgan", None, width=2)
+    with pytest.raises(ValueError, match="no BatchNorm"):
+        r1_penalty(D, np.zeros((2, 1, 28, 28), np.float32), None, 1.0)

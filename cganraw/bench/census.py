@@ -120,7 +120,8 @@ class Census:
         lines = [f"step census: {c['model']} width {c['width']} batch {c['batch_size']} on {c['backend']} "
                  f"({'a log step' if c['log_step'] else 'a step between log steps'}; mismatch {c['mismatch']}, "
                  f"mode seeking {c['mode_seeking']}, G norm {c['g_norm']}, D norm {c.get('d_norm')}, "
-                 f"minibatch std {c.get('minibatch_std')}, FiLM in G {c.get('g_film')}, EMA {c['ema_decay']})",
+                 f"minibatch std {c.get('minibatch_std')}, FiLM in G {c.get('g_film')}, EMA {c['ema_decay']}, "
+                 f"R1 {c.get('r1', 0)} every {c.get('r1_every', 1)} steps)",
                  f"estimate for {gpu.name}: {gpu.bandwidth / 1e12:.2f} TB/s, GEMMs at "
                  f"{(gpu.tf32 if self.tf32 else gpu.fp32) / 1e12:.0f} TFLOP/s ({'TF32' if self.tf32 else 'FP32'}); "
                  f"{self.launch_us:g} us per launch, {COPY_US:g} us + bytes at {PCIE / 1e9:.0f} GB/s per copy, "
@@ -169,7 +170,7 @@ def run_census(model="cgan-conv", width=128, batch_size=128, num_classes=10, gpu
         raise ValueError(f"unknown GPU {gpu!r}; choose one of {', '.join(GPUS)}")
     cfg = {k: overrides[k] if overrides.get(k) is not None else settings.model_default(model, k) for k in
            ("lr", "lr_d", "beta1", "beta2", "latent_dim", "label_smoothing", "mismatch", "mode_seeking", "ema_decay",
-            "g_batchnorm", "g_norm", "d_norm", "minibatch_std", "g_film", "d_label")}
+            "g_batchnorm", "g_norm", "d_norm", "minibatch_std", "g_film", "d_label", "r1", "r1_every")}
     if overrides.get("g_norm") is None and overrides.get("g_batchnorm") is not None:
         cfg["g_norm"] = "batch" if cfg["g_batchnorm"] else "none"      # the old flag alone
     if model == "cgan-conv":
@@ -200,7 +201,7 @@ def run_census(model="cgan-conv", width=128, batch_size=128, num_classes=10, gpu
         def one_step(step, logged):
             x, y = upload_batch(images, labels, G.num_classes)
             stats = train_step(G, D, opt_g, opt_d, x, y, Key(seed, step), cfg["label_smoothing"], cfg["mismatch"],
-                               cfg["mode_seeking"], flag=flag)
+                               cfg["mode_seeking"], flag=flag, r1=cfg["r1"], r1_every=cfg["r1_every"])
             if G_ema is not None:
                 update_ema(G_ema, G, ema_decay_at(step + 1, cfg["ema_decay"]))
             if logged:
