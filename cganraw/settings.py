@@ -78,9 +78,8 @@ KEEP_EPOCH_CHECKPOINTS = 3
 CONFIG_KEYS = ("dataset", "model", "width", "g_batchnorm", "epochs", "batch_size", "lr", "lr_d", "beta1",
                "beta2", "latent_dim", "seed", "label_smoothing", "mismatch", "mode_seeking", "ema_decay",
                "lr_decay_start", "g_norm", "d_norm", "minibatch_std", "label_groups", "progressive", "grow_at", "fade",
-               "batch_size_final", "d_label", "g_film", "r1", "r1_every", "sample_every", "checkpoint_every", "log_every",
-               "eval_every",
-               "eval_every_steps", "max_steps", "max_minutes")
+               "batch_size_final", "d_label", "g_film", "r1", "r1_every", "sample_every", "checkpoint_every",
+               "log_every", "eval_every", "eval_every_steps", "max_steps", "max_minutes")
 # what a checkpoint's config must hold to be resumed (later keys have defaults)
 REQUIRED_KEYS = ("dataset", "model", "width", "epochs", "batch_size", "lr", "lr_d", "beta1", "beta2", "latent_dim",
                  "seed", "label_smoothing", "checkpoint_every", "log_every")

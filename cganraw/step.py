@@ -299,7 +299,8 @@ def r1_penalty(D, real_images, real_labels, gamma):
         penalty = sq * (0.5 * gamma / n)
         rms = xp.sqrt(xp.maximum(sq / g.size, xp.finfo(g.dtype).tiny))
         e = g.dtype.type(step) / rms
-        images = _launch.concatenate([real_images + e * g, real_images - e * g])
+        shift = e * g
+        images = _launch.concatenate([real_images + shift, real_images - shift])
         labels = None
         if real_labels is not None:
             labels = _launch.concatenate([real_labels, real_labels])

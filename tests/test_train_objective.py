@@ -58,6 +58,15 @@ def mode_seeking_term(images, z):
     return float(1.0 / (ratio + 1e-5))
 
 
+def eval_input_gradient(D, x, y):
+    """grad_x of the sum of D's logits, D in evaluation mode (R1's g), by D's own backward."""
+    D.eval().requires_grad_(False)
+    try:
+        return D.backward(np.ones_like(D(x, y)))
+    finally:
+        D.train().requires_grad_(True)
+
+
 class Step:
     """One train_step on float64 models with every draw, gradient and parameter recorded."""
 
@@ -131,12 +140,7 @@ class Step:
         r, every = self.options["r1"], self.options["r1_every"]
         if r == 0 or self.key.step % every:
             return 0.0
-        D = self.D.eval().requires_grad_(False)
-        try:
-            logits = D(self.x, self.y)
-            g = D.backward(np.ones_like(logits))
-        finally:
-            D.train().requires_grad_(True)
+        g = eval_input_gradient(self.D, self.x, self.y)
         return float(r * every / (2 * N) * (g * g).sum())
 
     def g_loss_parts(self, dropout_g):
@@ -250,11 +254,7 @@ def test_r1_gradient_through_the_cgan_conv_d_options(d_norm):
     gamma = 2.5
 
     def penalty():
-        D.eval().requires_grad_(False)
-        try:
-            g = D.backward(np.ones_like(D(x, y)))
-        finally:
-            D.train().requires_grad_(True)
+        g = eval_input_gradient(D, x, y)
         return float(gamma / (2 * len(x)) * (g * g).sum())
 
     D.zero_grad()
