@@ -7,6 +7,7 @@ Event kinds:
     kernel   one of kernels/*.cu, by name; bytes = the sizes of its array arguments
     gemm     a cuBLAS SGEMM (the cuda backend's default GEMM): flops 2mnk, bytes a + b + c
     memset   zeroing an array (cudaMemsetAsync)
+    fill     setting every element of an array to one value (a CuPy fill kernel)
     copy     a device-to-device copy (a CuPy copy kernel): bytes read plus written
     add      an elementwise add in place (a CuPy kernel): dst read and written, src read
     h2d      a host-to-device copy
@@ -19,7 +20,7 @@ import contextlib
 import dataclasses
 from collections import Counter
 
-LAUNCH_KINDS = ("kernel", "gemm", "memset", "copy", "add")
+LAUNCH_KINDS = ("kernel", "gemm", "memset", "fill", "copy", "add")
 COPY_KINDS = ("h2d", "d2h")
 
 
@@ -101,6 +102,11 @@ def gemm(m, n, k, beta=0.0, itemsize=4, name="cublas_sgemm"):
 def memset(nbytes):
     if _active is not None:
         _active.events.append(Event("memset", "memset", int(nbytes)))
+
+
+def fill(nbytes):
+    if _active is not None:
+        _active.events.append(Event("fill", "fill", int(nbytes)))
 
 
 def copy(nbytes):

@@ -31,6 +31,7 @@ from cganraw.ops.philox import (
     philox_shift_labels,
     philox_step_draws,
 )
+from cganraw.ops.r1 import r1_perturb, r1_scalars
 from cganraw.ops.stats import STAT_NAMES, bounded_mask, step_stats
 
 BOUNDED = bounded_mask(health.BOUNDED_LOSSES)
@@ -278,12 +279,13 @@ def r1_penalty(D, real_images, real_labels, gamma):
     directional derivative gamma / N * dS(x + e g)/de at e = 0; a central difference in e
     gives it from two first-order backwards, no double backward:
         grad_theta P ~= gamma / (2 e N) * (grad_theta S(x + e g) - grad_theta S(x - e g)),
-    e chosen so that e * g moves the pixels by `step` (rms): the error is O(e^2).
+    e chosen so that e * g moves the pixels by `step` (rms): the error is O(e^2). P, e, the
+    perturbed batch [x + e g | x - e g] and its dlogits [c | -c], c = gamma / (2 e N), come
+    from the op cganraw.ops.r1 (two launches on a GPU, the scalars never read back).
     Returns P (0-d, on the device)."""
     if not batchable(D):
         raise ValueError("r1_penalty: D must treat its samples alone (no BatchNorm): its two perturbed "
                          "batches run as one")
-    n = real_images.shape[0]
     step = R1_STEP[np.dtype(real_images.dtype)]
     was_training = D.training
     D.eval()
@@ -291,16 +293,12 @@ def r1_penalty(D, real_images, real_labels, gamma):
         D.requires_grad_(False)
         try:
             logits = D(real_images, real_labels)
-            xp = backend.array_module(logits)
-            g = D.backward(xp.ones_like(logits))      # (N, 1, H, W), no weight gradients
+            g = D.backward(_launch.full(logits.shape, 1, logits.dtype))    # (N, 1, H, W); no weight gradients
         finally:
             D.requires_grad_(True)
-        sq = (g * g).sum()
-        penalty = sq * (0.5 * gamma / n)
-        rms = xp.sqrt(xp.maximum(sq / g.size, xp.finfo(g.dtype).tiny))
-        e = g.dtype.type(step) / rms
-        shift = e * g
-        images = _launch.concatenate([real_images + shift, real_images - shift])
+        # P, e and c = gamma / (2 e N) on the device; [x + e g | x - e g] and dlogits [c | -c]
+        penalty, scalars = r1_scalars(g, gamma, step)
+        images, dlogits = r1_perturb(real_images, g, scalars)
         labels = None
         if real_labels is not None:
             labels = _launch.concatenate([real_labels, real_labels])
@@ -308,11 +306,7 @@ def r1_penalty(D, real_images, real_labels, gamma):
             if k is not None and _launch.labels_checked(real_labels, k):     # no range check again (a sync)
                 _launch.mark_labels_checked(labels, k)
         with nn.minibatch_std.segmented(D, 2):
-            logits = D(images, labels)
-        c = (gamma / (2 * n)) / e
-        dlogits = xp.empty_like(logits)
-        dlogits[:n] = c
-        dlogits[n:] = -c
+            D(images, labels)
         D.backward(dlogits)
     finally:
         D.train(was_training)

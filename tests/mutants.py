@@ -44,6 +44,7 @@ TESTS = {
     "op-bce": ["tests/test_losses_optim.py", "tests/kernels/test_bce.py"],
     "kernel-bce": ["tests/kernels/test_bce.py"],
     "kernel-conv": ["tests/kernels/test_conv.py"],
+    "kernel-r1": ["tests/kernels/test_r1.py"],
 }
 # slow end-to-end tests that exercise none of these bugs more than the rest do
 DESELECT = "not killed_run and not eval_every"
@@ -65,6 +66,7 @@ def one(name, area, what, path, old, new):
 # kernel files get split and renamed)
 STEP, LOSSES, TRAIN, KERNELS = "cganraw/step.py", "cganraw/losses.py", "cganraw/", "kernels/"
 MODE_SEEKING = "cganraw/ops/mode_seeking.py"
+R1_OP = "cganraw/ops/r1.py"
 MUTANTS = [
     # --- the training step ----------------------------------------------------------
     one("step-g-target-zero", "step", "G trains towards target 0: it learns to look fake", STEP,
@@ -94,8 +96,8 @@ MUTANTS = [
     Mutant("step-g-through-stale-d", "step", "G's step goes through D before D's update", (
         (STEP, "    opt_d.step()\n\n    # --- G step", "\n    # --- G step"),
         (STEP, "    G.backward(dfake)\n    opt_g.step()\n", "    G.backward(dfake)\n    opt_g.step()\n    opt_d.step()\n"))),
-    one("step-r1-sign", "step", "the R1 gradient pushes D's input gradient up, not down", STEP,
-        "dlogits[:n] = c\n        dlogits[n:] = -c", "dlogits[:n] = -c\n        dlogits[n:] = c"),
+    one("step-r1-sign", "step", "the R1 gradient pushes D's input gradient up, not down", R1_OP,
+        "dlogits[:n] = c\n    dlogits[n:] = -c", "dlogits[:n] = -c\n    dlogits[n:] = c"),
     one("step-r1-lazy-unweighted", "step", "a lazy R1 term is not weighted by its interval", STEP,
         "r1_penalty(D, real_images, real_labels, r1 * r1_every)", "r1_penalty(D, real_images, real_labels, r1)"),
     one("step-r1-training-mode", "step", "the R1 passes run D in training mode (dropout on)", STEP,
@@ -145,6 +147,8 @@ MUTANTS = [
         KERNELS, "dx[base + i] = (stable_sigmoid(xi) - t) * scale;", "dx[base + i] = (t - stable_sigmoid(xi)) * scale;"),
     one("kernel-im2col-bound", "kernel-conv", "im2col reads one column past the right edge", KERNELS,
         "if (yy < 0 || yy >= H || xx < 0 || xx >= W) return -1;", "if (yy < 0 || yy >= H || xx < 0 || xx > W) return -1;"),
+    one("kernel-r1-minus-half-sign", "kernel-r1", "the R1 kernel moves both halves to x + e g", KERNELS,
+        "images[size + i] = x[i] - shift;", "images[size + i] = x[i] + shift;"),
 ]
 
 

@@ -37,9 +37,10 @@ def _census_with_standin_log(monkeypatch, **kw):
     return c, snapshot
 
 
-@pytest.mark.parametrize("options", [dict(), dict(log_step=True), dict(mismatch=0.0, ema_decay=0.0),
-                                     dict(model="cgan-mlp"), dict(model="dcgan", width=4)],
-                         ids=["defaults", "log-step", "plain", "cgan-mlp", "dcgan"])
+@pytest.mark.parametrize("options", [dict(), dict(log_step=True), dict(step=4), dict(d_norm="spectral"),
+                                     dict(mismatch=0.0, ema_decay=0.0, r1=0.0), dict(model="cgan-mlp"),
+                                     dict(model="dcgan", width=4)],
+                         ids=["defaults", "log-step", "r1-step", "spectral", "plain", "cgan-mlp", "dcgan"])
 def test_counts_equal_a_counting_cupy(options, monkeypatch, restore_backend):
     kw = {**TINY, **options}
     backend.use("emu")
@@ -69,15 +70,27 @@ def test_a_step_between_log_steps_never_waits(restore_backend):
     batch = c.config["g_norm"] == "batch"
     assert names["adam_update_v2"] == 2 and names["ema_update_v3" if batch else "ema_update_v2"] == 1
     assert names["ema_update_v2" if batch else "ema_update_v3"] == 0
-    # the default D (spectral norm, minibatch stddev run segmented) runs its real,
-    # wrong-label and fake terms as one batch, then for G: two forwards, each normalising
-    # its three layers together (every power iteration in one launch, every W / sigma in
-    # another), one backward with weight gradients (two launches for the three)
+    # the default D (minibatch stddev run segmented, no spectral norm) runs its real,
+    # wrong-label and fake terms as one batch, then for G
     assert names["step_stats_v1"] == 1 and names["dropout_forward_v3"] == 2
-    assert names["spectral_norm_power_multi_v1"] == 2 and names["spectral_norm_forward_multi_v1"] == 2
-    assert names["spectral_norm_dot_multi_v1"] == 1 and names["spectral_norm_backward_multi_v1"] == 1
-    assert not [n for n in names if n.startswith("spectral_norm") and "multi" not in n]
     assert names["minibatch_std_forward_v3"] == 1
+    assert not [n for n in names if n.startswith("spectral_norm")]
+    # with spectral norm, each of those two forwards normalises D's three layers together
+    # (every power iteration in one launch, every W / sigma in another); one backward with
+    # weight gradients (two launches for the three)
+    sn = census.run_census(**TINY, d_norm="spectral").log.launches_by_name()
+    assert sn["spectral_norm_power_multi_v1"] == 2 and sn["spectral_norm_forward_multi_v1"] == 2
+    assert sn["spectral_norm_dot_multi_v1"] == 1 and sn["spectral_norm_backward_multi_v1"] == 1
+    assert not [n for n in sn if n.startswith("spectral_norm") and "multi" not in n]
+    # an R1 step (every 4th by default) runs D's forward and backward twice more on the real
+    # batch, in evaluation mode (no dropout): its input gradient g, then [x + e g | x - e g]
+    # as one batch with its minibatch stddev segmented. It never waits either.
+    r1_step = census.run_census(**TINY, step=4)
+    assert r1_step.syncs == 0 and [e.kind for e in r1_step.log.copies] == ["h2d", "h2d"]
+    r1 = r1_step.log.launches_by_name()
+    assert r1["label_projection_forward_v1"] == names["label_projection_forward_v1"] + 2
+    assert r1["minibatch_std_forward_v3"] == 2 and r1["minibatch_std_backward_v3"] == 2
+    assert r1["dropout_forward_v3"] == 2 and r1["step_stats_v1"] == 1
     # one launch for every loss term of D's step, one for G's; the label paths fused
     assert names["bce_with_logits_segments_v1"] == 2
     # G's seed map (channel-major); the projection D has no label map: a projection term each
@@ -116,24 +129,30 @@ def test_instance_norm_g_packs_its_average(restore_backend):
     assert census.run_census(**TINY, g_batchnorm=False).config["g_norm"] == "none"
 
 
-@pytest.mark.parametrize("options, launches, gemms, copies", [
-    (dict(g_norm="batch", g_film=False, d_label="concat"), 100, 21, 6),
-    (dict(g_norm="instance", g_film=False, d_label="concat"), 90, 21, 2),
-    (dict(), 120, 25, 8)])
-def test_launch_totals_of_the_default_step(options, launches, gemms, copies, restore_backend):
+@pytest.mark.parametrize("options, launches, gemms, convs, copies", [
+    (dict(g_norm="batch", g_film=False, d_label="concat", d_norm="spectral"), 100, 21, 14, 6),
+    (dict(g_norm="instance", g_film=False, d_label="concat", d_norm="spectral"), 90, 21, 14, 2),
+    (dict(d_norm="spectral"), 120, 25, 14, 8),
+    (dict(), 114, 25, 14, 8),
+    (dict(step=4), 163, 35, 22, 10)])
+def test_launch_totals_of_the_default_step(options, launches, gemms, convs, copies, restore_backend):
     # the whole step's launches on the tiny model, exactly (the count does not depend on the
     # width). The defaults before FiLM and the projection D: 90 with instance norm (issue 14
     # asked for at most 90 at width 128), 21 cuBLAS GEMMs and 14 im2col/col2im, 6 layout and
     # batch copies (2 with instance norm: G's activations stay channel-major from its seed map
-    # to its last conv). Today's default (last row) adds FiLM's projections (4 GEMMs), its
-    # launches and the unfused norms around it (30 more, 6 copies of G's activations between
-    # layouts). A change here is a change of the step.
+    # to its last conv). The default of 2026-12-03 morning (third row) adds FiLM's projections
+    # (4 GEMMs), its launches and the unfused norms around it (30 more, 6 copies of G's
+    # activations between layouts). Today's default drops spectral norm (6 launches fewer);
+    # every 4th step (the last row) runs R1: D's forward and backward twice more (10 GEMMs,
+    # 8 im2col/col2im, the labels' copies), a fill of ones and R1's two kernels. A change
+    # here is a change of the step.
     backend.use("emu")
     c = census.run_census(**TINY, **options)
     names = c.log.launches_by_name()
     assert c.launches == launches and c.syncs == 0
     conv = sum(names[k] for k in ("im2col_v2", "im2col_v3", "col2im_v3", "col2im_v4"))
-    assert names["cublas_sgemm"] == gemms and conv == 14 and names["copy"] == copies
+    assert names["cublas_sgemm"] == gemms and conv == convs and names["copy"] == copies
+    assert (names["r1_scalars_v1"], names["r1_perturb_v1"]) == ((1, 1) if options.get("step") == 4 else (0, 0))
 
 
 def test_report_ends_with_the_summary_line(restore_backend):
@@ -170,12 +189,28 @@ def test_cli(tmp_path, capsys, restore_backend):
     data = json.loads(out.read_text())
     assert data["syncs"] == 0 and data["launches"] == sum(r["count"] for r in data["rows"]
                                                           if r["kind"] in devicelog.LAUNCH_KINDS)
+    # an R1 step, and the penalty off
+    assert bench.main(["--census", "--backend", "emu", "--width", "4", "--batch-size", "2", "--step", "8",
+                       "--quiet"]) == 0
+    report = capsys.readouterr().out
+    assert "R1 0.3 every 4 steps; step 8)" in report and "r1_perturb_v1" in report
+    assert bench.main(["--census", "--backend", "emu", "--width", "4", "--batch-size", "2", "--step", "8",
+                       "--r1", "0", "--quiet"]) == 0
+    report = capsys.readouterr().out
+    assert "R1 0.0 every 4 steps; step 8)" in report and "r1_perturb_v1" not in report
 
 
 def test_cli_errors(capsys):
     with pytest.raises(SystemExit) as e:
         census.main(["--gpu", "tpu"])
     assert e.value.code == 2 and "invalid choice: 'tpu'" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        census.main(["--step", "0"])
+    assert e.value.code == 2 and "argument --step" in capsys.readouterr().err
+    # R1 on the dcgan's BatchNorm D: one line, no traceback
+    assert census.main(["--model", "dcgan", "--width", "4", "--batch-size", "2", "--r1", "1", "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "BatchNorm" in err and "Traceback" not in err
     with pytest.raises(ValueError, match="use the cuda or emu backend"):
         prev = backend.current()
         backend.use("numpy")

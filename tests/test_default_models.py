@@ -12,7 +12,8 @@ from cganraw import models, nn, train
 from tests.proof import check_gradient, dropout_states, set_dropout_states, trainer_build_call
 from tests.synthetic import write_emnist
 
-VARIANTS = {"default": [], "cgan-mlp": ["--model", "cgan-mlp"]}
+# the default; cgan-conv with spectral norm in D (its default before R1); the MLP cGAN
+VARIANTS = {"default": [], "spectral": ["--d-norm", "spectral"], "cgan-mlp": ["--model", "cgan-mlp"]}
 N = 3
 
 

@@ -61,7 +61,8 @@ def test_resuming_with_another_r1_names_it(letters_dir, tmp_path, capsys):
     (["--r1", "-1"], "argument --r1: expected a number >= 0"),
     (["--r1", "inf"], "argument --r1: "),
     (["--r1", "1", "--r1-every", "0"], "argument --r1-every: expected a positive integer"),
-    (["--r1-every", "4"], "--r1-every needs --r1"),
+    (["--r1", "0", "--r1-every", "4"], "--r1-every needs --r1 > 0"),
+    (["--model", "cgan-mlp", "--r1-every", "4"], "--r1-every needs --r1 > 0"),     # R1 is cgan-conv's default only
     (["--model", "dcgan", "--r1", "1"], "the dcgan's D has BatchNorm"),
 ])
 def test_bad_r1_flags_are_argparse_errors(argv, needle, capsys):

@@ -11,7 +11,7 @@ log step). Every launch is real: on emu the kernels run in the emulator, GEMMs i
 BLAS standing for cuBLAS (the cuda backend's default), so every count is that of the cuda
 backend (tests/test_census.py checks this against a stand-in CuPy that counts every call).
 
-Counted: launches by kernel (kernels/*.cu, cuBLAS SGEMMs, memsets, CuPy copies and adds),
+Counted: launches by kernel (kernels/*.cu, cuBLAS SGEMMs, memsets, fills, CuPy copies and adds),
 host<->device copies and syncs; bytes per launch from its array arguments (each counted
 once, read or written); FLOPs per GEMM (2mnk). The estimate puts each launch at its roofline
 on the GPU, max(bytes / bandwidth, flops / rate) (kernels are taken as memory-bound), adds
@@ -121,7 +121,7 @@ class Census:
                  f"({'a log step' if c['log_step'] else 'a step between log steps'}; mismatch {c['mismatch']}, "
                  f"mode seeking {c['mode_seeking']}, G norm {c['g_norm']}, D norm {c.get('d_norm')}, "
                  f"minibatch std {c.get('minibatch_std')}, FiLM in G {c.get('g_film')}, EMA {c['ema_decay']}, "
-                 f"R1 {c.get('r1', 0)} every {c.get('r1_every', 1)} steps)",
+                 f"R1 {c.get('r1', 0)} every {c.get('r1_every', 1)} steps; step {c.get('step', 1)})",
                  f"estimate for {gpu.name}: {gpu.bandwidth / 1e12:.2f} TB/s, GEMMs at "
                  f"{(gpu.tf32 if self.tf32 else gpu.fp32) / 1e12:.0f} TFLOP/s ({'TF32' if self.tf32 else 'FP32'}); "
                  f"{self.launch_us:g} us per launch, {COPY_US:g} us + bytes at {PCIE / 1e9:.0f} GB/s per copy, "
@@ -155,10 +155,11 @@ def _gemm_module():
 
 
 def run_census(model="cgan-conv", width=128, batch_size=128, num_classes=10, gpu="h100", tf32=False,
-               launch_us=LAUNCH_US, log_step=False, measure=0, seed=0, **overrides):
-    """Census of one training step on the active backend (cuda or emu). Settings not given
-    are the trainer's defaults for `model` (cganraw.settings.model_default). measure > 0 also times that many
-    steps after the census (wall clock, synchronised at the end)."""
+               launch_us=LAUNCH_US, log_step=False, measure=0, seed=0, step=1, **overrides):
+    """Census of training step `step` (>= 1; step 0 warms up) on the active backend (cuda or emu).
+    Settings not given are the trainer's defaults for `model` (cganraw.settings.model_default).
+    With R1 every K steps, a step that K divides runs the penalty. measure > 0 also times that
+    many steps after the census (wall clock, synchronised at the end)."""
     from cganraw import settings
     from cganraw.ops.philox import Key
     from cganraw.optim import Adam
@@ -166,6 +167,8 @@ def run_census(model="cgan-conv", width=128, batch_size=128, num_classes=10, gpu
 
     if backend.current() not in ("cuda", "emu"):
         raise ValueError(f"the census counts kernel launches: use the cuda or emu backend, not {backend.current()!r}")
+    if step < 1:
+        raise ValueError(f"step {step}: the census records a step after the warm-up step 0")
     if gpu not in GPUS:
         raise ValueError(f"unknown GPU {gpu!r}; choose one of {', '.join(GPUS)}")
     cfg = {k: overrides[k] if overrides.get(k) is not None else settings.model_default(model, k) for k in
@@ -180,7 +183,7 @@ def run_census(model="cgan-conv", width=128, batch_size=128, num_classes=10, gpu
                                                   "d_label": cfg["d_label"]}
                                                  if model == "cgan-conv" else {}))
     cfg.update(model=model, width=int(width), batch_size=int(batch_size), backend=backend.current(),
-               log_step=bool(log_step), num_classes=num_classes)
+               log_step=bool(log_step), num_classes=num_classes, step=int(step))
     gemm = _gemm_module()
     prev_impl = gemm.set_gemm_impl("library")       # cuBLAS on cuda; NumPy's BLAS standing for it on emu
     try:
@@ -215,13 +218,13 @@ def run_census(model="cgan-conv", width=128, batch_size=128, num_classes=10, gpu
             log.info("warm-up step: %.2f s", time.perf_counter() - t0)
             t0 = time.perf_counter()
             with devicelog.recording() as record:
-                one_step(1, log_step)
+                one_step(step, log_step)
             log.info("recorded step: %.2f s", time.perf_counter() - t0)
             measured = None
             if measure:
                 t0 = time.perf_counter()
                 for i in range(int(measure)):
-                    one_step(2 + i, i == measure - 1)   # the last one reads the stats: the queue drains
+                    one_step(step + 1 + i, i == measure - 1)   # the last one reads the stats: the queue drains
                 measured = (time.perf_counter() - t0) / int(measure) * 1e3
     finally:
         gemm.set_gemm_impl(prev_impl)
@@ -251,6 +254,13 @@ def build_parser():
                    help="old name of --g-norm batch (--no-g-batchnorm: --g-norm none)")
     p.add_argument("--g-film", action=argparse.BooleanOptionalAction, default=None,
                    help="cgan-conv: FiLM in G; default: the trainer's")
+    p.add_argument("--r1", type=cli.nonneg_float, default=None, metavar="GAMMA",
+                   help="weight of the R1 penalty; default: the trainer's, per model")
+    p.add_argument("--r1-every", type=cli.positive_int, default=None, metavar="K",
+                   help="R1 every K steps; default: the trainer's")
+    p.add_argument("--step", type=cli.positive_int, default=1,
+                   help="the step recorded (after the warm-up step 0): with R1 every K steps, a multiple of K "
+                        "runs the penalty")
     p.add_argument("--gpu", choices=sorted(GPUS), default="h100", help="the GPU the estimate is for")
     p.add_argument("--tf32", action="store_true", help="GEMMs at the TF32 tensor-core rate (default FP32)")
     p.add_argument("--launch-us", type=cli.nonneg_float, default=LAUNCH_US,
@@ -273,7 +283,8 @@ def _main(args):
     c = run_census(args.model, args.width, args.batch_size, args.num_classes, args.gpu, args.tf32, args.launch_us,
                    args.log_step, args.measure, mismatch=args.mismatch, mode_seeking=args.mode_seeking,
                    ema_decay=args.ema_decay, g_norm=args.g_norm, g_batchnorm=args.g_batchnorm, d_norm=args.d_norm,
-                   minibatch_std=args.minibatch_std, g_film=args.g_film)
+                   minibatch_std=args.minibatch_std, g_film=args.g_film, r1=args.r1, r1_every=args.r1_every,
+                   step=args.step)
     if args.json:
         from cganraw.fileio import atomic_write
         atomic_write(args.json, json.dumps(c.to_json(), indent=1).encode())

@@ -10,7 +10,7 @@ scalars through `i32`/`f32`.
 Kernel objects are looked up once per (backend, file, name) and cached: CuPy builds a new
 kernel object on every RawModule.get_function. Each launch goes through a thin wrapper that
 reports it to cganraw.devicelog while a census records. The few array operations the layers
-need besides kernels (zeroing, copies, concatenation, in-place adds) are here too, so that
+need besides kernels (zeroing, fills, copies, concatenation, in-place adds) are here too, so that
 every device operation of a training step passes through this module and is counted.
 
 Kernel names: the op's dispatch function plus the version, `<op>_forward_v1`,
@@ -166,6 +166,14 @@ def i32(v) -> np.int32:
     return np.int32(v)
 
 
+def i64(v) -> np.int64:
+    """A kernel's long long argument (sizes that may pass 2^31)."""
+    v = int(v)
+    if not -2 ** 63 <= v < 2 ** 63:
+        raise OverflowError(f"{v} does not fit a kernel's long long argument")
+    return np.int64(v)
+
+
 def f32(v) -> np.float32:
     return np.float32(v)
 
@@ -232,6 +240,16 @@ def zeros(shape, dtype=np.float32):
     return out
 
 
+def full(shape, value, dtype=np.float32):
+    """An array of `value` (one fill kernel, CuPy's full)."""
+    xp = backend.get_xp()
+    if xp is np:
+        out = _workspace.empty(shape, dtype)
+        out.fill(value)
+    else:
+        out = xp.full(shape, value, dtype=dtype)
+    devicelog.fill(out.nbytes)
+    return out
 
 
 def grid_counter():

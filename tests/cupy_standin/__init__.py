@@ -9,9 +9,10 @@ machine with no GPU, so that every line of that glue runs somewhere before a GPU
                 unchanged kernels/*.cu; arguments must be device arrays or NumPy scalars
     cuBLAS      `matmul` and `cublas.gemm` are NumPy's matmul
     counting    every device operation is logged in LOG as (kind, name, bytes): kernel, gemm,
-                memset, copy, add (an in-place add), elementwise, reduction, h2d, d2h, sync,
-                with CuPy's costs (a memset for zeros and fill(0), one copy per array of a
-                concatenate, a copy and a sync for every value read back)
+                memset, fill, copy, add (an in-place add), elementwise, reduction, h2d, d2h,
+                sync, with CuPy's costs (a memset for zeros and fill(0), a fill kernel for any
+                other value, one copy per array of a concatenate, a copy and a sync for every
+                value read back)
 
 Anything CuPy has that this module lacks is an AttributeError naming it, never a silent
 fallback: add the function here, as CuPy defines it. Install it with `installed()`.
@@ -177,14 +178,14 @@ class ndarray:
             raise _host_error(value)
         else:
             self._a[key_raw] = value
-            _log("elementwise", "fill", np.asarray(self._a[key_raw]).nbytes)
+            _log("fill", "fill", np.asarray(self._a[key_raw]).nbytes)
 
     def fill(self, value):
         self._a.fill(value)
         if value == 0 and self._a.flags.c_contiguous:
             _log("memset", "memset", self._a.nbytes)
         else:
-            _log("elementwise", "fill", self._a.nbytes)
+            _log("fill", "fill", self._a.nbytes)
 
     def copy(self, order="C"):
         res = self._a.copy(order=order)
@@ -372,12 +373,21 @@ def zeros_like(a, dtype=None, order="K", subok=None, shape=None):
 
 def full(shape, fill_value, dtype=None, order="C"):
     res = np.full(shape, fill_value, dtype=dtype, order=order)
-    _log("elementwise", "fill", res.nbytes)
+    _log("fill", "fill", res.nbytes)
     return ndarray._wrap(res)
 
 
 def ones(shape, dtype=float, order="C"):
     return full(shape, 1, dtype, order)
+
+
+def ones_like(a, dtype=None, order="K", subok=None, shape=None):
+    res = np.ones_like(_dev(a), dtype=dtype, shape=shape)
+    _log("fill", "fill", res.nbytes)
+    return ndarray._wrap(res)
+
+
+finfo = np.finfo        # CuPy re-exports NumPy's: host metadata, no device work
 
 
 def arange(*args, dtype=None):

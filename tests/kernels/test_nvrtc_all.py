@@ -21,7 +21,8 @@ ARCHS = ("sm_80", "sm_90")
 OWN_FILES = {"gemm.cu", "im2col.cu", "maxpool.cu", "cross_entropy.cu", "avgpool.cu", "upsample.cu",
              "instancenorm.cu", "minibatch_std.cu", "spectral_norm.cu", "bias.cu", "batchnorm.cu",
              "embedding.cu", "philox.cu", "stats.cu", "ema.cu",
-             "mode_seeking.cu", "linear.cu", "label_projection.cu", "film.cu"}   # warnings fail here; others' are reported
+             "mode_seeking.cu", "linear.cu", "label_projection.cu", "film.cu",
+             "r1.cu"}   # warnings fail here; others' are reported
 # kernels compiled only where an optional toolkit header is found (see _launch.compile_options)
 NEEDS_TOOLKIT = {"gemm_v4": "<mma.h>"}
 _KERNEL_DECL = re.compile(r'extern\s+"C"\s+__global__\s+(?:__launch_bounds__\([^)]*\)\s+)?void\s+(\w+)\s*\(')
