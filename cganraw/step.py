@@ -10,6 +10,7 @@ batch's labels are checked on the host before their upload (upload_batch).
 """
 from __future__ import annotations
 
+import contextlib
 import weakref
 from collections.abc import Mapping
 
@@ -203,13 +204,10 @@ def train_step(G, D, opt_g, opt_d, real_images, real_labels, rng, label_smoothin
 
     # --- G step: D frozen, so its weight gradients are not even computed -------------
     opt_g.zero_grad()
-    D.requires_grad_(False)
-    try:
+    with frozen(D):
         logits_gen = D(fake, fake_labels)
         loss_g, dlogits = bce_with_logits(logits_gen, 1.0)
         dfake = D.backward(dlogits)
-    finally:
-        D.requires_grad_(True)
     loss_ms = None
     if pairs:
         loss_ms, dms = mode_seeking_loss(fake[:2 * pairs], z[:2 * pairs])
@@ -269,6 +267,17 @@ def _d_step_one_batch(G, D, z, real_images, real_labels, fake_labels, key, real_
 R1_STEP = {np.dtype(np.float32): 1e-3, np.dtype(np.float64): 1e-6}
 
 
+@contextlib.contextmanager
+def frozen(module):
+    """module.requires_grad_(False) inside the block: its backward then computes the input
+    gradient only (no weight gradients computed or accumulated); True again after it."""
+    module.requires_grad_(False)
+    try:
+        yield module
+    finally:
+        module.requires_grad_(True)
+
+
 def r1_penalty(D, real_images, real_labels, gamma):
     """R1 (Mescheder et al. 2018): adds into D's parameter gradients that of
     P = gamma / 2 * mean_i |g_i|^2, g = grad_x S(x), S the sum of D's logits on the real
@@ -290,12 +299,9 @@ def r1_penalty(D, real_images, real_labels, gamma):
     was_training = D.training
     D.eval()
     try:
-        D.requires_grad_(False)
-        try:
+        with frozen(D):
             logits = D(real_images, real_labels)
             g = D.backward(_launch.full(logits.shape, 1, logits.dtype))    # (N, 1, H, W); no weight gradients
-        finally:
-            D.requires_grad_(True)
         # P, e and c = gamma / (2 e N) on the device; [x + e g | x - e g] and dlogits [c | -c]
         penalty, scalars = r1_scalars(g, gamma, step)
         images, dlogits = r1_perturb(real_images, g, scalars)

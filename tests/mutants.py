@@ -103,7 +103,7 @@ MUTANTS = [
     one("step-r1-training-mode", "step", "the R1 passes run D in training mode (dropout on)", STEP,
         "    was_training = D.training\n    D.eval()\n", "    was_training = D.training\n"),
     one("step-d-not-frozen", "step", "the G step accumulates D's weight gradients", STEP,
-        "D.requires_grad_(False)\n    try:\n        logits_gen", "D.requires_grad_(True)\n    try:\n        logits_gen"),
+        "with frozen(D):\n        logits_gen", "with contextlib.nullcontext():\n        logits_gen"),
     # --- losses ---------------------------------------------------------------------
     one("losses-mode-seeking-grad-sign", "losses", "mode_seeking returns the gradient's negative", MODE_SEEKING,
         "scale = -loss * loss / (z_dist * f(diff.size))", "scale = loss * loss / (z_dist * f(diff.size))"),

@@ -200,7 +200,7 @@ def test_cli(tmp_path, capsys, restore_backend):
     assert "R1 0.0 every 4 steps; step 8)" in report and "r1_perturb_v1" not in report
 
 
-def test_cli_errors(capsys):
+def test_cli_errors(capsys, restore_backend):
     with pytest.raises(SystemExit) as e:
         census.main(["--gpu", "tpu"])
     assert e.value.code == 2 and "invalid choice: 'tpu'" in capsys.readouterr().err
