@@ -148,6 +148,8 @@ def _validate(parser, ns):
         if getattr(ns, key) is None:
             setattr(ns, key, model_default(ns.model, key))
     ns.g_batchnorm = ns.g_norm == "batch"
+    if ns.progressive and "r1" not in given:
+        ns.r1 = 0.0     # the growing D is not one step.batchable knows: R1 refuses it (for now)
     if ns.resume is not None:    # the saved run's settings apply; the conflict check covers changes
         return
     if not ns.progressive and given & {"grow_at", "fade"}:
@@ -156,6 +158,8 @@ def _validate(parser, ns):
         parser.error(f"--grow-at {ns.grow_at} + --fade {ns.fade} fades past the run's end (their sum must be <= 1)")
     if ns.r1 == 0 and "r1_every" in given:
         parser.error("--r1-every needs --r1 > 0 (the penalty's weight)")
+    if ns.r1 > 0 and ns.progressive:
+        parser.error("--r1 with --progressive: R1 does not support the growing D yet (give --r1 0)")
     if ns.r1 > 0 and ns.model == "dcgan":
         parser.error("--r1: the dcgan's D has BatchNorm, which mixes the samples whose input gradients R1 "
                      "penalises; use it with cgan-conv, cgan-mlp or gan-mlp")

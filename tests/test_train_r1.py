@@ -64,6 +64,7 @@ def test_resuming_with_another_r1_names_it(letters_dir, tmp_path, capsys):
     (["--r1", "0", "--r1-every", "4"], "--r1-every needs --r1 > 0"),
     (["--model", "cgan-mlp", "--r1-every", "4"], "--r1-every needs --r1 > 0"),     # R1 is cgan-conv's default only
     (["--model", "dcgan", "--r1", "1"], "the dcgan's D has BatchNorm"),
+    (["--progressive", "--r1", "0.3"], "R1 does not support the growing D yet"),
 ])
 def test_bad_r1_flags_are_argparse_errors(argv, needle, capsys):
     with pytest.raises(SystemExit) as e:
