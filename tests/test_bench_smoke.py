@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cganraw import backend
+from cganraw import backend, settings
 from cganraw.bench import cases as C
 from cganraw.bench import harness, profile, report, runner
 from cganraw.bench.__main__ import main as bench_main
@@ -228,6 +228,20 @@ def test_profile_step_attributes_time_and_records_every_gemm_shape():
     assert any((m, n, k, layout) == (3, 8 * 49, 100, "NT") for m, n, k, layout, _, _ in p.gemms)
     assert p.gemm_flops > 0 and all(calls >= 1 for *_, calls, _ in p.gemms)
     assert "matrix products" in profile.format_profile(p, sgemm_gflops=10.0)
+
+
+def test_profile_of_the_trainers_step_runs_its_default_layers():
+    # --trainer: the default model's step (FiLM, instance norm, minibatch stddev, the projection
+    # label, R1 on step 4 of 5, the moving average), at a tiny width and batch
+    p = profile.profile_step("cgan-conv", batch=4, width=4, steps=3, trainer=True)
+    shares = dict(p.categories)
+    for label in ("instance norm and FiLM", "minibatch stddev", "label projection", "moving average"):
+        assert shares.get(label, 0) > 0, label
+    assert p.trainer and (p.batch, p.width) == (4, 4)
+    assert profile.format_profile(p).startswith("cgan-conv (the trainer's step), batch 4, width 4: ")
+    defaults = profile.profile_step("cgan-conv", batch=None, width=None, steps=1, trainer=True)
+    assert (defaults.batch, defaults.width) == (settings.model_default("cgan-conv", "batch_size"),
+                                                settings.model_default("cgan-conv", "width"))
 
 
 def test_profile_cli(tmp_path):

@@ -642,3 +642,232 @@ def test_linear_one_output_dx_is_the_gemm_bit_for_bit(n, f, dtype, rng):
     dx, dW, _ = linear_backward(dy, cache)
     np.testing.assert_array_equal(dx, gemm(dy, W))
     np.testing.assert_array_equal(dW, gemm(dy, x, trans_a=True))
+
+
+def _laid(a, layout):
+    """a (N, C, H, W) as an NCHW array, a channel-major one (the layout of G's convolutions)
+    or a strided view."""
+    if layout == "cm":
+        return np.ascontiguousarray(a.transpose(1, 0, 2, 3)).transpose(1, 0, 2, 3)
+    return np.repeat(a, 2, axis=3)[..., ::2] if layout == "strided" else a
+
+
+@pytest.mark.parametrize("layouts", [("nchw", "nchw"), ("cm", "cm"), ("cm", "nchw"), ("strided", "cm")])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(3, 5, 7, 6), (2, 3, 1, 2), (33, 17, 14, 14)])   # the last: parallel
+def test_film_numba_matches_numpy(layouts, dtype, shape, rng, monkeypatch):
+    from cganraw.ops import film
+    n, c = shape[:2]
+    x = rng.normal(size=shape).astype(dtype)
+    gb = rng.normal(size=(n, 2 * c)).astype(dtype)          # gamma and beta: halves of one array, as nn.FiLM's
+    gamma, beta = gb[:, :c], gb[:, c:]
+    calls = []
+    for name in ("film_forward_numba", "film_backward_numba"):
+        real = getattr(film, name)
+        monkeypatch.setattr(film, name, lambda *a, _real=real, _name=name, **k: calls.append(_name) or _real(*a, **k))
+    y, cache = film.film_forward(_laid(x, layouts[1]), gamma, beta)
+    y_ref, cache_ref = film.film_forward_numpy(x, gamma, beta)
+    np.testing.assert_array_equal(y, y_ref)                 # the reference's float steps, bit for bit
+    if layouts[1] == "cm":
+        assert y.transpose(1, 0, 2, 3).flags.c_contiguous   # in x's layout: no copy for the next layer
+    dy = rng.normal(size=shape).astype(dtype)
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-12)
+    dx_ref, dg_ref, db_ref = film.film_backward_numpy(dy, cache_ref)
+    out = np.full((n, 2 * c), np.nan, dtype)
+    for given in (None, out):
+        dx, dg, db = film.film_backward(_laid(dy, layouts[0]), cache, out=given)
+        np.testing.assert_array_equal(dx, dx_ref)           # dy (1 + gamma): one product
+        for got, want in ((dg, dg_ref), (db, db_ref)):
+            assert got.dtype == want.dtype and got.shape == want.shape
+            np.testing.assert_allclose(got, want, rtol=tol["rtol"], atol=tol["atol"] * max(1.0, np.abs(want).max()))
+        if given is not None:
+            assert np.shares_memory(dg, out) and np.shares_memory(db, out) and np.array_equal(out[:, c:], db)
+    assert film.film_backward(dy, cache, need_dx=False)[0] is None
+    # the same bits again (one task per plane, its sums in order)
+    again = film.film_backward(_laid(dy, layouts[0]), film.film_forward(_laid(x, layouts[1]), gamma, beta)[1])
+    assert all(np.array_equal(a, b) for a, b in zip(again, (dx, dg, db)))
+    assert "film_forward_numba" in calls and "film_backward_numba" in calls
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n,k,f", [(32, 10, 2352), (7, 3, 5), (1, 1, 1), (0, 4, 3), (200, 2, 9)])
+def test_scatter_add_rows_is_np_add_at_bit_for_bit(n, k, f, dtype, rng):
+    # the projection D's label gradient and Embedding's: repeated labels add up in row order
+    from cganraw.ops import embedding
+    from cganraw.ops import label_projection as lp
+    h = rng.normal(size=(n, f)).astype(dtype)
+    labels = rng.integers(0, k, n)
+    E = rng.normal(size=(k, f)).astype(dtype)
+    dy = rng.normal(size=(n, 1)).astype(dtype)
+    cache = (h, labels, E)
+    got, want = lp.label_projection_backward(dy, cache), lp.label_projection_backward_numpy(dy, cache)
+    assert all(np.array_equal(a, b) for a, b in zip(got, want))
+    grad = rng.normal(size=(k, f)).astype(dtype)            # added into a weight's .grad
+    grad_ref = grad.copy()
+    assert lp.label_projection_backward(dy, cache, need_dh=False, dE_out=grad)[1] is grad
+    lp.label_projection_backward_numpy(dy, cache, need_dh=False, dE_out=grad_ref)
+    np.testing.assert_array_equal(grad, grad_ref)
+    np.testing.assert_array_equal(embedding.embedding_backward(h, (labels, (k, f))),
+                                  embedding.embedding_backward_numpy(h, (labels, (k, f))))
+    assert embedding.scatter_add_uses_numba(E, h)
+
+
+def test_scatter_add_rows_refuses_labels_out_of_range(rng):
+    from cganraw.ops import embedding
+    out, src = np.zeros((3, 4), np.float32), np.ones((2, 4), np.float32)
+    for bad in ([0, 3], [-1, 0]):
+        with pytest.raises(ValueError, match=r"indices must lie in \[0, 3\)"):
+            embedding.scatter_add_rows(out, np.array(bad), src)
+    with pytest.raises(ValueError, match="do not match"):
+        embedding.scatter_add_rows(out, np.array([0]), src)
+    assert not out.any()                                     # nothing written
+
+
+@pytest.mark.parametrize("layouts", [("cm", "cm"), ("nchw", "nchw"), ("cm", "nchw"), ("strided", "strided")])
+@pytest.mark.parametrize("shape", [(3, 5, 7, 6), (33, 17, 14, 14)])     # the second past the parallel threshold
+def test_leaky_relu_keeps_the_channel_major_layout(layouts, shape, rng):
+    # after FiLM (channel-major, as G's convolutions) the activation runs flat over the memory
+    x = rng.normal(size=shape).astype(np.float32)
+    x.ravel()[::5] = 0.0
+    y, cache = activation.leaky_relu_forward(_laid(x, layouts[1]), 0.2)
+    np.testing.assert_array_equal(y, activation.leaky_relu_forward_numpy(x, 0.2)[0])
+    if layouts[1] == "cm":
+        assert y.transpose(1, 0, 2, 3).flags.c_contiguous
+    dy = rng.normal(size=shape).astype(np.float32)
+    dx = activation.leaky_relu_backward(_laid(dy, layouts[0]), cache)
+    np.testing.assert_array_equal(dx, activation.leaky_relu_backward_numpy(dy, (x, 0.2)))
+    if layouts == ("cm", "cm"):
+        assert dx.transpose(1, 0, 2, 3).flags.c_contiguous
+
+
+@pytest.mark.parametrize("layouts", [("nchw", "nchw"), ("cm", "cm"), ("nchw", "cm"), ("strided", "nchw")])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(3, 5, 7, 6), (2, 3, 1, 2), (33, 17, 14, 14)])   # the last: parallel
+@pytest.mark.parametrize("slope", [0.2, 0.0])
+def test_instancenorm_film_leaky_relu_is_the_three_layers_bit_for_bit(layouts, dtype, shape, slope, rng):
+    # G's block (cgan-conv's default) as one op: the bits of the three layers' own host paths,
+    # and the references' values within rounding
+    from cganraw.ops import film
+    from cganraw.ops import instancenorm as IN
+    from cganraw.ops import instancenorm_film as INF
+    n, c = shape[:2]
+    x = (rng.normal(size=shape) * 3 + rng.normal(size=(1, c, 1, 1))).astype(dtype)
+    gamma, beta = rng.normal(size=c).astype(dtype), rng.normal(size=c).astype(dtype)
+    fgb = rng.normal(size=(n, 2 * c)).astype(dtype)
+    fg, fb = fgb[:, :c], fgb[:, c:]
+    y, cache = INF.instancenorm_film_leaky_relu_forward(_laid(x, layouts[1]), gamma, beta, fg, fb, 1e-5, slope)
+    assert cache[0] == "fused"
+    u, in_cache, _, _ = IN.instancenorm_forward(_laid(x, layouts[1]), gamma, beta, eps=1e-5)
+    v, film_cache = film.film_forward(u, fg, fb)
+    y_layers, act_cache = activation.leaky_relu_forward(v, slope)
+    np.testing.assert_array_equal(y, y_layers)
+    dy = rng.normal(size=shape).astype(dtype)
+    got = INF.instancenorm_film_leaky_relu_backward(_laid(dy, layouts[0]), cache)
+    dv = activation.leaky_relu_backward(_laid(dy, layouts[0]), act_cache)
+    dfilm = np.empty((n, 2 * c), dtype)
+    du, _, _ = film.film_backward(dv, film_cache, out=dfilm)
+    dx, dgamma, dbeta = IN.instancenorm_backward(du, in_cache)
+    for a, b in zip(got, (dx, dgamma, dbeta, dfilm)):
+        assert a.dtype == b.dtype and a.shape == b.shape
+        np.testing.assert_array_equal(a, b)
+    y_ref, ref_cache = INF.instancenorm_film_leaky_relu_forward_numpy(x, gamma, beta, fg, fb, 1e-5, slope)
+    tol = 1e-4 if dtype == np.float32 else 1e-11
+    np.testing.assert_allclose(y, y_ref, rtol=tol, atol=tol)
+    for a, b in zip(got, INF.instancenorm_film_leaky_relu_backward_numpy(dy, ref_cache)):
+        np.testing.assert_allclose(a, b, rtol=tol, atol=tol * max(1.0, np.abs(b).max()))
+
+
+def test_instancenorm_film_leaky_relu_refuses_bad_shapes(rng):
+    from cganraw.ops import instancenorm_film as INF
+    x = rng.normal(size=(2, 3, 4, 4)).astype(np.float32)
+    ones, rows = np.ones(3, np.float32), np.zeros((2, 3), np.float32)
+    with pytest.raises(ValueError, match=r"film_gamma and film_beta must have shape \(2, 3\)"):
+        INF.instancenorm_film_leaky_relu_forward(x, ones, ones, rows[:1], rows)
+    with pytest.raises(ValueError, match=r"gamma and beta must have shape \(3,\)"):
+        INF.instancenorm_film_leaky_relu_forward(x, ones[:2], ones, rows, rows)
+    with pytest.raises(ValueError, match="more than 1 pixel"):
+        INF.instancenorm_film_leaky_relu_forward(x[:, :, :1, :1], ones, ones, rows, rows)
+    _, cache = INF.instancenorm_film_leaky_relu_forward(x, ones, ones, rows, rows)
+    with pytest.raises(ValueError, match="dy has shape"):
+        INF.instancenorm_film_leaky_relu_backward(x[:1], cache)
+
+
+def _film_block(rng, dtype, c=3, cond=5):
+    layers = [nn.InstanceNorm2d(c, affine=True, rng=rng), nn.FiLM(cond, c, rng=rng), nn.LeakyReLU(0.2)]
+    block = nn.Sequential(*layers)
+    block.to(dtype)
+    for p in block.parameters():
+        p.data[...] = rng.normal(size=p.data.shape) * 0.5 + (1.0 if p.data.ndim == 1 else 0.0)
+    return block
+
+
+def test_film_block_runs_fused_and_passes_finite_differences(rng):
+    from cganraw.gradcheck import check_module
+    from cganraw.nn import fused
+    block = _film_block(rng, np.float64)
+    assert fused.plan(list(block), True) == [(0, 1, 2)]
+    cond = rng.normal(size=(3, 5))
+    block[1].need_dcond = True
+    check_module(block, rng.normal(size=(3, 3, 2, 3)) * 2, before_forward=lambda: block[1].set_condition(cond),
+                 eps=1e-6, atol=1e-8, rtol=1e-6, elementwise=True)
+    # the condition's gradient, through the fused step
+    from cganraw.gradcheck import check_backward
+    x = rng.normal(size=(3, 3, 2, 3))
+
+    def forward(c):
+        block[1].set_condition(c)
+        return block(x)
+
+    def backward(dy):
+        block.backward(dy)
+        return block[1].pop_dcond()
+    check_backward(forward, backward, [cond], name="d(cond) through the fused block", eps=1e-6, atol=1e-8, rtol=1e-6,
+                   elementwise=True)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_film_generator_fused_equals_unfused_bit_for_bit(dtype, rng):
+    # cgan-conv's default G blocks: the fused step changes no bit of the output, dz or any gradient
+    from cganraw import models
+    from cganraw.nn import fused
+    z = rng.normal(size=(5, 100)).astype(dtype)
+    labels = rng.integers(0, 10, 5)
+    dy = rng.normal(size=(5, 1, 28, 28)).astype(dtype)
+    results = []
+    for fuse in (True, False):
+        G, _ = models.build("cgan-conv", 10, width=16, seed=0, g_norm="instance", g_film=True)
+        G.to(dtype)
+        G.net.fuse = fuse
+        weights = np.random.default_rng(1)
+        for p in G.parameters():
+            p.data[...] += (weights.normal(size=p.data.shape) * 0.05).astype(dtype)
+        steps = fused.plan(list(G.net), fuse)
+        assert ((1, 2, 3) in steps and (5, 6, 7) in steps) == fuse
+        y = G(z, labels)
+        dz = G.backward(dy)
+        results.append((y, dz, [p.grad.copy() for p in G.parameters()]))
+    (y, dz, grads), (y_ref, dz_ref, grads_ref) = results
+    np.testing.assert_array_equal(y, y_ref)
+    np.testing.assert_array_equal(dz, dz_ref)
+    assert all(np.array_equal(a, b) for a, b in zip(grads, grads_ref))
+
+
+def test_instancenorm_film_leaky_relu_is_a_host_op(rng):
+    # the kernel backends run the three layers (nn.fused never plans the step there)
+    from cganraw import backend
+    from cganraw.nn import fused
+    from cganraw.ops import instancenorm_film as INF
+    x = rng.normal(size=(2, 3, 4, 4)).astype(np.float32)
+    ones, rows = np.ones(3, np.float32), np.zeros((2, 3), np.float32)
+    _, cache = INF.instancenorm_film_leaky_relu_forward(x, ones, ones, rows, rows)
+    block = _film_block(rng, np.float32)
+    prev = backend.current()
+    backend.use("emu")
+    try:
+        assert fused.plan(list(block), True) == [(0,), (1,), (2,)]
+        with pytest.raises(ValueError, match="a host op"):
+            INF.instancenorm_film_leaky_relu_forward(x, ones, ones, rows, rows)
+        with pytest.raises(ValueError, match="a host op"):
+            INF.instancenorm_film_leaky_relu_backward(x, cache)
+    finally:
+        backend.use(prev)

@@ -33,7 +33,7 @@ from collections import defaultdict
 
 import numpy as np
 
-from cganraw import backend, cli, devicelog, health, models
+from cganraw import backend, cli, devicelog, models
 
 log = logging.getLogger("cganraw.census")
 
@@ -160,10 +160,7 @@ def run_census(model="cgan-conv", width=128, batch_size=128, num_classes=10, gpu
     Settings not given are the trainer's defaults for `model` (cganraw.settings.model_default).
     With R1 every K steps, a step that K divides runs the penalty. measure > 0 also times that
     many steps after the census (wall clock, synchronised at the end)."""
-    from cganraw import settings
-    from cganraw.ops.philox import Key
-    from cganraw.optim import Adam
-    from cganraw.step import ema_decay_at, train_step, update_ema, upload_batch
+    from cganraw.bench.train_cases import trainer_step
 
     if backend.current() not in ("cuda", "emu"):
         raise ValueError(f"the census counts kernel launches: use the cuda or emu backend, not {backend.current()!r}")
@@ -171,47 +168,11 @@ def run_census(model="cgan-conv", width=128, batch_size=128, num_classes=10, gpu
         raise ValueError(f"step {step}: the census records a step after the warm-up step 0")
     if gpu not in GPUS:
         raise ValueError(f"unknown GPU {gpu!r}; choose one of {', '.join(GPUS)}")
-    cfg = {k: overrides[k] if overrides.get(k) is not None else settings.model_default(model, k) for k in
-           ("lr", "lr_d", "beta1", "beta2", "latent_dim", "label_smoothing", "mismatch", "mode_seeking", "ema_decay",
-            "g_batchnorm", "g_norm", "d_norm", "minibatch_std", "g_film", "d_label", "r1", "r1_every")}
-    if overrides.get("g_norm") is None and overrides.get("g_batchnorm") is not None:
-        cfg["g_norm"] = "batch" if cfg["g_batchnorm"] else "none"      # the old flag alone
-    if model == "cgan-conv":
-        cfg["g_batchnorm"] = cfg["g_norm"] == "batch"
-    arch = dict(batchnorm=cfg["g_batchnorm"], **({"g_norm": cfg["g_norm"], "d_norm": cfg["d_norm"],
-                                                  "minibatch_std": cfg["minibatch_std"], "g_film": cfg["g_film"],
-                                                  "d_label": cfg["d_label"]}
-                                                 if model == "cgan-conv" else {}))
-    cfg.update(model=model, width=int(width), batch_size=int(batch_size), backend=backend.current(),
-               log_step=bool(log_step), num_classes=num_classes, step=int(step))
     gemm = _gemm_module()
     prev_impl = gemm.set_gemm_impl("library")       # cuBLAS on cuda; NumPy's BLAS standing for it on emu
     try:
-        G, D = models.build(model, num_classes, latent_dim=cfg["latent_dim"], width=width, seed=seed, **arch)
-        betas = (cfg["beta1"], cfg["beta2"])
-        opt_g = Adam(G.parameters(), lr=cfg["lr"], betas=betas)
-        opt_d = Adam(D.parameters(), lr=cfg["lr_d"] or cfg["lr"], betas=betas)
-        G_ema = None
-        if cfg["ema_decay"] > 0:
-            G_ema = models.build(model, num_classes, latent_dim=cfg["latent_dim"], width=width, seed=seed, **arch)[0]
-            G_ema.load_state_dict(G.state_dict())
-            G_ema.eval()
-        flag = health.LossFlag()
-        rng = np.random.default_rng(seed)
-        images = rng.uniform(-1, 1, (batch_size, 1, 28, 28)).astype(np.float32)
-        labels = rng.integers(0, num_classes, batch_size) if G.conditional else None
-
-        def one_step(step, logged):
-            x, y = upload_batch(images, labels, G.num_classes)
-            stats = train_step(G, D, opt_g, opt_d, x, y, Key(seed, step), cfg["label_smoothing"], cfg["mismatch"],
-                               cfg["mode_seeking"], flag=flag, r1=cfg["r1"], r1_every=cfg["r1_every"])
-            if G_ema is not None:
-                update_ema(G_ema, G, ema_decay_at(step + 1, cfg["ema_decay"]))
-            if logged:
-                flag.check()
-                stats.fetch()
-            return stats
-
+        one_step, cfg = trainer_step(model, width, batch_size, num_classes, seed, **overrides)
+        cfg.update(backend=backend.current(), log_step=bool(log_step), step=int(step))
         with np.errstate(all="ignore"):
             t0 = time.perf_counter()
             one_step(0, True)                      # compiles kernels, makes constants, packs the average

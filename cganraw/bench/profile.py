@@ -2,6 +2,11 @@
 
     python -m cganraw.bench.profile                                  # cgan-conv, batch 128, width 128
     python -m cganraw.bench.profile --model cgan-mlp --batch 64 --steps 5
+    python -m cganraw.bench.profile --trainer                        # the step `python -m cganraw.train` runs
+
+The models are models.build's plain ones (the --vs-torch benchmark's), unless --trainer: then
+the trainer's step with every per-model default (cgan-conv: width 48, batch 32, instance norm
+and FiLM in G, the projection D with minibatch stddev, R1 every 4th step, the moving average).
 
 A few steps run under cProfile; each function's own time is summed into categories
 (matrix products, im2col, col2im, activations, ...), and every matrix product is timed
@@ -36,6 +41,11 @@ _FILE_CATEGORIES = (
     ("dropout", ("ops/dropout.py", "nn/dropout.py")),
     ("BCE", ("ops/bce.py", "cganraw/losses.py")),
     ("embedding", ("ops/embedding.py", "nn/embedding.py")),
+    ("instance norm and FiLM", ("ops/instancenorm.py", "nn/instancenorm.py", "ops/instancenorm_film.py",
+                                "ops/film.py", "nn/film.py")),
+    ("minibatch stddev", ("ops/minibatch_std.py", "nn/minibatch_std.py")),
+    ("label projection", ("ops/label_projection.py",)),
+    ("moving average", ("ops/ema.py",)),
 )
 _LAYOUT_NAMES = ("ascontiguousarray", "reshape", "concatenate", "copy", "astype", "transpose", "copyto")
 
@@ -73,6 +83,7 @@ class StepProfile:
     step_s: float                                            # wall time per profiled step
     categories: list = field(default_factory=list)           # (label, seconds per step), largest first
     gemms: list = field(default_factory=list)                # (m, n, k, layout, calls per step, seconds per step)
+    trainer: bool = False                                    # the trainer's step (its defaults), not the plain model's
 
     @property
     def gemm_s(self) -> float:
@@ -124,11 +135,18 @@ class _MatmulTimer:
         _blas.gemm_into = self._original_into
 
 
-def profile_step(model="cgan-conv", batch=128, width=128, steps=3, seed=0) -> StepProfile:
-    """Profile `steps` training steps of `model` (after two warm-up steps) on the NumPy backend."""
+def profile_step(model="cgan-conv", batch=128, width=128, steps=3, seed=0, trainer=False) -> StepProfile:
+    """Profile `steps` training steps of `model` (after two warm-up steps) on the NumPy backend:
+    the plain model's step, or with `trainer` the trainer's (width and batch None: its defaults)."""
     with harness.backend_ctx("numpy") as xp:
-        x, y = train_cases.fake_batch(batch, model.startswith("cgan"), seed)
-        step = train_cases.our_step(model, batch, width, xp, x, y, seed)
+        if trainer:
+            one_step, cfg = train_cases.trainer_step(model, width, batch, seed=seed)
+            batch, width = cfg["batch_size"], cfg["width"]
+            count = iter(range(1 << 62))
+            step = lambda: one_step(next(count), False)      # noqa: E731 (steps 0, 1, ...: R1 on its own)
+        else:
+            x, y = train_cases.fake_batch(batch, model.startswith("cgan"), seed)
+            step = train_cases.our_step(model, batch, width, xp, x, y, seed)
         step()
         step()
         profiler = cProfile.Profile()
@@ -145,11 +163,12 @@ def profile_step(model="cgan-conv", batch=128, width=128, steps=3, seed=0) -> St
     gemms = sorted(((m, n, k, layout, mm.calls[key] / steps, mm.seconds[key] / steps)
                     for key in mm.seconds for m, n, k, layout in [key]), key=lambda g: -g[5])
     return StepProfile(model, batch, width, steps, wall / steps,
-                       sorted(totals.items(), key=lambda kv: -kv[1]), gemms)
+                       sorted(totals.items(), key=lambda kv: -kv[1]), gemms, trainer)
 
 
 def format_profile(p: StepProfile, sgemm_gflops: float | None = None, top: int = 14) -> str:
-    lines = [f"{p.model}, batch {p.batch}" + (f", width {p.width}" if p.model in ("cgan-conv", "dcgan") else "")
+    lines = [f"{p.model}" + (" (the trainer's step)" if p.trainer else "") + f", batch {p.batch}"
+             + (f", width {p.width}" if p.model in ("cgan-conv", "dcgan") else "")
              + f": {p.step_s * 1e3:.1f} ms per step under cProfile ({p.steps} steps)", ""]
     for label, seconds in p.categories:
         lines.append(f"  {label:<50} {seconds * 1e3:9.1f} ms  {100 * seconds / p.step_s:5.1f}%")
@@ -170,9 +189,15 @@ def build_parser():
     p = argparse.ArgumentParser(prog="python -m cganraw.bench.profile", description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--model", default="cgan-conv", choices=models.MODELS)
-    p.add_argument("--batch", type=cli.positive_int, default=128, help="images per step")
-    p.add_argument("--width", type=cli.positive_int, default=128, help="channels of the conv models")
-    p.add_argument("--steps", type=cli.positive_int, default=3, help="steps profiled (after two warm-up steps)")
+    p.add_argument("--batch", type=cli.positive_int, default=None,
+                   help="images per step (default: 128; with --trainer the trainer's)")
+    p.add_argument("--width", type=cli.positive_int, default=None,
+                   help="channels of the conv models (default: 128; with --trainer the trainer's)")
+    p.add_argument("--steps", type=cli.positive_int, default=None,
+                   help="steps profiled after two warm-up steps (default: 3; with --trainer 8, so that R1's "
+                        "every-4th step counts twice in eight)")
+    p.add_argument("--trainer", action="store_true",
+                   help="profile the trainer's step for --model with its per-model defaults instead of the plain model")
     p.add_argument("--threads", type=cli.positive_int, default=None,
                    help="threads for BLAS and Numba (default: $CGANRAW_BENCH_THREADS, else the CPUs this process "
                         "may use)")
@@ -184,8 +209,11 @@ def _main(args) -> int:
     cli.setup_logging(args)
     harness.set_threads(args.threads or harness.bench_threads())
     ceiling = None if args.no_ceiling else harness.cpu_ceilings("quick")["GFLOP/s"]
-    log.info("profiling %d step(s) of %s at batch %d ...", args.steps, args.model, args.batch)
-    print(format_profile(profile_step(args.model, args.batch, args.width, args.steps), ceiling))
+    plain = 128 if not args.trainer else None
+    steps = args.steps or (8 if args.trainer else 3)
+    log.info("profiling %d step(s) of %s%s ...", steps, args.model, " (the trainer's)" if args.trainer else "")
+    print(format_profile(profile_step(args.model, args.batch or plain, args.width or plain, steps,
+                                      trainer=args.trainer), ceiling))
     return 0
 
 

@@ -43,6 +43,63 @@ def fake_batch(batch, conditional, seed=0):
     return x, y
 
 
+# the trainer's settings a step depends on, each the model's default unless given
+TRAINER_SETTINGS = ("lr", "lr_d", "beta1", "beta2", "latent_dim", "label_smoothing", "mismatch", "mode_seeking",
+                    "ema_decay", "g_batchnorm", "g_norm", "d_norm", "minibatch_std", "g_film", "d_label", "r1",
+                    "r1_every")
+
+
+def trainer_step(model="cgan-conv", width=None, batch_size=None, num_classes=NUM_CLASSES, seed=0, **overrides):
+    """The step `python -m cganraw.train --model MODEL` runs, on the active backend: both
+    Adams, the moving average of G, the loss flag, R1 on its steps, on fixed fake data.
+    Settings left None (width, batch_size, each of TRAINER_SETTINGS in overrides) are the
+    trainer's defaults for `model` (cganraw.settings.model_default). Returns (one_step,
+    cfg): one_step(step, logged) runs training step number `step` (a multiple of r1_every
+    runs the penalty; logged: check the loss flag and fetch the stats, as a log step does)."""
+    from cganraw import health, settings
+    from cganraw.ops.philox import Key
+    from cganraw.step import ema_decay_at, update_ema, upload_batch
+
+    cfg = {k: overrides[k] if overrides.get(k) is not None else settings.model_default(model, k)
+           for k in TRAINER_SETTINGS}
+    if overrides.get("g_norm") is None and overrides.get("g_batchnorm") is not None:
+        cfg["g_norm"] = "batch" if cfg["g_batchnorm"] else "none"      # the old flag alone
+    if model == "cgan-conv":
+        cfg["g_batchnorm"] = cfg["g_norm"] == "batch"
+    width = int(width or settings.model_default(model, "width"))
+    batch_size = int(batch_size or settings.model_default(model, "batch_size"))
+    cfg.update(model=model, width=width, batch_size=batch_size, num_classes=num_classes)
+    arch = dict(batchnorm=cfg["g_batchnorm"], **({"g_norm": cfg["g_norm"], "d_norm": cfg["d_norm"],
+                                                  "minibatch_std": cfg["minibatch_std"], "g_film": cfg["g_film"],
+                                                  "d_label": cfg["d_label"]}
+                                                 if model == "cgan-conv" else {}))
+    G, D = models.build(model, num_classes, latent_dim=cfg["latent_dim"], width=width, seed=seed, **arch)
+    betas = (cfg["beta1"], cfg["beta2"])
+    opt_g = optim.Adam(G.parameters(), lr=cfg["lr"], betas=betas)
+    opt_d = optim.Adam(D.parameters(), lr=cfg["lr_d"] or cfg["lr"], betas=betas)
+    G_ema = None
+    if cfg["ema_decay"] > 0:
+        G_ema = models.build(model, num_classes, latent_dim=cfg["latent_dim"], width=width, seed=seed, **arch)[0]
+        G_ema.load_state_dict(G.state_dict())
+        G_ema.eval()
+    flag = health.LossFlag()
+    rng = np.random.default_rng(seed)
+    images = rng.uniform(-1, 1, (batch_size, 1, 28, 28)).astype(np.float32)
+    labels = rng.integers(0, num_classes, batch_size) if G.conditional else None
+
+    def one_step(step, logged):
+        x, y = upload_batch(images, labels, G.num_classes)
+        stats = train_step(G, D, opt_g, opt_d, x, y, Key(seed, step), cfg["label_smoothing"], cfg["mismatch"],
+                           cfg["mode_seeking"], flag=flag, r1=cfg["r1"], r1_every=cfg["r1_every"])
+        if G_ema is not None:
+            update_ema(G_ema, G, ema_decay_at(step + 1, cfg["ema_decay"]))
+        if logged:
+            flag.check()
+            stats.fetch()
+        return stats
+    return one_step, cfg
+
+
 def our_step(name, batch, width, xp, x_np, y_np, seed=0):
     """A closure running one of our training steps on fixed data; returns its stats."""
     G, D = models.build(name, NUM_CLASSES, latent_dim=LATENT, width=width, seed=seed)

@@ -54,7 +54,10 @@ class FiLM(Module):
         object.__setattr__(self, "_condition", cond)
         return self
 
-    def forward(self, x, cond=None):
+    def modulation(self, x, cond=None):
+        """(gamma, beta), each (N, C): the condition's projection for input x (N, C, H, W),
+        the condition consumed as forward consumes it. nn.fused's InstanceNorm2d + FiLM +
+        LeakyReLU step calls this and modulation_backward around its own op."""
         if cond is not None:
             self.set_condition(cond)
         cond = self._condition
@@ -66,9 +69,18 @@ class FiLM(Module):
             raise ValueError(f"FiLM: a condition of {cond.shape[0]} rows for a batch of {x.shape[0]}")
         c = self.num_features
         gb = self.proj(cond)                                   # (N, 2C)
-        y, cache = film_forward(x, gb[:, :c], gb[:, c:])
-        self._save((cache, y.shape))
         object.__setattr__(self, "_dcond", None)
+        return gb[:, :c], gb[:, c:]
+
+    def modulation_backward(self, dgb):
+        """dgb (N, 2C) = [dgamma | dbeta]: proj's gradients added into its .grad, d(cond) kept
+        for pop_dcond (none with need_dcond False)."""
+        object.__setattr__(self, "_dcond", self.proj.backward(dgb, need_dx=self.need_dcond))
+
+    def forward(self, x, cond=None):
+        gamma, beta = self.modulation(x, cond)
+        y, cache = film_forward(x, gamma, beta)
+        self._save((cache, y.shape))
         return y
 
     def backward(self, dy):
@@ -76,7 +88,7 @@ class FiLM(Module):
         check_same_shape(self, dy, shape)
         dgb = _launch.empty((dy.shape[0], 2 * self.num_features), dy.dtype)
         dx, _, _ = film_backward(dy, cache, out=dgb)            # dgb = [dgamma | dbeta] (N, 2C)
-        object.__setattr__(self, "_dcond", self.proj.backward(dgb, need_dx=self.need_dcond))
+        self.modulation_backward(dgb)
         return dx
 
     def pop_dcond(self):

@@ -21,6 +21,9 @@ negative_slope >= 0 runs the pair through a fused op (`Sequential(..., fuse=Fals
                                                  the host), else one pass each way
     Linear/Conv2d/ConvTranspose2d + Tanh         the GEMMs + bias_tanh_forward / bias_tanh_backward
       (with a bias; kernel backends only: one launch each way, G's last Conv2d)
+    InstanceNorm2d + FiLM + LeakyReLU            instancenorm_film_leaky_relu_forward / _backward
+      (affine, input statistics; numpy backend   (ops.instancenorm_film: one pass-pair each way;
+      with Numba only; cgan-conv's G blocks)     FiLM's projection runs around it, as FiLM's own)
 
 A spectrally normalised layer (nn.utils.spectral_norm) fuses too: the pair runs the spectral
 norm's own steps around the fused op (prepare: W / sigma before the forward; finish: the raw
@@ -42,6 +45,7 @@ from cganraw.nn._check import accumulates_in_place, check_float_input, check_sam
 from cganraw.nn.activation import LeakyReLU, ReLU, Tanh
 from cganraw.nn.batchnorm import BatchNorm1d, BatchNorm2d, _BatchNorm
 from cganraw.nn.conv import Conv2d, ConvTranspose2d
+from cganraw.nn.film import FiLM
 from cganraw.nn.instancenorm import InstanceNorm2d
 from cganraw.nn.linear import Linear
 from cganraw.nn.utils import only_spectral_norm_wraps, spectral_norm_hooks
@@ -67,6 +71,7 @@ from cganraw.ops.conv_leaky import (
     conv_transpose2d_bias_leaky_relu_forward,
 )
 from cganraw.ops.instancenorm import instancenorm_leaky_relu_backward, instancenorm_leaky_relu_forward
+from cganraw.ops.instancenorm_film import instancenorm_film_leaky_relu_backward, instancenorm_film_leaky_relu_forward
 from cganraw.ops.linear import linear_backward, linear_forward
 
 
@@ -102,12 +107,25 @@ def fusible(layer, act):
     return type(layer) in (Linear, Conv2d, ConvTranspose2d) and layer.bias is not None
 
 
+def fusible_film_block(norm, film, act):
+    """True when (norm, film, act) is an InstanceNorm2d (affine, its own statistics always),
+    a FiLM and a LeakyReLU, none wrapped, on the numpy backend with Numba: the fused op gives
+    the three layers' bits there (the kernel backends keep the three layers)."""
+    return (type(norm) is InstanceNorm2d and type(film) is FiLM and type(act) is LeakyReLU
+            and _plain(norm) and _plain(film) and _plain(act) and norm.affine and not norm.track_running_stats
+            and not backend.uses_kernels() and _cpu.enabled())
+
+
 def plan(layers, fuse=True):
     """The steps a Sequential runs: (index,) for a single layer, (index, index + 1) for a
-    fused pair, in order."""
+    fused pair, (index, index + 1, index + 2) for a fused InstanceNorm2d + FiLM + LeakyReLU,
+    in order."""
     steps, i = [], 0
     while i < len(layers):
-        if fuse and i + 1 < len(layers) and fusible(layers[i], layers[i + 1]):
+        if fuse and i + 2 < len(layers) and fusible_film_block(*layers[i:i + 3]):
+            steps.append((i, i + 1, i + 2))
+            i += 3
+        elif fuse and i + 1 < len(layers) and fusible(layers[i], layers[i + 1]):
             steps.append((i, i + 1))
             i += 2
         else:
@@ -119,13 +137,51 @@ def plan(layers, fuse=True):
 def hands_channel_major(layers, step, consumer):
     """True when `step`'s backward may hand its input gradient on as a channel-major view
     (ops.conv.channel_major_handoff): it is a convolution, alone or fused with its
-    activation, and `consumer`, the step before it, an InstanceNorm2d + LeakyReLU pair, whose
-    kernel reads that layout in place (no layout copy between them)."""
-    return (consumer is not None and len(consumer) == 2 and type(layers[consumer[0]]) is InstanceNorm2d
+    activation, and `consumer`, the step before it, an InstanceNorm2d + LeakyReLU pair or an
+    InstanceNorm2d + FiLM + LeakyReLU step, whose kernel reads that layout in place (no layout
+    copy between them)."""
+    return (consumer is not None and len(consumer) >= 2 and type(layers[consumer[0]]) is InstanceNorm2d
             and type(layers[step[0]]) in (Conv2d, ConvTranspose2d))
 
 
-# ---------------------------------------------------------------- forward / backward of a pair
+# ---------------------------------------------------------------- forward / backward of a step
+
+def step_forward(modules, x):
+    """The fused step of `modules` (a pair, or an InstanceNorm2d + FiLM + LeakyReLU) on x:
+    (y, cache for step_backward)."""
+    if len(modules) == 3:
+        return _film_block_forward(*modules, x)
+    return forward(*modules, x)
+
+
+def step_backward(modules, dy, cache):
+    """dy (gradient of the step's output) -> dx; accumulates the modules' gradients."""
+    if len(modules) == 3:
+        return _film_block_backward(*modules, dy, cache)
+    return backward(*modules, dy, cache)
+
+
+def _film_block_forward(norm, film, act, x):
+    # as InstanceNorm2d.forward, FiLM.forward and LeakyReLU.forward in turn
+    check_float_input(norm, x, 4, channels=norm.num_features, dtype=norm.weight.dtype)
+    if x.shape[2] * x.shape[3] <= 1:
+        raise ValueError(f"InstanceNorm2d: expected more than 1 spatial element when using the input's "
+                         f"statistics, got input of shape {tuple(x.shape)}")
+    film_gamma, film_beta = film.modulation(x)
+    y, cache = instancenorm_film_leaky_relu_forward(x, norm.weight.data, norm.bias.data, film_gamma, film_beta,
+                                                    norm.eps, act.negative_slope)
+    return y, (cache, y.shape)
+
+
+def _film_block_backward(norm, film, act, dy, cache):
+    cache, shape = cache
+    check_same_shape(norm, dy, shape)
+    dx, dgamma, dbeta, dfilm = instancenorm_film_leaky_relu_backward(dy, cache)
+    norm.weight.accumulate(dgamma)
+    norm.bias.accumulate(dbeta)
+    film.modulation_backward(dfilm)
+    return dx
+
 
 def forward(layer, act, x):
     """act(layer(x)) through the fused op: (y, cache for `backward`)."""

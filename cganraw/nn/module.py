@@ -248,7 +248,8 @@ class Sequential(Module):
     0, 1, 2, ... as in torch.nn.Sequential.
 
     fuse (default True): a layer followed by LeakyReLU runs as one fused op where one
-    exists (cganraw.nn.fused: BatchNorm, Linear, Conv2d, ConvTranspose2d); the modules and
+    exists (cganraw.nn.fused: BatchNorm, Linear, Conv2d, ConvTranspose2d, and InstanceNorm2d
+    + FiLM + LeakyReLU on the host); the modules and
     their state-dict names are unchanged, and the numpy backend gives the same bits."""
 
     def __init__(self, *layers, fuse=True):
@@ -277,7 +278,7 @@ class Sequential(Module):
             if len(step) == 1:
                 x = layers[step[0]](x)
             else:
-                x, pair_caches[step] = fused.forward(layers[step[0]], layers[step[1]], x)
+                x, pair_caches[step] = fused.step_forward([layers[j] for j in step], x)
         self._save((steps, pair_caches))
         return x
 
@@ -295,7 +296,7 @@ class Sequential(Module):
                 if len(step) == 1:
                     dy = layers[step[0]].backward(dy)
                 else:
-                    dy = fused.backward(layers[step[0]], layers[step[1]], dy, pair_caches[step])
+                    dy = fused.step_backward([layers[j] for j in step], dy, pair_caches[step])
         return dy
 
     def extra_repr(self):

@@ -84,8 +84,30 @@ def _leaky_relu_backward_numba(nb, parallel):
     return leaky_backward
 
 
-def _flat_numpy(*arrays):
-    return _cpu.enabled() and all(isinstance(a, np.ndarray) and a.flags.c_contiguous for a in arrays)
+def _dense_layout(*arrays):
+    """For the flat Numba kernels: "c" when every array is a C-contiguous host array, "cm" when
+    every one is a channel-major (N, C, H, W) one (the layout of G's convolutions and FiLM),
+    else None. Elementwise work runs over the physical memory either way."""
+    if not _cpu.enabled() or not all(isinstance(a, np.ndarray) for a in arrays):
+        return None
+    if all(a.flags.c_contiguous for a in arrays):
+        return "c"
+    if all(a.ndim == 4 and a.transpose(1, 0, 2, 3).flags.c_contiguous for a in arrays):
+        return "cm"
+    return None
+
+
+def _flat(a, layout):
+    # the physical memory of an array of _dense_layout `layout`, as one flat view
+    return (a.transpose(1, 0, 2, 3) if layout == "cm" else a).reshape(-1)
+
+
+def _empty_in(layout, like):
+    # a workspace array of like's shape and dtype, laid out as `layout`
+    if layout == "cm":
+        n, c, h, w = like.shape
+        return _workspace.empty((c, n, h, w), like.dtype).transpose(1, 0, 2, 3)
+    return _workspace.empty_like(like)
 
 
 # ---------------------------------------------------------------- CUDA kernels (kernels/activation.cu)
@@ -161,9 +183,10 @@ def sigmoid_backward_cuda(dy, y, version=None):
 def leaky_relu_forward(x, negative_slope=0.2):
     if backend.uses_kernels():
         return leaky_relu_forward_cuda(x, negative_slope)
-    if _flat_numpy(x):
-        y = _workspace.empty_like(x)
-        _leaky_relu_numba(x.reshape(-1), x.dtype.type(negative_slope), y.reshape(-1), work=x.size)
+    layout = _dense_layout(x)
+    if layout:
+        y = _empty_in(layout, x)
+        _leaky_relu_numba(_flat(x, layout), x.dtype.type(negative_slope), _flat(y, layout), work=x.size)
         return y, (x, negative_slope)
     return leaky_relu_forward_numpy(x, negative_slope)
 
@@ -172,10 +195,11 @@ def leaky_relu_backward(dy, cache):
     if backend.uses_kernels():
         return leaky_relu_backward_cuda(dy, cache)
     x, negative_slope = cache
-    if _flat_numpy(dy, x):
-        dx = _workspace.empty_like(dy)
-        _leaky_relu_backward_numba(dy.reshape(-1), x.reshape(-1), dy.dtype.type(negative_slope), dx.reshape(-1),
-                                   work=dy.size)
+    layout = _dense_layout(dy, x)
+    if layout:
+        dx = _empty_in(layout, dy)
+        _leaky_relu_backward_numba(_flat(dy, layout), _flat(x, layout), dy.dtype.type(negative_slope),
+                                   _flat(dx, layout), work=dy.size)
         return dx
     if negative_slope >= 0 and _planes_numpy(dy, x):
         # dy and x in different layouts (a host conv's channel-major gradient against an NCHW

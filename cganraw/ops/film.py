@@ -6,13 +6,19 @@ norms (cganraw.nn.FiLM computes gamma, beta from its condition; models: --g-film
     film_backward   dx = dy (1 + gamma), dgamma = sum_hw dy x, dbeta = sum_hw dy
                                                          _numpy, _cuda: film_backward_v1 (a block
                                                          per (n, c) plane), _v2 (a warp per plane)
+
+On the host with Numba (numpy backend) each direction is one pass over a plane per task
+(film_forward_numba, film_backward_numba), on x and dy where they lie (NCHW or channel-major,
+the layout of G's convolutions) where the reference makes two or three passes and their
+temporaries: the forward the reference's bits, the backward's sums in float64 in pixel order
+(the reference's values within float32 rounding; the same bits at any thread count).
 """
 from __future__ import annotations
 
 import numpy as np
 
 from cganraw import backend
-from cganraw.ops import _launch
+from cganraw.ops import _cpu, _launch
 
 
 def _check(x, gamma, beta, op):
@@ -55,6 +61,94 @@ def _check_out(out, n, c, op):
     if tuple(out.shape) != (n, 2 * c) or not out.flags.c_contiguous:
         raise ValueError(f"{op}: out must be a contiguous array of shape ({n}, {2 * c}), "
                          f"got {tuple(out.shape)}")
+
+
+# ---------------------------------------------------------------- Numba (the numpy backend's host path)
+
+@_cpu.kernel
+def _film_forward_numba(nb, parallel):
+    @nb.njit(parallel=parallel, cache=True)
+    def forward(x, x_cm, gamma, beta, y):
+        # x, y (N, C, HW), or (C, N, HW) when x_cm; gamma, beta (N, C), any strides.
+        # y = x * (1 + gamma) + beta in float32 steps, as the reference's broadcasts
+        if x_cm:
+            c, n, hw = x.shape
+        else:
+            n, c, hw = x.shape
+        one = x.dtype.type(1)
+        for task in nb.prange(n * c):
+            i, ch = task // c, task % c
+            xr = x[ch, i] if x_cm else x[i, ch]
+            yr = y[ch, i] if x_cm else y[i, ch]
+            scale, shift = one + gamma[i, ch], beta[i, ch]
+            for p in range(hw):
+                yr[p] = xr[p] * scale + shift
+    return forward
+
+
+@_cpu.kernel
+def _film_backward_numba(nb, parallel):
+    @nb.njit(parallel=parallel, cache=True)
+    def backward(dy, dy_cm, x, x_cm, gamma, need_dx, dx, dgb):
+        # dy, x (N, C, HW) or (C, N, HW) each; dx in x's layout; dgb (N, 2C) = [dgamma | dbeta],
+        # the sums in float64 over the plane's pixels in order
+        if x_cm:
+            c, n, hw = x.shape
+        else:
+            n, c, hw = x.shape
+        one = x.dtype.type(1)
+        for task in nb.prange(n * c):
+            i, ch = task // c, task % c
+            g = dy[ch, i] if dy_cm else dy[i, ch]
+            xr = x[ch, i] if x_cm else x[i, ch]
+            sum_dy = 0.0
+            sum_dyx = 0.0
+            for p in range(hw):
+                sum_dy += g[p]
+                sum_dyx += g[p] * xr[p]
+            dgb[i, ch], dgb[i, c + ch] = sum_dyx, sum_dy
+            if need_dx:
+                dr = dx[ch, i] if x_cm else dx[i, ch]
+                scale = one + gamma[i, ch]
+                for p in range(hw):
+                    dr[p] = g[p] * scale
+    return backward
+
+
+def _numba_ok(x, *params):
+    # x (N, C, H, W) and the (N, C) arrays beside it, one float dtype, on the host
+    return (_cpu.enabled() and _cpu.host_arrays(x, *params) and x.ndim == 4
+            and all(a.dtype == x.dtype for a in params) and x.dtype in (np.float32, np.float64))
+
+
+def film_forward_numba(x, gamma, beta):
+    """As film_forward_numpy (y in x's layout), one task per (n, c) plane."""
+    _check(x, gamma, beta, "film_forward")
+    x3, cm = _cpu.planes(x)
+    y3, y = _cpu.empty_planes_like(x3, cm, x.shape)
+    _film_forward_numba(x3, cm, gamma, beta, y3, work=x.size)
+    return y, (x, gamma)
+
+
+def film_backward_numba(dy, cache, need_dx=True, out=None):
+    """As film_backward_numpy (dx in x's layout), one task per plane; dgamma and dbeta are the
+    halves of one (N, 2C) array (out, when given)."""
+    x, gamma = cache
+    if tuple(dy.shape) != tuple(x.shape):
+        raise ValueError(f"film_backward: dy has shape {tuple(dy.shape)}, expected {tuple(x.shape)}")
+    n, c = x.shape[:2]
+    if out is not None:
+        _check_out(out, n, c, "film_backward")
+    dgb = np.empty((n, 2 * c)) if out is None or out.dtype != np.float64 else out
+    x3, cm = _cpu.planes(x)
+    dx3, dx = _cpu.empty_planes_like(x3, cm, x.shape) if need_dx else (x3, None)
+    _film_backward_numba(*_cpu.planes(dy), x3, cm, gamma, bool(need_dx), dx3, dgb, work=2 * x.size)
+    if out is None:
+        dgb = dgb.astype(dy.dtype)
+    elif dgb is not out:
+        out[...] = dgb
+        dgb = out
+    return dx, dgb[:, :c], dgb[:, c:]
 
 
 # ---------------------------------------------------------------- CUDA kernels (kernels/film.cu)
@@ -134,6 +228,8 @@ def film_forward(x, gamma, beta):
     """x (N, C, H, W), gamma, beta (N, C) -> (y = x (1 + gamma) + beta, cache)."""
     if backend.uses_kernels() and x.dtype == np.float32:
         return film_forward_cuda(x, gamma, beta)
+    if _numba_ok(x, gamma, beta):
+        return film_forward_numba(x, gamma, beta)
     return film_forward_numpy(x, gamma, beta)
 
 
@@ -142,4 +238,6 @@ def film_backward(dy, cache, need_dx=True, out=None):
     written into its halves and returned as views of it."""
     if backend.uses_kernels() and dy.dtype == np.float32:
         return film_backward_cuda(dy, cache, need_dx, out)
+    if _numba_ok(dy, *cache):
+        return film_backward_numba(dy, cache, need_dx, out)
     return film_backward_numpy(dy, cache, need_dx, out)

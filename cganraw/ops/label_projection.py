@@ -16,6 +16,7 @@ import numpy as np
 
 from cganraw import backend
 from cganraw.ops import _launch
+from cganraw.ops.embedding import scatter_add_rows, scatter_add_uses_numba
 
 
 def label_projection_forward_numpy(h, labels, E, out=None):
@@ -140,4 +141,10 @@ def label_projection_backward(dy, cache, need_dh=True, need_dE=True, dh_out=None
     dE_out when given (and then that array)."""
     if backend.uses_kernels():
         return label_projection_backward_cuda(dy, cache, need_dh, need_dE, dh_out, dE_out)
+    h, labels, E = cache
+    if need_dE and scatter_add_uses_numba(E, h) and dy.dtype == h.dtype and (dE_out is None or dE_out.dtype == h.dtype):
+        # dE by the Numba scatter-add (np.add.at's bits), dh by the reference
+        dh, _ = label_projection_backward_numpy(dy, cache, need_dh, False, dh_out)
+        dE = np.zeros(E.shape, dtype=dy.dtype) if dE_out is None else dE_out
+        return dh, scatter_add_rows(dE, labels, h, scale=dy)
     return label_projection_backward_numpy(dy, cache, need_dh, need_dE, dh_out, dE_out)
