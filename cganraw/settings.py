@@ -286,8 +286,10 @@ def build_parser(record_given=True):
                    help="CPU threads for BLAS; 0 picks the fastest BLAS and Numba counts by timing the run's "
                         "own training step (a GEMM on the emu backend; recorded in config.json)")
     p.add_argument("--numba-threads", type=cli.nonneg_int, default=0,
-                   help="CPU threads for the Numba kernels; 0: one beside a given --threads (OpenBLAS's "
-                        "spinning workers stall parallel regions run right after a GEMM), measured with --threads 0")
+                   help="CPU threads for the Numba kernels; 0: as many as a given --threads where OpenBLAS's "
+                        "workers sleep after their GEMMs ($OPENBLAS_THREAD_TIMEOUT <= 16; cganraw sets 4 when "
+                        "imported before NumPy), else one (spinning, they stall the parallel regions run right "
+                        "after a GEMM); measured with --threads 0")
     p.add_argument("--data-dir", default=None,
                    help="folder with the IDX files (default: $CGANRAW_DATA_DIR, then the user cache)")
     p.add_argument("--download", action=argparse.BooleanOptionalAction, default=True,

@@ -7,12 +7,16 @@ use, or fewer when $OMP_NUM_THREADS, $OPENBLAS_NUM_THREADS or $MKL_NUM_THREADS a
 fewer; Numba on one thread or on as many as BLAS), and the fastest pair wins.
 
 More threads can be slower than one: a busy core stalls every parallel region, and a step is
-many short parallel regions. Numba runs on one thread unless measured faster otherwise:
-OpenBLAS's workers spin for a while after every GEMM, and a parallel Numba region right
-after one waits for the cores they hold (on two cores a 0.08 ms kernel took 5 ms after a
-GEMM; the conv cGAN's step at width 64, batch 64 took 198 ms with both on two threads, 121
-with Numba on one). Numba's kernels give the same bits at any thread count, so only the
-BLAS count is kept on a resume. `apply` returns what was set, for the run's config.json.
+many short parallel regions. OpenBLAS's workers spin for a while after every GEMM (2^28
+cycles), and a parallel Numba region right after one waits for the cores they hold (on two
+cores a 0.08 ms kernel took 5 ms after a GEMM; the conv cGAN's step at width 64, batch 64
+took 198 ms with both on two threads, 121 with Numba on one). Importing cganraw before NumPy
+sets $OPENBLAS_THREAD_TIMEOUT to 4 (they sleep at once; the user's value is kept): with it
+in force (blas_workers_sleep()), Numba gets as many threads as BLAS by default (the default
+step 65.6 -> 57.3 ms, the conv cGAN at width 128 659 -> 565 ms, the DCGAN at width 128 204 ->
+181 ms: BLAS 2, Numba 1 -> 2, medians of 5 interleaved rounds); without it, one. Numba's
+kernels give the same bits at any thread count, so only the BLAS count is kept on a resume.
+`apply` returns what was set, for the run's config.json.
 """
 from __future__ import annotations
 
@@ -79,10 +83,30 @@ def pair_name(pair) -> str:
     return f"{pair[0]}/{pair[1]}"
 
 
+BLAS_TIMEOUT_VAR = "OPENBLAS_THREAD_TIMEOUT"
+SLEEPING_TIMEOUT_MAX = 16       # OpenBLAS's workers wait 2^value cycles: 2^16 is some 30 us
+
+
+def blas_workers_sleep() -> bool:
+    """Whether OpenBLAS's workers go to sleep right after a GEMM: $OPENBLAS_THREAD_TIMEOUT
+    between 1 and SLEEPING_TIMEOUT_MAX (cganraw's import sets 4 when NumPy is not loaded yet)."""
+    try:
+        value = int(os.environ.get(BLAS_TIMEOUT_VAR, ""))
+    except ValueError:
+        return False
+    return 1 <= value <= SLEEPING_TIMEOUT_MAX
+
+
+def default_numba_threads(blas: int) -> int:
+    """Numba's count beside `blas` BLAS threads when none is asked for: as many where
+    OpenBLAS's workers sleep after their GEMMs, else one."""
+    return max(1, int(blas)) if blas_workers_sleep() else 1
+
+
 def set_threads(n: int, numba_threads: int | None = None) -> dict:
-    """BLAS to `n` threads, Numba to `numba_threads` (default 1: see the module's docstring),
-    each capped at what it can run. Returns {"blas": count or None, "numba": count or None}
-    (None: that library is not loaded)."""
+    """BLAS to `n` threads, Numba to `numba_threads` (default: default_numba_threads(n); see
+    the module's docstring), each capped at what it can run. Returns {"blas": count or None,
+    "numba": count or None} (None: that library is not loaded)."""
     global _limiter
     done = {"blas": None, "numba": None}
     try:
@@ -92,7 +116,7 @@ def set_threads(n: int, numba_threads: int | None = None) -> dict:
         done["blas"] = min(counts) if counts else None
     except ImportError:
         log.warning("threadpoolctl is missing: BLAS keeps its own thread count")
-    done["numba"] = set_numba_threads(numba_threads or 1)
+    done["numba"] = set_numba_threads(numba_threads or default_numba_threads(n))
     return done
 
 
@@ -162,11 +186,12 @@ def _pick(cpus, make_work, numba_threads=None):
 
 
 def apply(requested: int | None, make_work=None, what="training step", numba_threads: int | None = None) -> dict:
-    """Set the run's threads: BLAS `requested` > 0 as given and Numba `numba_threads` (default
-    1); with `requested` 0 or None both picked by pick(None, make_work) (Numba held at
-    `numba_threads` when given), `what` naming the timed work. Returns the record for
-    config.json: requested, blas, numba, and the probe with its times when measured."""
-    record = {"requested": requested or "auto"}
+    """Set the run's threads: BLAS `requested` > 0 as given and Numba `numba_threads` (default:
+    default_numba_threads); with `requested` 0 or None both picked by pick(None, make_work)
+    (Numba held at `numba_threads` when given), `what` naming the timed work. Returns the
+    record for config.json: requested, blas, numba, $OPENBLAS_THREAD_TIMEOUT, and the probe
+    with its times when measured."""
+    record = {"requested": requested or "auto", "openblas_thread_timeout": os.environ.get(BLAS_TIMEOUT_VAR)}
     if numba_threads:
         record["numba_requested"] = int(numba_threads)
     if requested:

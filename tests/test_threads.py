@@ -57,13 +57,51 @@ def test_set_threads_reaches_blas_and_numba(restore_threads):
         assert got["numba"] == numba.get_num_threads() == 1
 
 
-def test_set_threads_gives_numba_one_thread_unless_asked(restore_threads):
+def test_set_threads_gives_numba_one_thread_beside_spinning_blas_unless_asked(restore_threads, monkeypatch):
     numba = pytest.importorskip("numba")
     if numba.config.NUMBA_NUM_THREADS < 2:
         pytest.skip("numba may run one thread only here")
+    monkeypatch.delenv(threads.BLAS_TIMEOUT_VAR, raising=False)
     assert threads.set_threads(2)["numba"] == 1 == numba.get_num_threads()
     assert threads.set_threads(2, 2)["numba"] == 2 == numba.get_num_threads()
     assert threads.set_threads(1, 2)["numba"] == 2 and threads.set_threads(1)["numba"] == 1
+    # OpenBLAS's workers asleep after their GEMMs: Numba as many as BLAS unless asked
+    monkeypatch.setenv(threads.BLAS_TIMEOUT_VAR, "4")
+    assert threads.set_threads(2)["numba"] == 2 == numba.get_num_threads()
+    assert threads.set_threads(2, 1)["numba"] == 1 and threads.set_threads(1)["numba"] == 1
+    from cganraw.bench import harness
+    assert harness.set_threads(2)["numba"] == 2
+    monkeypatch.setenv(threads.BLAS_TIMEOUT_VAR, "28")                 # OpenBLAS's own default: spinning
+    assert harness.set_threads(2)["numba"] == 1
+
+
+@pytest.mark.parametrize("value,sleeps", [(None, False), ("4", True), ("1", True), ("16", True), ("17", False),
+                                          ("28", False), ("0", False), ("-3", False), ("soon", False)])
+def test_blas_workers_sleep_reads_the_timeout(value, sleeps, monkeypatch):
+    if value is None:
+        monkeypatch.delenv(threads.BLAS_TIMEOUT_VAR, raising=False)
+    else:
+        monkeypatch.setenv(threads.BLAS_TIMEOUT_VAR, value)
+    assert threads.blas_workers_sleep() is sleeps
+    assert threads.default_numba_threads(2) == (2 if sleeps else 1)
+
+
+@pytest.mark.parametrize("code,env,expected", [
+    ("import cganraw", None, "4"),                                     # before NumPy: set
+    ("import numpy, cganraw", None, "None"),                           # after: too late, left alone
+    ("import cganraw", "20", "20"),                                    # the user's value kept
+])
+def test_importing_cganraw_first_lets_openblas_workers_sleep(code, env, expected):
+    import os
+    import subprocess
+    import sys
+    environ = {k: v for k, v in os.environ.items() if k != "OPENBLAS_THREAD_TIMEOUT"}
+    if env is not None:
+        environ["OPENBLAS_THREAD_TIMEOUT"] = env
+    out = subprocess.run([sys.executable, "-c", f"{code}; import os; print(os.environ.get('OPENBLAS_THREAD_TIMEOUT'))"],
+                         capture_output=True, text=True, env=environ, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == expected
 
 
 def test_numbas_pool_starts_with_passive_workers_and_leaves_the_environment_as_it_was():

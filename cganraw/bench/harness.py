@@ -66,12 +66,13 @@ def session_threads() -> int:
 
 def set_threads(n: int) -> dict:
     """`n` threads for OpenBLAS and for PyTorch's peer steps made after this (they read
-    session_threads()); Numba on one thread, as a training run gives it beside a given
-    --threads (cganraw.threads: a parallel region after a GEMM waits for OpenBLAS's workers)."""
+    session_threads()); Numba on as many as a training run gives it beside a given --threads
+    (cganraw.threads.default_numba_threads: `n` where OpenBLAS's workers sleep after their
+    GEMMs, else one, as a parallel region after a GEMM would wait for them)."""
     global _session_threads
     _session_threads = int(n)
     from cganraw import threads
-    return {"blas": set_blas_threads(n), "numba": threads.set_numba_threads(1)}
+    return {"blas": set_blas_threads(n), "numba": threads.set_numba_threads(threads.default_numba_threads(n))}
 
 
 # ------------------------------------------------------------------ GPU -----------
