@@ -149,7 +149,7 @@ def _validate(parser, ns):
             setattr(ns, key, model_default(ns.model, key))
     ns.g_batchnorm = ns.g_norm == "batch"
     if ns.progressive and "r1" not in given:
-        ns.r1 = 0.0     # the growing D is not one step.batchable knows: R1 refuses it (for now)
+        ns.r1 = 0.0     # R1 on the growing D is not measured yet: asked for only (--r1 GAMMA)
     if ns.resume is not None:    # the saved run's settings apply; the conflict check covers changes
         return
     if not ns.progressive and given & {"grow_at", "fade"}:
@@ -158,8 +158,6 @@ def _validate(parser, ns):
         parser.error(f"--grow-at {ns.grow_at} + --fade {ns.fade} fades past the run's end (their sum must be <= 1)")
     if ns.r1 == 0 and "r1_every" in given:
         parser.error("--r1-every needs --r1 > 0 (the penalty's weight)")
-    if ns.r1 > 0 and ns.progressive:
-        parser.error("--r1 with --progressive: R1 does not support the growing D yet (give --r1 0)")
     if ns.r1 > 0 and ns.model == "dcgan":
         parser.error("--r1: the dcgan's D has BatchNorm, which mixes the samples whose input gradients R1 "
                      "penalises; use it with cgan-conv, cgan-mlp or gan-mlp")
@@ -249,7 +247,8 @@ def build_parser(record_given=True):
     p.add_argument("--mismatch", type=cli.nonneg_float, **_flag_default(
         "mismatch", "weight of the D term that scores real images with wrong labels as fake", _g))
     p.add_argument("--r1", type=cli.nonneg_float, metavar="GAMMA", **_flag_default(
-        "r1", "weight gamma of the R1 penalty gamma/2 * |grad_x D(x)|^2 on real images (0: off)", _g))
+        "r1", "weight gamma of the R1 penalty gamma/2 * |grad_x D(x)|^2 on real images (0: off; with "
+        "--progressive 0 unless given)", _g))
     p.add_argument("--r1-every", type=cli.positive_int, default=DEFAULTS["r1_every"], metavar="K",
                    help="take the R1 penalty every K D steps, weighted by K (lazy regularisation)")
     p.add_argument("--mode-seeking", type=cli.nonneg_float, default=DEFAULTS["mode_seeking"],

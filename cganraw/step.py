@@ -42,8 +42,9 @@ BOUNDED = bounded_mask(health.BOUNDED_LOSSES)
 # of three separate passes, in one forward and one backward. (BatchNorm, minibatch
 # statistics or any layer not listed here keeps the three passes.)
 PER_SAMPLE_LAYERS = (nn.Linear, nn.Conv2d, nn.ConvTranspose2d, nn.Embedding, nn.LabelProjection, nn.LeakyReLU,
-                     nn.ReLU, nn.Tanh, nn.Sigmoid, nn.Dropout, nn.Flatten, nn.Reshape, nn.Concat, nn.MaxPool2d, nn.Sequential,
-                     models.ConvCGANDiscriminator, models.MLPDiscriminator)
+                     nn.ReLU, nn.Tanh, nn.Sigmoid, nn.Dropout, nn.Flatten, nn.Reshape, nn.Concat, nn.MaxPool2d,
+                     nn.AvgPool2d, nn.Sequential, models.ConvCGANDiscriminator, models.MLPDiscriminator,
+                     models.ProgressiveConvCGANDiscriminator)     # its stems' fade mixes each sample alone
 
 
 def per_sample(module):

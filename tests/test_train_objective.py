@@ -235,13 +235,17 @@ def test_every_train_step_option_is_covered():
     assert {k for mode in MODES.values() for k in mode} == options
 
 
-@pytest.mark.parametrize("d_norm", ["none", "spectral"])
-def test_r1_gradient_through_the_cgan_conv_d_options(d_norm):
+@pytest.mark.parametrize("d_norm,growth", [("none", None), ("spectral", None), ("none", (28, 0.4)),
+                                           ("spectral", (14, 1.0))])
+def test_r1_gradient_through_the_cgan_conv_d_options(d_norm, growth):
     # r1_penalty on D with minibatch stddev (its two perturbed batches segmented), the
-    # projection label and, with spectral norm, sigma from fixed u, v (evaluation mode)
+    # projection label and, with spectral norm, sigma from fixed u, v (evaluation mode);
+    # growth: the progressive D in its fade (both stems mixed) or at 14x14 (the pooled stem)
     from cganraw.step import r1_penalty
     _, D = models.build("cgan-conv", K, latent_dim=LATENT, width=2, seed=4, d_norm=d_norm, minibatch_std=True,
-                        d_label="projection")
+                        d_label="projection", progressive=growth is not None)
+    if growth is not None:
+        D.set_growth(*growth)
     D.to(np.float64)
     data = np.random.default_rng(7)
     for k, p in D.named_parameters():
@@ -262,8 +266,10 @@ def test_r1_gradient_through_the_cgan_conv_d_options(d_norm):
     assert D.training and all(p.requires_grad for p in D.parameters())
     assert float(reported) == pytest.approx(penalty(), rel=1e-12)
     grads = {k: p.grad.copy() for k, p in D.named_parameters()}
-    assert all(np.abs(g).max() > 0 for k, g in grads.items() if not k.endswith("bias")), "a weight got no R1 gradient"
-    check_gradient(penalty, {k: p.data for k, p in D.named_parameters()}, grads, f"R1, d_norm {d_norm}")
+    unused = "from_img28." if growth is not None and growth[0] == 14 else None      # the 28x28 stem, not yet grown
+    assert all(np.abs(g).max() > 0 for k, g in grads.items()
+               if not k.endswith("bias") and not (unused and k.startswith(unused))), "a weight got no R1 gradient"
+    check_gradient(penalty, {k: p.data for k, p in D.named_parameters()}, grads, f"R1, d_norm {d_norm}, growth {growth}")
 
 
 def test_r1_refuses_a_d_with_batchnorm():

@@ -46,6 +46,27 @@ def test_a_run_with_lazy_r1_resumes_bit_exactly(letters_dir, tmp_path):
             np.testing.assert_array_equal(a[part][k], b[part][k], err_msg=f"{part}.{k}")
 
 
+def test_r1_runs_through_the_growing_d_and_resumes_in_the_fade(letters_dir, tmp_path):
+    # --progressive --r1: the penalty's batches pass both stems and the fade; a run stopped in
+    # the fade (12 steps: grow at 4, fade over 6) resumes bit-exactly; off unless given
+    common = ["--dataset", "emnist", "--data-dir", letters_dir, "--seed", 5, "--epochs", 1, "--progressive",
+              "--grow-at", "0.34", "--fade", "0.5", "--g-norm", "instance", "--minibatch-std", *TINY]
+    plain, straight, split = tmp_path / "plain", tmp_path / "straight", tmp_path / "split"
+    assert run_cli(*common, "--out", plain) == 0
+    assert json.loads((plain / "config.json").read_text())["r1"] == 0
+    assert run_cli(*common, "--r1", 2, "--r1-every", 2, "--out", straight) == 0
+    assert run_cli(*common, "--r1", 2, "--r1-every", 2, "--out", split, "--max-steps", 7) == 0
+    mid = last(split)["D"]
+    assert int(mid["growth_phase"]) == 28 and 0 < float(mid["growth_alpha"]) < 1      # stopped in the fade
+    assert run_cli("--resume", split, "--max-steps", 12, "--quiet", "--data-dir", letters_dir, "--no-download") == 0
+    a, b, p = last(straight), last(split), last(plain)
+    assert a["meta"]["step"] == b["meta"]["step"] == 12
+    for part in ("G", "G_ema", "D", "opt_g", "opt_d"):
+        for k in a[part]:
+            np.testing.assert_array_equal(a[part][k], b[part][k], err_msg=f"{part}.{k}")
+    assert any(not np.array_equal(a["D"][k], p["D"][k]) for k in a["D"])
+
+
 def test_resuming_with_another_r1_names_it(letters_dir, tmp_path, capsys):
     out = tmp_path / "run"
     assert run_cli("--dataset", "emnist", "--data-dir", letters_dir, "--out", out, "--max-steps", 1, "--r1", 1,
@@ -64,7 +85,7 @@ def test_resuming_with_another_r1_names_it(letters_dir, tmp_path, capsys):
     (["--r1", "0", "--r1-every", "4"], "--r1-every needs --r1 > 0"),
     (["--model", "cgan-mlp", "--r1-every", "4"], "--r1-every needs --r1 > 0"),     # R1 is cgan-conv's default only
     (["--model", "dcgan", "--r1", "1"], "the dcgan's D has BatchNorm"),
-    (["--progressive", "--r1", "0.3"], "R1 does not support the growing D yet"),
+    (["--progressive", "--r1-every", "4"], "--r1-every needs --r1 > 0"),    # off with --progressive unless given
 ])
 def test_bad_r1_flags_are_argparse_errors(argv, needle, capsys):
     with pytest.raises(SystemExit) as e:

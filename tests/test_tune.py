@@ -79,7 +79,10 @@ def test_default_space_is_the_trainers_flags():
     options = sp.trainer_options()
     names = [p.name for p in sp.default_space("cgan-conv").params]
     assert {"lr", "lr_d", "beta1", "batch_size", "width", "label_smoothing", "mismatch", "ema_decay",
-            "g_norm", "d_norm", "minibatch_std", "progressive", "g_film"} <= set(names)
+            "r1", "g_norm", "d_norm", "minibatch_std", "progressive", "g_film"} <= set(names)
+    # the default R1 weight is one of the choices; the dcgan's BatchNorm D refuses R1
+    assert train.model_default("cgan-conv", "r1") in {p.name: p for p in sp.default_space("cgan-conv").params}["r1"].choices
+    assert "r1" not in [p.name for p in sp.default_space("dcgan").params]
     # the alias of --g-norm never joins beside it: the trainer refuses contradicting pairs
     assert "g_batchnorm" not in names
     assert set(names) <= set(options)

@@ -35,6 +35,8 @@ DEFAULT_SPACE = {
     "label_smoothing": {"low": 0.0, "high": 0.2},
     "mismatch": {"low": 0.0, "high": 2.0},
     "ema_decay": {"choices": [0.0, 0.999, 0.9995, 0.9999]},
+    # the R1 penalty's weight (0: off); the dcgan's D has BatchNorm, which R1 refuses
+    "r1": {"choices": [0.0, 0.1, 0.3, 1.0], "models": ("cgan-conv", "cgan-mlp", "gan-mlp")},
     # stabilisers: G normalisation, spectral norm, minibatch std, progressive growing, FiLM in G
     # --g-batchnorm is the old name of --g-norm batch/none: searched only where --g-norm is missing
     "g_batchnorm": {"switch": True, "models": ("cgan-conv",), "unless": "g_norm"},
