@@ -45,6 +45,7 @@ TESTS = {
     "kernel-bce": ["tests/kernels/test_bce.py"],
     "kernel-conv": ["tests/kernels/test_conv.py"],
     "kernel-r1": ["tests/kernels/test_r1.py"],
+    "op-host": ["tests/test_cpu_fast.py"],
 }
 # slow end-to-end tests that exercise none of these bugs more than the rest do
 DESELECT = "not killed_run and not eval_every"
@@ -149,6 +150,14 @@ MUTANTS = [
         "if (yy < 0 || yy >= H || xx < 0 || xx >= W) return -1;", "if (yy < 0 || yy >= H || xx < 0 || xx > W) return -1;"),
     one("kernel-r1-minus-half-sign", "kernel-r1", "the R1 kernel moves both halves to x + e g", KERNELS,
         "images[size + i] = x[i] - shift;", "images[size + i] = x[i] + shift;"),
+    # --- the host's Numba paths -------------------------------------------------------------
+    one("op-in-film-mask", "op-host", "the fused InstanceNorm2d + FiLM + LeakyReLU backward masks on the norm's output",
+        "cganraw/ops/instancenorm_film.py", "dv = gr[p] if v > 0 else gr[p] * slope",
+        "dv = gr[p] if u > 0 else gr[p] * slope"),
+    one("op-film-halves-swapped", "op-host", "FiLM's Numba backward writes dbeta where dgamma goes", "cganraw/ops/film.py",
+        "dgb[i, ch], dgb[i, c + ch] = sum_dyx, sum_dy", "dgb[i, ch], dgb[i, c + ch] = sum_dy, sum_dyx"),
+    one("op-scatter-add-overwrites", "op-host", "the rows' scatter-add keeps the last of a repeated label only",
+        "cganraw/ops/embedding.py", "row[d] += f * s[d]", "row[d] = f * s[d]"),
 ]
 
 
