@@ -115,12 +115,18 @@ def compare(model: str, width: int | None, batch: int, rounds: int, torch, seed:
 
 def run(rounds: int = 5, threads: int | None = None, rows=None) -> dict:
     """Every row compared (rows: (model, width, batch) tuples, ROWS by default); threads for
-    BLAS and PyTorch alike (Numba on one, see harness.set_threads). Raises ModuleNotFoundError(TORCH_MISSING) without PyTorch."""
+    BLAS and PyTorch alike, Numba on one: PyTorch's OpenMP workers share this process and spin
+    after its steps, and a second Numba thread waits for them (2026-12-03, BLAS 2 with OpenBLAS's
+    workers asleep: the conv cGAN at width 64 took 148 ms with Numba on two threads against 128
+    on one, the DCGAN at width 128 276 against 215; a training run, without PyTorch, gains from
+    the second: cganraw.threads). Raises ModuleNotFoundError(TORCH_MISSING) without PyTorch."""
     torch = train_cases._torch()
     if torch is None:
         raise ModuleNotFoundError(TORCH_MISSING)
     threads = threads or harness.bench_threads()
     harness.set_threads(threads)
+    from cganraw.threads import set_numba_threads
+    set_numba_threads(1)
     torch.set_num_threads(threads)
     from cganraw.bench.machine import machine_info
     results = [compare(m, w, b, rounds, torch) for m, w, b in (ROWS if rows is None else rows)]
