@@ -161,12 +161,17 @@ def step_backward(modules, dy, cache):
     return backward(*modules, dy, cache)
 
 
-def _film_block_forward(norm, film, act, x):
-    # as InstanceNorm2d.forward, FiLM.forward and LeakyReLU.forward in turn
+def _check_instancenorm_input(norm, x):
+    # InstanceNorm2d.forward's checks on input statistics, for the fused steps that start with it
     check_float_input(norm, x, 4, channels=norm.num_features, dtype=norm.weight.dtype)
     if x.shape[2] * x.shape[3] <= 1:
         raise ValueError(f"InstanceNorm2d: expected more than 1 spatial element when using the input's "
                          f"statistics, got input of shape {tuple(x.shape)}")
+
+
+def _film_block_forward(norm, film, act, x):
+    # as InstanceNorm2d.forward, FiLM.forward and LeakyReLU.forward in turn
+    _check_instancenorm_input(norm, x)
     film_gamma, film_beta = film.modulation(x)
     y, cache = instancenorm_film_leaky_relu_forward(x, norm.weight.data, norm.bias.data, film_gamma, film_beta,
                                                     norm.eps, act.negative_slope)
@@ -189,10 +194,7 @@ def forward(layer, act, x):
         return _batchnorm_forward(layer, x, None if type(act) is ReLU else act.negative_slope)
     slope = None if type(act) is Tanh else act.negative_slope        # None: tanh
     if type(layer) is InstanceNorm2d:
-        check_float_input(layer, x, 4, channels=layer.num_features, dtype=layer.weight.dtype)
-        if x.shape[2] * x.shape[3] <= 1:
-            raise ValueError(f"InstanceNorm2d: expected more than 1 spatial element when using the input's "
-                             f"statistics, got input of shape {tuple(x.shape)}")
+        _check_instancenorm_input(layer, x)
         # y channel-major (an NCHW view): the convolution after it takes that layout for free
         y, cache, _, _ = instancenorm_leaky_relu_forward(x, layer.weight.data, layer.bias.data, layer.eps, slope,
                                                          channel_major=True)
