@@ -67,6 +67,14 @@ def host_arrays(*arrays) -> bool:
     return not backend.uses_kernels() and all(type(a) is np.ndarray for a in arrays)
 
 
+def host_planes(x, *params) -> bool:
+    """True when a plane kernel (one task per (n, c) plane) may take x (N, C, H, W) and the
+    per-channel or per-plane arrays beside it: Numba on, host arrays of one float dtype."""
+    import numpy as np
+    return (enabled() and host_arrays(x, *params) and x.ndim == 4
+            and all(a.dtype == x.dtype for a in params) and x.dtype in (np.float32, np.float64))
+
+
 # Below this many elements a kernel runs on one thread: waking the other core's thread
 # costs more than it saves, and on a busy machine a parallel region can stall for a
 # whole scheduler tick (milliseconds) waiting for it.

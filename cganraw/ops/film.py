@@ -115,12 +115,6 @@ def _film_backward_numba(nb, parallel):
     return backward
 
 
-def _numba_ok(x, *params):
-    # x (N, C, H, W) and the (N, C) arrays beside it, one float dtype, on the host
-    return (_cpu.enabled() and _cpu.host_arrays(x, *params) and x.ndim == 4
-            and all(a.dtype == x.dtype for a in params) and x.dtype in (np.float32, np.float64))
-
-
 def film_forward_numba(x, gamma, beta):
     """As film_forward_numpy (y in x's layout), one task per (n, c) plane."""
     _check(x, gamma, beta, "film_forward")
@@ -228,7 +222,7 @@ def film_forward(x, gamma, beta):
     """x (N, C, H, W), gamma, beta (N, C) -> (y = x (1 + gamma) + beta, cache)."""
     if backend.uses_kernels() and x.dtype == np.float32:
         return film_forward_cuda(x, gamma, beta)
-    if _numba_ok(x, gamma, beta):
+    if _cpu.host_planes(x, gamma, beta):
         return film_forward_numba(x, gamma, beta)
     return film_forward_numpy(x, gamma, beta)
 
@@ -238,6 +232,6 @@ def film_backward(dy, cache, need_dx=True, out=None):
     written into its halves and returned as views of it."""
     if backend.uses_kernels() and dy.dtype == np.float32:
         return film_backward_cuda(dy, cache, need_dx, out)
-    if _numba_ok(dy, *cache):
+    if _cpu.host_planes(dy, *cache):
         return film_backward_numba(dy, cache, need_dx, out)
     return film_backward_numpy(dy, cache, need_dx, out)

@@ -136,12 +136,6 @@ def _instancenorm_backward_numba(nb, parallel):
     return backward
 
 
-def _numba_ok(x, *params):
-    # x (N, C, H, W) and the per-channel/per-plane arrays beside it, one float dtype, on the host
-    return (_cpu.enabled() and _cpu.host_arrays(x, *params) and x.ndim == 4
-            and all(a.dtype == x.dtype for a in params) and x.dtype in (np.float32, np.float64))
-
-
 def instancenorm_forward_numba(x, gamma, beta, eps=1e-5):
     """As instancenorm_forward_numpy (y and xhat in x's layout), one task per plane."""
     n, c, _ = _dims(x, "instancenorm_forward")
@@ -398,7 +392,7 @@ def instancenorm_forward(x, gamma, beta, running_mean=None, running_var=None, ep
         return y, (RUNNING_STATS, cache), None, None
     if backend.uses_kernels():
         return instancenorm_forward_cuda(x, gamma, beta, eps)
-    if _numba_ok(x, gamma, beta):
+    if _cpu.host_planes(x, gamma, beta):
         return instancenorm_forward_numba(x, gamma, beta, eps)
     return instancenorm_forward_numpy(x, gamma, beta, eps)
 
@@ -409,7 +403,7 @@ def instancenorm_backward(dy, cache):
         return batchnorm_backward(dy, cache[1])
     if backend.uses_kernels():
         return instancenorm_backward_cuda(dy, cache)
-    if _numba_ok(dy, cache[1], cache[2], cache[3]):
+    if _cpu.host_planes(dy, cache[1], cache[2], cache[3]):
         return instancenorm_backward_numba(dy, cache)
     return instancenorm_backward_numpy(dy, cache)
 

@@ -137,13 +137,6 @@ def _backward_numba(nb, parallel):
     return backward
 
 
-def uses_numba(x, *params):
-    """Whether the fused op runs here: Numba on, host arrays of one float dtype (x and the
-    (C,) and (N, C) parameters beside it)."""
-    return (_cpu.enabled() and _cpu.host_arrays(x, *params) and x.ndim == 4
-            and all(a.dtype == x.dtype for a in params) and x.dtype in (np.float32, np.float64))
-
-
 def instancenorm_film_leaky_relu_forward_numba(x, gamma, beta, film_gamma, film_beta, eps=1e-5, negative_slope=0.2):
     """As the reference, one task per plane: y and xhat in x's layout; the cache ("fused",
     xhat, invstd, gamma, beta, film_gamma, film_beta, slope) is instancenorm_film_leaky_relu_backward_numba's."""
@@ -177,10 +170,10 @@ def instancenorm_film_leaky_relu_backward_numba(dy, cache):
 
 
 def instancenorm_film_leaky_relu_forward(x, gamma, beta, film_gamma, film_beta, eps=1e-5, negative_slope=0.2):
-    """-> y, cache. The Numba kernel where uses_numba holds, else the reference."""
+    """-> y, cache. The Numba kernel where _cpu.host_planes holds, else the reference."""
     if backend.uses_kernels():
         raise ValueError("instancenorm_film_leaky_relu_forward: a host op (the kernel backends run the three layers)")
-    if uses_numba(x, gamma, beta, film_gamma, film_beta):
+    if _cpu.host_planes(x, gamma, beta, film_gamma, film_beta):
         return instancenorm_film_leaky_relu_forward_numba(x, gamma, beta, film_gamma, film_beta, eps, negative_slope)
     return instancenorm_film_leaky_relu_forward_numpy(x, gamma, beta, film_gamma, film_beta, eps, negative_slope)
 
