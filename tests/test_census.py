@@ -181,8 +181,10 @@ def test_estimate_model():
 def test_cli(tmp_path, capsys, restore_backend):
     bench = importlib.import_module("cganraw.bench.__main__")
     out = tmp_path / "census.json"
+    backend.use("numpy")
     assert bench.main(["--census", "--backend", "emu", "--model", "cgan-conv", "--width", "4", "--batch-size", "2",
                        "--json", str(out), "--quiet"]) == 0
+    assert backend.current() == "numpy"         # the census's backend does not outlive it
     lines = capsys.readouterr().out.splitlines()
     assert lines[-1].startswith("census: launches=") and lines[-1].endswith("(gpu=h100)")
     import json

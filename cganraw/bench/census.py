@@ -237,10 +237,18 @@ def _main(args):
     cli.setup_logging(args)
     if args.json:
         cli.check_output_file(args.json, "--json")
+    prev = backend.current()
     try:
         backend.use(args.backend)
     except RuntimeError as e:
         raise cli.CLIError(str(e)) from None
+    try:
+        return _census(args)
+    finally:
+        backend.use(prev)       # a caller in this process (bench's --census, a test) keeps its backend
+
+
+def _census(args):
     c = run_census(args.model, args.width, args.batch_size, args.num_classes, args.gpu, args.tf32, args.launch_us,
                    args.log_step, args.measure, mismatch=args.mismatch, mode_seeking=args.mode_seeking,
                    ema_decay=args.ema_decay, g_norm=args.g_norm, g_batchnorm=args.g_batchnorm, d_norm=args.d_norm,
