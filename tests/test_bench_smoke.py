@@ -271,6 +271,7 @@ def _vs_torch_tiny(tmp_path, monkeypatch, *args):
     threads = torch.get_num_threads()
     monkeypatch.setattr(vs_torch, "ROWS", TINY_ROWS)
     monkeypatch.setattr(vs_torch, "WARMUP", 1)
+    monkeypatch.setattr(vs_torch, "SETTLE_S", 0.001)
     try:
         assert bench_main(["--vs-torch", "--rounds", "2", "--threads", "1", "--out", str(tmp_path), "--quiet",
                            *args]) == 0
@@ -294,6 +295,7 @@ def test_vs_torch_compares_interleaved_rounds(tmp_path, monkeypatch, capsys):
         assert len(r["ours_cpu_s"]) == len(r["torch_cpu_s"]) == 2 and all(t >= 0 for t in r["ours_cpu_s"] + r["torch_cpu_s"])
         assert r["cpu_ratio"] == pytest.approx(r["ours_cpu_median_s"] / r["torch_cpu_median_s"])
     assert data["rounds"] == 2 and data["threads"] == 1 and data["machine"]["cpu"]
+    assert data["settle_s"] == 0.001 and data["numba_threads"] in (None, 1)     # None: no Numba
     assert data["models"] == ["cgan-conv", "cgan-mlp", "dcgan", "gan-mlp"]
 
 

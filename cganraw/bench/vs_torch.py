@@ -34,6 +34,12 @@ log = logging.getLogger(__name__)
 ROWS = (("cgan-conv", 128, 128), ("cgan-conv", 64, 64), ("cgan-mlp", None, 64), ("dcgan", 64, 64),
         ("dcgan", 128, 128), ("gan-mlp", None, 64))
 WARMUP = 2
+# seconds of idle, untimed, after each timed step: the two sides share one process and two
+# cores, and a thread pool that spins after its side's step (PyTorch's OpenMP workers,
+# OpenBLAS's under a long OPENBLAS_THREAD_TIMEOUT, Numba's) would take a core from the
+# other side's next step. With the pause each step starts on an idle machine, as every step
+# of a training run of either does.
+SETTLE_S = 0.1
 TORCH_MISSING = "PyTorch is not installed (pip install torch): --vs-torch has nothing to compare against"
 
 
@@ -88,8 +94,10 @@ def _timed(fn) -> tuple:
     return time.perf_counter() - start, time.process_time() - cpu
 
 
-def compare(model: str, width: int | None, batch: int, rounds: int, torch, seed: int = 0) -> Comparison:
-    """`rounds` interleaved training steps of ours and of PyTorch's for one row."""
+def compare(model: str, width: int | None, batch: int, rounds: int, torch, seed: int = 0,
+            settle_s: float = SETTLE_S) -> Comparison:
+    """`rounds` interleaved training steps of ours and of PyTorch's for one row, `settle_s`
+    seconds of idle after each."""
     x, y = train_cases.fake_batch(batch, conditional=model.startswith("cgan"), seed=seed)
     w = width or 1      # the MLP models take no width
     with harness.backend_ctx("numpy") as xp:
@@ -105,6 +113,7 @@ def compare(model: str, width: int | None, batch: int, rounds: int, torch, seed:
             pair = ((ours, ours_s, ours_cpu), (peer, torch_s, torch_cpu))
             for fn, times, cpu in (pair if r % 2 == 0 else pair[::-1]):
                 wall, used = _timed(fn)
+                time.sleep(settle_s)
                 times.append(wall)
                 cpu.append(used)
             log.info("%s width %s batch %d round %d/%d: ours %.1f ms (CPU %.1f), PyTorch %.1f ms (CPU %.1f)", model,
@@ -113,25 +122,27 @@ def compare(model: str, width: int | None, batch: int, rounds: int, torch, seed:
     return Comparison(model, width, batch, ours_s, torch_s, ours_cpu, torch_cpu)
 
 
-def run(rounds: int = 5, threads: int | None = None, rows=None) -> dict:
+def run(rounds: int = 5, threads: int | None = None, rows=None, numba_threads: int | None = None,
+        settle_s: float | None = None) -> dict:
     """Every row compared (rows: (model, width, batch) tuples, ROWS by default); threads for
-    BLAS and PyTorch alike, Numba on one: PyTorch's OpenMP workers share this process and spin
-    after its steps, and a second Numba thread waits for them (2026-12-03, BLAS 2 with OpenBLAS's
-    workers asleep: the conv cGAN at width 64 took 148 ms with Numba on two threads against 128
-    on one, the DCGAN at width 128 276 against 215; a training run, without PyTorch, gains from
-    the second: cganraw.threads). Raises ModuleNotFoundError(TORCH_MISSING) without PyTorch."""
+    BLAS and PyTorch alike, Numba on as many as a training run gives it beside them
+    (harness.set_threads; numba_threads overrides), settle_s seconds of idle after each timed
+    step (None: SETTLE_S). Raises ModuleNotFoundError(TORCH_MISSING) without PyTorch."""
     torch = train_cases._torch()
     if torch is None:
         raise ModuleNotFoundError(TORCH_MISSING)
     threads = threads or harness.bench_threads()
-    harness.set_threads(threads)
-    from cganraw.threads import set_numba_threads
-    set_numba_threads(1)
+    pools = harness.set_threads(threads)
+    if numba_threads is not None:
+        from cganraw.threads import set_numba_threads
+        pools["numba"] = set_numba_threads(numba_threads)
     torch.set_num_threads(threads)
+    settle_s = SETTLE_S if settle_s is None else float(settle_s)
     from cganraw.bench.machine import machine_info
-    results = [compare(m, w, b, rounds, torch) for m, w, b in (ROWS if rows is None else rows)]
+    results = [compare(m, w, b, rounds, torch, settle_s=settle_s) for m, w, b in (ROWS if rows is None else rows)]
     return {"models": sorted({c.model for c in results}, key=models.MODELS.index), "rounds": rounds,
-            "threads": threads, "torch_version": torch.__version__, "machine": machine_info(threads),
+            "threads": threads, "numba_threads": pools["numba"], "settle_s": settle_s,
+            "torch_version": torch.__version__, "machine": machine_info(threads),
             "results": [c.as_dict() for c in results]}
 
 
