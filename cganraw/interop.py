@@ -166,13 +166,16 @@ def torch_classes() -> SimpleNamespace:
         """cgan-conv's D with its options: spectral norm on the image path, minibatch standard
         deviation before Flatten, progressive: the stems of models.ProgressiveConvCGANDiscriminator;
         label "projection" or "both": the projection term <label_proj(y), h> on the last
-        Linear's input h (spectrally normalised too with spectral), without or with the label map."""
+        Linear's input h (spectrally normalised too with spectral), without or with the label map;
+        stem C > 0: a stride-1 Conv2d(c, C, 3, 1, 1) -> LeakyReLU in front of the first stride-2
+        conv (in from_img28 when progressive)."""
 
         def __init__(self, num_classes, width=128, dropout=0.4, *, spectral=False, minibatch_std=False,
-                     progressive=False, label="concat"):
+                     progressive=False, label="concat", stem=0):
             super().__init__({"model": "cgan-conv", "role": "D", "num_classes": num_classes, "width": width,
                               "d_norm": "spectral" if spectral else "none", "minibatch_std": minibatch_std,
-                              "progressive": progressive, **({"d_label": label} if label != "concat" else {})})
+                              "progressive": progressive, **({"d_label": label} if label != "concat" else {}),
+                              **({"d_stem": stem} if stem else {})})
             w = width
             self.progressive = progressive
             self.label = label
@@ -186,13 +189,15 @@ def torch_classes() -> SimpleNamespace:
             features = (w + (1 if minibatch_std else 0)) * 49
             head = [sn(tnn.Conv2d(w, w, 3, 2, 1)), tnn.LeakyReLU(0.2), *([MinibatchStdDev()] if minibatch_std else []),
                     tnn.Flatten(), tnn.Dropout(dropout), sn(tnn.Linear(features, 1))]
+            first = [*([sn(tnn.Conv2d(c, stem, 3, 1, 1)), tnn.LeakyReLU(0.2)] if stem else []),
+                     sn(tnn.Conv2d(stem or c, w, 3, 2, 1)), tnn.LeakyReLU(0.2)]
             if progressive:
                 self.from_img14 = tnn.Sequential(sn(tnn.Conv2d(c, w, 3, 1, 1)), tnn.LeakyReLU(0.2))
-                self.from_img28 = tnn.Sequential(sn(tnn.Conv2d(c, w, 3, 2, 1)), tnn.LeakyReLU(0.2))
+                self.from_img28 = tnn.Sequential(*first)
                 self.net = tnn.Sequential(*head)
                 growth_buffers(self)
             else:
-                self.net = tnn.Sequential(sn(tnn.Conv2d(c, w, 3, 2, 1)), tnn.LeakyReLU(0.2), *head)
+                self.net = tnn.Sequential(*first, *head)
             if label != "concat":
                 self.label_proj = sn(tnn.Embedding(num_classes, features))
 
@@ -282,7 +287,7 @@ def torch_classes() -> SimpleNamespace:
 
 
 def torch_models(name, num_classes, latent_dim=100, width=128, batchnorm=False, *, g_norm=None, d_norm="none",
-                 minibatch_std=False, progressive=False, d_label="concat", g_film=False):
+                 minibatch_std=False, progressive=False, d_label="concat", g_film=False, d_stem=0):
     """(G, D) of model `name` as PyTorch modules with torch's own initialisation; the
     arguments are models.build's (num_classes is ignored by the unconditional models)."""
     t = torch_classes()
@@ -290,7 +295,8 @@ def torch_models(name, num_classes, latent_dim=100, width=128, batchnorm=False, 
         return (t.ConvCGANGenerator(num_classes, latent_dim, width, batchnorm, norm=g_norm, progressive=progressive,
                                     film=g_film),
                 t.ConvCGANDiscriminator(num_classes, width, spectral=d_norm == "spectral",
-                                        minibatch_std=minibatch_std, progressive=progressive, label=d_label))
+                                        minibatch_std=minibatch_std, progressive=progressive, label=d_label,
+                                        stem=d_stem))
     if name == "cgan-mlp":
         return t.MLPGenerator(num_classes, latent_dim), t.MLPDiscriminator(num_classes)
     if name == "dcgan":
@@ -319,7 +325,8 @@ def model_config(module) -> dict:
         return {"model": "cgan-conv", "role": "D", "num_classes": module.num_classes, "width": module.width,
                 "d_norm": "spectral" if spectral else "none", "minibatch_std": mbstd,
                 "progressive": module.progressive,
-                **({"d_label": module.label_mode} if module.label_mode != "concat" else {})}
+                **({"d_label": module.label_mode} if module.label_mode != "concat" else {}),
+                **({"d_stem": module.stem} if module.stem else {})}
     if isinstance(module, (models.MLPGenerator, models.MLPDiscriminator)):
         cfg = {"model": "cgan-mlp" if module.conditional else "gan-mlp", "num_classes": module.num_classes}
         if isinstance(module, models.MLPGenerator):
@@ -340,7 +347,8 @@ def build_from_config(config: dict):
         raise ValueError(f"not a cganraw model configuration: {config!r}") from None
     if role not in ("G", "D"):
         raise ValueError(f"model configuration: role must be G or D, got {role!r}")
-    options = {k: config[k] for k in ("g_norm", "d_norm", "minibatch_std", "progressive", "d_label", "g_film")
+    options = {k: config[k] for k in ("g_norm", "d_norm", "minibatch_std", "progressive", "d_label", "g_film",
+                                      "d_stem")
                if k in config}
     G, D = models.build(name, config.get("num_classes"), latent_dim=config.get("latent_dim", 100),
                         width=config.get("width", 128), **options)
@@ -423,7 +431,8 @@ def to_torch(module):
                                                    spectral=config["d_norm"] == "spectral",
                                                    minibatch_std=config["minibatch_std"],
                                                    progressive=config["progressive"],
-                                                   label=config.get("d_label", "concat")))
+                                                   label=config.get("d_label", "concat"),
+                                                   stem=config.get("d_stem", 0)))
         elif name in ("cgan-mlp", "gan-mlp"):
             theirs = (t.MLPGenerator(config["num_classes"], config["latent_dim"]) if role == "G"
                       else t.MLPDiscriminator(config["num_classes"], _dropout_p(module, dropout)))

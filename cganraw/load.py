@@ -9,14 +9,14 @@ from cganraw.checkpoint import CheckpointError
 
 def model_options(cfg):
     """models.build's architecture options from a run's config. A config written before
-    g_norm, d_norm, minibatch_std, progressive, d_label and g_film existed means the original model
-    (its g_batchnorm flag standing for g_norm)."""
+    g_norm, d_norm, minibatch_std, progressive, d_label, g_film and d_stem existed means the original
+    model (its g_batchnorm flag standing for g_norm)."""
     if cfg["model"] != "cgan-conv":
         return {}
     g_norm = cfg.get("g_norm") or ("batch" if cfg.get("g_batchnorm", False) else "none")
     return dict(g_norm=g_norm, d_norm=cfg.get("d_norm") or "none", minibatch_std=bool(cfg.get("minibatch_std")),
                 progressive=bool(cfg.get("progressive")), d_label=cfg.get("d_label") or "concat",
-                g_film=bool(cfg.get("g_film")))
+                g_film=bool(cfg.get("g_film")), d_stem=cfg.get("d_stem") or 0)
 
 
 def build_from_config(cfg, num_classes, seed):

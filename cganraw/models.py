@@ -6,8 +6,8 @@
     dcgan      unconditional DCGAN (Radford et al.).
     gan-mlp    unconditional MLP GAN (Goodfellow et al.).
 
-cgan-conv options (`build(..., g_norm=, d_norm=, minibatch_std=, progressive=, d_label=, g_film=)`;
-the defaults are the original model, bit for bit):
+cgan-conv options (`build(..., g_norm=, d_norm=, minibatch_std=, progressive=, d_label=, g_film=,
+d_stem=)`; the defaults are the original model, bit for bit):
     g_norm         "none", "batch" (BatchNorm2d, = the old batchnorm=True) or "instance"
                    (InstanceNorm2d, affine) after each of G's transposed convolutions;
     d_norm         "none" or "spectral": spectral_norm on every conv and linear layer of
@@ -26,6 +26,11 @@ the defaults are the original model, bit for bit):
                    start as the identity (zero projection), so every other weight is the
                    plain model's and the untrained G computes what it does.
                    With progressive, the FiLM layers sit in block14 and block28.
+    d_stem         channels C of a stride-1 Conv2d(c, C, 3, 1, 1) -> LeakyReLU at full
+                   resolution (28x28) in front of D's first stride-2 convolution, which then
+                   reads C channels (0: none, the original D). It draws its weights first,
+                   then the stride-2 conv, then the rest, and spectral norm covers it too.
+                   With progressive, it sits in from_img28 only.
 
 Protocol: `G(z, labels) -> images (N, 1, 28, 28)` in [-1, 1], `G.backward(dimages) -> dz`;
 `D(x, labels) -> logits (N, 1)`, `D.backward(dlogits) -> dx`. Unconditional models take
@@ -49,6 +54,7 @@ LABEL_EMBED_DIM = 50
 G_NORMS = ("none", "batch", "instance")
 D_NORMS = ("none", "spectral")
 D_LABELS = ("concat", "projection", "both")
+D_STEM_OFF = 0
 GROWTH_PHASES = (14, 28)
 MINIBATCH_STD_GROUP = 4
 
@@ -389,8 +395,11 @@ class ConvCGANGenerator(_GAN):
 
 class ConvCGANDiscriminator(_GAN):
     """label -> Embedding(K, 50) -> Linear(50, 784) -> (1, 28, 28), concat with the image
-    -> Conv2d(2, w, 3, 2, 1) -> LeakyReLU -> Conv2d(w, w, 3, 2, 1) -> LeakyReLU
-    [-> MinibatchStdDev(4)] -> Flatten -> Dropout(0.4) -> Linear(w*7*7 [+ 49], 1).
+    [-> Conv2d(2, stem, 3, 1, 1) -> LeakyReLU] -> Conv2d(2 | stem, w, 3, 2, 1) -> LeakyReLU
+    -> Conv2d(w, w, 3, 2, 1) -> LeakyReLU [-> MinibatchStdDev(4)] -> Flatten -> Dropout(0.4)
+    -> Linear(w*7*7 [+ 49], 1).
+    stem: the channels of the stride-1 convolution at 28x28 (0: none); with it, net.0 is
+    that conv and net.2 the stride-2 one, drawn in that order before the rest.
     spectral: spectral_norm on the convolutions and the last Linear (`spectral_rng` draws u, v).
     label: "concat" (the above), "projection" (no label map: Conv2d(1, w, ...) on the image;
     logit = Linear(h) + <label_proj.weight[y], h>, h (N, F) the last Linear's input) or
@@ -401,15 +410,16 @@ class ConvCGANDiscriminator(_GAN):
     progressive = False
 
     def __init__(self, num_classes, width=128, dropout=0.4, rng=None, dropout_seed=None, *, spectral=False,
-                 minibatch_std=False, spectral_rng=None, label="concat"):
+                 minibatch_std=False, spectral_rng=None, label="concat", stem=D_STEM_OFF):
         super().__init__(0, num_classes)
         w = int(width)
         self.width = w
         self.label_mode = _check_d_label(label)
+        self.stem = _check_d_stem(stem)
         if self.label_mode != "projection":
             self._label_path(num_classes, rng)
         self.net = nn.Sequential(
-            nn.Conv2d(self._in_channels, w, 3, 2, 1, rng=rng), nn.LeakyReLU(0.2),
+            *_d_first(self._in_channels, w, self.stem, rng),
             *_d_head(w, dropout, rng, dropout_seed, minibatch_std))
         if spectral:
             _spectral_image_path(self.net, spectral_rng)
@@ -502,6 +512,20 @@ def _check_d_label(label):
     if label not in D_LABELS:
         raise ValueError(f"d_label must be one of {', '.join(D_LABELS)}, got {label!r}")
     return label
+
+
+def _check_d_stem(stem):
+    if isinstance(stem, bool) or not isinstance(stem, (int, np.integer)) or stem < 0:
+        raise ValueError(f"d_stem must be an integer >= 0 (channels of D's stride-1 stem; 0: none), got {stem!r}")
+    return int(stem)
+
+
+def _d_first(c, w, stem, rng):
+    """D's layers from the c-channel 28x28 input to the first (14x14) feature map:
+    [Conv2d(c, stem, 3, 1, 1) -> LeakyReLU ->] Conv2d(c | stem, w, 3, 2, 1) -> LeakyReLU,
+    drawn in that order (stem 0: the original single stride-2 conv)."""
+    layers = [nn.Conv2d(c, stem, 3, 1, 1, rng=rng), nn.LeakyReLU(0.2)] if stem else []
+    return [*layers, nn.Conv2d(stem or c, w, 3, 2, 1, rng=rng), nn.LeakyReLU(0.2)]
 
 
 def _d_head(w, dropout, rng, dropout_seed, minibatch_std):
@@ -632,7 +656,8 @@ class ProgressiveConvCGANGenerator(ConvCGANGenerator):
 class ProgressiveConvCGANDiscriminator(ConvCGANDiscriminator):
     """The cgan-conv discriminator grown as in ProGAN: one input stem per size, both giving
     (N, w, 14, 14) features for the shared rest of D (`net`):
-        from_img28: Conv2d(2, w, 3, 2, 1) -> LeakyReLU on [image, label map] at 28x28;
+        from_img28: [Conv2d(2, stem, 3, 1, 1) -> LeakyReLU ->] Conv2d(2 | stem, w, 3, 2, 1)
+                    -> LeakyReLU on [image, label map] at 28x28 (d_stem: the bracket);
         from_img14: AvgPool2d(2) of that input -> Conv2d(2, w, 3, 1, 1) -> LeakyReLU.
     `set_growth(14)`: D sees the input average-pooled to 14x14 only; `set_growth(28, alpha)`:
     features = (1 - alpha) from_img14(pool(input)) + alpha from_img28(input). Input images
@@ -642,15 +667,16 @@ class ProgressiveConvCGANDiscriminator(ConvCGANDiscriminator):
     progressive = True
 
     def __init__(self, num_classes, width=128, dropout=0.4, rng=None, dropout_seed=None, *, spectral=False,
-                 minibatch_std=False, spectral_rng=None, label="concat"):
+                 minibatch_std=False, spectral_rng=None, label="concat", stem=D_STEM_OFF):
         _GAN.__init__(self, 0, num_classes)
         w = int(width)
         self.width = w
         self.label_mode = _check_d_label(label)
+        self.stem = _check_d_stem(stem)
         if self.label_mode != "projection":
             self._label_path(num_classes, rng)
         c = self._in_channels
-        from_img28 = nn.Sequential(nn.Conv2d(c, w, 3, 2, 1, rng=rng), nn.LeakyReLU(0.2))
+        from_img28 = nn.Sequential(*_d_first(c, w, self.stem, rng))
         net = nn.Sequential(*_d_head(w, dropout, rng, dropout_seed, minibatch_std))
         self.pool = nn.AvgPool2d(2)
         self.from_img14 = nn.Sequential(nn.Conv2d(c, w, 3, 1, 1, rng=rng), nn.LeakyReLU(0.2))
@@ -830,10 +856,10 @@ def _resolve_g_norm(norm, batchnorm):
 
 
 def build(name, num_classes, latent_dim=100, width=128, seed=0, batchnorm=False, *, g_norm=None, d_norm="none",
-          minibatch_std=False, progressive=False, d_label="concat", g_film=False):
+          minibatch_std=False, progressive=False, d_label="concat", g_film=False, d_stem=D_STEM_OFF):
     """(G, D) for model `name`, initialised from `seed` (DCGAN's N(0, 0.02)).
     num_classes is ignored by the unconditional models. g_norm, d_norm, minibatch_std,
-    progressive, d_label and g_film are cgan-conv's options (see the module docstring);
+    progressive, d_label, g_film and d_stem are cgan-conv's options (see the module docstring);
     `batchnorm` is the old name of g_norm="batch". Every option at its default gives the
     original model."""
     if name not in MODELS:
@@ -846,11 +872,13 @@ def build(name, num_classes, latent_dim=100, width=128, seed=0, batchnorm=False,
     if d_norm not in D_NORMS:
         raise ValueError(f"d_norm must be one of {', '.join(D_NORMS)}, got {d_norm!r}")
     _check_d_label(d_label)
+    d_stem = _check_d_stem(d_stem)
     norm = _resolve_g_norm(g_norm, batchnorm if name == "cgan-conv" else False)
     if name != "cgan-conv":
         extra = [k for k, on in (("g_norm", norm != "none"), ("d_norm", d_norm != "none"),
                                  ("minibatch_std", minibatch_std), ("progressive", progressive),
-                                 ("d_label", d_label != "concat"), ("g_film", g_film)) if on]
+                                 ("d_label", d_label != "concat"), ("g_film", g_film),
+                                 ("d_stem", d_stem != D_STEM_OFF)) if on]
         if extra:
             raise ValueError(f"{', '.join(extra)}: options of cgan-conv only, not of {name}")
     ss = np.random.SeedSequence(seed)
@@ -864,7 +892,7 @@ def build(name, num_classes, latent_dim=100, width=128, seed=0, batchnorm=False,
         g_extra = {"film": True} if g_film else {}
         return (g_cls(num_classes, latent_dim, width, rng=rg, norm=norm, **g_extra),
                 d_cls(num_classes, width, rng=rd, dropout_seed=drop_seed, spectral=d_norm == "spectral",
-                      minibatch_std=bool(minibatch_std), spectral_rng=sn_rng, label=d_label))
+                      minibatch_std=bool(minibatch_std), spectral_rng=sn_rng, label=d_label, stem=d_stem))
     if name == "cgan-mlp":
         return MLPGenerator(num_classes, latent_dim, rg), MLPDiscriminator(num_classes, rng=rd, dropout_seed=drop_seed)
     if name == "dcgan":

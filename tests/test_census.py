@@ -39,8 +39,9 @@ def _census_with_standin_log(monkeypatch, **kw):
 
 @pytest.mark.parametrize("options", [dict(), dict(log_step=True), dict(step=4), dict(d_norm="spectral"),
                                      dict(mismatch=0.0, ema_decay=0.0, r1=0.0), dict(model="cgan-mlp"),
-                                     dict(model="dcgan", width=4)],
-                         ids=["defaults", "log-step", "r1-step", "spectral", "plain", "cgan-mlp", "dcgan"])
+                                     dict(model="dcgan", width=4), dict(d_stem=3, step=4)],
+                         ids=["defaults", "log-step", "r1-step", "spectral", "plain", "cgan-mlp", "dcgan",
+                              "d-stem-r1-step"])
 def test_counts_equal_a_counting_cupy(options, monkeypatch, restore_backend):
     kw = {**TINY, **options}
     backend.use("emu")
@@ -51,6 +52,7 @@ def test_counts_equal_a_counting_cupy(options, monkeypatch, restore_backend):
     standin = {}
     for kind, name, *_ in standin_log:
         standin[(kind, name)] = standin.get((kind, name), 0) + 1
+    assert emu.config["d_stem"] == options.get("d_stem", 0)
     assert dict(emu.log.counts()) == standin, "the census missed or invented device work"
     assert dict(cuda.log.counts()) == standin
     # bytes and FLOPs are the same on both backends too

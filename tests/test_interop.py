@@ -16,6 +16,8 @@ CONV_OPTIONS = {
     "cgan-conv-prog14": {"progressive": True, "growth": (14, 1.0)},
     "cgan-conv-prog-fade": {"progressive": True, "g_norm": "batch", "d_norm": "spectral", "growth": (28, 0.3)},
     "cgan-conv-prog28": {"progressive": True, "minibatch_std": True, "growth": (28, 1.0)},
+    "cgan-conv-stem-sn-proj": {"d_stem": 5, "d_norm": "spectral", "d_label": "projection", "minibatch_std": True},
+    "cgan-conv-prog-stem-fade": {"progressive": True, "d_stem": 4, "growth": (28, 0.3)},
 }
 VARIANTS = [pytest.param(name, {}, id=name) for name in models.MODELS] + [
     pytest.param("cgan-conv", opts, id=key) for key, opts in CONV_OPTIONS.items()]
@@ -134,6 +136,16 @@ def _image_stack(seed):
         cnn.Conv2d(2, 3, 3, padding=1, rng=rng), cnn.InstanceNorm2d(3, affine=True, rng=rng),
         cnn.Upsample(scale_factor=3), cnn.AvgPool2d(2), cnn.MinibatchStdDev(4),
         cnn.InstanceNorm2d(4, track_running_stats=True))
+
+
+def test_model_config_names_d_stem_only_when_on():
+    _, D0 = models.build("cgan-conv", 10, width=8)
+    _, D = models.build("cgan-conv", 10, width=8, d_stem=6, progressive=True)
+    assert "d_stem" not in interop.model_config(D0)          # the configs of before stay as they were
+    cfg = interop.model_config(D)
+    assert cfg["d_stem"] == 6 and cfg["progressive"]
+    D2 = interop.build_from_config(cfg)
+    assert D2.stem == 6 and list(D2.state_dict()) == list(D.state_dict())
 
 
 def test_layers_and_sequential_convert(rng):

@@ -1,9 +1,11 @@
-"""cgan-conv's issue-12 options: g_norm, d_norm, minibatch_std and progressive growing.
+"""cgan-conv's issue-12 options: g_norm, d_norm, minibatch_std and progressive growing (and
+d_label, d_stem).
 Float64 finite differences of G and D with each option, the growth semantics (phases, the
 fade, the shared weights), state dicts that load into a plain PyTorch port with the same
 function, and a training step with every option. The emulator parity is in
 tests/kernels/test_model_options_parity.py."""
 import copy
+import hashlib
 
 import numpy as np
 import pytest
@@ -41,7 +43,13 @@ D_OPTIONS = [dict(d_norm="spectral"), dict(minibatch_std=True), dict(d_norm="spe
              dict(d_label="projection", d_norm="spectral", minibatch_std=True),
              dict(d_label="both", d_norm="spectral"),
              dict(progressive=True, d_label="projection", growth=(28, 0.4)),
-             dict(progressive=True, d_label="both", d_norm="spectral", minibatch_std=True, growth=(14, 1.0))]
+             dict(progressive=True, d_label="both", d_norm="spectral", minibatch_std=True, growth=(14, 1.0)),
+             dict(d_stem=2), dict(d_stem=3, d_label="projection"), dict(d_stem=2, d_norm="spectral"),
+             dict(d_stem=2, minibatch_std=True),
+             dict(d_stem=2, d_label="projection", d_norm="spectral", minibatch_std=True),
+             dict(progressive=True, d_stem=2, growth=(28, 0.3)),
+             dict(progressive=True, d_stem=2, d_label="projection", d_norm="spectral", minibatch_std=True,
+                  growth=(28, 1.0))]
 
 
 def _build(opts, width=3, seed=0):
@@ -222,7 +230,8 @@ def test_phase_14_is_a_14x14_image_upsampled_and_d_sees_it_pooled(rng):
 def test_full_growth_equals_the_plain_model(rng):
     # set_growth(28, 1): the shared layers hold the plain model's weights (same seed), so
     # both compute the same function
-    for opts in (dict(), dict(g_norm="batch", d_norm="spectral", minibatch_std=True), dict(g_norm="instance")):
+    for opts in (dict(), dict(g_norm="batch", d_norm="spectral", minibatch_std=True), dict(g_norm="instance"),
+                 dict(d_stem=3, d_norm="spectral", minibatch_std=True)):
         G, D = models.build("cgan-conv", K, width=4, seed=5, **opts)
         Gp, Dp = models.build("cgan-conv", K, width=4, seed=5, progressive=True, **opts)
         Gp.set_growth(28), Dp.set_growth(28, 1.0)
@@ -290,7 +299,9 @@ def test_growth_travels_with_the_state_dict_and_the_moving_average(rng):
                                   dict(progressive=True, growth=(28, 0.5), g_norm="batch", d_norm="spectral",
                                        minibatch_std=True),
                                   dict(d_label="projection", d_norm="spectral"), dict(d_label="both"),
-                                  dict(progressive=True, growth=(28, 0.5), d_label="projection")],
+                                  dict(progressive=True, growth=(28, 0.5), d_label="projection"),
+                                  dict(d_stem=3, d_label="projection", minibatch_std=True),
+                                  dict(progressive=True, growth=(28, 0.5), d_stem=3, d_norm="spectral")],
                          ids=lambda o: "-".join(map(str, o.values())))
 def test_train_step_with_options(opts, rng):
     G, D = _build(opts, width=4)
@@ -305,6 +316,9 @@ def test_train_step_with_options(opts, rng):
         assert any(k.endswith("weight_u") for k in moved)       # the power iteration ran in training
     if opts.get("d_label", "concat") != "concat":               # the projection embedding trained
         assert any(k.startswith("label_proj.weight") and not k.endswith(("_u", "_v")) for k in moved), moved
+    if opts.get("d_stem"):                                      # the stem conv trained
+        stem = "from_img28.0." if opts.get("progressive") else "net.0."
+        assert any(k.startswith(stem) for k in moved), moved
 
 
 # ---------------------------------------------------------------- PyTorch
@@ -315,7 +329,9 @@ TORCH_OPTIONS = [dict(g_norm="batch"), dict(g_norm="instance", d_norm="spectral"
                  dict(progressive=True, g_norm="batch", growth=(28, 1.0)),
                  dict(d_label="projection", d_norm="spectral", minibatch_std=True), dict(d_label="both"),
                  dict(progressive=True, d_label="projection", growth=(28, 0.4)),
-                 dict(progressive=True, d_label="both", d_norm="spectral", growth=(14, 1.0))]
+                 dict(progressive=True, d_label="both", d_norm="spectral", growth=(14, 1.0)),
+                 dict(d_stem=5, d_label="projection", d_norm="spectral", minibatch_std=True), dict(d_stem=4),
+                 dict(progressive=True, d_stem=4, d_norm="spectral", growth=(28, 0.4))]
 
 
 @pytest.mark.parametrize("opts", TORCH_OPTIONS, ids=_ids(TORCH_OPTIONS))
@@ -355,3 +371,113 @@ def test_state_dicts_load_into_a_pytorch_port(opts, rng):
             np.testing.assert_allclose(p.grad, g, rtol=2e-3, atol=2e-5 * scale, err_msg=k)
     for k, v in G.state_dict().items():       # BatchNorm's running statistics moved alike
         np.testing.assert_allclose(v, tG.state_dict()[k].numpy(), rtol=1e-5, atol=1e-6, err_msg=k)
+
+
+# ---------------------------------------------------------------- d_stem: a stride-1 conv at 28x28 in D
+
+def _digest(module):
+    h = hashlib.sha256()
+    for k, v in module.state_dict().items():
+        h.update(k.encode())
+        h.update(np.ascontiguousarray(v).tobytes())
+    return h.hexdigest()
+
+
+# sha256 over (name, bytes) of D's state dict (10 classes, width 8, seed 3), computed on main
+# before d_stem existed
+D_DIGESTS = {
+    (): "616ae26a703b74071d4198782c656745bb31374ad5b77f4a0efe5069240985a6",
+    (("d_label", "projection"), ("minibatch_std", True)):
+        "d4b47b280899eefa19fa62c34cbeaabaf64836ec52d9e9e3c31c6aa9ecedca3b",
+    (("d_label", "both"), ("d_norm", "spectral")): "fb4755cd76875cd12d3b0b1cbdd0f059a56371af93cf0ecba7dea4d9e75c8f82",
+    (("d_label", "projection"), ("minibatch_std", True), ("progressive", True)):
+        "60e2d9abe2a6f7c2ea558ba95e493cc7ebcab21d0a870bb07dd996f41cd54faf",
+    (("d_norm", "spectral"), ("progressive", True)): "69c292e6a0fe343d5a3e5864beb6f4d571981f385a879fc73abcfc8ac68e82a4"}
+# the same of the experiment's D: main with its patch (the stem conv, stem = 16, in front of
+# ConvCGANDiscriminator's stride-2 conv), which `d_stem=16` must rebuild bit for bit
+D_STEM16_DIGESTS = {
+    (): "cdd3955e94c884ec955cf5dd4d69ca19ba1bd6042b249006d516753f53135f39",
+    (("d_label", "projection"), ("minibatch_std", True)):
+        "566f6ecd763e8aabf83079c5d290dcf749418c3b11b5da68cb2828afaf550897",
+    (("d_label", "both"), ("d_norm", "spectral")): "56696b6f6cda1f4c250f2a3fb7c22af4f600aa57dee558fcf82c0bc36ef652e5"}
+
+
+@pytest.mark.parametrize("opts", list(D_DIGESTS), ids=_ids(map(dict, D_DIGESTS)))
+def test_d_stem_off_is_the_d_of_before(opts):
+    for kwargs in (dict(opts), dict(opts, d_stem=0)):
+        _, D = models.build("cgan-conv", 10, width=8, seed=3, **kwargs)
+        assert _digest(D) == D_DIGESTS[opts] and D.stem == 0
+
+
+@pytest.mark.parametrize("opts", list(D_STEM16_DIGESTS), ids=_ids(map(dict, D_STEM16_DIGESTS)))
+def test_d_stem_16_is_the_experiments_d(opts):
+    G0, _ = models.build("cgan-conv", 10, width=8, seed=3, **dict(opts))
+    G, D = models.build("cgan-conv", 10, width=8, seed=3, d_stem=16, **dict(opts))
+    assert _digest(D) == D_STEM16_DIGESTS[opts] and D.stem == 16
+    assert _digest(G) == _digest(G0)          # G draws from its own stream: untouched
+
+
+@pytest.mark.parametrize("label", ["concat", "projection"])
+def test_d_stem_layout_and_shared_weights(label):
+    w, stem, c = 5, 3, 1 if label == "projection" else 2
+    _, D0 = models.build("cgan-conv", K, width=w, seed=2, d_label=label)
+    _, D = models.build("cgan-conv", K, width=w, seed=2, d_label=label, d_stem=stem)
+    kinds = [type(m).__name__ for m in D.net]
+    assert kinds[:6] == ["Conv2d", "LeakyReLU", "Conv2d", "LeakyReLU", "Conv2d", "LeakyReLU"]
+    assert (D.net[0].stride, D.net[0].padding, D.net[2].stride, D.net[2].padding) == (1, 1, 2, 1)
+    sd, sd0 = D.state_dict(), D0.state_dict()
+    assert sd["net.0.weight"].shape == (stem, c, 3, 3) and sd["net.0.bias"].shape == (stem,)
+    assert sd["net.2.weight"].shape == (w, stem, 3, 3)
+    # the rest is the plain D's, two places on; its stride-2 conv reads stem channels now
+    renamed = {k: k for k in sd0 if not k.startswith("net.")}
+    renamed.update({k: f"net.{int(k.split('.')[1]) + 2}.{k.split('.', 2)[2]}" for k in sd0 if k.startswith("net.")})
+    assert set(sd) == set(renamed.values()) | {"net.0.weight", "net.0.bias"}
+    for k, v in sd0.items():
+        assert sd[renamed[k]].shape == v.shape or k == "net.0.weight", k
+    assert [type(m).__name__ for m in D.net][2:] == [type(m).__name__ for m in D0.net]
+    # the stem widens nothing after the first 14x14 map
+    assert D.net[-1].in_features == D0.net[-1].in_features
+    # spectral norm covers the stem conv, u, v drawn in net's order
+    _, Ds = models.build("cgan-conv", K, width=w, seed=2, d_label=label, d_stem=stem, d_norm="spectral")
+    convs = [k.rsplit(".", 1)[0] for k in Ds.state_dict() if k.endswith("weight_orig")]
+    assert convs[:3] == ["net.0", "net.2", "net.4"] and Ds.state_dict()["net.0.weight_u"].shape == (stem,)
+    for k, v in sd.items():          # the same weights, normalised
+        key = k.replace(".weight", ".weight_orig") if k.startswith(("net.", "label_proj.")) and \
+            k.endswith("weight") else k
+        np.testing.assert_array_equal(Ds.state_dict()[key], v, err_msg=k)
+
+
+def test_d_stem_in_the_progressive_d():
+    w, stem = 5, 3
+    _, D = models.build("cgan-conv", K, width=w, seed=2, d_stem=stem, d_norm="spectral")
+    _, Dp = models.build("cgan-conv", K, width=w, seed=2, d_stem=stem, d_norm="spectral", progressive=True)
+    _, Dp0 = models.build("cgan-conv", K, width=w, seed=2, d_norm="spectral", progressive=True)
+    sp, sp0, s = Dp.state_dict(), Dp0.state_dict(), D.state_dict()
+    assert [type(m).__name__ for m in Dp.from_img28] == ["Conv2d", "LeakyReLU", "Conv2d", "LeakyReLU"]
+    assert sp["from_img28.0.weight_orig"].shape == (stem, 2, 3, 3)
+    assert sp["from_img28.2.weight_orig"].shape == (w, stem, 3, 3)
+    assert Dp.from_img28[0].stride == 1 and Dp.from_img28[2].stride == 2
+    # from_img14 as before: one conv on the pooled input, its key and shape unchanged
+    assert [k for k in sp if k.startswith("from_img14.")] == [k for k in sp0 if k.startswith("from_img14.")]
+    assert sp["from_img14.0.weight_orig"].shape == sp0["from_img14.0.weight_orig"].shape == (w, 2, 3, 3)
+    # from_img28 draws first, then net, then from_img14: every shared weight (and u, v) is
+    # the plain D's with the same stem
+    for k, v in s.items():
+        i = k.split(".")[1] if k.startswith("net.") else None
+        key = k if i is None else (f"from_img28.{k.split('.', 1)[1]}" if int(i) < 4 else
+                                   f"net.{int(i) - 4}.{k.split('.', 2)[2]}")
+        np.testing.assert_array_equal(sp[key], v, err_msg=k)
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, "16", True, None])
+def test_d_stem_bad_values(bad):
+    with pytest.raises(ValueError, match="d_stem must be an integer >= 0"):
+        models.build("cgan-conv", K, d_stem=bad)
+
+
+def test_d_stem_is_a_cgan_conv_option():
+    for name, k in (("cgan-mlp", K), ("dcgan", None), ("gan-mlp", None)):
+        with pytest.raises(ValueError, match=f"d_stem: options of cgan-conv only, not of {name}"):
+            models.build(name, k, d_stem=8)
+        models.build(name, k, d_stem=0)         # off is every model's
+    assert models.build("cgan-conv", K, width=3, d_stem=np.int64(2))[1].stem == 2

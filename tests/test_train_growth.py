@@ -140,10 +140,11 @@ def test_a_config_from_before_the_options_resumes_as_the_original_model(letters_
     ck = checkpoint.load(path)
     old = {k: v for k, v in ck["meta"]["config"].items()
            if k not in ("g_norm", "d_norm", "minibatch_std", "progressive", "grow_at", "fade", "batch_size_final",
-                        "d_label", "g_film")}
+                        "d_label", "g_film", "d_stem")}
     resave_with_config(path, old)
     assert settings.upgrade_config(old)["g_norm"] == "none" and settings.upgrade_config(old)["d_label"] == "concat"
     assert load.model_options(old)["d_label"] == "concat" and load.model_options(old)["g_film"] is False
+    assert settings.upgrade_config(old)["d_stem"] == 0 and load.model_options(old)["d_stem"] == 0
     G2, _ = load.load_generator(out)
     assert not any("norm" in n for n, _ in G2.named_parameters()) and not G2.progressive
     assert run_cli("--resume", out, "--max-steps", 3, "--g-norm", "none", "--quiet", "--data-dir", letters_dir,
@@ -157,12 +158,13 @@ def test_default_flags_build_todays_model(letters_dir, tmp_path):
     assert run_cli("--dataset", "emnist", "--data-dir", letters_dir, "--out", out, "--max-steps", 1,
                    "--batch-size", 8, *TINY) == 0
     cfg = json.loads((out / "config.json").read_text())
-    want = {k: train.model_default("cgan-conv", k) for k in ("g_norm", "d_norm", "minibatch_std", "d_label", "g_film")}
-    assert want["d_label"] == "projection" and want["g_film"] is True
+    want = {k: train.model_default("cgan-conv", k)
+            for k in ("g_norm", "d_norm", "minibatch_std", "d_label", "g_film", "d_stem")}
+    assert want["d_label"] == "projection" and want["g_film"] is True and want["d_stem"] == 0
     assert (cfg["g_norm"], cfg["g_batchnorm"], cfg["d_norm"], cfg["minibatch_std"], cfg["progressive"],
-            cfg["batch_size_final"], cfg["d_label"], cfg["g_film"]) == (
+            cfg["batch_size_final"], cfg["d_label"], cfg["g_film"], cfg["d_stem"]) == (
         want["g_norm"], want["g_norm"] == "batch", want["d_norm"], want["minibatch_std"], False, None,
-        want["d_label"], want["g_film"])
+        want["d_label"], want["g_film"], want["d_stem"])
     G, D = load.build_from_config(cfg, 26, seed=0)
     G0, D0 = models.build("cgan-conv", 26, width=3, seed=0, **want)
     for ours, theirs in ((G, G0), (D, D0)):

@@ -235,15 +235,17 @@ def test_every_train_step_option_is_covered():
     assert {k for mode in MODES.values() for k in mode} == options
 
 
-@pytest.mark.parametrize("d_norm,growth", [("none", None), ("spectral", None), ("none", (28, 0.4)),
-                                           ("spectral", (14, 1.0))])
-def test_r1_gradient_through_the_cgan_conv_d_options(d_norm, growth):
+@pytest.mark.parametrize("d_norm,growth,d_stem", [("none", None, 0), ("spectral", None, 0), ("none", (28, 0.4), 0),
+                                                  ("spectral", (14, 1.0), 0), ("none", None, 3),
+                                                  ("spectral", None, 2), ("none", (28, 0.4), 2)])
+def test_r1_gradient_through_the_cgan_conv_d_options(d_norm, growth, d_stem):
     # r1_penalty on D with minibatch stddev (its two perturbed batches segmented), the
     # projection label and, with spectral norm, sigma from fixed u, v (evaluation mode);
-    # growth: the progressive D in its fade (both stems mixed) or at 14x14 (the pooled stem)
+    # growth: the progressive D in its fade (both stems mixed) or at 14x14 (the pooled stem);
+    # d_stem: the stride-1 conv at 28x28 in front of the first stride-2 one
     from cganraw.step import r1_penalty
     _, D = models.build("cgan-conv", K, latent_dim=LATENT, width=2, seed=4, d_norm=d_norm, minibatch_std=True,
-                        d_label="projection", progressive=growth is not None)
+                        d_label="projection", progressive=growth is not None, d_stem=d_stem)
     if growth is not None:
         D.set_growth(*growth)
     D.to(np.float64)
@@ -269,7 +271,8 @@ def test_r1_gradient_through_the_cgan_conv_d_options(d_norm, growth):
     unused = "from_img28." if growth is not None and growth[0] == 14 else None      # the 28x28 stem, not yet grown
     assert all(np.abs(g).max() > 0 for k, g in grads.items()
                if not k.endswith("bias") and not (unused and k.startswith(unused))), "a weight got no R1 gradient"
-    check_gradient(penalty, {k: p.data for k, p in D.named_parameters()}, grads, f"R1, d_norm {d_norm}, growth {growth}")
+    check_gradient(penalty, {k: p.data for k, p in D.named_parameters()}, grads,
+                   f"R1, d_norm {d_norm}, growth {growth}, d_stem {d_stem}")
 
 
 def test_r1_refuses_a_d_with_batchnorm():

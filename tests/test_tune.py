@@ -79,7 +79,7 @@ def test_default_space_is_the_trainers_flags():
     options = sp.trainer_options()
     names = [p.name for p in sp.default_space("cgan-conv").params]
     assert {"lr", "lr_d", "beta1", "batch_size", "width", "label_smoothing", "mismatch", "ema_decay",
-            "r1", "g_norm", "d_norm", "minibatch_std", "progressive", "g_film"} <= set(names)
+            "r1", "g_norm", "d_norm", "minibatch_std", "progressive", "g_film", "d_stem"} <= set(names)
     # the default R1 weight is one of the choices; the dcgan's BatchNorm D refuses R1
     assert train.model_default("cgan-conv", "r1") in {p.name: p for p in sp.default_space("cgan-conv").params}["r1"].choices
     assert "r1" not in [p.name for p in sp.default_space("dcgan").params]
@@ -89,7 +89,7 @@ def test_default_space_is_the_trainers_flags():
     # the label-embedding size joins only once the trainer has a flag for it
     assert ("label_embed_dim" in names) == ("label_embed_dim" in options)
     mlp = [p.name for p in sp.default_space("cgan-mlp").params]
-    assert not {"width", "g_norm", "d_norm", "minibatch_std", "progressive", "g_film"} & set(mlp)   # the MLP lacks them
+    assert not {"width", "g_norm", "d_norm", "minibatch_std", "progressive", "g_film", "d_stem"} & set(mlp)  # the MLP lacks them
 
 
 def test_stabiliser_switches_join_when_the_trainer_offers_them():
@@ -98,6 +98,7 @@ def test_stabiliser_switches_join_when_the_trainer_offers_them():
     assert params["g_norm"].choices == ("none", "batch", "instance")
     assert params["minibatch_std"].choices == (True, False) and params["progressive"].choices == (True, False)
     assert params["g_film"].choices == (True, False) and params["g_film"].argv(False) == ["--no-g-film"]
+    assert params["d_stem"].choices == (0, 16) and params["d_stem"].argv(16) == ["--d-stem", "16"]
     # a trainer without --g-norm is searched through its old --g-batchnorm switch instead
     p = argparse.ArgumentParser()
     p.add_argument("--g-batchnorm", action=argparse.BooleanOptionalAction, default=True)

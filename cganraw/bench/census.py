@@ -120,7 +120,8 @@ class Census:
         lines = [f"step census: {c['model']} width {c['width']} batch {c['batch_size']} on {c['backend']} "
                  f"({'a log step' if c['log_step'] else 'a step between log steps'}; mismatch {c['mismatch']}, "
                  f"mode seeking {c['mode_seeking']}, G norm {c['g_norm']}, D norm {c.get('d_norm')}, "
-                 f"minibatch std {c.get('minibatch_std')}, FiLM in G {c.get('g_film')}, EMA {c['ema_decay']}, "
+                 f"minibatch std {c.get('minibatch_std')}, D stem {c.get('d_stem', 0)}, FiLM in G {c.get('g_film')}, "
+                 f"EMA {c['ema_decay']}, "
                  f"R1 {c.get('r1', 0)} every {c.get('r1_every', 1)} steps; step {c.get('step', 1)})",
                  f"estimate for {gpu.name}: {gpu.bandwidth / 1e12:.2f} TB/s, GEMMs at "
                  f"{(gpu.tf32 if self.tf32 else gpu.fp32) / 1e12:.0f} TFLOP/s ({'TF32' if self.tf32 else 'FP32'}); "
@@ -207,6 +208,8 @@ def build_parser():
     p.add_argument("--d-norm", choices=("none", "spectral"), default=None, help="cgan-conv; default: the trainer's")
     p.add_argument("--minibatch-std", action=argparse.BooleanOptionalAction, default=None,
                    help="cgan-conv; default: the trainer's")
+    p.add_argument("--d-stem", type=cli.nonneg_int, default=None, metavar="C",
+                   help="cgan-conv: channels of D's stride-1 stem at 28x28 (0: none); default: the trainer's")
     p.add_argument("--mode-seeking", type=cli.nonneg_float, default=settings.DEFAULTS["mode_seeking"])
     p.add_argument("--ema-decay", type=cli.unit_float, default=settings.DEFAULTS["ema_decay"])
     p.add_argument("--g-norm", choices=models.G_NORMS, default=None,
@@ -252,7 +255,8 @@ def _census(args):
     c = run_census(args.model, args.width, args.batch_size, args.num_classes, args.gpu, args.tf32, args.launch_us,
                    args.log_step, args.measure, mismatch=args.mismatch, mode_seeking=args.mode_seeking,
                    ema_decay=args.ema_decay, g_norm=args.g_norm, g_batchnorm=args.g_batchnorm, d_norm=args.d_norm,
-                   minibatch_std=args.minibatch_std, g_film=args.g_film, r1=args.r1, r1_every=args.r1_every,
+                   minibatch_std=args.minibatch_std, g_film=args.g_film, d_stem=args.d_stem, r1=args.r1,
+                   r1_every=args.r1_every,
                    step=args.step)
     if args.json:
         from cganraw.fileio import atomic_write

@@ -45,8 +45,8 @@ def fake_batch(batch, conditional, seed=0):
 
 # the trainer's settings a step depends on, each the model's default unless given
 TRAINER_SETTINGS = ("lr", "lr_d", "beta1", "beta2", "latent_dim", "label_smoothing", "mismatch", "mode_seeking",
-                    "ema_decay", "g_batchnorm", "g_norm", "d_norm", "minibatch_std", "g_film", "d_label", "r1",
-                    "r1_every")
+                    "ema_decay", "g_batchnorm", "g_norm", "d_norm", "minibatch_std", "g_film", "d_label", "d_stem",
+                    "r1", "r1_every")
 
 
 def trainer_step(model="cgan-conv", width=None, batch_size=None, num_classes=NUM_CLASSES, seed=0, **overrides):
@@ -71,7 +71,7 @@ def trainer_step(model="cgan-conv", width=None, batch_size=None, num_classes=NUM
     cfg.update(model=model, width=width, batch_size=batch_size, num_classes=num_classes)
     arch = dict(batchnorm=cfg["g_batchnorm"], **({"g_norm": cfg["g_norm"], "d_norm": cfg["d_norm"],
                                                   "minibatch_std": cfg["minibatch_std"], "g_film": cfg["g_film"],
-                                                  "d_label": cfg["d_label"]}
+                                                  "d_label": cfg["d_label"], "d_stem": cfg["d_stem"]}
                                                  if model == "cgan-conv" else {}))
     G, D = models.build(model, num_classes, latent_dim=cfg["latent_dim"], width=width, seed=seed, **arch)
     betas = (cfg["beta1"], cfg["beta2"])

@@ -37,7 +37,8 @@ DEFAULT_SPACE = {
     "ema_decay": {"choices": [0.0, 0.999, 0.9995, 0.9999]},
     # the R1 penalty's weight (0: off); the dcgan's D has BatchNorm, which R1 refuses
     "r1": {"choices": [0.0, 0.1, 0.3, 1.0], "models": ("cgan-conv", "cgan-mlp", "gan-mlp")},
-    # stabilisers: G normalisation, spectral norm, minibatch std, progressive growing, FiLM in G
+    # stabilisers: G normalisation, spectral norm, minibatch std, progressive growing, FiLM in G,
+    # D's stride-1 stem at 28x28 (channels; 0: none)
     # --g-batchnorm is the old name of --g-norm batch/none: searched only where --g-norm is missing
     "g_batchnorm": {"switch": True, "models": ("cgan-conv",), "unless": "g_norm"},
     "g_norm": {"switch": True, "models": ("cgan-conv",)},
@@ -46,6 +47,7 @@ DEFAULT_SPACE = {
     "minibatch_std": {"switch": True, "models": ("cgan-conv",)},
     "progressive": {"switch": True, "models": ("cgan-conv",)},
     "g_film": {"switch": True, "models": ("cgan-conv",)},
+    "d_stem": {"choices": [0, 16], "models": ("cgan-conv",)},
 }
 
 # Trainer flags that cganraw.tune sets itself, with the tuner flag that does it.

@@ -1,4 +1,4 @@
-"""cgan-conv with the issue-12 options on the emu backend (every op through kernels/*.cu,
+"""cgan-conv with the issue-12 options (and d_label, d_stem) on the emu backend (every op through kernels/*.cu,
 including the new instancenorm, spectral_norm, minibatch_std, avgpool and upsample
 kernels) against the numpy backend: a forward and backward of G and D in training mode,
 and one full training step."""
@@ -17,6 +17,8 @@ OPTIONS = [
     dict(d_label="projection", d_norm="spectral", minibatch_std=True),
     dict(d_label="both", g_norm="instance"),
     dict(progressive=True, d_label="projection", d_norm="spectral", growth=(28, 0.4)),
+    dict(d_stem=4, d_label="projection", d_norm="spectral", minibatch_std=True, g_norm="instance"),
+    dict(progressive=True, d_stem=3, growth=(28, 0.4)),
 ]
 
 
@@ -100,7 +102,10 @@ def one_step(opts, bk):
     return stats, grads, state
 
 
-@pytest.mark.parametrize("opts", [OPTIONS[1], OPTIONS[3], OPTIONS[5]], ids=_ids([OPTIONS[1], OPTIONS[3], OPTIONS[5]]))
+STEP_OPTIONS = [OPTIONS[1], OPTIONS[3], OPTIONS[5], OPTIONS[6]]
+
+
+@pytest.mark.parametrize("opts", STEP_OPTIONS, ids=_ids(STEP_OPTIONS))
 def test_train_step_with_every_option_emu_equals_numpy(opts):
     ref_stats, ref_grads, ref = one_step(opts, "numpy")
     stats, grads, got = one_step(opts, "emu")
