@@ -52,7 +52,7 @@ def test_counts_equal_a_counting_cupy(options, monkeypatch, restore_backend):
     standin = {}
     for kind, name, *_ in standin_log:
         standin[(kind, name)] = standin.get((kind, name), 0) + 1
-    assert emu.config["d_stem"] == options.get("d_stem", 0)
+    assert emu.config["d_stem"] == options.get("d_stem", 16 if kw.get("model", "cgan-conv") == "cgan-conv" else 0)
     assert dict(emu.log.counts()) == standin, "the census missed or invented device work"
     assert dict(cuda.log.counts()) == standin
     # bytes and FLOPs are the same on both backends too
@@ -132,11 +132,13 @@ def test_instance_norm_g_packs_its_average(restore_backend):
 
 
 @pytest.mark.parametrize("options, launches, gemms, convs, copies", [
-    (dict(g_norm="batch", g_film=False, d_label="concat", d_norm="spectral"), 100, 21, 14, 6),
-    (dict(g_norm="instance", g_film=False, d_label="concat", d_norm="spectral"), 90, 21, 14, 2),
-    (dict(d_norm="spectral"), 120, 25, 14, 8),
-    (dict(), 114, 25, 14, 8),
-    (dict(step=4), 163, 35, 22, 10)])
+    (dict(g_norm="batch", g_film=False, d_label="concat", d_norm="spectral", d_stem=0), 100, 21, 14, 6),
+    (dict(g_norm="instance", g_film=False, d_label="concat", d_norm="spectral", d_stem=0), 90, 21, 14, 2),
+    (dict(d_norm="spectral", d_stem=0), 120, 25, 14, 8),
+    (dict(d_stem=0), 114, 25, 14, 8),
+    (dict(d_stem=0, step=4), 163, 35, 22, 10),
+    (dict(), 127, 30, 18, 8),
+    (dict(step=4), 189, 45, 30, 10)])
 def test_launch_totals_of_the_default_step(options, launches, gemms, convs, copies, restore_backend):
     # the whole step's launches on the tiny model, exactly (the count does not depend on the
     # width). The defaults before FiLM and the projection D: 90 with instance norm (issue 14
@@ -146,8 +148,10 @@ def test_launch_totals_of_the_default_step(options, launches, gemms, convs, copi
     # (4 GEMMs), its launches and the unfused norms around it (30 more, 6 copies of G's
     # activations between layouts). Today's default drops spectral norm (6 launches fewer);
     # every 4th step (the last row) runs R1: D's forward and backward twice more (10 GEMMs,
-    # 8 im2col/col2im, the labels' copies), a fill of ones and R1's two kernels. A change
-    # here is a change of the step.
+    # 8 im2col/col2im, the labels' copies), a fill of ones and R1's two kernels. D's stem
+    # (d_stem 16, the default since the eleventh round; the last two rows) adds a conv and its
+    # LeakyReLU to every pass of D: 13 launches a step, 5 GEMMs, 4 im2col/col2im (R1's step:
+    # 26, 10, 8). A change here is a change of the step.
     backend.use("emu")
     c = census.run_census(**TINY, **options)
     names = c.log.launches_by_name()

@@ -135,7 +135,7 @@ def test_a_config_from_before_the_options_resumes_as_the_original_model(letters_
     out = tmp_path / "run"
     assert run_cli("--dataset", "emnist", "--data-dir", letters_dir, "--out", out, "--max-steps", 2,
                    "--batch-size", 8, "--no-g-batchnorm", "--d-norm", "none", "--no-minibatch-std",
-                   "--d-label", "concat", "--no-g-film", *TINY) == 0
+                   "--d-label", "concat", "--no-g-film", "--d-stem", 0, *TINY) == 0
     path = out / "checkpoints" / "last.npz"
     ck = checkpoint.load(path)
     old = {k: v for k, v in ck["meta"]["config"].items()
@@ -160,7 +160,7 @@ def test_default_flags_build_todays_model(letters_dir, tmp_path):
     cfg = json.loads((out / "config.json").read_text())
     want = {k: train.model_default("cgan-conv", k)
             for k in ("g_norm", "d_norm", "minibatch_std", "d_label", "g_film", "d_stem")}
-    assert want["d_label"] == "projection" and want["g_film"] is True and want["d_stem"] == 0
+    assert want["d_label"] == "projection" and want["g_film"] is True and want["d_stem"] == 16
     assert (cfg["g_norm"], cfg["g_batchnorm"], cfg["d_norm"], cfg["minibatch_std"], cfg["progressive"],
             cfg["batch_size_final"], cfg["d_label"], cfg["g_film"], cfg["d_stem"]) == (
         want["g_norm"], want["g_norm"] == "batch", want["d_norm"], want["minibatch_std"], False, None,

@@ -68,7 +68,8 @@ def test_resume_with_another_d_stem_is_a_conflict(saved, asked, letters_dir, tmp
 
 def test_a_config_from_before_d_stem_resumes_as_0(letters_dir, tmp_path):
     out = tmp_path / "run"
-    assert run_cli("--dataset", "emnist", "--data-dir", letters_dir, "--out", out, "--max-steps", 1, *TINY) == 0
+    assert run_cli("--dataset", "emnist", "--data-dir", letters_dir, "--out", out, "--max-steps", 1, "--d-stem", 0,
+                   *TINY) == 0
     path = out / "checkpoints" / "last.npz"
     ck = checkpoint.load(path)
     old = {k: v for k, v in ck["meta"]["config"].items() if k != "d_stem"}
@@ -76,8 +77,8 @@ def test_a_config_from_before_d_stem_resumes_as_0(letters_dir, tmp_path):
     resave_with_config(path, old)           # the checkpoint with the old config, all else as saved
     G, D = load.build_models(checkpoint.load(path))
     assert D.stem == 0 and D.state_dict()["net.0.weight"].shape == (4, 1, 3, 3)
-    assert run_cli("--resume", out, "--max-steps", 2, "--d-stem", 0, "--quiet", "--data-dir", letters_dir,
-                   "--no-download") == 0
+    # resumed without the flag: the saved model (no stem), not today's default
+    assert run_cli("--resume", out, "--max-steps", 2, "--quiet", "--data-dir", letters_dir, "--no-download") == 0
     assert checkpoint.load(path)["meta"]["config"]["d_stem"] == 0
 
 
@@ -97,11 +98,13 @@ def test_bad_d_stem_flags_are_argparse_errors(argv, needle, capsys):
 
 def test_flag_default_help_and_the_benches():
     parser = train.build_parser()
-    assert parser.parse_args([]).d_stem == 0 and settings.DEFAULTS["d_stem"] == 0
+    # per model: 16 for cgan-conv, 0 otherwise
+    assert parser.parse_args([]).d_stem == 16 and settings.DEFAULTS["d_stem"] == 0
+    assert train.model_default("cgan-conv", "d_stem") == 16 and train.model_default("dcgan", "d_stem") == 0
     assert parser.parse_args(["--d-stem", "16"]).d_stem == 16
     assert parser.parse_args(["--model", "cgan-mlp", "--d-stem", "0"]).d_stem == 0      # off is every model's
     text = " ".join(parser.format_help().split())
-    assert "--d-stem C" in text and "5.1% to 2.2%" in text and "(default: 0)" in text
+    assert "--d-stem C" in text and "5.1% to 2.2%" in text and "(default: 16 for cgan-conv, 0 otherwise)" in text
     assert "d_stem" in settings.CONFIG_KEYS and settings.UPGRADE_DEFAULTS["d_stem"] == 0
     from cganraw.bench.train_cases import TRAINER_SETTINGS
     assert "d_stem" in TRAINER_SETTINGS
