@@ -125,17 +125,23 @@ def compare(model: str, width: int | None, batch: int, rounds: int, torch, seed:
 def run(rounds: int = 5, threads: int | None = None, rows=None, numba_threads: int | None = None,
         settle_s: float | None = None) -> dict:
     """Every row compared (rows: (model, width, batch) tuples, ROWS by default); threads for
-    BLAS and PyTorch alike, Numba on as many as a training run gives it beside them
-    (harness.set_threads; numba_threads overrides), settle_s seconds of idle after each timed
-    step (None: SETTLE_S). Raises ModuleNotFoundError(TORCH_MISSING) without PyTorch."""
+    BLAS and PyTorch alike, Numba on numba_threads (None: one, see below), settle_s seconds of
+    idle after each timed step (None: SETTLE_S). Raises ModuleNotFoundError(TORCH_MISSING)
+    without PyTorch."""
     torch = train_cases._torch()
     if torch is None:
         raise ModuleNotFoundError(TORCH_MISSING)
     threads = threads or harness.bench_threads()
     pools = harness.set_threads(threads)
-    if numba_threads is not None:
-        from cganraw.threads import set_numba_threads
-        pools["numba"] = set_numba_threads(numba_threads)
+    # Numba on one thread unless told: its OpenMP layer and PyTorch's share one libgomp in a
+    # process (the first loaded, by soname), whose wait policy is read once. PyTorch loads its
+    # own first, with active waiting, and a second Numba thread then spun some 8 ms on the
+    # other core after each kernel, into our next GEMM (our DCGAN step at width 128: 265 ms
+    # on two threads, 200 on one). Started the other way round, PyTorch's workers waited
+    # passively and its MLP step took 50 ms instead of 28. A training run has one OpenMP
+    # user and takes both (cganraw.threads).
+    from cganraw.threads import set_numba_threads
+    pools["numba"] = set_numba_threads(1 if numba_threads is None else numba_threads)
     torch.set_num_threads(threads)
     settle_s = SETTLE_S if settle_s is None else float(settle_s)
     from cganraw.bench.machine import machine_info
