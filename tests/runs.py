@@ -30,3 +30,18 @@ def resave_with_config(path, config):
     for k, state in ck["rng"].items():
         checkpoint.restore_rng(rngs[k], state)
     checkpoint.save(path, G, D, opt_g, opt_d, rngs, {**ck["meta"], "config": config}, G_ema)
+
+
+def assert_resume_conflict(flag, saved, asked, saved_args, asked_args, data_dir, tmp_path, capsys, tiny):
+    """Train one step with saved_args, resume with asked_args: the resume must stop with exit 2
+    and the message "FLAG: was SAVED, asked ASKED ... conflicts with the saved run", leaving the
+    checkpoint at step 1."""
+    out = tmp_path / "run"
+    assert run_cli("--dataset", "emnist", "--data-dir", data_dir, "--out", out, "--max-steps", 1,
+                   *saved_args, *tiny) == 0
+    capsys.readouterr()
+    rc = run_cli("--resume", out, "--max-steps", 2, *asked_args, "--quiet", "--data-dir", data_dir, "--no-download")
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert f"{flag}: was {saved}, asked {asked}" in err and "conflicts with the saved run" in err
+    assert final_state(out)["meta"]["step"] == 1

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from cganraw import checkpoint, export, load, models, settings, train
-from tests.runs import final_state, resave_with_config, run_cli
+from tests.runs import assert_resume_conflict, final_state, resave_with_config, run_cli
 
 TINY = ["--width", "4", "--batch-size", "8", "--log-every", "1", "--quiet", "--no-download"]
 
@@ -60,16 +60,9 @@ def test_film_resume_is_exact_on_numpy(letters_dir, tmp_path):
 
 @pytest.mark.parametrize("saved, asked", [(False, True), (True, False)], ids=["off-on", "on-off"])
 def test_resume_with_another_g_film_is_a_conflict(saved, asked, letters_dir, tmp_path, capsys):
-    out = tmp_path / "run"
-    assert run_cli("--dataset", "emnist", "--data-dir", letters_dir, "--out", out, "--max-steps", 1,
-                   "--g-film" if saved else "--no-g-film", *TINY) == 0
-    capsys.readouterr()
-    rc = run_cli("--resume", out, "--max-steps", 2, "--g-film" if asked else "--no-g-film", "--quiet",
-                 "--data-dir", letters_dir, "--no-download")
-    assert rc == 2
-    err = capsys.readouterr().err
-    assert f"--g-film: was {saved}, asked {asked}" in err and "conflicts with the saved run" in err
-    assert final_state(out)["meta"]["step"] == 1
+    flag = lambda on: "--g-film" if on else "--no-g-film"
+    assert_resume_conflict("--g-film", saved, asked, [flag(saved)], [flag(asked)], letters_dir, tmp_path, capsys,
+                           TINY)
 
 
 def test_a_config_from_before_g_film_resumes_as_off(letters_dir, tmp_path):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from cganraw import load
-from tests.runs import final_state, run_cli
+from tests.runs import assert_resume_conflict, final_state, run_cli
 
 TINY = ["--width", "4", "--batch-size", "8", "--log-every", "1", "--quiet", "--no-download"]
 
@@ -60,13 +60,5 @@ def test_projection_resume_is_exact_on_numpy(letters_dir, tmp_path):
 
 @pytest.mark.parametrize("saved, asked", [("concat", "projection"), ("projection", "both")])
 def test_resume_with_another_d_label_is_a_conflict(saved, asked, letters_dir, tmp_path, capsys):
-    out = tmp_path / "run"
-    assert run_cli("--dataset", "emnist", "--data-dir", letters_dir, "--out", out, "--max-steps", 1,
-                   "--d-label", saved, *TINY) == 0
-    capsys.readouterr()
-    rc = run_cli("--resume", out, "--max-steps", 2, "--d-label", asked, "--quiet", "--data-dir", letters_dir,
-                 "--no-download")
-    assert rc == 2
-    err = capsys.readouterr().err
-    assert f"--d-label: was {saved}, asked {asked}" in err and "conflicts with the saved run" in err
-    assert final_state(out)["meta"]["step"] == 1
+    assert_resume_conflict("--d-label", saved, asked, ["--d-label", saved], ["--d-label", asked], letters_dir,
+                           tmp_path, capsys, TINY)

@@ -9,7 +9,7 @@ import pytest
 
 from cganraw import checkpoint, load, settings, train
 from cganraw.bench import census
-from tests.runs import final_state, resave_with_config, run_cli
+from tests.runs import assert_resume_conflict, final_state, resave_with_config, run_cli
 
 TINY = ["--width", "4", "--batch-size", "8", "--log-every", "1", "--quiet", "--no-download"]
 
@@ -54,16 +54,8 @@ def test_stem_resume_is_exact_on_numpy(letters_dir, tmp_path):
 
 @pytest.mark.parametrize("saved, asked", [(0, 8), (8, 16), (8, 0)])
 def test_resume_with_another_d_stem_is_a_conflict(saved, asked, letters_dir, tmp_path, capsys):
-    out = tmp_path / "run"
-    assert run_cli("--dataset", "emnist", "--data-dir", letters_dir, "--out", out, "--max-steps", 1,
-                   "--d-stem", saved, *TINY) == 0
-    capsys.readouterr()
-    rc = run_cli("--resume", out, "--max-steps", 2, "--d-stem", asked, "--quiet", "--data-dir", letters_dir,
-                 "--no-download")
-    assert rc == 2
-    err = capsys.readouterr().err
-    assert f"--d-stem: was {saved}, asked {asked}" in err and "conflicts with the saved run" in err
-    assert final_state(out)["meta"]["step"] == 1
+    assert_resume_conflict("--d-stem", saved, asked, ["--d-stem", saved], ["--d-stem", asked], letters_dir, tmp_path,
+                           capsys, TINY)
 
 
 def test_a_config_from_before_d_stem_resumes_as_0(letters_dir, tmp_path):
