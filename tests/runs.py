@@ -45,3 +45,13 @@ def assert_resume_conflict(flag, saved, asked, saved_args, asked_args, data_dir,
     err = capsys.readouterr().err
     assert f"{flag}: was {saved}, asked {asked}" in err and "conflicts with the saved run" in err
     assert final_state(out)["meta"]["step"] == 1
+
+
+def assert_same_state(a, b):
+    """Two loaded checkpoints hold the same training state: every array of G, its moving
+    average, D and both optimisers, bit for bit, under the same keys."""
+    import numpy as np
+    for part in ("G", "G_ema", "D", "opt_g", "opt_d"):
+        assert a[part].keys() == b[part].keys(), part
+        for k in a[part]:
+            np.testing.assert_array_equal(a[part][k], b[part][k], err_msg=f"{part}.{k}")

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from cganraw import load
-from tests.runs import assert_resume_conflict, final_state, run_cli
+from tests.runs import assert_resume_conflict, assert_same_state, final_state, run_cli
 
 TINY = ["--width", "4", "--batch-size", "8", "--log-every", "1", "--quiet", "--no-download"]
 
@@ -52,10 +52,7 @@ def test_projection_resume_is_exact_on_numpy(letters_dir, tmp_path):
                    letters_dir, "--no-download") == 0
     a, b = final_state(straight), final_state(split)
     assert b["meta"]["step"] == 8 and "label_proj.weight" in a["D"] and a["meta"]["config"]["r1"] == 0.3
-    for part in ("G", "G_ema", "D", "opt_g", "opt_d"):
-        assert a[part].keys() == b[part].keys()
-        for k in a[part]:
-            np.testing.assert_array_equal(a[part][k], b[part][k], err_msg=f"{part}.{k}")
+    assert_same_state(a, b)
 
 
 @pytest.mark.parametrize("saved, asked", [("concat", "projection"), ("projection", "both")])

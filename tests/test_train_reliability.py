@@ -15,6 +15,7 @@ import pytest
 
 import cganraw.run as run_module
 from cganraw import checkpoint, health, load, rundir, train
+from tests.runs import assert_same_state
 from tests.synthetic import write_emnist
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -89,10 +90,7 @@ def ckpt_step(out):
 
 
 def same_state(a, b):
-    for part in ("G", "G_ema", "D", "opt_g", "opt_d"):
-        assert a[part].keys() == b[part].keys()
-        for k in a[part]:
-            np.testing.assert_array_equal(a[part][k], b[part][k], err_msg=f"{part}.{k}")
+    assert_same_state(a, b)
     assert a["rng"] == b["rng"]
 
 
