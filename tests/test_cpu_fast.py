@@ -871,3 +871,50 @@ def test_instancenorm_film_leaky_relu_is_a_host_op(rng):
             INF.instancenorm_film_leaky_relu_backward(x, cache)
     finally:
         backend.use(prev)
+
+
+_TWIN_PROBE = '''
+import sys
+import numpy as np
+sys.path.insert(0, {here!r})
+import twin_probe
+from cganraw.ops import _cpu
+_cpu.start_threads().set_num_threads(2)
+ids = np.full(64, -1, np.int64)
+twin_probe.thread_ids(ids, work={work})
+print(sorted(set(ids.tolist())))
+'''
+
+
+def test_parallel_and_serial_twins_keep_their_own_cache(tmp_path):
+    # Numba keys its on-disk cache by name, signature and code, not by the parallel flag: the
+    # serial twin compiled first used to be loaded as the parallel one in the next process
+    # (and the other way round). Process one compiles and caches the serial twin; process two,
+    # on the same cache, must run the parallel one on both threads.
+    import os
+    import subprocess
+    import sys
+    (tmp_path / "twin_probe.py").write_text(
+        "from cganraw.ops import _cpu\n\n\n"
+        "@_cpu.kernel\n"
+        "def thread_ids(nb, parallel):\n"
+        "    @nb.njit(parallel=parallel, cache=True)\n"
+        "    def ids_of(out):\n"
+        "        for i in nb.prange(out.size):\n"
+        "            acc = 0.0\n"
+        "            for j in range(200000):     # long enough for both threads to take tasks\n"
+        "                acc += j * 1e-9\n"
+        "            out[i] = nb.get_thread_id() + int(acc * 0)\n"
+        "    return ids_of\n")
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "cache"), "NUMBA_NUM_THREADS": "2"}
+
+    def run(work):
+        proc = subprocess.run([sys.executable, "-c", _TWIN_PROBE.format(here=str(tmp_path), work=work)],
+                              capture_output=True, text=True, env=env, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        return proc.stdout.strip().splitlines()[-1]
+
+    assert run(1) == "[0]"                                   # the serial twin, now cached
+    assert run(_cpu.PARALLEL_MIN_WORK) == "[0, 1]"           # the parallel twin, from the same cache dir
+    names = sorted(p.name for p in (tmp_path / "cache").rglob("*.nbi"))
+    assert len(names) == 2 and any(".serial" in n for n in names) and any(".parallel" in n for n in names), names

@@ -81,9 +81,28 @@ def host_planes(x, *params) -> bool:
 PARALLEL_MIN_WORK = 1 << 20
 
 
+TWIN_SUFFIX = {True: ".parallel", False: ".serial"}
+
+
+def _cache_apart(fn, parallel):
+    """fn, a twin just built with cache=True, given cache files of its own. Numba names a
+    cached function's files by its qualified name and keys their entries by signature, code
+    and closure, not by its flags: the two twins of a builder shared each entry, and whichever
+    compiled a signature first ran as both from then on (on this machine's cache, serial code
+    under the parallel twin and parallel code under the serial one: the same values, other
+    speeds, fixed by the cache's history). The suffix gives each twin its own files."""
+    cache = getattr(fn, "_cache", None)
+    if cache is None or type(cache).__name__ == "NullCache":
+        return fn
+    fn.py_func.__qualname__ += TWIN_SUFFIX[parallel]
+    fn.enable_caching()
+    return fn
+
+
 def kernel(builder):
     """Decorator: `builder(nb, parallel)` returns the jitted function. Both the parallel
-    and the serial twin are built on first use; `work` (elements touched) picks one."""
+    and the serial twin are built on first use, each with its own cache files
+    (_cache_apart); `work` (elements touched) picks one."""
     compiled = {}
 
     def call(*args, work=None):
@@ -92,7 +111,7 @@ def kernel(builder):
         if fn is None:
             if parallel:
                 start_threads()
-            fn = compiled[parallel] = builder(numba(), parallel)
+            fn = compiled[parallel] = _cache_apart(builder(numba(), parallel), parallel)
         return fn(*args)
     call.__name__ = builder.__name__
     return call
