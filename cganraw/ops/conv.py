@@ -181,29 +181,37 @@ def _im2col_bm_numba(nb, parallel):
         hp = max(h + 2 * p, (ho - 1) * s + k)               # windows may overhang the far side by s-1
         wp = max(w + 2 * p, (wo - 1) * s + k)
         for c in nb.prange(c_in):
-            plane = np.zeros((hp, wp, n_img), x.dtype)      # (Hp, Wp, N), zero border
+            # the channel's images copied along their rows first (contiguous reads), then
+            # turned into the plane from that copy, in cache: turning straight from x, one
+            # image's page per value read or written, ran at half the speed
+            images = np.empty((n_img, h, w), x.dtype)
             acc = 0.0
             for n in range(n_img):
                 src = x[c, n] if x_cm else x[n, c]
+                dst = images[n]
                 if act:
                     mask = y[c, n] if y_cm else y[n, c]
                     for yy in range(h):
                         for xx in range(w):
                             v = src[yy, xx] if mask[yy, xx] > 0 else src[yy, xx] * slope
-                            plane[yy + p, xx + p, n] = v
+                            dst[yy, xx] = v
                             acc += v
                 elif sums:
                     for yy in range(h):
                         for xx in range(w):
                             v = src[yy, xx]
-                            plane[yy + p, xx + p, n] = v
+                            dst[yy, xx] = v
                             acc += v
                 else:
-                    for yy in range(h):
-                        for xx in range(w):
-                            plane[yy + p, xx + p, n] = src[yy, xx]
+                    dst[:, :] = src
             if sums:
                 db[c] = acc
+            plane = np.zeros((hp, wp, n_img), x.dtype)      # (Hp, Wp, N), zero border
+            for yy in range(h):
+                for xx in range(w):
+                    run = plane[yy + p, xx + p]
+                    for n in range(n_img):
+                        run[n] = images[n, yy, xx]
             for i in range(k):
                 for j in range(k):
                     row = cols[(c * k + i) * k + j]
@@ -242,16 +250,22 @@ def _col2im_bm_numba(nb, parallel):
                             for n in range(n_img):
                                 dst_run[n] += row[o + n]
             bias = b[c] if has_bias else cols.dtype.type(0)
-            for n in range(n_img):
-                dst = out[c, n] if out_cm else out[n, c]
-                for yy in range(h):
-                    for xx in range(w):
-                        v = plane[yy + p, xx + p, n]
+            # turned out of the plane into a scratch of the channel's images, in cache, then
+            # copied along their rows (the image_rows of im2col_bm the other way round)
+            images = np.empty((n_img, h, w), cols.dtype)
+            for yy in range(h):
+                for xx in range(w):
+                    run = plane[yy + p, xx + p]
+                    for n in range(n_img):
+                        v = run[n]
                         if has_bias:
                             v = v + bias
                         if act:
                             v = v if v > 0 else v * slope
-                        dst[yy, xx] = v
+                        images[n, yy, xx] = v
+            for n in range(n_img):
+                dst = out[c, n] if out_cm else out[n, c]
+                dst[:, :] = images[n]
     return col2im_bm
 
 
