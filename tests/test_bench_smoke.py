@@ -296,6 +296,7 @@ def test_vs_torch_compares_interleaved_rounds(tmp_path, monkeypatch, capsys):
         assert r["cpu_ratio"] == pytest.approx(r["ours_cpu_median_s"] / r["torch_cpu_median_s"])
     assert data["rounds"] == 2 and data["threads"] == 1 and data["machine"]["cpu"]
     assert data["settle_s"] == 0.001 and data["numba_threads"] in (None, 1)     # None: no Numba
+    assert data["numba_layer"] in (None, "tbb", "omp", "workqueue")
     assert data["models"] == ["cgan-conv", "cgan-mlp", "dcgan", "gan-mlp"]
 
 
@@ -304,6 +305,29 @@ def test_vs_torch_models_picks_rows(tmp_path, monkeypatch, capsys):
     assert [(r["model"], r["width"], r["batch"]) for r in data["results"]] == [("dcgan", 4, 2), ("gan-mlp", None, 2)]
     assert data["models"] == ["dcgan", "gan-mlp"]
     assert "cgan-conv" not in capsys.readouterr().out
+
+
+def test_vs_torch_gives_numba_every_thread_on_tbb_only(monkeypatch):
+    # on OpenMP, Numba's pool would share PyTorch's actively waiting libgomp (one thread then);
+    # TBB's workers are its own, and Numba takes as many threads as BLAS, as in training
+    torch = pytest.importorskip("torch")
+    from cganraw.bench import vs_torch
+    from cganraw.ops import _cpu
+    if _cpu.start_threads() is None:
+        pytest.skip("Numba is not installed")
+    two = min(2, _cpu.numba().config.NUMBA_NUM_THREADS)
+    threads = torch.get_num_threads()
+    monkeypatch.setattr(vs_torch, "WARMUP", 1)
+    try:
+        for layer, expected in (("tbb", two), ("omp", 1), ("workqueue", 1)):
+            monkeypatch.setattr(vs_torch, "numba_layer", lambda layer=layer: layer)
+            data = vs_torch.run(1, 2, (("gan-mlp", None, 2),), settle_s=0.0)
+            assert (data["numba_layer"], data["numba_threads"]) == (layer, expected)
+        data = vs_torch.run(1, 2, (("gan-mlp", None, 2),), numba_threads=1, settle_s=0.0)    # told: as told
+        assert data["numba_threads"] == 1
+    finally:
+        torch.set_num_threads(threads)
+        harness.set_threads(harness.bench_threads())
 
 
 @pytest.mark.parametrize("args,message", [

@@ -51,7 +51,8 @@ def build_parser():
                    help="keyword expression on the case ids, as pytest -k: 'gemm and not cuda'")
     p.add_argument("--list", action="store_true", help="list the selected case ids and stop")
     p.add_argument("--threads", type=cli.positive_int, default=None,
-                   help="threads for BLAS and PyTorch, Numba on one as in training (default: $CGANRAW_BENCH_THREADS, "
+                   help="threads for BLAS and PyTorch; Numba on as many as training gives it beside them (--vs-torch: "
+                        "as many on Numba's TBB layer, else one) (default: $CGANRAW_BENCH_THREADS, "
                         "else the CPUs this process may use)")
     p.add_argument("--vs-torch", action="store_true",
                    help="only the training steps of the models (conv cGAN at (width 128, batch 128) and (64, 64), "

@@ -122,10 +122,19 @@ def compare(model: str, width: int | None, batch: int, rounds: int, torch, seed:
     return Comparison(model, width, batch, ours_s, torch_s, ours_cpu, torch_cpu)
 
 
+def numba_layer() -> str | None:
+    """The threading layer Numba's parallel kernels run on here ("tbb", "omp", "workqueue"),
+    their pool started; None without Numba."""
+    from cganraw.ops import _cpu
+    nb = _cpu.start_threads()
+    return None if nb is None else nb.threading_layer()
+
+
 def run(rounds: int = 5, threads: int | None = None, rows=None, numba_threads: int | None = None,
         settle_s: float | None = None) -> dict:
     """Every row compared (rows: (model, width, batch) tuples, ROWS by default); threads for
-    BLAS and PyTorch alike, Numba on numba_threads (None: one, see below), settle_s seconds of
+    BLAS and PyTorch alike, Numba on numba_threads (None: as many on the TBB layer, else
+    one, see below), settle_s seconds of
     idle after each timed step (None: SETTLE_S). Raises ModuleNotFoundError(TORCH_MISSING)
     without PyTorch."""
     torch = train_cases._torch()
@@ -133,21 +142,26 @@ def run(rounds: int = 5, threads: int | None = None, rows=None, numba_threads: i
         raise ModuleNotFoundError(TORCH_MISSING)
     threads = threads or harness.bench_threads()
     pools = harness.set_threads(threads)
-    # Numba on one thread unless told: its OpenMP layer and PyTorch's share one libgomp in a
+    # Numba on as many threads as BLAS on the TBB layer, as in training, else on one (unless
+    # told). Numba's OpenMP layer and PyTorch's share one libgomp in a
     # process (the first loaded, by soname), whose wait policy is read once. PyTorch loads its
     # own first, with active waiting, and a second Numba thread then spun some 8 ms on the
     # other core after each kernel, into our next GEMM (our DCGAN step at width 128: 265 ms
     # on two threads, 200 on one). Started the other way round, PyTorch's workers waited
-    # passively and its MLP step took 50 ms instead of 28. A training run has one OpenMP
-    # user and takes both (cganraw.threads).
+    # passively and its MLP step took 50 ms instead of 28. TBB (the `fast` extra installs it,
+    # and Numba prefers it) has workers of its own; Numba's workqueue layer on two threads was
+    # no faster than one (DCGAN width 64: 42-46 ms against 42).
     from cganraw.threads import set_numba_threads
-    pools["numba"] = set_numba_threads(1 if numba_threads is None else numba_threads)
+    layer = numba_layer()
+    if numba_threads is None:
+        numba_threads = threads if layer == "tbb" else 1
+    pools["numba"] = set_numba_threads(numba_threads)
     torch.set_num_threads(threads)
     settle_s = SETTLE_S if settle_s is None else float(settle_s)
     from cganraw.bench.machine import machine_info
     results = [compare(m, w, b, rounds, torch, settle_s=settle_s) for m, w, b in (ROWS if rows is None else rows)]
     return {"models": sorted({c.model for c in results}, key=models.MODELS.index), "rounds": rounds,
-            "threads": threads, "numba_threads": pools["numba"], "settle_s": settle_s,
+            "threads": threads, "numba_threads": pools["numba"], "numba_layer": layer, "settle_s": settle_s,
             "torch_version": torch.__version__, "machine": machine_info(threads),
             "results": [c.as_dict() for c in results]}
 
