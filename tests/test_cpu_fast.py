@@ -906,7 +906,9 @@ def test_parallel_and_serial_twins_keep_their_own_cache(tmp_path):
         "                acc += j * 1e-9\n"
         "            out[i] = nb.get_thread_id() + int(acc * 0)\n"
         "    return ids_of\n")
-    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "cache"), "NUMBA_NUM_THREADS": "2"}
+    # the workqueue layer splits a prange evenly between the threads: each takes half
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "cache"), "NUMBA_NUM_THREADS": "2",
+           "NUMBA_THREADING_LAYER": "workqueue"}
 
     def run(work):
         proc = subprocess.run([sys.executable, "-c", _TWIN_PROBE.format(here=str(tmp_path), work=work)],
@@ -918,3 +920,30 @@ def test_parallel_and_serial_twins_keep_their_own_cache(tmp_path):
     assert run(_cpu.PARALLEL_MIN_WORK) == "[0, 1]"           # the parallel twin, from the same cache dir
     names = sorted(p.name for p in (tmp_path / "cache").rglob("*.nbi"))
     assert len(names) == 2 and any(".serial" in n for n in names) and any(".parallel" in n for n in names), names
+
+
+_MIN_WORK_PROBE = '''
+from cganraw.ops import _cpu
+{before}
+nb = _cpu.start_threads()
+print(nb.threading_layer(), _cpu.PARALLEL_MIN_WORK)
+'''
+
+
+@pytest.mark.parametrize("layer,before,expected", [
+    ("tbb", "", "PARALLEL_MIN_WORK_TBB"),
+    ("workqueue", "", "PARALLEL_MIN_WORK_DEFAULT"),
+    ("tbb", "_cpu.PARALLEL_MIN_WORK = 5", 5),                # set before the pool starts: kept
+])
+def test_parallel_min_work_follows_the_threading_layer(layer, before, expected):
+    import os
+    import subprocess
+    import sys
+    env = {**os.environ, "NUMBA_THREADING_LAYER": layer}
+    proc = subprocess.run([sys.executable, "-c", _MIN_WORK_PROBE.format(before=before)], capture_output=True,
+                          text=True, env=env, timeout=300)
+    if proc.returncode != 0 and layer == "tbb" and "threading layer" in proc.stderr:
+        pytest.skip("no TBB for Numba here (the fast extra installs it on x86-64)")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    want = getattr(_cpu, expected) if isinstance(expected, str) else expected
+    assert proc.stdout.split() == [layer, str(want)]
