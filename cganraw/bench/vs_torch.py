@@ -143,9 +143,9 @@ def run(rounds: int = 5, threads: int | None = None, rows=None, numba_threads: i
     threads = threads or harness.bench_threads()
     pools = harness.set_threads(threads)
     # Numba on as many threads as BLAS on the TBB layer, as in training, else on one (unless
-    # told). Numba's OpenMP layer and PyTorch's share one libgomp in a
-    # process (the first loaded, by soname), whose wait policy is read once. PyTorch loads its
-    # own first, with active waiting, and a second Numba thread then spun some 8 ms on the
+    # told). Numba's OpenMP layer and PyTorch's share one libgomp in a process (the first
+    # loaded, by soname), whose wait policy is read once. PyTorch loads its own first, with
+    # active waiting, and a second Numba thread then spun some 8 ms on the
     # other core after each kernel, into our next GEMM (our DCGAN step at width 128: 265 ms
     # on two threads, 200 on one). Started the other way round, PyTorch's workers waited
     # passively and its MLP step took 50 ms instead of 28. TBB (the `fast` extra installs it,

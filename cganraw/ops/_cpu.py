@@ -110,8 +110,8 @@ def _cache_apart(fn, parallel):
     compiled a signature first ran as both from then on (on this machine's cache, serial code
     under the parallel twin and parallel code under the serial one: the same values, other
     speeds, fixed by the cache's history). The suffix gives each twin its own files."""
-    cache = getattr(fn, "_cache", None)
-    if cache is None or type(cache).__name__ == "NullCache":
+    from numba.core.caching import NullCache  # Numba is loaded: fn is its
+    if isinstance(getattr(fn, "_cache", None), (NullCache, type(None))):
         return fn
     fn.py_func.__qualname__ += TWIN_SUFFIX[parallel]
     fn.enable_caching()

@@ -251,7 +251,7 @@ def _col2im_bm_numba(nb, parallel):
                                 dst_run[n] += row[o + n]
             bias = b[c] if has_bias else cols.dtype.type(0)
             # turned out of the plane into a scratch of the channel's images, in cache, then
-            # copied along their rows (the image_rows of im2col_bm the other way round)
+            # copied along their rows (im2col_bm's `images` the other way round)
             images = np.empty((n_img, h, w), cols.dtype)
             for yy in range(h):
                 for xx in range(w):
