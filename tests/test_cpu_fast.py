@@ -282,6 +282,42 @@ def test_bias_rows_kernels_are_the_plane_kernels_bit_for_bit(shape, rng):
 
 
 # ---------------------------------------------------------------- accumulating GEMM through CBLAS
+
+def _image_then_batch_sums(a):
+    # (N, C, H, W) -> (C,) float64 in channel_total's order, written out with sequential
+    # cumulative sums: each image's plane in pixel order from 0, then the images in n order
+    n, c = a.shape[:2]
+    per_image = np.cumsum(a.reshape(n, c, -1).astype(np.float64), axis=2)[:, :, -1]     # (N, C)
+    return np.cumsum(per_image, axis=0)[-1]
+
+
+@pytest.mark.parametrize("shape", [(19, 3, 7, 7), (8, 2, 1, 5), (5, 4, 3, 3), (1, 1, 1, 1), (17, 2, 14, 14)])
+@pytest.mark.parametrize("channel_major", [False, True])
+def test_bias_gradient_sums_follow_channel_total_in_every_pass(shape, channel_major, rng):
+    # the one summation order of every Numba pass that sums a bias gradient: the unfused
+    # bias_add_backward, the fused activation's backward, the layout turn and im2col that
+    # sum as they read dy, and the batch-minor total
+    from cganraw.ops import bias as B
+    dy = rng.normal(size=shape).astype(np.float32) * np.float32(1e3)
+    y = rng.normal(size=shape).astype(np.float32)
+    if channel_major:
+        dy = np.ascontiguousarray(dy.transpose(1, 0, 2, 3)).transpose(1, 0, 2, 3)
+    want = _image_then_batch_sums(dy).astype(np.float32)
+    np.testing.assert_array_equal(B.bias_add_backward_numba(dy), want)
+    dpre, db = B.bias_leaky_relu_backward_numba(dy, (y, 0.2))
+    np.testing.assert_array_equal(db, _image_then_batch_sums(dpre).astype(np.float32))
+    for leaky, summed in ((None, dy), ((y, 0.2), dpre)):
+        sums = np.empty(shape[1])
+        conv._to_batch_minor(dy, channel_sums=sums, leaky=leaky)
+        np.testing.assert_array_equal(sums, _image_then_batch_sums(summed))
+        sums = np.empty(shape[1])
+        conv.im2col_batch_minor(dy, 3, 1, 1, leaky=leaky, channel_sums=sums)
+        np.testing.assert_array_equal(sums, _image_then_batch_sums(summed))
+    nb = _cpu.numba()
+    block = np.ascontiguousarray(dy[:, 0].reshape(shape[0], -1).T)          # (H*W, N): channel 0, batch-minor
+    assert B.channel_total_batch_minor(nb)(block) == _image_then_batch_sums(dy[:, :1])[0]
+    assert B.channel_total(nb)(np.ascontiguousarray(block.T)) == _image_then_batch_sums(dy[:, :1])[0]
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("trans_a", [False, True])
 @pytest.mark.parametrize("trans_b", [False, True])
