@@ -449,12 +449,16 @@ class ConvCGANDiscriminator(_GAN):
         feats = trunk(h)
         return self.label_proj(feats, labels, out=layers[-1](feats)), trunk
 
-    def _head_backward(self, dy, trunk):
+    def _head_backward(self, dy, trunk, need_dx=True):
         if trunk is None:
-            return self.net.backward(dy)
+            return self.net.backward(dy, need_dx=need_dx)
         dfeats = self.net[-1].backward(dy)
         _launch.add_into(dfeats, self.label_proj.backward(dy))     # both read h: the gradients add
-        return trunk.backward(dfeats)
+        return trunk.backward(dfeats, need_dx=need_dx)
+
+    def _needs_input_gradient(self, need_dx):
+        # the label map's gradient is a slice of the input's: a concatenated map needs it always
+        return need_dx or self.label_mode != "projection"
 
     def _label_path(self, num_classes, rng):
         self.label_emb = nn.Embedding(num_classes, LABEL_EMBED_DIM, rng=rng)
@@ -503,9 +507,14 @@ class ConvCGANDiscriminator(_GAN):
             self._save(trunk)
         return y
 
-    def backward(self, dy):
+    def backward(self, dy, need_dx=True):
+        """dy (N, 1) -> dx (N, 1, 28, 28), or None with need_dx=False (D's own step: the
+        images need no gradient, and the first convolution's input GEMM is skipped unless the
+        label map needs it)."""
         trunk = self._pop_cache() if self.label_mode != "concat" else None
-        return self._with_label_backward(self._head_backward(dy, trunk))
+        need = self._needs_input_gradient(need_dx)
+        dx = self._with_label_backward(self._head_backward(dy, trunk, need))
+        return dx if need_dx else None
 
 
 def _check_d_label(label):
@@ -709,10 +718,18 @@ class ProgressiveConvCGANDiscriminator(ConvCGANDiscriminator):
         self._save((route, alpha, trunk))
         return y
 
-    def backward(self, dy):
+    def backward(self, dy, need_dx=True):
+        """As ConvCGANDiscriminator.backward, through the route of the forward."""
         route, alpha, trunk = self._pop_cache()
         dh = self._head_backward(dy, trunk)
         f = dh.dtype.type
+        if not self._needs_input_gradient(need_dx):
+            if route != "small":
+                self.from_img28.backward(dh if route == "large" else dh * f(alpha), need_dx=False)
+            if route != "large":
+                self.from_img14.backward(dh if route == "small" else dh * f(1.0 - alpha), need_dx=False)
+                self.pool.drop_caches()
+            return None
         if route == "small":
             dinp = self.pool.backward(self.from_img14.backward(dh))
         elif route == "large":
@@ -720,7 +737,8 @@ class ProgressiveConvCGANDiscriminator(ConvCGANDiscriminator):
         else:
             dinp = self.from_img28.backward(dh * f(alpha))
             dinp += self.pool.backward(self.from_img14.backward(dh * f(1.0 - alpha)))
-        return self._with_label_backward(dinp)
+        dx = self._with_label_backward(dinp)
+        return dx if need_dx else None
 
 
 # ---------------------------------------------------------------- MLP models -----
@@ -790,8 +808,14 @@ class MLPDiscriminator(_GAN):
             h = self.concat(h, one_hot(labels, self.num_classes, x.dtype))
         return self.net(h)
 
-    def backward(self, dy):
-        dh = self.net.backward(dy)
+    def backward(self, dy, need_dx=True):
+        """dy (N, 1) -> dx (N, 1, 28, 28), or None with need_dx=False (the one-hot labels
+        need no gradient either: the first Linear's input GEMM is skipped)."""
+        dh = self.net.backward(dy, need_dx=need_dx)
+        if not need_dx:
+            self.concat.drop_caches()
+            self.flatten.drop_caches()
+            return None
         if self.conditional:
             dh, _ = self.concat.backward(dh)
         return self.flatten.backward(dh)
@@ -838,8 +862,9 @@ class DCGANDiscriminator(_GAN):
         _check_labels(self, labels, x.shape[0])
         return self.net(x)
 
-    def backward(self, dy):
-        return self.net.backward(dy)
+    def backward(self, dy, need_dx=True):
+        """dy (N, 1) -> dx (N, 1, 28, 28), or None with need_dx=False."""
+        return self.net.backward(dy, need_dx=need_dx)
 
 
 # ---------------------------------------------------------------- factory --------

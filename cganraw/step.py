@@ -188,17 +188,17 @@ def train_step(G, D, opt_g, opt_d, real_images, real_labels, rng, label_smoothin
     else:
         logits_real = D(real_images, real_labels)
         loss_real, dlogits = bce_with_logits(logits_real, real_target)
-        D.backward(dlogits)
+        D.backward(dlogits, need_dx=False)      # the images need no gradient
         loss_mismatch = None
         if with_mismatch:
             # every label moved by 1..K-1 places: a wrong label for every image
             wrong = philox_shift_labels(real_labels, G.num_classes, key.stream(WRONG_LABELS))
             loss_mismatch, dlogits = bce_with_logits(D(real_images, wrong), 0.0, weight=mismatch)
-            D.backward(dlogits)
+            D.backward(dlogits, need_dx=False)
         fake = G(z, fake_labels)            # G keeps its cache for its own step below
         logits_fake = D(fake, fake_labels)
         loss_fake, dlogits = bce_with_logits(logits_fake, 0.0)
-        D.backward(dlogits)                 # the input gradient is dropped: fake is detached
+        D.backward(dlogits, need_dx=False)  # no input gradient: fake is detached
     if r1 > 0 and key.step % r1_every == 0:
         r1_penalty(D, real_images, real_labels, r1 * r1_every)
     opt_d.step()
@@ -258,7 +258,7 @@ def _d_step_one_batch(G, D, z, real_images, real_labels, fake_labels, key, real_
     terms.append((0.0, 1.0))                # the fakes
     losses, dlogits = bce_with_logits_segments(logits, terms)
     loss_mismatch = losses[1] if mismatch > 0 else None
-    D.backward(dlogits)                 # the input gradient is dropped: fake is detached
+    D.backward(dlogits, need_dx=False)  # no input gradient: fake is detached
     seg = lambda a, i: a[i * n:(i + 1) * n]  # noqa: E731  (contiguous rows of one term)
     return losses[0], loss_mismatch, losses[-1], seg(logits, 0), seg(logits, parts - 1), fake
 
@@ -314,7 +314,7 @@ def r1_penalty(D, real_images, real_labels, gamma):
                 _launch.mark_labels_checked(labels, k)
         with nn.minibatch_std.segmented(D, 2):
             D(images, labels)
-        D.backward(dlogits)
+        D.backward(dlogits, need_dx=False)     # the weight gradients only
     finally:
         D.train(was_training)
     return penalty

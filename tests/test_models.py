@@ -3,7 +3,9 @@ import numpy as np
 import pytest
 
 from cganraw import models
+from cganraw.bench.profile import _MatmulTimer
 from cganraw.gradcheck import check_backward
+from cganraw.nn.dropout import set_step as set_dropout_step
 
 
 def f64(*mods):
@@ -101,3 +103,46 @@ def test_other_models_gradients(name, rng):
     # eps small enough that no ReLU unit after BatchNorm crosses its kink
     check_backward(forward, backward, [z], list(G.named_parameters("G")) + list(D.named_parameters("D")), name=name,
                    eps=1e-6, atol=1e-8, rtol=1e-6)
+
+
+D_WITHOUT_DX = [("cgan-mlp", {}), ("gan-mlp", {}), ("dcgan", {}), ("cgan-conv", dict(d_label="projection")),
+                ("cgan-conv", dict(d_label="concat")), ("cgan-conv", dict(d_label="both", d_norm="spectral")),
+                ("cgan-conv", dict(d_label="projection", d_stem=0, minibatch_std=True)),
+                ("cgan-conv", dict(d_label="projection", progressive=True, growth=(14, 1.0))),
+                ("cgan-conv", dict(d_label="projection", progressive=True, growth=(28, 0.5))),
+                ("cgan-conv", dict(d_label="concat", progressive=True, growth=(28, 0.5)))]
+
+
+@pytest.mark.parametrize("name, options", D_WITHOUT_DX)
+def test_discriminator_backward_without_the_input_gradient(name, options, rng):
+    # D's own step (need_dx=False, as D on detached images): the same weight gradients, bit for
+    # bit, no input gradient, and no forward cache left behind (a second backward is an error)
+    options = dict(options)
+    growth = options.pop("growth", None)
+    n = 4
+    labels = rng.integers(0, 10, n)
+    x = np.tanh(rng.standard_normal((n, 1, 28, 28))).astype(np.float32)
+    dy = rng.standard_normal((n, 1)).astype(np.float32)
+    grads, counts = [], []
+    for need_dx in (True, False):
+        _, D = models.build(name, 10, width=8, seed=2, **options)      # the same D each time
+        if growth:
+            D.set_growth(*growth)
+        set_dropout_step(D, 7)                                          # and the same dropout masks
+        D(x, labels if D.conditional else None)
+        with _MatmulTimer() as products:
+            dx = D.backward(dy, need_dx=need_dx)
+        counts.append(sum(products.calls.values()))
+        assert (dx is None) == (not need_dx)
+        if need_dx:
+            assert dx.shape == x.shape
+        grads.append([p.grad.copy() for p in D.parameters()])
+    for a, b in zip(*grads):
+        np.testing.assert_array_equal(a, b)
+    # the first layer's input GEMM (one per stem the route runs), unless a label map needs it
+    label_map = name == "cgan-conv" and D.label_mode != "projection"
+    stems = 2 if growth and growth[0] == 28 and growth[1] < 1 else 1
+    assert counts[1] == counts[0] - (0 if label_map else stems)
+    assert all(m._cache is None for _, m in D.named_modules())
+    with pytest.raises(RuntimeError, match="without a forward"):
+        D.backward(dy, need_dx=False)

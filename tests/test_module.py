@@ -197,3 +197,25 @@ def test_state_dict_maps_onto_torch(rng):
         np.testing.assert_allclose(p.grad, tp.grad.numpy(), rtol=1e-3, atol=1e-5, err_msg=name)
     theirs.eval(), ours.eval()
     np.testing.assert_allclose(ours(x), theirs(torch.from_numpy(x)).detach().numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_sequential_backward_without_the_input_gradient(rng):
+    # need_dx=False: the parameter-free steps before the first trainable one are skipped (their
+    # caches dropped), that one's input GEMM too; the weight gradients are those of a full backward
+    x = rng.standard_normal((5, 2, 3, 4)).astype(np.float32)
+    dy = rng.standard_normal((5, 6)).astype(np.float32)
+    grads = []
+    for need_dx in (True, False):
+        net = nn.Sequential(nn.Flatten(), nn.LeakyReLU(0.1), nn.Linear(24, 7, rng=np.random.default_rng(1)),
+                            nn.LeakyReLU(0.2), nn.Linear(7, 6, rng=np.random.default_rng(2)))
+        net(x)
+        dx = net.backward(dy, need_dx=need_dx)
+        assert (dx is None) != need_dx
+        grads.append([p.grad.copy() for p in net.parameters()])
+        assert all(m._cache is None for _, m in net.named_modules())
+    for a, b in zip(*grads):
+        np.testing.assert_array_equal(a, b)
+    net.requires_grad_(False)                   # nothing trainable: nothing runs, nothing is left
+    net(x)
+    assert net.backward(dy, need_dx=False) is None
+    assert all(m._cache is None for _, m in net.named_modules())

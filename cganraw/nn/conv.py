@@ -84,11 +84,13 @@ class Conv2d(_ConvBase):
         self._save((cache, y.shape))
         return y
 
-    def backward(self, dy):
+    def backward(self, dy, need_dx=True):
+        """dy (N, O, Ho, Wo) -> dx (N, C, H, W), or None with need_dx=False (its GEMM and
+        col2im skipped)."""
         cache, y_shape = self._pop_cache()
         check_same_shape(self, dy, y_shape)
-        dx, dW, db = conv2d_backward(dy, cache, need_dW=self.weight.requires_grad, dW_out=self._dW_out(dy),
-                                     db_out=self._db_out(dy))
+        dx, dW, db = conv2d_backward(dy, cache, need_dx=need_dx, need_dW=self.weight.requires_grad,
+                                     dW_out=self._dW_out(dy), db_out=self._db_out(dy))
         self._accumulate(dW, db)
         return dx
 
@@ -111,10 +113,11 @@ class ConvTranspose2d(_ConvBase):
         self._save((cache, y.shape))
         return y
 
-    def backward(self, dy):
+    def backward(self, dy, need_dx=True):
+        """dy (N, Cout, Ho, Wo) -> dx (N, Cin, H, W), or None with need_dx=False."""
         cache, y_shape = self._pop_cache()
         check_same_shape(self, dy, y_shape)
-        dx, dW, db = conv_transpose2d_backward(dy, cache, need_dW=self.weight.requires_grad,
+        dx, dW, db = conv_transpose2d_backward(dy, cache, need_dx=need_dx, need_dW=self.weight.requires_grad,
                                                dW_out=self._dW_out(dy), db_out=self._db_out(dy))
         self._accumulate(dW, db)
         return dx

@@ -134,6 +134,11 @@ def plan(layers, fuse=True):
     return steps
 
 
+def takes_need_dx(layer):
+    """Whether layer.backward takes need_dx (the GEMM layers: Linear, Conv2d, ConvTranspose2d)."""
+    return type(layer) in (Linear, Conv2d, ConvTranspose2d)
+
+
 def hands_channel_major(layers, step, consumer):
     """True when `step`'s backward may hand its input gradient on as a channel-major view
     (ops.conv.channel_major_handoff): it is a convolution, alone or fused with its
@@ -154,11 +159,13 @@ def step_forward(modules, x):
     return forward(*modules, x)
 
 
-def step_backward(modules, dy, cache):
-    """dy (gradient of the step's output) -> dx; accumulates the modules' gradients."""
+def step_backward(modules, dy, cache, need_dx=True):
+    """dy (gradient of the step's output) -> dx; accumulates the modules' gradients. Without
+    need_dx a GEMM layer's step skips its input gradient's GEMM and returns None (the other
+    steps compute theirs anyway)."""
     if len(modules) == 3:
         return _film_block_backward(*modules, dy, cache)
-    return backward(*modules, dy, cache)
+    return backward(*modules, dy, cache, need_dx)
 
 
 def _check_instancenorm_input(norm, x):
@@ -250,8 +257,9 @@ def _check_transposed_output(y):
         raise ValueError(f"ConvTranspose2d: output size {tuple(y.shape[2:])} is not positive")
 
 
-def backward(layer, act, dy, cache):
-    """dy (gradient of the activated output) -> dx; accumulates the layer's gradients."""
+def backward(layer, act, dy, cache, need_dx=True):
+    """dy (gradient of the activated output) -> dx; accumulates the layer's gradients. A GEMM
+    layer without need_dx skips dx's GEMM and returns None."""
     if isinstance(layer, _BatchNorm):
         return _batchnorm_backward(layer, dy, cache)
     if type(layer) is InstanceNorm2d:
@@ -272,14 +280,14 @@ def backward(layer, act, dy, cache):
     if type(act) is Tanh:
         dpre, db = bias_tanh_backward(dy, act_cache, need_db=need_dW, out=db_out)
         backward_op = {Linear: linear_backward, Conv2d: conv2d_backward}.get(type(layer), conv_transpose2d_backward)
-        dx, dW, _ = backward_op(dpre, layer_cache, need_dW=need_dW, dW_out=dW_out)
+        dx, dW, _ = backward_op(dpre, layer_cache, need_dx=need_dx, need_dW=need_dW, dW_out=dW_out)
     elif type(layer) is not Linear:     # the activation's gradient comes out in the GEMMs' layout
         backward_op = conv2d_bias_leaky_relu_backward if type(layer) is Conv2d else \
             conv_transpose2d_bias_leaky_relu_backward
-        dx, dW, db = backward_op(dy, layer_cache, need_dW=need_dW, dW_out=dW_out, db_out=db_out)
+        dx, dW, db = backward_op(dy, layer_cache, need_dW=need_dW, dW_out=dW_out, db_out=db_out, need_dx=need_dx)
     else:
         dpre, db = bias_leaky_relu_backward(dy, act_cache, need_db=need_dW, out=db_out)
-        dx, dW, _ = linear_backward(dpre, layer_cache, need_dW=need_dW, dW_out=dW_out)
+        dx, dW, _ = linear_backward(dpre, layer_cache, need_dx=need_dx, need_dW=need_dW, dW_out=dW_out)
     layer.weight.accumulate(dW)
     layer.bias.accumulate(db)
     hooks = spectral_norm_hooks(layer)

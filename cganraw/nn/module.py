@@ -243,6 +243,14 @@ class Module:
         return "\n".join(lines) + (")" if len(lines) == 1 else "\n)")
 
 
+def _first_trainable(layers, steps):
+    """The index of the first step with a parameter that requires a gradient (len(steps): none)."""
+    for i, step in enumerate(steps):
+        if any(p.requires_grad for j in step for p in layers[j].parameters()):
+            return i
+    return len(steps)
+
+
 class Sequential(Module):
     """Layers applied in order; backward runs them in reverse. Children are named
     0, 1, 2, ... as in torch.nn.Sequential.
@@ -282,22 +290,34 @@ class Sequential(Module):
         self._save((steps, pair_caches))
         return x
 
-    def backward(self, dy):
+    def backward(self, dy, need_dx=True):
+        """dy (gradient of the output) -> dx, or None with need_dx=False: then the steps
+        before the first with a trainable parameter are skipped (their caches dropped), and
+        that step, a GEMM layer's, skips its input gradient's GEMM (as PyTorch's autograd
+        does for an input that needs no gradient: D's images in D's step)."""
         from cganraw.nn import fused
         from cganraw.ops import conv
         layers = list(self._modules.values())
         steps, pair_caches = self._pop_cache()
-        for i in range(len(steps) - 1, -1, -1):
+        first = 0 if need_dx else _first_trainable(layers, steps)
+        for i in range(len(steps) - 1, first - 1, -1):
             step = steps[i]
+            last = i == first and not need_dx       # its input gradient is not needed
             # a convolution before an InstanceNorm2d pair hands its gradient on channel-major;
             # the first step's gradient leaves the Sequential: as the caller asked
             handoff = fused.hands_channel_major(layers, step, steps[i - 1]) if i else conv.handing_off()
             with conv.channel_major_handoff(handoff):
                 if len(step) == 1:
-                    dy = layers[step[0]].backward(dy)
+                    layer = layers[step[0]]
+                    dy = layer.backward(dy, need_dx=False) if last and fused.takes_need_dx(layer) else layer.backward(dy)
                 else:
-                    dy = fused.step_backward([layers[j] for j in step], dy, pair_caches[step])
-        return dy
+                    dy = fused.step_backward([layers[j] for j in step], dy, pair_caches[step], need_dx=not last)
+        if need_dx:
+            return dy
+        for step in steps[:first]:
+            for j in step:
+                layers[j].drop_caches()
+        return None
 
     def extra_repr(self):
         return "" if self.fuse else "fuse=False"

@@ -119,10 +119,10 @@ class _SpectralNormHooks:
         self.caches = self.prepare()
         return type(m).forward(m, *args, **kwargs)
 
-    def backward(self, dy):
+    def backward(self, dy, **kwargs):
         m = self.module
         caches, self.caches = self.caches, None
-        dx = type(m).backward(m, dy)        # raises first when there was no forward
+        dx = type(m).backward(m, dy, **kwargs)        # raises first when there was no forward
         self.finish(caches)
         return dx
 

@@ -14,9 +14,9 @@ columns. Two passes over the activations fewer per layer and step, either way. T
 is the same (the same GEMMs, the same sums, in the same order): the unfused layers' bits.
 
     conv2d_bias_leaky_relu_forward(x, W, b, stride, padding, negative_slope) -> y, cache
-    conv2d_bias_leaky_relu_backward(dy, cache, need_dW=True, dW_out=None, db_out=None) -> dx, dW, db
+    conv2d_bias_leaky_relu_backward(dy, cache, need_dW=True, dW_out=None, db_out=None, need_dx=True) -> dx, dW, db
     conv_transpose2d_bias_leaky_relu_forward(x, W, b, stride, padding, output_padding, negative_slope)
-    conv_transpose2d_bias_leaky_relu_backward(dy, cache, need_dW=True, dW_out=None, db_out=None)
+    conv_transpose2d_bias_leaky_relu_backward(dy, cache, need_dW=True, dW_out=None, db_out=None, need_dx=True)
 
 Elsewhere (numpy without Numba, a convolution on its expanded-outputs or phase-split path)
 they are the convolution without a bias and bias_leaky_relu_forward / _backward, op for op.
@@ -60,22 +60,24 @@ def conv2d_bias_leaky_relu_forward(x, W, b, stride, padding, negative_slope):
     return y, ("channel_major", ("im2col", (cols, x.shape, W, stride, padding, False)), act_cache)
 
 
-def conv2d_bias_leaky_relu_backward(dy, cache, need_dW=True, dW_out=None, db_out=None):
+def conv2d_bias_leaky_relu_backward(dy, cache, need_dW=True, dW_out=None, db_out=None, need_dx=True):
     """dy (gradient of the activated output) -> dx, dW, db (dW None with dW_out, db None
-    with db_out or without need_dW: added into them, as conv2d_backward does)."""
+    with db_out or without need_dW: added into them, as conv2d_backward does; dx None without
+    need_dx: its GEMM and col2im are skipped)."""
     kind, conv_cache, act_cache = cache
     if kind == "nchw":
         dpre, db = bias_leaky_relu_backward(dy, act_cache, need_db=need_dW, out=db_out)
-        dx, dW, _ = C.conv2d_backward(dpre, conv_cache, need_dW=need_dW, dW_out=dW_out)
+        dx, dW, _ = C.conv2d_backward(dpre, conv_cache, need_dx=need_dx, need_dW=need_dW, dW_out=dW_out)
         return dx, dW, db
     if kind == "batch_minor":
         W = conv_cache[1][2]                                     # (O, C, k, k)
         db = np.empty(W.shape[0]) if need_dW else None
         dpre2 = C._to_batch_minor(dy, channel_sums=db, leaky=act_cache)     # (O, Ho*Wo*N)
-        dx, dW, _ = C._batch_minor_backward(None, conv_cache[1], True, need_dW, dW_out, None, dy2=dpre2)
+        dx, dW, _ = C._batch_minor_backward(None, conv_cache[1], need_dx, need_dW, dW_out, None, dy2=dpre2)
         return dx, dW, _accumulate(db_out, None if db is None else db.astype(dy.dtype))
     dpre2, db = bias_leaky_relu_backward_to_channel_major_cuda(dy, act_cache, need_db=need_dW, out=db_out)
-    dx, dW, _ = C.conv2d_backward(None, conv_cache, need_dW=need_dW, dW_out=dW_out, dy_channel_major=dpre2)
+    dx, dW, _ = C.conv2d_backward(None, conv_cache, need_dx=need_dx, need_dW=need_dW, dW_out=dW_out,
+                                  dy_channel_major=dpre2)
     return dx, dW, db
 
 
@@ -99,12 +101,12 @@ def conv_transpose2d_bias_leaky_relu_forward(x, W, b, stride, padding, output_pa
     return y, ("batch_minor", ("batch_minor", (x2, x.shape, W, stride, padding, False)), (y, negative_slope))
 
 
-def conv_transpose2d_bias_leaky_relu_backward(dy, cache, need_dW=True, dW_out=None, db_out=None):
+def conv_transpose2d_bias_leaky_relu_backward(dy, cache, need_dW=True, dW_out=None, db_out=None, need_dx=True):
     """dy (gradient of the activated output) -> dx, dW, db, as conv2d_bias_leaky_relu_backward."""
     kind, conv_cache, act_cache = cache
     if kind == "nchw":
         dpre, db = bias_leaky_relu_backward(dy, act_cache, need_db=need_dW, out=db_out)
-        dx, dW, _ = C.conv_transpose2d_backward(dpre, conv_cache, need_dW=need_dW, dW_out=dW_out)
+        dx, dW, _ = C.conv_transpose2d_backward(dpre, conv_cache, need_dx=need_dx, need_dW=need_dW, dW_out=dW_out)
         return dx, dW, db
     y, slope = act_cache
     _, (_, x_shape, W, stride, padding, _) = conv_cache
@@ -113,5 +115,5 @@ def conv_transpose2d_bias_leaky_relu_backward(dy, cache, need_dW=True, dW_out=No
     db = np.empty(W.shape[1] if need_dW else 0, np.float64)
     dcols = C.im2col_batch_minor(dy, k, stride, padding, out_hw=(h, w), leaky=(y, slope),
                                  channel_sums=db if need_dW else None)
-    dx, dW = C.conv_transpose2d_columns_backward(dcols, conv_cache, True, need_dW, dW_out)
+    dx, dW = C.conv_transpose2d_columns_backward(dcols, conv_cache, need_dx, need_dW, dW_out)
     return dx, dW, _accumulate(db_out, db.astype(dy.dtype) if need_dW else None)
