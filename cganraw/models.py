@@ -353,8 +353,7 @@ class ConvCGANGenerator(_GAN):
             return dz
         dh, dlab = self.concat.backward(d)
         self.label_emb.backward(self.label_fc.backward(self.label_map.backward(dlab)))
-        dz = self.fc.backward(self.fc_act.backward(self.to_map.backward(dh)))
-        return dz if need_dz else None
+        return self.fc.backward(self.fc_act.backward(self.to_map.backward(dh)), need_dx=need_dz)
 
     def _set_film_condition(self, z, labels):
         """Each FiLM layer's condition for the next forward: [z, one_hot(labels)] (N, latent + K)."""
@@ -777,8 +776,13 @@ class MLPGenerator(_GAN):
             z = self.concat(z, one_hot(labels, self.num_classes, z.dtype))
         return self.net(z)
 
-    def backward(self, dy):
-        dz = self.net.backward(dy)
+    def backward(self, dy, need_dz=True):
+        """dy (N, 1, 28, 28) -> dz (N, latent), or None with need_dz=False (the training
+        step: the first Linear's input GEMM is skipped)."""
+        dz = self.net.backward(dy, need_dx=need_dz)
+        if not need_dz:
+            self.concat.drop_caches()
+            return None
         if self.conditional:
             dz, _ = self.concat.backward(dz)
         return dz
@@ -841,8 +845,9 @@ class DCGANGenerator(_GAN):
         _check_labels(self, labels, z.shape[0])
         return self.net(z)
 
-    def backward(self, dy):
-        return self.net.backward(dy)
+    def backward(self, dy, need_dz=True):
+        """dy (N, 1, 28, 28) -> dz (N, latent), or None with need_dz=False."""
+        return self.net.backward(dy, need_dx=need_dz)
 
 
 class DCGANDiscriminator(_GAN):

@@ -213,10 +213,7 @@ def train_step(G, D, opt_g, opt_d, real_images, real_labels, rng, label_smoothin
     if pairs:
         loss_ms, dms = mode_seeking_loss(fake[:2 * pairs], z[:2 * pairs])
         _launch.add_into(dfake[:2 * pairs], dms * dms.dtype.type(mode_seeking))
-    if isinstance(G, models.ConvCGANGenerator):
-        G.backward(dfake, need_dz=False)        # z is no parameter: its gradient is not computed
-    else:
-        G.backward(dfake)
+    G.backward(dfake, need_dz=False)            # z is no parameter: its gradient is not computed
     opt_g.step()
 
     flag = flag if flag is not None else health.LossFlag()
