@@ -76,6 +76,87 @@ def test_batch_minor_im2col_col2im_are_the_numpy_references_permuted(shape, dtyp
     np.testing.assert_array_equal(back, conv.col2im_numpy(cols, x.shape, k, s, p, out_hw))
 
 
+
+def _as_batch_minor(a):
+    # (N, C, H, W) -> the same values as a batch-minor view (ops._layout), memory (C, H, W, N)
+    from cganraw.ops import _layout
+    n, c, h, w = a.shape
+    view = _layout.batch_minor_view(np.ascontiguousarray(a.transpose(1, 2, 3, 0)).reshape(c, -1), n, h, w)
+    assert _layout.batch_minor_block(view) is not None or n == 1
+    return view
+
+
+@pytest.mark.parametrize("shape", SHAPES + [(33, 5, 14, 14, 4, 2, 1, None)])       # the last: parallel
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("act", [None, 0.2])
+def test_batch_minor_views_take_the_same_passes_bit_for_bit(shape, dtype, act, rng):
+    # a batch-minor input (a host Conv2d's output handed on): im2col reads it in place, col2im
+    # writes it (with the bias and slope), the layout turn reads dy through the activation and
+    # sums the bias gradient: the values and bits of the NCHW passes
+    from cganraw.ops import _layout
+    n, c, h, w, k, s, p, out_hw = shape
+    ho, wo = out_hw or (conv.conv_output_size(h, k, s, p), conv.conv_output_size(w, k, s, p))
+    x = rng.normal(size=(n, c, h, w)).astype(dtype)
+    xb = _as_batch_minor(x)
+    np.testing.assert_array_equal(xb, x)
+    np.testing.assert_array_equal(conv.im2col_batch_minor(xb, k, s, p, out_hw), conv.im2col_batch_minor(x, k, s, p, out_hw))
+    cols = rng.normal(size=(c * k * k, ho * wo * n)).astype(dtype)
+    b = rng.normal(size=c).astype(dtype)
+    want = conv.col2im_batch_minor(cols, x.shape, k, s, p, out_hw, bias=b, negative_slope=act)
+    got = conv.col2im_batch_minor(cols, x.shape, k, s, p, out_hw, bias=b, negative_slope=act, batch_minor=True)
+    assert n == 1 or _layout.batch_minor_block(got) is not None
+    np.testing.assert_array_equal(got, want)
+    y = rng.normal(size=x.shape).astype(dtype)
+    y.reshape(-1)[::7] = 0
+    leaky = None if act is None else (y, act)
+    leaky_bm = None if act is None else (_as_batch_minor(y), act)
+    sums, sums_bm = np.empty(c), np.empty(c)
+    want = conv._to_batch_minor(x, channel_sums=sums, leaky=leaky)
+    got = conv._to_batch_minor(xb, channel_sums=sums_bm, leaky=leaky_bm)
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(sums_bm, sums)
+    np.testing.assert_array_equal(conv._to_batch_minor(xb, leaky=leaky_bm), want)
+    if n > 1:   # nothing to do: the view's own memory
+        assert np.shares_memory(conv._to_batch_minor(xb), xb)
+    # an op that knows nothing of the layout copies it: the same values
+    np.testing.assert_array_equal(activation.leaky_relu_forward(xb, 0.2)[0], activation.leaky_relu_forward(x, 0.2)[0])
+
+
+@pytest.mark.parametrize("fuse", [True, False])
+def test_conv_pairs_hand_on_batch_minor_and_pass_finite_differences(fuse, rng, monkeypatch):
+    # Conv2d -> LeakyReLU -> Conv2d (D's first two layers): fused, the first hands its output on
+    # batch-minor and gets its gradient back so (float64 finite differences through the handoff);
+    # its values are the unfused layers' bit for bit
+    from cganraw.gradcheck import check_module
+    from cganraw.nn import fused
+    from cganraw.ops import _layout
+
+    def net():
+        r = np.random.default_rng(5)
+        return nn.Sequential(nn.Conv2d(2, 3, 4, 2, 1, rng=r), nn.LeakyReLU(0.2), nn.Conv2d(3, 4, 3, 2, 1, rng=r),
+                             nn.LeakyReLU(0.2), fuse=fuse)
+    seq = net()
+    seq.to(np.float64)
+    x = rng.normal(size=(3, 2, 9, 10))
+    steps = fused.plan(list(seq), fuse)
+    assert fused.hands_batch_minor(list(seq), steps[0], steps[1]) == fuse
+    seen = []
+    im2col = conv.im2col_batch_minor
+    monkeypatch.setattr(conv, "im2col_batch_minor",
+                        lambda x, *a, **k: seen.append(_layout.batch_minor_block(x) is not None) or im2col(x, *a, **k))
+    check_module(seq, x)
+    assert any(seen) == fuse
+    out = {}
+    for f in (True, False):
+        s32 = net()
+        s32.fuse = f
+        x32 = x.astype(np.float32)
+        y = s32(x32)
+        dx = s32.backward(np.ones_like(y))
+        out[f] = (y, dx, [p.grad.copy() for p in s32.parameters()])
+    for a, b in zip(out[True][:2] + tuple(out[True][2]), out[False][:2] + tuple(out[False][2])):
+        np.testing.assert_array_equal(a, b)
+
 def test_col2im_batch_minor_rejects_wrong_cols(rng):
     with pytest.raises(ValueError, match=r"expected \(C\*k\*k, Ho\*Wo\*N\) = \(32, 98\)"):
         conv.col2im_batch_minor(np.zeros((32, 97), np.float32), (2, 2, 14, 14), 4, 2, 1)

@@ -59,6 +59,7 @@ from cganraw.ops.batchnorm import (
 from cganraw.ops.bias import bias_leaky_relu_backward, bias_leaky_relu_forward, bias_tanh_backward, bias_tanh_forward
 from cganraw.ops.conv import (
     conv2d_backward,
+    conv2d_reads_batch_minor,
     conv2d_forward,
     conv_output_size,
     conv_transpose2d_backward,
@@ -137,6 +138,19 @@ def plan(layers, fuse=True):
 def takes_need_dx(layer):
     """Whether layer.backward takes need_dx (the GEMM layers: Linear, Conv2d, ConvTranspose2d)."""
     return type(layer) in (Linear, Conv2d, ConvTranspose2d)
+
+
+def hands_batch_minor(layers, step, consumer):
+    """True when `step`'s forward may hand its output on as a batch-minor view
+    (ops.conv.batch_minor_handoff): on the numpy backend with Numba, it is a Conv2d, alone or
+    fused with its LeakyReLU, and `consumer`, the step after it, starts with a Conv2d that
+    takes the host column path (not the expanded-outputs one), whose im2col reads that layout
+    in place and whose backward hands the gradient back in it."""
+    if backend.uses_kernels() or not _cpu.enabled() or consumer is None:
+        return False
+    first, nxt = layers[step[0]], layers[consumer[0]]
+    return (type(first) is Conv2d and type(nxt) is Conv2d and len(consumer) <= 2
+            and conv2d_reads_batch_minor(nxt.weight.data, nxt.stride, nxt.padding))
 
 
 def hands_channel_major(layers, step, consumer):

@@ -279,14 +279,19 @@ class Sequential(Module):
 
     def forward(self, x):
         from cganraw.nn import fused
+        from cganraw.ops import conv
         layers = list(self._modules.values())
         steps = fused.plan(layers, self.fuse)
         pair_caches = {}
-        for step in steps:
-            if len(step) == 1:
-                x = layers[step[0]](x)
-            else:
-                x, pair_caches[step] = fused.step_forward([layers[j] for j in step], x)
+        for i, step in enumerate(steps):
+            # a host convolution before another hands its output on batch-minor (and gets its
+            # gradient back so); the last step's output leaves the Sequential in NCHW
+            handoff = i + 1 < len(steps) and fused.hands_batch_minor(layers, step, steps[i + 1])
+            with conv.batch_minor_handoff(handoff):
+                if len(step) == 1:
+                    x = layers[step[0]](x)
+                else:
+                    x, pair_caches[step] = fused.step_forward([layers[j] for j in step], x)
         self._save((steps, pair_caches))
         return x
 

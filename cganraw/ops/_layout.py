@@ -8,6 +8,13 @@ copying it into NCHW order, and the next GEMM takes it back as (C, N*H*W) for fr
 accepts any strides (the elementwise Numba kernels work on (N, C, H*W) views, which
 both layouts have).
 
+Batch-minor: a host Conv2d's GEMM produces (C, H*W*N), the image index innermost (ops.conv's
+columns order). Between two host convolutions (nn.Sequential asks, ops.conv's
+batch_minor_handoff) the first hands that buffer on as an (N, C, H, W) view too
+(`batch_minor_view`): the second's im2col reads runs of N values from it, and its col2im
+writes the input gradient back in it, so neither layout turn runs. Any other op given such
+a view copies it to NCHW first (cganraw.ops._cpu.physical): the same values.
+
 The padded flat layout of the phase-split transposed convolution (cganraw.ops.conv):
 channel-major rows (C, total) in which image n's pixel (y, x) sits at column
 first + n*(h+1)*(w+1) + y*(w+1) + x. Each image row is followed by one zero column and each
@@ -52,6 +59,21 @@ def _in_place(y):
 def channel_major_view(a2, n, h, w):
     """(C, N*H*W) -> an (N, C, H, W) view of the same memory."""
     return a2.reshape(a2.shape[0], n, h, w).transpose(1, 0, 2, 3)
+
+
+def batch_minor_view(a2, n, h, w):
+    """(C, H*W*N), the image index innermost (batch-minor, ops.conv's columns order) -> an
+    (N, C, H, W) view of the same memory."""
+    return a2.reshape(a2.shape[0], h, w, n).transpose(3, 0, 1, 2)
+
+
+def batch_minor_block(a):
+    """a (N, C, H, W) -> its memory as (C, H, W, N) when a is a batch-minor view of it (as
+    batch_minor_view gives), else None (an NCHW array is NCHW, even where both are one)."""
+    if a.ndim != 4 or a.flags.c_contiguous:
+        return None
+    t = a.transpose(1, 2, 3, 0)
+    return t if t.flags.c_contiguous else None
 
 
 def as_channel_major(a):

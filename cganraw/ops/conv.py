@@ -303,25 +303,35 @@ def im2col_batch_minor(x, kernel_size, stride=1, padding=0, out_hw=None, leaky=N
     of what the columns hold (x, or dpre), in bias_add_backward's order: the bias gradient."""
     n, c, h, w, k, s, p, ho, wo = _conv_geometry("im2col_batch_minor", x.shape, kernel_size, stride, padding, out_hw)
     cols = _workspace.empty((c * k * k, ho * wo * n), x.dtype)
+    block = _layout.batch_minor_block(x)
+    if block is not None and leaky is None and channel_sums is None:     # runs straight from x
+        _im2col_from_bm_numba(block, k, s, p, ho, wo, cols, work=cols.size)
+        return cols
     y, y_cm, slope, db = _gradient_operands("im2col_batch_minor", x, leaky, channel_sums, _cpu.physical)
     _im2col_bm_numba(*_cpu.physical(x), k, s, p, ho, wo, cols, y, y_cm, slope, db, work=cols.size)
     return cols
 
 
 def col2im_batch_minor(cols, x_shape, kernel_size, stride=1, padding=0, out_hw=None, bias=None,
-                       negative_slope=None):
-    """cols (C*k*k, Ho*Wo*N), column (oy, ox, n) -> x (N, C, H, W), channel-major (Numba); out_hw as
-    col2im's. With bias (C,) and/or negative_slope, x = leaky_relu(x + bias) as it is written
-    (bias_leaky_relu_forward's operations, bit for bit)."""
+                       negative_slope=None, batch_minor=False):
+    """cols (C*k*k, Ho*Wo*N), column (oy, ox, n) -> x (N, C, H, W), channel-major (Numba), or
+    with batch_minor a batch-minor view (ops._layout); out_hw as col2im's. With bias (C,)
+    and/or negative_slope, x = leaky_relu(x + bias) as it is written (bias_leaky_relu_forward's
+    operations, bit for bit)."""
     n, c, h, w, k, s, p, ho, wo = _conv_geometry("col2im_batch_minor", x_shape, kernel_size, stride, padding, out_hw)
     if tuple(cols.shape) != (c * k * k, ho * wo * n):
         raise ValueError(f"col2im_batch_minor: cols has shape {tuple(cols.shape)}, expected "
                          f"(C*k*k, Ho*Wo*N) = ({c * k * k}, {ho * wo * n})")
-    out = _workspace.empty((c, n, h, w), cols.dtype)
     b = _none_of(cols.dtype)[1] if bias is None else np.ascontiguousarray(bias, dtype=cols.dtype)
     if b.shape not in ((0,), (c,)):
         raise ValueError(f"col2im_batch_minor: bias has shape {tuple(b.shape)}, expected ({c},)")
     act = negative_slope is not None
+    slope = cols.dtype.type(negative_slope if act else 0)
+    if batch_minor:
+        block = _workspace.empty((c, h, w, n), cols.dtype)
+        _col2im_to_bm_numba(np.ascontiguousarray(cols), k, s, p, ho, wo, block, b, act, slope, work=cols.size)
+        return _layout.batch_minor_view(block.reshape(c, h * w * n), n, h, w)
+    out = _workspace.empty((c, n, h, w), cols.dtype)
     _col2im_bm_numba(np.ascontiguousarray(cols), k, s, p, ho, wo, out, True, b, act,
                      cols.dtype.type(negative_slope if act else 0), work=cols.size)
     return out.transpose(1, 0, 2, 3)
@@ -399,26 +409,161 @@ def _from_batch_minor_numba(nb, parallel):
     return from_batch_minor
 
 
+# Batch-minor activations (ops._layout: a host Conv2d's output handed on to the next Conv2d as
+# a view of its (C, H*W*N) GEMM output). The next layer's im2col copies runs of N values
+# straight from it, its col2im writes the input gradient back in that layout, and the first
+# layer's backward reads that gradient through its activation in place: the values of the
+# NCHW passes above, bit for bit (each pixel's taps summed in the same order, the same
+# elementwise operations, the bias gradient summed in channel_total's order).
+@_cpu.kernel
+def _finish_batch_minor_numba(nb, parallel):
+    @nb.njit(parallel=parallel, cache=True)
+    def finish(a2, b, act, slope):  # a2 (C, L) in place: + b[c] (size 0: none), then the slope
+        c, length = a2.shape
+        has_bias = b.size > 0
+        for ch in nb.prange(c):
+            row = a2[ch]
+            bias = b[ch] if has_bias else a2.dtype.type(0)
+            for t in range(length):
+                v = row[t]
+                if has_bias:
+                    v = v + bias
+                if act:
+                    v = v if v > 0 else v * slope
+                row[t] = v
+    return finish
+
+
+@_cpu.kernel
+def _im2col_from_bm_numba(nb, parallel):
+    @nb.njit(parallel=parallel, cache=True)
+    def im2col_from_bm(x, k, s, p, ho, wo, cols):  # x (C, H, W, N) -> cols (C*k*k, Ho*Wo*N)
+        c_in, h, w, n = x.shape
+        for r in nb.prange(c_in * k * k):
+            c, i, j = r // (k * k), (r // k) % k, r % k
+            row = cols[r]
+            for oy in range(ho):
+                yy = oy * s + i - p
+                for ox in range(wo):
+                    xx = ox * s + j - p
+                    o = (oy * wo + ox) * n
+                    if 0 <= yy < h and 0 <= xx < w:
+                        src = x[c, yy, xx]
+                        for t in range(n):
+                            row[o + t] = src[t]
+                    else:
+                        for t in range(n):
+                            row[o + t] = 0
+    return im2col_from_bm
+
+
+@_cpu.kernel
+def _col2im_to_bm_numba(nb, parallel):
+    @nb.njit(parallel=parallel, cache=True)
+    def col2im_to_bm(cols, k, s, p, ho, wo, out, b, act, slope):  # -> out (C, H, W, N); b, act as col2im_bm's
+        c_out, h, w, n = out.shape
+        has_bias = b.size > 0
+        for c in nb.prange(c_out):
+            dst = out[c]
+            dst[:, :, :] = 0
+            for i in range(k):
+                for j in range(k):
+                    row = cols[(c * k + i) * k + j]
+                    for oy in range(ho):
+                        yy = oy * s + i - p
+                        if yy < 0 or yy >= h:
+                            continue
+                        for ox in range(wo):
+                            xx = ox * s + j - p
+                            if xx < 0 or xx >= w:
+                                continue
+                            o = (oy * wo + ox) * n
+                            run = dst[yy, xx]
+                            for t in range(n):
+                                run[t] += row[o + t]
+            if has_bias or act:
+                bias = b[c] if has_bias else cols.dtype.type(0)
+                flat = dst.reshape(h * w * n)
+                for t in range(h * w * n):
+                    v = flat[t]
+                    if has_bias:
+                        v = v + bias
+                    if act:
+                        v = v if v > 0 else v * slope
+                    flat[t] = v
+    return col2im_to_bm
+
+
+@_cpu.kernel
+def _gradient_bm_numba(nb, parallel):
+    _total = channel_total_batch_minor(nb)
+
+    @nb.njit(parallel=parallel, cache=True)
+    def gradient_bm(a, y, slope, out, sums):
+        # a, y (C, HW, N) batch-minor; y (size 0: none) the activation's output: out = a where
+        # y > 0 else slope * a (out may be a itself when y is none); sums (C,) float64 (size 0:
+        # none) each channel's sum of out, in channel_total's order
+        c = a.shape[0]
+        act = y.size > 0
+        for ch in nb.prange(c):
+            src, dst = a[ch], out[ch]
+            if act:
+                mask = y[ch]
+                for p in range(src.shape[0]):
+                    for i in range(src.shape[1]):
+                        dst[p, i] = src[p, i] if mask[p, i] > 0 else src[p, i] * slope
+            if sums.size > 0:
+                sums[ch] = _total(dst)
+    return gradient_bm
+
+
 def _to_batch_minor(a, channel_sums=None, leaky=None):
     # (N, C, H, W) host array, any strides -> (C, H*W*N): the GEMM operand of batch-minor
     # columns. leaky = (y, slope): a is dy of y = leaky_relu(.), turned in as its gradient
     # before the activation; channel_sums ((C,) float64) receives each channel's sum of what
     # is turned in (a bias gradient)
     n, c, h, w = a.shape
+    block = _layout.batch_minor_block(a)
+    if block is not None:
+        y_block = _layout.batch_minor_block(leaky[0]) if leaky is not None else None
+        if leaky is None or y_block is not None:
+            return _batch_minor_gradient(block.reshape(c, h * w, n), y_block, leaky, channel_sums, a.dtype)
     out = _workspace.empty((c, h * w, n), a.dtype)
     y, y_cm, slope, sums = _gradient_operands("_to_batch_minor", a, leaky, channel_sums, _cpu.planes)
     _to_batch_minor_numba(*_cpu.planes(a), y, y_cm, slope, out, sums, work=a.size)
     return out.reshape(c, h * w * n)
 
 
+def _batch_minor_gradient(a3, y_block, leaky, channel_sums, dtype):
+    # _to_batch_minor of a batch-minor a3 (C, HW, N): itself when there is nothing to do, else
+    # through the activation's gradient into a new buffer (y_block its output's memory)
+    c, hw, n = a3.shape
+    if leaky is None and channel_sums is None:
+        return a3.reshape(c, hw * n)
+    if channel_sums is not None and (channel_sums.shape != (c,) or channel_sums.dtype != np.float64):
+        raise ValueError(f"_to_batch_minor: channel_sums must be float64 of shape ({c},)")
+    sums = _none_of(dtype)[2] if channel_sums is None else channel_sums
+    if leaky is None:           # the sums alone, read from a3 itself
+        out, y, slope = a3, np.empty((0, 0, 0), dtype), dtype.type(0)
+    else:
+        out, y, slope = _workspace.empty(a3.shape, dtype), y_block.reshape(c, hw, n), dtype.type(leaky[1])
+    _gradient_bm_numba(a3, y, slope, out, sums, work=a3.size)
+    return out.reshape(c, hw * n)
+
+
 def _from_batch_minor(a2, n, h, w, bias=None, negative_slope=None):
-    # (C, H*W*N) -> (N, C, H, W), channel-major, plus bias (C,), then leaky_relu with a slope
+    # (C, H*W*N) -> (N, C, H, W), channel-major, plus bias (C,), then leaky_relu with a slope;
+    # inside batch_minor_handoff a batch-minor view of a2, finished in place
     c = a2.shape[0]
-    out = _workspace.empty((c, n, h * w), a2.dtype)
     b = _none_of(a2.dtype)[1] if bias is None else np.ascontiguousarray(bias, dtype=a2.dtype)
     if b.shape not in ((0,), (c,)):
         raise ValueError(f"bias has shape {tuple(b.shape)}, expected ({c},)")
     act = negative_slope is not None
+    if _bm_handoff and a2.flags.c_contiguous and n > 1:
+        if b.size or act:
+            _finish_batch_minor_numba(a2, b, act, a2.dtype.type(negative_slope if act else 0), work=a2.size)
+        return _layout.batch_minor_view(a2, n, h, w)
+    out = _workspace.empty((c, n, h * w), a2.dtype)
     _from_batch_minor_numba(np.ascontiguousarray(a2).reshape(c, h * w, n), b, act,
                             a2.dtype.type(negative_slope if act else 0), out, work=a2.size)
     return out.reshape(c, n, h, w).transpose(1, 0, 2, 3)
@@ -619,6 +764,24 @@ def handing_off():
     return _handoff
 
 
+_bm_handoff = False     # batch_minor_handoff's state
+
+
+@contextlib.contextmanager
+def batch_minor_handoff(on=True):
+    """Inside the block (when `on`), a host Conv2d's forward hands its output on as a
+    batch-minor (N, C, H, W) view of its GEMM's (C, H*W*N) output (ops._layout), its bias and
+    activation applied in place, instead of turning it to channel-major: for a host Conv2d
+    next (nn.Sequential sets it, nn.fused.hands_batch_minor), whose im2col reads that layout
+    and whose backward hands the input gradient back in it."""
+    global _bm_handoff
+    prev, _bm_handoff = _bm_handoff, bool(on)
+    try:
+        yield
+    finally:
+        _bm_handoff = prev
+
+
 def _from_channel_major(a2, n, h, w):
     # (C, N*H*W) -> (N, C, H, W): on the NumPy backend a channel-major view (ops._layout),
     # else a contiguous copy (the kernels take NCHW), or the view too inside
@@ -643,6 +806,12 @@ def _expand_outputs(W, stride, padding):
     return stride == 1 and o < c and padding <= k - 1
 
 
+def conv2d_reads_batch_minor(W, stride, padding):
+    """Whether a host Conv2d of this weight (O, C, k, k) reads a batch-minor input in place
+    (its batch-minor column path; the expanded-outputs path turns its input whole)."""
+    return not _expand_outputs(W, stride, padding)
+
+
 def conv2d_forward(x, W, b=None, stride=1, padding=0):
     """x (N, C, H, W), W (O, C, k, k), b (O,) -> y (N, O, Ho, Wo)."""
     n, _, h, w = x.shape
@@ -661,7 +830,7 @@ def conv2d_forward(x, W, b=None, stride=1, padding=0):
         cols = im2col_batch_minor(x, k, stride, padding)      # (C*k*k, Ho*Wo*N)
         # the bias added in the layout turn (bias_add_forward's bits, no pass of its own)
         y = _from_batch_minor(gemm(W.reshape(o, c * k * k), cols), n, ho, wo, bias=b)
-        return y, ("batch_minor", (cols, x.shape, W, stride, padding, b is not None))
+        return y, ("batch_minor", batch_minor_cache(cols, x, W, stride, padding, b is not None))
     cols = im2col(x, k, stride, padding)                      # (C*k*k, N*Ho*Wo)
     y2 = gemm(W.reshape(o, c * k * k), cols)                  # (O, N*Ho*Wo)
     y = _from_channel_major(y2, n, ho, wo)
@@ -740,10 +909,16 @@ def conv2d_backward(dy, cache, need_dx=True, need_dW=True, dW_out=None, db_out=N
     return dx, dW, db
 
 
+def batch_minor_cache(cols, x, W, stride, padding, has_bias):
+    """The host Conv2d's cache ("batch_minor" mode): its columns, and whether x was a
+    batch-minor view (its gradient is handed back in that layout)."""
+    return cols, x.shape, W, stride, padding, has_bias, _layout.batch_minor_block(x) is not None
+
+
 def _batch_minor_backward(dy, cache, need_dx, need_dW, dW_out, db_out, dy2=None):
     # conv2d_backward of the host path: the same GEMMs on batch-minor columns; dy2: dy already
     # as (O, Ho*Wo*N) (ops.conv_leaky: the activation's gradient writes it so; dy is then None)
-    cols, x_shape, W, stride, padding, has_bias = cache
+    cols, x_shape, W, stride, padding, has_bias, x_batch_minor = cache
     o, c, k, _ = W.shape
     db64 = np.empty(o) if has_bias and need_dW and dy2 is None else None
     if dy2 is None:
@@ -761,7 +936,7 @@ def _batch_minor_backward(dy, cache, need_dx, need_dW, dW_out, db_out, dy2=None)
                 db = None
     if need_dx:
         dcols = gemm(W.reshape(o, c * k * k), dy2, trans_a=True)   # (C*k*k, Ho*Wo*N)
-        dx = col2im_batch_minor(dcols, x_shape, k, stride, padding)
+        dx = col2im_batch_minor(dcols, x_shape, k, stride, padding, batch_minor=x_batch_minor)
     return dx, dW, db
 
 

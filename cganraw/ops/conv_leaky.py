@@ -53,7 +53,8 @@ def conv2d_bias_leaky_relu_forward(x, W, b, stride, padding, negative_slope):
         cols = C.im2col_batch_minor(x, k, stride, padding)       # (C*k*k, Ho*Wo*N)
         y2 = gemm(W.reshape(o, c * k * k), cols)                 # (O, Ho*Wo*N)
         y = C._from_batch_minor(y2, n, ho, wo, bias=b, negative_slope=negative_slope)
-        return y, ("batch_minor", ("batch_minor", (cols, x.shape, W, stride, padding, False)), (y, negative_slope))
+        return y, ("batch_minor", ("batch_minor", C.batch_minor_cache(cols, x, W, stride, padding, False)),
+                   (y, negative_slope))
     cols = C.im2col(x, k, stride, padding)                      # (C*k*k, N*Ho*Wo)
     y2 = gemm(W.reshape(o, c * k * k), cols)                    # (O, N*Ho*Wo)
     y, act_cache = bias_leaky_relu_forward_from_channel_major_cuda(y2, n, ho, wo, b, negative_slope)
