@@ -59,8 +59,8 @@ from cganraw.ops.batchnorm import (
 from cganraw.ops.bias import bias_leaky_relu_backward, bias_leaky_relu_forward, bias_tanh_backward, bias_tanh_forward
 from cganraw.ops.conv import (
     conv2d_backward,
-    conv2d_reads_batch_minor,
     conv2d_forward,
+    conv2d_reads_batch_minor,
     conv_output_size,
     conv_transpose2d_backward,
     conv_transpose2d_forward,
