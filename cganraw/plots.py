@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 from collections.abc import Sequence
 
 import numpy as np
@@ -89,8 +90,12 @@ def save_grid(path, images_u8, row_labels=None, cols=None, title=None):
 # --------------------------------------------------------------------- loss curves ---
 
 def plot_losses(metrics_jsonl, path):
-    """D and G losses and the mean D outputs against the step, from metrics.jsonl."""
+    """D and G losses and the mean D outputs against the step, from metrics.jsonl; None (no
+    figure) when it holds no losses yet, or does not exist (a run stopped before its first
+    logged step)."""
     rows = []
+    if not os.path.exists(metrics_jsonl):
+        return None
     with open(metrics_jsonl) as f:
         for line in f:
             line = line.strip()

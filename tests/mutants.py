@@ -96,7 +96,7 @@ MUTANTS = [
         "pairs = n // 2 if mode_seeking > 0 else 0", "pairs = n // 2 if mode_seeking > 1 else 0"),
     Mutant("step-g-through-stale-d", "step", "G's step goes through D before D's update", (
         (STEP, "    opt_d.step()\n\n    # --- G step", "\n    # --- G step"),
-        (STEP, "    G.backward(dfake)\n    opt_g.step()\n", "    G.backward(dfake)\n    opt_g.step()\n    opt_d.step()\n"))),
+        (STEP, "    opt_g.step()\n\n    flag = flag", "    opt_g.step()\n    opt_d.step()\n\n    flag = flag"))),
     one("step-r1-sign", "step", "the R1 gradient pushes D's input gradient up, not down", R1_OP,
         "dlogits[:n] = c\n    dlogits[n:] = -c", "dlogits[:n] = -c\n    dlogits[n:] = c"),
     one("step-r1-lazy-unweighted", "step", "a lazy R1 term is not weighted by its interval", STEP,

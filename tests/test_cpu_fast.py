@@ -1064,3 +1064,45 @@ def test_parallel_min_work_follows_the_threading_layer(layer, before, expected):
     assert proc.returncode == 0, proc.stderr[-2000:]
     want = getattr(_cpu, expected) if isinstance(expected, str) else expected
     assert proc.stdout.split() == [layer, str(want)]
+
+
+_CACHE_PROBE = '''
+import numpy as np
+from cganraw.ops import _cpu, batchnorm as BN, bias as B, conv
+rng = np.random.default_rng(0)
+x = rng.normal(size=(3, 4, 5, 6)).astype(np.float32)
+y = rng.normal(size=x.shape).astype(np.float32)
+B.bias_add_backward_numba(x)
+B.bias_leaky_relu_backward_numba(x, (y, 0.2))
+conv.im2col_batch_minor(x, 3, 1, 1, leaky=(y, 0.2), channel_sums=np.empty(4))
+conv._to_batch_minor(x, channel_sums=np.empty(4), leaky=(y, 0.2))
+conv._to_batch_minor(conv.col2im_batch_minor(conv.im2col_batch_minor(x, 3, 1, 1), x.shape, 3, 1, 1, batch_minor=True),
+                     channel_sums=np.empty(4))
+BN.batchnorm_forward(x, np.ones(4, np.float32), np.zeros(4, np.float32))
+kernels = [B._channel_sum_numba, B._bias_leaky_backward_numba, conv._im2col_bm_numba, conv._to_batch_minor_numba,
+           conv._gradient_bm_numba, BN._bn_stats_numba]
+twins = [fn for k in kernels for fn in k.compiled.values()]
+assert len(twins) == len(kernels), [k.__name__ for k in kernels if not k.compiled]
+print(sum(sum(fn.stats.cache_hits.values()) for fn in twins), sum(sum(fn.stats.cache_misses.values()) for fn in twins))
+'''
+
+
+def test_kernels_that_call_jitted_helpers_load_from_the_disk_cache(tmp_path):
+    # a kernel calling a jitted helper (the bias totals, BatchNorm's lane total) through its
+    # builder's closure missed Numba's disk cache in every new process and compiled again
+    # (some 20 s at each start of the trainer); as globals of their modules they load
+    import os
+    import subprocess
+    import sys
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "cache"), "PYTHONDONTWRITEBYTECODE": "1"}
+
+    def run():
+        proc = subprocess.run([sys.executable, "-c", _CACHE_PROBE], capture_output=True, text=True, env=env,
+                              timeout=600)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        return tuple(int(v) for v in proc.stdout.split()[-2:])
+
+    hits, misses = run()
+    assert misses > 0 and hits == 0                          # compiled and cached by the first process
+    hits, misses = run()
+    assert misses == 0 and hits > 0                          # loaded, every one, by the next

@@ -76,6 +76,9 @@ def test_plot_losses(tmp_path):
     (tmp_path / "empty.jsonl").write_text("\n")
     assert plots.plot_losses(tmp_path / "empty.jsonl", tmp_path / "none.png") is None
     assert not (tmp_path / "none.png").exists()
+    # a run stopped before its first logged step has no metrics.jsonl at all: no figure, no error
+    assert plots.plot_losses(tmp_path / "missing.jsonl", tmp_path / "none.png") is None
+    assert not (tmp_path / "none.png").exists()
 
 
 def test_every_plot_uses_the_one_figure_setup(tmp_path, monkeypatch, rng):

@@ -62,6 +62,8 @@ def _category(filename: str, name: str) -> str:
         return "im2col"
     if "col2im" in name and where == "ops/conv.py":
         return "col2im"
+    if ("batch_minor" in name or name.endswith("_bm")) and where == "ops/conv.py":
+        return "conv layout turns (batch-minor)"
     for label, files in _FILE_CATEGORIES:
         if where in files:
             return label

@@ -258,7 +258,9 @@ class Sequential(Module):
     fuse (default True): a layer followed by LeakyReLU runs as one fused op where one
     exists (cganraw.nn.fused: BatchNorm, Linear, Conv2d, ConvTranspose2d, and InstanceNorm2d
     + FiLM + LeakyReLU on the host); the modules and
-    their state-dict names are unchanged, and the numpy backend gives the same bits."""
+    their state-dict names are unchanged, and the numpy backend gives the same bits. On the
+    host, a Conv2d step before another Conv2d hands its output on batch-minor and gets its
+    gradient back so (nn.fused.hands_batch_minor): the same values, two layout turns fewer."""
 
     def __init__(self, *layers, fuse=True):
         super().__init__()

@@ -121,7 +121,11 @@ def _cache_apart(fn, parallel):
 def kernel(builder):
     """Decorator: `builder(nb, parallel)` returns the jitted function. Both the parallel
     and the serial twin are built on first use, each with its own cache files
-    (_cache_apart); `work` (elements touched) picks one."""
+    (_cache_apart); `work` (elements touched) picks one. The jitted functions a kernel
+    calls must be globals of its module, bound before it compiles, not variables of the
+    builder's closure: Numba keys a cached function by its closure's pickled contents, and a
+    jitted function pickles with its process's id, so the kernel would compile again in every
+    process (ops.bias.bind_totals). `call.compiled` holds the twins built so far (by parallel)."""
     compiled = {}
 
     def call(*args, work=None):
@@ -133,6 +137,7 @@ def kernel(builder):
             fn = compiled[parallel] = _cache_apart(builder(numba(), parallel), parallel)
         return fn(*args)
     call.__name__ = builder.__name__
+    call.compiled = compiled
     return call
 
 

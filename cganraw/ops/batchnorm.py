@@ -160,16 +160,24 @@ LANES = 8          # partial sums per channel (the pairwise total below is writt
 RELU = "relu"    # the last item of a BatchNorm + ReLU cache, where BatchNorm + LeakyReLU keeps its slope
 
 
-def _lane_total(nb):
-    @nb.njit(cache=True)
-    def total(acc):  # acc (LANES,) float64 partial sums -> their pairwise total
-        return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]))
-    return total
+# The pairwise total of the lanes, built once by _bind_lane_total and called by the kernels as
+# a global of this module, not a closure variable (so that their disk cache holds across
+# processes: see ops.bias.bind_totals).
+_lanes_total = None
+
+
+def _bind_lane_total(nb):
+    global _lanes_total
+    if _lanes_total is None:
+        @nb.njit(cache=True)
+        def lanes_total(acc):  # acc (LANES,) float64 partial sums -> their pairwise total
+            return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]))
+        _lanes_total = lanes_total
 
 
 @_cpu.kernel
 def _bn_stats_numba(nb, parallel):
-    _total = _lane_total(nb)
+    _bind_lane_total(nb)
 
     @nb.njit(parallel=parallel, cache=True)
     def stats(x, x_cm, mean, sq):  # x (N, C, HW) or (C, N, HW); mean (C,) x.dtype; sq (C,) float64 out
@@ -188,7 +196,7 @@ def _bn_stats_numba(nb, parallel):
                         acc[q] += row[p0 + q]
                 for p in range(body, hw):
                     acc[p - body] += row[p]
-            mean[ch] = _total(acc) / count          # rounded to x's dtype by the store
+            mean[ch] = _lanes_total(acc) / count          # rounded to x's dtype by the store
             m = mean[ch]
             acc[:] = 0.0
             for i in range(n):
@@ -200,7 +208,7 @@ def _bn_stats_numba(nb, parallel):
                 for p in range(body, hw):
                     d = row[p] - m
                     acc[p - body] += d * d
-            sq[ch] = _total(acc)
+            sq[ch] = _lanes_total(acc)
     return stats
 
 
@@ -233,7 +241,7 @@ def _bn_apply_numba(nb, parallel):
 
 @_cpu.kernel
 def _bn_backward_sums_numba(nb, parallel):
-    _total = _lane_total(nb)
+    _bind_lane_total(nb)
 
     @nb.njit(parallel=parallel, cache=True)
     def sums(dy, dy_cm, xhat, h_cm, gamma, beta, act, slope, out):  # out (2, C) float64: dbeta, dgamma
@@ -267,8 +275,8 @@ def _bn_backward_sums_numba(nb, parallel):
                 for p in range(body, hw):
                     db[p - body] += dpre[p]
                     dg[p - body] += dpre[p] * hr[p]
-            out[0, ch] = _total(db)
-            out[1, ch] = _total(dg)
+            out[0, ch] = _lanes_total(db)
+            out[1, ch] = _lanes_total(dg)
     return sums
 
 

@@ -78,15 +78,9 @@ def bias_leaky_relu_backward_numpy(dy, cache, need_db=True):
 IMAGES_AT_ONCE = 8      # the images channel_total sums side by side
 
 
-def channel_total(nb):
-    """The jitted total(rows) -> float64 of a channel's values rows (N, P) (each row
-    contiguous, any row stride): each image's row summed in float64 in pixel order, from 0,
-    then the images' sums added in n order. The images run IMAGES_AT_ONCE side by side, so
-    the adds do not wait for each other as one chain did (0.7 of the 1.1 ms of the layout
-    turn at (128, 64, 14, 14) on two threads); with P = 1 it is the row kernels' n-order sum,
-    and channel_total_batch_minor gives its bits from the (P, N) layout."""
+def _build_channel_total(nb):
     @nb.njit(cache=True)
-    def total(rows):
+    def images_total(rows):
         n, hw = rows.shape
         part = np.zeros(IMAGES_AT_ONCE, np.float64)
         acc = 0.0
@@ -104,15 +98,12 @@ def channel_total(nb):
             for q in range(m):
                 acc += part[q]
         return acc
-    return total
+    return images_total
 
 
-def channel_total_batch_minor(nb):
-    """The jitted total(block) of a channel's values in the batch-minor layout, block (P, N)
-    C-contiguous: channel_total(block.T), bit for bit (the same per-image sums, now side by
-    side along the rows)."""
+def _build_channel_total_batch_minor(nb):
     @nb.njit(cache=True)
-    def total(block):
+    def images_total_batch_minor(block):
         hw, n = block.shape
         part = np.zeros(n, np.float64)
         for p in range(hw):
@@ -123,7 +114,43 @@ def channel_total_batch_minor(nb):
         for i in range(n):
             acc += part[i]
         return acc
-    return total
+    return images_total_batch_minor
+
+
+# The jitted totals, built once by bind_totals. Kernels call them as globals of their module,
+# never as closure variables: Numba keys a cached function's entries by the pickled contents of
+# its closure, and a jitted function pickles with an id of its process, so a kernel closing
+# over one missed its disk cache and compiled again in every new process (seconds at start-up).
+# Numba's cache checks only the kernel's own file: after changing a total, touch the files of
+# the kernels that call it (here and ops.conv), or their cached code keeps the old one.
+_images_total = _images_total_batch_minor = None
+
+
+def bind_totals(nb):
+    """(channel_total(nb), channel_total_batch_minor(nb)), built once, and bound to this
+    module's globals for its kernels."""
+    global _images_total, _images_total_batch_minor
+    if _images_total is None:
+        _images_total = _build_channel_total(nb)
+        _images_total_batch_minor = _build_channel_total_batch_minor(nb)
+    return _images_total, _images_total_batch_minor
+
+
+def channel_total(nb):
+    """The jitted total(rows) -> float64 of a channel's values rows (N, P) (each row
+    contiguous, any row stride): each image's row summed in float64 in pixel order, from 0,
+    then the images' sums added in n order. The images run IMAGES_AT_ONCE side by side, so
+    the adds do not wait for each other as one chain did (0.7 of the 1.1 ms of the layout
+    turn at (128, 64, 14, 14) on two threads); with P = 1 it is the row kernels' n-order sum,
+    and channel_total_batch_minor gives its bits from the (P, N) layout."""
+    return bind_totals(nb)[0]
+
+
+def channel_total_batch_minor(nb):
+    """The jitted total(block) of a channel's values in the batch-minor layout, block (P, N)
+    C-contiguous: channel_total(block.T), bit for bit (the same per-image sums, now side by
+    side along the rows)."""
+    return bind_totals(nb)[1]
 
 
 @_cpu.kernel
@@ -147,7 +174,7 @@ def _bias_leaky_forward_numba(nb, parallel):
 
 @_cpu.kernel
 def _bias_leaky_backward_numba(nb, parallel):
-    _total = channel_total(nb)
+    bind_totals(nb)
 
     @nb.njit(parallel=parallel, cache=True)
     def backward(dy, dy_cm, y, y_cm, slope, dpre, db):  # dpre in y's layout; db (C,) float64 or empty
@@ -164,19 +191,19 @@ def _bias_leaky_backward_numba(nb, parallel):
                 for p in range(hw):
                     d[p] = g[p] if yr[p] > 0 else g[p] * slope
             if sums:                        # the channel's dpre, still in cache
-                db[ch] = _total(dpre[ch] if y_cm else dpre[:, ch])
+                db[ch] = _images_total(dpre[ch] if y_cm else dpre[:, ch])
     return backward
 
 
 @_cpu.kernel
 def _channel_sum_numba(nb, parallel):
-    _total = channel_total(nb)
+    bind_totals(nb)
 
     @nb.njit(parallel=parallel, cache=True)
     def channel_sum(dy, dy_cm, db):  # db[c] = sum of channel c in float64, in channel_total's order
         c = dy.shape[0] if dy_cm else dy.shape[1]
         for ch in nb.prange(c):
-            db[ch] = _total(dy[ch] if dy_cm else dy[:, ch])
+            db[ch] = _images_total(dy[ch] if dy_cm else dy[:, ch])
     return channel_sum
 
 

@@ -28,7 +28,7 @@ import numpy as np
 
 from cganraw import backend
 from cganraw.ops import _cpu, _launch, _layout, _workspace
-from cganraw.ops.bias import bias_add_backward, bias_add_forward, channel_total, channel_total_batch_minor
+from cganraw.ops.bias import bias_add_backward, bias_add_forward, bind_totals
 from cganraw.ops.gemm import gemm
 
 
@@ -153,6 +153,16 @@ def _col2im_numba(nb, parallel):
     return col2im
 
 
+# bias.channel_total's jitted forms, bound as globals before a kernel that calls them compiles
+# (not closure variables: see ops.bias.bind_totals, and its note on touching this file)
+_images_total = _images_total_batch_minor = None
+
+
+def _bind_totals(nb):
+    global _images_total, _images_total_batch_minor
+    _images_total, _images_total_batch_minor = bind_totals(nb)
+
+
 # Batch-minor columns (the host Conv2d's GEMM operand): cols (C*k*k, Ho*Wo*N), column
 # (oy, ox, n), the image index innermost. Per channel the input is first transposed into a
 # zero-bordered (Hp, Wp, N) plane, so that each (row, oy, ox) of cols is one contiguous run of
@@ -166,7 +176,7 @@ def _col2im_numba(nb, parallel):
 # writes the output, so the pair needs no pass of its own either way.
 @_cpu.kernel
 def _im2col_bm_numba(nb, parallel):
-    _total = channel_total(nb)
+    _bind_totals(nb)
 
     @nb.njit(parallel=parallel, cache=True)
     def im2col_bm(x, x_cm, k, s, p, ho, wo, cols, y, y_cm, slope, db):
@@ -198,7 +208,7 @@ def _im2col_bm_numba(nb, parallel):
                 else:
                     dst[:, :] = src
             if sums:
-                db[c] = _total(images.reshape((n_img, h * w)))
+                db[c] = _images_total(images.reshape((n_img, h * w)))
             plane = np.zeros((hp, wp, n_img), x.dtype)      # (Hp, Wp, N), zero border
             for yy in range(h):
                 for xx in range(w):
@@ -356,7 +366,7 @@ def _batch_minor(x, W):
 # images as the sum goes, measured slower than either.
 @_cpu.kernel
 def _to_batch_minor_numba(nb, parallel):
-    _total = channel_total_batch_minor(nb)
+    _bind_totals(nb)
 
     @nb.njit(parallel=parallel, cache=True)
     def to_batch_minor(a, a_cm, y, y_cm, slope, out, sums):
@@ -384,7 +394,7 @@ def _to_batch_minor_numba(nb, parallel):
                 for i in range(n):
                     row[i] = scratch[i, p]
             if sums.size > 0:               # from the turned copy, in cache: along its rows
-                sums[ch] = _total(dst)
+                sums[ch] = _images_total_batch_minor(dst)
     return to_batch_minor
 
 
@@ -418,7 +428,7 @@ def _from_batch_minor_numba(nb, parallel):
 @_cpu.kernel
 def _finish_batch_minor_numba(nb, parallel):
     @nb.njit(parallel=parallel, cache=True)
-    def finish(a2, b, act, slope):  # a2 (C, L) in place: + b[c] (size 0: none), then the slope
+    def finish_batch_minor(a2, b, act, slope):  # a2 (C, L) in place: + b[c] (size 0: none), then the slope
         c, length = a2.shape
         has_bias = b.size > 0
         for ch in nb.prange(c):
@@ -431,7 +441,7 @@ def _finish_batch_minor_numba(nb, parallel):
                 if act:
                     v = v if v > 0 else v * slope
                 row[t] = v
-    return finish
+    return finish_batch_minor
 
 
 @_cpu.kernel
@@ -496,7 +506,7 @@ def _col2im_to_bm_numba(nb, parallel):
 
 @_cpu.kernel
 def _gradient_bm_numba(nb, parallel):
-    _total = channel_total_batch_minor(nb)
+    _bind_totals(nb)
 
     @nb.njit(parallel=parallel, cache=True)
     def gradient_bm(a, y, slope, out, sums):
@@ -513,7 +523,7 @@ def _gradient_bm_numba(nb, parallel):
                     for i in range(src.shape[1]):
                         dst[p, i] = src[p, i] if mask[p, i] > 0 else src[p, i] * slope
             if sums.size > 0:
-                sums[ch] = _total(dst)
+                sums[ch] = _images_total_batch_minor(dst)
     return gradient_bm
 
 
