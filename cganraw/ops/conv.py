@@ -339,8 +339,11 @@ def col2im_batch_minor(cols, x_shape, kernel_size, stride=1, padding=0, out_hw=N
     slope = cols.dtype.type(negative_slope if act else 0)
     if batch_minor:
         block = _workspace.empty((c, h, w, n), cols.dtype)
-        _col2im_to_bm_numba(np.ascontiguousarray(cols), k, s, p, ho, wo, block, b, act, slope, work=cols.size)
-        return _layout.batch_minor_view(block.reshape(c, h * w * n), n, h, w)
+        _col2im_to_bm_numba(np.ascontiguousarray(cols), k, s, p, ho, wo, block, work=cols.size)
+        block = block.reshape(c, h * w * n)
+        if b.size or act:       # a second pass (no caller of this layout has a bias here yet)
+            _finish_batch_minor_numba(block, b, act, slope, work=block.size)
+        return _layout.batch_minor_view(block, n, h, w)
     out = _workspace.empty((c, n, h, w), cols.dtype)
     _col2im_bm_numba(np.ascontiguousarray(cols), k, s, p, ho, wo, out, True, b, act,
                      cols.dtype.type(negative_slope if act else 0), work=cols.size)
@@ -470,9 +473,8 @@ def _im2col_from_bm_numba(nb, parallel):
 @_cpu.kernel
 def _col2im_to_bm_numba(nb, parallel):
     @nb.njit(parallel=parallel, cache=True)
-    def col2im_to_bm(cols, k, s, p, ho, wo, out, b, act, slope):  # -> out (C, H, W, N); b, act as col2im_bm's
+    def col2im_to_bm(cols, k, s, p, ho, wo, out):  # -> out (C, H, W, N), each pixel's taps in col2im_bm's order
         c_out, h, w, n = out.shape
-        has_bias = b.size > 0
         for c in nb.prange(c_out):
             dst = out[c]
             dst[:, :, :] = 0
@@ -491,16 +493,6 @@ def _col2im_to_bm_numba(nb, parallel):
                             run = dst[yy, xx]
                             for t in range(n):
                                 run[t] += row[o + t]
-            if has_bias or act:
-                bias = b[c] if has_bias else cols.dtype.type(0)
-                flat = dst.reshape(h * w * n)
-                for t in range(h * w * n):
-                    v = flat[t]
-                    if has_bias:
-                        v = v + bias
-                    if act:
-                        v = v if v > 0 else v * slope
-                    flat[t] = v
     return col2im_to_bm
 
 
