@@ -35,7 +35,8 @@ d_stem=)`; the defaults are the original model, bit for bit):
 Protocol: `G(z, labels) -> images (N, 1, 28, 28)` in [-1, 1], `G.backward(dimages) -> dz`;
 `D(x, labels) -> logits (N, 1)`, `D.backward(dlogits) -> dx`. `G.backward(d, need_dz=False)`
 and `D.backward(d, need_dx=False)` return None and skip the input gradient's own work (the
-training step's: z and D's images need none). Unconditional models take labels=None. Attribute names follow a plain PyTorch port, so state dicts map one-to-one.
+training step's: z and D's images need none). Unconditional models take labels=None.
+Attribute names follow a plain PyTorch port, so state dicts map one-to-one.
 """
 from __future__ import annotations
 
