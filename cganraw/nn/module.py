@@ -260,7 +260,8 @@ class Sequential(Module):
     + FiLM + LeakyReLU on the host); the modules and
     their state-dict names are unchanged, and the numpy backend gives the same bits. On the
     host, a Conv2d step before another Conv2d hands its output on batch-minor and gets its
-    gradient back so (nn.fused.hands_batch_minor): the same values, two layout turns fewer."""
+    gradient back so (nn.fused.hands_batch_minor): the same values, two layout turns fewer
+    each way."""
 
     def __init__(self, *layers, fuse=True):
         super().__init__()
