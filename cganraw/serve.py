@@ -63,14 +63,12 @@ def threadsafe_kernels(workers: int) -> int:
     nb = _cpu.numba()
     if workers <= 1 or nb is None:
         return workers
-    try:
-        layer = nb.threading_layer()
-    except ValueError:            # no parallel kernel has run yet: the layer can still be chosen
-        layer = None
+    layer = _cpu.threading_layer()
+    if layer is None:             # no parallel kernel has run yet: the layer can still be chosen
         try:
             nb.config.THREADING_LAYER = "threadsafe"
             _cpu.start_threads()
-            layer = nb.threading_layer()
+            layer = _cpu.threading_layer()
         except Exception as e:  # no OpenMP or TBB: fall back below
             nb.config.THREADING_LAYER = "default"
             log.debug("no thread-safe numba layer: %s", e)

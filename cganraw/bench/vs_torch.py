@@ -126,8 +126,8 @@ def numba_layer() -> str | None:
     """The threading layer Numba's parallel kernels run on here ("tbb", "omp", "workqueue"),
     their pool started; None without Numba."""
     from cganraw.ops import _cpu
-    nb = _cpu.start_threads()
-    return None if nb is None else nb.threading_layer()
+    _cpu.start_threads()
+    return _cpu.threading_layer()
 
 
 def run(rounds: int = 5, threads: int | None = None, rows=None, numba_threads: int | None = None,

@@ -56,14 +56,22 @@ def start_threads():
     return nb
 
 
+def threading_layer():
+    """The threading layer Numba's pool runs on ("tbb", "omp" or "workqueue"), or None without
+    Numba or before the pool has started."""
+    nb = numba()
+    if nb is None:
+        return None
+    try:
+        return nb.threading_layer()
+    except ValueError:              # no layer loaded yet
+        return None
+
+
 def _set_parallel_min_work(nb):
     # PARALLEL_MIN_WORK for the layer just started, unless something changed it already
     global PARALLEL_MIN_WORK
-    try:
-        layer = nb.threading_layer()
-    except ValueError:              # no layer loaded
-        return
-    if layer == "tbb" and PARALLEL_MIN_WORK == PARALLEL_MIN_WORK_DEFAULT:
+    if threading_layer() == "tbb" and PARALLEL_MIN_WORK == PARALLEL_MIN_WORK_DEFAULT:
         PARALLEL_MIN_WORK = PARALLEL_MIN_WORK_TBB
 
 
