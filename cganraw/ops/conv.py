@@ -345,8 +345,7 @@ def col2im_batch_minor(cols, x_shape, kernel_size, stride=1, padding=0, out_hw=N
             _finish_batch_minor_numba(block, b, act, slope, work=block.size)
         return _layout.batch_minor_view(block, n, h, w)
     out = _workspace.empty((c, n, h, w), cols.dtype)
-    _col2im_bm_numba(np.ascontiguousarray(cols), k, s, p, ho, wo, out, True, b, act,
-                     cols.dtype.type(negative_slope if act else 0), work=cols.size)
+    _col2im_bm_numba(np.ascontiguousarray(cols), k, s, p, ho, wo, out, True, b, act, slope, work=cols.size)
     return out.transpose(1, 0, 2, 3)
 
 
@@ -525,32 +524,29 @@ def _to_batch_minor(a, channel_sums=None, leaky=None):
     # before the activation; channel_sums ((C,) float64) receives each channel's sum of what
     # is turned in (a bias gradient)
     n, c, h, w = a.shape
-    block = _layout.batch_minor_block(a)
-    if block is not None:
-        y_block = _layout.batch_minor_block(leaky[0]) if leaky is not None else None
-        if leaky is None or y_block is not None:
-            return _batch_minor_gradient(block.reshape(c, h * w, n), y_block, leaky, channel_sums, a.dtype)
+    if _layout.batch_minor_block(a) is not None and (leaky is None or _layout.batch_minor_block(leaky[0]) is not None):
+        return _batch_minor_gradient(a, leaky, channel_sums)
     out = _workspace.empty((c, h * w, n), a.dtype)
     y, y_cm, slope, sums = _gradient_operands("_to_batch_minor", a, leaky, channel_sums, _cpu.planes)
     _to_batch_minor_numba(*_cpu.planes(a), y, y_cm, slope, out, sums, work=a.size)
     return out.reshape(c, h * w * n)
 
 
-def _batch_minor_gradient(a3, y_block, leaky, channel_sums, dtype):
-    # _to_batch_minor of a batch-minor a3 (C, HW, N): itself when there is nothing to do, else
-    # through the activation's gradient into a new buffer (y_block its output's memory)
-    c, hw, n = a3.shape
+def _batch_minor_gradient(a, leaky, channel_sums):
+    # _to_batch_minor of a batch-minor view a (and y, with leaky): a's own memory when there is
+    # nothing to do, else through the activation's gradient into a new buffer
+    n, c, h, w = a.shape
+    a3 = _layout.batch_minor_block(a).reshape(c, h * w, n)
     if leaky is None and channel_sums is None:
-        return a3.reshape(c, hw * n)
-    if channel_sums is not None and (channel_sums.shape != (c,) or channel_sums.dtype != np.float64):
-        raise ValueError(f"_to_batch_minor: channel_sums must be float64 of shape ({c},)")
-    sums = _none_of(dtype)[2] if channel_sums is None else channel_sums
+        return a3.reshape(c, h * w * n)
+    y, _, slope, sums = _gradient_operands("_to_batch_minor", a, leaky, channel_sums,
+                                           lambda t: (_layout.batch_minor_block(t), True))
     if leaky is None:           # the sums alone, read from a3 itself
-        out, y, slope = a3, np.empty((0, 0, 0), dtype), dtype.type(0)
+        out, y = a3, np.empty((0, 0, 0), a.dtype)
     else:
-        out, y, slope = _workspace.empty(a3.shape, dtype), y_block.reshape(c, hw, n), dtype.type(leaky[1])
+        out, y = _workspace.empty(a3.shape, a.dtype), y.reshape(c, h * w, n)
     _gradient_bm_numba(a3, y, slope, out, sums, work=a3.size)
-    return out.reshape(c, hw * n)
+    return out.reshape(c, h * w * n)
 
 
 def _from_batch_minor(a2, n, h, w, bias=None, negative_slope=None):
@@ -561,13 +557,13 @@ def _from_batch_minor(a2, n, h, w, bias=None, negative_slope=None):
     if b.shape not in ((0,), (c,)):
         raise ValueError(f"bias has shape {tuple(b.shape)}, expected ({c},)")
     act = negative_slope is not None
+    slope = a2.dtype.type(negative_slope if act else 0)
     if _bm_handoff and a2.flags.c_contiguous and n > 1:
         if b.size or act:
-            _finish_batch_minor_numba(a2, b, act, a2.dtype.type(negative_slope if act else 0), work=a2.size)
+            _finish_batch_minor_numba(a2, b, act, slope, work=a2.size)
         return _layout.batch_minor_view(a2, n, h, w)
     out = _workspace.empty((c, n, h * w), a2.dtype)
-    _from_batch_minor_numba(np.ascontiguousarray(a2).reshape(c, h * w, n), b, act,
-                            a2.dtype.type(negative_slope if act else 0), out, work=a2.size)
+    _from_batch_minor_numba(np.ascontiguousarray(a2).reshape(c, h * w, n), b, act, slope, out, work=a2.size)
     return out.reshape(c, n, h, w).transpose(1, 0, 2, 3)
 
 
